@@ -1,0 +1,3 @@
+from sttgate.cli import main
+
+raise SystemExit(main())
