@@ -1,0 +1,189 @@
+"""`sttgate demo`: the whole product on one machine, offline.
+
+It starts both provider emulators and a gateway on free loopback ports with a temporary SQLite database, creates a
+prepaid demo account and key, streams the bundled speech sample through each provider at real time (both at once),
+prints the transcripts as they arrive, and ends with the account's usage: what a customer would be billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+import tempfile
+import wave
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from sttgate.config import Settings
+from sttgate.core.money import usd_to_nanos
+
+CHUNK_SECONDS = 0.1
+DEMO_BALANCE_USD = "1.00"
+
+
+def load_sample() -> tuple[bytes, int]:
+    """The bundled sample: 16 kHz mono s16le speech (espeak-ng)."""
+    with resources.as_file(resources.files("sttgate") / "data" / "sample.wav") as path, wave.open(str(path)) as wav:
+        return wav.readframes(wav.getnframes()), wav.getframerate()
+
+
+async def _start(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, port
+
+
+def _chunks(pcm: bytes, rate: int) -> list[bytes]:
+    size = int(rate * CHUNK_SECONDS) * 2
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+
+
+async def _stream(
+    http: aiohttp.ClientSession, gateway: str, key: str, provider: str, pcm: bytes, rate: int
+) -> list[str]:
+    """Stream the sample like a customer's app would, pacing audio at real time; return the final transcripts."""
+    if provider == "assemblyai":
+        query = f"provider=assemblyai&sample_rate={rate}&encoding=pcm_s16le&format_turns=true"
+    else:
+        query = f"provider=elevenlabs&audio_format=pcm_{rate}&commit_strategy=manual"
+    finals: list[str] = []
+    async with http.ws_connect(f"{gateway}/ws/v2/audio-stream?{query}", headers={"Authorization": key}) as ws:
+        session_id = ws._response.headers.get("X-Session-Id", "?")
+        print(f"[{provider}] session {session_id} open")
+
+        async def send() -> None:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for n, chunk in enumerate(_chunks(pcm, rate)):
+                if provider == "assemblyai":
+                    await ws.send_bytes(chunk)
+                else:
+                    await ws.send_str(_elevenlabs_chunk(chunk, rate, commit=False))
+                await asyncio.sleep(max(0.0, start + (n + 1) * CHUNK_SECONDS - loop.time()))
+            if provider == "assemblyai":
+                await ws.send_str(json.dumps({"type": "Terminate"}))
+            else:
+                await ws.send_str(_elevenlabs_chunk(b"", rate, commit=True))
+
+        sender = asyncio.create_task(send())
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            event = json.loads(msg.data)
+            final = _print_event(provider, event)
+            if final is not None:
+                finals.append(final)
+            if provider == "elevenlabs" and event.get("message_type") == "committed_transcript" and sender.done():
+                await ws.close(code=1000, message=b"User ended conversation")
+        await sender
+        print(f"[{provider}] closed with {ws.close_code}")
+    return finals
+
+
+def _elevenlabs_chunk(pcm: bytes, rate: int, *, commit: bool) -> str:
+    return json.dumps(
+        {
+            "message_type": "input_audio_chunk",
+            "audio_base_64": base64.b64encode(pcm).decode(),
+            "commit": commit,
+            "sample_rate": rate,
+        }
+    )
+
+
+def _print_event(provider: str, event: dict[str, Any]) -> str | None:
+    """Show a provider message the way a captioning app would; return the text of a final transcript."""
+    kind = event.get("type") or event.get("message_type")
+    if kind == "Turn":
+        text = event.get("transcript", "")
+        if event.get("end_of_turn") and (event.get("turn_is_formatted") or not text):
+            print(f"[{provider}] final   : {text}")
+            return text
+        if not event.get("end_of_turn"):
+            print(f"[{provider}] partial : {text}")
+    elif kind == "partial_transcript":
+        print(f"[{provider}] partial : {event.get('text', '')}")
+    elif kind == "committed_transcript":
+        print(f"[{provider}] final   : {event.get('text', '')}")
+        return str(event.get("text", ""))
+    elif kind in ("Begin", "session_started", "Termination"):
+        print(f"[{provider}] {kind}")
+    elif "error" in event:
+        print(f"[{provider}] error: {event}")
+    return None
+
+
+async def run(settings: Settings) -> int:
+    from sttgate.emulators.app import EmulatorConfig
+    from sttgate.emulators.app import create_app as create_emulator_app
+    from sttgate.gateway.app import create_app as create_gateway_app
+    from sttgate.store.store import Store
+
+    pcm, rate = load_sample()
+    emulator_config = EmulatorConfig()
+    with tempfile.TemporaryDirectory(prefix="sttgate-demo-") as tmp:
+        emulators, emu_port = await _start(create_emulator_app(emulator_config))
+        store = await Store.connect(f"sqlite:///{Path(tmp) / 'demo.db'}")
+        gateway_settings = settings.model_copy(
+            update={
+                "elevenlabs_url": f"ws://127.0.0.1:{emu_port}/v1/speech-to-text/realtime",
+                "assemblyai_url": f"ws://127.0.0.1:{emu_port}/v3/ws",
+                "elevenlabs_api_key": _secret(emulator_config.elevenlabs_keys),
+                "assemblyai_api_key": _secret(emulator_config.assemblyai_keys),
+            }
+        )
+        gateway, gw_port = await _start(create_gateway_app(gateway_settings, store=store))
+        try:
+            account = await store.create_account(name="demo", balance_nanos=usd_to_nanos(DEMO_BALANCE_USD))
+            key = (await store.create_key(account["id"]))["key"]
+            print(f"gateway on 127.0.0.1:{gw_port}, emulators on 127.0.0.1:{emu_port}")
+            print(f"demo account {account['id']} (prepaid {DEMO_BALANCE_USD} USD), key {key[:12]}…")
+            print(f"streaming {len(pcm) / 2 / rate:.2f} s of speech to both providers at real time\n")
+            async with aiohttp.ClientSession() as http:
+                results = await asyncio.gather(
+                    *(_stream(http, f"ws://127.0.0.1:{gw_port}", key, p, pcm, rate) for p in ("assemblyai", "elevenlabs"))
+                )
+            await _settle(store, account["id"])
+            usage = await store.usage(account["id"])
+        finally:
+            await gateway.cleanup()
+            await emulators.cleanup()
+            await store.close()
+    print("\ntranscripts:")
+    for provider, finals in zip(("assemblyai", "elevenlabs"), results, strict=True):
+        print(f"  {provider:10}: {' '.join(t for t in finals if t) or '(none)'}")
+    print("\nusage (what the customer is billed):")
+    print(json.dumps(usage, indent=2))
+    return 0 if all(results) else 1
+
+
+def _secret(keys: Any) -> str:
+    return next(iter(keys)) if not isinstance(keys, str) else keys
+
+
+async def _settle(store: Any, account_id: str) -> None:
+    """Wait until the gateway has written both sessions' ends (it does so right after the sockets close)."""
+    for _ in range(100):
+        usage = await store.usage(account_id)
+        if len(usage["sessions"]) >= 2 and all(s["ended_at"] for s in usage["sessions"]):
+            return
+        await asyncio.sleep(0.05)
+
+
+def main(settings: Settings | None = None) -> int:
+    try:
+        return asyncio.run(run(settings or Settings()))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
