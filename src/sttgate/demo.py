@@ -150,7 +150,10 @@ async def run(settings: Settings) -> int:
             print(f"streaming {len(pcm) / 2 / rate:.2f} s of speech to both providers at real time\n")
             async with aiohttp.ClientSession() as http:
                 results = await asyncio.gather(
-                    *(_stream(http, f"ws://127.0.0.1:{gw_port}", key, p, pcm, rate) for p in ("assemblyai", "elevenlabs"))
+                    *(
+                        _stream(http, f"ws://127.0.0.1:{gw_port}", key, p, pcm, rate)
+                        for p in ("assemblyai", "elevenlabs")
+                    )
                 )
             await _settle(store, account["id"])
             usage = await store.usage(account["id"])

@@ -32,7 +32,7 @@ def format_usd(nanos: int | None) -> str | None:
         return None
     if nanos == 0:
         return "0"
-    return str(nanos_to_usd(nanos))
+    return f"{nanos_to_usd(nanos):f}"
 
 
 def cycle_price_nanos(rate_usd_per_hour: Decimal | str) -> int:
