@@ -1,0 +1,67 @@
+// AudioWorklet processor: microphone float samples at the context's rate -> 16 kHz mono s16le PCM frames.
+//
+// Runs on the audio rendering thread, so the main thread only ever sees ready-to-send frames. Each frame is
+// `frameMs` of audio (100 ms by default: inside AssemblyAI's 50..1000 ms rule, and ElevenLabs' recommended 0.1..1 s).
+// Resampling averages the input samples that fall into each output sample's window (a box low-pass before
+// decimation), which keeps speech intelligible without a filter library.
+
+const TARGET_RATE = 16000;
+
+class PcmProcessor extends AudioWorkletProcessor {
+  constructor(options) {
+    super();
+    const frameMs = (options && options.processorOptions && options.processorOptions.frameMs) || 100;
+    this.step = sampleRate / TARGET_RATE; // input samples per output sample (global `sampleRate` = context rate)
+    this.frame = new Int16Array((TARGET_RATE * frameMs) / 1000);
+    this.filled = 0;
+    this.acc = 0; // sum of input samples in the current output window
+    this.count = 0; // how many input samples are in it
+    this.pos = 0; // input position inside the current window, in input samples
+    this.port.onmessage = (event) => {
+      if (event.data === "flush") this.flush();
+    };
+  }
+
+  push(value) {
+    const clamped = Math.max(-1, Math.min(1, value));
+    this.frame[this.filled++] = clamped < 0 ? clamped * 0x8000 : clamped * 0x7fff;
+    if (this.filled === this.frame.length) {
+      this.port.postMessage(this.frame.buffer, [this.frame.buffer]);
+      this.frame = new Int16Array(this.frame.length);
+      this.filled = 0;
+    }
+  }
+
+  // Send what is buffered (the last, shorter frame) when the page stops.
+  flush() {
+    if (this.filled > 0) {
+      const last = this.frame.slice(0, this.filled);
+      this.port.postMessage(last.buffer, [last.buffer]);
+      this.filled = 0;
+    }
+    this.port.postMessage("flushed");
+  }
+
+  process(inputs) {
+    const input = inputs[0];
+    if (!input || input.length === 0) return true;
+    const channels = input.length;
+    const length = input[0].length;
+    for (let i = 0; i < length; i++) {
+      let sample = 0;
+      for (let c = 0; c < channels; c++) sample += input[c][i];
+      this.acc += sample / channels;
+      this.count++;
+      this.pos++;
+      if (this.pos >= this.step) {
+        this.push(this.acc / this.count);
+        this.pos -= this.step;
+        this.acc = 0;
+        this.count = 0;
+      }
+    }
+    return true;
+  }
+}
+
+registerProcessor("pcm-s16le-16k", PcmProcessor);
