@@ -3,116 +3,107 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sttgate import tokens
-from sttgate.store import db
-from sttgate.store.tables import accounts
+from sttgate.store import Principal, Store
+from sttgate.store.store import hash_secret
 from sttgate.store.tables import tokens as tokens_table
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    url = f"sqlite:///{tmp_path / 'tokens.db'}"
-    await db.upgrade(url)
-    eng = db.make_engine(url)
-    yield eng
-    await eng.dispose()
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.connect(f"sqlite:///{tmp_path / 'tokens.db'}")
+    yield s
+    await s.close()
 
 
-async def _account(engine: AsyncEngine) -> str:
-    account_id = str(uuid.uuid4())
-    now = datetime.now(UTC)
-    async with engine.begin() as conn:
-        await conn.execute(
-            sa.insert(accounts).values(
-                id=account_id,
-                name="t",
-                streaming_enabled=True,
-                max_streams=5,
-                balance_nanos=None,
-                webhook_secret="s",
-                created_at=now,
-                updated_at=now,
-            )
-        )
-    return account_id
+async def _account(store: Store, **kwargs: object) -> str:
+    return (await store.create_account(name="t", **kwargs))["id"]
 
 
-async def test_mint_then_redeem_once(engine: AsyncEngine) -> None:
-    account = await _account(engine)
-    minted = await tokens.mint(engine, account, 60)
+async def test_mint_then_redeem_once(store: Store) -> None:
+    account = await _account(store, max_streams=3, balance_nanos=5_000)
+    minted = await tokens.mint(store, account, 60)
     assert minted.token.startswith("sttg_") and len(minted.token) >= 40
     assert timedelta(seconds=59) < minted.expires_at - datetime.now(UTC) <= timedelta(seconds=60)
-    assert await tokens.redeem(engine, minted.token, "assemblyai") == tokens.Redeemed(account, None)
-    assert await tokens.redeem(engine, minted.token, "assemblyai") is None
+    principal = await tokens.redeem(store, minted.token, "assemblyai")
+    assert principal == Principal(
+        account_id=account, key_id=None, streaming_enabled=True, max_streams=3, balance_nanos=5_000
+    )
+    assert await tokens.redeem(store, minted.token, "assemblyai") is None
 
 
-async def test_only_the_hash_is_stored(engine: AsyncEngine) -> None:
-    minted = await tokens.mint(engine, await _account(engine), 60)
-    async with engine.connect() as conn:
+async def test_principal_reflects_the_account_at_redeem_time(store: Store) -> None:
+    account = await _account(store, streaming_enabled=False)
+    minted = await tokens.mint(store, account, 60)
+    principal = await tokens.redeem(store, minted.token, "elevenlabs")
+    assert principal is not None and not principal.streaming_enabled and principal.balance_nanos is None
+
+
+async def test_only_the_hash_is_stored(store: Store) -> None:
+    minted = await tokens.mint(store, await _account(store), 60)
+    async with store.engine.connect() as conn:
         row = (await conn.execute(sa.select(tokens_table))).one()
     assert minted.token not in [str(v) for v in row]
-    assert row.token_hash == tokens.hash_token(minted.token)
+    assert row.token_hash == hash_secret(minted.token)
 
 
-async def test_unknown_and_malformed_tokens_are_refused(engine: AsyncEngine) -> None:
-    await tokens.mint(engine, await _account(engine), 60)
-    assert await tokens.redeem(engine, "sttg_" + "A" * 43, "elevenlabs") is None
-    assert await tokens.redeem(engine, "sk-mai-not-a-token", "elevenlabs") is None
-    assert await tokens.redeem(engine, "", "elevenlabs") is None
+async def test_unknown_and_malformed_tokens_are_refused(store: Store) -> None:
+    await tokens.mint(store, await _account(store), 60)
+    assert await tokens.redeem(store, "sttg_" + "A" * 43, "elevenlabs") is None
+    assert await tokens.redeem(store, "sk-mai-not-a-token", "elevenlabs") is None
+    assert await tokens.redeem(store, "", "elevenlabs") is None
 
 
-async def test_expired_token_is_refused(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    minted = await tokens.mint(engine, await _account(engine), 5)
-    later = minted.expires_at
-    monkeypatch.setattr(tokens, "utcnow", lambda: later)
-    assert await tokens.redeem(engine, minted.token, "elevenlabs") is None
-    just_before = later - timedelta(microseconds=1)
-    monkeypatch.setattr(tokens, "utcnow", lambda: just_before)
-    assert await tokens.redeem(engine, minted.token, "elevenlabs") is not None
+async def test_expired_token_is_refused(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    minted = await tokens.mint(store, await _account(store), 5)
+    monkeypatch.setattr(tokens, "utcnow", lambda: minted.expires_at)
+    assert await tokens.redeem(store, minted.token, "elevenlabs") is None
+    monkeypatch.setattr(tokens, "utcnow", lambda: minted.expires_at - timedelta(microseconds=1))
+    assert await tokens.redeem(store, minted.token, "elevenlabs") is not None
 
 
-async def test_provider_binding(engine: AsyncEngine) -> None:
-    account = await _account(engine)
-    minted = await tokens.mint(engine, account, 60, provider="elevenlabs")
+async def test_provider_binding(store: Store) -> None:
+    account = await _account(store)
+    minted = await tokens.mint(store, account, 60, provider="elevenlabs")
     # The wrong provider is refused and does not consume the token.
-    assert await tokens.redeem(engine, minted.token, "assemblyai") is None
-    assert await tokens.redeem(engine, minted.token, "elevenlabs") == tokens.Redeemed(account, "elevenlabs")
+    assert await tokens.redeem(store, minted.token, "assemblyai") is None
+    principal = await tokens.redeem(store, minted.token, "elevenlabs")
+    assert principal is not None and principal.account_id == account
 
 
-async def test_tokens_are_bound_to_their_account(engine: AsyncEngine) -> None:
-    first, second = await _account(engine), await _account(engine)
-    a = await tokens.mint(engine, first, 60)
-    b = await tokens.mint(engine, second, 60)
-    assert (await tokens.redeem(engine, b.token, "assemblyai")).account_id == second
-    assert (await tokens.redeem(engine, a.token, "assemblyai")).account_id == first
+async def test_tokens_are_bound_to_their_account(store: Store) -> None:
+    first, second = await _account(store), await _account(store)
+    a = await tokens.mint(store, first, 60)
+    b = await tokens.mint(store, second, 60)
+    redeemed_b = await tokens.redeem(store, b.token, "assemblyai")
+    redeemed_a = await tokens.redeem(store, a.token, "assemblyai")
+    assert redeemed_b is not None and redeemed_b.account_id == second
+    assert redeemed_a is not None and redeemed_a.account_id == first
 
 
 @pytest.mark.parametrize("seconds", [0, 601, -1])
-async def test_lifetime_bounds(engine: AsyncEngine, seconds: int) -> None:
+async def test_lifetime_bounds(store: Store, seconds: int) -> None:
     with pytest.raises(ValueError):
-        await tokens.mint(engine, await _account(engine), seconds)
+        await tokens.mint(store, await _account(store), seconds)
 
 
 async def test_racing_redeems_have_exactly_one_winner(tmp_path: Path) -> None:
-    # Two engines = two independent connection pools, as with two gateway processes on one database.
+    # Two stores = two independent connection pools, as with two gateway processes on one database.
     url = f"sqlite:///{tmp_path / 'race.db'}"
-    await db.upgrade(url)
-    engines = [db.make_engine(url), db.make_engine(url)]
+    stores = [await Store.connect(url), await Store.connect(url, migrate=False)]
     try:
-        account = await _account(engines[0])
+        account = await _account(stores[0])
         for _ in range(10):
-            minted = await tokens.mint(engines[0], account, 60)
-            results = await asyncio.gather(*(tokens.redeem(e, minted.token, "assemblyai") for e in engines * 2))
+            minted = await tokens.mint(stores[0], account, 60)
+            results = await asyncio.gather(*(tokens.redeem(s, minted.token, "assemblyai") for s in stores * 2))
             assert sum(r is not None for r in results) == 1
     finally:
-        for e in engines:
-            await e.dispose()
+        for s in stores:
+            await s.close()
