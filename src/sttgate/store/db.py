@@ -1,0 +1,149 @@
+"""Database engines and migrations.
+
+One URL names the database everywhere (``sqlite:///path`` or ``postgresql://…``); this module picks the async
+driver and the connection settings that the store's locking relies on.
+"""
+
+from __future__ import annotations
+
+import shlex
+from importlib import resources
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+# Execution option: a transaction that only reads, so SQLite may start it deferred instead of IMMEDIATE.
+READ_ONLY = "sttgate_read_only"
+# Any fixed number: serializes concurrent `upgrade()` calls of several gateways on one PostgreSQL database.
+_MIGRATION_LOCK_ID = 0x5774_6761_7465
+
+
+def async_url(url: str) -> URL:
+    """Map a user-facing URL to the async driver: sqlite → aiosqlite, postgresql/postgres → asyncpg."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ValueError(f"unsupported database URL (use sqlite:///path or postgresql://…): {parsed.drivername}")
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url``, configured for the store's transactions."""
+    target = async_url(url)
+    if target.get_backend_name() == "sqlite":
+        return _sqlite_engine(target)
+    return _postgres_engine(target)
+
+
+def _sqlite_engine(url: URL) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=5, max_overflow=15)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's own implicit BEGIN is turned off; `_on_begin` emits ours, so that writers start
+        # with BEGIN IMMEDIATE and take the write lock up front (the slot check must not race).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _postgres_engine(url: URL) -> AsyncEngine:
+    connect_args: dict[str, Any] = {}
+    query = dict(url.query)
+    # libpq spellings that asyncpg does not take as such.
+    if "options" in query:
+        connect_args["server_settings"] = _parse_pg_options(str(query.pop("options")))
+    if "sslmode" in query:
+        query["ssl"] = query.pop("sslmode")
+    url = url.set(query=query)
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=30,
+        pool_recycle=1800,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def _parse_pg_options(options: str) -> dict[str, str]:
+    """``-c search_path=x -c statement_timeout=5s`` → server settings."""
+    settings: dict[str, str] = {}
+    tokens = shlex.split(options)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "-c" and i + 1 < len(tokens):
+            token, i = tokens[i + 1], i + 1
+        elif token.startswith("-c") or token.startswith("--"):
+            token = token[2:]
+        name, sep, value = token.partition("=")
+        if not sep:
+            raise ValueError(f"cannot read PostgreSQL option {token!r}; expected -c name=value")
+        settings[name.replace("-", "_")] = value
+        i += 1
+    return settings
+
+
+def migrations_dir() -> str:
+    """The Alembic scripts shipped inside the package."""
+    return str(resources.files("sttgate.store") / "migrations")
+
+
+def alembic_config() -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", migrations_dir())
+    return cfg
+
+
+async def upgrade(url: str, revision: str = "head") -> None:
+    """Apply every pending migration; idempotent, and safe when several processes start at once."""
+    from alembic import command
+
+    cfg = alembic_config()
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+
+            def run(sync_conn: Connection) -> None:
+                cfg.attributes["connection"] = sync_conn
+                command.upgrade(cfg, revision)
+
+            await conn.run_sync(run)
+    finally:
+        await engine.dispose()
+
+
+async def current_revision(url: str) -> str | None:
+    """The revision the database is at (None before the first migration)."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+    finally:
+        await engine.dispose()

@@ -1,0 +1,692 @@
+"""The store: every database query the gateway and the admin tools make.
+
+Money is integer nano-dollars. Every method is one short transaction. Limits and balances are enforced by the
+database (row locks on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so they hold across gateway processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import string
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Float, Integer, and_, bindparam, case, func, insert, or_, select, text, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sttgate.core import refusals
+from sttgate.core.money import CYCLE_SECONDS, format_usd
+from sttgate.store import db
+from sttgate.store.tables import accounts, api_keys, sessions, tasks
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "sk-mai-"
+KEY_DISPLAY_CHARS = 12
+# token_urlsafe(32) gives 43 characters; anything far outside that is not one of our keys.
+_KEY_MIN_LEN = len(KEY_PREFIX) + 32
+_KEY_MAX_LEN = 256
+_KEY_ALPHABET = frozenset(string.ascii_letters + string.digits + "-_")
+LAST_USED_RESOLUTION_SECONDS = 60.0
+# Far above any real balance, far below BIGINT overflow.
+MAX_BALANCE_NANOS = 10**18
+SESSION_KINDS = ("websocket", "pull")
+CLOSED_BY = ("client", "upstream", "gateway", "gateway_crash")
+_ID_CHUNK = 1000
+
+
+class NotFoundError(LookupError):
+    """An account, key or session that does not exist (the CLI prints it and exits 1)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    account_id: str
+    key_id: str | None
+    streaming_enabled: bool
+    max_streams: int
+    balance_nanos: int | None  # None = postpaid
+
+
+@dataclass(frozen=True)
+class SessionProgress:
+    session_id: str
+    audio_seconds: float
+    cycles: int
+    cost_nanos: int
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of a key or token: they are 256-bit random, so a fast hash loses nothing."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def isoformat(value: datetime | None) -> str | None:
+    """ISO 8601 UTC with a ``Z``, the form every document of the gateway uses."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _looks_like_key(candidate: str) -> bool:
+    return (
+        candidate.startswith(KEY_PREFIX)
+        and _KEY_MIN_LEN <= len(candidate) <= _KEY_MAX_LEN
+        and _KEY_ALPHABET.issuperset(candidate[len(KEY_PREFIX) :])
+    )
+
+
+def _monotone(column: Any, param: str, type_: Any) -> Any:
+    """``max(column, :param)`` on every backend: totals written by batches never go backwards."""
+    value = bindparam(param, type_=type_)
+    return case((column < value, value), else_=column)
+
+
+_AUTH_QUERY = (
+    select(
+        api_keys.c.id.label("key_id"),
+        api_keys.c.key_hash,
+        api_keys.c.revoked_at,
+        api_keys.c.last_used_at,
+        accounts.c.id.label("account_id"),
+        accounts.c.streaming_enabled,
+        accounts.c.max_streams,
+        accounts.c.balance_nanos,
+    )
+    .join(accounts, accounts.c.id == api_keys.c.account_id)
+    .where(api_keys.c.key_hash == bindparam("key_hash"))
+)
+
+
+class Store:
+    """Async access to the database; one instance per process, shared by all sessions."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        # Reads take no write lock on SQLite.
+        self._reader = engine.execution_options(**{db.READ_ONLY: True})
+        self._last_used_written: dict[str, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def connect(cls, url: str, *, migrate: bool = True) -> Store:
+        if migrate:
+            await db.upgrade(url)
+        return cls(db.make_engine(url))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        """True when the database answers (for /readyz); never raises."""
+        try:
+            async with self._reader.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            log.warning("database ping failed", exc_info=True)
+            return False
+        return True
+
+    # --- authentication -------------------------------------------------------------------------------------
+
+    async def authenticate(self, api_key: str) -> Principal | None:
+        """The account behind a key, or None for an unknown, revoked or malformed key.
+
+        Known and unknown keys cost the same single indexed query on the hash; the secret itself is never
+        compared, its hash is (in constant time).
+        """
+        if not _looks_like_key(api_key):
+            return None
+        digest = hash_secret(api_key)
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(_AUTH_QUERY, {"key_hash": digest})).first()
+        if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
+            return None
+        self._touch_key(row.key_id, row.last_used_at)
+        return Principal(
+            account_id=row.account_id,
+            key_id=row.key_id,
+            streaming_enabled=bool(row.streaming_enabled),
+            max_streams=row.max_streams,
+            balance_nanos=row.balance_nanos,
+        )
+
+    def _touch_key(self, key_id: str, last_used_at: datetime | None) -> None:
+        """Record last_used_at at most once a minute per key, in the background (never on the handshake path)."""
+        mono = time.monotonic()
+        written = self._last_used_written.get(key_id)
+        if written is not None and mono - written < LAST_USED_RESOLUTION_SECONDS:
+            return
+        self._last_used_written[key_id] = mono
+        now = utcnow()
+        if last_used_at is not None and (now - last_used_at).total_seconds() < LAST_USED_RESOLUTION_SECONDS:
+            return
+        task = asyncio.get_running_loop().create_task(self._write_last_used(key_id, now))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write_last_used(self, key_id: str, at: datetime) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(api_keys)
+                    .where(
+                        api_keys.c.id == key_id,
+                        or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < at),
+                    )
+                    .values(last_used_at=at)
+                )
+        except Exception:
+            log.warning("could not record last use of key %s", key_id, exc_info=True)
+
+    # --- sessions (stream slots) ----------------------------------------------------------------------------
+
+    async def open_session(
+        self,
+        *,
+        session_id: str,
+        account_id: str,
+        kind: str,
+        provider: str,
+        gateway_id: str,
+        min_balance_nanos: int,
+        lease_ttl: float,
+    ) -> None:
+        """Take a stream slot, or raise TOO_MANY_STREAMS (checked first) or INSUFFICIENT_BALANCE.
+
+        One transaction that holds the account's lock from the count to the insert, so concurrent opens of one
+        account (in any process) are serialized and the limit is exact.
+        """
+        if kind not in SESSION_KINDS:
+            raise ValueError(f"unknown session kind {kind!r}")
+        # The refusal is raised after the transaction: the refusal constants are frozen, and context managers
+        # that re-raise need to set their __traceback__.
+        refusal: refusals.Refusal | None = None
+        async with self.engine.begin() as conn:
+            account = (
+                await conn.execute(
+                    select(accounts.c.max_streams, accounts.c.balance_nanos)
+                    .where(accounts.c.id == account_id)
+                    .with_for_update()
+                )
+            ).first()
+            if account is None:
+                raise NotFoundError(f"no account {account_id}")
+            now = utcnow()
+            live = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(sessions)
+                    .where(
+                        sessions.c.account_id == account_id,
+                        sessions.c.ended_at.is_(None),
+                        sessions.c.lease_expires_at > now,
+                    )
+                )
+            ).scalar_one()
+            if live >= account.max_streams:
+                refusal = refusals.TOO_MANY_STREAMS
+            elif account.balance_nanos is not None and account.balance_nanos < min_balance_nanos:
+                refusal = refusals.INSUFFICIENT_BALANCE
+            else:
+                await conn.execute(
+                    insert(sessions).values(
+                        id=session_id,
+                        account_id=account_id,
+                        kind=kind,
+                        provider=provider,
+                        gateway_id=gateway_id,
+                        started_at=now,
+                        lease_expires_at=now + timedelta(seconds=lease_ttl),
+                        audio_seconds=0.0,
+                        cycles=0,
+                        cost_nanos=0,
+                    )
+                )
+        if refusal is not None:
+            raise refusal
+
+    async def charge_cycles(self, session_id: str, account_id: str, cycles: int, price_nanos: int) -> bool:
+        """Debit ``cycles × price`` from a prepaid balance, all or nothing; False when the balance cannot pay.
+
+        The debit is a conditional UPDATE (``balance >= amount``), so racing sessions of one account never take
+        the balance below zero, and the session's cycles and cost move in the same transaction. Postpaid
+        accounts are not written here (flush_progress records their cycles): True.
+        """
+        if cycles < 0 or price_nanos < 0:
+            raise ValueError("cycles and price must not be negative")
+        amount = cycles * price_nanos
+        async with self.engine.begin() as conn:
+            debited = await conn.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id, accounts.c.balance_nanos >= amount)
+                .values(balance_nanos=accounts.c.balance_nanos - amount)
+            )
+            if debited.rowcount == 1:
+                recorded = await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.id == session_id, sessions.c.account_id == account_id)
+                    .values(cycles=sessions.c.cycles + cycles, cost_nanos=sessions.c.cost_nanos + amount)
+                )
+                if recorded.rowcount != 1:
+                    raise NotFoundError(f"no session {session_id} of account {account_id}")
+                return True
+            balance = (await conn.execute(select(accounts.c.balance_nanos).where(accounts.c.id == account_id))).first()
+            if balance is None:
+                raise NotFoundError(f"no account {account_id}")
+            return balance.balance_nanos is None
+
+    async def flush_progress(self, updates: Sequence[SessionProgress]) -> None:
+        """Write absolute session totals in one batched transaction; a total never goes backwards."""
+        if not updates:
+            return
+        stmt = (
+            update(sessions)
+            .where(sessions.c.id == bindparam("p_id"))
+            .values(
+                audio_seconds=_monotone(sessions.c.audio_seconds, "p_audio", Float()),
+                cycles=_monotone(sessions.c.cycles, "p_cycles", Integer()),
+                cost_nanos=_monotone(sessions.c.cost_nanos, "p_cost", sessions.c.cost_nanos.type),
+            )
+        )
+        params = [
+            {"p_id": u.session_id, "p_audio": float(u.audio_seconds), "p_cycles": u.cycles, "p_cost": u.cost_nanos}
+            for u in updates
+        ]
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt, params)
+
+    async def renew_leases(self, session_ids: Sequence[str], lease_ttl: float) -> None:
+        """Extend the slots a live gateway still holds (one statement for up to 1000 sessions)."""
+        if not session_ids:
+            return
+        expires = utcnow() + timedelta(seconds=lease_ttl)
+        async with self.engine.begin() as conn:
+            for chunk in _chunks(session_ids):
+                await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.id.in_(chunk), sessions.c.ended_at.is_(None))
+                    .values(lease_expires_at=expires)
+                )
+
+    async def end_session(
+        self,
+        session_id: str,
+        *,
+        audio_seconds: float,
+        cycles: int,
+        cost_nanos: int,
+        close_code: int | None,
+        close_reason: str | None,
+        closed_by: str,
+    ) -> None:
+        """Record the final totals and how the session closed, which frees its slot.
+
+        A session a reaper closed as ``gateway_crash`` (its gateway stalled past the lease) gets the real ending.
+        """
+        if closed_by not in CLOSED_BY:
+            raise ValueError(f"closed_by must be one of {', '.join(CLOSED_BY)}")
+        now = utcnow()
+        still_open = or_(sessions.c.ended_at.is_(None), sessions.c.closed_by == "gateway_crash")
+        stmt = (
+            update(sessions)
+            .where(sessions.c.id == session_id)
+            .values(
+                audio_seconds=_monotone(sessions.c.audio_seconds, "p_audio", Float()),
+                cycles=_monotone(sessions.c.cycles, "p_cycles", Integer()),
+                cost_nanos=_monotone(sessions.c.cost_nanos, "p_cost", sessions.c.cost_nanos.type),
+                ended_at=case((still_open, now), else_=sessions.c.ended_at),
+                close_code=case((still_open, close_code), else_=sessions.c.close_code),
+                close_reason=case((still_open, close_reason), else_=sessions.c.close_reason),
+                closed_by=case((still_open, closed_by), else_=sessions.c.closed_by),
+            )
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                stmt, {"p_audio": float(audio_seconds), "p_cycles": cycles, "p_cost": cost_nanos}
+            )
+        if result.rowcount != 1:
+            raise NotFoundError(f"no session {session_id}")
+
+    async def reap_dead_sessions(self, *, gateway_id: str | None = None) -> list[str]:
+        """Close as ``gateway_crash`` the open sessions whose lease expired (and, at start-up, this gateway's own).
+
+        Cycles and cost already written are kept. Their pull tasks end as ``gateway_shutdown``. Safe to run on
+        every gateway at once: each session is closed by exactly one of them.
+        """
+        now = utcnow()
+        dead = sessions.c.lease_expires_at <= now
+        if gateway_id is not None:
+            dead = or_(dead, sessions.c.gateway_id == gateway_id)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(sessions)
+                .where(sessions.c.ended_at.is_(None), dead)
+                .values(ended_at=now, closed_by="gateway_crash")
+                .returning(sessions.c.id)
+            )
+            reaped = [r.id for r in result]
+            for chunk in _chunks(reaped):
+                await conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id.in_(chunk), tasks.c.ended_at.is_(None))
+                    .values(status="gateway_shutdown", ended_at=now)
+                )
+        if reaped:
+            log.info("closed %d sessions left by a crashed or stalled gateway", len(reaped))
+        return reaped
+
+    # --- admin: accounts ------------------------------------------------------------------------------------
+
+    async def create_account(
+        self,
+        *,
+        name: str,
+        max_streams: int = 5,
+        balance_nanos: int | None = None,
+        streaming_enabled: bool = True,
+    ) -> dict[str, Any]:
+        _check_name(name)
+        _check_max_streams(max_streams)
+        if balance_nanos is not None:
+            _check_amount(balance_nanos, "balance")
+        now = utcnow()
+        account_id = str(uuid.uuid4())
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(accounts).values(
+                    id=account_id,
+                    name=name.strip(),
+                    streaming_enabled=streaming_enabled,
+                    max_streams=max_streams,
+                    balance_nanos=balance_nanos,
+                    webhook_secret=_new_webhook_secret(),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            return await self._account_dict(conn, account_id)
+
+    async def list_accounts(self) -> list[dict[str, Any]]:
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(select(accounts).order_by(accounts.c.created_at, accounts.c.id))).all()
+        return [_account_view(r) for r in rows]
+
+    async def get_account(self, account_id: str) -> dict[str, Any] | None:
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+        return None if row is None else _account_view(row)
+
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        name: str | None = None,
+        max_streams: int | None = None,
+        streaming_enabled: bool | None = None,
+        set_balance_nanos: int | None = None,
+        top_up_nanos: int | None = None,
+        postpaid: bool = False,
+    ) -> dict[str, Any]:
+        """Change an account; a top-up adds to the balance atomically (safe while sessions are being charged)."""
+        if sum((set_balance_nanos is not None, top_up_nanos is not None, postpaid)) > 1:
+            raise ValueError("choose one of: set the balance, top up, or make the account postpaid")
+        values: dict[str, Any] = {}
+        if name is not None:
+            _check_name(name)
+            values["name"] = name.strip()
+        if max_streams is not None:
+            _check_max_streams(max_streams)
+            values["max_streams"] = max_streams
+        if streaming_enabled is not None:
+            values["streaming_enabled"] = streaming_enabled
+        if set_balance_nanos is not None:
+            _check_amount(set_balance_nanos, "balance")
+            values["balance_nanos"] = set_balance_nanos
+        if top_up_nanos is not None:
+            _check_amount(top_up_nanos, "top-up")
+            if top_up_nanos == 0:
+                raise ValueError("a top-up must be more than zero")
+            values["balance_nanos"] = accounts.c.balance_nanos + top_up_nanos
+        if postpaid:
+            values["balance_nanos"] = None
+        async with self.engine.begin() as conn:
+            current = (
+                await conn.execute(
+                    select(accounts.c.balance_nanos).where(accounts.c.id == account_id).with_for_update()
+                )
+            ).first()
+            if current is None:
+                raise NotFoundError(f"no account {account_id}")
+            if top_up_nanos is not None:
+                if current.balance_nanos is None:
+                    raise ValueError("the account is postpaid and has no balance to top up; set one with --balance")
+                if current.balance_nanos + top_up_nanos > MAX_BALANCE_NANOS:
+                    raise ValueError("the balance would exceed the largest supported amount")
+            if values:
+                values["updated_at"] = utcnow()
+                await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+            return await self._account_dict(conn, account_id)
+
+    async def webhook_secret(self, account_id: str, *, rotate: bool = False) -> str:
+        """The key that signs the account's webhooks (SPEC §6); ``rotate`` replaces it."""
+        async with self.engine.begin() as conn:
+            if rotate:
+                secret = _new_webhook_secret()
+                result = await conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id)
+                    .values(webhook_secret=secret, updated_at=utcnow())
+                )
+                if result.rowcount != 1:
+                    raise NotFoundError(f"no account {account_id}")
+                return secret
+            row = (await conn.execute(select(accounts.c.webhook_secret).where(accounts.c.id == account_id))).first()
+        if row is None:
+            raise NotFoundError(f"no account {account_id}")
+        return str(row.webhook_secret)
+
+    async def _account_dict(self, conn: AsyncConnection, account_id: str) -> dict[str, Any]:
+        row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+        if row is None:
+            raise NotFoundError(f"no account {account_id}")
+        return _account_view(row)
+
+    # --- admin: keys ----------------------------------------------------------------------------------------
+
+    async def create_key(self, account_id: str) -> dict[str, Any]:
+        """A new key; the only time its secret is returned (only its hash is stored)."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = str(uuid.uuid4())
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            await self._require_account(conn, account_id)
+            await conn.execute(
+                insert(api_keys).values(
+                    id=key_id,
+                    account_id=account_id,
+                    key_hash=hash_secret(key),
+                    prefix=key[:KEY_DISPLAY_CHARS],
+                    created_at=now,
+                )
+            )
+        return {
+            "id": key_id,
+            "key": key,
+            "prefix": key[:KEY_DISPLAY_CHARS],
+            "account_id": account_id,
+            "created_at": isoformat(now),
+        }
+
+    async def list_keys(self, account_id: str) -> list[dict[str, Any]]:
+        async with self._reader.connect() as conn:
+            await self._require_account(conn, account_id)
+            rows = (
+                await conn.execute(
+                    select(api_keys)
+                    .where(api_keys.c.account_id == account_id)
+                    .order_by(api_keys.c.created_at, api_keys.c.id)
+                )
+            ).all()
+        return [_key_view(r) for r in rows]
+
+    async def revoke_key(self, key_id: str) -> dict[str, Any]:
+        """Revoke a key at once; revoking twice keeps the first time."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        if row is None:
+            raise NotFoundError(f"no key {key_id}")
+        return _key_view(row)
+
+    @staticmethod
+    async def _require_account(conn: AsyncConnection, account_id: str) -> None:
+        found = (await conn.execute(select(accounts.c.id).where(accounts.c.id == account_id))).first()
+        if found is None:
+            raise NotFoundError(f"no account {account_id}")
+
+    # --- usage ----------------------------------------------------------------------------------------------
+
+    async def usage(
+        self, account_id: str, since: datetime | None = None, until: datetime | None = None
+    ) -> dict[str, Any]:
+        """The usage document of SPEC §5: sessions that started in ``[since, until)``, newest first."""
+        conditions = [sessions.c.account_id == account_id]
+        if since is not None:
+            conditions.append(sessions.c.started_at >= since)
+        if until is not None:
+            conditions.append(sessions.c.started_at < until)
+        async with self._reader.connect() as conn:
+            account = (await conn.execute(select(accounts.c.balance_nanos).where(accounts.c.id == account_id))).first()
+            if account is None:
+                raise NotFoundError(f"no account {account_id}")
+            rows = (
+                await conn.execute(
+                    select(
+                        sessions.c.id,
+                        sessions.c.kind,
+                        sessions.c.provider,
+                        sessions.c.started_at,
+                        sessions.c.ended_at,
+                        sessions.c.audio_seconds,
+                        sessions.c.cycles,
+                        sessions.c.cost_nanos,
+                        sessions.c.close_code,
+                        sessions.c.closed_by,
+                    )
+                    .where(and_(*conditions))
+                    .order_by(sessions.c.started_at.desc(), sessions.c.id.desc())
+                )
+            ).all()
+        totals: dict[str, dict[str, Any]] = {
+            p: {"sessions": 0, "audio_seconds": 0.0, "cycles": 0, "cost_nanos": 0} for p in refusals.VALID_PROVIDERS
+        }
+        for r in rows:
+            t = totals.setdefault(r.provider, {"sessions": 0, "audio_seconds": 0.0, "cycles": 0, "cost_nanos": 0})
+            t["sessions"] += 1
+            t["audio_seconds"] += r.audio_seconds
+            t["cycles"] += r.cycles
+            t["cost_nanos"] += r.cost_nanos
+        return {
+            "account_id": account_id,
+            "balance_usd": format_usd(account.balance_nanos),
+            "totals": {
+                provider: {
+                    "sessions": t["sessions"],
+                    "audio_seconds": _seconds(t["audio_seconds"]),
+                    "billed_seconds": t["cycles"] * CYCLE_SECONDS,
+                    "cost_usd": format_usd(t["cost_nanos"]),
+                }
+                for provider, t in totals.items()
+            },
+            "sessions": [
+                {
+                    "id": r.id,
+                    "kind": r.kind,
+                    "provider": r.provider,
+                    "started_at": isoformat(r.started_at),
+                    "ended_at": isoformat(r.ended_at),
+                    "audio_seconds": _seconds(r.audio_seconds),
+                    "billed_seconds": r.cycles * CYCLE_SECONDS,
+                    "cost_usd": format_usd(r.cost_nanos),
+                    "close_code": r.close_code,
+                    "closed_by": r.closed_by,
+                }
+                for r in rows
+            ],
+        }
+
+
+def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[i : i + _ID_CHUNK] for i in range(0, len(ids), _ID_CHUNK)]
+
+
+def _seconds(value: float) -> float:
+    """Audio seconds for documents: float sums carry noise below the millisecond, which nobody bills."""
+    return round(float(value), 3)
+
+
+def _new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def _check_name(name: str) -> None:
+    if not name or not name.strip():
+        raise ValueError("the account name must not be empty")
+
+
+def _check_max_streams(max_streams: int) -> None:
+    if max_streams < 0:
+        raise ValueError("max streams must be zero or more")
+
+
+def _check_amount(nanos: int, what: str) -> None:
+    if nanos < 0:
+        raise ValueError(f"the {what} must not be negative")
+    if nanos > MAX_BALANCE_NANOS:
+        raise ValueError(f"the {what} is larger than the largest supported amount")
+
+
+def _account_view(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "streaming_enabled": bool(row.streaming_enabled),
+        "max_streams": row.max_streams,
+        "balance_usd": format_usd(row.balance_nanos),
+        "created_at": isoformat(row.created_at),
+        "updated_at": isoformat(row.updated_at),
+    }
+
+
+def _key_view(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "prefix": row.prefix,
+        "created_at": isoformat(row.created_at),
+        "last_used_at": isoformat(row.last_used_at),
+        "revoked_at": isoformat(row.revoked_at),
+    }

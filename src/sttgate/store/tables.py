@@ -1,0 +1,157 @@
+"""The schema, as SQLAlchemy Core tables (the store issues Core statements: no ORM identity map on the hot path).
+
+The migrations in ``migrations/versions`` create exactly these tables; a change here needs a new migration.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python on every backend.
+
+    PostgreSQL stores ``timestamptz``. SQLite has no time zones: values are stored as naive UTC text in one fixed
+    format, so comparisons between stored values and bound parameters stay correct as plain string comparisons.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("streaming_enabled", Boolean, nullable=False, default=True),
+    Column("max_streams", Integer, nullable=False, default=5),
+    # NULL = postpaid (accrues only); otherwise the prepaid balance, never below zero.
+    Column("balance_nanos", BigInteger, nullable=True),
+    Column("webhook_secret", String(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("balance_nanos IS NULL OR balance_nanos >= 0", name="ck_accounts_balance_not_negative"),
+    CheckConstraint("max_streams >= 0", name="ck_accounts_max_streams_not_negative"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_id", String(36), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("key_hash", String(64), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    UniqueConstraint("key_hash"),
+)
+
+# A session row with ended_at IS NULL and a lease in the future is a stream slot.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_id", String(36), ForeignKey("accounts.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("gateway_id", String(128), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=False),
+    Column("audio_seconds", Float, nullable=False, default=0.0),
+    Column("cycles", Integer, nullable=False, default=0),
+    Column("cost_nanos", BigInteger, nullable=False, default=0),
+    Column("close_code", Integer, nullable=True),
+    Column("close_reason", Text, nullable=True),
+    Column("closed_by", String(16), nullable=True),
+    Index(None, "account_id", "ended_at"),
+    Index(None, "account_id", "started_at"),
+    Index(None, "ended_at", "lease_expires_at"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(36), ForeignKey("sessions.id"), primary_key=True),
+    Column("account_id", String(36), ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("audio_url", Text, nullable=False),
+    Column("callback_url", Text, nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("params", Text, nullable=False, default=""),
+    Column("status", String(32), nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("stop_requested", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("ended_at", UTCDateTime, nullable=True),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("task_id", String(36), ForeignKey("tasks.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Index(None, "task_id", "seq"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("token_hash", String(64), nullable=False),
+    Column("account_id", String(36), ForeignKey("accounts.id"), nullable=False),
+    Column("provider", String(32), nullable=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("token_hash"),
+)
