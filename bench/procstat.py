@@ -1,0 +1,63 @@
+"""CPU and memory of process trees, read from /proc (utime+stime in clock ticks; VmRSS)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                out.extend(int(c) for c in fh.read().split())
+    except OSError:
+        pass
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (e.g. nginx workers, ``sttgate serve --workers N``)."""
+    pids = [pid]
+    i = 0
+    while i < len(pids):
+        pids.extend(_children(pids[i]))
+        i += 1
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (all its threads), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process, 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * PAGE_BYTES
+    except OSError:
+        return 0
+
+
+@dataclass
+class Sample:
+    """CPU seconds and RSS of a group of process trees at one instant."""
+
+    cpu: float
+    rss: int
+
+
+def sample(roots: list[int]) -> Sample:
+    """Sum over the trees of ``roots``; children are re-listed each time so forked workers are counted."""
+    pids = {p for root in roots for p in tree(root)}
+    return Sample(sum(cpu_seconds(p) for p in pids), sum(rss_bytes(p) for p in pids))
