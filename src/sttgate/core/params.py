@@ -1,0 +1,118 @@
+"""The client's raw query string: pick out ``provider``/``api_key``/``token``, forward the rest byte for byte.
+
+SDKs encode differently (``%20`` vs ``+``, ``True`` vs ``true``, JSON arrays as values) and providers parse what
+they get, so the gateway never decodes and re-encodes what it forwards: it only drops whole ``key=value`` pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, unquote_plus
+
+# Pairs the gateway consumes and never forwards. Keys are matched after percent-decoding and case-folding, so no
+# spelling of them (``api%5Fkey``, ``API_KEY``) carries the client's credential to the provider.
+_CONSUMED = frozenset({"provider", "api_key", "token"})
+
+# Query keys whose values never appear in logs: the gateway's own credentials and anything that looks like a secret.
+_SECRET_KEY_SUFFIXES = ("key", "token", "secret", "password", "signature")
+# Credential prefixes (gateway keys, gateway tokens, ElevenLabs single-use tokens) redacted under any key.
+_SECRET_VALUE_PREFIXES = ("sk-mai-", "sttg_", "sutkn_")
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class ClientQuery:
+    """What the gateway reads from the client's query, and what it forwards to the provider.
+
+    ``provider``, ``api_key`` and ``token`` are the decoded values of the first pair with exactly that (decoded,
+    lower-case) key, like ``aiohttp``'s ``request.query.get``; an empty value counts as absent (``None``).
+    """
+
+    provider: str | None
+    api_key: str | None
+    token: str | None
+    forwarded: str
+
+
+def _decoded_key(pair: str) -> str:
+    return unquote_plus(pair.partition("=")[0])
+
+
+def split_query(raw_query: str) -> ClientQuery:
+    """Split the client's query into the three gateway parameters and the byte-exact remainder.
+
+    Empty pairs (``a=1&&b=2``) are dropped; every other pair that is not consumed is kept as sent, in order.
+    """
+    values: dict[str, str] = {}
+    kept: list[str] = []
+    for pair in raw_query.split("&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition("=")
+        decoded = unquote_plus(key)
+        if decoded.strip().lower() in _CONSUMED:
+            if decoded in _CONSUMED and decoded not in values:
+                values[decoded] = unquote_plus(value)
+            continue
+        kept.append(pair)
+    return ClientQuery(
+        provider=values.get("provider") or None,
+        api_key=values.get("api_key") or None,
+        token=values.get("token") or None,
+        forwarded="&".join(kept),
+    )
+
+
+def query_values(forwarded: str) -> dict[str, str]:
+    """Decoded ``key -> value`` of a query; the last value of a repeated key wins. For reading format parameters."""
+    out: dict[str, str] = {}
+    for pair in forwarded.split("&"):
+        if pair:
+            key, _, value = pair.partition("=")
+            out[unquote_plus(key)] = unquote_plus(value)
+    return out
+
+
+def _keys(query: str) -> set[str]:
+    return {_decoded_key(pair) for pair in query.split("&") if pair}
+
+
+def with_defaults(forwarded: str, defaults: Sequence[tuple[str, str]]) -> str:
+    """Append ``key=value`` for each default the query does not already have (whatever its value), nothing else.
+
+    The provider requires these (ElevenLabs ``model_id``); a key the client set, even to an empty value, is the
+    client's choice and is left alone.
+    """
+    present = _keys(forwarded)
+    added = [f"{quote(key, safe='')}={quote(value, safe='')}" for key, value in defaults if key not in present]
+    return "&".join(part for part in (forwarded, *added) if part)
+
+
+def _looks_like_credential(text: str) -> bool:
+    return text.strip().lower().startswith(_SECRET_VALUE_PREFIXES)
+
+
+def _is_secret_key(key: str) -> bool:
+    lowered = key.strip().lower()
+    return lowered.endswith(_SECRET_KEY_SUFFIXES) or "auth" in lowered
+
+
+def redact_query(raw_query: str) -> str:
+    """The query for logs: every credential-like value replaced by ``***``, the rest unchanged.
+
+    Redacts ``api_key``, ``token``, ``xi-api-key`` and any key ending in key/token/secret/password/signature or
+    containing ``auth`` (e.g. AssemblyAI ``webhook_auth_header_value``), and any value that looks like a gateway key
+    or token whatever its key.
+    """
+    out: list[str] = []
+    for pair in raw_query.split("&"):
+        key, sep, value = pair.partition("=")
+        decoded_key = unquote_plus(key)
+        if _looks_like_credential(decoded_key):
+            out.append(REDACTED)
+        elif sep and (_is_secret_key(decoded_key) or _looks_like_credential(unquote_plus(value))):
+            out.append(f"{key}={REDACTED}")
+        else:
+            out.append(pair)
+    return "&".join(out)
