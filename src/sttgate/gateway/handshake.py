@@ -1,0 +1,300 @@
+"""The push handshake (SPEC §3): every refusal is an HTTP response before the upgrade; the 101 follows the provider's.
+
+Split in two so provider-shaped routes (SPEC §3b) are one small function each:
+
+- reading the request: :func:`credential_from_request` (``api_key`` query or ``Authorization``), :func:`principal_for`
+  (key or token → account, 401/403), :func:`resolve_provider` (400);
+- everything after: :func:`open_stream` (slot 429/402 → upstream connect 502/504/4xx → :class:`LiveSession`) and
+  :func:`accept_and_relay` (the client's 101 with ``X-Session-Id``, then the relay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+from aiohttp import ClientResponse, ClientWebSocketResponse, ClientWSTimeout, web
+from yarl import URL
+
+from sttgate import tokens
+from sttgate.core import closecodes, refusals
+from sttgate.core.params import redact_query, split_query
+from sttgate.core.refusals import Refusal
+from sttgate.gateway.keys import GATEWAY_ID, METRICS, SESSIONS, SETTINGS, STORE, UPSTREAM_HTTP
+from sttgate.gateway.relay import relay
+from sttgate.gateway.sessions import LiveSession, log_event
+from sttgate.providers import Provider, get_provider
+from sttgate.store.store import Principal
+
+# How much of a provider's refusal body is kept to quote it (upstream_rejected keeps 1000 characters).
+_BODY_LIMIT = 4096
+# A provider refusal body is read only this long: it must not hold the client's handshake hostage.
+_BODY_READ_SECONDS = 1.0
+
+
+class _RefusalBody:
+    __slots__ = ("body",)
+
+    def __init__(self) -> None:
+        self.body = b""
+
+
+# The upstream handshake of the current task collects the provider's refusal body here (aiohttp drops it).
+_REFUSAL_BODY: contextvars.ContextVar[_RefusalBody | None] = contextvars.ContextVar(
+    "sttgate_refusal_body", default=None
+)
+
+
+class HandshakeResponse(ClientResponse):
+    """Reads the body of a non-101 answer to an upstream upgrade, so a provider's 4xx can be quoted to the client."""
+
+    async def start(self, connection: Any) -> ClientResponse:
+        response = await super().start(connection)
+        holder = _REFUSAL_BODY.get()
+        if holder is not None and self.status >= 400:
+            chunks: list[bytes] = []
+            size = 0
+            try:
+                async with asyncio.timeout(_BODY_READ_SECONDS):
+                    while size < _BODY_LIMIT and not self.content.at_eof():
+                        chunk = await self.content.read(_BODY_LIMIT - size)
+                        if not chunk:
+                            break
+                        chunks.append(chunk)
+                        size += len(chunk)
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                pass
+            holder.body = b"".join(chunks)
+        return response
+
+
+class UpstreamSocket(ClientWebSocketResponse):
+    """The provider hop; a frame above the limit closes it with 1009 "message too big" (aiohttp sends no reason)."""
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        if code == closecodes.MESSAGE_TOO_BIG.code and not message:
+            message = closecodes.MESSAGE_TOO_BIG.reason.encode()
+        return await super().close(code=code, message=message)
+
+
+class ClientSocket(web.WebSocketResponse):
+    """The client hop; a frame above the limit closes it with 1009 "message too big" (aiohttp sends no reason)."""
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        if code == closecodes.MESSAGE_TOO_BIG.code and not message:
+            message = closecodes.MESSAGE_TOO_BIG.reason.encode()
+        return await super().close(code=code, message=message, drain=drain)
+
+
+def refuse(app: web.Application, refusal: Refusal) -> web.Response:
+    """The HTTP answer to a refused handshake: the refusal's status and ``{"error": {"code", "message"}}``."""
+    app[METRICS].refusals.labels(refusal.code).inc()
+    return web.json_response(refusal.body(), status=refusal.status)
+
+
+def credential_from_request(request: web.Request, query_key: str | None) -> str | None:
+    """The client's key: the ``api_key`` query value, else the ``Authorization`` header (raw or ``Bearer``)."""
+    if query_key:
+        return query_key
+    header = request.headers.get("Authorization", "").strip()
+    if header[:7].lower() == "bearer ":
+        header = header[7:].strip()
+    return header or None
+
+
+async def principal_for(app: web.Application, key: str | None, token: str | None, provider: str) -> Principal:
+    """Authenticate a key, or redeem a gateway token for ``provider``, and check the account may stream: 401, 403."""
+    store = app[STORE]
+    if token:
+        principal = await tokens.redeem(store, token, provider)
+        if principal is None:
+            raise refusals.INVALID_TOKEN
+    elif key:
+        principal = await store.authenticate(key)
+        if principal is None:
+            raise refusals.INVALID_API_KEY
+    else:
+        raise refusals.MISSING_API_KEY
+    if not principal.streaming_enabled:
+        raise refusals.STREAMING_NOT_ENABLED
+    return principal
+
+
+async def authorize(
+    app: web.Application, key: str | None, token: str | None, provider_name: str | None
+) -> tuple[Principal, Provider]:
+    """Credential then provider, in SPEC order (401, 403, 400); a token is single-use, so a request whose provider
+    is missing or invalid is refused (400) before its token is spent."""
+    if key and tokens.looks_like_token(key):
+        key, token = None, key
+    if token and not key:
+        provider = resolve_provider(provider_name)
+        return await principal_for(app, None, token, provider.name), provider
+    principal = await principal_for(app, key, None, "")
+    return principal, resolve_provider(provider_name)
+
+
+def resolve_provider(name: str | None) -> Provider:
+    """The provider named exactly ``name``: 400 ``missing_provider`` / ``invalid_provider`` otherwise."""
+    if not name:
+        raise refusals.MISSING_PROVIDER
+    provider = get_provider(name)
+    if provider is None:
+        raise refusals.INVALID_PROVIDER
+    return provider
+
+
+async def connect_upstream(app: web.Application, provider: Provider, forwarded: str) -> ClientWebSocketResponse:
+    """Open the provider's WebSocket with the operator's credential only; provider failures become refusals."""
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    # encoded=True: the client's query goes out byte for byte, never re-quoted.
+    url = URL(provider.upstream_url(provider.base_url(settings), forwarded), encoded=True)
+    holder = _RefusalBody()
+    reset = _REFUSAL_BODY.set(holder)
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(settings.upstream_connect_timeout_seconds):
+            upstream = await app[UPSTREAM_HTTP].ws_connect(
+                url,
+                headers=provider.credential_headers(provider.operator_key(settings)),
+                compress=0,
+                autoclose=False,
+                autoping=True,
+                heartbeat=settings.heartbeat_seconds,
+                max_msg_size=settings.max_frame_bytes + 1,
+                decode_text=False,
+                timeout=ClientWSTimeout(ws_receive=None, ws_close=_close_timeout(app)),
+            )
+    except TimeoutError:
+        raise refusals.UPSTREAM_TIMEOUT from None
+    except aiohttp.WSServerHandshakeError as exc:
+        raise _classify(exc.status, holder.body) from None
+    except (aiohttp.ClientError, OSError):
+        raise refusals.UPSTREAM_UNAVAILABLE from None
+    finally:
+        _REFUSAL_BODY.reset(reset)
+    metrics.upstream_connect.labels(provider.name).observe(time.monotonic() - started)
+    return upstream
+
+
+def _classify(status: int, body: bytes) -> Refusal:
+    if status in (401, 403):
+        return refusals.UPSTREAM_AUTH_FAILED
+    if 400 <= status < 500:
+        return refusals.upstream_rejected(status, body.decode("utf-8", "replace"))
+    return refusals.UPSTREAM_UNAVAILABLE
+
+
+def _close_timeout(app: web.Application) -> float:
+    return float(getattr(app[SETTINGS], "close_timeout_seconds", 5.0))
+
+
+async def open_stream(
+    app: web.Application,
+    principal: Principal,
+    provider: Provider,
+    forwarded: str,
+    *,
+    kind: str = "websocket",
+    session_id: str | None = None,
+) -> LiveSession:
+    """Take a stream slot (429/402) and connect the provider (502/504/4xx): a registered :class:`LiveSession`.
+
+    Raises :class:`Refusal`. A slot taken for a session whose upstream could not be opened is released at once.
+    """
+    manager = app[SESSIONS]
+    if manager.draining:
+        raise refusals.SERVICE_DRAINING
+    store = app[STORE]
+    session_id = session_id or str(uuid.uuid4())
+    await store.open_session(
+        session_id=session_id,
+        account_id=principal.account_id,
+        kind=kind,
+        provider=provider.name,
+        gateway_id=app[GATEWAY_ID],
+        min_balance_nanos=manager.price_nanos(provider.name),
+        lease_ttl=app[SETTINGS].lease_ttl_seconds,
+    )
+    try:
+        upstream = await connect_upstream(app, provider, forwarded)
+    except BaseException as exc:
+        refusal = exc if isinstance(exc, Refusal) else None
+        await asyncio.shield(
+            store.end_session(
+                session_id,
+                audio_seconds=0.0,
+                cycles=0,
+                cost_nanos=0,
+                close_code=None,
+                close_reason=refusal.code if refusal else "handshake aborted",
+                closed_by="gateway",
+            )
+        )
+        raise
+    live = LiveSession(
+        manager,
+        session_id=session_id,
+        principal=principal,
+        provider=provider,
+        kind=kind,
+        forwarded=forwarded,
+        upstream=upstream,
+    )
+    manager.register(live)
+    log_event(
+        "session_start",
+        session=session_id,
+        account=principal.account_id,
+        provider=provider.name,
+        kind=kind,
+        query=redact_query(forwarded),
+    )
+    return live
+
+
+async def accept_and_relay(request: web.Request, live: LiveSession) -> web.StreamResponse:
+    """Accept the client's upgrade (101 with ``X-Session-Id``), relay until both hops close, record the end."""
+    settings = request.app[SETTINGS]
+    client = ClientSocket(
+        compress=False,
+        autoclose=False,
+        autoping=True,
+        heartbeat=settings.heartbeat_seconds,
+        max_msg_size=settings.max_frame_bytes + 1,
+        decode_text=False,
+        timeout=_close_timeout(request.app),
+    )
+    client.headers["X-Session-Id"] = live.id
+    try:
+        try:
+            await client.prepare(request)
+        except (ConnectionError, RuntimeError):
+            live.record(1006, "", "client")
+            return client
+        await relay(client, live)
+    finally:
+        await asyncio.shield(live.end())
+    return client
+
+
+async def audio_stream(request: web.Request) -> web.StreamResponse:
+    """``GET /ws/v2/audio-stream``: SPEC §3, refusals in the order of its table."""
+    app = request.app
+    query = split_query(request.rel_url.raw_query_string)
+    try:
+        if app[SESSIONS].draining:
+            raise refusals.SERVICE_DRAINING
+        key = credential_from_request(request, query.api_key)
+        principal, provider = await authorize(app, key, query.token, query.provider)
+        if not web.WebSocketResponse().can_prepare(request).ok:
+            raise refusals.Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
+        live = await open_stream(app, principal, provider, query.forwarded)
+    except Refusal as refusal:
+        return refuse(app, refusal)
+    return await accept_and_relay(request, live)

@@ -1,0 +1,93 @@
+"""Prometheus metrics of one gateway process, in a registry of its own (one per app, so tests stay isolated).
+
+Per-frame counts never touch a Prometheus object: sessions keep plain ints and the session manager's periodic
+sweep (and the session's end) adds the difference since the last report with :meth:`GatewayMetrics.absorb`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from sttgate.core.money import NANOS_PER_USD
+
+TO_PROVIDER = "client_to_provider"
+TO_CLIENT = "provider_to_client"
+
+_CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class FrameCounts(Protocol):
+    """What :meth:`GatewayMetrics.absorb` reads from a session: running totals and what was already reported."""
+
+    provider_name: str
+    frames_up: int
+    bytes_up: int
+    frames_down: int
+    bytes_down: int
+    reported: list[int]
+
+
+class GatewayMetrics:
+    """Every collector of SPEC §7, bound to a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.sessions_open = Gauge("sttgate_sessions_open", "Live sessions, by provider.", ["provider"], registry=r)
+        self.sessions_ended = Counter(
+            "sttgate_sessions_ended", "Ended sessions, by who closed and close code.", ["closed_by", "code"], registry=r
+        )
+        self.frames = Counter(
+            "sttgate_frames", "Data frames relayed, by direction.", ["provider", "direction"], registry=r
+        )
+        self.bytes = Counter(
+            "sttgate_bytes", "Payload bytes relayed, by direction.", ["provider", "direction"], registry=r
+        )
+        self.cycles = Counter("sttgate_cycles_billed", "5-second cycles billed.", ["provider"], registry=r)
+        self.billed_usd = Counter(
+            "sttgate_billed_usd", "USD billed (informational; the ledger is exact).", ["provider"], registry=r
+        )
+        self.refusals = Counter(
+            "sttgate_handshake_refusals", "Handshakes refused, by error code.", ["code"], registry=r
+        )
+        self.upstream_connect = Histogram(
+            "sttgate_upstream_connect_seconds",
+            "Time from upstream connect start to the provider's 101.",
+            ["provider"],
+            buckets=_CONNECT_BUCKETS,
+            registry=r,
+        )
+        self.upstream_auth_errors = Counter(
+            "sttgate_upstream_auth_errors",
+            "Provider sessions that reported the operator's credentials as invalid, in-band.",
+            ["provider"],
+            registry=r,
+        )
+        self.background_errors = Counter(
+            "sttgate_background_errors", "Failures of periodic ledger/lease work, by task.", ["task"], registry=r
+        )
+        self.draining = Gauge("sttgate_draining", "1 while the gateway drains for shutdown.", registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def billed(self, provider: str, cycles: int, cost_nanos: int) -> None:
+        """Called once per charged cycle batch (every 5 s of audio), never per frame."""
+        self.cycles.labels(provider).inc(cycles)
+        self.billed_usd.labels(provider).inc(cost_nanos / NANOS_PER_USD)
+
+    def absorb(self, s: FrameCounts) -> None:
+        """Add a session's frame and byte counts since its last report."""
+        now = [s.frames_up, s.bytes_up, s.frames_down, s.bytes_down]
+        prev = s.reported
+        if now == prev:
+            return
+        p = s.provider_name
+        self.frames.labels(p, TO_PROVIDER).inc(now[0] - prev[0])
+        self.bytes.labels(p, TO_PROVIDER).inc(now[1] - prev[1])
+        self.frames.labels(p, TO_CLIENT).inc(now[2] - prev[2])
+        self.bytes.labels(p, TO_CLIENT).inc(now[3] - prev[3])
+        s.reported = now
