@@ -1,0 +1,453 @@
+"""The ``sttgate`` console script: run the gateway, the emulators or the demo, and administer accounts and keys.
+
+Admin commands print a readable form, or with ``--json`` exactly one JSON document on stdout. Errors go to
+stderr with exit code 1 (usage errors: 2). Every admin command migrates the database first, so a fresh file works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sttgate import __version__
+from sttgate.config import Settings
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as ``error: …`` and exit code 1."""
+
+
+# --- parsing ------------------------------------------------------------------------------------------------------
+
+
+def _common(*, json_flag: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after the command (SUPPRESS keeps a later default from hiding an earlier value)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--database-url", default=argparse.SUPPRESS, help="database URL (default: STTGATE_DATABASE_URL)"
+    )
+    parent.add_argument(
+        "--config", default=argparse.SUPPRESS, metavar="FILE", help="TOML file with settings (environment wins)"
+    )
+    if json_flag:
+        parent.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document on stdout"
+        )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    admin = _common(json_flag=True)
+    plain = _common(json_flag=False)
+    parser = argparse.ArgumentParser(
+        prog="sttgate",
+        description="A metered gateway for real-time speech-to-text.",
+        parents=[_common(json_flag=True)],  # its own copy: set_defaults below rewrites the actions' defaults
+    )
+    parser.set_defaults(database_url=None, config=None, json=False)
+    parser.add_argument("--version", action="version", version=f"sttgate {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", parents=[plain], help="run the gateway (creates/migrates the database)")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
+    serve.set_defaults(handler=_serve)
+
+    acc = commands.add_parser("accounts", help="manage accounts").add_subparsers(
+        dest="accounts_command", metavar="ACTION", required=True
+    )
+    create = acc.add_parser("create", parents=[admin], help="create an account")
+    create.add_argument("--name", required=True)
+    create.add_argument("--max-streams", type=int, default=5, help="concurrent streams and pull tasks (default 5)")
+    create.add_argument("--balance", metavar="USD", help="prepaid balance in USD; omit for a postpaid account")
+    create.add_argument("--no-streaming", dest="streaming", action="store_false", help="create it unable to stream")
+    create.set_defaults(handler=_accounts_create)
+    acc.add_parser("list", parents=[admin], help="list accounts").set_defaults(handler=_accounts_list)
+    show = acc.add_parser("show", parents=[admin], help="show one account")
+    show.add_argument("account_id", metavar="ID")
+    show.set_defaults(handler=_accounts_show)
+    upd = acc.add_parser("update", parents=[admin], help="change an account's name, limits, permission or balance")
+    upd.add_argument("account_id", metavar="ID")
+    upd.add_argument("--name")
+    upd.add_argument("--max-streams", type=int)
+    upd.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None, help="allow streaming")
+    money = upd.add_mutually_exclusive_group()
+    money.add_argument("--balance", metavar="USD", help="set the prepaid balance (makes the account prepaid)")
+    money.add_argument("--top-up", metavar="USD", help="add to the prepaid balance (atomic)")
+    money.add_argument("--postpaid", action="store_true", help="make the account postpaid (no balance)")
+    upd.set_defaults(handler=_accounts_update)
+    secret = acc.add_parser("webhook-secret", parents=[admin], help="show the key that signs the account's webhooks")
+    secret.add_argument("account_id", metavar="ID")
+    secret.add_argument("--rotate", action="store_true", help="replace it with a new one")
+    secret.set_defaults(handler=_accounts_webhook_secret)
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", metavar="ACTION", required=True
+    )
+    kcreate = keys.add_parser("create", parents=[admin], help="create a key (shown once)")
+    kcreate.add_argument("--account", required=True, metavar="ID")
+    kcreate.set_defaults(handler=_keys_create)
+    klist = keys.add_parser("list", parents=[admin], help="list an account's keys")
+    klist.add_argument("--account", required=True, metavar="ID")
+    klist.set_defaults(handler=_keys_list)
+    krevoke = keys.add_parser("revoke", parents=[admin], help="revoke a key")
+    krevoke.add_argument("key_id", metavar="KEY_ID")
+    krevoke.set_defaults(handler=_keys_revoke)
+
+    usage = commands.add_parser("usage", parents=[admin], help="an account's usage document")
+    usage.add_argument("--account", required=True, metavar="ID")
+    usage.add_argument("--since", metavar="T", help="sessions started at or after T (ISO 8601; UTC if no offset)")
+    usage.add_argument("--until", metavar="T", help="sessions started before T (a date alone: through that day)")
+    usage.set_defaults(handler=_usage)
+
+    dbp = commands.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db_command", metavar="ACTION", required=True
+    )
+    dbp.add_parser("upgrade", parents=[admin], help="create or migrate the database").set_defaults(handler=_db_upgrade)
+
+    commands.add_parser("config", parents=[admin], help="print the effective settings (secrets masked)").set_defaults(
+        handler=_config
+    )
+
+    emulate = commands.add_parser("emulate", parents=[plain], help="serve local emulators of both providers")
+    emulate.add_argument("--host", default="127.0.0.1")
+    emulate.add_argument("--port", type=int, default=8090)
+    emulate.set_defaults(handler=_emulate)
+
+    commands.add_parser("demo", parents=[plain], help="gateway + emulators + a demo account, offline").set_defaults(
+        handler=_demo
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        return int(args.handler(args, settings))
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {"database_url": args.database_url} if args.database_url else {}
+    try:
+        return Settings.load(args.config, **overrides)
+    except FileNotFoundError as exc:
+        raise CommandError(f"config file not found: {exc.filename}") from exc
+    except Exception as exc:
+        raise CommandError(f"invalid configuration: {exc}") from exc
+
+
+# --- running against the store ------------------------------------------------------------------------------------
+
+
+def _run(settings: Settings, make: Callable[[], Awaitable[Any]]) -> Any:
+    """Run one coroutine; store and database errors become CommandError."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sttgate.store import NotFoundError
+
+    try:
+        return asyncio.run(make())
+    except (NotFoundError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    except (SQLAlchemyError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise CommandError(f"database {_masked_url(settings)}: {reason}") from exc
+
+
+def _run_admin(settings: Settings, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Open (and migrate) the store, run one operation on it, close it."""
+    from sttgate.store import Store
+
+    async def run() -> Any:
+        store = await Store.connect(settings.database_url)
+        try:
+            return await operation(store)
+        finally:
+            await store.close()
+
+    return _run(settings, run)
+
+
+def _masked_url(settings: Settings) -> str:
+    return str(settings.masked()["database_url"])
+
+
+def _nanos(text: str | None, what: str) -> int | None:
+    from sttgate.core.money import usd_to_nanos
+
+    if text is None:
+        return None
+    try:
+        nanos = usd_to_nanos(text.strip())
+    except ValueError as exc:
+        raise CommandError(f"{what}: {exc}") from exc
+    if nanos < 0:
+        raise CommandError(f"{what}: must not be negative: {text!r}")
+    return nanos
+
+
+def _moment(text: str | None, *, end_of_day: bool) -> datetime | None:
+    """ISO 8601 date or date-time; no offset means UTC; a date alone is its midnight (or the next, for --until)."""
+    if text is None:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        start = datetime.combine(day, time(), tzinfo=UTC)
+        return start + timedelta(days=1) if end_of_day else start
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise CommandError(f"not an ISO 8601 date or time: {text!r}") from exc
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+# --- output -------------------------------------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace, document: Any, human: Callable[[Any], str]) -> int:
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(human(document))
+    return EXIT_OK
+
+
+def _pairs(rows: Sequence[tuple[str, Any]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {'-' if v is None else v}" for k, v in rows)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str("-" if c is None else c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _balance(account: dict[str, Any]) -> str:
+    return "postpaid" if account["balance_usd"] is None else f"{account['balance_usd']} USD"
+
+
+def _account_text(a: dict[str, Any]) -> str:
+    return _pairs(
+        [
+            ("id", a["id"]),
+            ("name", a["name"]),
+            ("streaming", _yes_no(a["streaming_enabled"])),
+            ("max streams", a["max_streams"]),
+            ("balance", _balance(a)),
+            ("created", a["created_at"]),
+            ("updated", a["updated_at"]),
+        ]
+    )
+
+
+def _accounts_text(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no accounts"
+    return _table(
+        ["ID", "NAME", "STREAMING", "MAX STREAMS", "BALANCE", "CREATED"],
+        [
+            [a["id"], a["name"], _yes_no(a["streaming_enabled"]), a["max_streams"], _balance(a), a["created_at"]]
+            for a in items
+        ],
+    )
+
+
+def _keys_text(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no keys"
+    return _table(
+        ["ID", "PREFIX", "CREATED", "LAST USED", "REVOKED"],
+        [[k["id"], k["prefix"] + "…", k["created_at"], k["last_used_at"], k["revoked_at"]] for k in items],
+    )
+
+
+def _usage_text(doc: dict[str, Any]) -> str:
+    balance = "postpaid" if doc["balance_usd"] is None else f"{doc['balance_usd']} USD"
+    parts = [
+        _pairs([("account", doc["account_id"]), ("balance", balance)]),
+        "",
+        _table(
+            ["PROVIDER", "SESSIONS", "AUDIO S", "BILLED S", "COST USD"],
+            [
+                [p, t["sessions"], t["audio_seconds"], t["billed_seconds"], t["cost_usd"]]
+                for p, t in doc["totals"].items()
+            ],
+        ),
+        "",
+    ]
+    if doc["sessions"]:
+        parts.append(
+            _table(
+                ["SESSION", "KIND", "PROVIDER", "STARTED", "ENDED", "AUDIO S", "BILLED S", "COST USD", "CODE", "BY"],
+                [
+                    [
+                        s["id"],
+                        s["kind"],
+                        s["provider"],
+                        s["started_at"],
+                        s["ended_at"] or "open",
+                        s["audio_seconds"],
+                        s["billed_seconds"],
+                        s["cost_usd"],
+                        s["close_code"],
+                        s["closed_by"],
+                    ]
+                    for s in doc["sessions"]
+                ],
+            )
+        )
+    else:
+        parts.append("no sessions")
+    return "\n".join(parts)
+
+
+# --- commands -----------------------------------------------------------------------------------------------------
+
+
+def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
+    balance = _nanos(args.balance, "--balance")
+    account = _run_admin(
+        settings,
+        lambda s: s.create_account(
+            name=args.name, max_streams=args.max_streams, balance_nanos=balance, streaming_enabled=args.streaming
+        ),
+    )
+    return _emit(args, account, _account_text)
+
+
+def _accounts_list(args: argparse.Namespace, settings: Settings) -> int:
+    return _emit(args, _run_admin(settings, lambda s: s.list_accounts()), _accounts_text)
+
+
+def _accounts_show(args: argparse.Namespace, settings: Settings) -> int:
+    account = _run_admin(settings, lambda s: s.get_account(args.account_id))
+    if account is None:
+        raise CommandError(f"no account {args.account_id}")
+    return _emit(args, account, _account_text)
+
+
+def _accounts_update(args: argparse.Namespace, settings: Settings) -> int:
+    balance = _nanos(args.balance, "--balance")
+    top_up = _nanos(args.top_up, "--top-up")
+    account = _run_admin(
+        settings,
+        lambda s: s.update_account(
+            args.account_id,
+            name=args.name,
+            max_streams=args.max_streams,
+            streaming_enabled=args.streaming,
+            set_balance_nanos=balance,
+            top_up_nanos=top_up,
+            postpaid=args.postpaid,
+        ),
+    )
+    return _emit(args, account, _account_text)
+
+
+def _accounts_webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
+    secret = _run_admin(settings, lambda s: s.webhook_secret(args.account_id, rotate=args.rotate))
+    return _emit(args, {"webhook_secret": secret}, lambda d: d["webhook_secret"])
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    created = _run_admin(settings, lambda s: s.create_key(args.account))
+    return _emit(
+        args,
+        created,
+        lambda k: (
+            f"{k['key']}\n\nThis is the only time the key is shown; store it now.\n"
+            + _pairs(
+                [("id", k["id"]), ("prefix", k["prefix"]), ("account", k["account_id"]), ("created", k["created_at"])]
+            )
+        ),
+    )
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    return _emit(args, _run_admin(settings, lambda s: s.list_keys(args.account)), _keys_text)
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    key = _run_admin(settings, lambda s: s.revoke_key(args.key_id))
+    return _emit(args, key, lambda k: f"key {k['id']} ({k['prefix']}…) revoked at {k['revoked_at']}")
+
+
+def _usage(args: argparse.Namespace, settings: Settings) -> int:
+    since = _moment(args.since, end_of_day=False)
+    until = _moment(args.until, end_of_day=True)
+    if since is not None and until is not None and since >= until:
+        raise CommandError("--since must be before --until")
+    doc = _run_admin(settings, lambda s: s.usage(args.account, since=since, until=until))
+    return _emit(args, doc, _usage_text)
+
+
+def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from sttgate.store.db import current_revision, upgrade
+
+    async def migrate() -> str | None:
+        await upgrade(settings.database_url)
+        return await current_revision(settings.database_url)
+
+    revision = _run(settings, migrate)
+    doc = {"database_url": _masked_url(settings), "revision": revision}
+    return _emit(args, doc, lambda d: f"database {d['database_url']} is at revision {d['revision']}")
+
+
+def _config(args: argparse.Namespace, settings: Settings) -> int:
+    masked = settings.masked()
+    return _emit(args, masked, lambda d: "\n".join(f"{k} = {'' if v is None else v}" for k, v in d.items()))
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    # Migrate once here, before any worker process starts, so workers never race on a fresh database.
+    from sttgate.gateway.app import serve
+    from sttgate.store.db import upgrade
+
+    _run(settings, lambda: upgrade(settings.database_url))
+
+    return int(
+        serve(
+            settings,
+            host=args.host or settings.host,
+            port=settings.port if args.port is None else args.port,
+            workers=settings.workers if args.workers is None else args.workers,
+        )
+    )
+
+
+def _emulate(args: argparse.Namespace, settings: Settings) -> int:
+    from sttgate.emulators.app import serve
+
+    asyncio.run(serve(args.host, args.port))
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from sttgate.demo import main as demo_main
+
+    return int(demo_main(settings))

@@ -1,0 +1,251 @@
+"""The real ``sttgate`` console script, run as a subprocess against a fresh SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sttgate.store import Store
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).with_name("sttgate")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sttgate"]
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+@pytest.fixture
+def run(tmp_path: Path, db_url: str) -> Run:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STTGATE_", "ELEVENLABS_", "ASSEMBLYAI_"))}
+
+    def run(*args: str, extra_env: dict[str, str] | None = None, with_db: bool = True) -> subprocess.CompletedProcess:
+        argv = [*_command(), *args]
+        if with_db:
+            argv += ["--database-url", db_url]
+        return subprocess.run(
+            argv, capture_output=True, text=True, cwd=tmp_path, env={**env, **(extra_env or {})}, timeout=60
+        )
+
+    return run
+
+
+def ok_json(result: subprocess.CompletedProcess) -> object:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def fails(result: subprocess.CompletedProcess, code: int = 1) -> str:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert result.stderr.strip()
+    return result.stderr
+
+
+def test_account_key_lifecycle(run: Run, db_url: str) -> None:
+    account = ok_json(run("accounts", "create", "--name", "Acme Radio", "--max-streams", "3", "--json"))
+    assert account["name"] == "Acme Radio"
+    assert account["max_streams"] == 3
+    assert account["balance_usd"] is None
+    assert account["streaming_enabled"] is True
+
+    created = ok_json(run("keys", "create", "--account", account["id"], "--json"))
+    key = created["key"]
+    assert key.startswith("sk-mai-")
+    assert len(key) >= 39
+    assert created["prefix"] == key[:12]
+    assert {"id", "key", "prefix", "account_id", "created_at"} <= set(created)
+
+    listed = run("keys", "list", "--account", account["id"], "--json")
+    keys = ok_json(listed)
+    assert [k["id"] for k in keys] == [created["id"]]
+    assert key not in listed.stdout
+    assert "key" not in keys[0]
+    human = run("keys", "list", "--account", account["id"])
+    assert human.returncode == 0
+    assert created["id"] in human.stdout and key not in human.stdout
+
+    async def authenticate() -> object:
+        store = await Store.connect(db_url, migrate=False)
+        try:
+            return await store.authenticate(key)
+        finally:
+            await store.close()
+
+    import asyncio
+
+    assert asyncio.run(authenticate()).account_id == account["id"]
+
+    revoked = ok_json(run("keys", "revoke", created["id"], "--json"))
+    assert revoked["id"] == created["id"] and revoked["revoked_at"]
+    assert ok_json(run("keys", "list", "--account", account["id"], "--json"))[0]["revoked_at"] == revoked["revoked_at"]
+    assert asyncio.run(authenticate()) is None
+
+    shown = ok_json(run("accounts", "show", account["id"], "--json"))
+    assert shown == account
+    assert [a["id"] for a in ok_json(run("accounts", "list", "--json"))] == [account["id"]]
+
+
+def test_key_creation_shows_the_key_in_human_form(run: Run) -> None:
+    account = ok_json(run("accounts", "create", "--name", "Acme", "--json"))
+    result = run("keys", "create", "--account", account["id"])
+    assert result.returncode == 0, result.stderr
+    first_line = result.stdout.splitlines()[0]
+    assert first_line.startswith("sk-mai-") and len(first_line) >= 39
+    assert "only time" in result.stdout
+
+
+def test_update_balance_limits_and_streaming(run: Run) -> None:
+    account = ok_json(run("accounts", "create", "--name", "Prepaid", "--balance", "1.5", "--no-streaming", "--json"))
+    assert account["balance_usd"] == "1.500000000"
+    assert account["streaming_enabled"] is False
+    aid = account["id"]
+
+    assert ok_json(run("accounts", "update", aid, "--top-up", "0.25", "--json"))["balance_usd"] == "1.750000000"
+    assert ok_json(run("accounts", "update", aid, "--top-up", "0.000000001", "--json"))["balance_usd"] == "1.750000001"
+    assert ok_json(run("accounts", "update", aid, "--balance", "2", "--json"))["balance_usd"] == "2.000000000"
+    updated = ok_json(run("accounts", "update", aid, "--streaming", "--max-streams", "7", "--name", "New", "--json"))
+    assert (updated["streaming_enabled"], updated["max_streams"], updated["name"]) == (True, 7, "New")
+    assert updated["balance_usd"] == "2.000000000"
+    assert ok_json(run("accounts", "update", aid, "--no-streaming", "--json"))["streaming_enabled"] is False
+    assert ok_json(run("accounts", "update", aid, "--postpaid", "--json"))["balance_usd"] is None
+    assert "postpaid" in fails(run("accounts", "update", aid, "--top-up", "1"))
+
+    human = run("accounts", "show", aid)
+    assert human.returncode == 0
+    assert "New" in human.stdout and "postpaid" in human.stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(human.stdout)
+
+
+def test_webhook_secret(run: Run) -> None:
+    aid = ok_json(run("accounts", "create", "--name", "Hooks", "--json"))["id"]
+    first = ok_json(run("accounts", "webhook-secret", aid, "--json"))["webhook_secret"]
+    assert len(first) >= 32
+    assert ok_json(run("accounts", "webhook-secret", aid, "--json"))["webhook_secret"] == first
+    rotated = ok_json(run("accounts", "webhook-secret", aid, "--rotate", "--json"))["webhook_secret"]
+    assert rotated != first
+    assert run("accounts", "webhook-secret", aid).stdout.strip() == rotated
+
+
+def test_usage_document(run: Run) -> None:
+    aid = ok_json(run("accounts", "create", "--name", "Usage", "--balance", "0.12", "--json"))["id"]
+    doc = ok_json(run("usage", "--account", aid, "--json"))
+    assert doc == {
+        "account_id": aid,
+        "balance_usd": "0.120000000",
+        "totals": {
+            "elevenlabs": {"sessions": 0, "audio_seconds": 0.0, "billed_seconds": 0, "cost_usd": "0"},
+            "assemblyai": {"sessions": 0, "audio_seconds": 0.0, "billed_seconds": 0, "cost_usd": "0"},
+        },
+        "sessions": [],
+    }
+    windowed = run("usage", "--account", aid, "--since", "2026-01-01", "--until", "2026-01-31T12:00:00+02:00")
+    assert windowed.returncode == 0, windowed.stderr
+    assert "assemblyai" in windowed.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("accounts", "create", "--name", "X", "--balance", "1.0000000001"),
+        ("accounts", "create", "--name", "X", "--balance", "-1"),
+        ("accounts", "create", "--name", "X", "--balance", "ten"),
+        ("accounts", "create", "--name", "  "),
+        ("accounts", "create", "--name", "X", "--max-streams", "-2"),
+        ("accounts", "show", "no-such-account"),
+        ("accounts", "update", "no-such-account", "--name", "Y"),
+        ("accounts", "webhook-secret", "no-such-account"),
+        ("keys", "create", "--account", "no-such-account"),
+        ("keys", "list", "--account", "no-such-account"),
+        ("keys", "revoke", "no-such-key"),
+        ("usage", "--account", "no-such-account"),
+    ],
+)
+def test_bad_input_is_a_message_and_exit_1(run: Run, args: tuple[str, ...]) -> None:
+    stderr = fails(run(*args, "--json"))
+    assert stderr.startswith("error: ")
+    assert "Traceback" not in stderr
+
+
+def test_bad_amounts_and_times_on_an_existing_account(run: Run) -> None:
+    aid = ok_json(run("accounts", "create", "--name", "X", "--balance", "1", "--json"))["id"]
+    assert "9 decimals" in fails(run("accounts", "update", aid, "--top-up", "0.0000000001"))
+    assert "negative" in fails(run("accounts", "update", aid, "--top-up", "-0.5"))
+    assert "ISO 8601" in fails(run("usage", "--account", aid, "--since", "yesterday"))
+    assert "before" in fails(run("usage", "--account", aid, "--since", "2026-02-01", "--until", "2026-01-01"))
+    assert ok_json(run("accounts", "show", aid, "--json"))["balance_usd"] == "1.000000000"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("accounts", "create"),
+        ("accounts", "update", "x", "--balance", "1", "--top-up", "1"),
+        ("accounts", "create", "--name", "X", "--max-streams", "many"),
+        ("keys", "list"),
+        ("frobnicate",),
+        (),
+    ],
+)
+def test_usage_errors_exit_2(run: Run, args: tuple[str, ...]) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+def test_database_error_is_a_message(run: Run, tmp_path: Path) -> None:
+    result = run(
+        "accounts", "list", "--database-url", f"sqlite:///{tmp_path / 'missing' / 'dir' / 'x.db'}", with_db=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: database")
+    assert "Traceback" not in result.stderr
+
+
+def test_config_masks_secrets(run: Run, tmp_path: Path) -> None:
+    env = {"ASSEMBLYAI_API_KEY": "aai-secret-value-1234", "ELEVENLABS_API_KEY": "xi-secret-value-5678"}
+    result = run(
+        "config",
+        "--json",
+        "--database-url",
+        "postgresql://gw:hunter2@db.internal/sttgate",
+        with_db=False,
+        extra_env=env,
+    )
+    config = ok_json(result)
+    assert "aai-secret-value" not in result.stdout and "xi-secret-value" not in result.stdout
+    assert "hunter2" not in result.stdout
+    assert config["assemblyai_api_key"] == "****1234"
+    assert config["elevenlabs_api_key"] == "****5678"
+    assert config["database_url"] == "postgresql://gw:****@db.internal/sttgate"
+
+    human = run("config", with_db=False, extra_env=env)
+    assert human.returncode == 0
+    assert "aai-secret-value" not in human.stdout and "assemblyai_api_key = ****1234" in human.stdout
+
+
+def test_config_file_and_global_options_before_the_command(run: Run, tmp_path: Path, db_url: str) -> None:
+    (tmp_path / "gw.toml").write_text("port = 9999\nSTTGATE_DRAIN_SECONDS = 5\n")
+    config = ok_json(run("--json", "--config", "gw.toml", "--database-url", db_url, "config", with_db=False))
+    assert (config["port"], config["drain_seconds"], config["database_url"]) == (9999, 5.0, db_url)
+    assert "not found" in fails(run("--config", "nope.toml", "config", with_db=False))
+
+
+def test_db_upgrade_on_a_fresh_file(run: Run, tmp_path: Path) -> None:
+    first = ok_json(run("db", "upgrade", "--json"))
+    assert first["revision"] == "0001"
+    assert (tmp_path / "cli.db").exists()
+    assert ok_json(run("db", "upgrade", "--json")) == first
+    assert "0001" in run("db", "upgrade").stdout
