@@ -19,6 +19,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 from sttgate.core.money import CYCLE_SECONDS
 from sttgate.core.params import query_values
@@ -90,13 +91,6 @@ class Meter:
         self._limit = self.cycles * self._cycle_units
         self._undo = None
 
-    def _add(self, units: int) -> int:
-        total = self._units + units
-        self._units = total
-        if total <= self._limit:
-            return 0
-        return self._open(units)
-
     def _open(self, units: int) -> int:
         cycles = -(-self._units // self._cycle_units)
         opened = cycles - self.cycles
@@ -147,6 +141,8 @@ def base64_decoded_length(text: str) -> int:
 
 
 _AUDIO_KEY = '"audio_base_64"'
+# One decoder for every frame: ``json.loads(..., strict=False)`` would build a new one per call.
+_LENIENT_JSON = json.JSONDecoder(strict=False)
 
 
 def parse_chunk_reference(frame: str) -> tuple[int, int | None] | None:
@@ -157,7 +153,7 @@ def parse_chunk_reference(frame: str) -> tuple[int, int | None] | None:
     rate is the ``sample_rate`` member when it is a JSON integer, else ``None``. Duplicate keys: the last one wins.
     """
     try:
-        message = json.loads(frame, strict=False)
+        message = _LENIENT_JSON.decode(frame)
     except (ValueError, RecursionError):
         return None
     if type(message) is not dict or message.get("message_type") != "input_audio_chunk":
@@ -169,13 +165,37 @@ def parse_chunk_reference(frame: str) -> tuple[int, int | None] | None:
     return base64_decoded_length(audio), rate if type(rate) is int else None
 
 
+# An envelope longer than this (a long previous_text) is parsed but not cached, so the cache stays small.
+_ENVELOPE_CACHE_CHARS = 512
+
+
+@lru_cache(maxsize=256)
+def _envelope(rest: str) -> tuple[bool, int | None] | None:
+    """What a frame says besides its audio text: ``(carries audio, declared rate)``.
+
+    ``None`` when the cut-out string was not the value of ``audio_base_64`` after all. Cached because a session
+    sends the same envelope (same keys, same rate) with every chunk.
+    """
+    try:
+        message = _LENIENT_JSON.decode(rest)
+    except (ValueError, RecursionError):
+        return False, None
+    if type(message) is not dict or message.get("message_type") != "input_audio_chunk":
+        return False, None
+    if message.get("audio_base_64") != "":
+        return None
+    rate = message.get("sample_rate")
+    return True, rate if type(rate) is int else None
+
+
 def parse_chunk(frame: str) -> tuple[int, int | None] | None:
     """Same result as :func:`parse_chunk_reference` on every input, without parsing the audio string.
 
     Usual frames (no backslash anywhere, one ``"audio_base_64"`` followed by ``:"`` or ``: "``) are parsed with the
-    base64 text cut out, so ``json.loads`` sees ~100 characters instead of kilobytes. Anything else falls back to
-    the reference. Why this is exact: without backslashes every ``"`` delimits a string, so the cut removes exactly
-    the value of the one ``audio_base_64`` key; the remainder validates everything else with the real parser.
+    base64 text cut out, so the JSON parser sees ~100 characters instead of kilobytes, and a repeated envelope is
+    not parsed again at all. Anything else falls back to the reference. Why this is exact: without backslashes
+    every ``"`` delimits a string, so the cut removes exactly the value of the one ``audio_base_64`` key (checked
+    again on the parsed envelope); the envelope validates everything else with the real parser.
     """
     start = frame.find(_AUDIO_KEY)
     if start < 0:
@@ -191,19 +211,16 @@ def parse_chunk(frame: str) -> tuple[int, int | None] | None:
     end = frame.find('"', value)
     if end < 0 or "\\" in frame or frame.find(_AUDIO_KEY, end) >= 0:
         return parse_chunk_reference(frame)
-    try:
-        message = json.loads(frame[:value] + frame[end:], strict=False)
-    except (ValueError, RecursionError):
-        return None
-    if type(message) is not dict or message.get("message_type") != "input_audio_chunk":
-        return None
-    if message.get("audio_base_64") != "":
+    rest = frame[:value] + frame[end:]
+    envelope = _envelope(rest) if len(rest) <= _ENVELOPE_CACHE_CHARS else _envelope.__wrapped__(rest)
+    if envelope is None:
         return parse_chunk_reference(frame)
+    if not envelope[0]:
+        return None
     length = end - value
     if length and frame[end - 1] == "=":
         length = len(frame[value:end].rstrip("="))
-    rate = message.get("sample_rate")
-    return length * 3 // 4, rate if type(rate) is int else None
+    return length * 3 // 4, envelope[1]
 
 
 class ChunkMeter(Meter):
@@ -223,10 +240,15 @@ class ChunkMeter(Meter):
 
     def text(self, data: str) -> int:
         chunk = parse_chunk(data)
-        if chunk is None or not chunk[0]:
+        if chunk is None:
             return 0
         size, rate = chunk
-        return self._add(size * self._ticks_per_byte.get(rate, self._default_ticks))
+        units = size * self._ticks_per_byte.get(rate, self._default_ticks)
+        total = self._units + units
+        self._units = total
+        if total <= self._limit:
+            return 0
+        return self._open(units)
 
 
 def _positive_int(text: str | None) -> int | None:
