@@ -424,7 +424,7 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    # Migrate once here, before any worker process starts, so workers never race on a fresh database.
+    # Fail early with a readable message when the database cannot be opened or migrated (idempotent).
     from sttgate.gateway.app import serve
     from sttgate.store.db import upgrade
 
