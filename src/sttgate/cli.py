@@ -424,12 +424,11 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    # Fail early with a readable message when the database cannot be opened or migrated (idempotent).
     from sttgate.gateway.app import serve
     from sttgate.store.db import upgrade
 
+    # Fail early with a readable message when the database cannot be opened or migrated (idempotent).
     _run(settings, lambda: upgrade(settings.database_url))
-
     return int(
         serve(
             settings,

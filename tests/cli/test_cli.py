@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -249,3 +254,54 @@ def test_db_upgrade_on_a_fresh_file(run: Run, tmp_path: Path) -> None:
     assert (tmp_path / "cli.db").exists()
     assert ok_json(run("db", "upgrade", "--json")) == first
     assert "0001" in run("db", "upgrade").stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_serving(url: str, proc: subprocess.Popen) -> int:
+    """Poll until the server answers anything over HTTP (it is starting); fail at once if the process dies."""
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited early with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("command", "path", "stop", "status"),
+    [("serve", "/healthz", signal.SIGTERM, 200), ("emulate", "/v3/ws", signal.SIGINT, None)],
+)
+def test_serve_and_emulate_run_until_signalled(
+    tmp_path: Path, db_url: str, command: str, path: str, stop: signal.Signals, status: int | None
+) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STTGATE_")}
+    proc = subprocess.Popen(
+        [*_command(), command, "--port", str(port), "--database-url", db_url],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        answered = _wait_until_serving(f"http://127.0.0.1:{port}{path}", proc)
+        assert status is None or answered == status
+        proc.send_signal(stop)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
