@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sttgate.core.closecodes import (
@@ -56,6 +56,7 @@ def test_long_reason_is_clipped_on_a_character_boundary() -> None:
     assert len(clipped.encode()) <= 123
 
 
+@settings(deadline=None)
 @given(st.text())
 def test_clip_reason_always_fits_and_is_a_prefix(reason: str) -> None:
     clipped = clip_reason(reason)
@@ -65,6 +66,7 @@ def test_clip_reason_always_fits_and_is_a_prefix(reason: str) -> None:
         assert clipped == reason
 
 
+@settings(deadline=None)
 @given(st.one_of(st.none(), st.integers(-10, 70_000)), st.text(max_size=20))
 def test_whatever_arrives_the_other_side_gets_a_sendable_code(code: int | None, reason: str) -> None:
     assert may_send(to_client(code, reason).code)

@@ -1,6 +1,6 @@
 from urllib.parse import parse_qsl, quote
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sttgate.core.params import ClientQuery, query_values, redact_query, split_query, with_defaults
@@ -48,6 +48,7 @@ _key = st.sampled_from(["a", "b", "sample_rate", "provider", "api_key", "token",
 _value = st.text(alphabet="ab%20+=TrueF[]\"'", max_size=8)
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(_key, _value), max_size=8))
 def test_split_keeps_exactly_the_other_pairs(pairs: list[tuple[str, str]]) -> None:
     raw = "&".join(f"{k}={v}" for k, v in pairs)
@@ -56,6 +57,7 @@ def test_split_keeps_exactly_the_other_pairs(pairs: list[tuple[str, str]]) -> No
     assert forwarded == "&".join(expected)
 
 
+@settings(deadline=None)
 @given(st.text(max_size=40))
 def test_no_consumed_key_survives_any_query(raw: str) -> None:
     forwarded = split_query(raw).forwarded
