@@ -83,3 +83,23 @@ def test_redact_query() -> None:
     assert redact_query(raw) == "provider=elevenlabs&api_key=***&token=***&xi-api-key=***&keyterms=a&note=***&***"
     webhook = "webhook_auth_header_value=s3&language_code=en"
     assert redact_query(webhook) == "webhook_auth_header_value=***&language_code=en"
+
+
+@st.composite
+def spelled(draw: st.DrawFn, name: str) -> str:
+    """``name`` with each character in any case and either literal or percent-encoded (either hex case)."""
+    out = []
+    for ch in name:
+        ch = draw(st.sampled_from([ch.lower(), ch.upper()]))
+        if draw(st.booleans()):
+            code = f"%{ord(ch):02X}"
+            ch = draw(st.sampled_from([code, code.lower()]))
+        out.append(ch)
+    return "".join(out)
+
+
+@settings(deadline=None)
+@given(st.sampled_from(["provider", "api_key", "token"]).flatmap(spelled), st.sampled_from(["sk-mai-zz", ""]))
+def test_any_spelling_of_a_consumed_key_is_removed(key: str, value: str) -> None:
+    q = split_query(f"a=1&{key}={value}&b=2")
+    assert q.forwarded == "a=1&b=2"
