@@ -178,3 +178,23 @@ async def test_webhook_secret_is_stable_until_rotated(store: Store) -> None:
     assert await store.webhook_secret(acct["id"]) == rotated
     other = await store.create_account(name="Other")
     assert await store.webhook_secret(other["id"]) not in (first, rotated)
+
+
+async def test_migrations_match_the_tables(db_url: str) -> None:
+    """The migrated schema is exactly tables.py: a change to one without the other fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from sttgate.store.db import make_engine
+    from sttgate.store.tables import metadata
+
+    await upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda c: compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert diff == []

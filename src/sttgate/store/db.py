@@ -42,6 +42,13 @@ def make_engine(url: str) -> AsyncEngine:
     return _postgres_engine(target)
 
 
+def read_only(engine: AsyncEngine) -> AsyncEngine:
+    """A view of ``engine`` for reads: no write lock on SQLite, no BEGIN/ROLLBACK round trips on PostgreSQL."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine.execution_options(**{READ_ONLY: True})
+
+
 def _sqlite_engine(url: URL) -> AsyncEngine:
     engine = create_async_engine(url, pool_size=5, max_overflow=15)
 

@@ -116,8 +116,7 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        # Reads take no write lock on SQLite.
-        self._reader = engine.execution_options(**{db.READ_ONLY: True})
+        self._reader = db.read_only(engine)
         self._last_used_written: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
