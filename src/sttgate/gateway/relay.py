@@ -102,7 +102,7 @@ async def relay(client: web.WebSocketResponse, live: LiveSession) -> None:
         await asyncio.gather(inbound, outbound, return_exceptions=True)
         if not client.closed or not live.upstream.closed:
             live.record(1011, "internal error", "gateway")
-            await _close_both(client, live, (1011, "internal error"), closecodes.CLIENT_GONE)
+            await _close(client, live, closecodes.CLIENT_GONE, (1011, "internal error"))
 
 
 async def _first_verdict(
@@ -130,49 +130,48 @@ async def _first_verdict(
 
 
 async def _conclude(outcome: Outcome, client: web.WebSocketResponse, live: LiveSession) -> None:
+    """Close the other side as the outcome says; the session row is ended before the client sees its close, so a
+    client that reconnects at once finds its stream slot free."""
     kind, code, reason = outcome
-    up = live.upstream
     if kind == CLIENT_CLOSE:
         live.record(received_code(code), reason, "client")
-        up_code, up_reason = closecodes.to_upstream(code, reason)
-        await asyncio.gather(
-            up.close(code=up_code, message=up_reason.encode()),
-            client.close(code=echo_code(code), message=reason.encode()),
-        )
+        await _close(client, live, closecodes.to_upstream(code, reason), (echo_code(code), reason))
     elif kind == CLIENT_LOST:
         live.record(1006, "", "client")
-        await _close_both(client, live, (1006, ""), closecodes.CLIENT_GONE)
+        await _close(client, live, closecodes.CLIENT_GONE, None)
     elif kind == CLIENT_ERROR:
         live.record(code, reason, "gateway")
-        await _close_both(client, live, (code, reason), closecodes.CLIENT_GONE)
+        await _close(client, live, closecodes.CLIENT_GONE, (code, reason))
     elif kind == UPSTREAM_CLOSE:
-        client_code, client_reason = closecodes.to_client(code, reason)
-        live.record(client_code, client_reason, "upstream")
-        await asyncio.gather(
-            client.close(code=client_code, message=client_reason.encode()),
-            up.close(code=echo_code(code), message=reason.encode()),
-        )
+        to_client = closecodes.to_client(code, reason)
+        live.record(*to_client, "upstream")
+        await _close(client, live, (echo_code(code), reason), to_client)
     elif kind == UPSTREAM_LOST:
         live.record(*closecodes.UPSTREAM_LOST, "upstream")
-        await _close_both(client, live, closecodes.UPSTREAM_LOST, (1001, ""))
+        await _close(client, live, None, closecodes.UPSTREAM_LOST)
     elif kind == UPSTREAM_ERROR:
         live.record(code, reason, "gateway")
-        await _close_both(client, live, (code, reason), (code, reason))
+        await _close(client, live, None, (code, reason))
     elif kind == CUT_OFF:
         # The final transcript of the paid audio still reaches the client while the provider ends gracefully.
         await live.finish(code=code, reason=reason, closed_by="gateway")
-        await client.close(code=code, message=reason.encode())
+        await _close(client, live, None, (code, reason))
     else:
         live.record(code, reason, "gateway")
         # Idle timeout, drain: both sides get the gateway's code, so the provider's logs say why too.
-        await _close_both(client, live, (code, reason), (code, reason))
+        await _close(client, live, (code, reason), (code, reason))
 
 
-async def _close_both(
-    client: web.WebSocketResponse, live: LiveSession, to_client: tuple[int, str], to_upstream: tuple[int, str]
+async def _close(
+    client: web.WebSocketResponse,
+    live: LiveSession,
+    to_upstream: tuple[int, str] | None,
+    to_client: tuple[int, str] | None,
 ) -> None:
+    """Upstream first, then the ledger, then the client; ``None`` = that side is already closed or gone."""
     with contextlib.suppress(ConnectionError, RuntimeError):
-        await asyncio.gather(
-            client.close(code=to_client[0], message=to_client[1].encode()),
-            live.upstream.close(code=to_upstream[0], message=to_upstream[1].encode()),
-        )
+        if to_upstream is not None:
+            await live.upstream.close(code=to_upstream[0], message=to_upstream[1].encode())
+        await live.end()
+        if to_client is not None:
+            await client.close(code=to_client[0], message=to_client[1].encode())

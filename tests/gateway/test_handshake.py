@@ -1,0 +1,224 @@
+"""SPEC §3 handshake: every refusal is an HTTP status with a JSON body before any upgrade; the 101 follows the
+provider's own 101 and carries X-Session-Id."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from conftest import OPERATOR_ASSEMBLYAI_KEY, gateway_settings, handshake, wait_for
+
+UNKNOWN_KEY = "sk-mai-" + "A" * 43
+
+
+def error(body: dict) -> tuple[str, str]:
+    return body["error"]["code"], body["error"]["message"]
+
+
+async def test_missing_key_is_401(gateway):
+    gw = await gateway()
+    status, body, _ = await handshake(gw.ws_url("provider=assemblyai"))
+    assert status == 401
+    assert error(body)[0] == "missing_api_key"
+
+
+async def test_unknown_key_is_401(gateway):
+    gw = await gateway()
+    status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={UNKNOWN_KEY}"))
+    assert (status, error(body)[0]) == (401, "invalid_api_key")
+    status, body, _ = await handshake(gw.ws_url("provider=assemblyai&api_key=not-a-key"))
+    assert (status, error(body)[0]) == (401, "invalid_api_key")
+
+
+async def test_revoked_key_is_401(gateway, account, store):
+    gw = await gateway()
+    acct = await account()
+    keys = await store.list_keys(acct.id)
+    await store.revoke_key(keys[0]["id"])
+    status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}"))
+    assert (status, error(body)[0]) == (401, "invalid_api_key")
+
+
+async def test_streaming_disabled_is_403_and_checked_before_provider(gateway, account):
+    gw = await gateway()
+    acct = await account(streaming_enabled=False)
+    status, body, _ = await handshake(gw.ws_url(f"api_key={acct.key}"))
+    assert (status, error(body)[0]) == (403, "streaming_not_enabled")
+
+
+async def test_missing_and_invalid_provider_are_400_listing_valid_ones(gateway, account):
+    gw = await gateway()
+    acct = await account()
+    status, body, _ = await handshake(gw.ws_url(f"api_key={acct.key}"))
+    assert (status, error(body)[0]) == (400, "missing_provider")
+    for name in ("AssemblyAI", "deepgram", ""):
+        status, body, _ = await handshake(gw.ws_url(f"provider={name}&api_key={acct.key}"))
+        assert status == 400
+        code, message = error(body)
+        assert code == ("missing_provider" if name == "" else "invalid_provider")
+        assert "elevenlabs" in message and "assemblyai" in message
+
+
+async def test_key_is_checked_before_provider(gateway):
+    gw = await gateway()
+    status, body, _ = await handshake(gw.ws_url("provider=nope"))
+    assert (status, error(body)[0]) == (401, "missing_api_key")
+
+
+async def test_too_many_streams_is_429(gateway, account):
+    gw = await gateway()
+    acct = await account(max_streams=1)
+    async with gw.connect("assemblyai", acct.key, "emu_echo=1"):
+        status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&emu_echo=1"))
+        assert (status, error(body)[0]) == (429, "too_many_streams")
+
+
+async def test_balance_below_one_cycle_is_402(gateway, account):
+    gw = await gateway()
+    # One AssemblyAI cycle costs 0.000208333 USD.
+    acct = await account(balance_usd="0.000208332")
+    status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}"))
+    assert (status, error(body)[0]) == (402, "insufficient_balance")
+    exact = await account(balance_usd="0.000208333")
+    async with gw.connect("assemblyai", exact.key, "emu_echo=1") as ws:
+        assert not ws.closed
+
+
+async def test_provider_4xx_is_kept_and_quoted(gateway, account):
+    gw = await gateway()
+    acct = await account()
+    status, body, _ = await handshake(
+        gw.ws_url(
+            f"provider=assemblyai&api_key={acct.key}&emu_handshake_status=422&emu_error_message=sample_rate+is+bad"
+        )
+    )
+    assert status == 422
+    code, message = error(body)
+    assert code == "upstream_rejected"
+    assert "sample_rate is bad" in message and "422" in message
+
+
+@pytest.mark.parametrize("provider_status", [401, 403])
+async def test_provider_auth_refusal_is_502_upstream_auth_failed(gateway, account, provider_status):
+    gw = await gateway()
+    acct = await account()
+    status, body, _ = await handshake(
+        gw.ws_url(f"provider=elevenlabs&api_key={acct.key}&emu_handshake_status={provider_status}")
+    )
+    assert (status, error(body)[0]) == (502, "upstream_auth_failed")
+
+
+async def test_provider_5xx_is_502_upstream_unavailable(gateway, account):
+    gw = await gateway()
+    acct = await account()
+    status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&emu_handshake_status=503"))
+    assert (status, error(body)[0]) == (502, "upstream_unavailable")
+
+
+async def test_unreachable_provider_is_502_upstream_unavailable(gateway, account, unused_tcp_port):
+    gw = await gateway(assemblyai_url=f"ws://127.0.0.1:{unused_tcp_port}/v3/ws")
+    acct = await account()
+    status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}"))
+    assert (status, error(body)[0]) == (502, "upstream_unavailable")
+
+
+async def test_slow_provider_handshake_is_504(gateway, account):
+    gw = await gateway(upstream_connect_timeout_seconds=0.2)
+    acct = await account()
+    status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&emu_handshake_delay_ms=1000"))
+    assert (status, error(body)[0]) == (504, "upstream_timeout")
+
+
+async def test_failed_upstream_frees_the_slot_and_costs_nothing(gateway, account, store):
+    gw = await gateway()
+    acct = await account(max_streams=1, balance_usd="1")
+    status, _, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&emu_handshake_status=500"))
+    assert status == 502
+    async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:
+        assert not ws.closed
+    usage = await store.usage(acct.id)
+    failed = usage["sessions"][-1]
+    assert failed["closed_by"] == "gateway" and failed["cost_usd"] == "0" and failed["ended_at"] is not None
+    assert usage["balance_usd"] == "1.000000000"
+
+
+@pytest.mark.parametrize("how", ["query", "raw_header", "bearer_header"])
+async def test_key_from_query_or_authorization_header(gateway, account, how):
+    gw = await gateway()
+    acct = await account()
+    recorder = gw.emulator.recorder
+    mark = recorder.next_seq
+    query, headers = "provider=assemblyai&emu_echo=1", {}
+    if how == "query":
+        query += f"&api_key={acct.key}"
+    elif how == "raw_header":
+        headers["Authorization"] = acct.key
+    else:
+        headers["Authorization"] = f"Bearer {acct.key}"
+    async with gw.http.ws_connect(gw.ws_url(query), headers=headers) as ws:
+        session_id = ws._response.headers["X-Session-Id"]
+        await ws.send_bytes(b"\x00" * 3200)
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.BINARY
+    rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
+    assert rec.header("Authorization") == OPERATOR_ASSEMBLYAI_KEY
+    assert acct.key not in rec.query_string
+    usage = await wait_for(lambda: _ended_usage(gw, acct.id))
+    assert usage["sessions"][0]["id"] == session_id
+
+
+async def _ended_usage(gw, account_id):
+    from sttgate.gateway.keys import STORE
+
+    usage = await gw.app[STORE].usage(account_id)
+    return usage if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
+
+
+async def test_upgrade_does_not_wait_for_the_providers_first_message(gateway, account):
+    gw = await gateway()
+    acct = await account()
+    recorder = gw.emulator.recorder
+    mark = recorder.next_seq
+    # The emulator sends Begin half a second after its 101: the client's 101 must not wait for it.
+    async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_start_delay_ms=500") as ws:
+        rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
+        assert rec.accepted and rec.id is None  # upgraded, and Begin not sent yet
+        begin = await ws.receive_json(timeout=5)
+        assert begin["type"] == "Begin" and begin["id"] == rec.id
+
+
+async def test_twelve_simultaneous_handshakes_against_three_slots(gateway, account):
+    gw = await gateway()
+    acct = await account(max_streams=3)
+
+    async def attempt():
+        try:
+            return await gw.http.ws_connect(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&emu_echo=1"))
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+
+    results = await asyncio.gather(*(attempt() for _ in range(12)))
+    sockets = [r for r in results if isinstance(r, aiohttp.ClientWebSocketResponse)]
+    assert len(sockets) == 3
+    assert sorted(r for r in results if isinstance(r, int)) == [429] * 9
+    # A freed slot is reusable at once: the gateway ends the session before the client sees its close.
+    await sockets[0].close()
+    again = await gw.http.ws_connect(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&emu_echo=1"))
+    for ws in (again, *sockets[1:]):
+        await ws.close()
+
+
+async def test_not_an_upgrade_is_refused_without_taking_a_slot(gateway, account, store):
+    gw = await gateway()
+    acct = await account()
+    async with gw.http.get(gw.ws_url(f"provider=assemblyai&api_key={acct.key}")) as resp:
+        assert resp.status == 426
+        assert (await resp.json())["error"]["code"] == "websocket_upgrade_required"
+    assert (await store.usage(acct.id))["sessions"] == []
+
+
+def test_settings_fixture_points_at_the_emulator(emulator):
+    settings = gateway_settings(emulator)
+    assert settings.assemblyai_url.endswith("/v3/ws")
