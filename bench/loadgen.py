@@ -3,7 +3,8 @@
 The parent (``bench.run``) drives each worker over a pipe with small commands (open N streams, measure,
 handshake burst, close). Every stream sends a stamped 1,600-byte binary frame 20 times a second; the upstream
 echoes the stamp of every 5th frame in a text frame, and the worker records the round trip on arrival. One
-ticker per process paces all its streams in 10 slots per 50 ms, so the generator's own cost stays small.
+ticker per process paces all its streams in 10 slots per 50 ms, and the streams speak the wire format directly
+(bench.ws), so the generator's own cost per frame stays a fraction of the relay's.
 """
 
 from __future__ import annotations
@@ -13,31 +14,23 @@ import os
 import time
 from array import array
 from collections import Counter
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import uvloop
 
 from bench.upstream import raise_nofile
-from bench.wire import FRAME_BYTES, FRAMES_PER_SECOND, STAMP
+from bench.wire import FRAMES_PER_SECOND
+from bench.ws import ClientProtocol, HandshakeFailed, upgrade_request
 
 SLOTS = 10
-PAD = bytes(FRAME_BYTES - STAMP.size)
 OPEN_CONCURRENCY = 64
-WS_OPTIONS: dict[str, Any] = {"compress": 0, "autoping": True, "max_msg_size": 0, "decode_text": False}
-
-
-@dataclass(eq=False)
-class _Stream:
-    ws: aiohttp.ClientWebSocketResponse
-    seq: int = 0
-    reader: asyncio.Task[None] | None = field(default=None, repr=False)
+HANDSHAKE_TIMEOUT = 15.0
 
 
 def _error_name(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
+    if isinstance(exc, HandshakeFailed):
         return f"http_{exc.status}"
     return type(exc).__name__
 
@@ -46,11 +39,11 @@ class LoadWorker:
     """The streams of one generator process and the commands that drive them."""
 
     def __init__(self) -> None:
-        self.session: aiohttp.ClientSession | None = None
-        self.slots: list[list[_Stream]] = [[] for _ in range(SLOTS)]
+        self.slots: list[list[ClientProtocol]] = [[] for _ in range(SLOTS)]
         self.count = 0
         self.recording = False
-        self.closing: set[_Stream] = set()
+        self.closing: set[ClientProtocol] = set()
+        self.errors: Counter[str] = Counter()
         self._reset()
 
     def _reset(self) -> None:
@@ -59,12 +52,12 @@ class LoadWorker:
         self.sent = 0
         self.received = 0
         self.dropped_ticks = 0
-        self.errors: Counter[str] = Counter()
+        self.max_write_buffer = 0
+        self.errors.clear()
 
     async def run(self, conn: Connection) -> None:
         """Serve commands from the parent until ``quit``; replies are plain dicts."""
         loop = asyncio.get_running_loop()
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         ticker = asyncio.create_task(self._ticker())
         try:
             while True:
@@ -75,7 +68,6 @@ class LoadWorker:
         finally:
             ticker.cancel()
             await self.cmd_close_all()
-            await self.session.close()
         conn.send({"ok": True})
 
     async def _ticker(self) -> None:
@@ -95,62 +87,62 @@ class LoadWorker:
                     self.dropped_ticks += skipped
             elif self.recording:
                 self.lateness_ms.append(-delay * 1000.0)
-            slot = tuple(self.slots[k % SLOTS])
+            sent = 0
+            for stream in self.slots[k % SLOTS]:
+                if stream.is_open:
+                    stream.send_audio(time.monotonic_ns())
+                    sent += 1
             k += 1
-            for stream in slot:
-                if stream.ws.closed:
-                    continue
-                stream.seq += 1
-                try:
-                    await stream.ws.send_bytes(STAMP.pack(stream.seq, time.monotonic_ns()) + PAD)
-                except (ConnectionError, RuntimeError) as exc:
-                    self.errors[f"send_{type(exc).__name__}"] += 1
-                    continue
-                if self.recording:
-                    self.sent += 1
+            if self.recording:
+                self.sent += sent
+                if k % SLOTS == 0 and self.slots[0]:
+                    buffered = max(s.transport.get_write_buffer_size() for s in self.slots[0] if s.transport)
+                    self.max_write_buffer = max(self.max_write_buffer, buffered)
 
-    async def _read(self, stream: _Stream) -> None:
-        ws = stream.ws
-        try:
-            async for msg in ws:
-                if msg.type is aiohttp.WSMsgType.TEXT and self.recording:
-                    now = time.monotonic_ns()
-                    data = msg.data
-                    i = data.find(b'"t":', 0, 48)
-                    if i >= 0:
-                        self.rtts_us.append((now - int(data[i + 4 : data.index(b",", i)])) / 1000.0)
-                    self.received += 1
-        except Exception as exc:  # a reader must never die silently
-            self.errors[f"read_{type(exc).__name__}"] += 1
-        if stream not in self.closing:
-            self.errors[f"closed_{ws.close_code}"] += 1
-            self._forget(stream)
+    def _echo(self, stamp_ns: int) -> None:
+        if self.recording:
+            self.rtts_us.append((time.monotonic_ns() - stamp_ns) / 1000.0)
+            self.received += 1
 
-    def _forget(self, stream: _Stream) -> None:
+    async def _connect(self, url: str, headers: dict[str, str]) -> ClientProtocol:
+        parts = urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        request = upgrade_request(path, parts.netloc, headers)
+        loop = asyncio.get_running_loop()
+        _transport, proto = await loop.create_connection(
+            lambda: ClientProtocol(request, self._echo), parts.hostname, parts.port
+        )
+        await asyncio.wait_for(proto.upgraded, HANDSHAKE_TIMEOUT)
+        return proto
+
+    def _on_closed(self, stream: ClientProtocol) -> None:
+        if stream not in self.closing and self._forget(stream):
+            code = stream.closed.result() if not stream.closed.cancelled() else None
+            self.errors[f"closed_{code}"] += 1
+
+    def _forget(self, stream: ClientProtocol) -> bool:
         for slot in self.slots:
             if stream in slot:
                 slot.remove(stream)
                 self.count -= 1
-                return
+                return True
+        return False
 
     async def _open(self, url: str, headers: dict[str, str]) -> None:
-        assert self.session is not None
         try:
-            ws = await self.session.ws_connect(url, headers=headers, **WS_OPTIONS)
+            stream = await self._connect(url, headers)
         except Exception as exc:
             self.errors[_error_name(exc)] += 1
             return
-        stream = _Stream(ws)
-        stream.reader = asyncio.create_task(self._read(stream))
         min(self.slots, key=len).append(stream)
         self.count += 1
+        stream.closed.add_done_callback(lambda _f: self._on_closed(stream))
 
     async def cmd_target(self, url: str, headers: dict[str, str], n: int, rate: float) -> dict[str, Any]:
         """Open streams (at most ``rate`` per second) or close some until ``n`` are open."""
         self.errors.clear()
         if self.count > n:
-            excess = [s for slot in self.slots for s in slot][n:]
-            await self._close(excess)
+            await self._close([s for slot in self.slots for s in slot][n:])
         sem = asyncio.Semaphore(OPEN_CONCURRENCY)
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -177,6 +169,7 @@ class LoadWorker:
             "sent": self.sent,
             "received": self.received,
             "dropped_ticks": self.dropped_ticks,
+            "max_write_buffer": self.max_write_buffer,
             "rtts_us": self.rtts_us.tobytes(),
             "lateness_ms": self.lateness_ms.tobytes(),
             "errors": dict(self.errors),
@@ -185,9 +178,7 @@ class LoadWorker:
     async def cmd_handshake(
         self, url: str, headers: dict[str, str], seconds: float, concurrency: int
     ) -> dict[str, Any]:
-        """Open and close sessions back to back from ``concurrency`` tasks; time each opening."""
-        assert self.session is not None
-        session = self.session
+        """Open and close sessions back to back from ``concurrency`` tasks; time each opening (TCP + upgrade)."""
         times_ms = array("d")
         errors: Counter[str] = Counter()
         deadline = time.monotonic() + seconds
@@ -196,31 +187,32 @@ class LoadWorker:
             while time.monotonic() < deadline:
                 t0 = time.perf_counter()
                 try:
-                    ws = await session.ws_connect(url, headers=headers, **WS_OPTIONS)
+                    stream = await self._connect(url, headers)
                 except Exception as exc:
                     errors[_error_name(exc)] += 1
                     await asyncio.sleep(0.01)
                     continue
                 times_ms.append((time.perf_counter() - t0) * 1000.0)
-                await ws.close()
+                try:
+                    await stream.close()
+                except TimeoutError:
+                    errors["close_timeout"] += 1
 
         started = time.monotonic()
         await asyncio.gather(*(loop_one() for _ in range(concurrency)))
         return {"times_ms": times_ms.tobytes(), "elapsed": time.monotonic() - started, "errors": dict(errors)}
 
-    async def _close(self, streams: list[_Stream]) -> None:
+    async def _close(self, streams: list[ClientProtocol]) -> None:
         self.closing.update(streams)
         sem = asyncio.Semaphore(OPEN_CONCURRENCY)
 
-        async def close_one(stream: _Stream) -> None:
+        async def close_one(stream: ClientProtocol) -> None:
             async with sem:
                 self._forget(stream)
                 try:
-                    await asyncio.wait_for(stream.ws.close(), 5.0)
-                except (TimeoutError, ConnectionError):
+                    await stream.close()
+                except TimeoutError:
                     self.errors["close_timeout"] += 1
-                if stream.reader is not None:
-                    stream.reader.cancel()
 
         await asyncio.gather(*(close_one(s) for s in streams))
         self.closing.difference_update(streams)

@@ -61,3 +61,12 @@ def sample(roots: list[int]) -> Sample:
     """Sum over the trees of ``roots``; children are re-listed each time so forked workers are counted."""
     pids = {p for root in roots for p in tree(root)}
     return Sample(sum(cpu_seconds(p) for p in pids), sum(rss_bytes(p) for p in pids))
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, over all cores; includes other tenants."""
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:9]]
+    idle = fields[3] + fields[4]
+    total = sum(fields)
+    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS

@@ -103,6 +103,7 @@ class Generators:
 
     def __init__(self, count: int, cpu: int | None) -> None:
         ctx = multiprocessing.get_context("spawn")
+        self.cpu = cpu
         self.conns = []
         self.procs = []
         for _ in range(count):
@@ -142,7 +143,13 @@ class Generators:
 
 
 def measure_step(
-    target: Target, gens: Generators, upstream: Upstream, plan: Plan, n: int, baseline_rss: int
+    target: Target,
+    gens: Generators,
+    upstream: Upstream,
+    plan: Plan,
+    n: int,
+    baseline_rss: int,
+    harness_pinned: bool,
 ) -> dict[str, Any]:
     """Bring the open streams to ``n``, let them settle, then measure one window."""
     ramp_timeout = 60 + n / plan.ramp_rate * 2
@@ -156,10 +163,15 @@ def measure_step(
     )
     time.sleep(plan.settle)
     relay0, up0, gen0 = procstat.sample(target.pids), procstat.sample(upstream.pids), procstat.sample(gens.pids)
+    busy0, total0 = procstat.machine_busy()
     t0 = time.monotonic()
     results = gens.call("measure", [{"seconds": plan.window}] * len(gens.conns), plan.window + 60)
     elapsed = time.monotonic() - t0
     relay1, up1, gen1 = procstat.sample(target.pids), procstat.sample(upstream.pids), procstat.sample(gens.pids)
+    busy1, total1 = procstat.machine_busy()
+    ncpu = os.cpu_count() or 1
+    machine_busy = (busy1 - busy0) / (total1 - total0) * 100 * ncpu if total1 > total0 else None
+    ours = relay1.cpu + up1.cpu + gen1.cpu - relay0.cpu - up0.cpu - gen0.cpu
 
     rtts = _floats([r["rtts_us"] for r in results])
     lateness = _floats([r["lateness_ms"] for r in results])
@@ -185,11 +197,17 @@ def measure_step(
         else None,
         "upstream_cpu_percent": round((up1.cpu - up0.cpu) / elapsed * 100, 1),
         "generator_cpu_percent": round((gen1.cpu - gen0.cpu) / elapsed * 100, 1),
+        "machine_busy_percent": round(machine_busy, 1) if machine_busy is not None else None,
+        "other_processes_cpu_percent": round(machine_busy - ours / elapsed * 100, 1) if machine_busy else None,
         "generator_lateness_p99_ms": round(percentile(lateness, 99) or 0.0, 2),
         "generator_dropped_ticks": sum(r["dropped_ticks"] for r in results),
         "errors": _merge_errors(results),
     }
     p99 = step["rtt_ms"]["p99"]
+    harness = step["upstream_cpu_percent"] + step["generator_cpu_percent"]
+    # The harness has one core when pinned (the machine otherwise); past 85 % of it, or with the whole machine
+    # over 95 % busy, latency is the machine's, not the relay's.
+    step["machine_bound"] = bool(harness > 85 * (1 if harness_pinned else ncpu) or (machine_busy or 0) > 95 * ncpu)
     step["saturated"] = bool(
         step["open"] < 0.98 * n or (step["delivery"] or 0) < MIN_DELIVERY or p99 is None or p99 > SATURATED_P99_MS
     )
@@ -239,7 +257,7 @@ def run_mode(target: Target, gens: Generators, upstream: Upstream, plan: Plan, s
         baseline = procstat.sample(target.pids)
         out["relay_idle_rss_mb"] = round(baseline.rss / 2**20, 1) if target.pids else None
         for n in steps:
-            step = measure_step(target, gens, upstream, plan, n, baseline.rss)
+            step = measure_step(target, gens, upstream, plan, n, baseline.rss, gens.cpu is not None)
             out["steps"].append(step)
             print(_step_line(target.name, step), flush=True)
             if step["saturated"]:
@@ -272,7 +290,8 @@ def _step_line(name: str, s: dict[str, Any]) -> str:
         f"{name:>16} {s['streams']:>5} streams: rtt p50/p99/p99.9 {r['p50']}/{r['p99']}/{r['p99.9']} ms, "
         f"relay {s['relay_cpu_percent']} % CPU {s['relay_cpu_us_per_frame']} µs/frame {s['relay_rss_mb']} MB, "
         f"upstream {s['upstream_cpu_percent']} %, generators {s['generator_cpu_percent']} %, "
-        f"delivery {s['delivery']}{' SATURATED' if s['saturated'] else ''} {s['errors'] or ''}"
+        f"machine {s['machine_busy_percent']} %, delivery {s['delivery']}"
+        f"{' SATURATED' if s['saturated'] else ''}{' MACHINE-BOUND' if s['machine_bound'] else ''} {s['errors'] or ''}"
     )
 
 
@@ -402,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{mode}: not measured: {exc}", flush=True)
                 continue
             results["modes"][mode] = run_mode(target, gens, upstream, plan, mode_steps(mode, plan))
+            if "error" in results["modes"][mode]:
+                gens.close()  # a generator may still be busy with the failed command: start afresh
+                gens = Generators(args.generators, load_cpu)
     finally:
         gens.close()
         upstream.stop()
