@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, Integer, and_, bindparam, case, func, insert, or_, select, text, update
+from sqlalchemy import Float, Integer, and_, bindparam, case, func, insert, literal, or_, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sttgate.core import refusals
 from sttgate.core.money import CYCLE_SECONDS, format_usd
 from sttgate.store import db
-from sttgate.store.tables import accounts, api_keys, sessions, tasks
+from sttgate.store.tables import UTCDateTime, accounts, api_keys, sessions, tasks
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ class Store:
                 audio_seconds=_monotone(sessions.c.audio_seconds, "p_audio", Float()),
                 cycles=_monotone(sessions.c.cycles, "p_cycles", Integer()),
                 cost_nanos=_monotone(sessions.c.cost_nanos, "p_cost", sessions.c.cost_nanos.type),
-                ended_at=case((still_open, now), else_=sessions.c.ended_at),
+                ended_at=case((still_open, literal(now, UTCDateTime())), else_=sessions.c.ended_at),
                 close_code=case((still_open, close_code), else_=sessions.c.close_code),
                 close_reason=case((still_open, close_reason), else_=sessions.c.close_reason),
                 closed_by=case((still_open, closed_by), else_=sessions.c.closed_by),
