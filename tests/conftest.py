@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from sttgate.config import Settings
 from sttgate.core.money import usd_to_nanos
@@ -84,8 +85,9 @@ class Gateway:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def ws_url(self, query: str = "") -> str:
-        return f"{self.http_url}/ws/v2/audio-stream" + (f"?{query}" if query else "")
+    def ws_url(self, query: str = "") -> URL:
+        """The push endpoint with ``query`` sent byte for byte (a plain string would be re-quoted by yarl)."""
+        return URL(f"{self.http_url}/ws/v2/audio-stream" + (f"?{query}" if query else ""), encoded=True)
 
     def stream_query(self, provider: str | None, key: str | None, params: str = "") -> str:
         parts = [p for p in (f"provider={provider}" if provider else "", f"api_key={key}" if key else "", params) if p]
@@ -99,7 +101,7 @@ class Gateway:
         return self.http.ws_connect(self.ws_url(self.stream_query(provider, key, params)), **kwargs)
 
 
-async def handshake(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+async def handshake(url: str | URL, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
     """An HTTP upgrade request; returns ``(status, json body or None, headers)`` and closes the connection."""
     upgrade = {
         "Upgrade": "websocket",

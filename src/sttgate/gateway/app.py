@@ -36,8 +36,8 @@ class RedactingAccessLogger(AbstractAccessLogger):
     """Access log without secrets: the query string is redacted (keys and tokens travel in it)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
-        query = request.rel_url.raw_query_string
-        target = request.rel_url.raw_path + ("?" + redact_query(query) if query else "")
+        path, _, query = request.raw_path.partition("?")
+        target = path + ("?" + redact_query(query) if query else "")
         self.logger.info('%s "%s %s" %s %.3f', request.remote, request.method, target, response.status, elapsed)
 
 

@@ -96,6 +96,12 @@ def refuse(app: web.Application, refusal: Refusal) -> web.Response:
     return web.json_response(refusal.body(), status=refusal.status)
 
 
+def raw_query(request: web.Request) -> str:
+    """The query exactly as the client sent it. ``request.rel_url`` is normalized by yarl (``%2C`` becomes ``,``),
+    so the request line's own bytes are used."""
+    return request.raw_path.partition("?")[2]
+
+
 def credential_from_request(request: web.Request, query_key: str | None) -> str | None:
     """The client's key: the ``api_key`` query value, else the ``Authorization`` header (raw or ``Bearer``)."""
     if query_key:
@@ -286,7 +292,7 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
 async def audio_stream(request: web.Request) -> web.StreamResponse:
     """``GET /ws/v2/audio-stream``: SPEC §3, refusals in the order of its table."""
     app = request.app
-    query = split_query(request.rel_url.raw_query_string)
+    query = split_query(raw_query(request))
     try:
         if app[SESSIONS].draining:
             raise refusals.SERVICE_DRAINING
