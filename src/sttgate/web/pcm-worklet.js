@@ -12,7 +12,8 @@ class PcmProcessor extends AudioWorkletProcessor {
     super();
     const frameMs = (options && options.processorOptions && options.processorOptions.frameMs) || 100;
     this.step = sampleRate / TARGET_RATE; // input samples per output sample (global `sampleRate` = context rate)
-    this.frame = new Int16Array((TARGET_RATE * frameMs) / 1000);
+    this.frameSamples = (TARGET_RATE * frameMs) / 1000;
+    this.frame = new Int16Array(this.frameSamples);
     this.filled = 0;
     this.acc = 0; // sum of input samples in the current output window
     this.count = 0; // how many input samples are in it
@@ -25,9 +26,9 @@ class PcmProcessor extends AudioWorkletProcessor {
   push(value) {
     const clamped = Math.max(-1, Math.min(1, value));
     this.frame[this.filled++] = clamped < 0 ? clamped * 0x8000 : clamped * 0x7fff;
-    if (this.filled === this.frame.length) {
-      this.port.postMessage(this.frame.buffer, [this.frame.buffer]);
-      this.frame = new Int16Array(this.frame.length);
+    if (this.filled === this.frameSamples) {
+      this.port.postMessage(this.frame.buffer, [this.frame.buffer]); // transferred: the buffer is gone from here
+      this.frame = new Int16Array(this.frameSamples);
       this.filled = 0;
     }
   }

@@ -1,0 +1,195 @@
+"""The page in a real Chromium against scripted provider endpoints: what exactly does the browser send?
+
+The endpoints here stand in for the gateway's provider-shaped routes so that the browser side (token fetch,
+getUserMedia, the AudioWorklet's 16 kHz s16le conversion, each provider's framing, the graceful end) is checked
+frame by frame. The full path through the gateway to the emulators is in ``test_page_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import wave
+from array import array
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cdp_browser import Browser
+
+from sttgate import sdk_routes, tokens
+from sttgate.config import Settings
+from sttgate.store import Store
+
+FRAME_BYTES = 3200  # 100 ms of 16 kHz s16le
+TONE_HZ = 440
+
+
+@dataclass
+class Recorded:
+    query: dict[str, str] = field(default_factory=dict)
+    kinds: list[str] = field(default_factory=list)  # "binary" / "text" per frame, in order
+    pcm: list[bytes] = field(default_factory=list)
+    control: list[dict[str, object]] = field(default_factory=list)
+    close_code: int | None = None
+
+
+async def _assemblyai(request: web.Request) -> web.WebSocketResponse:
+    rec: Recorded = request.app[RECORDED]
+    rec.query = dict(request.query)
+    assert await tokens.redeem(request.app[STORE], request.query["token"], "assemblyai") is not None
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_json({"type": "Begin", "id": "x", "expires_at": 0})
+    async for msg in ws:
+        if msg.type is aiohttp.WSMsgType.BINARY:
+            rec.kinds.append("binary")
+            rec.pcm.append(msg.data)
+            n = len(rec.pcm)
+            if n % 5 == 0:  # a word every 0.5 s; a turn ends every 2 s
+                words = [
+                    {"text": f"w{i}", "start": 0, "end": 0, "confidence": 1, "word_is_final": True}
+                    for i in range(n // 5)
+                ]
+                end = n % 20 == 0
+                await ws.send_json(
+                    {"type": "Turn", "turn_order": n // 20 - (1 if end else 0), "end_of_turn": end,
+                     "turn_is_formatted": False, "transcript": " ".join(w["text"] for w in words),
+                     "end_of_turn_confidence": 0.5, "words": words}
+                )  # fmt: skip
+        elif msg.type is aiohttp.WSMsgType.TEXT:
+            rec.kinds.append("text")
+            rec.control.append(json.loads(msg.data))
+            await ws.send_json({"type": "Termination", "audio_duration_seconds": 1, "session_duration_seconds": 1})
+            await ws.close(code=1000, message=b"Session Ended")
+    rec.close_code = ws.close_code
+    return ws
+
+
+async def _elevenlabs(request: web.Request) -> web.WebSocketResponse:
+    rec: Recorded = request.app[RECORDED]
+    rec.query = dict(request.query)
+    assert await tokens.redeem(request.app[STORE], request.query["token"], "elevenlabs") is not None
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_json({"message_type": "session_started", "session_id": "x", "config": {}})
+    async for msg in ws:
+        rec.kinds.append("binary" if msg.type is aiohttp.WSMsgType.BINARY else "text")
+        chunk = json.loads(msg.data)
+        rec.control.append({k: v for k, v in chunk.items() if k != "audio_base_64"})
+        if chunk["audio_base_64"]:
+            rec.pcm.append(base64.b64decode(chunk["audio_base_64"]))
+            await ws.send_json({"message_type": "partial_transcript", "text": f"heard {len(rec.pcm)} chunks"})
+        if chunk["commit"]:
+            await ws.send_json({"message_type": "committed_transcript", "text": f"committed {len(rec.pcm)} chunks"})
+    rec.close_code = ws.close_code
+    return ws
+
+
+RECORDED = web.AppKey("recorded", Recorded)
+STORE = web.AppKey("store", Store)
+
+
+@dataclass
+class Site:
+    url: str
+    recorded: Recorded
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    store = await Store.connect(f"sqlite:///{tmp_path / 'gw.db'}")
+    account = await store.create_account(name="demo")
+    key = (await store.create_key(account["id"]))["key"]
+    app = web.Application()
+    app[RECORDED] = Recorded()
+    app[STORE] = store
+    sdk_routes.setup(app, Settings(demo_api_key=key), lambda: store)
+    app.router.add_get("/assemblyai/v3/ws", _assemblyai)
+    app.router.add_get("/elevenlabs/v1/speech-to-text/realtime", _elevenlabs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield Site(f"http://127.0.0.1:{runner.addresses[0][1]}", app[RECORDED])
+    await runner.cleanup()
+    await store.close()
+
+
+def _rms(pcm: bytes) -> float:
+    samples = array("h", pcm)
+    return math.sqrt(sum(s * s for s in samples) / max(1, len(samples)))
+
+
+async def _run(browser: Browser, site: Site, provider: str, until: str) -> str:
+    page = await browser.new_page()
+    await page.navigate(f"{site.url}/demo/")
+    await page.evaluate(f"document.getElementById('provider').value = '{provider}'")
+    await page.evaluate("document.getElementById('start').click()", user_gesture=True)
+    await page.wait_for("document.getElementById('status').dataset.state === 'live'", "live")
+    await page.wait_for(until, "transcript")
+    await page.evaluate("document.getElementById('stop').click()", user_gesture=True)
+    await page.wait_for("document.getElementById('status').dataset.state === 'ended'", "ended")
+    return await page.evaluate("document.getElementById('finals').innerText")
+
+
+async def test_assemblyai_framing(site: Site, browser: Browser) -> None:
+    text = await _run(browser, site, "assemblyai", "document.querySelector('#finals p.final')")
+    rec = site.recorded
+    assert rec.query["sample_rate"] == "16000" and rec.query["encoding"] == "pcm_s16le"
+    assert rec.query["token"].startswith("sttg_")
+    # Binary 100 ms frames (the last one may be shorter), then Terminate as the only text frame.
+    assert rec.kinds[-1] == "text" and set(rec.kinds[:-1]) == {"binary"}
+    assert rec.control == [{"type": "Terminate"}]
+    assert all(len(f) == FRAME_BYTES for f in rec.pcm[:-1]) and 0 < len(rec.pcm[-1]) <= FRAME_BYTES
+    assert len(rec.pcm) >= 20
+    assert max(_rms(f) for f in rec.pcm) > 500  # speech, not silence
+    assert rec.close_code == 1000
+    assert "w0 w1 w2 w3" in text
+
+
+async def test_elevenlabs_framing(site: Site, browser: Browser) -> None:
+    text = await _run(browser, site, "elevenlabs", "document.querySelector('#finals p.partial')")
+    rec = site.recorded
+    assert rec.query["model_id"] == "scribe_v2_realtime" and rec.query["audio_format"] == "pcm_16000"
+    assert rec.query["token"].startswith("sttg_")
+    assert set(rec.kinds) == {"text"}
+    audio = [c for c in rec.control if not c["commit"]]
+    assert all(c == {"message_type": "input_audio_chunk", "commit": False, "sample_rate": 16000} for c in audio)
+    assert rec.control[-1] == {"message_type": "input_audio_chunk", "commit": True, "sample_rate": 16000}
+    assert all(len(f) == FRAME_BYTES for f in rec.pcm[:-1])
+    assert max(_rms(f) for f in rec.pcm) > 500
+    assert rec.close_code == 1000
+    assert f"committed {len(rec.pcm)} chunks" in text
+
+
+def _tone_wav(path: Path, seconds: float = 3.0, rate: int = 44100) -> Path:
+    samples = array("h", (int(12000 * math.sin(2 * math.pi * TONE_HZ * n / rate)) for n in range(int(seconds * rate))))
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("fake_microphone", ["tone"], indirect=True)
+async def test_worklet_resamples_to_16k(site: Site, browser: Browser) -> None:
+    """A 440 Hz tone captured at the context's rate arrives as 440 Hz in 16 kHz PCM: the resampler keeps pitch."""
+    page = await browser.new_page()
+    await page.navigate(f"{site.url}/demo/")
+    await page.evaluate("document.getElementById('start').click()", user_gesture=True)
+    await page.wait_for("document.getElementById('status').dataset.state === 'live'", "live")
+    await page.wait_for("parseFloat(document.getElementById('audio-seconds').textContent) >= 1.5", "1.5 s of audio")
+    await page.evaluate("document.getElementById('stop').click()", user_gesture=True)
+    await page.wait_for("document.getElementById('status').dataset.state === 'ended'", "ended")
+    loud = [f for f in site.recorded.pcm if len(f) == FRAME_BYTES and _rms(f) > 1000]
+    assert loud, "no tone reached the endpoint"
+    samples = array("h", loud[len(loud) // 2])
+    crossings = sum(1 for a, b in itertools.pairwise(samples) if (a < 0) != (b < 0))
+    frequency = crossings / 2 / (len(samples) / 16000)
+    assert abs(frequency - TONE_HZ) < 20
