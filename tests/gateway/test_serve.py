@@ -1,0 +1,181 @@
+"""SPEC §7 operations on a real ``sttgate serve`` process: SIGTERM drain, crash recovery, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+from yarl import URL
+
+from conftest import OPERATOR_ASSEMBLYAI_KEY, handshake, wait_for
+
+SERVE = [str(Path(sys.executable).parent / "sttgate"), "serve", "--host", "127.0.0.1", "--port", "0"]
+
+
+class ServeProcess:
+    """A ``sttgate serve`` subprocess; its stderr is collected so the pipe never fills."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.port_found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            match = re.search(r"event=gateway_listening .*port=(\d+)", line)
+            if match and not self.port_found.done():
+                self.port_found.set_result(int(match.group(1)))
+        if not self.port_found.done():
+            self.port_found.set_exception(RuntimeError("serve exited:\n" + "".join(self.lines)))
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    async def wait(self, timeout: float = 15.0) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        return code
+
+
+@pytest.fixture
+async def serve(emulator, tmp_path) -> AsyncIterator:
+    """Factory: ``await serve(**env)`` → (ServeProcess, port); every process is killed at the end."""
+    procs: list[ServeProcess] = []
+
+    async def start(**env: str) -> tuple[ServeProcess, int]:
+        environment = {
+            **os.environ,
+            "STTGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'sttgate.db'}",
+            "STTGATE_ASSEMBLYAI_URL": emulator.assemblyai_url,
+            "ASSEMBLYAI_API_KEY": OPERATOR_ASSEMBLYAI_KEY,
+            "STTGATE_GATEWAY_ID": "serve-test",
+            "STTGATE_LOG_LEVEL": "INFO",
+            **env,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *SERVE, env=environment, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        sp = ServeProcess(proc)
+        procs.append(sp)
+        port = await asyncio.wait_for(sp.port_found, 30)
+        return sp, port
+
+    try:
+        yield start
+    finally:
+        for sp in procs:
+            if sp.proc.returncode is None:
+                sp.proc.kill()
+                await sp.proc.wait()
+
+
+async def test_sigterm_drains_then_closes_with_1012_and_exits_zero(serve, account, store, emulator):
+    acct = await account()
+    sp, port = await serve(STTGATE_DRAIN_SECONDS="1.0")
+    base = f"http://127.0.0.1:{port}"
+    url = URL(f"{base}/ws/v2/audio-stream?provider=assemblyai&api_key={acct.key}&emu_echo=1", encoded=True)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/readyz") as resp:
+            assert resp.status == 200
+        ws = await http.ws_connect(url)
+        await ws.send_bytes(b"\x00" * 3200)
+        assert (await ws.receive(timeout=5)).type is WSMsgType.BINARY
+
+        sp.proc.send_signal(signal.SIGTERM)
+
+        async def draining():
+            async with http.get(f"{base}/readyz") as resp:
+                return resp.status == 503
+
+        await wait_for(draining, timeout=5)
+        status, body, _ = await handshake(url)
+        assert (status, body["error"]["code"]) == (503, "service_draining")
+        # The live session keeps working during the drain period...
+        await ws.send_bytes(b"\x01" * 3200)
+        assert (await ws.receive(timeout=5)).data == b"\x01" * 3200
+        # ...and is closed with 1012 once it is over.
+        msg = await ws.receive(timeout=10)
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1012, "service restart")
+        await ws.close()
+    assert await sp.wait() == 0
+    session = (await store.usage(acct.id))["sessions"]
+    assert [(s["close_code"], s["closed_by"]) for s in session] == [(1012, "gateway")]
+    rec = emulator.recorder.last
+    await rec.wait_ended()
+    assert rec.client_close_code == 1012
+    assert acct.key not in sp.log
+    assert "event=session_end" in sp.log
+
+
+async def test_restart_after_a_crash_closes_the_dead_sessions_as_gateway_crash(serve, account, store):
+    acct = await account(balance_usd="1")
+    sp, port = await serve()
+    url = URL(
+        f"http://127.0.0.1:{port}/ws/v2/audio-stream?provider=assemblyai&api_key={acct.key}"
+        "&sample_rate=16000&emu_echo=1",
+        encoded=True,
+    )
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url)
+        for _ in range(60):  # 6 s of audio: two charged cycles
+            await ws.send_bytes(b"\x00" * 3200)
+        for _ in range(60):
+            await ws.receive(timeout=5)
+
+        async def charged():
+            return (await store.usage(acct.id))["sessions"][0]["billed_seconds"] == 10
+
+        await wait_for(charged)
+        sp.proc.kill()
+        await sp.wait()
+        await ws.close()
+    restarted, _ = await serve()
+    usage = await store.usage(acct.id)
+    session = usage["sessions"][0]
+    assert session["closed_by"] == "gateway_crash" and session["ended_at"] is not None
+    assert (session["billed_seconds"], session["cost_usd"]) == (10, "0.000416666")
+    assert usage["balance_usd"] == "0.999583334"
+    restarted.proc.send_signal(signal.SIGTERM)
+    assert await restarted.wait() == 0
+
+
+async def test_health_ready_and_metrics(gateway, account):
+    gw = await gateway()
+    acct = await account()
+    async with gw.http.get(f"{gw.http_url}/healthz") as resp:
+        assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+    async with gw.http.get(f"{gw.http_url}/readyz") as resp:
+        assert (resp.status, await resp.json()) == (200, {"status": "ready"})
+    await handshake(gw.ws_url("provider=assemblyai"))
+    async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_rate_check=off") as ws:
+        for _ in range(60):
+            await ws.send_bytes(b"\x00" * 3200)
+        async with gw.http.get(f"{gw.http_url}/metrics") as resp:
+            live = await resp.text()
+        assert 'sttgate_sessions_open{provider="assemblyai"} 1.0' in live
+
+    async def ended_metrics():
+        async with gw.http.get(f"{gw.http_url}/metrics") as resp:
+            text = await resp.text()
+        return text if 'sttgate_sessions_ended_total{closed_by="client",code="1000"} 1.0' in text else None
+
+    text = await wait_for(ended_metrics)
+    assert 'sttgate_sessions_open{provider="assemblyai"} 0.0' in text
+    assert 'sttgate_handshake_refusals_total{code="missing_api_key"} 1.0' in text
+    assert 'sttgate_cycles_billed_total{provider="assemblyai"} 2.0' in text
+    assert 'sttgate_frames_total{direction="client_to_provider",provider="assemblyai"} 60.0' in text
+    assert 'sttgate_bytes_total{direction="client_to_provider",provider="assemblyai"} 192000.0' in text
+    assert 'sttgate_upstream_connect_seconds_count{provider="assemblyai"} 1.0' in text
