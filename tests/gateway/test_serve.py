@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,11 @@ from yarl import URL
 from conftest import OPERATOR_ASSEMBLYAI_KEY, handshake, wait_for
 
 SERVE = [str(Path(sys.executable).parent / "sttgate"), "serve", "--host", "127.0.0.1", "--port", "0"]
+
+
+def echo_url(port: int, key: str) -> URL:
+    """An AssemblyAI echo session through the gateway on ``port``."""
+    return URL(f"http://127.0.0.1:{port}/ws/v2/audio-stream?provider=assemblyai&api_key={key}&emu_echo=1", encoded=True)
 
 
 class ServeProcess:
@@ -52,10 +58,10 @@ class ServeProcess:
 
 @pytest.fixture
 async def serve(emulator, tmp_path) -> AsyncIterator:
-    """Factory: ``await serve(**env)`` → (ServeProcess, port); every process is killed at the end."""
+    """Factory: ``await serve(*cli_args, **env)`` → (ServeProcess, port); every process is killed at the end."""
     procs: list[ServeProcess] = []
 
-    async def start(**env: str) -> tuple[ServeProcess, int]:
+    async def start(*args: str, **env: str) -> tuple[ServeProcess, int]:
         environment = {
             **os.environ,
             "STTGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'sttgate.db'}",
@@ -66,7 +72,12 @@ async def serve(emulator, tmp_path) -> AsyncIterator:
             **env,
         }
         proc = await asyncio.create_subprocess_exec(
-            *SERVE, env=environment, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+            *SERVE,
+            *args,
+            env=environment,
+            cwd=tmp_path,
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
         sp = ServeProcess(proc)
         procs.append(sp)
@@ -86,7 +97,7 @@ async def test_sigterm_drains_then_closes_with_1012_and_exits_zero(serve, accoun
     acct = await account()
     sp, port = await serve(STTGATE_DRAIN_SECONDS="1.0")
     base = f"http://127.0.0.1:{port}"
-    url = URL(f"{base}/ws/v2/audio-stream?provider=assemblyai&api_key={acct.key}&emu_echo=1", encoded=True)
+    url = echo_url(port, acct.key)
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/readyz") as resp:
             assert resp.status == 200
@@ -179,3 +190,54 @@ async def test_health_ready_and_metrics(gateway, account):
     assert 'sttgate_frames_total{direction="client_to_provider",provider="assemblyai"} 60.0' in text
     assert 'sttgate_bytes_total{direction="client_to_provider",provider="assemblyai"} 192000.0' in text
     assert 'sttgate_upstream_connect_seconds_count{provider="assemblyai"} 1.0' in text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_second_signal_cuts_the_drain_short(serve, account):
+    acct = await account()
+    sp, port = await serve(STTGATE_DRAIN_SECONDS="600")
+    url = URL(
+        f"http://127.0.0.1:{port}/ws/v2/audio-stream?provider=assemblyai&api_key={acct.key}&emu_echo=1", encoded=True
+    )
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url)
+        sp.proc.send_signal(signal.SIGTERM)
+
+        async def draining():
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                return resp.status == 503
+
+        await wait_for(draining)
+        sp.proc.send_signal(signal.SIGTERM)
+        msg = await ws.receive(timeout=10)
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1012)
+        await ws.close()
+    assert await sp.wait() == 0
+
+
+async def test_workers_share_one_port_and_drain_together(serve, account, store):
+    acct = await account(max_streams=10)
+    sp, port = await serve("--workers", "2", "--port", str(free_port()), STTGATE_DRAIN_SECONDS="0.5")
+    await wait_for(lambda: sp.log.count("event=gateway_listening") == 2, timeout=30)
+    url = URL(
+        f"http://127.0.0.1:{port}/ws/v2/audio-stream?provider=assemblyai&api_key={acct.key}&emu_echo=1", encoded=True
+    )
+    async with aiohttp.ClientSession() as http:
+        sockets = [await http.ws_connect(url) for _ in range(6)]
+        for i, ws in enumerate(sockets):
+            await ws.send_bytes(bytes([i]) * 10)
+            assert (await ws.receive(timeout=5)).data == bytes([i]) * 10
+        sp.proc.send_signal(signal.SIGTERM)
+        for ws in sockets:
+            msg = await ws.receive(timeout=10)
+            assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1012)
+            await ws.close()
+    assert await sp.wait() == 0
+    sessions = (await store.usage(acct.id))["sessions"]
+    assert [(s["close_code"], s["closed_by"]) for s in sessions] == [(1012, "gateway")] * 6
+    assert sp.log.count("event=gateway_stopped") == 2

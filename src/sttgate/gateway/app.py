@@ -158,6 +158,9 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
 
 
 def _worker_main(settings: Settings, host: str, port: int, index: int) -> None:
+    # Signals come from the parent only: a terminal's Ctrl-C to the whole group would otherwise arrive twice
+    # (directly and forwarded), and a second signal cuts the drain short.
+    os.setpgrp()
     _configure_logging(settings)
     raise SystemExit(_run_worker(settings, host, port, index, True))
 
@@ -186,17 +189,38 @@ async def _serve_async(settings: Settings, host: str, port: int, index: int | No
     app = create_app(settings, store=store, gateway_id=gateway_id)
     runner = await start_site(app, host, port, reuse_port=reuse_port)
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        # The first signal starts the drain; a second one cuts it short.
+        if stop.is_set():
+            app[SESSIONS].cut_drain()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
+    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if index is not None else None
     log_event("gateway_listening", gateway=gateway_id, host=host, port=bound_port(runner), pid=os.getpid())
     await stop.wait()
+    if orphan_watch is not None:
+        orphan_watch.cancel()
     started = time.monotonic()
     await app[SESSIONS].drain(settings.drain_seconds)
     await runner.cleanup()
     await store.close()
     log_event("gateway_stopped", gateway=gateway_id, shutdown_seconds=f"{time.monotonic() - started:.3f}")
     return 0
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker whose parent died (SIGKILL) drains and exits instead of serving on alone."""
+    parent = os.getppid()
+    while True:
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            break
+    log_event("parent_gone", pid=os.getpid())
+    stop.set()
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -216,33 +216,16 @@ async def open_stream(
     manager = app[SESSIONS]
     if manager.draining:
         raise refusals.SERVICE_DRAINING
-    store = app[STORE]
+    # Admission control (NOTES.md): an overloaded relay buffers instead of shedding load, so refuse clearly.
+    budget = int(getattr(app[SETTINGS], "max_sessions_per_process", 0) or 0)
+    if budget and len(manager.live) + manager.opening >= budget:
+        raise refusals.GATEWAY_OVERLOADED
     session_id = session_id or str(uuid.uuid4())
-    await store.open_session(
-        session_id=session_id,
-        account_id=principal.account_id,
-        kind=kind,
-        provider=provider.name,
-        gateway_id=app[GATEWAY_ID],
-        min_balance_nanos=manager.price_nanos(provider.name),
-        lease_ttl=app[SETTINGS].lease_ttl_seconds,
-    )
+    manager.opening += 1
     try:
-        upstream = await connect_upstream(app, provider, forwarded)
-    except BaseException as exc:
-        refusal = exc if isinstance(exc, Refusal) else None
-        await asyncio.shield(
-            store.end_session(
-                session_id,
-                audio_seconds=0.0,
-                cycles=0,
-                cost_nanos=0,
-                close_code=None,
-                close_reason=refusal.code if refusal else "handshake aborted",
-                closed_by="gateway",
-            )
-        )
-        raise
+        upstream = await _take_slot_and_connect(app, principal, provider, forwarded, kind, session_id)
+    finally:
+        manager.opening -= 1
     live = LiveSession(
         manager,
         session_id=session_id,
@@ -262,6 +245,37 @@ async def open_stream(
         query=redact_query(forwarded),
     )
     return live
+
+
+async def _take_slot_and_connect(
+    app: web.Application, principal: Principal, provider: Provider, forwarded: str, kind: str, session_id: str
+) -> ClientWebSocketResponse:
+    store = app[STORE]
+    await store.open_session(
+        session_id=session_id,
+        account_id=principal.account_id,
+        kind=kind,
+        provider=provider.name,
+        gateway_id=app[GATEWAY_ID],
+        min_balance_nanos=app[SESSIONS].price_nanos(provider.name),
+        lease_ttl=app[SETTINGS].lease_ttl_seconds,
+    )
+    try:
+        return await connect_upstream(app, provider, forwarded)
+    except BaseException as exc:
+        refusal = exc if isinstance(exc, Refusal) else None
+        await asyncio.shield(
+            store.end_session(
+                session_id,
+                audio_seconds=0.0,
+                cycles=0,
+                cost_nanos=0,
+                close_code=None,
+                close_reason=refusal.code if refusal else "handshake aborted",
+                closed_by="gateway",
+            )
+        )
+        raise
 
 
 async def accept_and_relay(request: web.Request, live: LiveSession) -> web.StreamResponse:

@@ -67,6 +67,16 @@ def log_event(event: str, **fields: Any) -> None:
     log.info(" ".join(parts))
 
 
+async def first_of(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
 def echo_code(code: int) -> int:
     """The code that completes a close handshake the peer started (its own, when it may be sent)."""
     return code if closecodes.may_send(code) else 1000
@@ -251,20 +261,11 @@ class LiveSession:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 if self._reading:
-                    await self._first_of(waiter, self._upstream_done)
+                    await first_of(waiter, self._upstream_done)
                 else:
                     while not waiter.is_set() and not self._upstream_done.is_set():
                         await self.receive()
         await self.upstream.close(code=1000)
-
-    @staticmethod
-    async def _first_of(*events: asyncio.Event) -> None:
-        waits = [asyncio.ensure_future(e.wait()) for e in events]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
 
     async def end(self) -> None:
         """Write the final totals and outcome, update metrics, log; safe to call more than once."""
@@ -291,10 +292,12 @@ class SessionManager:
         self.gateway_id = gateway_id
         self.live: dict[str, LiveSession] = {}
         self.draining = False
+        self.opening = 0  # handshakes between slot and upstream 101 (admission control counts them)
         self._prices = {name: cycle_price_nanos(p.rate(settings)) for name, p in PROVIDERS.items()}
         self._tasks: list[asyncio.Task[None]] = []
         self._empty = asyncio.Event()
         self._empty.set()
+        self._drain_cut = asyncio.Event()
 
     def price_nanos(self, provider: str) -> int:
         """Price of one 5-second cycle of ``provider``."""
@@ -422,6 +425,10 @@ class SessionManager:
             async with asyncio.timeout(timeout):
                 await self._empty.wait()
 
+    def cut_drain(self) -> None:
+        """End the drain period now (a second SIGTERM/SIGINT): live sessions get their 1012 at once."""
+        self._drain_cut.set()
+
     async def drain(self, seconds: float) -> None:
         """SIGTERM: refuse new sessions, let live ones run ``seconds``, then close the rest with 1012."""
         self.draining = True
@@ -429,7 +436,7 @@ class SessionManager:
         log_event("drain_start", sessions=len(self.live), drain_seconds=seconds)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self._empty.wait()
+                await first_of(self._empty, self._drain_cut)
         await self.close_all(1012, "service restart")
         await self.flush()
         log_event("drain_done", sessions_left=len(self.live))
