@@ -1,0 +1,241 @@
+"""Webhook delivery: envelope, signature, order, retries, overflow, exactly one ``ended`` (real HTTP on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from sttgate.pull.webhooks import (
+    SIGNATURE_HEADER,
+    Attempt,
+    WebhookDeliverer,
+    WebhookPolicy,
+    backoff_delay,
+    ended_body,
+    message_body,
+    sign,
+    verify,
+    webhook_client,
+)
+
+from .conftest import serve, wait_for
+
+SECRET = "whsec_test"
+FAST = WebhookPolicy(timeout=5.0, max_attempts=5, backoff=0.01, backoff_max=0.05, queue_max=1000)
+
+
+def test_message_envelope_embeds_the_provider_json_byte_for_byte() -> None:
+    text = '{"type":"Turn","transcript":"h\\u00e9llo","end_of_turn_confidence":1.0,"words":[{"start":10}]}'
+    body = message_body("t-1", 3, "assemblyai", text)
+    assert text.encode() in body
+    envelope = json.loads(body)
+    assert envelope == {
+        "task_id": "t-1",
+        "seq": 3,
+        "provider": "assemblyai",
+        "event": "message",
+        "data": json.loads(text),
+    }
+    assert list(envelope) == ["task_id", "seq", "provider", "event", "data"]
+
+
+def test_message_envelope_quotes_text_that_is_not_json() -> None:
+    body = message_body("t", 1, "elevenlabs", 'not json "at" all')
+    assert json.loads(body)["data"] == 'not json "at" all'
+
+
+def test_ended_envelope() -> None:
+    envelope = json.loads(ended_body("t", 9, "elevenlabs", "stopped", "stopped by the user"))
+    assert envelope["event"] == "ended"
+    assert envelope["seq"] == 9
+    assert envelope["data"] == {"status": "stopped", "reason": "stopped by the user"}
+
+
+def test_signature_is_hmac_sha256_hex_of_the_body() -> None:
+    body = b'{"x": 1}'
+    signature = sign(SECRET, body)
+    assert signature == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert verify(SECRET, body, signature)
+    assert not verify(SECRET, body + b" ", signature)
+    assert not verify("other", body, signature)
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    assert [backoff_delay(n, 0.5, 30.0) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint that records every POST and answers from a script (then 200)."""
+
+    script: list[int] = field(default_factory=list)
+    posts: list[tuple[bytes, dict[str, str], int]] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.gate is not None:
+            await self.gate.wait()
+        status = self.script.pop(0) if self.script else 200
+        self.posts.append((body, dict(request.headers), status))
+        self.changed.set()
+        return web.Response(status=status, text="ok")
+
+    def accepted(self) -> list[dict]:
+        return [json.loads(body) for body, _, status in self.posts if status == 200]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    async with serve(app) as base:
+        yield rec, base + "/hook"
+
+
+@pytest.fixture
+async def client():
+    session = webhook_client(allow_private=True)
+    yield session
+    await session.close()
+
+
+def deliverer(client, url: str, policy: WebhookPolicy = FAST, attempts: list[Attempt] | None = None):
+    async def record(attempt: Attempt) -> None:
+        if attempts is not None:
+            attempts.append(attempt)
+
+    d = WebhookDeliverer(
+        task_id="task-1",
+        provider="elevenlabs",
+        callback_url=url,
+        secret=SECRET,
+        client=client,
+        policy=policy,
+        recorder=record,
+    )
+    d.start()
+    return d
+
+
+async def test_messages_arrive_in_order_signed_then_one_ended(receiver, client) -> None:
+    rec, url = receiver
+    d = deliverer(client, url)
+    texts = [json.dumps({"message_type": "partial_transcript", "text": f"w{i}"}) for i in range(20)]
+    for text in texts:
+        d.message(text)
+    d.end("source_ended", "the source ended")
+    d.end("stopped", "a second end is ignored")
+    assert await d.wait_done(10)
+    accepted = rec.accepted()
+    assert [e["seq"] for e in accepted] == list(range(1, 22))
+    assert [e["data"] for e in accepted[:-1]] == [json.loads(t) for t in texts]
+    assert accepted[-1]["event"] == "ended"
+    assert accepted[-1]["data"] == {"status": "source_ended", "reason": "the source ended"}
+    for body, headers, _ in rec.posts:
+        assert verify(SECRET, body, headers[SIGNATURE_HEADER])
+        assert headers["Content-Type"] == "application/json"
+    assert d.ended_delivered and d.dropped == 0
+
+
+async def test_a_500_is_retried_with_backoff_and_the_message_accepted_once(receiver, client) -> None:
+    rec, url = receiver
+    rec.script = [500, 500, 500]
+    attempts: list[Attempt] = []
+    d = deliverer(client, url, attempts=attempts)
+    d.message('{"n": 1}')
+    d.message('{"n": 2}')
+    d.end("stopped", None)
+    assert await d.wait_done(10)
+    assert [(p[2], json.loads(p[0])["seq"]) for p in rec.posts] == [
+        (500, 1),
+        (500, 1),
+        (500, 1),
+        (200, 1),
+        (200, 2),
+        (200, 3),
+    ]
+    assert [e["data"] for e in rec.accepted()[:2]] == [{"n": 1}, {"n": 2}]
+    assert [(a.seq, a.attempt, a.status_code) for a in attempts[:4]] == [
+        (1, 1, 500),
+        (1, 2, 500),
+        (1, 3, 500),
+        (1, 4, 200),
+    ]
+    assert attempts[0].error == "HTTP 500" and attempts[3].error is None
+
+
+async def test_a_final_4xx_is_not_retried(receiver, client) -> None:
+    rec, url = receiver
+    rec.script = [404]
+    attempts: list[Attempt] = []
+    d = deliverer(client, url, attempts=attempts)
+    d.message('{"n": 1}')
+    d.end("stopped", None)
+    assert await d.wait_done(10)
+    assert [(a.seq, a.attempt, a.status_code) for a in attempts] == [(1, 1, 404), (2, 1, 200)]
+    assert d.failed == 1 and d.ended_delivered
+
+
+async def test_overflow_drops_the_oldest_waiting_messages_never_ended(receiver, client) -> None:
+    rec, url = receiver
+    rec.gate = asyncio.Event()
+    policy = WebhookPolicy(timeout=5.0, max_attempts=3, backoff=0.01, backoff_max=0.05, queue_max=5)
+    d = deliverer(client, url, policy)
+    d.message('{"n": 1}')
+    await wait_for(lambda: d.pending == 1 and rec.changed is not None)
+    for n in range(2, 13):
+        d.message(json.dumps({"n": n}))  # never blocks, whatever the receiver does
+    d.end("stopped", None)
+    assert d.pending <= 6
+    rec.gate.set()
+    assert await d.wait_done(10)
+    seqs = [e["seq"] for e in rec.accepted()]
+    assert seqs[-1] == 13 and rec.accepted()[-1]["event"] == "ended"
+    assert seqs == sorted(seqs)
+    assert d.dropped == 12 - (len(seqs) - 1)
+    assert d.dropped > 0
+    assert seqs[-5:-1] == [9, 10, 11, 12]
+
+
+async def test_a_dead_webhook_degrades_to_one_attempt_per_message(client) -> None:
+    async with serve(web.Application()) as base:
+        pass
+    attempts: list[Attempt] = []
+    policy = WebhookPolicy(timeout=2.0, max_attempts=3, backoff=0.01, backoff_max=0.02, queue_max=100)
+    d = deliverer(client, base + "/hook", policy, attempts)
+    for n in range(4):
+        d.message(json.dumps({"n": n}))
+    d.end("source_failed", "x")
+    assert await d.wait_done(10)
+    per_seq = {}
+    for a in attempts:
+        per_seq[a.seq] = a.attempt
+        assert a.status_code is None and a.error
+    assert per_seq == {1: 3, 2: 1, 3: 1, 4: 1, 5: 3}
+    assert not d.ended_delivered
+
+
+async def test_private_callback_refused_at_connect_time(receiver) -> None:
+    rec, url = receiver
+    port = url.split(":")[2].split("/")[0]
+    session = webhook_client(allow_private=False)
+    try:
+        attempts: list[Attempt] = []
+        policy = WebhookPolicy(timeout=2.0, max_attempts=1, backoff=0.01, backoff_max=0.01)
+        d = deliverer(session, f"http://localhost:{port}/hook", policy, attempts)
+        d.end("stopped", None)
+        assert await d.wait_done(10)
+    finally:
+        await session.close()
+    assert rec.posts == []
+    assert attempts[0].status_code is None and "may not reach" in (attempts[0].error or "")
