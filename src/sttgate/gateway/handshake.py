@@ -4,8 +4,18 @@ Split in two so provider-shaped routes (SPEC §3b) are one small function each:
 
 - reading the request: :func:`credential_from_request` (``api_key`` query or ``Authorization``), :func:`principal_for`
   (key or token → account, 401/403), :func:`resolve_provider` (400);
-- everything after: :func:`open_stream` (slot 429/402 → upstream connect 502/504/4xx → :class:`LiveSession`) and
-  :func:`accept_and_relay` (the client's 101 with ``X-Session-Id``, then the relay).
+- everything after: :func:`serve_stream` (all of the below, refusals answered), :func:`open_stream` (slot 429/402 →
+  upstream connect 502/504/4xx → :class:`LiveSession`) and :func:`accept_and_relay` (the client's 101 with
+  ``X-Session-Id``, then the relay).
+
+A provider-shaped route is then::
+
+    async def elevenlabs_realtime(request):
+        query = split_query(raw_query(request))
+        return await serve_stream(request, provider_name="elevenlabs", key=request.headers.get("xi-api-key"),
+                                  token=query.token, forwarded=query.forwarded)
+
+Use :func:`raw_query`, never ``request.rel_url.raw_query_string``: yarl normalizes the latter (``%2C`` → ``,``).
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from sttgate.gateway.relay import relay
 from sttgate.gateway.sessions import LiveSession, log_event
 from sttgate.providers import Provider, get_provider
 from sttgate.store.store import Principal
+
+UPGRADE_REQUIRED = Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
 
 # How much of a provider's refusal body is kept to quote it (upstream_rejected keeps 1000 characters).
 _BODY_LIMIT = 4096
@@ -303,18 +315,33 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
     return client
 
 
-async def audio_stream(request: web.Request) -> web.StreamResponse:
-    """``GET /ws/v2/audio-stream``: SPEC §3, refusals in the order of its table."""
+async def serve_stream(
+    request: web.Request, *, provider_name: str | None, key: str | None, token: str | None, forwarded: str
+) -> web.StreamResponse:
+    """Everything after reading the request: refusals as HTTP responses, else the accepted and relayed session.
+
+    Provider-shaped routes (SPEC §3b) read their credential their own way and call this.
+    """
     app = request.app
-    query = split_query(raw_query(request))
     try:
         if app[SESSIONS].draining:
             raise refusals.SERVICE_DRAINING
-        key = credential_from_request(request, query.api_key)
-        principal, provider = await authorize(app, key, query.token, query.provider)
+        principal, provider = await authorize(app, key, token, provider_name)
         if not web.WebSocketResponse().can_prepare(request).ok:
-            raise refusals.Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
-        live = await open_stream(app, principal, provider, query.forwarded)
+            raise UPGRADE_REQUIRED
+        live = await open_stream(app, principal, provider, forwarded)
     except Refusal as refusal:
         return refuse(app, refusal)
     return await accept_and_relay(request, live)
+
+
+async def audio_stream(request: web.Request) -> web.StreamResponse:
+    """``GET /ws/v2/audio-stream``: SPEC §3, refusals in the order of its table."""
+    query = split_query(raw_query(request))
+    return await serve_stream(
+        request,
+        provider_name=query.provider,
+        key=credential_from_request(request, query.api_key),
+        token=query.token,
+        forwarded=query.forwarded,
+    )

@@ -89,6 +89,7 @@ async def _upstream_to_client(client: web.WebSocketResponse, live: LiveSession) 
 
 async def relay(client: web.WebSocketResponse, live: LiveSession) -> None:
     """Relay until one side closes, then close the other with the mapped code; record the outcome on ``live``."""
+    live.reader_attached = True
     inbound = asyncio.create_task(_client_to_upstream(client, live))
     outbound = asyncio.create_task(_upstream_to_client(client, live))
     try:

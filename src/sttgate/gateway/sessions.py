@@ -5,18 +5,21 @@ upstream connected). Whatever feeds it (the push relay, a pull task, a provider-
 
     live = await open_stream(app, principal, provider, forwarded, kind="pull")  # raises Refusal
     try:
-        ok = await live.send_audio(frame)        # str -> text frame, bytes -> binary; meter, charge, forward
-        if not ok:                               # the balance cannot pay the cycle this frame opens: not sent
-            await live.finish(code=4002, reason="insufficient balance", closed_by="gateway")
-        async for message in live.messages():    # provider messages (str for text, bytes for binary) until it closes
-            ...
-        await live.finish(code=1000, reason="stopped", closed_by="client")   # graceful provider end
-        live.close_requested                     # future (code, reason) set by the gateway: idle timeout, drain
+        reader = asyncio.create_task(deliver(live.messages()))  # str (text) / bytes (binary) until the provider ends
+        for frame in frames:                      # provider.audio_frame(pcm) per 100 ms chunk
+            if not await live.send_audio(frame):  # meter, charge, forward; False: the balance cannot pay (not sent)
+                await live.finish(code=4002, reason="insufficient balance", closed_by="gateway")
+                break
+        else:
+            await live.finish(code=1000, reason="source ended", closed_by="client")  # graceful provider end
+        await reader
     finally:
-        await live.end()                         # totals, close code and closed_by to the database; idempotent
+        await live.end()                          # totals, close code, closed_by to the database; idempotent
 
-``finish`` sends the provider's end frames and waits (bounded) for its final transcript or its close; keep
-consuming ``messages()`` meanwhile to receive that transcript (if nobody reads, ``finish`` drains and drops it).
+``finish`` sends the provider's end frames and waits (bounded) for its final transcript or its close. Call
+``messages()`` before ``finish`` (e.g. ``it = live.messages()`` before starting the task that iterates it) and keep
+iterating meanwhile to receive that transcript; if nobody reads, ``finish`` drains and drops it. ``close_requested``
+must be watched by whatever drives the session: the gateway sets it for an idle timeout and at the end of a drain.
 
 Money: prepaid cycles are debited with one ``charge_cycles`` call per new 5-second cycle, before the audio that opens it
 is forwarded; postpaid cycles are counted in memory. The :class:`SessionManager` writes totals that changed every
@@ -132,7 +135,9 @@ class LiveSession:
         self.cut_off = False
         self._first_seen = False
         self._ending = False
-        self._reading = False
+        # True once something consumes provider messages (the relay, ``messages()``): ``finish`` then only waits.
+        self.reader_attached = False
+        self._self_draining = False
         self._end_ack = asyncio.Event()
         self._upstream_done = asyncio.Event()
         self._ended = False
@@ -191,11 +196,7 @@ class LiveSession:
 
     async def receive(self) -> WSMessage:
         """The next upstream message (aiohttp's), counted; also what ``finish`` and auth monitoring need to see."""
-        self._reading = True
-        try:
-            msg = await self.upstream.receive()
-        finally:
-            self._reading = False
+        msg = await self.upstream.receive()
         t = msg.type
         if t is TEXT or t is BINARY:
             self.frames_down += 1
@@ -222,8 +223,17 @@ class LiveSession:
                 self.provider_name,
             )
 
-    async def messages(self) -> AsyncIterator[str | bytes]:
-        """Provider messages until the provider session ends (pull mode); records a provider-initiated close."""
+    def messages(self) -> AsyncIterator[str | bytes]:
+        """Provider messages (str for text, bytes for binary) until the provider session ends; records a
+        provider-initiated close. Call it before ``finish``: from then on ``finish`` leaves the reading to you."""
+        self.reader_attached = True
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[str | bytes]:
+        if self._self_draining:
+            # finish() started before anyone read: it owns the socket until the provider session is over.
+            await self._upstream_done.wait()
+            return
         while True:
             msg = await self.receive()
             t = msg.type
@@ -253,16 +263,17 @@ class LiveSession:
         if self._ending or self.upstream.closed:
             return
         self._ending = True
-        timeout = getattr(self.manager.settings, "finish_timeout_seconds", 3.0)
+        timeout = getattr(self.manager.settings, "finish_timeout_seconds", 2.0)
         with contextlib.suppress(ConnectionError, RuntimeError):
             for frame in self.provider.end_frames(self.forwarded):
                 await self.upstream.send_str(frame)
         waiter = self._upstream_done if self.provider.closes_after_end else self._end_ack
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                if self._reading:
+                if self.reader_attached:
                     await first_of(waiter, self._upstream_done)
                 else:
+                    self._self_draining = True
                     while not waiter.is_set() and not self._upstream_done.is_set():
                         await self.receive()
         await self.upstream.close(code=1000)
