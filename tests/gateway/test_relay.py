@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from conftest import OPERATOR_ASSEMBLYAI_KEY, OPERATOR_ELEVENLABS_KEY, wait_for
-from sttgate.gateway.keys import STORE
+from sttgate.gateway.keys import SESSIONS, STORE
 
 
 async def last_session(gw, account_id):
@@ -280,3 +280,31 @@ async def test_client_without_aiohttp_autoclose_sees_echoed_close(gateway, accou
     await ws.close(code=1000, message=b"done")
     assert ws.close_code == 1000
     assert isinstance(ws, aiohttp.ClientWebSocketResponse)
+
+
+async def test_a_side_that_does_not_read_gets_backpressure_not_a_buffer(gateway, account):
+    """The client sends 128 MiB into an echo it does not read: the pipeline fills its socket buffers (tens of MiB on
+    loopback) and stops; the gateway holds no queue of its own. Once the client reads, everything arrives in order."""
+    gw = await gateway()
+    acct = await account()
+    frame_size, count = 1 << 18, 512
+    patterns = [bytes([i]) * frame_size for i in range(7)]
+    frames = [patterns[i % 7] for i in range(count)]
+    async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:
+
+        async def send_all():
+            for frame in frames:
+                await ws.send_bytes(frame)
+
+        sender = asyncio.create_task(send_all())
+        done, _ = await asyncio.wait({sender}, timeout=1.0)
+        assert not done, "128 MiB were accepted while nobody read the echo: something buffers without bound"
+        live = next(iter(gw.app[SESSIONS].live.values()))
+        assert live.bytes_up < count * frame_size
+        received = 0
+        for expected in frames:
+            msg = await ws.receive(timeout=10)
+            assert msg.data == expected
+            received += 1
+        await sender
+    assert received == count
