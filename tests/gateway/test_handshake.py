@@ -222,3 +222,11 @@ async def test_not_an_upgrade_is_refused_without_taking_a_slot(gateway, account,
 def test_settings_fixture_points_at_the_emulator(emulator):
     settings = gateway_settings(emulator)
     assert settings.assemblyai_url.endswith("/v3/ws")
+
+
+async def test_audio_the_gateway_cannot_meter_is_refused(gateway, account, store):
+    gw = await gateway()
+    acct = await account()
+    status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&encoding=opus"))
+    assert (status, error(body)[0]) == (400, "unsupported_audio_format")
+    assert (await store.usage(acct.id))["sessions"] == []

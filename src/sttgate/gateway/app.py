@@ -154,7 +154,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
     signal.signal(signal.SIGINT, forward)
     for proc in procs:
         proc.join()
-    return max((proc.exitcode or 0) for proc in procs)
+    return 0 if all(proc.exitcode == 0 for proc in procs) else 1
 
 
 def _worker_main(settings: Settings, host: str, port: int, index: int) -> None:

@@ -40,6 +40,11 @@ from sttgate.gateway.sessions import LiveSession, log_event
 from sttgate.providers import Provider, get_provider
 from sttgate.store.store import Principal
 
+UNMETERED_FORMAT = Refusal(
+    400,
+    "unsupported_audio_format",
+    "The gateway meters only uncompressed audio (AssemblyAI encoding pcm_s16le or pcm_mulaw).",
+)
 UPGRADE_REQUIRED = Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
 
 # How much of a provider's refusal body is kept to quote it (upstream_rejected keeps 1000 characters).
@@ -228,6 +233,9 @@ async def open_stream(
     manager = app[SESSIONS]
     if manager.draining:
         raise refusals.SERVICE_DRAINING
+    # A format whose duration cannot be computed from its bytes (opus, aac…) could not be billed: refuse it.
+    if provider.new_meter(forwarded).audio_format is None:
+        raise UNMETERED_FORMAT
     # Admission control (NOTES.md): an overloaded relay buffers instead of shedding load, so refuse clearly.
     budget = int(getattr(app[SETTINGS], "max_sessions_per_process", 0) or 0)
     if budget and len(manager.live) + manager.opening >= budget:
