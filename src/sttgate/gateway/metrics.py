@@ -61,7 +61,7 @@ class GatewayMetrics:
         )
         self.upstream_auth_errors = Counter(
             "sttgate_upstream_auth_errors",
-            "Provider sessions that reported the operator's credentials as invalid, in-band.",
+            "Provider sessions whose first message refused the operator's credentials or account, in-band.",
             ["provider"],
             registry=r,
         )
@@ -69,6 +69,7 @@ class GatewayMetrics:
             "sttgate_background_errors", "Failures of periodic ledger/lease work, by task.", ["task"], registry=r
         )
         self.draining = Gauge("sttgate_draining", "1 while the gateway drains for shutdown.", registry=r)
+        self._frame_children: dict[str, tuple[Counter, Counter, Counter, Counter]] = {}
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type."""
@@ -85,9 +86,17 @@ class GatewayMetrics:
         prev = s.reported
         if now == prev:
             return
-        p = s.provider_name
-        self.frames.labels(p, TO_PROVIDER).inc(now[0] - prev[0])
-        self.bytes.labels(p, TO_PROVIDER).inc(now[1] - prev[1])
-        self.frames.labels(p, TO_CLIENT).inc(now[2] - prev[2])
-        self.bytes.labels(p, TO_CLIENT).inc(now[3] - prev[3])
+        children = self._frame_children.get(s.provider_name)
+        if children is None:
+            p = s.provider_name
+            children = (
+                self.frames.labels(p, TO_PROVIDER),
+                self.bytes.labels(p, TO_PROVIDER),
+                self.frames.labels(p, TO_CLIENT),
+                self.bytes.labels(p, TO_CLIENT),
+            )
+            self._frame_children[p] = children
+        for child, current, before in zip(children, now, prev, strict=True):
+            if current != before:
+                child.inc(current - before)
         s.reported = now
