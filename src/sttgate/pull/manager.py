@@ -1,0 +1,144 @@
+"""This gateway's pull tasks: launching, the stop-flag poll, webhook deliverers that outlive their task, shutdown.
+
+One :class:`PullManager` per gateway app (created by :func:`sttgate.pull.api.setup`). Tasks run in this process;
+the database is how other gateways reach them (a stop received elsewhere sets ``stop_requested``, which this
+manager polls every ``STOP_POLL_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from sttgate.config import Settings
+from sttgate.pull import taskstore
+from sttgate.pull.egress import EgressGuard
+from sttgate.pull.ffmpeg import FFmpegSource, Pacer, default_ffmpeg, ffmpeg_argv, ffmpeg_env
+from sttgate.pull.tasks import GATEWAY_SHUTDOWN, Ending, PullTask
+from sttgate.pull.urlsafety import CheckedUrl
+from sttgate.pull.webhooks import WebhookDeliverer, WebhookPolicy, webhook_client
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from sttgate.gateway.sessions import LiveSession
+    from sttgate.store.store import Store
+
+log = logging.getLogger("sttgate.pull")
+
+# A stop received by another gateway is acted on within this (SPEC: 1 s).
+STOP_POLL_SECONDS = 0.5
+# At shutdown, queued webhooks (every task's ``ended`` above all) get this long before they are abandoned.
+SHUTDOWN_WEBHOOK_SECONDS = 10.0
+TASK_END_SECONDS = 15.0
+
+
+class PullManager:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.ffmpeg = settings.ffmpeg or default_ffmpeg()
+        self.policy = WebhookPolicy.from_settings(settings)
+        self.tasks: dict[str, PullTask] = {}
+        self.runners: dict[str, asyncio.Task[Ending]] = {}
+        self.deliverers: set[WebhookDeliverer] = set()
+        self.attempts = taskstore.AttemptLog(store)
+        self.client: aiohttp.ClientSession | None = None
+        self.egress: EgressGuard | None = None
+        self._poll: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.client = webhook_client(allow_private=self.settings.pull_allow_private)
+        if not self.settings.pull_allow_private:
+            self.egress = EgressGuard(allow_private=False)
+            await self.egress.start()
+        self.attempts.start()
+        self._poll = asyncio.create_task(self._poll_stops(), name="pull-stop-poll")
+
+    def source_for(self, audio: CheckedUrl) -> FFmpegSource:
+        """FFmpeg for a checked URL; HTTP(S) goes through the egress guard when private addresses are refused."""
+        timeout = self.settings.pull_source_timeout_seconds
+        proxy = self.egress.proxy_url if self.egress is not None and audio.scheme in ("http", "https") else None
+        return FFmpegSource(
+            ffmpeg_argv(self.ffmpeg, audio.url, audio.scheme, io_timeout_seconds=timeout),
+            source_timeout=timeout,
+            pacer=Pacer(),
+            env=ffmpeg_env(proxy),
+        )
+
+    def launch(self, *, task_id: str, live: LiveSession, audio: CheckedUrl, callback_url: str, secret: str) -> PullTask:
+        """Start running a task whose session is open and whose row exists."""
+        assert self.client is not None, "PullManager.start() was not awaited"
+        deliverer = WebhookDeliverer(
+            task_id=task_id,
+            provider=live.provider_name,
+            callback_url=callback_url,
+            secret=secret,
+            client=self.client,
+            policy=self.policy,
+            recorder=self.attempts.record,
+        )
+        deliverer.start()
+        self.deliverers.add(deliverer)
+        task = PullTask(
+            task_id=task_id,
+            live=live,
+            source=self.source_for(audio),
+            deliverer=deliverer,
+            store=self.store,
+            on_ended=self._ended,
+        )
+        self.tasks[task_id] = task
+        self.runners[task_id] = asyncio.create_task(task.run(), name=f"pull-task-{task_id}")
+        return task
+
+    def _ended(self, task: PullTask) -> None:
+        self.tasks.pop(task.id, None)
+        self.runners.pop(task.id, None)
+        deliverer = task.deliverer
+        watcher = asyncio.create_task(deliverer.wait_done())
+        watcher.add_done_callback(lambda _: self.deliverers.discard(deliverer))
+
+    def stop_local(self, task_id: str) -> bool:
+        task = self.tasks.get(task_id)
+        if task is None:
+            return False
+        task.stop()
+        return True
+
+    async def _poll_stops(self) -> None:
+        while True:
+            await asyncio.sleep(STOP_POLL_SECONDS)
+            if not self.tasks:
+                continue
+            try:
+                for task_id in await taskstore.stop_requested(self.store, list(self.tasks)):
+                    self.stop_local(task_id)
+            except Exception:
+                log.exception("event=background_error task=pull_stop_poll")
+
+    async def close(self) -> None:
+        """Shutdown: every task ends ``gateway_shutdown`` (with its ``ended`` webhook), then clean up."""
+        if self._poll is not None:
+            self._poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll
+        for task in list(self.tasks.values()):
+            task.halt(Ending(GATEWAY_SHUTDOWN, "the gateway is shutting down"))
+        runners = list(self.runners.values())
+        if runners:
+            await asyncio.wait(runners, timeout=TASK_END_SECONDS)
+        deliverers = list(self.deliverers)
+        if deliverers:
+            await asyncio.wait(
+                [asyncio.ensure_future(d.wait_done()) for d in deliverers], timeout=SHUTDOWN_WEBHOOK_SECONDS
+            )
+            for deliverer in deliverers:
+                await deliverer.abort()
+        await self.attempts.close()
+        if self.client is not None:
+            await self.client.close()
+        if self.egress is not None:
+            await self.egress.close()

@@ -1,0 +1,204 @@
+"""Running pull tasks: FFmpeg → provider session → webhooks, and how each task ends (SPEC §6).
+
+A :class:`PullTask` drives one :class:`~sttgate.gateway.sessions.LiveSession` (opened by the start request, so
+every refusal of §3 was an HTTP answer). Its feeder sends FFmpeg's 100 ms chunks in the provider's framing; its
+reader hands every provider message to the task's :class:`~sttgate.pull.webhooks.WebhookDeliverer`. Whatever
+happens first ends the task, and only the first thing counts:
+
+=====================  =====================================================  ============================
+status                 cause                                                  provider session closed with
+=====================  =====================================================  ============================
+``stopped``            the stop endpoint (on any gateway: the DB stop flag)   graceful end, 1000, client
+``source_ended``       FFmpeg reached the end of the source and exited 0      graceful end, 1000, client
+``source_failed``      FFmpeg failed, or no audio for the source timeout      graceful end, 1000, client
+``provider_closed``    the provider closed the session                        its own code, upstream
+``insufficient_balance``  a prepaid balance cannot pay the next cycle         graceful end, 4002, gateway
+``gateway_shutdown``   the gateway stops (drain over, or runner clean-up)     graceful end, 1012, gateway
+=====================  =====================================================  ============================
+
+"Graceful end" is the provider's own (ElevenLabs commit, AssemblyAI ``Terminate``), so the final transcript still
+reaches the webhook before the ``ended`` event. FFmpeg is stopped first, always, and reaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sttgate.pull import taskstore
+from sttgate.pull.ffmpeg import SOURCE_ENDED, SOURCE_FAILED, FFmpegSource
+from sttgate.pull.webhooks import WebhookDeliverer
+
+if TYPE_CHECKING:
+    from sttgate.gateway.sessions import LiveSession
+    from sttgate.store.store import Store
+
+log = logging.getLogger("sttgate.pull")
+
+STOPPED = "stopped"
+PROVIDER_CLOSED = "provider_closed"
+INSUFFICIENT_BALANCE = "insufficient_balance"
+GATEWAY_SHUTDOWN = "gateway_shutdown"
+STATUSES = (STOPPED, SOURCE_ENDED, SOURCE_FAILED, PROVIDER_CLOSED, INSUFFICIENT_BALANCE, GATEWAY_SHUTDOWN)
+
+# AssemblyAI refuses a binary frame under 50 ms; only a source's last chunk can be that short. Padding it with
+# silence within its own 100 ms slot never changes the number of 5-second cycles (they start on 100 ms bounds).
+MIN_FRAME_BYTES = {"assemblyai": 1600}
+READER_WAIT_SECONDS = 5.0
+
+# status -> (close code, reason, closed_by) recorded for the provider session
+_SESSION_CLOSE = {
+    STOPPED: (1000, "stopped", "client"),
+    SOURCE_ENDED: (1000, "source ended", "client"),
+    SOURCE_FAILED: (1000, "source failed", "client"),
+    INSUFFICIENT_BALANCE: (4002, "insufficient balance", "gateway"),
+    GATEWAY_SHUTDOWN: (1012, "service restart", "gateway"),
+}
+
+
+@dataclass(frozen=True)
+class Ending:
+    status: str
+    reason: str
+    error: str | None = None
+
+
+def ending_for_gateway_close(code: int, reason: str) -> Ending:
+    """The gateway asked the session to close (``LiveSession.close_requested``)."""
+    if code == 1008:
+        return Ending(SOURCE_FAILED, "no audio was sent or received for the idle timeout", reason)
+    return Ending(GATEWAY_SHUTDOWN, "the gateway is shutting down")
+
+
+def ending_for_source(status: str, error: str | None) -> Ending:
+    if status == SOURCE_ENDED:
+        return Ending(SOURCE_ENDED, "the source ended")
+    return Ending(SOURCE_FAILED, error or "the source failed", error)
+
+
+def pad_frame(provider: str, chunk: bytes) -> bytes:
+    minimum = MIN_FRAME_BYTES.get(provider, 0)
+    return chunk + bytes(minimum - len(chunk)) if len(chunk) < minimum else chunk
+
+
+class PullTask:
+    """One running task; :meth:`run` returns how it ended, after the session, FFmpeg and the DB row are done."""
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        live: LiveSession,
+        source: FFmpegSource,
+        deliverer: WebhookDeliverer,
+        store: Store,
+        on_ended: Callable[[PullTask], None] | None = None,
+    ) -> None:
+        self.id = task_id
+        self.live = live
+        self.source = source
+        self.deliverer = deliverer
+        self.store = store
+        self.on_ended = on_ended
+        self.ending: Ending | None = None
+        self._halt: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
+        self.source_closed = asyncio.Event()
+
+    def halt(self, ending: Ending) -> None:
+        """End the task for this reason, unless something else ended it first."""
+        if not self._halt.done():
+            self._halt.set_result(ending)
+
+    def stop(self) -> None:
+        self.halt(Ending(STOPPED, "stopped by the user"))
+
+    async def run(self) -> Ending:
+        live = self.live
+        messages = live.messages()
+        reader = asyncio.create_task(self._read(messages), name=f"pull-reader-{self.id}")
+        reader.add_done_callback(lambda _: self.halt(self._provider_closed()))
+        live.close_requested.add_done_callback(self._on_close_requested)
+        try:
+            try:
+                self.halt(await self._feed())
+            except Exception as exc:
+                log.exception("event=pull_task_error task=%s", self.id)
+                failed = Ending(SOURCE_FAILED, "the gateway failed while feeding the source", f"internal error: {exc}")
+                self.halt(failed)
+            ending = self._halt.result()
+            await self.source.close()
+            self.source_closed.set()
+            if ending.status in _SESSION_CLOSE:
+                code, reason, closed_by = _SESSION_CLOSE[ending.status]
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await live.finish(code=code, reason=reason, closed_by=closed_by)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), READER_WAIT_SECONDS)
+        finally:
+            await self.source.close()
+            self.source_closed.set()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await asyncio.shield(live.end())
+        self.ending = ending
+        try:
+            await asyncio.shield(taskstore.end_task(self.store, self.id, status=ending.status, last_error=ending.error))
+        finally:
+            self.deliverer.end(ending.status, ending.reason)
+            log.info(
+                "event=pull_task_end task=%s status=%s audio_seconds=%.3f", self.id, ending.status, live.audio_seconds
+            )
+            if self.on_ended is not None:
+                self.on_ended(self)
+        return ending
+
+    def _on_close_requested(self, requested: asyncio.Future[tuple[int, str]]) -> None:
+        if not requested.cancelled():
+            self.halt(ending_for_gateway_close(*requested.result()))
+
+    def _provider_closed(self) -> Ending:
+        code, reason = self.live.close_code, self.live.close_reason
+        detail = f"code {code}" + (f": {reason}" if reason else "") if code is not None else "connection lost"
+        message = f"the provider closed the session ({detail})"
+        return Ending(PROVIDER_CLOSED, message, message)
+
+    async def _read(self, messages: object) -> None:
+        async for message in messages:  # type: ignore[attr-defined]
+            self.deliverer.message(message if isinstance(message, str) else message.decode("utf-8", "replace"))
+
+    async def _feed(self) -> Ending:
+        """Chunks to the provider until the source ends or the task is halted; waiting for a chunk is interruptible,
+        sending one (metering, a prepaid charge) is not."""
+        provider = self.live.provider_name
+        chunks = self.source.chunks()
+        try:
+            while True:
+                nxt = asyncio.ensure_future(anext(chunks))
+                await asyncio.wait({nxt, self._halt}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    nxt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await nxt
+                    return self._halt.result()
+                try:
+                    chunk = nxt.result()
+                except StopAsyncIteration:
+                    outcome = self.source.outcome
+                    assert outcome is not None
+                    return ending_for_source(outcome.status, outcome.error)
+                if self._halt.done():
+                    return self._halt.result()
+                try:
+                    sent = await self.live.send_audio(self.live.provider.audio_frame(pad_frame(provider, chunk)))
+                except (ConnectionError, RuntimeError):
+                    return self._provider_closed()
+                if not sent:
+                    return Ending(INSUFFICIENT_BALANCE, "the balance cannot pay the next 5-second cycle")
+        finally:
+            with contextlib.suppress(RuntimeError):
+                await chunks.aclose()

@@ -1,0 +1,213 @@
+"""The database side of pull tasks: the ``tasks`` and ``webhook_attempts`` rows (tables owned by the store).
+
+A task's id is its session's id: the ``sessions`` row (opened by the gateway's ``open_stream``) is the stream slot,
+the meter and the bill; the ``tasks`` row adds what is specific to pulling (URLs, status, stop flag, last error).
+The stop flag is how a stop reaches the gateway that runs the task, whichever gateway received it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, insert, select, update
+
+from sttgate.core.money import CYCLE_SECONDS, format_usd
+from sttgate.pull.webhooks import Attempt
+from sttgate.store.store import Store, isoformat, utcnow
+from sttgate.store.tables import sessions, tasks, webhook_attempts
+
+log = logging.getLogger(__name__)
+
+RUNNING = "running"
+ATTEMPT_FLUSH_SECONDS = 0.5
+
+
+async def insert_task(
+    store: Store,
+    *,
+    task_id: str,
+    account_id: str,
+    audio_url: str,
+    callback_url: str,
+    provider: str,
+    params: str,
+) -> None:
+    now = utcnow()
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            insert(tasks).values(
+                id=task_id,
+                account_id=account_id,
+                audio_url=audio_url,
+                callback_url=callback_url,
+                provider=provider,
+                params=params,
+                status=RUNNING,
+                stop_requested=False,
+                created_at=now,
+                started_at=now,
+            )
+        )
+
+
+async def end_task(store: Store, task_id: str, *, status: str, last_error: str | None) -> None:
+    """Record the outcome once: a task a reaper already ended keeps that ending's time but gets the real status."""
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(tasks).where(tasks.c.id == task_id).values(status=status, last_error=last_error, ended_at=utcnow())
+        )
+
+
+async def request_stop(store: Store, task_id: str, account_id: str) -> str | None:
+    """Set the stop flag of a running task; the task's status (None: no such task for this account)."""
+    async with store.engine.begin() as conn:
+        row = (
+            await conn.execute(
+                select(tasks.c.status, tasks.c.ended_at).where(tasks.c.id == task_id, tasks.c.account_id == account_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.ended_at is None:
+            await conn.execute(update(tasks).where(tasks.c.id == task_id).values(stop_requested=True))
+        return str(row.status)
+
+
+async def stop_requested(store: Store, task_ids: Sequence[str]) -> list[str]:
+    """Which of these tasks have been asked to stop (one query for all of a gateway's tasks)."""
+    if not task_ids:
+        return []
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(tasks.c.id).where(tasks.c.id.in_(list(task_ids)), tasks.c.stop_requested.is_(True))
+        )
+        return [r.id for r in rows]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return isoformat(value)
+
+
+def redact_url(url: str) -> str:
+    """A URL with its password (``rtsp://user:pass@cam``) replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[2]}"))
+
+
+async def task_view(store: Store, task_id: str, account_id: str) -> dict[str, Any] | None:
+    """What ``GET /api/v2/audio-stream/tasks/{id}`` shows; None for an unknown task or another account's."""
+    async with store.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    tasks.c.id,
+                    tasks.c.provider,
+                    tasks.c.audio_url,
+                    tasks.c.callback_url,
+                    tasks.c.status,
+                    tasks.c.last_error,
+                    tasks.c.stop_requested,
+                    tasks.c.created_at,
+                    tasks.c.started_at,
+                    tasks.c.ended_at,
+                    sessions.c.audio_seconds,
+                    sessions.c.cycles,
+                    sessions.c.cost_nanos,
+                )
+                .select_from(tasks.join(sessions, sessions.c.id == tasks.c.id))
+                .where(and_(tasks.c.id == task_id, tasks.c.account_id == account_id))
+            )
+        ).first()
+    if row is None:
+        return None
+    return {
+        "task_id": row.id,
+        "provider": row.provider,
+        "status": row.status,
+        "audio_url": redact_url(row.audio_url),
+        "callback_url": row.callback_url,
+        "created_at": _iso(row.created_at),
+        "started_at": _iso(row.started_at),
+        "ended_at": _iso(row.ended_at),
+        "stop_requested": bool(row.stop_requested),
+        "audio_seconds": round(float(row.audio_seconds), 3),
+        "billed_seconds": int(row.cycles) * CYCLE_SECONDS,
+        "cost_usd": format_usd(int(row.cost_nanos)),
+        "last_error": row.last_error,
+    }
+
+
+async def last_seq(store: Store, task_id: str) -> int:
+    """The highest webhook ``seq`` attempted for a task (0 if none): where a crashed gateway's sequence stopped."""
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(select(webhook_attempts.c.seq).where(webhook_attempts.c.task_id == task_id))
+        return max((r.seq for r in rows), default=0)
+
+
+class AttemptLog:
+    """Webhook attempts written in batches (one insert every ``ATTEMPT_FLUSH_SECONDS``), never on the audio path."""
+
+    def __init__(self, store: Store, flush_seconds: float = ATTEMPT_FLUSH_SECONDS) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self._pending: list[dict[str, Any]] = []
+        self._loop: asyncio.Task[None] | None = None
+
+    async def record(self, attempt: Attempt) -> None:
+        self._pending.append(
+            {
+                "task_id": attempt.task_id,
+                "seq": attempt.seq,
+                "attempt": attempt.attempt,
+                "status_code": attempt.status_code,
+                "error": attempt.error,
+                "at": utcnow(),
+            }
+        )
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("event=background_error task=webhook_attempts")
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            async with self.store.engine.begin() as conn:
+                await conn.execute(insert(webhook_attempts), batch)
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        await self.flush()
+
+
+async def attempts_of(store: Store, task_id: str) -> list[dict[str, Any]]:
+    """Every recorded attempt of a task, in order (tests and operators)."""
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(webhook_attempts).where(webhook_attempts.c.task_id == task_id).order_by(webhook_attempts.c.id)
+        )
+        return [dict(r._mapping) for r in rows]
