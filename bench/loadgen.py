@@ -107,10 +107,10 @@ class LoadWorker:
     async def _connect(self, url: str, headers: dict[str, str]) -> ClientProtocol:
         parts = urlsplit(url)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
-        request = upgrade_request(path, parts.netloc, headers)
+        request, accept = upgrade_request(path, parts.netloc, headers)
         loop = asyncio.get_running_loop()
         _transport, proto = await loop.create_connection(
-            lambda: ClientProtocol(request, self._echo), parts.hostname, parts.port
+            lambda: ClientProtocol(request, accept, self._echo), parts.hostname, parts.port
         )
         await asyncio.wait_for(proto.upgraded, HANDSHAKE_TIMEOUT)
         return proto

@@ -26,7 +26,7 @@ from bench.wire import (
     TERMINATION_MESSAGE,
 )
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
@@ -147,7 +147,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
 
 class HandshakeFailed(Exception):
-    """The server answered the upgrade with something other than 101."""
+    """The server answered the upgrade with something other than 101 (or a wrong Sec-WebSocket-Accept)."""
 
     def __init__(self, status: int) -> None:
         super().__init__(f"HTTP {status}")
@@ -157,8 +157,9 @@ class HandshakeFailed(Exception):
 class ClientProtocol(asyncio.Protocol):
     """One generator stream: sends stamped audio frames, reports each echoed stamp to ``on_echo``."""
 
-    def __init__(self, request: bytes, on_echo: Callable[[int], None]) -> None:
+    def __init__(self, request: bytes, accept: bytes, on_echo: Callable[[int], None]) -> None:
         self.request = request
+        self.accept = b"sec-websocket-accept: " + accept.lower()
         self.on_echo = on_echo
         self.mask = os.urandom(4)
         self.masked_pad = xor(bytes(FRAME_BYTES), self.mask)[STAMP.size :]
@@ -186,10 +187,10 @@ class ClientProtocol(asyncio.Protocol):
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
                 return
-            status_line = bytes(self.buf[: self.buf.find(b"\r\n")])
+            head = bytes(self.buf[:end])
             del self.buf[: end + 4]
-            status = int(status_line.split(b" ", 2)[1])
-            if status != 101:
+            status = int(head.split(b" ", 2)[1])
+            if status != 101 or self.accept not in head.lower():
                 self.upgraded.set_exception(HandshakeFailed(status))
                 assert self.transport is not None
                 self.transport.close()
@@ -238,11 +239,12 @@ class ClientProtocol(asyncio.Protocol):
                 self.transport.close()
 
 
-def upgrade_request(url_path: str, host: str, headers: dict[str, str]) -> bytes:
-    """The HTTP/1.1 upgrade request for ``url_path`` (path and query, already encoded)."""
-    key = base64.b64encode(os.urandom(16)).decode()
+def upgrade_request(url_path: str, host: str, headers: dict[str, str]) -> tuple[bytes, bytes]:
+    """The HTTP/1.1 upgrade request for ``url_path`` (path and query, already encoded) and the accept it expects."""
+    key = base64.b64encode(os.urandom(16))
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    return (
+    request = (
         f"GET {url_path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     ).encode()
+    return request, accept_key(key)
