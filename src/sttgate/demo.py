@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from pydantic import SecretStr
 
 from sttgate.config import Settings
 from sttgate.core.money import usd_to_nanos
@@ -43,8 +44,12 @@ async def _start(app: web.Application) -> tuple[web.AppRunner, int]:
 
 
 def _chunks(pcm: bytes, rate: int) -> list[bytes]:
+    """100 ms chunks; the last one padded with silence, as AssemblyAI refuses chunks under 50 ms."""
     size = int(rate * CHUNK_SECONDS) * 2
-    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+    chunks = [pcm[i : i + size] for i in range(0, len(pcm), size)]
+    if chunks:
+        chunks[-1] = chunks[-1].ljust(size, b"\0")
+    return chunks
 
 
 async def _stream(
@@ -56,6 +61,7 @@ async def _stream(
     else:
         query = f"provider=elevenlabs&audio_format=pcm_{rate}&commit_strategy=manual"
     finals: list[str] = []
+    shown: dict[str, str] = {}
     async with http.ws_connect(f"{gateway}/ws/v2/audio-stream?{query}", headers={"Authorization": key}) as ws:
         session_id = ws._response.headers.get("X-Session-Id", "?")
         print(f"[{provider}] session {session_id} open")
@@ -79,7 +85,7 @@ async def _stream(
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             event = json.loads(msg.data)
-            final = _print_event(provider, event)
+            final = _print_event(provider, event, shown)
             if final is not None:
                 finals.append(final)
             if provider == "elevenlabs" and event.get("message_type") == "committed_transcript" and sender.done():
@@ -100,18 +106,24 @@ def _elevenlabs_chunk(pcm: bytes, rate: int, *, commit: bool) -> str:
     )
 
 
-def _print_event(provider: str, event: dict[str, Any]) -> str | None:
-    """Show a provider message the way a captioning app would; return the text of a final transcript."""
+def _print_event(provider: str, event: dict[str, Any], shown: dict[str, str]) -> str | None:
+    """Show a provider message the way a captioning app would; return the text of a final transcript.
+
+    ``shown`` holds the last partial printed, so that repeated partials are shown once."""
     kind = event.get("type") or event.get("message_type")
     if kind == "Turn":
         text = event.get("transcript", "")
         if event.get("end_of_turn") and (event.get("turn_is_formatted") or not text):
             print(f"[{provider}] final   : {text}")
             return text
-        if not event.get("end_of_turn"):
+        if not event.get("end_of_turn") and text and shown.get("partial") != text:
+            shown["partial"] = text
             print(f"[{provider}] partial : {text}")
     elif kind == "partial_transcript":
-        print(f"[{provider}] partial : {event.get('text', '')}")
+        text = event.get("text", "")
+        if text and shown.get("partial") != text:
+            shown["partial"] = text
+            print(f"[{provider}] partial : {text}")
     elif kind == "committed_transcript":
         print(f"[{provider}] final   : {event.get('text', '')}")
         return str(event.get("text", ""))
@@ -137,8 +149,8 @@ async def run(settings: Settings) -> int:
             update={
                 "elevenlabs_url": f"ws://127.0.0.1:{emu_port}/v1/speech-to-text/realtime",
                 "assemblyai_url": f"ws://127.0.0.1:{emu_port}/v3/ws",
-                "elevenlabs_api_key": _secret(emulator_config.elevenlabs_keys),
-                "assemblyai_api_key": _secret(emulator_config.assemblyai_keys),
+                "elevenlabs_api_key": SecretStr(emulator_config.elevenlabs_api_keys[0]),
+                "assemblyai_api_key": SecretStr(emulator_config.assemblyai_api_keys[0]),
             }
         )
         gateway, gw_port = await _start(create_gateway_app(gateway_settings, store=store))
@@ -167,10 +179,6 @@ async def run(settings: Settings) -> int:
     print("\nusage (what the customer is billed):")
     print(json.dumps(usage, indent=2))
     return 0 if all(results) else 1
-
-
-def _secret(keys: Any) -> str:
-    return next(iter(keys)) if not isinstance(keys, str) else keys
 
 
 async def _settle(store: Any, account_id: str) -> None:
