@@ -1,4 +1,4 @@
-"""CPU and memory of process trees, read from /proc (utime+stime in clock ticks; VmRSS)."""
+"""CPU and memory of process trees, read from /proc (per-thread run time; resident set size)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,19 @@ def tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process (all its threads), 0 if it is gone."""
+    """User + system CPU of one process (all its threads), 0 if it is gone.
+
+    Read from each thread's schedstat (nanoseconds) rather than stat's utime+stime (10 ms ticks), so that a
+    window of a few seconds at a few streams is still measurable; falls back to stat without schedstats.
+    """
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
