@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 
 import pytest
+from aiohttp import web
 
+from sttgate.pull import taskstore
 from sttgate.pull.ffmpeg import PACING_LEAD_SECONDS
 from sttgate.pull.webhooks import SIGNATURE_HEADER, verify
 
-from .conftest import ffmpeg_children, wait_for
+from .conftest import ffmpeg_children, serve, wait_for
 
 
 @pytest.mark.parametrize("provider", ["assemblyai", "elevenlabs"])
@@ -45,4 +49,180 @@ async def test_http_file_to_webhooks(pull_gateway, account, store, media_server,
     for chunk in session.audio_chunks:
         sent += chunk.seconds
         assert sent <= (chunk.t - first) + PACING_LEAD_SECONDS + 0.1 + 0.05
+    assert ffmpeg_children() == []
+
+
+async def start_task(gw, acct, hook: str, audio_url: str, provider: str = "assemblyai", **params) -> str:
+    status, body = await gw.start(
+        acct.key, {"audio_url": audio_url, "provider": provider, "callback_url": hook, **params}
+    )
+    assert status == 200, body
+    return body["data"]["task_id"]
+
+
+async def audio_flowing(gw, provider: str, since: int, seconds: float = 0.5):
+    session = await gw.recorder.wait_for_session(provider=provider, since=since)
+    await session.wait_until(lambda s: s.audio_seconds >= seconds, timeout=10)
+    return session
+
+
+async def test_stop_acts_within_a_second(pull_gateway, account, media_server, receiver) -> None:
+    gw = await pull_gateway()
+    acct = await account()
+    rec, hook = receiver
+    mark = gw.recorder.next_seq
+    task_id = await start_task(gw, acct, hook, f"{media_server}/tone60.wav")
+    task = gw.manager.tasks[task_id]
+    await audio_flowing(gw, "assemblyai", mark)
+    status, body = await gw.stop(acct.key, task_id)
+    assert (status, body["data"]["status"]) == (200, "running")
+    await asyncio.wait_for(task.source_closed.wait(), 1.0)
+    assert task.source.process is not None and task.source.process.returncode is not None
+    view = await gw.wait_status(acct.key, task_id)
+    assert view["status"] == "stopped" and view["stop_requested"] is True
+    assert view["last_error"] is None
+    await wait_for(lambda: rec.ended())
+    assert [e["data"]["status"] for e in rec.ended()] == ["stopped"]
+    # Stopping an ended task is harmless and says how it ended.
+    assert (await gw.stop(acct.key, task_id))[1]["data"]["status"] == "stopped"
+
+
+async def test_stop_received_by_another_gateway(pull_gateway, account, media_server, receiver) -> None:
+    runs_it = await pull_gateway()
+    other = await pull_gateway()
+    acct = await account()
+    _, hook = receiver
+    mark = runs_it.recorder.next_seq
+    task_id = await start_task(runs_it, acct, hook, f"{media_server}/tone60.wav", provider="elevenlabs")
+    task = runs_it.manager.tasks[task_id]
+    await audio_flowing(runs_it, "elevenlabs", mark)
+    assert (await other.stop(acct.key, task_id))[0] == 200
+    await asyncio.wait_for(task.source_closed.wait(), 1.0)
+    assert (await other.wait_status(acct.key, task_id))["status"] == "stopped"
+
+
+async def test_unreachable_source_fails(pull_gateway, account, receiver) -> None:
+    gw = await pull_gateway(pull_source_timeout_seconds=3)
+    acct = await account()
+    rec, hook = receiver
+    async with serve(web.Application()) as gone:
+        pass
+    task_id = await start_task(gw, acct, hook, f"{gone}/nothing.wav")
+    view = await gw.wait_status(acct.key, task_id, timeout=10)
+    assert view["status"] == "source_failed"
+    assert "Connection refused" in view["last_error"]
+    assert view["billed_seconds"] == 0 and view["cost_usd"] == "0"
+    await wait_for(lambda: rec.ended())
+    assert rec.ended()[0]["data"]["status"] == "source_failed"
+    assert "Connection refused" in rec.ended()[0]["data"]["reason"]
+
+
+async def test_source_that_sends_nothing_fails_after_the_timeout(pull_gateway, account, receiver) -> None:
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "audio/wav"})
+        await response.prepare(request)
+        await release.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/hang.wav", hang)
+    gw = await pull_gateway(pull_source_timeout_seconds=1.5)
+    acct = await account()
+    _, hook = receiver
+    async with serve(app) as base:
+        task_id = await start_task(gw, acct, hook, f"{base}/hang.wav")
+        view = await gw.wait_status(acct.key, task_id, timeout=10)
+        release.set()
+    assert view["status"] == "source_failed"
+    assert view["last_error"]
+
+
+async def test_failing_webhook_is_retried_late_and_audio_never_pauses(
+    pull_gateway, account, store, media_server, receiver
+) -> None:
+    gw = await pull_gateway(webhook_backoff_seconds=0.4, webhook_backoff_max_seconds=1.0)
+    acct = await account()
+    rec, hook = receiver
+    rec.script = [500, 500, 500]
+    mark = gw.recorder.next_seq
+    task_id = await start_task(gw, acct, hook, f"{media_server}/tone3.wav", provider="elevenlabs")
+    assert (await gw.wait_status(acct.key, task_id))["status"] == "source_ended"
+    await wait_for(lambda: rec.ended())
+    seq_of = [json.loads(body)["seq"] for body, _, _, _ in rec.posts]
+    assert seq_of[:4] == [1, 1, 1, 1]
+    assert [status for _, _, status, _ in rec.posts[:4]] == [500, 500, 500, 200]
+    assert [e["seq"] for e in rec.accepted()] == list(range(1, len(rec.accepted()) + 1))
+    # Late: the message was accepted after three failures and their backoff (0.4 + 0.8 + 1.0 s)...
+    assert rec.posts[3][3] - rec.posts[0][3] >= 2.0
+    # ...while the audio went on at real time: no pause in what reached the provider.
+    session = await gw.recorder.wait_for_session(provider="elevenlabs", since=mark)
+    times = [c.t for c in session.audio_chunks]
+    assert session.audio_seconds == pytest.approx(3.0)
+    assert max(b - a for a, b in itertools.pairwise(times)) < 0.5
+    attempts = []
+
+    async def recorded():
+        attempts[:] = await taskstore.attempts_of(store, task_id)
+        return any(a["seq"] == seq_of[-1] for a in attempts)
+
+    await wait_for(recorded)
+    assert [(a["seq"], a["attempt"], a["status_code"]) for a in attempts[:4]] == [
+        (1, 1, 500),
+        (1, 2, 500),
+        (1, 3, 500),
+        (1, 4, 200),
+    ]
+
+
+async def test_provider_closing_ends_the_task(pull_gateway, account, media_server, receiver) -> None:
+    gw = await pull_gateway()
+    acct = await account()
+    rec, hook = receiver
+    task_id = await start_task(
+        gw,
+        acct,
+        hook,
+        f"{media_server}/tone60.wav",
+        emu_close_after_frames=5,
+        emu_close_code=3005,
+        emu_close_reason="cancelled",
+    )
+    view = await gw.wait_status(acct.key, task_id)
+    assert view["status"] == "provider_closed"
+    assert "3005" in view["last_error"] and "cancelled" in view["last_error"]
+    await wait_for(lambda: rec.ended())
+    assert rec.ended()[0]["data"]["status"] == "provider_closed"
+
+
+async def test_prepaid_cut_off(pull_gateway, account, store, media_server, receiver) -> None:
+    gw = await pull_gateway()
+    acct = await account(balance_usd="0.000208333")  # one AssemblyAI cycle
+    rec, hook = receiver
+    mark = gw.recorder.next_seq
+    task_id = await start_task(gw, acct, hook, f"{media_server}/tone60.wav")
+    view = await gw.wait_status(acct.key, task_id)
+    assert view["status"] == "insufficient_balance"
+    assert (view["audio_seconds"], view["billed_seconds"], view["cost_usd"]) == (5.0, 5, "0.000208333")
+    session = await gw.recorder.wait_for_session(provider="assemblyai", since=mark)
+    await session.wait_ended()
+    assert session.audio_seconds == pytest.approx(5.0)
+    assert (await store.usage(acct.id))["balance_usd"] == "0"
+    await wait_for(lambda: rec.ended())
+    assert rec.ended()[0]["data"]["status"] == "insufficient_balance"
+
+
+async def test_gateway_shutdown_ends_tasks_with_their_callback(pull_gateway, account, media_server, receiver) -> None:
+    gw = await pull_gateway()
+    acct = await account()
+    rec, hook = receiver
+    mark = gw.recorder.next_seq
+    task_id = await start_task(gw, acct, hook, f"{media_server}/tone60.wav", provider="elevenlabs")
+    await audio_flowing(gw, "elevenlabs", mark)
+    await gw.shutdown()
+    assert [e["data"]["status"] for e in rec.ended()] == ["gateway_shutdown"]
+    other = await pull_gateway()
+    view = await other.wait_status(acct.key, task_id)
+    assert view["status"] == "gateway_shutdown"
     assert ffmpeg_children() == []
