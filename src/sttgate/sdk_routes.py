@@ -1,5 +1,9 @@
 """Routes for the providers' own SDKs and for browsers (SPEC §3b, §3c) and the live-transcription page.
 
+- Provider-shaped WebSockets: ``/elevenlabs/v1/speech-to-text/realtime`` (``xi-api-key`` or ``?token=``) and
+  ``/assemblyai/v3/ws`` (``Authorization``, raw or Bearer, holding a key or a token, or ``?token=``). Only the
+  credential's place differs from ``/ws/v2/audio-stream``: the provider is implied, and the rest (refusals,
+  forwarding, relay, billing) is the gateway's own handshake and relay, called here.
 - Token mints: ``POST /api/v2/audio-stream/token`` and the provider-shaped ``POST
   /elevenlabs/v1/single-use-token/realtime_scribe`` and ``GET /assemblyai/v3/token``, each taking the account's
   key the way that SDK sends it.
@@ -13,8 +17,7 @@ to the gateway, and the gateway's codes are what its operator documents.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -23,16 +26,20 @@ from aiohttp import web
 from sttgate import tokens
 from sttgate.config import Settings
 from sttgate.core.money import cycle_price_nanos, format_usd
+from sttgate.core.params import split_query
 from sttgate.core.refusals import (
     INVALID_API_KEY,
     INVALID_PROVIDER,
     MISSING_API_KEY,
+    SERVICE_DRAINING,
     STREAMING_NOT_ENABLED,
     VALID_PROVIDERS,
     Refusal,
 )
+from sttgate.gateway.handshake import accept_and_relay, authorize, open_stream, raw_query, refuse
+from sttgate.gateway.keys import SESSIONS, SETTINGS, STORE
 from sttgate.providers import get_provider
-from sttgate.store import Principal, Store
+from sttgate.store import Principal
 from sttgate.store.store import isoformat
 
 # A token asked for without a lifetime lives this long: enough to open a socket, short enough to be harmless.
@@ -52,26 +59,66 @@ def invalid_request(message: str) -> Refusal:
     return Refusal(400, "invalid_request", message)
 
 
-@dataclass(frozen=True)
-class _Context:
-    settings: Settings
-    store: Callable[[], Store]
+def setup(app: web.Application) -> None:
+    """Register the provider-shaped WebSockets, the token mints and, when ``settings.demo_page``, the page.
 
-
-_CONTEXT = web.AppKey("sttgate.sdk_routes", _Context)
-
-
-def setup(app: web.Application, settings: Settings, store: Callable[[], Store]) -> None:
-    """Register the token mints and, when ``settings.demo_page``, the page. ``store`` is called per request."""
-    app[_CONTEXT] = _Context(settings, store)
+    Call on an app from :func:`sttgate.gateway.app.create_app` before it starts (its settings decide the page).
+    """
+    app.router.add_get("/elevenlabs/v1/speech-to-text/realtime", elevenlabs_realtime)
+    app.router.add_get("/assemblyai/v3/ws", assemblyai_realtime)
     app.router.add_post("/api/v2/audio-stream/token", mint_token)
     app.router.add_post("/elevenlabs/v1/single-use-token/{token_type}", mint_elevenlabs_token)
     app.router.add_get("/assemblyai/v3/token", mint_assemblyai_token)
-    if settings.demo_page:
+    if app[SETTINGS].demo_page:
         app.router.add_get("/demo", demo_redirect)
         app.router.add_get("/demo/", demo_page)
         app.router.add_get("/demo/static/{name}", demo_static)
         app.router.add_post("/demo/token", demo_token)
+
+
+async def _provider_stream(
+    request: web.Request, provider_name: str, credential: Callable[[str | None], tuple[str | None, str | None]]
+) -> web.StreamResponse:
+    """The push handshake with the provider implied and the credential where that provider's SDK puts it.
+
+    ``credential(query_token)`` returns ``(key, token)``. A ``provider``/``api_key``/``token`` query pair is
+    consumed like on ``/ws/v2/audio-stream`` and never forwarded.
+    """
+    app = request.app
+    query = split_query(raw_query(request))
+    try:
+        if app[SESSIONS].draining:
+            raise SERVICE_DRAINING
+        key, token = credential(query.token)
+        principal, provider = await authorize(app, key, token, provider_name)
+        if not web.WebSocketResponse().can_prepare(request).ok:
+            raise Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
+        live = await open_stream(app, principal, provider, query.forwarded)
+    except Refusal as refusal:
+        return refuse(app, refusal)
+    return await accept_and_relay(request, live)
+
+
+async def elevenlabs_realtime(request: web.Request) -> web.StreamResponse:
+    """ElevenLabs' realtime path: ``?token=`` (the SDK then sends no header) or the ``xi-api-key`` header."""
+
+    def credential(query_token: str | None) -> tuple[str | None, str | None]:
+        if query_token:  # ElevenLabs: a token takes precedence over a header
+            return None, query_token
+        return request.headers.get("xi-api-key", "").strip() or None, None
+
+    return await _provider_stream(request, "elevenlabs", credential)
+
+
+async def assemblyai_realtime(request: web.Request) -> web.StreamResponse:
+    """AssemblyAI's v3 path: ``Authorization`` (raw or Bearer; the SDK sends a temporary token there too) or
+    ``?token=``."""
+
+    def credential(query_token: str | None) -> tuple[str | None, str | None]:
+        header = bearer_or_raw(request.headers.get("Authorization"))
+        return (header, None) if header else (None, query_token)
+
+    return await _provider_stream(request, "assemblyai", credential)
 
 
 def refusal_response(refusal: Refusal) -> web.Response:
@@ -97,7 +144,7 @@ async def _authenticate(request: web.Request, credential: str | None) -> Princip
     """The account behind the key; tokens cannot mint tokens. Refusals in SPEC §3 order."""
     if credential is None:
         raise MISSING_API_KEY
-    principal = await request.app[_CONTEXT].store().authenticate(credential)
+    principal = await request.app[STORE].authenticate(credential)
     if principal is None:
         raise INVALID_API_KEY
     if not principal.streaming_enabled:
@@ -137,7 +184,9 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _refusals(handler: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
+def _refusals(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Turn a raised :class:`Refusal` into the SPEC's JSON error response."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -152,12 +201,12 @@ def _refusals(handler: Callable[[web.Request], Any]) -> Callable[[web.Request], 
 @_refusals
 async def mint_token(request: web.Request) -> web.Response:
     """``POST /api/v2/audio-stream/token``: the gateway's own token mint (key in ``Authorization``)."""
-    settings = request.app[_CONTEXT].settings
+    settings = request.app[SETTINGS]
     principal = await _authenticate(request, bearer_or_raw(request.headers.get("Authorization")))
     body = await _json_object(request)
     seconds = _lifetime(body.get("expires_in_seconds", DEFAULT_TOKEN_SECONDS), settings)
     provider = _provider(body.get("provider"))
-    minted = await tokens.mint(request.app[_CONTEXT].store(), principal.account_id, seconds, provider)
+    minted = await tokens.mint(request.app[STORE], principal.account_id, seconds, provider)
     return _token_response(
         {
             "token": minted.token,
@@ -171,12 +220,12 @@ async def mint_token(request: web.Request) -> web.Response:
 @_refusals
 async def mint_elevenlabs_token(request: web.Request) -> web.Response:
     """ElevenLabs' ``POST /v1/single-use-token/realtime_scribe`` shape (key in ``xi-api-key``): ``{"token"}``."""
-    context = request.app[_CONTEXT]
+    settings, store = request.app[SETTINGS], request.app[STORE]
     principal = await _authenticate(request, request.headers.get("xi-api-key", "").strip() or None)
     if request.match_info["token_type"] != "realtime_scribe":
         raise Refusal(422, "invalid_token_type", "Only realtime_scribe tokens are served by this gateway.")
-    seconds = min(ELEVENLABS_TOKEN_SECONDS, context.settings.token_max_seconds, tokens.MAX_SECONDS)
-    minted = await tokens.mint(context.store(), principal.account_id, seconds, "elevenlabs")
+    seconds = min(ELEVENLABS_TOKEN_SECONDS, settings.token_max_seconds, tokens.MAX_SECONDS)
+    minted = await tokens.mint(store, principal.account_id, seconds, "elevenlabs")
     return _token_response({"token": minted.token})
 
 
@@ -186,12 +235,12 @@ async def mint_assemblyai_token(request: web.Request) -> web.Response:
 
     ``max_session_duration_seconds`` is accepted and ignored: gateway sessions are limited by balance, not time.
     """
-    context = request.app[_CONTEXT]
+    settings, store = request.app[SETTINGS], request.app[STORE]
     principal = await _authenticate(request, bearer_or_raw(request.headers.get("Authorization")))
     if "expires_in_seconds" not in request.query:
         raise invalid_request("expires_in_seconds is required.")
-    seconds = _lifetime(request.query["expires_in_seconds"], context.settings)
-    minted = await tokens.mint(context.store(), principal.account_id, seconds, "assemblyai")
+    seconds = _lifetime(request.query["expires_in_seconds"], settings)
+    minted = await tokens.mint(store, principal.account_id, seconds, "assemblyai")
     return _token_response({"token": minted.token, "expires_in_seconds": seconds})
 
 
@@ -229,20 +278,20 @@ async def demo_token(request: web.Request) -> web.Response:
 
     Also reports the price of a 5-second cycle so the page can show the session's running cost exactly as billed.
     """
-    context = request.app[_CONTEXT]
+    settings, store = request.app[SETTINGS], request.app[STORE]
     body = await _json_object(request)
     provider_name = _provider(body.get("provider"))
     provider = get_provider(provider_name or "")
     if provider is None:
         raise INVALID_PROVIDER
-    demo_key = context.settings.demo_api_key.get_secret_value()
-    principal = await context.store().authenticate(demo_key) if demo_key else None
+    demo_key = settings.demo_api_key.get_secret_value()
+    principal = await store.authenticate(demo_key) if demo_key else None
     if principal is None:
         raise DEMO_NOT_CONFIGURED
     if not principal.streaming_enabled:
         raise STREAMING_NOT_ENABLED
-    minted = await tokens.mint(context.store(), principal.account_id, DEMO_TOKEN_SECONDS, provider.name)
-    rate = provider.rate(context.settings)
+    minted = await tokens.mint(store, principal.account_id, DEMO_TOKEN_SECONDS, provider.name)
+    rate = provider.rate(settings)
     return _token_response(
         {
             "token": minted.token,

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import sqlalchemy as sa
-from aiohttp import web
 
-from sttgate import sdk_routes, tokens
-from sttgate.config import Settings
+from conftest import SdkGateway
+from sttgate import tokens
 from sttgate.store import Store
 from sttgate.store.tables import tokens as tokens_table
 
@@ -28,27 +26,11 @@ class Env:
     key: str
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    store = await Store.connect(f"sqlite:///{tmp_path / 'gw.db'}")
-    account = await store.create_account(name="acme")
-    key = (await store.create_key(account["id"]))["key"]
-    app = web.Application()
-    sdk_routes.setup(app, Settings(token_max_seconds=600), lambda: store)
-    runner, url = await _serve(app)
+async def env(sdk_gateway: Callable[..., Awaitable[SdkGateway]]) -> AsyncIterator[Env]:
+    gw = await sdk_gateway()
     async with aiohttp.ClientSession() as http:
-        yield Env(url, http, store, account["id"], key)
-    await runner.cleanup()
-    await store.close()
+        yield Env(gw.url, http, gw.store, gw.account_id, gw.key)
 
 
 async def _post(env: Env, headers: dict[str, str], body: Any = None) -> tuple[int, dict[str, Any]]:
@@ -148,28 +130,18 @@ async def test_assemblyai_shaped_mint(env: Env) -> None:
         assert resp.status == 401 and (await resp.json())["error"]["code"] == "invalid_api_key"
 
 
-async def test_token_max_seconds_setting_caps_lifetimes(tmp_path: Path) -> None:
-    store = await Store.connect(f"sqlite:///{tmp_path / 'gw.db'}")
-    account = await store.create_account(name="acme")
-    key = (await store.create_key(account["id"]))["key"]
-    app = web.Application()
-    sdk_routes.setup(app, Settings(token_max_seconds=30), lambda: store)
-    runner, url = await _serve(app)
-    try:
-        async with aiohttp.ClientSession() as http:
-            headers = {"Authorization": key}
-            async with http.post(
-                f"{url}/api/v2/audio-stream/token", headers=headers, json={"expires_in_seconds": 31}
-            ) as r:
-                assert r.status == 400
-            async with http.post(
-                f"{url}/elevenlabs/v1/single-use-token/realtime_scribe", headers={"xi-api-key": key}
-            ) as r:
-                token = (await r.json())["token"]
-        async with store.engine.connect() as conn:
-            row = (await conn.execute(sa.select(tokens_table.c.expires_at, tokens_table.c.created_at))).one()
-        assert row.expires_at - row.created_at == timedelta(seconds=30)
-        assert token.startswith("sttg_")
-    finally:
-        await runner.cleanup()
-        await store.close()
+async def test_token_max_seconds_setting_caps_lifetimes(sdk_gateway: Callable[..., Awaitable[SdkGateway]]) -> None:
+    gw = await sdk_gateway(token_max_seconds=30)
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": gw.key}
+        async with http.post(
+            f"{gw.url}/api/v2/audio-stream/token", headers=headers, json={"expires_in_seconds": 31}
+        ) as r:
+            assert r.status == 400
+        async with http.post(
+            f"{gw.url}/elevenlabs/v1/single-use-token/realtime_scribe", headers={"xi-api-key": gw.key}
+        ) as r:
+            assert (await r.json())["token"].startswith("sttg_")
+    async with gw.store.engine.connect() as conn:
+        row = (await conn.execute(sa.select(tokens_table.c.expires_at, tokens_table.c.created_at))).one()
+    assert row.expires_at - row.created_at == timedelta(seconds=30)

@@ -1,14 +1,77 @@
-"""Fixtures for the page tests: a real headless Chromium with a fake microphone (see ``cdp_browser``)."""
+"""Fixtures for the page tests: a real headless Chromium with a fake microphone (see ``cdp_browser``), and a
+gateway with the page whose provider URLs a test chooses (the emulators, or a scripted stand-in)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from cdp_browser import LAUNCH_TIMEOUT, Browser, chromium_path, speech_wav
+
+from sttgate import sdk_routes
+from sttgate.config import Settings
+from sttgate.gateway.app import bound_port, create_app, start_site
+from sttgate.store import Store
+
+OPERATOR_KEYS = {"elevenlabs": "emulator-elevenlabs-key", "assemblyai": "emulator-assemblyai-key"}
+
+
+@dataclass
+class PageGateway:
+    url: str  # http://127.0.0.1:PORT
+    store: Store
+    settings: Settings
+    account_id: str  # the demo account, whose key is the server's demo_api_key
+
+
+@pytest.fixture
+async def page_store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.connect(f"sqlite:///{tmp_path / 'gw.db'}")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def page_gateway(page_store: Store) -> AsyncIterator[Callable[..., Awaitable[PageGateway]]]:
+    """Factory: ``await page_gateway(upstream="ws://…", balance_nanos=None, **settings)``.
+
+    ``upstream`` serves both providers' paths (``/v1/speech-to-text/realtime``, ``/v3/ws``); the demo key is a real
+    key of a fresh account unless ``demo_api_key`` is given.
+    """
+    runners: list[web.AppRunner] = []
+
+    async def start(
+        *, upstream: str = "ws://127.0.0.1:9", balance_nanos: int | None = None, **overrides: Any
+    ) -> PageGateway:
+        account = await page_store.create_account(name="demo", balance_nanos=balance_nanos)
+        key = (await page_store.create_key(account["id"]))["key"]
+        values: dict[str, Any] = {
+            "elevenlabs_url": f"{upstream}/v1/speech-to-text/realtime",
+            "assemblyai_url": f"{upstream}/v3/ws",
+            "elevenlabs_api_key": OPERATOR_KEYS["elevenlabs"],
+            "assemblyai_api_key": OPERATOR_KEYS["assemblyai"],
+            "gateway_id": "page-tests",
+            "demo_api_key": key,
+            **overrides,
+        }
+        settings = Settings.model_validate(values)
+        app = create_app(settings, store=page_store)
+        sdk_routes.setup(app)
+        runner = await start_site(app, "127.0.0.1", 0)
+        runners.append(runner)
+        return PageGateway(f"http://127.0.0.1:{bound_port(runner)}", page_store, settings, account["id"])
+
+    try:
+        yield start
+    finally:
+        for runner in runners:
+            await runner.cleanup()
 
 
 @pytest.fixture

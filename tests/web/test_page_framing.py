@@ -1,8 +1,8 @@
-"""The page in a real Chromium against scripted provider endpoints: what exactly does the browser send?
+"""The page in a real Chromium, through the gateway, to scripted providers: what exactly does the browser send?
 
-The endpoints here stand in for the gateway's provider-shaped routes so that the browser side (token fetch,
-getUserMedia, the AudioWorklet's 16 kHz s16le conversion, each provider's framing, the graceful end) is checked
-frame by frame. The full path through the gateway to the emulators is in ``test_page_e2e.py``.
+The gateway relays frames byte for byte, so a scripted provider behind it sees exactly what the page sent: the
+browser side (token fetch, getUserMedia, the AudioWorklet's 16 kHz s16le conversion, each provider's framing, the
+graceful end) is checked frame by frame. The page against the real emulators is in ``test_page_e2e.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import math
 import wave
 from array import array
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +22,8 @@ import pytest
 from aiohttp import web
 from cdp_browser import Browser
 
-from sttgate import sdk_routes, tokens
-from sttgate.config import Settings
-from sttgate.store import Store
+from conftest import OPERATOR_KEYS, PageGateway
+from sttgate.gateway.app import bound_port
 
 FRAME_BYTES = 3200  # 100 ms of 16 kHz s16le
 TONE_HZ = 440
@@ -42,7 +41,7 @@ class Recorded:
 async def _assemblyai(request: web.Request) -> web.WebSocketResponse:
     rec: Recorded = request.app[RECORDED]
     rec.query = dict(request.query)
-    assert await tokens.redeem(request.app[STORE], request.query["token"], "assemblyai") is not None
+    assert request.headers["Authorization"] == OPERATOR_KEYS["assemblyai"]
     ws = web.WebSocketResponse()
     await ws.prepare(request)
     await ws.send_json({"type": "Begin", "id": "x", "expires_at": 0})
@@ -74,7 +73,7 @@ async def _assemblyai(request: web.Request) -> web.WebSocketResponse:
 async def _elevenlabs(request: web.Request) -> web.WebSocketResponse:
     rec: Recorded = request.app[RECORDED]
     rec.query = dict(request.query)
-    assert await tokens.redeem(request.app[STORE], request.query["token"], "elevenlabs") is not None
+    assert request.headers["xi-api-key"] == OPERATOR_KEYS["elevenlabs"]
     ws = web.WebSocketResponse()
     await ws.prepare(request)
     await ws.send_json({"message_type": "session_started", "session_id": "x", "config": {}})
@@ -92,7 +91,6 @@ async def _elevenlabs(request: web.Request) -> web.WebSocketResponse:
 
 
 RECORDED = web.AppKey("recorded", Recorded)
-STORE = web.AppKey("store", Store)
 
 
 @dataclass
@@ -102,22 +100,18 @@ class Site:
 
 
 @pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    store = await Store.connect(f"sqlite:///{tmp_path / 'gw.db'}")
-    account = await store.create_account(name="demo")
-    key = (await store.create_key(account["id"]))["key"]
-    app = web.Application()
-    app[RECORDED] = Recorded()
-    app[STORE] = store
-    sdk_routes.setup(app, Settings(demo_api_key=key), lambda: store)
-    app.router.add_get("/assemblyai/v3/ws", _assemblyai)
-    app.router.add_get("/elevenlabs/v1/speech-to-text/realtime", _elevenlabs)
-    runner = web.AppRunner(app)
+async def site(page_gateway: Callable[..., Awaitable[PageGateway]]) -> AsyncIterator[Site]:
+    """The gateway with the page, relaying to the scripted providers above."""
+    provider = web.Application()
+    provider[RECORDED] = Recorded()
+    provider.router.add_get("/v3/ws", _assemblyai)
+    provider.router.add_get("/v1/speech-to-text/realtime", _elevenlabs)
+    runner = web.AppRunner(provider)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield Site(f"http://127.0.0.1:{runner.addresses[0][1]}", app[RECORDED])
+    gw = await page_gateway(upstream=f"ws://127.0.0.1:{bound_port(runner)}")
+    yield Site(gw.url, provider[RECORDED])
     await runner.cleanup()
-    await store.close()
 
 
 def _rms(pcm: bytes) -> float:
@@ -141,7 +135,7 @@ async def test_assemblyai_framing(site: Site, browser: Browser) -> None:
     text = await _run(browser, site, "assemblyai", "document.querySelector('#finals p.final')")
     rec = site.recorded
     assert rec.query["sample_rate"] == "16000" and rec.query["encoding"] == "pcm_s16le"
-    assert rec.query["token"].startswith("sttg_")
+    assert "token" not in rec.query  # the gateway consumed it
     # Binary 100 ms frames (the last one may be shorter), then Terminate as the only text frame.
     assert rec.kinds[-1] == "text" and set(rec.kinds[:-1]) == {"binary"}
     assert rec.control == [{"type": "Terminate"}]
@@ -156,7 +150,7 @@ async def test_elevenlabs_framing(site: Site, browser: Browser) -> None:
     text = await _run(browser, site, "elevenlabs", "document.querySelector('#finals p.partial')")
     rec = site.recorded
     assert rec.query["model_id"] == "scribe_v2_realtime" and rec.query["audio_format"] == "pcm_16000"
-    assert rec.query["token"].startswith("sttg_")
+    assert "token" not in rec.query
     assert set(rec.kinds) == {"text"}
     audio = [c for c in rec.control if not c["commit"]]
     assert all(c == {"message_type": "input_audio_chunk", "commit": False, "sample_rate": 16000} for c in audio)

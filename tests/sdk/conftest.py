@@ -1,0 +1,75 @@
+"""A gateway with the SDK routes, pointed at the in-process emulators, on real loopback sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from sttgate import sdk_routes
+from sttgate.config import Settings
+from sttgate.emulators.app import RECORDER, EmulatorConfig
+from sttgate.emulators.app import create_app as create_emulator_app
+from sttgate.emulators.recorder import Recorder
+from sttgate.gateway.app import bound_port, create_app, start_site
+from sttgate.store import Store
+
+EMULATOR_KEYS = {"elevenlabs": "emulator-elevenlabs-key", "assemblyai": "emulator-assemblyai-key"}
+
+
+@dataclass
+class SdkGateway:
+    url: str  # http://127.0.0.1:PORT
+    store: Store
+    settings: Settings
+    recorder: Recorder
+    account_id: str
+    key: str
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("http://")
+
+
+@pytest.fixture
+async def sdk_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[SdkGateway]]]:
+    """Factory: ``await sdk_gateway(balance_nanos=None, **settings)``: emulators + store + gateway + an account."""
+    runners: list[web.AppRunner] = []
+    store = await Store.connect(f"sqlite:///{tmp_path / 'gw.db'}")
+
+    async def start(*, balance_nanos: int | None = None, **overrides: Any) -> SdkGateway:
+        emulator = create_emulator_app(EmulatorConfig())
+        emu_runner = web.AppRunner(emulator, handle_signals=False)
+        await emu_runner.setup()
+        await web.TCPSite(emu_runner, "127.0.0.1", 0).start()
+        runners.append(emu_runner)
+        emu = f"ws://127.0.0.1:{bound_port(emu_runner)}"
+        account = await store.create_account(name="sdk", balance_nanos=balance_nanos)
+        key = (await store.create_key(account["id"]))["key"]
+        values: dict[str, Any] = {
+            "elevenlabs_url": f"{emu}/v1/speech-to-text/realtime",
+            "assemblyai_url": f"{emu}/v3/ws",
+            "elevenlabs_api_key": EMULATOR_KEYS["elevenlabs"],
+            "assemblyai_api_key": EMULATOR_KEYS["assemblyai"],
+            "gateway_id": "sdk-tests",
+            **overrides,
+        }
+        settings = Settings.model_validate(values)
+        app = create_app(settings, store=store)
+        sdk_routes.setup(app)
+        runner = await start_site(app, "127.0.0.1", 0)
+        runners.insert(0, runner)  # the gateway stops before the emulator it relays to
+        return SdkGateway(
+            f"http://127.0.0.1:{bound_port(runner)}", store, settings, emulator[RECORDER], account["id"], key
+        )
+
+    try:
+        yield start
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await store.close()
