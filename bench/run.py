@@ -304,22 +304,24 @@ def _handshake_line(name: str, h: dict[str, Any]) -> str:
     )
 
 
-def build_target(mode: str, upstream: Upstream, relay_cpus: set[int] | None, pg_url: str) -> Target:
+def build_target(
+    mode: str, upstream: Upstream, relay_cpus: set[int] | None, pg_url: str, prepaid: bool = True
+) -> Target:
     """The relay for a mode name."""
     if mode == "direct":
         return Direct(upstream)
     if mode == "nginx":
         return Nginx(upstream, cpus=relay_cpus)
     if mode == "sttgate":
-        return Sttgate(upstream, mode, cpus=relay_cpus)
+        return Sttgate(upstream, mode, cpus=relay_cpus, prepaid=prepaid)
     if mode == "sttgate-nometer":
-        return Sttgate(upstream, mode, metering=False, cpus=relay_cpus)
+        return Sttgate(upstream, mode, metering=False, cpus=relay_cpus, prepaid=prepaid)
     if mode == "sttgate-pg":
         if reason := postgres_reachable(pg_url):
             raise TargetUnavailable(reason)
-        return Sttgate(upstream, mode, database_url=pg_url, cpus=relay_cpus)
+        return Sttgate(upstream, mode, database_url=pg_url, cpus=relay_cpus, prepaid=prepaid)
     if mode == "sttgate-2w":
-        return Sttgate(upstream, mode, workers=2, cpus=None)
+        return Sttgate(upstream, mode, workers=2, cpus=None, prepaid=prepaid)
     raise ValueError(f"unknown mode {mode!r}; known: {', '.join(ALL_MODES)}")
 
 
@@ -377,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstreams", type=int, default=1, help="minimal upstream processes")
     parser.add_argument("--no-pin", action="store_true", help="do not pin relay to CPU 0 and load to CPU 1")
     parser.add_argument("--pg-url", default=os.environ.get("STTGATE_BENCH_PG_URL", DEFAULT_PG_URL))
+    parser.add_argument("--postpaid", action="store_true", help="bench account postpaid (default: prepaid)")
     parser.add_argument("--docs", type=Path, help="rewrite the generated section of this Markdown file")
     args = parser.parse_args(argv)
 
@@ -415,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream.start()
         for mode in plan.modes:
             try:
-                target = build_target(mode, upstream, relay_cpus, args.pg_url)
+                target = build_target(mode, upstream, relay_cpus, args.pg_url, prepaid=not args.postpaid)
             except TargetUnavailable as exc:
                 results["modes"][mode] = {"name": mode, "unavailable": str(exc), "steps": [], "handshake": None}
                 print(f"{mode}: not measured: {exc}", flush=True)

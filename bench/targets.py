@@ -240,8 +240,10 @@ class Sttgate(Target):
         workers: int = 1,
         metering: bool = True,
         cpus: set[int] | None = None,
+        prepaid: bool = True,
     ) -> None:
         self.name = name
+        self.prepaid = prepaid
         self.upstream = upstream
         self.database_url = database_url
         self.workers = workers
@@ -293,16 +295,11 @@ class Sttgate(Target):
         self.proc = subprocess.Popen(cmd, env=self._env(), preexec_fn=_pinned(self.cpus))
         wait_listening(port, self.proc)
         self._wait_ready(port)
-        account = self._cli(
-            "accounts",
-            "create",
-            "--name",
-            f"bench-{os.getpid()}-{time.time_ns()}",
-            "--max-streams",
-            "1000000",
-            "--balance",
-            "1000000",
-        )
+        # Prepaid debits the balance synchronously once per 5 s cycle and stream (the costlier path); postpaid
+        # accrues in memory and writes in batches.
+        balance = ["--balance", "1000000"] if self.prepaid else []
+        name = f"bench-{os.getpid()}-{time.time_ns()}"
+        account = self._cli("accounts", "create", "--name", name, "--max-streams", "1000000", *balance)
         key = self._cli("keys", "create", "--account", str(account["id"]))["key"]
         self.url = f"ws://127.0.0.1:{port}/ws/v2/audio-stream?provider=assemblyai&{PROVIDER_QUERY}"
         self.headers = {"Authorization": key}
@@ -311,7 +308,7 @@ class Sttgate(Target):
             "database": self.database_url.split(":", 1)[0],
             "workers": str(self.workers),
             "metering": "on" if self.metering else "off",
-            "account": "prepaid",
+            "account": "prepaid" if self.prepaid else "postpaid",
         }
 
     @staticmethod
