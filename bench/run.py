@@ -332,8 +332,8 @@ def mode_steps(mode: str, plan: Plan) -> list[int]:
     if mode == "sttgate-nometer":
         return [plan.reference_step]
     if mode == "sttgate-pg":
-        return [plan.steps[0], plan.reference_step]
-    return [plan.reference_step, plan.steps[-1]]
+        return sorted({plan.steps[0], plan.reference_step})
+    return sorted({plan.reference_step, plan.steps[-1]})
 
 
 def machine() -> dict[str, Any]:
