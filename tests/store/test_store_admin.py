@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from sttgate.store import NotFoundError, Store
-from sttgate.store.db import current_revision, upgrade
+from sttgate.store.db import current_revision, make_engine, upgrade
 
 
 async def test_migrations_are_idempotent(db_url: str) -> None:
@@ -185,7 +185,6 @@ async def test_migrations_match_the_tables(db_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from sttgate.store.db import make_engine
     from sttgate.store.tables import metadata
 
     await upgrade(db_url)
@@ -198,3 +197,11 @@ async def test_migrations_match_the_tables(db_url: str) -> None:
     finally:
         await engine.dispose()
     assert diff == []
+
+
+async def test_ping_fails_cleanly_when_the_database_is_gone() -> None:
+    store = Store(make_engine("postgresql://nobody@127.0.0.1:1/none"))
+    try:
+        assert await store.ping() is False
+    finally:
+        await store.close()

@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+PG_CONNECT_TIMEOUT_SECONDS = 10
 # Execution option: a transaction that only reads, so SQLite may start it deferred instead of IMMEDIATE.
 READ_ONLY = "sttgate_read_only"
 # Any fixed number: serializes concurrent `upgrade()` calls of several gateways on one PostgreSQL database.
@@ -73,7 +74,8 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
 
 
 def _postgres_engine(url: URL) -> AsyncEngine:
-    connect_args: dict[str, Any] = {}
+    # An unreachable server fails in seconds, not asyncpg's default minute.
+    connect_args: dict[str, Any] = {"timeout": PG_CONNECT_TIMEOUT_SECONDS}
     query = dict(url.query)
     # libpq spellings that asyncpg does not take as such.
     if "options" in query:

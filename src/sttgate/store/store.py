@@ -135,10 +135,10 @@ class Store:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.engine.dispose()
 
-    async def ping(self) -> bool:
-        """True when the database answers (for /readyz); never raises."""
+    async def ping(self, timeout: float = 5.0) -> bool:
+        """True when the database answers within ``timeout`` (for /readyz); never raises."""
         try:
-            async with self._reader.connect() as conn:
+            async with asyncio.timeout(timeout), self._reader.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except Exception:
             log.warning("database ping failed", exc_info=True)
