@@ -358,3 +358,32 @@ async def test_usage_since_until(store: Store) -> None:
     assert window["totals"]["assemblyai"]["cost_usd"] == "0.000208333"
     assert (await store.usage(acct["id"], since=base + timedelta(days=5)))["sessions"] == []
     assert listed(await store.usage(acct["id"], since=base.astimezone(timezone(timedelta(hours=-5))))) == ids[::-1]
+
+
+async def test_end_session_has_the_last_word_on_audio_but_never_lowers_money(store: Store) -> None:
+    acct = await store.create_account(name="Refund", balance_nanos=ASSEMBLYAI_CYCLE)
+    sid = await _open(store, acct["id"])
+    assert await store.charge_cycles(sid, acct["id"], 1, ASSEMBLYAI_CYCLE)
+    # A flush ran while the chunk that opens cycle 2 was metered, before its charge was refused.
+    await store.flush_progress([SessionProgress(sid, 5.1, 1, ASSEMBLYAI_CYCLE)])
+    await store.end_session(
+        sid,
+        audio_seconds=5.0,
+        cycles=0,
+        cost_nanos=0,
+        close_code=4002,
+        close_reason="insufficient balance",
+        closed_by="gateway",
+    )
+    row = await _row(store, sid)
+    assert (row.audio_seconds, row.cycles, row.cost_nanos) == (5.0, 1, ASSEMBLYAI_CYCLE)
+    await store.end_session(
+        sid,
+        audio_seconds=9.0,
+        cycles=1,
+        cost_nanos=ASSEMBLYAI_CYCLE,
+        close_code=1000,
+        close_reason="",
+        closed_by="client",
+    )
+    assert (await _row(store, sid)).audio_seconds == 5.0  # a second ending changes nothing

@@ -340,7 +340,9 @@ class Store:
     ) -> None:
         """Record the final totals and how the session closed, which frees its slot.
 
-        A session a reaper closed as ``gateway_crash`` (its gateway stalled past the lease) gets the real ending.
+        The final ``audio_seconds`` is the gateway's last word (a batch flushed while a refused chunk was still
+        metered may have written more); ``cycles`` and ``cost_nanos`` never go below what was charged. A session a
+        reaper closed as ``gateway_crash`` (its gateway stalled past the lease) gets the real ending.
         """
         if closed_by not in CLOSED_BY:
             raise ValueError(f"closed_by must be one of {', '.join(CLOSED_BY)}")
@@ -350,7 +352,7 @@ class Store:
             update(sessions)
             .where(sessions.c.id == session_id)
             .values(
-                audio_seconds=_monotone(sessions.c.audio_seconds, "p_audio", Float()),
+                audio_seconds=case((still_open, bindparam("p_audio", type_=Float())), else_=sessions.c.audio_seconds),
                 cycles=_monotone(sessions.c.cycles, "p_cycles", Integer()),
                 cost_nanos=_monotone(sessions.c.cost_nanos, "p_cost", sessions.c.cost_nanos.type),
                 ended_at=case((still_open, literal(now, UTCDateTime())), else_=sessions.c.ended_at),
