@@ -81,7 +81,9 @@ def ffmpeg_argv(ffmpeg: str, url: str, scheme: str, *, io_timeout_seconds: float
     argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error"]
     argv += ["-protocol_whitelist", protocol_whitelist(scheme), "-rw_timeout", micros]
     if scheme in ("http", "https"):
-        argv += ["-timeout", micros, "-reconnect", "1", "-reconnect_streamed", "1"]
+        # No "-timeout" here: through the egress guard an HTTPS connection is tls over httpproxy, which has no such
+        # option, and FFmpeg refuses an option nothing consumes. -rw_timeout bounds connect and reads alike.
+        argv += ["-reconnect", "1", "-reconnect_streamed", "1"]
         argv += ["-reconnect_on_network_error", "1", "-reconnect_delay_max", "5"]
     elif scheme == "rtsp":
         # Interleaved over the one TCP connection: no UDP ports opened towards a host nobody checked.
