@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import math
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
@@ -16,34 +21,92 @@ from sttgate.pull.webhooks import SIGNATURE_HEADER, verify
 from .conftest import ffmpeg_children, serve, wait_for
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port, read from /proc (a probe connection would be the RTMP
+    server's one client)."""
+    with open("/proc/net/tcp") as fh:
+        next(fh)
+        for line in fh:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.split(":")[1], 16) == port:
+                return True
+    return False
+
+
+@asynccontextmanager
+async def rtmp_publisher(ffmpeg: str, seconds: int) -> AsyncIterator[str]:
+    """FFmpeg as a one-client RTMP server publishing a live tone (real time, AAC in FLV)."""
+    port = free_port()
+    url = f"rtmp://127.0.0.1:{port}/live/stream"
+    proc = await asyncio.create_subprocess_exec(
+        *(ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-re"),
+        *("-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac"),
+        *("-f", "flv", "-listen", "1", url),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_for(lambda: listening(port) or proc.returncode is not None)
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
 @pytest.mark.parametrize("provider", ["assemblyai", "elevenlabs"])
-async def test_http_file_to_webhooks(pull_gateway, account, store, media_server, receiver, provider) -> None:
+@pytest.mark.parametrize("kind", ["http", "hls", "rtmp"])
+async def test_source_to_webhooks(
+    pull_gateway, account, store, ffmpeg_exe, media_server, receiver, provider, kind
+) -> None:
     gw = await pull_gateway()
     acct = await account()
     rec, hook = receiver
     mark = gw.recorder.next_seq
-    status, body = await gw.start(
-        acct.key, {"audio_url": f"{media_server}/tone3.wav", "provider": provider, "callback_url": hook}
-    )
-    assert status == 200, body
-    assert body["code"] == 200 and body["message"] == "success"
-    task_id = body["data"]["task_id"]
-    view = await gw.wait_status(acct.key, task_id)
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "rtmp":
+            audio_url = await stack.enter_async_context(rtmp_publisher(ffmpeg_exe, 4))
+        else:
+            audio_url = f"{media_server}/tone3.wav" if kind == "http" else f"{media_server}/hls/index.m3u8"
+        status, body = await gw.start(acct.key, {"audio_url": audio_url, "provider": provider, "callback_url": hook})
+        assert status == 200, body
+        assert body["code"] == 200 and body["message"] == "success"
+        task_id = body["data"]["task_id"]
+        view = await gw.wait_status(acct.key, task_id)
     assert view["status"] == "source_ended", view
-    assert view["audio_seconds"] == 3.0
-    assert view["billed_seconds"] == 5
+    audio = view["audio_seconds"]
+    if kind == "http":
+        assert audio == 3.0
+    elif kind == "hls":
+        assert 2.9 <= audio <= 3.2
+    else:
+        assert 2.0 <= audio <= 4.2  # a live source: what was published while the gateway listened
+    assert view["billed_seconds"] == 5 * math.ceil(audio / 5)
     await wait_for(lambda: rec.ended())
     secret = await store.webhook_secret(acct.id)
     accepted = rec.accepted()
     assert [e["seq"] for e in accepted] == list(range(1, len(accepted) + 1))
+    assert {e["task_id"] for e in accepted} == {task_id} and {e["provider"] for e in accepted} == {provider}
     assert accepted[-1]["data"] == {"status": "source_ended", "reason": "the source ended"}
     for body_bytes, headers, _, _ in rec.posts:
         assert verify(secret, body_bytes, headers[SIGNATURE_HEADER])
     session = await gw.recorder.wait_for_session(provider=provider, since=mark)
     await session.wait_ended()
-    # Every provider message reached the webhook verbatim, in order.
-    assert [e["data"] for e in accepted[:-1]] == [json.loads(t) for t in session.texts_out()]
-    assert session.audio_seconds == pytest.approx(3.0)
+    # Every provider message reached the webhook verbatim, in order, and there were transcripts among them.
+    texts = session.texts_out()
+    assert [e["data"] for e in accepted[:-1]] == [json.loads(t) for t in texts]
+    for text, (body_bytes, _, _, _) in zip(texts, [p for p in rec.posts if p[2] == 200], strict=False):
+        assert text.encode() in body_bytes
+    assert any("transcript" in t.lower() for t in texts)
+    assert session.audio_seconds == pytest.approx(audio, abs=0.001)
+    # Never faster than real time: audio received by the emulator at any moment is at most the wall time since
+    # the first chunk plus the pacing lead (and one chunk, counted when it lands), with 50 ms of scheduling slack.
     sent = 0.0
     first = session.audio_chunks[0].t
     for chunk in session.audio_chunks:
