@@ -25,9 +25,10 @@ from assemblyai.streaming.v3 import (
 )
 from elevenlabs import AsyncElevenLabs, AudioFormat, CommitStrategy, RealtimeEvents
 
-from conftest import SdkGateway
 from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.emulators.transcriber import WORDS
+
+from .conftest import SdkGateway
 
 Start = Callable[..., Awaitable[SdkGateway]]
 RATE = 16000

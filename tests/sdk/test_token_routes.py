@@ -11,10 +11,11 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 
-from conftest import SdkGateway
 from sttgate import tokens
 from sttgate.store import Store
 from sttgate.store.tables import tokens as tokens_table
+
+from .conftest import SdkGateway
 
 
 @dataclass

@@ -12,12 +12,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from cdp_browser import LAUNCH_TIMEOUT, Browser, chromium_path, speech_wav
 
 from sttgate import sdk_routes
 from sttgate.config import Settings
 from sttgate.gateway.app import bound_port, create_app, start_site
 from sttgate.store import Store
+
+from .cdp_browser import LAUNCH_TIMEOUT, Browser, chromium_path, speech_wav
 
 OPERATOR_KEYS = {"elevenlabs": "emulator-elevenlabs-key", "assemblyai": "emulator-assemblyai-key"}
 

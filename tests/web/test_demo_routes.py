@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
-from conftest import PageGateway
 from sttgate import tokens
+
+from .conftest import PageGateway
 
 Start = Callable[..., Awaitable[PageGateway]]
 

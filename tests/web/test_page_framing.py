@@ -20,10 +20,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from cdp_browser import Browser
 
-from conftest import OPERATOR_KEYS, PageGateway
 from sttgate.gateway.app import bound_port
+
+from .cdp_browser import Browser
+from .conftest import OPERATOR_KEYS, PageGateway
 
 FRAME_BYTES = 3200  # 100 ms of 16 kHz s16le
 TONE_HZ = 440
