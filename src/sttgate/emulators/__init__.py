@@ -1,0 +1,6 @@
+"""Local emulators of the two providers (SPEC §8): see :mod:`sttgate.emulators.app`."""
+
+from .app import EmulatorConfig, create_app, serve
+from .recorder import RECORDER, Recorder, SessionRecord
+
+__all__ = ["RECORDER", "EmulatorConfig", "Recorder", "SessionRecord", "create_app", "serve"]
