@@ -19,6 +19,7 @@ from sttgate.pull.ffmpeg import PACING_LEAD_SECONDS
 from sttgate.pull.webhooks import SIGNATURE_HEADER, verify
 
 from .conftest import ffmpeg_children, serve, wait_for
+from .rtsp_server import RtspServer
 
 
 def free_port() -> int:
@@ -61,7 +62,7 @@ async def rtmp_publisher(ffmpeg: str, seconds: int) -> AsyncIterator[str]:
 
 
 @pytest.mark.parametrize("provider", ["assemblyai", "elevenlabs"])
-@pytest.mark.parametrize("kind", ["http", "hls", "rtmp"])
+@pytest.mark.parametrize("kind", ["http", "hls", "rtmp", "rtsp"])
 async def test_source_to_webhooks(
     pull_gateway, account, store, ffmpeg_exe, media_server, receiver, provider, kind
 ) -> None:
@@ -72,6 +73,10 @@ async def test_source_to_webhooks(
     async with contextlib.AsyncExitStack() as stack:
         if kind == "rtmp":
             audio_url = await stack.enter_async_context(rtmp_publisher(ffmpeg_exe, 4))
+        elif kind == "rtsp":
+            rtsp = RtspServer(seconds=3.0)
+            audio_url = await rtsp.start()
+            stack.push_async_callback(rtsp.close)
         else:
             audio_url = f"{media_server}/tone3.wav" if kind == "http" else f"{media_server}/hls/index.m3u8"
         status, body = await gw.start(acct.key, {"audio_url": audio_url, "provider": provider, "callback_url": hook})
@@ -81,7 +86,7 @@ async def test_source_to_webhooks(
         view = await gw.wait_status(acct.key, task_id)
     assert view["status"] == "source_ended", view
     audio = view["audio_seconds"]
-    if kind == "http":
+    if kind in ("http", "rtsp"):
         assert audio == 3.0
     elif kind == "hls":
         assert 2.9 <= audio <= 3.2

@@ -79,10 +79,13 @@ def ffmpeg_argv(ffmpeg: str, url: str, scheme: str, *, io_timeout_seconds: float
     micros = str(max(1, int(io_timeout_seconds * 1_000_000)))
     scheme = scheme.lower()
     argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error"]
-    argv += ["-protocol_whitelist", protocol_whitelist(scheme), "-rw_timeout", micros]
+    argv += ["-protocol_whitelist", protocol_whitelist(scheme)]
+    # FFmpeg refuses an option that nothing consumes: RTSP is opened by its demuxer (its own -timeout), the other
+    # schemes by URL protocols (the generic -rw_timeout, which also bounds the TCP connect).
+    if scheme != "rtsp":
+        argv += ["-rw_timeout", micros]
     if scheme in ("http", "https"):
-        # No "-timeout" here: through the egress guard an HTTPS connection is tls over httpproxy, which has no such
-        # option, and FFmpeg refuses an option nothing consumes. -rw_timeout bounds connect and reads alike.
+        # No "-timeout": through the egress guard an HTTPS connection is tls over httpproxy, which has no such option.
         argv += ["-reconnect", "1", "-reconnect_streamed", "1"]
         argv += ["-reconnect_on_network_error", "1", "-reconnect_delay_max", "5"]
     elif scheme == "rtsp":
