@@ -15,6 +15,8 @@ from aiohttp import web
 
 from sttgate import sdk_routes
 from sttgate.config import Settings
+from sttgate.emulators.app import EmulatorConfig
+from sttgate.emulators.app import create_app as create_emulator_app
 from sttgate.gateway.app import bound_port, create_app, start_site
 from sttgate.store import Store
 
@@ -36,6 +38,16 @@ async def page_store(tmp_path: Path) -> AsyncIterator[Store]:
     store = await Store.connect(f"sqlite:///{tmp_path / 'gw.db'}")
     yield store
     await store.close()
+
+
+@pytest.fixture
+async def emulator_url() -> AsyncIterator[str]:
+    """Both provider emulators (default keys = ``OPERATOR_KEYS``) on one loopback port: ``ws://127.0.0.1:PORT``."""
+    runner = web.AppRunner(create_emulator_app(EmulatorConfig()), handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"ws://127.0.0.1:{bound_port(runner)}"
+    await runner.cleanup()
 
 
 @pytest.fixture

@@ -127,6 +127,7 @@ async def _run(browser: Browser, site: Site, provider: str, until: str) -> str:
     await page.evaluate("document.getElementById('start').click()", user_gesture=True)
     await page.wait_for("document.getElementById('status').dataset.state === 'live'", "live")
     await page.wait_for(until, "transcript")
+    await page.wait_for("parseFloat(document.getElementById('audio-seconds').textContent) >= 2", "2 s of audio")
     await page.evaluate("document.getElementById('stop').click()", user_gesture=True)
     await page.wait_for("document.getElementById('status').dataset.state === 'ended'", "ended")
     return await page.evaluate("document.getElementById('finals').innerText")

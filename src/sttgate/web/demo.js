@@ -40,6 +40,7 @@ const PROVIDERS = {
     path: "assemblyai/v3/ws",
     query: { sample_rate: String(SAMPLE_RATE), encoding: "pcm_s16le", format_turns: "true" },
     encode: (pcm) => pcm.buffer, // binary frames, exactly the PCM bytes
+    minFrameMs: 50, // AssemblyAI closes the session (3007) on a frame under 50 ms
     endMessage: () => JSON.stringify({ type: "Terminate" }),
     // Each decoder returns {kind: "partial"|"final"|"ended"|"error"|"ignore", key?, text?}.
     decoder() {
@@ -58,6 +59,7 @@ const PROVIDERS = {
   elevenlabs: {
     path: "elevenlabs/v1/speech-to-text/realtime",
     query: { model_id: "scribe_v2_realtime", audio_format: `pcm_${SAMPLE_RATE}`, commit_strategy: "vad" },
+    minFrameMs: 0,
     encode: (pcm) =>
       JSON.stringify({
         message_type: "input_audio_chunk",
@@ -181,7 +183,7 @@ class Session {
     this.stopping = true;
     setStatus("stopping", "finishing…");
     if (this.worklet) {
-      this.worklet.port.postMessage("flush");
+      this.worklet.port.postMessage({ type: "flush", minMs: this.provider.minFrameMs });
       await this.flushed;
     }
     this.stream.getTracks().forEach((track) => track.stop());

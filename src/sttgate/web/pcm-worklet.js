@@ -19,7 +19,7 @@ class PcmProcessor extends AudioWorkletProcessor {
     this.count = 0; // how many input samples are in it
     this.pos = 0; // input position inside the current window, in input samples
     this.port.onmessage = (event) => {
-      if (event.data === "flush") this.flush();
+      if (event.data && event.data.type === "flush") this.flush(event.data.minMs || 0);
     };
   }
 
@@ -33,10 +33,13 @@ class PcmProcessor extends AudioWorkletProcessor {
     }
   }
 
-  // Send what is buffered (the last, shorter frame) when the page stops.
-  flush() {
+  // Send what is buffered when the page stops: the last, shorter frame, padded with silence to `minMs` where the
+  // provider has a minimum frame length (AssemblyAI refuses frames under 50 ms).
+  flush(minMs) {
     if (this.filled > 0) {
-      const last = this.frame.slice(0, this.filled);
+      const length = Math.max(this.filled, Math.min(this.frameSamples, (TARGET_RATE * minMs) / 1000));
+      const last = new Int16Array(length);
+      last.set(this.frame.subarray(0, this.filled));
       this.port.postMessage(last.buffer, [last.buffer]);
       this.filled = 0;
     }

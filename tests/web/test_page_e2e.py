@@ -1,0 +1,80 @@
+"""The page, end to end: Chromium's fake microphone → AudioWorklet → gateway (token, provider-shaped route) →
+emulators → live transcripts on the page, a running cost equal to the gateway's bill, and a screenshot."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sttgate.core.money import format_usd
+from sttgate.emulators.transcriber import WORDS
+
+from .cdp_browser import PAGE_TIMEOUT, Browser, Page
+from .conftest import PageGateway
+
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo-page.png"
+STATUS = "document.getElementById('status').dataset.state"
+
+
+async def _transcribe(page: Page, provider: str) -> None:
+    await page.evaluate(f"document.getElementById('provider').value = '{provider}'")
+    await page.evaluate("document.getElementById('start').click()", user_gesture=True)
+    await page.wait_for(f"{STATUS} === 'live' || {STATUS} === 'error'", "the session to start")
+    assert await page.evaluate(STATUS) == "live", await page.evaluate("document.getElementById('error').textContent")
+    # A final transcript (end of a turn / a VAD commit after the sample's trailing silence), then a live partial
+    # of the next one: both kinds are shown while streaming.
+    await page.wait_for("document.querySelector('#finals p.final')", "a final transcript")
+    await page.wait_for("document.querySelector('#finals p.final ~ p.partial')", "a partial after it")
+    await page.evaluate("document.getElementById('stop').click()", user_gesture=True)
+    await page.wait_for(f"{STATUS} === 'ended'", "the graceful end")
+
+
+async def _ended_session(gw: PageGateway) -> dict[str, Any]:
+    """The page's one session, once the gateway has recorded its end (it does so right after the close)."""
+    async with asyncio.timeout(PAGE_TIMEOUT):
+        while True:
+            sessions = (await gw.store.usage(gw.account_id))["sessions"]
+            if sessions and sessions[0]["ended_at"]:
+                return sessions[0]
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("provider", ["assemblyai", "elevenlabs"])
+async def test_page_transcribes_the_microphone(
+    emulator_url: str,
+    page_gateway: Callable[..., Awaitable[PageGateway]],
+    browser: Browser,
+    provider: str,
+    tmp_path: Path,
+) -> None:
+    gw = await page_gateway(upstream=emulator_url, balance_nanos=10**9)
+    page = await browser.new_page()
+    await page.navigate(f"{gw.url}/demo/")
+    await _transcribe(page, provider)
+
+    finals = await page.evaluate("[...document.querySelectorAll('#finals p.final')].map(p => p.textContent)")
+    words = [w.strip(".,!?").lower() for w in " ".join(finals).split()]
+    assert words and words == list(WORDS[: len(words)]), finals
+    assert await page.evaluate("document.getElementById('error').hidden"), await page.evaluate(
+        "document.getElementById('error').textContent"
+    )
+
+    # The running cost the page showed is the bill: same audio, same cycles, same price.
+    session = await _ended_session(gw)
+    # AssemblyAI closes after Termination; with ElevenLabs the page closes once its final commit is answered.
+    assert session["provider"] == provider and session["close_code"] == 1000
+    assert session["closed_by"] == {"assemblyai": "upstream", "elevenlabs": "client"}[provider]
+    page_nanos = int(await page.evaluate("document.getElementById('cost').dataset.nanos"))
+    assert page_nanos > 0 and format_usd(page_nanos) == session["cost_usd"]
+    assert int(await page.evaluate("document.getElementById('cycles').textContent")) * 5 == session["billed_seconds"]
+
+    shot = tmp_path / f"demo-page-{provider}.png"
+    shot.write_bytes(await page.screenshot())
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    if provider == "assemblyai" and DOCS_SCREENSHOT.parent.is_dir():
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
