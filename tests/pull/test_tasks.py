@@ -16,7 +16,7 @@ from aiohttp import web
 
 from sttgate.pull import taskstore
 from sttgate.pull.ffmpeg import PACING_LEAD_SECONDS
-from sttgate.pull.webhooks import SIGNATURE_HEADER, verify
+from sttgate.pull.webhooks import SIGNATURE_HEADER, Attempt, verify
 
 from .conftest import ffmpeg_children, serve, wait_for
 from .rtsp_server import RtspServer
@@ -297,3 +297,42 @@ async def test_gateway_shutdown_ends_tasks_with_their_callback(pull_gateway, acc
     view = await other.wait_status(acct.key, task_id)
     assert view["status"] == "gateway_shutdown"
     assert ffmpeg_children() == []
+
+
+async def test_a_dead_gateways_task_gets_one_late_ended_webhook(pull_gateway, account, store, receiver) -> None:
+    acct = await account()
+    rec, hook = receiver
+    # What a gateway that died mid-task leaves: an open pull session, a running task, attempts up to seq 3.
+    await store.open_session(
+        session_id="crashed-task",
+        account_id=acct.id,
+        kind="pull",
+        provider="elevenlabs",
+        gateway_id="dead-gateway",
+        min_balance_nanos=0,
+        lease_ttl=30,
+    )
+    await taskstore.insert_task(
+        store,
+        task_id="crashed-task",
+        account_id=acct.id,
+        audio_url="http://example.com/a.wav",
+        callback_url=hook,
+        provider="elevenlabs",
+        params="audio_format=pcm_16000",
+    )
+    log = taskstore.AttemptLog(store)
+    for seq in (1, 2, 3):
+        await log.record(Attempt("crashed-task", seq, 1, 200, None))
+    await log.flush()
+    assert await store.reap_dead_sessions(gateway_id="dead-gateway") == ["crashed-task"]
+    first, second = await pull_gateway(), await pull_gateway()
+    await wait_for(lambda: rec.ended())
+    ended = rec.ended()
+    assert [(e["task_id"], e["seq"], e["provider"]) for e in ended] == [("crashed-task", 4, "elevenlabs")]
+    assert ended[0]["data"] == {"status": "gateway_shutdown", "reason": taskstore.CRASHED}
+    view = await first.wait_status(acct.key, "crashed-task")
+    assert (view["status"], view["last_error"]) == ("gateway_shutdown", taskstore.CRASHED)
+    await second.manager.send_crash_endings()
+    await first.manager.send_crash_endings()
+    assert len(rec.posts) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sttgate.config import Settings
@@ -19,6 +20,7 @@ from sttgate.pull.ffmpeg import FFmpegSource, Pacer, default_ffmpeg, ffmpeg_argv
 from sttgate.pull.tasks import GATEWAY_SHUTDOWN, Ending, PullTask
 from sttgate.pull.urlsafety import CheckedUrl
 from sttgate.pull.webhooks import WebhookDeliverer, WebhookPolicy, webhook_client
+from sttgate.store.store import utcnow
 
 if TYPE_CHECKING:
     import aiohttp
@@ -33,6 +35,8 @@ STOP_POLL_SECONDS = 0.5
 # At shutdown, queued webhooks (every task's ``ended`` above all) get this long before they are abandoned.
 SHUTDOWN_WEBHOOK_SECONDS = 10.0
 TASK_END_SECONDS = 15.0
+# Tasks of dead gateways older than this get no late ``ended`` webhook (bounds the sweep's query).
+CRASH_ENDINGS_WINDOW_SECONDS = 24 * 3600.0
 
 
 class PullManager:
@@ -109,7 +113,15 @@ class PullManager:
         return True
 
     async def _poll_stops(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
         while True:
+            if loop.time() >= next_sweep:
+                next_sweep = loop.time() + self.settings.lease_ttl_seconds
+                try:
+                    await self.send_crash_endings()
+                except Exception:
+                    log.exception("event=background_error task=pull_crash_endings")
             await asyncio.sleep(STOP_POLL_SECONDS)
             if not self.tasks:
                 continue
@@ -118,6 +130,29 @@ class PullManager:
                     self.stop_local(task_id)
             except Exception:
                 log.exception("event=background_error task=pull_stop_poll")
+
+    async def send_crash_endings(self) -> None:
+        """The ``ended`` webhook of tasks whose gateway died: sent once, by whichever gateway claims it first, with
+        the ``seq`` after the last one the dead gateway attempted."""
+        assert self.client is not None
+        since = utcnow() - timedelta(seconds=CRASH_ENDINGS_WINDOW_SECONDS)
+        for crashed in await taskstore.claim_crashed(self.store, since=since):
+            deliverer = WebhookDeliverer(
+                task_id=crashed.id,
+                provider=crashed.provider,
+                callback_url=crashed.callback_url,
+                secret=await self.store.webhook_secret(crashed.account_id),
+                client=self.client,
+                policy=self.policy,
+                recorder=self.attempts.record,
+            )
+            deliverer.seq = await taskstore.last_seq(self.store, crashed.id)
+            deliverer.start()
+            deliverer.end(GATEWAY_SHUTDOWN, taskstore.CRASHED)
+            self.deliverers.add(deliverer)
+            watcher = asyncio.create_task(deliverer.wait_done())
+            watcher.add_done_callback(lambda _, d=deliverer: self.deliverers.discard(d))
+            log.info("event=pull_task_crash_ended task=%s", crashed.id)
 
     async def close(self) -> None:
         """Shutdown: every task ends ``gateway_shutdown`` (with its ``ended`` webhook), then clean up."""

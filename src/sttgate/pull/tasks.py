@@ -146,10 +146,16 @@ class PullTask:
                 await reader
             await asyncio.shield(live.end())
         self.ending = ending
+        recorded = True
         try:
-            await asyncio.shield(taskstore.end_task(self.store, self.id, status=ending.status, last_error=ending.error))
+            recorded = await asyncio.shield(
+                taskstore.end_task(self.store, self.id, status=ending.status, last_error=ending.error)
+            )
         finally:
-            self.deliverer.end(ending.status, ending.reason)
+            if recorded:
+                self.deliverer.end(ending.status, ending.reason)
+            else:
+                await self.deliverer.abort()
             log.info(
                 "event=pull_task_end task=%s status=%s audio_seconds=%.3f", self.id, ending.status, live.audio_seconds
             )

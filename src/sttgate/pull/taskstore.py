@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, insert, or_, select, update
 
 from sttgate.core.money import CYCLE_SECONDS, format_usd
 from sttgate.pull.webhooks import Attempt
@@ -24,6 +25,9 @@ from sttgate.store.tables import sessions, tasks, webhook_attempts
 log = logging.getLogger(__name__)
 
 RUNNING = "running"
+GATEWAY_SHUTDOWN = "gateway_shutdown"
+# last_error of a task whose gateway died; also the claim that its ``ended`` webhook has been taken care of.
+CRASHED = "the gateway running the task stopped unexpectedly"
 ATTEMPT_FLUSH_SECONDS = 0.5
 
 
@@ -55,12 +59,54 @@ async def insert_task(
         )
 
 
-async def end_task(store: Store, task_id: str, *, status: str, last_error: str | None) -> None:
-    """Record the outcome once: a task a reaper already ended keeps that ending's time but gets the real status."""
+async def end_task(store: Store, task_id: str, *, status: str, last_error: str | None) -> bool:
+    """Record the outcome; False when another gateway already ended the task as crashed and sent its ``ended``.
+
+    That happens only when this gateway stalled past its lease: the reaper closed the session, another gateway
+    claimed the task (:func:`claim_crashed`), and this one must then not send a second ``ended``.
+    """
     async with store.engine.begin() as conn:
-        await conn.execute(
-            update(tasks).where(tasks.c.id == task_id).values(status=status, last_error=last_error, ended_at=utcnow())
+        result = await conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task_id, or_(tasks.c.last_error.is_(None), tasks.c.last_error != CRASHED))
+            .values(status=status, last_error=last_error, ended_at=utcnow())
         )
+        return result.rowcount == 1
+
+
+@dataclass(frozen=True)
+class CrashedTask:
+    id: str
+    account_id: str
+    provider: str
+    callback_url: str
+
+
+async def claim_crashed(store: Store, *, since: datetime) -> list[CrashedTask]:
+    """Tasks whose gateway died (the store's reaper ended them ``gateway_shutdown`` and their session
+    ``gateway_crash``) that still owe their ``ended`` webhook; each is claimed by exactly one gateway."""
+    async with store.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(tasks.c.id, tasks.c.account_id, tasks.c.provider, tasks.c.callback_url)
+                .select_from(tasks.join(sessions, sessions.c.id == tasks.c.id))
+                .where(
+                    tasks.c.ended_at >= since,
+                    tasks.c.status == GATEWAY_SHUTDOWN,
+                    tasks.c.last_error.is_(None),
+                    sessions.c.closed_by == "gateway_crash",
+                )
+            )
+        ).all()
+    claimed = []
+    for row in rows:
+        async with store.engine.begin() as conn:
+            result = await conn.execute(
+                update(tasks).where(tasks.c.id == row.id, tasks.c.last_error.is_(None)).values(last_error=CRASHED)
+            )
+        if result.rowcount == 1:
+            claimed.append(CrashedTask(row.id, row.account_id, row.provider, row.callback_url))
+    return claimed
 
 
 async def request_stop(store: Store, task_id: str, account_id: str) -> str | None:
