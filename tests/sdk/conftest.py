@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -73,3 +77,33 @@ async def sdk_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
         for runner in runners:
             await runner.cleanup()
         await store.close()
+
+
+async def upgrade(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """A WebSocket upgrade request that keeps a refusal's JSON body (aiohttp's ws_connect drops it).
+
+    Returns ``(status, body)``; on 101 the connection is closed at once (the gateway then ends the session).
+    """
+    upgrade_headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+    }
+    async with aiohttp.ClientSession() as http, http.get(url, headers={**upgrade_headers, **(headers or {})}) as resp:
+        body = None if resp.status == 101 else await resp.json(content_type=None)
+        return resp.status, body
+
+
+async def ended_usage(gw: SdkGateway, provider: str | None = None, timeout: float = 15.0) -> dict[str, Any]:
+    """The account's usage document once the gateway has recorded the end of its sessions (of ``provider``).
+
+    The gateway writes a session's end just after the sockets close, so this polls the database, bounded.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            usage = await gw.store.usage(gw.account_id)
+            sessions = [s for s in usage["sessions"] if provider in (None, s["provider"])]
+            if sessions and all(s["ended_at"] for s in sessions):
+                return usage
+            await asyncio.sleep(0.02)

@@ -28,7 +28,7 @@ from elevenlabs import AsyncElevenLabs, AudioFormat, CommitStrategy, RealtimeEve
 from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.emulators.transcriber import WORDS
 
-from .conftest import SdkGateway
+from .conftest import SdkGateway, ended_usage
 
 Start = Callable[..., Awaitable[SdkGateway]]
 RATE = 16000
@@ -60,17 +60,6 @@ def assert_emulator_words(text: str) -> None:
     words = [w.strip(".,!?").lower() for w in text.split()]
     assert words, "no transcript"
     assert words == list(WORDS[: len(words)]), text
-
-
-async def wait_for_bill(gw: SdkGateway, provider: str, sessions: int = 1) -> dict[str, Any]:
-    """The usage document once the gateway has recorded the end of the session(s)."""
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            usage = await gw.store.usage(gw.account_id)
-            ended = [s for s in usage["sessions"] if s["provider"] == provider and s["ended_at"]]
-            if len(ended) >= sessions:
-                return usage
-            await asyncio.sleep(0.02)
 
 
 def assert_bill(usage: dict[str, Any], provider: str, rate: str, audio_seconds: float) -> None:
@@ -124,7 +113,7 @@ async def test_elevenlabs_sdk_with_api_key(sdk_gateway: Start) -> None:
     )
     assert rec.header("xi-api-key") == "emulator-elevenlabs-key"
     assert gw.key not in str(rec.headers) and gw.key not in rec.query_string
-    assert_bill(await wait_for_bill(gw, "elevenlabs"), "elevenlabs", gw.settings.rate_elevenlabs, SECONDS)
+    assert_bill(await ended_usage(gw, "elevenlabs"), "elevenlabs", gw.settings.rate_elevenlabs, SECONDS)
 
 
 async def test_elevenlabs_sdk_single_use_token_helper(sdk_gateway: Start) -> None:
@@ -138,7 +127,7 @@ async def test_elevenlabs_sdk_single_use_token_helper(sdk_gateway: Start) -> Non
     assert_emulator_words(" ".join(committed))
     rec = gw.recorder.last
     assert rec is not None and "token" not in rec.query_string and token not in str(rec.headers)
-    assert_bill(await wait_for_bill(gw, "elevenlabs"), "elevenlabs", gw.settings.rate_elevenlabs, SECONDS)
+    assert_bill(await ended_usage(gw, "elevenlabs"), "elevenlabs", gw.settings.rate_elevenlabs, SECONDS)
 
     # Single use: the same token again is refused before the upgrade.
     with pytest.raises(Exception, match="401"):
@@ -182,7 +171,7 @@ async def test_assemblyai_sdk_with_api_key(sdk_gateway: Start) -> None:
     assert rec.query_string == "format_turns=True&sample_rate=16000"
     assert rec.header("Authorization") == "emulator-assemblyai-key"
     assert gw.key not in str(rec.headers)
-    assert_bill(await wait_for_bill(gw, "assemblyai"), "assemblyai", gw.settings.rate_assemblyai, SECONDS)
+    assert_bill(await ended_usage(gw, "assemblyai"), "assemblyai", gw.settings.rate_assemblyai, SECONDS)
 
 
 async def test_assemblyai_sdk_with_gateway_token(sdk_gateway: Start) -> None:
@@ -207,7 +196,7 @@ async def test_assemblyai_sdk_with_gateway_token(sdk_gateway: Start) -> None:
     assert finals
     rec = gw.recorder.last
     assert rec is not None and rec.header("Authorization") == "emulator-assemblyai-key"
-    assert_bill(await wait_for_bill(gw, "assemblyai"), "assemblyai", gw.settings.rate_assemblyai, 3.0)
+    assert_bill(await ended_usage(gw, "assemblyai"), "assemblyai", gw.settings.rate_assemblyai, 3.0)
 
     # Single use: the SDK reports the gateway's 401 as an Error event and does not retry it.
     client = AsyncStreamingClient(_assemblyai_options(gw, token=token))
