@@ -195,7 +195,7 @@ async def gateway(emulator: EmulatorServer, store: Store) -> AsyncIterator[Calla
         app = create_app(settings, store=store)
         runner = await start_site(app, "127.0.0.1", 0)
         runners.append(runner)
-        http = aiohttp.ClientSession()
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         sessions.append(http)
         return Gateway(app, bound_port(runner), settings, emulator, http)
 

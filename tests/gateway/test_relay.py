@@ -308,3 +308,18 @@ async def test_a_side_that_does_not_read_gets_backpressure_not_a_buffer(gateway,
             received += 1
         await sender
     assert received == count
+
+
+async def test_more_than_a_hundred_sessions_at_once(gateway, account):
+    """aiohttp's default connector stops at 100 connections: the 101st upstream session must not wait."""
+    gw = await gateway()
+    acct = await account(max_streams=200)
+    sockets = await asyncio.gather(*(gw.connect("assemblyai", acct.key, "emu_echo=1") for _ in range(120)))
+    try:
+        for i, ws in enumerate(sockets):
+            await ws.send_bytes(i.to_bytes(2, "big"))
+        for i, ws in enumerate(sockets):
+            assert (await ws.receive(timeout=10)).data == i.to_bytes(2, "big")
+        assert len(gw.app[SESSIONS].live) == 120
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets))
