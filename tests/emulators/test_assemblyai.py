@@ -406,7 +406,8 @@ async def test_8_termination_has_integer_durations(emu):
     msgs, _ = await recv_until_closed(ws)
     term = msgs[-1]
     assert term["type"] == "Termination"
-    assert term["audio_duration_seconds"] == 2 and term["session_duration_seconds"] == 1
+    assert term["audio_duration_seconds"] == 2  # 1.6 s rounds half-up
+    assert term["session_duration_seconds"] in (1, 2)  # ~0.7 s of wall time (more on a loaded machine)
     assert all(isinstance(term[k], int) for k in ("audio_duration_seconds", "session_duration_seconds"))
 
 

@@ -221,7 +221,12 @@ class BaseSession:
             rec.mark_refused(f.handshake_status)
             return self.refusal_response(f.handshake_status, f.error_message)
         self.ws = ws
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except (ConnectionError, RuntimeError):  # the client went away during the handshake
+            self.closed = True
+            rec.finish(None, None, CLOSED_BY_LOST)
+            raise
         self.t0 = self.loop.time()
         rec.mark_accepted("echo" if f.echo else "normal")
         self.live.add(self)

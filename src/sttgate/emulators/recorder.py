@@ -21,6 +21,7 @@ them all.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,8 +138,7 @@ class SessionRecord:
         return [f.data for f in self.frames_out if f.type == "text" and isinstance(f.data, str)]
 
     def json_in(self) -> list[Any]:
-        import json
-
+        """Text frames received, parsed (None for a frame that is not JSON)."""
         out = []
         for s in self.texts_in():
             try:
@@ -148,8 +148,6 @@ class SessionRecord:
         return out
 
     def json_out(self) -> list[Any]:
-        import json
-
         return [json.loads(s) for s in self.texts_out()]
 
     def binary_in(self) -> list[bytes]:
