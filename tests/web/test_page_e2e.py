@@ -21,7 +21,8 @@ DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo-page.png"
 STATUS = "document.getElementById('status').dataset.state"
 
 
-async def _transcribe(page: Page, provider: str) -> None:
+async def _transcribe(page: Page, provider: str) -> bytes:
+    """Run a session from the page's own controls; returns a screenshot taken while it was live."""
     await page.evaluate(f"document.getElementById('provider').value = '{provider}'")
     await page.evaluate("document.getElementById('start').click()", user_gesture=True)
     await page.wait_for(f"{STATUS} === 'live' || {STATUS} === 'error'", "the session to start")
@@ -30,8 +31,10 @@ async def _transcribe(page: Page, provider: str) -> None:
     # of the next one: both kinds are shown while streaming.
     await page.wait_for("document.querySelector('#finals p.final')", "a final transcript")
     await page.wait_for("document.querySelector('#finals p.final ~ p.partial')", "a partial after it")
+    live = await page.screenshot()
     await page.evaluate("document.getElementById('stop').click()", user_gesture=True)
     await page.wait_for(f"{STATUS} === 'ended'", "the graceful end")
+    return live
 
 
 async def _ended_session(gw: PageGateway) -> dict[str, Any]:
@@ -55,7 +58,7 @@ async def test_page_transcribes_the_microphone(
     gw = await page_gateway(upstream=emulator_url, balance_nanos=10**9)
     page = await browser.new_page()
     await page.navigate(f"{gw.url}/demo/")
-    await _transcribe(page, provider)
+    live = await _transcribe(page, provider)
 
     finals = await page.evaluate("[...document.querySelectorAll('#finals p.final')].map(p => p.textContent)")
     words = [w.strip(".,!?").lower() for w in " ".join(finals).split()]
@@ -73,8 +76,9 @@ async def test_page_transcribes_the_microphone(
     assert page_nanos > 0 and format_usd(page_nanos) == session["cost_usd"]
     assert int(await page.evaluate("document.getElementById('cycles').textContent")) * 5 == session["billed_seconds"]
 
-    shot = tmp_path / f"demo-page-{provider}.png"
-    shot.write_bytes(await page.screenshot())
-    assert shot.read_bytes().startswith(b"\x89PNG")
+    (tmp_path / f"demo-page-{provider}-ended.png").write_bytes(await page.screenshot())
+    shot = tmp_path / f"demo-page-{provider}-live.png"
+    shot.write_bytes(live)
+    assert live.startswith(b"\x89PNG")
     if provider == "assemblyai" and DOCS_SCREENSHOT.parent.is_dir():
         shutil.copyfile(shot, DOCS_SCREENSHOT)
