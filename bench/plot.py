@@ -52,7 +52,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log")
     for ax in (lat, cpu, mem, hs):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     m = results["machine"]
     fig.suptitle(
         f"sttgate benchmark ({results['kind']}, {m['date_utc']}): {m['nproc']} × {m['cpu_model']}, "

@@ -29,6 +29,7 @@ import aiohttp
 
 from bench import procstat, report
 from bench.loadgen import worker_main
+from bench.pull import run_pull
 from bench.targets import Direct, Nginx, Sttgate, Target, TargetUnavailable, Upstream, postgres_reachable
 from bench.upstream import raise_nofile
 from bench.wire import ECHO_EVERY
@@ -47,6 +48,7 @@ class Plan:
     handshake_seconds: float
     handshake_concurrency: int  # per generator process, for the sessions/s figure
     reference_step: int  # the step the single-step modes run (CPU per frame, metering overhead)
+    pull_steps: list[int] = field(default_factory=list)  # concurrent pull tasks
     modes: list[str] = field(default_factory=list)
 
 
@@ -58,6 +60,7 @@ QUICK = Plan(
     handshake_seconds=1.0,
     handshake_concurrency=4,
     reference_step=20,
+    pull_steps=[2],
     modes=["direct", "nginx", "sttgate"],
 )
 FULL = Plan(
@@ -68,7 +71,8 @@ FULL = Plan(
     handshake_seconds=5.0,
     handshake_concurrency=32,
     reference_step=1000,
-    modes=["direct", "nginx", "sttgate", "sttgate-nometer", "sttgate-pg", "sttgate-2w"],
+    pull_steps=[5, 20, 50],
+    modes=["direct", "nginx", "sttgate", "sttgate-nometer", "sttgate-pg", "sttgate-2w", "sttgate-pull"],
 )
 ALL_MODES = FULL.modes
 # A step is "saturated" (and the mode stops stepping) past this p99 round trip or below this delivery ratio.
@@ -284,6 +288,22 @@ def run_mode(target: Target, gens: Generators, upstream: Upstream, plan: Plan, s
     return out
 
 
+def run_pull_mode(target: Target, plan: Plan, helper_cpus: set[int] | None) -> dict[str, Any]:
+    """Pull tasks instead of pushed streams; always stops the gateway it started."""
+    assert isinstance(target, Sttgate)
+    try:
+        target.start()
+        return run_pull(target, plan.pull_steps, plan.window, plan.settle + 2.0, helper_cpus)
+    except TargetUnavailable as exc:
+        print(f"{target.name}: not measured: {exc}", flush=True)
+        return {"name": target.name, "unavailable": str(exc), "steps": []}
+    except Exception as exc:
+        print(f"{target.name}: failed: {type(exc).__name__}: {exc}", flush=True)
+        return {"name": target.name, "error": f"{type(exc).__name__}: {exc}", "steps": []}
+    finally:
+        target.stop()
+
+
 def _step_line(name: str, s: dict[str, Any]) -> str:
     r = s["rtt_ms"]
     return (
@@ -322,6 +342,10 @@ def build_target(
         return Sttgate(upstream, mode, database_url=pg_url, cpus=relay_cpus, prepaid=prepaid)
     if mode == "sttgate-2w":
         return Sttgate(upstream, mode, workers=2, cpus=None, prepaid=prepaid)
+    if mode == "sttgate-pull":
+        # FFmpeg, the source and the webhook sink are all on 127.0.0.1: the operator's switch for private addresses.
+        env = {"STTGATE_PULL_ALLOW_PRIVATE": "1"}
+        return Sttgate(upstream, mode, cpus=relay_cpus, prepaid=prepaid, extra_env=env)
     raise ValueError(f"unknown mode {mode!r}; known: {', '.join(ALL_MODES)}")
 
 
@@ -422,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             except TargetUnavailable as exc:
                 results["modes"][mode] = {"name": mode, "unavailable": str(exc), "steps": [], "handshake": None}
                 print(f"{mode}: not measured: {exc}", flush=True)
+                continue
+            if mode == "sttgate-pull":
+                results["pull"] = run_pull_mode(target, plan, {load_cpu} if load_cpu is not None else None)
                 continue
             results["modes"][mode] = run_mode(target, gens, upstream, plan, mode_steps(mode, plan))
             if "error" in results["modes"][mode]:

@@ -53,7 +53,7 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes] | None, timeout: flo
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
-def _pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
     """A preexec_fn pinning the child (and whatever it forks) to ``cpus``."""
     if cpus is None:
         return None
@@ -86,7 +86,7 @@ class Upstream:
         if self.procs > 1:
             cmd.append("--reuse-port")
         for _ in range(self.procs):
-            self.processes.append(subprocess.Popen(cmd, preexec_fn=_pinned(self.cpus)))
+            self.processes.append(subprocess.Popen(cmd, preexec_fn=pinned(self.cpus)))
         wait_listening(self.port, self.processes[0])
 
     @property
@@ -199,7 +199,7 @@ class Nginx(Target):
             )
         )
         self.proc = subprocess.Popen(
-            [self.binary or "nginx", "-p", self.tmp.name, "-c", str(conf)], preexec_fn=_pinned(self.cpus)
+            [self.binary or "nginx", "-p", self.tmp.name, "-c", str(conf)], preexec_fn=pinned(self.cpus)
         )
         wait_listening(port, self.proc)
         self.url = f"ws://127.0.0.1:{port}{ASSEMBLYAI_PATH}?{PROVIDER_QUERY}"
@@ -241,9 +241,12 @@ class Sttgate(Target):
         metering: bool = True,
         cpus: set[int] | None = None,
         prepaid: bool = True,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.prepaid = prepaid
+        self.extra_env = extra_env or {}
+        self.base_url = ""
         self.upstream = upstream
         self.database_url = database_url
         self.workers = workers
@@ -265,6 +268,7 @@ class Sttgate(Target):
         )
         if not self.metering:
             env[METERING_SWITCH] = "false"
+        env.update(self.extra_env)
         return env
 
     def _cli(self, *args: str) -> dict:
@@ -292,7 +296,7 @@ class Sttgate(Target):
         cmd = [sys.executable, "-m", "sttgate", "serve", "--host", "127.0.0.1", "--port", str(port)]
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
-        self.proc = subprocess.Popen(cmd, env=self._env(), preexec_fn=_pinned(self.cpus))
+        self.proc = subprocess.Popen(cmd, env=self._env(), preexec_fn=pinned(self.cpus))
         wait_listening(port, self.proc)
         self._wait_ready(port)
         # Prepaid debits the balance synchronously once per 5 s cycle and stream (the costlier path); postpaid
@@ -301,6 +305,7 @@ class Sttgate(Target):
         name = f"bench-{os.getpid()}-{time.time_ns()}"
         account = self._cli("accounts", "create", "--name", name, "--max-streams", "1000000", *balance)
         key = self._cli("keys", "create", "--account", str(account["id"]))["key"]
+        self.base_url = f"http://127.0.0.1:{port}"
         self.url = f"ws://127.0.0.1:{port}/ws/v2/audio-stream?provider=assemblyai&{PROVIDER_QUERY}"
         self.headers = {"Authorization": key}
         self.pids = [self.proc.pid]

@@ -162,6 +162,7 @@ class ClientProtocol(asyncio.Protocol):
         self.accept = b"sec-websocket-accept: " + accept.lower()
         self.on_echo = on_echo
         self.mask = os.urandom(4)
+        self.stamp_mask = int.from_bytes(self.mask * 3, "big")
         self.masked_pad = xor(bytes(FRAME_BYTES), self.mask)[STAMP.size :]
         self.head = frame(OP_BINARY, bytes(FRAME_BYTES), self.mask)[:-FRAME_BYTES]
         self.transport: asyncio.Transport | None = None
@@ -225,7 +226,8 @@ class ClientProtocol(asyncio.Protocol):
         """One standard frame: 1,600 bytes, the first 12 carrying the sequence number and the send time."""
         assert self.transport is not None
         self.seq += 1
-        self.transport.write(self.head + xor(STAMP.pack(self.seq, now_ns), self.mask) + self.masked_pad)
+        stamp = (int.from_bytes(STAMP.pack(self.seq, now_ns), "big") ^ self.stamp_mask).to_bytes(STAMP.size, "big")
+        self.transport.write(self.head + stamp + self.masked_pad)
 
     async def close(self, timeout: float = 5.0) -> int | None:
         """Send close 1000 and wait for the server's close (or the connection's end)."""
