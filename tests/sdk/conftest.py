@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +36,27 @@ class SdkGateway:
     recorder: Recorder
     account_id: str
     key: str
+    tls_host: str | None = None  # 127.0.0.1:PORT of the same app over TLS, when started with tls=True
+    cert_file: Path | None = None  # its self-signed certificate (for SSL_CERT_FILE)
 
     @property
     def host(self) -> str:
         return self.url.removeprefix("http://")
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, made with the openssl command (skips the test without it)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = directory / "gw-cert.pem", directory / "gw-key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", str(key), "-out", str(cert),
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 @pytest.fixture
@@ -45,7 +65,7 @@ async def sdk_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
     runners: list[web.AppRunner] = []
     store = await Store.connect(f"sqlite:///{tmp_path / 'gw.db'}")
 
-    async def start(*, balance_nanos: int | None = None, **overrides: Any) -> SdkGateway:
+    async def start(*, balance_nanos: int | None = None, tls: bool = False, **overrides: Any) -> SdkGateway:
         emulator = create_emulator_app(EmulatorConfig())
         emu_runner = web.AppRunner(emulator, handle_signals=False)
         await emu_runner.setup()
@@ -67,9 +87,16 @@ async def sdk_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
         sdk_routes.setup(app)
         runner = await start_site(app, "127.0.0.1", 0)
         runners.insert(0, runner)  # the gateway stops before the emulator it relays to
-        return SdkGateway(
+        gw = SdkGateway(
             f"http://127.0.0.1:{bound_port(runner)}", store, settings, emulator[RECORDER], account["id"], key
         )
+        if tls:
+            gw.cert_file, key_file = self_signed_certificate(tmp_path)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(gw.cert_file, key_file)
+            await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+            gw.tls_host = f"127.0.0.1:{runner.addresses[-1][1]}"  # the site just added
+        return gw
 
     try:
         yield start

@@ -204,3 +204,21 @@ async def test_assemblyai_sdk_with_gateway_token(sdk_gateway: Start) -> None:
     client.on(StreamingEvents.Error, lambda _, e: errors.append(e))
     await client.connect(StreamingParameters(sample_rate=RATE))
     assert [getattr(e, "code", None) for e in errors] == [401]
+
+
+async def test_assemblyai_sdk_temporary_token_helper_over_tls(
+    sdk_gateway: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``create_temporary_token`` always dials ``https://{api_host}``: with the gateway on TLS, the SDK's whole
+    browser-token flow works unmodified, with a bare ``api_host`` (so ``wss://`` for the stream too)."""
+    gw = await sdk_gateway(tls=True)
+    assert gw.cert_file is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(gw.cert_file))
+    backend = AsyncStreamingClient(StreamingClientOptions(api_key=gw.key, api_host=f"{gw.tls_host}/assemblyai"))
+    token = await backend.create_temporary_token(expires_in_seconds=60, max_session_duration_seconds=300)
+    assert token.startswith("sttg_")
+    await backend.disconnect()
+    options = StreamingClientOptions(token=token, api_host=f"{gw.tls_host}/assemblyai", connect_timeout=5.0)
+    finals, _ = await _assemblyai_session(options, sample_pcm(3.0))
+    assert finals
+    assert_bill(await ended_usage(gw, "assemblyai"), "assemblyai", gw.settings.rate_assemblyai, 3.0)
