@@ -179,3 +179,26 @@ async def test_charged_cycles_are_on_disk_while_the_session_runs(gateway, accoun
             await wait_for(written, timeout=1.0)
             assert (await store.usage(acct.id))["sessions"][0]["ended_at"] is None
     assert (await store.usage(prepaid.id))["balance_usd"] == "0.999583334"
+
+
+async def test_a_failing_charge_relays_no_unpaid_audio(gateway, account, store, monkeypatch):
+    gw = await gateway()
+    acct = await account(balance_usd="1")
+    recorder = gw.emulator.recorder
+    mark = recorder.next_seq
+
+    async def database_down(*args, **kwargs):
+        raise ConnectionError("database unavailable")
+
+    monkeypatch.setattr(store, "charge_cycles", database_down)
+    async with gw.connect("assemblyai", acct.key, "sample_rate=16000") as ws:
+        await ws.send_bytes(tone(3200))  # opens the first cycle
+        while (msg := await ws.receive(timeout=10)).type is WSMsgType.TEXT:
+            pass
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1011, "billing unavailable")
+    rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
+    await rec.wait_ended()
+    assert rec.audio_bytes == 0 and rec.binary_frames_in == 0
+    usage = await ended_session(gw, acct.id)
+    assert usage["balance_usd"] == "1.000000000"
+    assert (usage["sessions"][0]["close_code"], usage["sessions"][0]["closed_by"]) == (1011, "gateway")

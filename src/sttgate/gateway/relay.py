@@ -14,7 +14,7 @@ import contextlib
 from aiohttp import WebSocketError, WSMsgType, web
 
 from sttgate.core import closecodes
-from sttgate.gateway.sessions import LiveSession, echo_code, received_code
+from sttgate.gateway.sessions import ChargeFailed, LiveSession, echo_code, received_code
 
 TEXT = WSMsgType.TEXT
 BINARY = WSMsgType.BINARY
@@ -53,7 +53,9 @@ async def _client_to_upstream(client: web.WebSocketResponse, live: LiveSession) 
         if t is BINARY or t is TEXT:
             try:
                 if not await forward(msg.data, t):
-                    return CUT_OFF, 4002, "insufficient balance"
+                    return CUT_OFF, *closecodes.INSUFFICIENT_BALANCE
+            except ChargeFailed:
+                return CUT_OFF, 1011, "billing unavailable"
             except ConnectionError:
                 return SEND_FAILED, 0, ""
             continue
@@ -112,6 +114,7 @@ async def _first_verdict(
     """The first meaningful outcome; a failed send defers to the other direction, which sees why (bounded)."""
     pending: set[asyncio.Future[object]] = {inbound, outbound, requested}  # type: ignore[arg-type]
     deadline: float | None = None
+    failed_send = CLOSING
     while pending:
         timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
         done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -122,12 +125,14 @@ async def _first_verdict(
             return "gateway", code, reason
         for task in done:
             outcome: Outcome = task.result()  # type: ignore[assignment]
-            if outcome[0] not in (SEND_FAILED, CLOSING):
+            if outcome[0] == SEND_FAILED:
+                # Writing to the other side failed: that side is gone, unless its own reader says more.
+                failed_send = UPSTREAM_LOST if task is inbound else CLIENT_LOST
+            elif outcome[0] != CLOSING:
                 return outcome
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + _VERDICT_WAIT
-    # A send failed and the other direction gave no verdict in time: the side we wrote to is gone.
-    return (UPSTREAM_LOST, 1006, "") if not inbound.done() else (CLIENT_LOST, 1006, "")
+    return failed_send, 1006, ""
 
 
 async def _conclude(outcome: Outcome, client: web.WebSocketResponse, live: LiveSession) -> None:
@@ -154,7 +159,8 @@ async def _conclude(outcome: Outcome, client: web.WebSocketResponse, live: LiveS
         live.record(code, reason, "gateway")
         await _close(client, live, None, (code, reason))
     elif kind == CUT_OFF:
-        # The final transcript of the paid audio still reaches the client while the provider ends gracefully.
+        # 4002, or 1011 when the ledger cannot take the charge: either way no unpaid audio went out, and the final
+        # transcript of the paid audio still reaches the client while the provider ends gracefully.
         await live.finish(code=code, reason=reason, closed_by="gateway")
         await _close(client, live, None, (code, reason))
     else:

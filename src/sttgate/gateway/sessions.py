@@ -70,6 +70,10 @@ def log_event(event: str, **fields: Any) -> None:
     log.info(" ".join(parts))
 
 
+class ChargeFailed(RuntimeError):
+    """The ledger could not debit a prepaid cycle (database error): the frame was not forwarded."""
+
+
 async def first_of(*events: asyncio.Event) -> None:
     """Wait until any of ``events`` is set."""
     waits = [asyncio.ensure_future(e.wait()) for e in events]
@@ -159,24 +163,35 @@ class LiveSession:
     # -- client -> provider --------------------------------------------------------------------------------------
 
     async def forward(self, data: bytes, opcode: WSMsgType) -> bool:
-        """Meter, charge and forward one client frame; False (nothing sent) when the balance cannot pay."""
+        """Meter, charge and forward one client frame; False (nothing sent) when the balance cannot pay.
+
+        Raises :class:`ChargeFailed` (nothing sent) when the ledger fails, ``ConnectionError`` when the provider's
+        socket does."""
         if opcode is BINARY:
             opened = self.meter.binary(data)
         elif self._meter_text is not None:
             opened = self._meter_text(data.decode("utf-8", "replace"))
         else:
             opened = 0
-        if opened and not await self._pay(opened):
-            self.meter.refund_last(opened)
-            self.cut_off = True
-            return False
+        if opened:
+            try:
+                paid = await self._pay(opened)
+            except Exception as exc:
+                self.meter.refund_last(opened)
+                self.cut_off = True
+                log.exception("event=charge_failed session=%s account=%s", self.id, self.account_id)
+                raise ChargeFailed(str(exc)) from exc
+            if not paid:
+                self.meter.refund_last(opened)
+                self.cut_off = True
+                return False
         await self.upstream.send_frame(data, opcode)
         self.frames_up += 1
         self.bytes_up += len(data)
         return True
 
     async def send_audio(self, frame: str | bytes) -> bool:
-        """Pull mode: send one audio frame in the provider's framing (see ``Provider.audio_frame``)."""
+        """Pull mode: send one audio frame in the provider's framing (see ``Provider.audio_frame``); as ``forward``."""
         if isinstance(frame, str):
             return await self.forward(frame.encode(), TEXT)
         return await self.forward(frame, BINARY)
