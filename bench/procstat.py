@@ -82,3 +82,17 @@ def machine_busy() -> tuple[float, float]:
     idle = fields[3] + fields[4]
     total = sum(fields)
     return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+
+
+def pids_named(prefix: str) -> list[int]:
+    """Every process whose command name starts with ``prefix`` (e.g. the PostgreSQL server's backends)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as fh:
+                    if fh.read().startswith(prefix):
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return out

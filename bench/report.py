@@ -180,8 +180,8 @@ def markdown(results: dict[str, Any]) -> str:
         "### Standard streams (round trip client → relay → upstream → relay → client)",
         "",
         "| mode | streams | RTT p50 / p99 / p99.9 ms | added p50 / p99 / p99.9 ms | relay CPU % | µs/frame |"
-        " RSS MB | kB/stream | upstream CPU % | generators CPU % | machine busy % | delivery |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " RSS MB | kB/stream | PostgreSQL CPU % | upstream CPU % | generators CPU % | machine busy % | delivery |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, mode in results["modes"].items():
         for s in mode.get("steps", []):
@@ -191,6 +191,7 @@ def markdown(results: dict[str, Any]) -> str:
                 + (" / ".join(_f(a.get(q)) for q in QUANTILES) if a else "(reference)")
                 + f" | {_f(s['relay_cpu_percent'], 1)} | {_f(s['relay_cpu_us_per_frame'], 1)} | "
                 f"{_f(s['relay_rss_mb'], 1)} | {_f(s['relay_rss_kb_per_stream'], 1)} | "
+                f"{_f(s.get('database_cpu_percent'), 1)} | "
                 f"{_f(s['upstream_cpu_percent'], 1)} | {_f(s['generator_cpu_percent'], 1)} | "
                 f"{_f(s.get('machine_busy_percent'), 0)} | {_f(s['delivery'], 3)}"
                 f"{' saturated' if s['saturated'] else ''}{' machine-bound' if s.get('machine_bound') else ''} |"

@@ -166,12 +166,17 @@ def measure_step(
         ramp_timeout,
     )
     time.sleep(plan.settle)
+    # PostgreSQL works in its own server processes (all of them are counted, other clients included); SQLite works
+    # inside the gateway and is part of the relay's CPU.
+    db_pids = procstat.pids_named("postgres") if str(getattr(target, "database_url", "")).startswith("postgres") else []
     relay0, up0, gen0 = procstat.sample(target.pids), procstat.sample(upstream.pids), procstat.sample(gens.pids)
+    db0 = procstat.sample(db_pids)
     busy0, total0 = procstat.machine_busy()
     t0 = time.monotonic()
     results = gens.call("measure", [{"seconds": plan.window}] * len(gens.conns), plan.window + 60)
     elapsed = time.monotonic() - t0
     relay1, up1, gen1 = procstat.sample(target.pids), procstat.sample(upstream.pids), procstat.sample(gens.pids)
+    db1 = procstat.sample(db_pids)
     busy1, total1 = procstat.machine_busy()
     ncpu = os.cpu_count() or 1
     machine_busy = (busy1 - busy0) / (total1 - total0) * 100 * ncpu if total1 > total0 else None
@@ -199,6 +204,7 @@ def measure_step(
         "relay_rss_kb_per_stream": round((relay1.rss - baseline_rss) / n / 1024, 1)
         if target.pids and n >= 100
         else None,
+        "database_cpu_percent": round((db1.cpu - db0.cpu) / elapsed * 100, 1) if db_pids else None,
         "upstream_cpu_percent": round((up1.cpu - up0.cpu) / elapsed * 100, 1),
         "generator_cpu_percent": round((gen1.cpu - gen0.cpu) / elapsed * 100, 1),
         "machine_busy_percent": round(machine_busy, 1) if machine_busy is not None else None,
@@ -306,10 +312,11 @@ def run_pull_mode(target: Target, plan: Plan, helper_cpus: set[int] | None) -> d
 
 def _step_line(name: str, s: dict[str, Any]) -> str:
     r = s["rtt_ms"]
+    db = "" if s["database_cpu_percent"] is None else f"PostgreSQL {s['database_cpu_percent']} %, "
     return (
         f"{name:>16} {s['streams']:>5} streams: rtt p50/p99/p99.9 {r['p50']}/{r['p99']}/{r['p99.9']} ms, "
         f"relay {s['relay_cpu_percent']} % CPU {s['relay_cpu_us_per_frame']} µs/frame {s['relay_rss_mb']} MB, "
-        f"upstream {s['upstream_cpu_percent']} %, generators {s['generator_cpu_percent']} %, "
+        f"upstream {s['upstream_cpu_percent']} %, generators {s['generator_cpu_percent']} %, {db}"
         f"machine {s['machine_busy_percent']} %, delivery {s['delivery']}"
         f"{' SATURATED' if s['saturated'] else ''}{' MACHINE-BOUND' if s['machine_bound'] else ''} {s['errors'] or ''}"
     )

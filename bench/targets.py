@@ -232,6 +232,9 @@ def postgres_reachable(url: str) -> str | None:
 class Sttgate(Target):
     """``sttgate serve`` with a real account and key: authentication, limits, metering and billing on."""
 
+    # How to run the gateway's console script (this checkout's, in this interpreter).
+    command = (sys.executable, "-m", "sttgate")
+
     def __init__(
         self,
         upstream: Upstream,
@@ -273,7 +276,7 @@ class Sttgate(Target):
 
     def _cli(self, *args: str) -> dict:
         out = subprocess.run(
-            [sys.executable, "-m", "sttgate", *args, "--json"],
+            [*self.command, *args, "--json"],
             env=self._env(),
             capture_output=True,
             text=True,
@@ -293,7 +296,7 @@ class Sttgate(Target):
         if not self.metering and METERING_SWITCH.removeprefix("STTGATE_").lower() not in self._cli("config"):
             raise TargetUnavailable(f"sttgate has no metering/billing switch ({METERING_SWITCH}=false)")
         port = free_port()
-        cmd = [sys.executable, "-m", "sttgate", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [*self.command, "serve", "--host", "127.0.0.1", "--port", str(port)]
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
         self.proc = subprocess.Popen(cmd, env=self._env(), preexec_fn=pinned(self.cpus))
