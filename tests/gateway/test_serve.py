@@ -16,7 +16,8 @@ import pytest
 from aiohttp import WSMsgType
 from yarl import URL
 
-from conftest import OPERATOR_ASSEMBLYAI_KEY, handshake, wait_for
+from conftest import OPERATOR_ASSEMBLYAI_KEY, gateway_settings, handshake, wait_for
+from sttgate.gateway.app import bound_port, create_app, start_site
 
 SERVE = [str(Path(sys.executable).parent / "sttgate"), "serve", "--host", "127.0.0.1", "--port", "0"]
 
@@ -241,3 +242,28 @@ async def test_workers_share_one_port_and_drain_together(serve, account, store):
     sessions = (await store.usage(acct.id))["sessions"]
     assert [(s["close_code"], s["closed_by"]) for s in sessions] == [(1012, "gateway")] * 6
     assert sp.log.count("event=gateway_stopped") == 2
+
+
+async def test_readyz_is_503_when_the_database_does_not_answer(gateway, store, monkeypatch):
+    gw = await gateway()
+
+    async def no_answer():
+        return False
+
+    monkeypatch.setattr(store, "ping", no_answer)
+    async with gw.http.get(f"{gw.http_url}/readyz") as resp:
+        assert (resp.status, await resp.json()) == (503, {"status": "database_unavailable"})
+
+
+async def test_app_opens_and_migrates_its_own_database(emulator, tmp_path):
+    settings = gateway_settings(emulator, database_url=f"sqlite:///{tmp_path / 'own.db'}")
+    runner = await start_site(create_app(settings), "127.0.0.1", 0)
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{bound_port(runner)}/readyz") as resp,
+        ):
+            assert resp.status == 200
+    finally:
+        await runner.cleanup()
+    assert (tmp_path / "own.db").exists()
