@@ -17,6 +17,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+
+from sttgate.core.money import cycle_price_nanos, format_usd
+from sttgate.emulators.transcriber import WORDS
+
+from .conftest import SdkGateway, ended_usage
+
+# The SDKs are test dependencies: pip install elevenlabs 'assemblyai>=0.61.1'.
+pytest.importorskip("elevenlabs", reason="the ElevenLabs SDK is not installed (pip install elevenlabs)")
+pytest.importorskip("assemblyai", minversion="0.61.1", reason="pip install 'assemblyai>=0.61.1' (ws:// api_host)")
+
 from assemblyai.streaming.v3 import (
     AsyncStreamingClient,
     StreamingClientOptions,
@@ -24,11 +34,6 @@ from assemblyai.streaming.v3 import (
     StreamingParameters,
 )
 from elevenlabs import AsyncElevenLabs, AudioFormat, CommitStrategy, RealtimeEvents
-
-from sttgate.core.money import cycle_price_nanos, format_usd
-from sttgate.emulators.transcriber import WORDS
-
-from .conftest import SdkGateway, ended_usage
 
 Start = Callable[..., Awaitable[SdkGateway]]
 RATE = 16000
