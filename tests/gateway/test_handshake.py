@@ -230,3 +230,20 @@ async def test_audio_the_gateway_cannot_meter_is_refused(gateway, account, store
     status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&encoding=opus"))
     assert (status, error(body)[0]) == (400, "unsupported_audio_format")
     assert (await store.usage(acct.id))["sessions"] == []
+
+
+async def test_single_use_token_in_the_query(gateway, account, store):
+    from sttgate import tokens
+
+    gw = await gateway()
+    acct = await account()
+    minted = await tokens.mint(store, acct.id, 60, provider="assemblyai")
+    # A request that would be refused for its provider does not spend the token.
+    status, body, _ = await handshake(gw.ws_url(f"token={minted.token}"))
+    assert (status, error(body)[0]) == (400, "missing_provider")
+    async with gw.http.ws_connect(gw.ws_url(f"provider=assemblyai&token={minted.token}&emu_echo=1")) as ws:
+        assert ws._response.headers["X-Session-Id"]
+    status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&token={minted.token}&emu_echo=1"))
+    assert (status, error(body)[0]) == (401, "invalid_token")
+    status, body, _ = await handshake(gw.ws_url("provider=assemblyai&token=sttg_unknown"))
+    assert (status, error(body)[0]) == (401, "invalid_token")
