@@ -1,12 +1,17 @@
-"""Tokens over a real migrated SQLite database: single use, expiry, binding, races, hashing."""
+"""Tokens over a real migrated database (SQLite, and PostgreSQL when one is reachable): single use, expiry,
+binding, races, hashing."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 
@@ -15,10 +20,44 @@ from sttgate.store import Principal, Store
 from sttgate.store.store import hash_secret
 from sttgate.store.tables import tokens as tokens_table
 
+PG_URLS = [
+    url
+    for url in (
+        os.environ.get("STTGATE_TEST_POSTGRES_URL"),
+        "postgresql://postgres@127.0.0.1:5432/test",
+        "postgresql://root@127.0.0.1:5432/test",
+    )
+    if url
+]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh database: a SQLite file, or a schema of its own on the test PostgreSQL (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tokens.db'}"
+        return
+    errors = []
+    for url in PG_URLS:
+        try:
+            admin = await asyncpg.connect(url, timeout=5)
+            break
+        except (OSError, asyncpg.PostgresError) as exc:
+            errors.append(f"{url}: {exc}")
+    else:
+        pytest.skip("PostgreSQL unreachable: " + "; ".join(errors))
+    schema = f"sttgate_tokens_{uuid.uuid4().hex[:16]}"
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{url}?options={quote(f'-csearch_path={schema}')}"
+    finally:
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
+
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.connect(f"sqlite:///{tmp_path / 'tokens.db'}")
+async def store(db_url: str) -> AsyncIterator[Store]:
+    s = await Store.connect(db_url)
     yield s
     await s.close()
 
@@ -94,10 +133,9 @@ async def test_lifetime_bounds(store: Store, seconds: int) -> None:
         await tokens.mint(store, await _account(store), seconds)
 
 
-async def test_racing_redeems_have_exactly_one_winner(tmp_path: Path) -> None:
+async def test_racing_redeems_have_exactly_one_winner(db_url: str) -> None:
     # Two stores = two independent connection pools, as with two gateway processes on one database.
-    url = f"sqlite:///{tmp_path / 'race.db'}"
-    stores = [await Store.connect(url), await Store.connect(url, migrate=False)]
+    stores = [await Store.connect(db_url), await Store.connect(db_url, migrate=False)]
     try:
         account = await _account(stores[0])
         for _ in range(10):
