@@ -82,3 +82,15 @@ async def test_page_transcribes_the_microphone(
     assert live.startswith(b"\x89PNG")
     if provider == "assemblyai" and DOCS_SCREENSHOT.parent.is_dir():
         shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+
+async def test_page_shows_a_refusal(page_gateway: Callable[..., Awaitable[PageGateway]], browser: Browser) -> None:
+    """A prepaid demo account without money: the gateway refuses the upgrade (402) and the page says so."""
+    gw = await page_gateway(balance_nanos=0)
+    page = await browser.new_page()
+    await page.navigate(f"{gw.url}/demo/")
+    await page.evaluate("document.getElementById('start').click()", user_gesture=True)
+    await page.wait_for(f"{STATUS} === 'error'", "the refusal")
+    assert "refused" in await page.evaluate("document.getElementById('error').textContent")
+    assert not await page.evaluate("document.getElementById('start').disabled")
+    assert (await gw.store.usage(gw.account_id))["sessions"] == []
