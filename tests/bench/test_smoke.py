@@ -64,7 +64,7 @@ def test_sttgate_is_measured_or_says_why(results: dict) -> None:
         assert set(step["added_ms"]) == set(QUANTILES)
     assert mode["handshake"]["throughput"]["sessions"] > 0
     summary = results["summary"]["modes"]["sttgate"]
-    assert summary["capacity"] is not None
+    assert "capacity" in summary  # None in --quick: no step has the 1,000 round trips a p99 needs
     assert {t["verdict"] for t in results["summary"]["targets"]} <= {"met", "missed", "not measured", "not determined"}
 
 
