@@ -314,9 +314,9 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
     try:
         try:
             await client.prepare(request)
-        except (ConnectionError, RuntimeError):
-            live.record(1006, "", "client")
-            return client
+        except ConnectionError:
+            live.record(1006, "", "client")  # gone before its 101: aiohttp ignores the disconnection
+            raise
         await relay(client, live)
     finally:
         await asyncio.shield(live.end())

@@ -299,7 +299,8 @@ class LiveSession:
             return
         self._ended = True
         if not self.upstream.closed:
-            await self.upstream.close(code=1001)
+            gone = closecodes.CLIENT_GONE
+            await self.upstream.close(code=gone.code, message=gone.reason.encode())
         self.record(None, "", "gateway")
         await self.manager.finalize(self)
 
