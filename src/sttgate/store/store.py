@@ -14,7 +14,8 @@ import secrets
 import string
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -117,6 +118,10 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._reader = db.read_only(engine)
+        # SQLite has one writer at a time. Its busy handler polls with sleeps of up to 100 ms, so letting this
+        # process's writers queue here instead keeps a write's latency near its own cost (other processes still
+        # wait in the busy handler).
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._last_used_written: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -125,6 +130,16 @@ class Store:
         if migrate:
             await db.upgrade(url)
         return cls(db.make_engine(url))
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (committed on success). Code outside the store that writes should use this too."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
 
     @property
     def dialect(self) -> str:
@@ -185,7 +200,7 @@ class Store:
 
     async def _write_last_used(self, key_id: str, at: datetime) -> None:
         try:
-            async with self.engine.begin() as conn:
+            async with self.write() as conn:
                 await conn.execute(
                     update(api_keys)
                     .where(
@@ -220,7 +235,7 @@ class Store:
         # The refusal is raised after the transaction: the refusal constants are frozen, and context managers
         # that re-raise need to set their __traceback__.
         refusal: refusals.Refusal | None = None
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             account = (
                 await conn.execute(
                     select(accounts.c.max_streams, accounts.c.balance_nanos)
@@ -274,7 +289,7 @@ class Store:
         if cycles < 0 or price_nanos < 0:
             raise ValueError("cycles and price must not be negative")
         amount = cycles * price_nanos
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             debited = await conn.execute(
                 update(accounts)
                 .where(accounts.c.id == account_id, accounts.c.balance_nanos >= amount)
@@ -311,7 +326,7 @@ class Store:
             {"p_id": u.session_id, "p_audio": float(u.audio_seconds), "p_cycles": u.cycles, "p_cost": u.cost_nanos}
             for u in updates
         ]
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(stmt, params)
 
     async def renew_leases(self, session_ids: Sequence[str], lease_ttl: float) -> None:
@@ -319,7 +334,7 @@ class Store:
         if not session_ids:
             return
         expires = utcnow() + timedelta(seconds=lease_ttl)
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             for chunk in _chunks(session_ids):
                 await conn.execute(
                     update(sessions)
@@ -361,7 +376,7 @@ class Store:
                 closed_by=case((still_open, closed_by), else_=sessions.c.closed_by),
             )
         )
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             result = await conn.execute(
                 stmt, {"p_audio": float(audio_seconds), "p_cycles": cycles, "p_cost": cost_nanos}
             )
@@ -378,7 +393,7 @@ class Store:
         dead = sessions.c.lease_expires_at <= now
         if gateway_id is not None:
             dead = or_(dead, sessions.c.gateway_id == gateway_id)
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             result = await conn.execute(
                 update(sessions)
                 .where(sessions.c.ended_at.is_(None), dead)
@@ -412,7 +427,7 @@ class Store:
             _check_amount(balance_nanos, "balance")
         now = utcnow()
         account_id = str(uuid.uuid4())
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 insert(accounts).values(
                     id=account_id,
@@ -470,7 +485,7 @@ class Store:
             values["balance_nanos"] = accounts.c.balance_nanos + top_up_nanos
         if postpaid:
             values["balance_nanos"] = None
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             current = (
                 await conn.execute(
                     select(accounts.c.balance_nanos).where(accounts.c.id == account_id).with_for_update()
@@ -490,7 +505,7 @@ class Store:
 
     async def webhook_secret(self, account_id: str, *, rotate: bool = False) -> str:
         """The key that signs the account's webhooks (SPEC §6); ``rotate`` replaces it."""
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             if rotate:
                 secret = _new_webhook_secret()
                 result = await conn.execute(
@@ -519,7 +534,7 @@ class Store:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = str(uuid.uuid4())
         now = utcnow()
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await self._require_account(conn, account_id)
             await conn.execute(
                 insert(api_keys).values(
@@ -552,7 +567,7 @@ class Store:
 
     async def revoke_key(self, key_id: str) -> dict[str, Any]:
         """Revoke a key at once; revoking twice keeps the first time."""
-        async with self.engine.begin() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
