@@ -133,7 +133,10 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction (committed on success). Code outside the store that writes should use this too."""
+        """A write transaction, committed on success; code outside the store that writes should use it too.
+
+        Not re-entrant: do not call another writing Store method inside it.
+        """
         if self._write_lock is None:
             async with self.engine.begin() as conn:
                 yield conn
