@@ -177,6 +177,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"Pinning: {results['setup']['pinning']}; {results['setup']['generators']} generator processes, "
         f"{results['setup']['upstreams']} upstream process(es); {results['plan']['window']} s measured per step.",
         "",
+        *(
+            [
+                f"**The machine was not idle** (load average {m['loadavg_at_start'][0]} at start; see the machine "
+                "busy column): these figures carry other processes' noise.",
+                "",
+            ]
+            if float(m["loadavg_at_start"][0]) >= 0.5
+            else []
+        ),
         "### Standard streams (round trip client → relay → upstream → relay → client)",
         "",
         "| mode | streams | RTT p50 / p99 / p99.9 ms | added p50 / p99 / p99.9 ms | relay CPU % | µs/frame |"
