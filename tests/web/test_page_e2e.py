@@ -4,6 +4,7 @@ emulators → live transcripts on the page, a running cost equal to the gateway'
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -80,7 +81,9 @@ async def test_page_transcribes_the_microphone(
     shot = tmp_path / f"demo-page-{provider}-live.png"
     shot.write_bytes(live)
     assert live.startswith(b"\x89PNG")
-    if provider == "assemblyai" and DOCS_SCREENSHOT.parent.is_dir():
+    # The docs' picture is made when missing or asked for, so that test runs leave the work tree clean.
+    refresh = not DOCS_SCREENSHOT.exists() or os.environ.get("STTGATE_UPDATE_DOCS_SCREENSHOT") == "1"
+    if provider == "assemblyai" and DOCS_SCREENSHOT.parent.is_dir() and refresh:
         shutil.copyfile(shot, DOCS_SCREENSHOT)
 
 
