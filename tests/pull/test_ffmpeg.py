@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from sttgate.pull.ffmpeg import (
     ffmpeg_argv,
 )
 
-from .conftest import ffmpeg_children, serve
+from .conftest import ffmpeg_children, serve, wait_for
 
 
 def source(ffmpeg: str, url: str, *, timeout: float = 10.0, pace: bool = True) -> FFmpegSource:
@@ -178,3 +179,53 @@ async def test_missing_binary_is_a_failed_source() -> None:
     src = FFmpegSource(["/nonexistent/ffmpeg", "-i", "x"], source_timeout=1.0)
     assert [c async for c in src.chunks()] == []
     assert src.outcome is not None and src.outcome.status == SOURCE_FAILED
+
+
+async def test_ffmpeg_dies_with_a_gateway_that_is_killed(ffmpeg_exe: str) -> None:
+    """PR_SET_PDEATHSIG: a gateway killed with SIGKILL (no clean-up at all) leaves no decoder behind, even one that
+    is blocked on a silent source (so no broken pipe would ever stop it)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    script = (
+        "import asyncio, sys\n"
+        "from sttgate.pull.ffmpeg import FFmpegSource\n"
+        "async def main():\n"
+        "    src = FFmpegSource([sys.argv[1], '-nostdin', '-loglevel', 'error', '-i', sys.argv[2],\n"
+        "                        '-f', 's16le', 'pipe:1'], source_timeout=60)\n"
+        "    await src.start()\n"
+        "    print(src.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    pid = 0
+
+    def gone() -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        return stat[stat.rindex(")") + 2] in "ZX"
+
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, ffmpeg_exe, f"http://127.0.0.1:{port}/silent", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert gateway.stdout is not None
+        pid = int(await asyncio.wait_for(gateway.stdout.readline(), 10))
+        await wait_for(lambda: bool(held))  # FFmpeg is connected and waiting for an answer that never comes
+        assert not gone()
+    finally:
+        gateway.kill()
+        await gateway.wait()
+        try:
+            await wait_for(gone)
+        finally:
+            for writer in held:
+                writer.close()
+            silent.close()
+            await silent.wait_closed()

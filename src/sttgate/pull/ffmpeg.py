@@ -32,7 +32,8 @@ PACING_LEAD_SECONDS = 0.2
 # After a live source stalls, the backlog it then delivers at once may be sent this far ahead of real time to
 # recover latency; anything older than that is sent at real time.
 PACING_CATCHUP_SECONDS = 2.0
-STOP_GRACE_SECONDS = 2.0
+# FFmpeg holds nothing worth flushing (its output is a pipe): a stop must act within 1 s (SPEC §6).
+STOP_GRACE_SECONDS = 0.5
 EXIT_WAIT_SECONDS = 5.0
 STDERR_LINES = 20
 
@@ -107,10 +108,24 @@ def ffmpeg_env(proxy: str | None) -> dict[str, str]:
     return env
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+# Resolved once in the parent: the child, between fork and exec, only makes the call (no dlopen there).
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: FFmpeg gets SIGKILL if the gateway dies, so a crashed gateway leaves no decoder behind."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -160,7 +175,7 @@ class FFmpegSource:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=self.env,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,
             )
         except OSError as exc:
             self.outcome = SourceOutcome(SOURCE_FAILED, f"FFmpeg could not be started: {exc}")
