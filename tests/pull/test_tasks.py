@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
+from sttgate.gateway.keys import SESSIONS
 from sttgate.pull import taskstore
 from sttgate.pull.ffmpeg import PACING_LEAD_SECONDS
 from sttgate.pull.webhooks import SIGNATURE_HEADER, Attempt, verify
@@ -341,3 +342,28 @@ async def test_a_dead_gateways_task_gets_one_late_ended_webhook(pull_gateway, ac
     await second.manager.send_crash_endings()
     await first.manager.send_crash_endings()
     assert len(rec.posts) == 1
+
+
+async def test_sigterm_drain_lets_tasks_run_then_ends_them(pull_gateway, account, media_server, receiver) -> None:
+    """What ``serve`` does on SIGTERM: refuse new work, let tasks run through the drain, then 1012 → shutdown."""
+    gw = await pull_gateway()
+    acct = await account()
+    rec, hook = receiver
+    mark = gw.recorder.next_seq
+    task_id = await start_task(gw, acct, hook, f"{media_server}/tone60.wav")
+    task = gw.manager.tasks[task_id]
+    session = await audio_flowing(gw, "assemblyai", mark)
+    drain = asyncio.create_task(gw.app[SESSIONS].drain(1.0))
+    await wait_for(lambda: gw.app[SESSIONS].draining)
+    status, answer = await gw.start(
+        acct.key, {"audio_url": f"{media_server}/tone3.wav", "provider": "assemblyai", "callback_url": hook}
+    )
+    assert (status, answer["error"]["code"]) == (503, "service_draining")
+    during = session.audio_seconds
+    await session.wait_until(lambda s: s.audio_seconds >= during + 0.5)  # still running during the drain
+    await drain
+    await wait_for(lambda: task.ending is not None)
+    assert task.ending.status == "gateway_shutdown"
+    await wait_for(lambda: rec.ended())
+    assert rec.ended()[0]["data"]["status"] == "gateway_shutdown"
+    await gw.shutdown()
