@@ -181,6 +181,7 @@ class WebhookDeliverer:
         self._ended = False
         self._degraded = False
         self._worker: asyncio.Task[None] | None = None
+        self._inflight: Delivery | None = None
 
     def start(self) -> None:
         if self._worker is None:
@@ -188,7 +189,8 @@ class WebhookDeliverer:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Events not yet handled: the one being delivered and those waiting."""
+        return len(self._queue) + (self._inflight is not None)
 
     def message(self, text: str) -> None:
         """Queue a provider message; never waits. On overflow the oldest queued message is dropped."""
@@ -196,7 +198,7 @@ class WebhookDeliverer:
             return
         self.seq += 1
         if len(self._queue) >= self.policy.queue_max:
-            self._drop_oldest_message()
+            self._drop_oldest_message()  # the event being delivered is not in the queue: it is never dropped
         self._queue.append(Delivery(self.seq, EVENT_MESSAGE, message_body(self.task_id, self.seq, self.provider, text)))
         self._wakeup.set()
 
@@ -220,7 +222,7 @@ class WebhookDeliverer:
     async def wait_done(self, timeout: float | None = None) -> bool:
         """Wait until ``ended`` has been handled (delivered or given up); False on timeout."""
         if self._worker is None:
-            return not self._queue
+            return not self.pending
         try:
             await asyncio.wait_for(asyncio.shield(self._worker), timeout)
         except TimeoutError:
@@ -239,9 +241,9 @@ class WebhookDeliverer:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            delivery = self._queue[0]
+            delivery = self._inflight = self._queue.popleft()
             ok = await self._deliver(delivery)
-            self._queue.popleft()
+            self._inflight = None
             if ok:
                 self.delivered += 1
             else:
