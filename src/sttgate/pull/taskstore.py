@@ -42,7 +42,7 @@ async def insert_task(
     params: str,
 ) -> None:
     now = utcnow()
-    async with store.engine.begin() as conn:
+    async with store.write() as conn:
         await conn.execute(
             insert(tasks).values(
                 id=task_id,
@@ -65,7 +65,7 @@ async def end_task(store: Store, task_id: str, *, status: str, last_error: str |
     That happens only when this gateway stalled past its lease: the reaper closed the session, another gateway
     claimed the task (:func:`claim_crashed`), and this one must then not send a second ``ended``.
     """
-    async with store.engine.begin() as conn:
+    async with store.write() as conn:
         result = await conn.execute(
             update(tasks)
             .where(tasks.c.id == task_id, or_(tasks.c.last_error.is_(None), tasks.c.last_error != CRASHED))
@@ -100,7 +100,7 @@ async def claim_crashed(store: Store, *, since: datetime) -> list[CrashedTask]:
         ).all()
     claimed = []
     for row in rows:
-        async with store.engine.begin() as conn:
+        async with store.write() as conn:
             result = await conn.execute(
                 update(tasks).where(tasks.c.id == row.id, tasks.c.last_error.is_(None)).values(last_error=CRASHED)
             )
@@ -111,7 +111,7 @@ async def claim_crashed(store: Store, *, since: datetime) -> list[CrashedTask]:
 
 async def request_stop(store: Store, task_id: str, account_id: str) -> str | None:
     """Set the stop flag of a running task; the task's status (None: no such task for this account)."""
-    async with store.engine.begin() as conn:
+    async with store.write() as conn:
         row = (
             await conn.execute(
                 select(tasks.c.status, tasks.c.ended_at).where(tasks.c.id == task_id, tasks.c.account_id == account_id)
@@ -239,7 +239,7 @@ class AttemptLog:
     async def flush(self) -> None:
         batch, self._pending = self._pending, []
         if batch:
-            async with self.store.engine.begin() as conn:
+            async with self.store.write() as conn:
                 await conn.execute(insert(webhook_attempts), batch)
 
     async def close(self) -> None:
