@@ -28,15 +28,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
             added = [(s["streams"], s.get("added_ms", {}).get("p99")) for s in steps]
             added = [(x, y) for x, y in added if y is not None]
             if added:
-                lat.plot(*zip(*added, strict=True), marker="o", label=name)
+                line = lat.plot(*zip(*added, strict=True), marker="o", label=name)[0]
+                bad = [(s["streams"], s["added_ms"]["p99"]) for s in steps if s["saturated"] and s.get("added_ms")]
+                bad = [(x, y) for x, y in bad if y is not None]
+                if bad:
+                    lat.plot(*zip(*bad, strict=True), "x", color=line.get_color(), markersize=12)
             cpu.plot(xs, [s["relay_cpu_us_per_frame"] for s in steps], marker="o", label=name)
             mem.plot(xs, [s["relay_rss_mb"] for s in steps], marker="o", label=name)
         else:
             lat.plot(xs, [s["rtt_ms"]["p99"] for s in steps], "k--", marker=".", label="direct p99 RTT (absolute)")
     lat.axhline(5.0, color="red", linewidth=0.8, linestyle=":", label="5 ms (capacity limit)")
     lat.axhline(1.0, color="orange", linewidth=0.8, linestyle=":", label="1 ms (target at 1,000)")
-    lat.set(title="p99 added round trip over direct", xlabel="concurrent streams", ylabel="ms")
+    lat.set(title="p99 added round trip over direct (× = saturated)", xlabel="concurrent streams", ylabel="ms")
+    lat.set_yscale("symlog", linthresh=1.0)
     cpu.set(title="relay CPU per relayed frame", xlabel="concurrent streams", ylabel="µs")
+    cpu.set_yscale("log")
     mem.set(title="relay resident memory", xlabel="concurrent streams", ylabel="MB")
     names, rates = [], []
     for name, mode in results["modes"].items():

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from array import array
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,8 @@ def measure_step(
         "other_processes_cpu_percent": round(machine_busy - ours / elapsed * 100, 1) if machine_busy else None,
         "generator_lateness_p99_ms": round(percentile(lateness, 99) or 0.0, 2),
         "generator_dropped_ticks": sum(r["dropped_ticks"] for r in results),
+        # Bytes a generator could not hand to the kernel at once: the relay pushing back.
+        "generator_max_write_buffer_bytes": max(r["max_write_buffer"] for r in results),
         "errors": _merge_errors(results),
     }
     p99 = step["rtt_ms"]["p99"]
@@ -414,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, help="rewrite the generated section of this Markdown file")
     args = parser.parse_args(argv)
 
-    plan = FULL if args.full else QUICK
+    base = FULL if args.full else QUICK
+    plan = replace(base, steps=list(base.steps), pull_steps=list(base.pull_steps), modes=list(base.modes))
     if args.modes:
         plan.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.steps:
