@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sttgate.config import Settings
+from sttgate.gateway.sessions import log_event
 from sttgate.pull import taskstore
 from sttgate.pull.egress import EgressGuard
 from sttgate.pull.ffmpeg import FFmpegSource, Pacer, default_ffmpeg, ffmpeg_argv, ffmpeg_env
@@ -96,6 +97,8 @@ class PullManager:
         )
         self.tasks[task_id] = task
         self.runners[task_id] = asyncio.create_task(task.run(), name=f"pull-task-{task_id}")
+        # Only scheme and host: a source URL's path or query may carry the customer's own credentials.
+        log_event("pull_task_start", task=task_id, provider=live.provider_name, source=f"{audio.scheme}://{audio.host}")
         return task
 
     def _ended(self, task: PullTask) -> None:
@@ -152,7 +155,7 @@ class PullManager:
             self.deliverers.add(deliverer)
             watcher = asyncio.create_task(deliverer.wait_done())
             watcher.add_done_callback(lambda _, d=deliverer: self.deliverers.discard(d))
-            log.info("event=pull_task_crash_ended task=%s", crashed.id)
+            log_event("pull_task_crash_ended", task=crashed.id)
 
     async def close(self) -> None:
         """Shutdown: every task ends ``gateway_shutdown`` (with its ``ended`` webhook), then clean up."""

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sttgate.gateway.sessions import log_event
 from sttgate.pull import taskstore
 from sttgate.pull.ffmpeg import SOURCE_ENDED, SOURCE_FAILED, FFmpegSource
 from sttgate.pull.webhooks import WebhookDeliverer
@@ -156,8 +157,13 @@ class PullTask:
                 self.deliverer.end(ending.status, ending.reason)
             else:
                 await self.deliverer.abort()
-            log.info(
-                "event=pull_task_end task=%s status=%s audio_seconds=%.3f", self.id, ending.status, live.audio_seconds
+            log_event(
+                "pull_task_end",
+                task=self.id,
+                status=ending.status,
+                audio_seconds=f"{live.audio_seconds:.3f}",
+                cycles=live.cycles,
+                webhooks_dropped=self.deliverer.dropped,
             )
             if self.on_ended is not None:
                 self.on_ended(self)
