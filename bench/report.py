@@ -210,8 +210,8 @@ def markdown(results: dict[str, Any]) -> str:
         "### Sessions (open a WebSocket session, close it, repeat)",
         "",
         "| mode | open p50 / p99 ms (one at a time) | added p50 / p99 ms | sessions/s (concurrent) |"
-        " relay CPU ms/session | sessions per CPU-second |",
-        "|---|---|---|---:|---:|---:|",
+        " relay CPU % meanwhile | relay CPU ms/session | sessions per CPU-second |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for name, mode in results["modes"].items():
         hs = mode.get("handshake")
@@ -220,11 +220,12 @@ def markdown(results: dict[str, Any]) -> str:
         o = hs["latency"]["open_ms"]
         s = summ["modes"].get(name, {})
         added = s.get("handshake_added_ms", {})
+        thr = hs["throughput"]
         lines.append(
             f"| {name} | {_f(o['p50'], 3)} / {_f(o['p99'], 3)} | "
             + (f"{_f(added.get('p50'), 3)} / {_f(added.get('p99'), 3)}" if name != REFERENCE else "(reference)")
-            + f" | {_f(hs['throughput']['sessions_per_second'], 0)} at {hs['throughput']['concurrency']} | "
-            f"{_f(hs['throughput']['relay_cpu_ms_per_session'], 3)} | {_f(s.get('sessions_per_cpu_second'), 0)} |"
+            + f" | {_f(thr['sessions_per_second'], 0)} at {thr['concurrency']} | {_f(thr['relay_cpu_percent'], 1)} | "
+            f"{_f(thr['relay_cpu_ms_per_session'], 3)} | {_f(s.get('sessions_per_cpu_second'), 0)} |"
         )
     ref_n = summ["reference_step"]
     lines += [
