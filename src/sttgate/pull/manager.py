@@ -105,8 +105,7 @@ class PullManager:
         self.tasks.pop(task.id, None)
         self.runners.pop(task.id, None)
         deliverer = task.deliverer
-        watcher = asyncio.create_task(deliverer.wait_done())
-        watcher.add_done_callback(lambda _: self.deliverers.discard(deliverer))
+        deliverer.on_done(lambda: self.deliverers.discard(deliverer))
 
     def stop_local(self, task_id: str) -> bool:
         task = self.tasks.get(task_id)
@@ -153,8 +152,7 @@ class PullManager:
             deliverer.start()
             deliverer.end(GATEWAY_SHUTDOWN, taskstore.CRASHED)
             self.deliverers.add(deliverer)
-            watcher = asyncio.create_task(deliverer.wait_done())
-            watcher.add_done_callback(lambda _, d=deliverer: self.deliverers.discard(d))
+            deliverer.on_done(lambda d=deliverer: self.deliverers.discard(d))
             log_event("pull_task_crash_ended", task=crashed.id)
 
     async def close(self) -> None:

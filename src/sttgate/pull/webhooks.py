@@ -219,6 +219,13 @@ class WebhookDeliverer:
         self._queue.append(Delivery(self.seq, EVENT_ENDED, body))
         self._wakeup.set()
 
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the ``ended`` event has been handled (or delivery was aborted)."""
+        if self._worker is None or self._worker.done():
+            callback()
+        else:
+            self._worker.add_done_callback(lambda _: callback())
+
     async def wait_done(self, timeout: float | None = None) -> bool:
         """Wait until ``ended`` has been handled (delivered or given up); False on timeout."""
         if self._worker is None:
