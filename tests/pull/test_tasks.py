@@ -152,6 +152,7 @@ async def test_stop_acts_within_a_second(pull_gateway, account, media_server, re
     assert view["last_error"] is None
     await wait_for(lambda: rec.ended())
     assert [e["data"]["status"] for e in rec.ended()] == ["stopped"]
+    await wait_for(lambda: not gw.manager.tasks and not gw.manager.deliverers)  # nothing of the task is kept
     # Stopping an ended task is harmless and says how it ended.
     assert (await gw.stop(acct.key, task_id))[1]["data"]["status"] == "stopped"
 

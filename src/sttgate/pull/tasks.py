@@ -137,21 +137,25 @@ class PullTask:
                 code, reason, closed_by = _SESSION_CLOSE[ending.status]
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await live.finish(code=code, reason=reason, closed_by=closed_by)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reader), READER_WAIT_SECONDS)
+            # The final transcript: the reader ends when the provider session does (bounded; never raises here).
+            await asyncio.wait({reader}, timeout=READER_WAIT_SECONDS)
         finally:
             await self.source.close()
             self.source_closed.set()
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            await asyncio.shield(live.end())
+            await asyncio.gather(reader, return_exceptions=True)
+            try:
+                await asyncio.shield(live.end())
+            except Exception:
+                log.exception("event=pull_task_error task=%s step=session_end", self.id)
         self.ending = ending
         recorded = True
         try:
             recorded = await asyncio.shield(
                 taskstore.end_task(self.store, self.id, status=ending.status, last_error=ending.error)
             )
+        except Exception:
+            log.exception("event=pull_task_error task=%s step=task_end", self.id)
         finally:
             if recorded:
                 self.deliverer.end(ending.status, ending.reason)
