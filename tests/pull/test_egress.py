@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from sttgate.config import Settings
 from sttgate.pull.egress import EgressGuard, Refused, parse_target, rewrite_head
 from sttgate.pull.ffmpeg import SOURCE_ENDED, SOURCE_FAILED, FFmpegSource, ffmpeg_argv, ffmpeg_env
+from sttgate.pull.manager import PullManager
+from sttgate.pull.urlsafety import CheckedUrl
 
 from .conftest import serve
 
@@ -191,3 +194,27 @@ async def test_https_goes_through_connect_and_is_checked(ffmpeg_exe: str, media_
         assert refused.refused
     finally:
         await runner.cleanup()
+
+
+async def test_the_manager_sends_http_sources_through_the_guard_when_private_is_refused(store) -> None:
+    def checked(url: str) -> CheckedUrl:
+        scheme = url.split(":", 1)[0]
+        return CheckedUrl(url=url, scheme=scheme, host="example.com", port=0, addresses=("93.184.216.34",))
+
+    guarded_manager = PullManager(Settings(pull_allow_private=False), store)
+    open_manager = PullManager(Settings(pull_allow_private=True), store)
+    await guarded_manager.start()
+    await open_manager.start()
+    try:
+        assert guarded_manager.egress is not None and open_manager.egress is None
+        proxy = guarded_manager.egress.proxy_url
+        for url in ("http://example.com/a.m3u8", "https://example.com/a.m3u8"):
+            env = guarded_manager.source_for(checked(url)).env or {}
+            assert env["http_proxy"] == proxy
+            assert not {k for k in env if k.lower() in ("no_proxy", "https_proxy", "all_proxy")}
+        for url in ("rtmp://example.com/live/x", "rtsp://example.com/cam"):
+            assert (guarded_manager.source_for(checked(url)).env or {}).get("http_proxy") != proxy
+        assert (open_manager.source_for(checked("http://example.com/a.wav")).env or {}).get("http_proxy") != proxy
+    finally:
+        await guarded_manager.close()
+        await open_manager.close()
