@@ -38,8 +38,11 @@ class Settings(BaseSettings):
     idle_timeout_seconds: float = 120.0
     upstream_connect_timeout_seconds: float = 10.0
     max_frame_bytes: int = 4 * 1024 * 1024
-    # Frames queued per direction and session before the reader waits (backpressure).
-    relay_queue_frames: int = 64
+    # How long to wait for the peer's close reply, and for a provider to end gracefully (Terminate / final commit).
+    close_timeout_seconds: float = 5.0
+    finish_timeout_seconds: float = 2.0
+    # Admission control: above this many live sessions a process refuses handshakes with 503 (0 = no limit).
+    max_sessions_per_process: int = 0
     # Per-hop WebSocket ping interval; None disables pings.
     heartbeat_seconds: float | None = 20.0
     # Postpaid usage and session totals are written at least this often.

@@ -21,7 +21,7 @@ from sttgate.emulators.app import RECORDER, EmulatorConfig
 from sttgate.emulators.app import create_app as create_emulator_app
 from sttgate.emulators.recorder import Recorder
 from sttgate.gateway.app import bound_port, create_app, start_site
-from sttgate.pull.api import PULL, setup
+from sttgate.pull.api import PULL
 from sttgate.pull.ffmpeg import default_ffmpeg
 from sttgate.pull.manager import PullManager
 from sttgate.store.store import Store
@@ -256,7 +256,6 @@ async def pull_gateway(store: Store) -> AsyncIterator[Callable[..., Awaitable[Pu
         }
         settings = Settings.model_validate(values)
         app = create_app(settings, store=store)
-        setup(app)
         runner = await start_site(app, "127.0.0.1", 0)
         runners.insert(0, runner)
         http = aiohttp.ClientSession()

@@ -17,7 +17,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sttgate import sdk_routes
 from sttgate.config import Settings
 from sttgate.emulators.app import RECORDER, EmulatorConfig
 from sttgate.emulators.app import create_app as create_emulator_app
@@ -84,7 +83,6 @@ async def sdk_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
         }
         settings = Settings.model_validate(values)
         app = create_app(settings, store=store)
-        sdk_routes.setup(app)
         runner = await start_site(app, "127.0.0.1", 0)
         runners.insert(0, runner)  # the gateway stops before the emulator it relays to
         gw = SdkGateway(

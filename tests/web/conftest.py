@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sttgate import sdk_routes
 from sttgate.config import Settings
 from sttgate.emulators.app import EmulatorConfig
 from sttgate.emulators.app import create_app as create_emulator_app
@@ -75,7 +74,6 @@ async def page_gateway(page_store: Store) -> AsyncIterator[Callable[..., Awaitab
         }
         settings = Settings.model_validate(values)
         app = create_app(settings, store=page_store)
-        sdk_routes.setup(app)
         runner = await start_site(app, "127.0.0.1", 0)
         runners.append(runner)
         return PageGateway(f"http://127.0.0.1:{bound_port(runner)}", page_store, settings, account["id"])

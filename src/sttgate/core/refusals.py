@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Refusal(Exception):
+    """Not frozen: raising an exception sets ``__traceback__`` on it, which a frozen dataclass forbids."""
+
     status: int
     code: str
     message: str

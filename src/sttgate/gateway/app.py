@@ -15,18 +15,22 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from sttgate import sdk_routes
 from sttgate.config import Settings
+from sttgate.core import refusals
 from sttgate.core.params import redact_query
-from sttgate.gateway.handshake import HandshakeResponse, UpstreamSocket, audio_stream
+from sttgate.gateway.handshake import HandshakeResponse, UpstreamSocket, audio_stream, credential_from_request, refuse
 from sttgate.gateway.keys import GATEWAY_ID, METRICS, SESSIONS, SETTINGS, STORE, UPSTREAM_HTTP
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.sessions import SessionManager, log_event
+from sttgate.pull import api as pull_api
 from sttgate.store.store import Store
 
 log = logging.getLogger("sttgate.gateway")
@@ -86,7 +90,38 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v2/usage", usage)
+    sdk_routes.setup(app)
+    pull_api.setup(app)
     return app
+
+
+async def usage(request: web.Request) -> web.Response:
+    """``GET /api/v2/usage[?since=…&until=…]``: the SPEC §5 document for the account whose key authenticates.
+
+    An account that may not stream still sees its usage; only the key matters here."""
+    key = credential_from_request(request, request.query.get("api_key"))
+    if not key:
+        return refuse(request.app, refusals.MISSING_API_KEY)
+    principal = await request.app[STORE].authenticate(key)
+    if principal is None:
+        return refuse(request.app, refusals.INVALID_API_KEY)
+    try:
+        since, until = (_timestamp(request.query.get(name)) for name in ("since", "until"))
+    except ValueError as exc:
+        return refuse(request.app, refusals.Refusal(400, "invalid_request", str(exc)))
+    return web.json_response(await request.app[STORE].usage(principal.account_id, since, until))
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    """An ISO 8601 date or time; without an offset it is UTC."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"Not an ISO 8601 date or time: {value!r}.") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -214,7 +214,7 @@ def _classify(status: int, body: bytes) -> Refusal:
 
 
 def _close_timeout(app: web.Application) -> float:
-    return float(getattr(app[SETTINGS], "close_timeout_seconds", 5.0))
+    return app[SETTINGS].close_timeout_seconds
 
 
 async def open_stream(
@@ -237,7 +237,7 @@ async def open_stream(
     if provider.new_meter(forwarded).audio_format is None:
         raise UNMETERED_FORMAT
     # Admission control (NOTES.md): an overloaded relay buffers instead of shedding load, so refuse clearly.
-    budget = int(getattr(app[SETTINGS], "max_sessions_per_process", 0) or 0)
+    budget = app[SETTINGS].max_sessions_per_process
     if budget and len(manager.live) + manager.opening >= budget:
         raise refusals.GATEWAY_OVERLOADED
     session_id = session_id or str(uuid.uuid4())

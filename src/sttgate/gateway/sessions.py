@@ -278,7 +278,7 @@ class LiveSession:
         if self._ending or self.upstream.closed:
             return
         self._ending = True
-        timeout = getattr(self.manager.settings, "finish_timeout_seconds", 2.0)
+        timeout = self.manager.settings.finish_timeout_seconds
         with contextlib.suppress(ConnectionError, RuntimeError):
             for frame in self.provider.end_frames(self.forwarded):
                 await self.upstream.send_str(frame)
