@@ -164,16 +164,6 @@ class EmulatorConfig:
         self.elevenlabs_api_keys = tuple(self.elevenlabs_api_keys)
         self.assemblyai_api_keys = tuple(self.assemblyai_api_keys)
 
-    @property
-    def elevenlabs_keys(self) -> tuple[str, ...]:
-        """Alias of ``elevenlabs_api_keys``."""
-        return self.elevenlabs_api_keys
-
-    @property
-    def assemblyai_keys(self) -> tuple[str, ...]:
-        """Alias of ``assemblyai_api_keys``."""
-        return self.assemblyai_api_keys
-
 
 CONFIG: web.AppKey[EmulatorConfig] = web.AppKey("sttgate_emulator_config", EmulatorConfig)
 TOKENS: web.AppKey[TokenStore] = web.AppKey("sttgate_emulator_tokens", TokenStore)
