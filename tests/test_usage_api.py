@@ -1,0 +1,65 @@
+"""``GET /api/v2/usage``: the SPEC §5 document, for the account whose own key asks, and for no one else."""
+
+from __future__ import annotations
+
+import json
+
+
+async def _stream_12_seconds(gw, key: str) -> None:
+    async with gw.connect("assemblyai", key, "sample_rate=16000&emu_rate_check=off") as ws:
+        for _ in range(120):
+            await ws.send_bytes(b"\0" * 3200)  # 100 ms of 16 kHz s16le
+        await ws.send_str(json.dumps({"type": "Terminate"}))
+        async for _ in ws:
+            pass
+
+
+async def test_usage_shows_the_callers_bill_only(gateway, account, store) -> None:
+    gw = await gateway()
+    mine = await account(balance_usd="0.12")
+    other = await account()
+    # The gateway ends the session row before the client sees its close, so the bill is final here.
+    await _stream_12_seconds(gw, mine.key)
+    async with gw.http.get(f"{gw.http_url}/api/v2/usage", headers={"Authorization": f"Bearer {mine.key}"}) as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    assert doc["account_id"] == mine.id
+    assert doc["totals"]["assemblyai"] == {
+        "sessions": 1,
+        "audio_seconds": 12.0,
+        "billed_seconds": 15,
+        "cost_usd": "0.000624999",
+    }
+    assert doc["totals"]["elevenlabs"]["cost_usd"] == "0"
+    assert doc["balance_usd"] == "0.119375001"
+    [session] = doc["sessions"]
+    assert session["kind"] == "websocket" and session["closed_by"] in ("client", "upstream")
+    # The same document as the CLI prints, and another account sees none of it.
+    assert doc == await store.usage(mine.id)
+    async with gw.http.get(f"{gw.http_url}/api/v2/usage?api_key={other.key}") as resp:
+        theirs = await resp.json()
+    assert theirs["account_id"] == other.id and theirs["sessions"] == [] and theirs["balance_usd"] is None
+
+
+async def test_usage_filters_by_time(gateway, account) -> None:
+    gw = await gateway()
+    acct = await account()
+    await _stream_12_seconds(gw, acct.key)
+    url = f"{gw.http_url}/api/v2/usage"
+    async with gw.http.get(url, params={"since": "2999-01-01"}, headers={"Authorization": acct.key}) as resp:
+        assert (await resp.json())["sessions"] == []
+    async with gw.http.get(url, params={"since": "not-a-date"}, headers={"Authorization": acct.key}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "invalid_request"
+
+
+async def test_usage_needs_a_valid_key(gateway, account, store) -> None:
+    gw = await gateway()
+    acct = await account()
+    [key] = await store.list_keys(acct.id)
+    await store.revoke_key(key["id"])
+    cases = (({}, "missing_api_key"), ({"Authorization": "sk-mai-" + "x" * 43}, "invalid_api_key"))
+    for headers, code in (*cases, ({"Authorization": acct.key}, "invalid_api_key")):
+        async with gw.http.get(f"{gw.http_url}/api/v2/usage", headers=headers) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["error"]["code"] == code
