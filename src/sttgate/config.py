@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     lease_renew_seconds: float = 10.0
     lease_ttl_seconds: float = 30.0
     gateway_id: str = ""
+    # Benchmarking only: relay without metering or billing (nothing metered, charged or counted); never in production.
+    metering_enabled: bool = True
 
     pull_allow_private: bool = False
     ffmpeg: str = ""

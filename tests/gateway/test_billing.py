@@ -202,3 +202,15 @@ async def test_a_failing_charge_relays_no_unpaid_audio(gateway, account, store, 
     usage = await ended_session(gw, acct.id)
     assert usage["balance_usd"] == "1.000000000"
     assert (usage["sessions"][0]["close_code"], usage["sessions"][0]["closed_by"]) == (1011, "gateway")
+
+
+@pytest.mark.parametrize("prepaid", [False, True])
+async def test_metering_disabled_bills_nothing(gateway, account, prepaid):
+    """Benchmarking only (``metering_enabled=false``): the audio is relayed, nothing is metered, charged or billed."""
+    gw = await gateway(metering_enabled=False)
+    acct = await account(balance_usd="1" if prepaid else None)
+    await stream_assemblyai(gw, acct.key, "sample_rate=16000", 12.0, 32000)
+    usage = await ended_session(gw, acct.id)
+    session = usage["sessions"][0]
+    assert (session["audio_seconds"], session["billed_seconds"], session["cost_usd"]) == (0.0, 0, "0")
+    assert usage["balance_usd"] == ("1.000000000" if prepaid else None)

@@ -77,6 +77,14 @@ class Meter:
     def audio_seconds(self) -> float:
         return self._units / self._units_per_second
 
+    def audio_seconds_without_last(self) -> float:
+        """Metered audio without the last frame that opened cycles: what is settled while that frame's charge is in
+        flight (it may still be refunded, and written totals never go down)."""
+        undo = self._undo
+        if undo is None or undo[0] != self._units:
+            return self._units / self._units_per_second
+        return (self._units - undo[1]) / self._units_per_second
+
     def refund_last(self, cycles: int) -> None:
         """Forget the last frame, which opened ``cycles`` cycles the gateway could not pay and did not forward.
 

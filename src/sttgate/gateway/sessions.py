@@ -116,9 +116,14 @@ class LiveSession:
         self.kind = kind
         self.forwarded = forwarded
         self.upstream = upstream
-        self.meter = meter = provider.new_meter(forwarded)
+        self.meter = meter = provider.new_meter(forwarded) if manager.settings.metering_enabled else Meter()
+        # Bound methods looked up once; None = this frame kind is never metered (no call on the frame path).
+        self._meter_binary = meter.binary if type(meter).binary is not Meter.binary else None
         # Only meters that read text frames get them decoded (ElevenLabs); AssemblyAI text is never decoded.
         self._meter_text = meter.text if type(meter).text is not Meter.text else None
+        # True while a charge for the last metered frame is in flight: that frame may yet be refunded, so a ledger
+        # flush meanwhile must not write it (totals never go down).
+        self.charging = False
         self.prepaid = principal.balance_nanos is not None
         self.price_nanos = manager.price_nanos(provider.name)
         self.started = time.monotonic()
@@ -168,19 +173,23 @@ class LiveSession:
         Raises :class:`ChargeFailed` (nothing sent) when the ledger fails, ``ConnectionError`` when the provider's
         socket does."""
         if opcode is BINARY:
-            opened = self.meter.binary(data)
+            meter = self._meter_binary
+            opened = meter(data) if meter is not None else 0
         elif self._meter_text is not None:
             opened = self._meter_text(data.decode("utf-8", "replace"))
         else:
             opened = 0
         if opened:
+            self.charging = True
             try:
                 paid = await self._pay(opened)
             except Exception as exc:
+                self.charging = False
                 self.meter.refund_last(opened)
                 self.cut_off = True
                 log.exception("event=charge_failed session=%s account=%s", self.id, self.account_id)
                 raise ChargeFailed(str(exc)) from exc
+            self.charging = False
             if not paid:
                 self.meter.refund_last(opened)
                 self.cut_off = True
@@ -410,7 +419,9 @@ class SessionManager:
         """
         batch: list[tuple[LiveSession, tuple[float, int]]] = []
         for live in self.live.values():
-            state = (live.audio_seconds, live.cycles)
+            # A frame whose charge is in flight is not settled: it is written by a later flush, or never (refunded).
+            audio = live.meter.audio_seconds_without_last() if live.charging else live.audio_seconds
+            state = (audio, live.cycles)
             if state != live.flushed:
                 batch.append((live, state))
         if not batch:
