@@ -51,7 +51,8 @@ def read_only(engine: AsyncEngine) -> AsyncEngine:
 
 
 def _sqlite_engine(url: URL) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=5, max_overflow=15)
+    # The Connection ends every transaction itself (commit, or rollback on close): no second rollback on return.
+    engine = create_async_engine(url, pool_size=5, max_overflow=15, pool_reset_on_return=None)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

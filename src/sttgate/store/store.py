@@ -238,28 +238,42 @@ class Store:
         # The refusal is raised after the transaction: the refusal constants are frozen, and context managers
         # that re-raise need to set their __traceback__.
         refusal: refusals.Refusal | None = None
+        now = utcnow()
+        live_count = (
+            select(func.count())
+            .select_from(sessions)
+            .where(
+                sessions.c.account_id == account_id,
+                sessions.c.ended_at.is_(None),
+                sessions.c.lease_expires_at > now,
+            )
+            .scalar_subquery()
+        )
         async with self.write() as conn:
-            account = (
-                await conn.execute(
-                    select(accounts.c.max_streams, accounts.c.balance_nanos)
-                    .where(accounts.c.id == account_id)
-                    .with_for_update()
-                )
-            ).first()
+            if self._write_lock is not None:
+                # SQLite: BEGIN IMMEDIATE already serializes writers, so the account and its live count come in one
+                # statement (fewer round trips to the driver's thread).
+                account = (
+                    await conn.execute(
+                        select(accounts.c.max_streams, accounts.c.balance_nanos, live_count.label("live")).where(
+                            accounts.c.id == account_id
+                        )
+                    )
+                ).first()
+                live = None if account is None else account.live
+            else:
+                # PostgreSQL: the count must be read after the account's row lock is held (a statement's snapshot
+                # predates the lock wait), so two statements.
+                account = (
+                    await conn.execute(
+                        select(accounts.c.max_streams, accounts.c.balance_nanos)
+                        .where(accounts.c.id == account_id)
+                        .with_for_update()
+                    )
+                ).first()
+                live = None if account is None else (await conn.execute(select(live_count))).scalar_one()
             if account is None:
                 raise NotFoundError(f"no account {account_id}")
-            now = utcnow()
-            live = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(sessions)
-                    .where(
-                        sessions.c.account_id == account_id,
-                        sessions.c.ended_at.is_(None),
-                        sessions.c.lease_expires_at > now,
-                    )
-                )
-            ).scalar_one()
             if live >= account.max_streams:
                 refusal = refusals.TOO_MANY_STREAMS
             elif account.balance_nanos is not None and account.balance_nanos < min_balance_nanos:
