@@ -7,6 +7,7 @@ database (row locks on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so they hold 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -125,6 +126,8 @@ class Store:
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._last_used_written: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._time_processor: Any = None
+        self._time_reader: Any = None
 
     @classmethod
     async def connect(cls, url: str, *, migrate: bool = True) -> Store:
@@ -144,6 +147,36 @@ class Store:
         else:
             async with self._write_lock, self.engine.begin() as conn:
                 yield conn
+
+    async def _on_sqlite_thread(self, fn: Any, *args: Any, write: bool = True) -> Any:
+        """SQLite: run ``fn(dbapi_connection, *args)`` (one whole write transaction, see ``_sqlite_tx``, or one
+        read) in one trip to the driver's thread; writes hold this process's write lock. The hot paths use it: each
+        statement through SQLAlchemy costs 3-4 trips."""
+        assert self._write_lock is not None
+        async with contextlib.AsyncExitStack() as stack:
+            if write:
+                await stack.enter_async_context(self._write_lock)
+            conn = await stack.enter_async_context(self.engine.connect())
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection  # the aiosqlite connection
+            return await driver._execute(fn, driver._conn, *args)
+
+    def _sqlite_time(self, value: datetime) -> Any:
+        """A timestamp as the SQLite columns store it (``UTCDateTime``'s bind processing)."""
+        processor = self._time_processor
+        if processor is None:
+            processor = self._time_processor = (
+                UTCDateTime().dialect_impl(self.engine.dialect).bind_processor(self.engine.dialect)
+            )
+        return processor(value) if processor is not None else value
+
+    def _sqlite_read_time(self, value: Any) -> datetime | None:
+        """A stored SQLite timestamp as ``UTCDateTime`` reads it (aware UTC)."""
+        processor = self._time_reader
+        if processor is None:
+            dialect = self.engine.dialect
+            processor = self._time_reader = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
+        return processor(value) if processor is not None else value
 
     @property
     def dialect(self) -> str:
@@ -175,11 +208,17 @@ class Store:
         if not _looks_like_key(api_key):
             return None
         digest = hash_secret(api_key)
-        async with self._reader.connect() as conn:
-            row = (await conn.execute(_AUTH_QUERY, {"key_hash": digest})).first()
+        if self._write_lock is not None:
+            # SQLite: one statement in autocommit mode, one trip to the driver's thread (no BEGIN/ROLLBACK).
+            row = await self._on_sqlite_thread(_auth_sqlite, digest, write=False)
+            last_used_at = None if row is None else self._sqlite_read_time(row.last_used_at)
+        else:
+            async with self._reader.connect() as conn:
+                row = (await conn.execute(_AUTH_QUERY, {"key_hash": digest})).first()
+            last_used_at = None if row is None else row.last_used_at
         if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
             return None
-        self._touch_key(row.key_id, row.last_used_at)
+        self._touch_key(row.key_id, last_used_at)
         return Principal(
             account_id=row.account_id,
             key_id=row.key_id,
@@ -240,6 +279,25 @@ class Store:
         # that re-raise need to set their __traceback__.
         refusal: refusals.Refusal | None = None
         now = utcnow()
+        if self._write_lock is not None:
+            outcome = await self._on_sqlite_thread(
+                _open_sqlite,
+                session_id,
+                account_id,
+                kind,
+                provider,
+                gateway_id,
+                min_balance_nanos,
+                self._sqlite_time(now),
+                self._sqlite_time(now + timedelta(seconds=lease_ttl)),
+            )
+            if outcome is None:
+                raise NotFoundError(f"no account {account_id}")
+            if outcome == "streams":
+                raise refusals.TOO_MANY_STREAMS
+            if outcome == "balance":
+                raise refusals.INSUFFICIENT_BALANCE
+            return
         live_count = (
             select(func.count())
             .select_from(sessions)
@@ -251,28 +309,16 @@ class Store:
             .scalar_subquery()
         )
         async with self.write() as conn:
-            if self._write_lock is not None:
-                # SQLite: BEGIN IMMEDIATE already serializes writers, so the account and its live count come in one
-                # statement (fewer round trips to the driver's thread).
-                account = (
-                    await conn.execute(
-                        select(accounts.c.max_streams, accounts.c.balance_nanos, live_count.label("live")).where(
-                            accounts.c.id == account_id
-                        )
-                    )
-                ).first()
-                live = None if account is None else account.live
-            else:
-                # PostgreSQL: the count must be read after the account's row lock is held (a statement's snapshot
-                # predates the lock wait), so two statements.
-                account = (
-                    await conn.execute(
-                        select(accounts.c.max_streams, accounts.c.balance_nanos)
-                        .where(accounts.c.id == account_id)
-                        .with_for_update()
-                    )
-                ).first()
-                live = None if account is None else (await conn.execute(select(live_count))).scalar_one()
+            # PostgreSQL: the count must be read after the account's row lock is held (a statement's snapshot
+            # predates the lock wait), so two statements.
+            account = (
+                await conn.execute(
+                    select(accounts.c.max_streams, accounts.c.balance_nanos)
+                    .where(accounts.c.id == account_id)
+                    .with_for_update()
+                )
+            ).first()
+            live = None if account is None else (await conn.execute(select(live_count))).scalar_one()
             if account is None:
                 raise NotFoundError(f"no account {account_id}")
             if live >= account.max_streams:
@@ -310,10 +356,7 @@ class Store:
         if self._write_lock is not None:
             # SQLite: the whole transaction in one trip to the driver's thread (about 13 otherwise); this runs once
             # per prepaid cycle of every live session.
-            async with self._write_lock, self.engine.connect() as conn:
-                raw = await conn.get_raw_connection()
-                driver = raw.driver_connection  # the aiosqlite connection
-                outcome = await driver._execute(_charge_sqlite, driver._conn, session_id, account_id, cycles, amount)
+            outcome = await self._on_sqlite_thread(_charge_sqlite, session_id, account_id, cycles, amount)
             if outcome is None:
                 raise NotFoundError(f"no account {account_id}")
             if isinstance(outcome, str):
@@ -392,6 +435,21 @@ class Store:
         if closed_by not in CLOSED_BY:
             raise ValueError(f"closed_by must be one of {', '.join(CLOSED_BY)}")
         now = utcnow()
+        if self._write_lock is not None:
+            found = await self._on_sqlite_thread(
+                _end_sqlite,
+                session_id,
+                float(audio_seconds),
+                cycles,
+                cost_nanos,
+                self._sqlite_time(now),
+                close_code,
+                close_reason,
+                closed_by,
+            )
+            if not found:
+                raise NotFoundError(f"no session {session_id}")
+            return
         still_open = or_(sessions.c.ended_at.is_(None), sessions.c.closed_by == "gateway_crash")
         stmt = (
             update(sessions)
@@ -684,6 +742,115 @@ class Store:
                 for r in rows
             ],
         }
+
+
+class _AuthRow:
+    __slots__ = (
+        "account_id",
+        "balance_nanos",
+        "key_hash",
+        "key_id",
+        "last_used_at",
+        "max_streams",
+        "revoked_at",
+        "streaming_enabled",
+    )
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        (
+            self.key_id,
+            self.key_hash,
+            self.revoked_at,
+            self.last_used_at,
+            self.account_id,
+            self.streaming_enabled,
+            self.max_streams,
+            self.balance_nanos,
+        ) = row
+
+
+def _auth_sqlite(dbapi: sqlite3.Connection, digest: str) -> _AuthRow | None:
+    """``_AUTH_QUERY`` on SQLite (autocommit: one statement reads one consistent snapshot)."""
+    row = dbapi.execute(
+        "SELECT api_keys.id, api_keys.key_hash, api_keys.revoked_at, api_keys.last_used_at, accounts.id,"
+        " accounts.streaming_enabled, accounts.max_streams, accounts.balance_nanos"
+        " FROM api_keys JOIN accounts ON accounts.id = api_keys.account_id WHERE api_keys.key_hash = ?",
+        (digest,),
+    ).fetchone()
+    return None if row is None else _AuthRow(row)
+
+
+def _sqlite_tx(dbapi: sqlite3.Connection, body: Any, *args: Any) -> Any:
+    """Run ``body(dbapi, *args)`` in a BEGIN IMMEDIATE transaction (the connection is in autocommit mode, see db.py);
+    committed unless it raises or returns ``(False, result)`` (rolled back)."""
+    dbapi.execute("BEGIN IMMEDIATE")
+    try:
+        commit, result = body(dbapi, *args)
+        dbapi.execute("COMMIT" if commit else "ROLLBACK")
+    except BaseException:
+        if dbapi.in_transaction:
+            dbapi.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _open_sqlite(dbapi: sqlite3.Connection, *args: Any) -> str | None:
+    """``Store.open_session`` on SQLite: "ok", "streams", "balance", or None (no account)."""
+    return _sqlite_tx(dbapi, _open_body, *args)
+
+
+def _open_body(
+    dbapi: sqlite3.Connection,
+    session_id: str,
+    account_id: str,
+    kind: str,
+    provider: str,
+    gateway_id: str,
+    min_balance_nanos: int,
+    now: Any,
+    expires: Any,
+) -> tuple[bool, str | None]:
+    # BEGIN IMMEDIATE serializes writers, so the account and its live count can come in one statement.
+    row = dbapi.execute(
+        "SELECT max_streams, balance_nanos, (SELECT count(*) FROM sessions WHERE account_id = ? AND ended_at IS NULL"
+        " AND lease_expires_at > ?) FROM accounts WHERE id = ?",
+        (account_id, now, account_id),
+    ).fetchone()
+    if row is None:
+        return False, None
+    max_streams, balance, live = row
+    if live >= max_streams:
+        return False, "streams"
+    if balance is not None and balance < min_balance_nanos:
+        return False, "balance"
+    dbapi.execute(
+        "INSERT INTO sessions (id, account_id, kind, provider, gateway_id, started_at, lease_expires_at, audio_seconds,"
+        " cycles, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, 0.0, 0, 0)",
+        (session_id, account_id, kind, provider, gateway_id, now, expires),
+    )
+    return True, "ok"
+
+
+_END_SQL = (
+    "UPDATE sessions SET"
+    " audio_seconds = CASE WHEN (ended_at IS NULL OR closed_by = 'gateway_crash') THEN ?1 ELSE audio_seconds END,"
+    " cycles = CASE WHEN cycles < ?2 THEN ?2 ELSE cycles END,"
+    " cost_nanos = CASE WHEN cost_nanos < ?3 THEN ?3 ELSE cost_nanos END,"
+    " ended_at = CASE WHEN (ended_at IS NULL OR closed_by = 'gateway_crash') THEN ?4 ELSE ended_at END,"
+    " close_code = CASE WHEN (ended_at IS NULL OR closed_by = 'gateway_crash') THEN ?5 ELSE close_code END,"
+    " close_reason = CASE WHEN (ended_at IS NULL OR closed_by = 'gateway_crash') THEN ?6 ELSE close_reason END,"
+    " closed_by = CASE WHEN (ended_at IS NULL OR closed_by = 'gateway_crash') THEN ?7 ELSE closed_by END"
+    " WHERE id = ?8"
+)
+
+
+def _end_sqlite(dbapi: sqlite3.Connection, session_id: str, *values: Any) -> bool:
+    """``Store.end_session`` on SQLite (the same statement as the portable path): True when the session exists."""
+    return _sqlite_tx(dbapi, _end_body, session_id, *values)
+
+
+def _end_body(dbapi: sqlite3.Connection, session_id: str, *values: Any) -> tuple[bool, bool]:
+    return True, dbapi.execute(_END_SQL, (*values, session_id)).rowcount == 1
 
 
 def _charge_sqlite(
