@@ -386,6 +386,10 @@ class Store:
         """Write absolute session totals in one batched transaction; a total never goes backwards."""
         if not updates:
             return
+        if self._write_lock is not None:
+            rows = [(float(u.audio_seconds), u.cycles, u.cost_nanos, u.session_id) for u in updates]
+            await self._on_sqlite_thread(_flush_sqlite, rows)
+            return
         stmt = (
             update(sessions)
             .where(sessions.c.id == bindparam("p_id"))
@@ -851,6 +855,25 @@ def _end_sqlite(dbapi: sqlite3.Connection, session_id: str, *values: Any) -> boo
 
 def _end_body(dbapi: sqlite3.Connection, session_id: str, *values: Any) -> tuple[bool, bool]:
     return True, dbapi.execute(_END_SQL, (*values, session_id)).rowcount == 1
+
+
+_FLUSH_SQL = (
+    "UPDATE sessions SET"
+    " audio_seconds = CASE WHEN audio_seconds < ?1 THEN ?1 ELSE audio_seconds END,"
+    " cycles = CASE WHEN cycles < ?2 THEN ?2 ELSE cycles END,"
+    " cost_nanos = CASE WHEN cost_nanos < ?3 THEN ?3 ELSE cost_nanos END"
+    " WHERE id = ?4"
+)
+
+
+def _flush_sqlite(dbapi: sqlite3.Connection, rows: list[tuple[float, int, int, str]]) -> None:
+    """``Store.flush_progress`` on SQLite (the same statement as the portable path), one transaction."""
+    _sqlite_tx(dbapi, _flush_body, rows)
+
+
+def _flush_body(dbapi: sqlite3.Connection, rows: list[tuple[float, int, int, str]]) -> tuple[bool, None]:
+    dbapi.executemany(_FLUSH_SQL, rows)
+    return True, None
 
 
 def _charge_sqlite(
