@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from urllib.parse import quote
 
 import pytest
 
+from postgres import fresh_schema
 from sttgate.pull import taskstore
 from sttgate.pull.webhooks import Attempt
 from sttgate.store.store import Store, utcnow
-
-PG_CANDIDATES = [
-    url
-    for url in (
-        os.environ.get("STTGATE_TEST_POSTGRES_URL"),
-        "postgresql://postgres@127.0.0.1:5432/test",
-        "postgresql://root@127.0.0.1:5432/test",
-    )
-    if url
-]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -34,28 +22,12 @@ async def any_store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[S
         finally:
             await store.close()
         return
-    import asyncpg
-
-    admin, base = None, ""
-    for url in PG_CANDIDATES:
-        try:
-            admin, base = await asyncpg.connect(url, timeout=5), url
-            break
-        except Exception:
-            continue
-    if admin is None:
-        pytest.skip("PostgreSQL unreachable")
-    schema = f"sttgate_pull_{uuid.uuid4().hex[:16]}"
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        store = await Store.connect(f"{base}?options={quote(f'-csearch_path={schema}')}")
+    async with fresh_schema("sttgate_pull") as url:
+        store = await Store.connect(url)
         try:
             yield store
         finally:
             await store.close()
-    finally:
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
 
 
 async def new_task(store: Store, account_id: str, task_id: str, gateway: str = "gw-1") -> None:

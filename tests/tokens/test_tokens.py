@@ -4,31 +4,18 @@ binding, races, hashing."""
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 
+from postgres import fresh_schema
 from sttgate import tokens
 from sttgate.store import Principal, Store
 from sttgate.store.store import hash_secret
 from sttgate.store.tables import tokens as tokens_table
-
-PG_URLS = [
-    url
-    for url in (
-        os.environ.get("STTGATE_TEST_POSTGRES_URL"),
-        "postgresql://postgres@127.0.0.1:5432/test",
-        "postgresql://root@127.0.0.1:5432/test",
-    )
-    if url
-]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -37,22 +24,8 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'tokens.db'}"
         return
-    errors = []
-    for url in PG_URLS:
-        try:
-            admin = await asyncpg.connect(url, timeout=5)
-            break
-        except (OSError, asyncpg.PostgresError) as exc:
-            errors.append(f"{url}: {exc}")
-    else:
-        pytest.skip("PostgreSQL unreachable: " + "; ".join(errors))
-    schema = f"sttgate_tokens_{uuid.uuid4().hex[:16]}"
-    await admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{url}?options={quote(f'-csearch_path={schema}')}"
-    finally:
-        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await admin.close()
+    async with fresh_schema("sttgate_tokens") as url:
+        yield url
 
 
 @pytest.fixture
