@@ -29,13 +29,12 @@ from sttgate.core.params import split_query
 from sttgate.core.refusals import (
     INVALID_API_KEY,
     MISSING_API_KEY,
-    SERVICE_DRAINING,
     STREAMING_NOT_ENABLED,
     Refusal,
     invalid_provider,
 )
-from sttgate.gateway.handshake import accept_and_relay, authorize, open_stream, raw_query, refuse
-from sttgate.gateway.keys import SESSIONS, SETTINGS, STORE
+from sttgate.gateway.handshake import raw_query, serve_stream
+from sttgate.gateway.keys import SETTINGS, STORE
 from sttgate.providers import PROVIDERS, Provider, get_provider, names
 from sttgate.providers.base import MintRequest, TokenMint, bearer_or_raw
 from sttgate.store import Principal
@@ -85,19 +84,9 @@ def _provider_stream(provider: Provider) -> Callable[[web.Request], Awaitable[we
     credential = provider.sdk.credential
 
     async def provider_stream(request: web.Request) -> web.StreamResponse:
-        app = request.app
         query = split_query(raw_query(request))
-        try:
-            if app[SESSIONS].draining:
-                raise SERVICE_DRAINING
-            key, token = credential(request.headers, query.token)
-            principal, implied = await authorize(app, key, token, provider.name)
-            if not web.WebSocketResponse().can_prepare(request).ok:
-                raise Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
-            live = await open_stream(app, principal, implied, query.forwarded)
-        except Refusal as refusal:
-            return refuse(app, refusal)
-        return await accept_and_relay(request, live)
+        key, token = credential(request.headers, query.token)
+        return await serve_stream(request, provider_name=provider.name, key=key, token=token, forwarded=query.forwarded)
 
     return provider_stream
 

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from sttgate.core.metering import Meter
 from sttgate.core.params import with_defaults
 
-# Pull mode (docs/contract.md, pull mode) feeds FFmpeg output: PCM s16le, 16 kHz, mono.
+# Pull mode (docs/pull.md) feeds FFmpeg output: PCM s16le, 16 kHz, mono.
 PULL_SAMPLE_RATE = 16000
 
 Pairs = Sequence[tuple[str, str]]
