@@ -27,7 +27,16 @@ def register(provider: Provider) -> Provider:
 register(ELEVENLABS)
 register(ASSEMBLYAI)
 
-__all__ = ["PROVIDERS", "Provider", "ProviderSettings", "get_provider", "names", "register", "registered"]
+__all__ = [
+    "PROVIDERS",
+    "Provider",
+    "ProviderSettings",
+    "get_provider",
+    "names",
+    "register",
+    "registered",
+    "secret_prefixes",
+]
 
 
 def get_provider(name: str) -> Provider | None:
