@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from sttgate.providers import names
+
 
 async def _stream_12_seconds(gw, key: str) -> None:
     async with gw.connect("assemblyai", key, "sample_rate=16000&emu_rate_check=off") as ws:
@@ -35,7 +37,7 @@ async def test_usage_shows_the_callers_bill_only(gateway, account, store) -> Non
     [session] = doc["sessions"]
     assert session["kind"] == "websocket" and session["closed_by"] in ("client", "upstream")
     # The same document as the CLI prints, and another account sees none of it.
-    assert doc == await store.usage(mine.id)
+    assert doc == await store.usage(mine.id, providers=names())
     async with gw.http.get(f"{gw.http_url}/api/v2/usage?api_key={other.key}") as resp:
         theirs = await resp.json()
     assert theirs["account_id"] == other.id and theirs["sessions"] == [] and theirs["balance_usd"] is None

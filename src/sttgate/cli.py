@@ -16,6 +16,7 @@ from typing import Any
 
 from sttgate import __version__
 from sttgate.config import Settings
+from sttgate.providers import names
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -402,7 +403,7 @@ def _usage(args: argparse.Namespace, settings: Settings) -> int:
     until = _moment(args.until, end_of_day=True)
     if since is not None and until is not None and since >= until:
         raise CommandError("--since must be before --until")
-    doc = _run_admin(settings, lambda s: s.usage(args.account, since=since, until=until))
+    doc = _run_admin(settings, lambda s: s.usage(args.account, since=since, until=until, providers=names()))
     return _emit(args, doc, _usage_text)
 
 

@@ -37,7 +37,7 @@ def utcnow() -> datetime:
 
 
 def looks_like_token(credential: str) -> bool:
-    """Tell a gateway token from an API key where both travel in the same header (AssemblyAI's SDK)."""
+    """Tell a gateway token from an API key where both travel in the same header (some SDKs)."""
     return credential.startswith(TOKEN_PREFIX)
 
 

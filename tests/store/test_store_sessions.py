@@ -15,6 +15,7 @@ from sqlalchemy import insert, select, update
 
 from sttgate.core import refusals
 from sttgate.core.money import cycle_price_nanos
+from sttgate.providers import names
 from sttgate.store import NotFoundError, SessionProgress, Store
 from sttgate.store.tables import sessions, tasks
 
@@ -325,7 +326,7 @@ async def test_usage_document(store: Store) -> None:
     assert datetime.fromisoformat(second["started_at"]) <= datetime.fromisoformat(second["ended_at"])
 
     postpaid = await store.create_account(name="Postpaid")
-    doc = await store.usage(postpaid["id"])
+    doc = await store.usage(postpaid["id"], providers=names())
     assert doc["balance_usd"] is None
     assert doc["sessions"] == []
     assert doc["totals"]["elevenlabs"] == {"sessions": 0, "audio_seconds": 0.0, "billed_seconds": 0, "cost_usd": "0"}

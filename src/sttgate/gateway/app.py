@@ -30,6 +30,7 @@ from sttgate.gateway.handshake import HandshakeResponse, UpstreamSocket, audio_s
 from sttgate.gateway.keys import GATEWAY_ID, METRICS, SESSIONS, SETTINGS, STORE, UPSTREAM_HTTP
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.sessions import SessionManager, log_event
+from sttgate.providers import names, secret_prefixes
 from sttgate.pull import api as pull_api
 from sttgate.store.store import Store
 
@@ -41,7 +42,7 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         path, _, query = request.raw_path.partition("?")
-        target = path + ("?" + redact_query(query) if query else "")
+        target = path + ("?" + redact_query(query, secret_prefixes()) if query else "")
         self.logger.info('%s "%s %s" %s %.3f', request.remote, request.method, target, response.status, elapsed)
 
 
@@ -110,7 +111,7 @@ async def usage(request: web.Request) -> web.Response:
         since, until = (_timestamp(request.query.get(name)) for name in ("since", "until"))
     except ValueError as exc:
         return refuse(request.app, refusals.Refusal(400, "invalid_request", str(exc)))
-    return web.json_response(await request.app[STORE].usage(principal.account_id, since, until))
+    return web.json_response(await request.app[STORE].usage(principal.account_id, since, until, providers=names()))
 
 
 def _timestamp(value: str | None) -> datetime | None:

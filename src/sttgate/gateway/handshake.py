@@ -10,10 +10,11 @@ Split in two so provider-shaped routes (SPEC §3b) are one small function each:
 
 A provider-shaped route is then::
 
-    async def elevenlabs_realtime(request):
+    async def provider_route(request):
         query = split_query(raw_query(request))
-        return await serve_stream(request, provider_name="elevenlabs", key=request.headers.get("xi-api-key"),
-                                  token=query.token, forwarded=query.forwarded)
+        key, token = provider.sdk.credential(request.headers, query.token)
+        return await serve_stream(request, provider_name=provider.name, key=key, token=token,
+                                  forwarded=query.forwarded)
 
 Use :func:`raw_query`, never ``request.rel_url.raw_query_string``: yarl normalizes the latter (``%2C`` → ``,``).
 """
@@ -37,14 +38,16 @@ from sttgate.core.refusals import Refusal
 from sttgate.gateway.keys import GATEWAY_ID, METRICS, SESSIONS, SETTINGS, STORE, UPSTREAM_HTTP
 from sttgate.gateway.relay import relay
 from sttgate.gateway.sessions import LiveSession, log_event
-from sttgate.providers import Provider, get_provider
+from sttgate.providers import Provider, get_provider, names, secret_prefixes
 from sttgate.store.store import Principal
 
-UNMETERED_FORMAT = Refusal(
-    400,
-    "unsupported_audio_format",
-    "The gateway meters only uncompressed audio (AssemblyAI encoding pcm_s16le or pcm_mulaw).",
-)
+
+def unmetered_format(provider: Provider) -> Refusal:
+    """The declared format's duration cannot be computed from its bytes, so it could not be billed."""
+    hint = f" ({provider.metered_formats})" if provider.metered_formats else ""
+    return Refusal(400, "unsupported_audio_format", f"The gateway meters only uncompressed audio{hint}.")
+
+
 UPGRADE_REQUIRED = Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
 
 # How much of a provider's refusal body is kept to quote it (upstream_rejected keeps 1000 characters).
@@ -164,19 +167,20 @@ async def authorize(
 def resolve_provider(name: str | None) -> Provider:
     """The provider named exactly ``name``: 400 ``missing_provider`` / ``invalid_provider`` otherwise."""
     if not name:
-        raise refusals.MISSING_PROVIDER
+        raise refusals.missing_provider(names())
     provider = get_provider(name)
     if provider is None:
-        raise refusals.INVALID_PROVIDER
+        raise refusals.invalid_provider(names())
     return provider
 
 
 async def connect_upstream(app: web.Application, provider: Provider, forwarded: str) -> ClientWebSocketResponse:
     """Open the provider's WebSocket with the operator's credential only; provider failures become refusals."""
     settings = app[SETTINGS]
+    provider_settings = settings.provider(provider.name)
     metrics = app[METRICS]
     # encoded=True: the client's query goes out byte for byte, never re-quoted.
-    url = URL(provider.upstream_url(provider.base_url(settings), forwarded), encoded=True)
+    url = URL(provider.upstream_url(provider_settings.url, forwarded), encoded=True)
     holder = _RefusalBody()
     reset = _REFUSAL_BODY.set(holder)
     started = time.monotonic()
@@ -184,7 +188,7 @@ async def connect_upstream(app: web.Application, provider: Provider, forwarded: 
         async with asyncio.timeout(settings.upstream_connect_timeout_seconds):
             upstream = await app[UPSTREAM_HTTP].ws_connect(
                 url,
-                headers=provider.credential_headers(provider.operator_key(settings)),
+                headers=provider.operator_headers(provider_settings),
                 compress=0,
                 autoclose=False,
                 autoping=True,
@@ -235,7 +239,7 @@ async def open_stream(
         raise refusals.SERVICE_DRAINING
     # A format whose duration cannot be computed from its bytes (opus, aac…) could not be billed: refuse it.
     if provider.new_meter(forwarded).audio_format is None:
-        raise UNMETERED_FORMAT
+        raise unmetered_format(provider)
     # Admission control (NOTES.md): an overloaded relay buffers instead of shedding load, so refuse clearly.
     budget = app[SETTINGS].max_sessions_per_process
     if budget and len(manager.live) + manager.opening >= budget:
@@ -262,7 +266,7 @@ async def open_stream(
         account=principal.account_id,
         provider=provider.name,
         kind=kind,
-        query=redact_query(forwarded),
+        query=redact_query(forwarded, secret_prefixes()),
     )
     return live
 

@@ -55,9 +55,6 @@ log = logging.getLogger("sttgate.gateway")
 TEXT = WSMsgType.TEXT
 BINARY = WSMsgType.BINARY
 
-# Markers of a provider saying, in-band, that the operator's credential is bad (NOTES.md).
-_AUTH_ERROR_MARKERS = (b'"auth_error"', b"Unauthorized Connection")
-
 
 def log_event(event: str, **fields: Any) -> None:
     """One structured ``key=value`` line; values with spaces or quotes are JSON-quoted."""
@@ -119,7 +116,7 @@ class LiveSession:
         self.meter = meter = provider.new_meter(forwarded) if manager.settings.metering_enabled else Meter()
         # Bound methods looked up once; None = this frame kind is never metered (no call on the frame path).
         self._meter_binary = meter.binary if type(meter).binary is not Meter.binary else None
-        # Only meters that read text frames get them decoded (ElevenLabs); AssemblyAI text is never decoded.
+        # Only meters that read text frames get them decoded; text of binary-audio providers is never decoded.
         self._meter_text = meter.text if type(meter).text is not Meter.text else None
         # True while a charge for the last metered frame is in flight: that frame may yet be refunded, so a ledger
         # flush meanwhile must not write it (totals never go down).
@@ -239,7 +236,7 @@ class LiveSession:
         return msg
 
     def _inspect_first(self, data: bytes) -> None:
-        if any(marker in data for marker in _AUTH_ERROR_MARKERS):
+        if self.provider.is_auth_error(data):
             self.manager.metrics.upstream_auth_errors.labels(self.provider_name).inc()
             log.error(
                 "event=upstream_auth_error session=%s provider=%s: the provider refused the operator's credential",
@@ -329,7 +326,7 @@ class SessionManager:
         self.live: dict[str, LiveSession] = {}
         self.draining = False
         self.opening = 0  # handshakes between slot and upstream 101 (admission control counts them)
-        self._prices = {name: cycle_price_nanos(p.rate(settings)) for name, p in PROVIDERS.items()}
+        self._prices = {name: cycle_price_nanos(settings.provider(name).rate) for name in PROVIDERS}
         self._tasks: list[asyncio.Task[None]] = []
         self._empty = asyncio.Event()
         self._empty.set()

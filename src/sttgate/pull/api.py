@@ -61,7 +61,7 @@ async def start_task(request: web.Request) -> web.Response:
         provider = resolve_provider(body.provider)
         audio = await check_audio_url(body.audio_url, allow_private=settings.pull_allow_private)
         callback = await check_callback_url(body.callback_url, allow_private=settings.pull_allow_private)
-        forwarded = pull_query(provider.name, encode_params(body.params))
+        forwarded = pull_query(provider, encode_params(body.params))
         task_id = str(uuid.uuid4())
         live = await open_stream(app, principal, provider, forwarded, kind="pull", session_id=task_id)
     except Refusal as refusal:

@@ -16,8 +16,8 @@ status                 cause                                                  pr
 ``gateway_shutdown``   the gateway stops (drain over, or runner clean-up)     graceful end, 1012, gateway
 =====================  =====================================================  ============================
 
-"Graceful end" is the provider's own (ElevenLabs commit, AssemblyAI ``Terminate``), so the final transcript still
-reaches the webhook before the ``ended`` event. FFmpeg is stopped first, always, and reaped.
+"Graceful end" is the provider's own (``Provider.end_frames``: a final commit, a terminate message…), so the final
+transcript still reaches the webhook before the ``ended`` event. FFmpeg is stopped first, always, and reaped.
 """
 
 from __future__ import annotations
@@ -46,9 +46,6 @@ INSUFFICIENT_BALANCE = "insufficient_balance"
 GATEWAY_SHUTDOWN = "gateway_shutdown"
 STATUSES = (STOPPED, SOURCE_ENDED, SOURCE_FAILED, PROVIDER_CLOSED, INSUFFICIENT_BALANCE, GATEWAY_SHUTDOWN)
 
-# AssemblyAI refuses a binary frame under 50 ms; only a source's last chunk can be that short. Padding it with
-# silence within its own 100 ms slot never changes the number of 5-second cycles (they start on 100 ms bounds).
-MIN_FRAME_BYTES = {"assemblyai": 1600}
 READER_WAIT_SECONDS = 5.0
 
 # status -> (close code, reason, closed_by) recorded for the provider session
@@ -79,11 +76,6 @@ def ending_for_source(status: str, error: str | None) -> Ending:
     if status == SOURCE_ENDED:
         return Ending(SOURCE_ENDED, "the source ended")
     return Ending(SOURCE_FAILED, error or "the source failed", error)
-
-
-def pad_frame(provider: str, chunk: bytes) -> bytes:
-    minimum = MIN_FRAME_BYTES.get(provider, 0)
-    return chunk + bytes(minimum - len(chunk)) if len(chunk) < minimum else chunk
 
 
 class PullTask:
@@ -190,7 +182,7 @@ class PullTask:
     async def _feed(self) -> Ending:
         """Chunks to the provider until the source ends or the task is halted; waiting for a chunk is interruptible,
         sending one (metering, a prepaid charge) is not."""
-        provider = self.live.provider_name
+        provider = self.live.provider
         chunks = self.source.chunks()
         try:
             while True:
@@ -210,7 +202,7 @@ class PullTask:
                 if self._halt.done():
                     return self._halt.result()
                 try:
-                    sent = await self.live.send_audio(self.live.provider.audio_frame(pad_frame(provider, chunk)))
+                    sent = await self.live.send_audio(provider.audio_frame(provider.pad_pull_frame(chunk)))
                 except (ConnectionError, RuntimeError):
                     return self._provider_closed()
                 if not sent:

@@ -679,9 +679,18 @@ class Store:
     # --- usage ----------------------------------------------------------------------------------------------
 
     async def usage(
-        self, account_id: str, since: datetime | None = None, until: datetime | None = None
+        self,
+        account_id: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        *,
+        providers: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """The usage document of SPEC §5: sessions that started in ``[since, until)``, newest first."""
+        """The usage document of SPEC §5: sessions that started in ``[since, until)``, newest first.
+
+        ``totals`` has an entry for each of ``providers`` (the registered names, even without sessions) and for any
+        other provider that has sessions in the window.
+        """
         conditions = [sessions.c.account_id == account_id]
         if since is not None:
             conditions.append(sessions.c.started_at >= since)
@@ -710,7 +719,7 @@ class Store:
                 )
             ).all()
         totals: dict[str, dict[str, Any]] = {
-            p: {"sessions": 0, "audio_seconds": 0.0, "cycles": 0, "cost_nanos": 0} for p in refusals.VALID_PROVIDERS
+            p: {"sessions": 0, "audio_seconds": 0.0, "cycles": 0, "cost_nanos": 0} for p in providers
         }
         for r in rows:
             t = totals.setdefault(r.provider, {"sessions": 0, "audio_seconds": 0.0, "cycles": 0, "cost_nanos": 0})
