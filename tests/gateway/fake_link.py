@@ -11,7 +11,7 @@ from sttgate.config import Settings
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
-from sttgate.gateway.upstream import Frame, FrameKind
+from sttgate.gateway.upstream import End, Frame, FrameKind
 from sttgate.providers import get_provider
 from sttgate.store.store import Principal, SessionProgress
 
@@ -29,7 +29,10 @@ class FakeLink:
 
     # what the peer does
     def feed(self, kind: FrameKind, data: bytes = b"", code: int = 0, reason: str = "") -> None:
-        self.inbox.put_nowait((kind, data, code, reason))
+        """A data frame is (kind, payload, None); an end is (kind, code, reason)."""
+        self.inbox.put_nowait(
+            (kind, data, None) if kind in (FrameKind.TEXT, FrameKind.BINARY) else (kind, code, reason)
+        )
 
     def text(self, data: str) -> None:
         self.feed(FrameKind.TEXT, data.encode())
@@ -41,21 +44,20 @@ class FakeLink:
         self.feed(FrameKind.CLOSE, b"", code, reason)
 
     # the Link protocol
-    async def send_text(self, data: bytes) -> None:
+    async def send(self, data: bytes, kind: int) -> None:
         self._check()
-        self.sent.append((FrameKind.TEXT, data))
-        if self.on_text is not None:
+        self.sent.append((FrameKind(kind), data))
+        if kind == FrameKind.TEXT and self.on_text is not None:
             self.on_text(self, data)
-
-    async def send_bytes(self, data: bytes) -> None:
-        self._check()
-        self.sent.append((FrameKind.BINARY, data))
 
     async def receive(self) -> Frame:
         frame = await self.inbox.get()
         if frame[0] is FrameKind.LOST or frame[0] is FrameKind.ERROR:
             self.gone = True  # as aiohttp: the socket is closed after either
         return frame
+
+    def ended(self, frame: Frame) -> End:
+        return FrameKind(frame[0]), frame[1], frame[2]
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed_with is None:

@@ -229,3 +229,22 @@ async def test_a_failed_send_defers_to_the_other_side():
     client, _, store = await run_relay(FakeStore(), script)
     assert client.closed_with == (1014, "upstream connection lost")
     assert ended(store) == (1014, "upstream connection lost", ClosedBy.UPSTREAM)
+
+
+# -- the aiohttp link ------------------------------------------------------------------------------------------------
+
+
+def test_aiohttp_messages_pass_through_as_frames_and_their_ends_are_translated():
+    from aiohttp import WebSocketError, WSMessage, WSMsgType
+
+    from sttgate.gateway.upstream import DATA, AiohttpLink
+
+    assert WSMsgType.TEXT in DATA and WSMsgType.BINARY in DATA and WSMsgType.CLOSE not in DATA
+    assert (FrameKind.TEXT, FrameKind.BINARY) == (WSMsgType.TEXT, WSMsgType.BINARY)
+    ended = AiohttpLink.ended
+    assert ended(None, WSMessage(WSMsgType.CLOSE, 4000, "app")) == (FrameKind.CLOSE, 4000, "app")
+    assert ended(None, WSMessage(WSMsgType.CLOSE, 0, None)) == (FrameKind.CLOSE, 1005, "")  # no status
+    assert ended(None, WSMessage(WSMsgType.ERROR, WebSocketError(1009, "big"), None)) == (FrameKind.ERROR, 1009, "")
+    assert ended(None, WSMessage(WSMsgType.ERROR, OSError(), None)) == (FrameKind.LOST, 1006, "")
+    assert ended(None, WSMessage(WSMsgType.CLOSING, None, None)) == (FrameKind.CLOSING, 0, "")
+    assert ended(None, WSMessage(WSMsgType.CLOSED, None, None)) == (FrameKind.LOST, 1006, "")

@@ -42,7 +42,7 @@ from sttgate.core.idle import IdleWatch
 from sttgate.core.metering import Meter
 from sttgate.core.outcomes import ClosedBy
 from sttgate.core.session import Reader, Session, State
-from sttgate.gateway.upstream import BINARY, TEXT, Frame, FrameKind, UpstreamLink
+from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
 
 if TYPE_CHECKING:
     from sttgate.gateway.manager import SessionManager
@@ -149,10 +149,10 @@ class LiveSession:
 
     # -- client -> provider --------------------------------------------------------------------------------------
 
-    def admit(self, data: bytes, kind: FrameKind) -> bool:
+    def admit(self, data: bytes, kind: int) -> bool:
         """Meter one client frame: True if it may be sent now, False if it opened prepaid cycles that :meth:`pay`
         must debit first. The relay's fast path (no coroutine of its own)."""
-        if kind is BINARY:
+        if kind == BINARY:
             meter = self._meter_binary
             if meter is None:
                 return True
@@ -185,23 +185,16 @@ class LiveSession:
         self.manager.metrics.billed(self.provider_name, cycles, amount)
         return True
 
-    def sent_up(self, size: int) -> None:
-        """Count one forwarded frame of ``size`` bytes."""
-        self.frames_up += 1
-        self.bytes_up += size
-
-    async def forward(self, data: bytes, kind: FrameKind) -> bool:
+    async def forward(self, data: bytes, kind: int) -> bool:
         """Meter, charge and forward one client frame; False (nothing sent) when the balance cannot pay.
 
         Raises :class:`ChargeFailed` (nothing sent) when the ledger fails, ``ConnectionError`` when the provider's
         socket does."""
         if not self.admit(data, kind) and not await self.pay():
             return False
-        if kind is BINARY:
-            await self.upstream.send_bytes(data)
-        else:
-            await self.upstream.send_text(data)
-        self.sent_up(len(data))
+        await self.upstream.send(data, kind)
+        self.frames_up += 1
+        self.bytes_up += len(data)
         return True
 
     async def send_audio(self, frame: str | bytes) -> bool:
@@ -217,7 +210,7 @@ class LiveSession:
         error, the graceful end's acknowledgement or the provider's close."""
         kind = frame[0]
         session = self.session
-        if kind is TEXT or kind is BINARY:
+        if kind in DATA:
             data = frame[1]
             self.frames_down += 1
             self.bytes_down += len(data)
@@ -225,7 +218,7 @@ class LiveSession:
                 session.first_message()
                 self._inspect_first(data)
             if session.state is _ENDING:
-                if kind is TEXT and self.provider.is_end_ack(data.decode("utf-8", "replace"), self.forwarded):
+                if kind == TEXT and self.provider.is_end_ack(data.decode("utf-8", "replace"), self.forwarded):
                     session.acknowledge_end()
                 self._check_end()
         else:
@@ -272,9 +265,9 @@ class LiveSession:
             frame = await receive()
             self.received(frame)
             kind = frame[0]
-            if kind is TEXT:
+            if kind == TEXT:
                 yield frame[1].decode("utf-8", "replace")
-            elif kind is BINARY:
+            elif kind == BINARY:
                 yield frame[1]
             else:
                 await self._provider_ended(frame)
@@ -282,9 +275,9 @@ class LiveSession:
 
     async def _provider_ended(self, frame: Frame) -> None:
         """Complete the upstream close after a non-data frame and record a provider-initiated end."""
-        kind = frame[0]
+        kind, code, reason = self.upstream.ended(frame)
         if kind is FrameKind.CLOSE:
-            record, echo = provider_ended(frame[2], frame[3])
+            record, echo = provider_ended(code, reason)
             self.session.keep(record)
             assert echo is not None
             await self.upstream.close(*echo)
@@ -302,7 +295,7 @@ class LiveSession:
         timeout = self.manager.settings.finish_timeout_seconds
         with contextlib.suppress(ConnectionError, RuntimeError):
             for frame in self.provider.end_frames(self.forwarded):
-                await self.upstream.send_text(frame.encode())
+                await self.upstream.send(frame.encode(), TEXT)
         closes_after_end = self.provider.closes_after_end
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):

@@ -16,7 +16,7 @@ from sttgate.core import closecodes
 from sttgate.core.closing import WIND_DOWN, Decision, decide
 from sttgate.core.outcomes import Outcome
 from sttgate.gateway.live import ChargeFailed, LiveSession
-from sttgate.gateway.upstream import BINARY, TEXT, ClientLink, FrameKind
+from sttgate.gateway.upstream import DATA, ClientLink, FrameKind
 
 CLOSE = FrameKind.CLOSE
 ERROR = FrameKind.ERROR
@@ -34,52 +34,55 @@ _WIND_DOWN = 2.0
 async def _client_to_upstream(client: ClientLink, live: LiveSession) -> Verdict:
     receive = client.receive
     admit = live.admit
-    sent_up = live.sent_up
-    upstream = live.upstream
-    send_bytes = upstream.send_bytes
-    send_text = upstream.send_text
+    send = live.upstream.send
     while True:
-        kind, data, code, reason = await receive()
-        if kind is BINARY or kind is TEXT:
+        frame = await receive()
+        kind = frame[0]
+        if kind in DATA:
+            data = frame[1]
             try:
                 if not admit(data, kind) and not await live.pay():
                     return Outcome.CUT_OFF, *closecodes.INSUFFICIENT_BALANCE
-                await (send_bytes(data) if kind is BINARY else send_text(data))
+                await send(data, kind)
             except ChargeFailed:
                 return Outcome.CUT_OFF, *closecodes.BILLING_UNAVAILABLE
             except ConnectionError:
                 return Outcome.SEND_FAILED, 0, ""
-            sent_up(len(data))
+            # Counted here rather than by a call into the session: this is the per-frame path.
+            live.frames_up += 1
+            live.bytes_up += len(data)
             continue
-        if kind is CLOSE:
+        end, code, reason = client.ended(frame)
+        if end is CLOSE:
             return Outcome.CLIENT_CLOSE, code, reason
-        if kind is ERROR:
+        if end is ERROR:
             return Outcome.CLIENT_ERROR, code, ""
-        if kind is CLOSING:
+        if end is CLOSING:
             return Outcome.CLOSING, 0, ""
         return Outcome.CLIENT_LOST, closecodes.ABNORMAL, ""
 
 
 async def _upstream_to_client(client: ClientLink, live: LiveSession) -> Verdict:
-    receive = live.upstream.receive
+    upstream = live.upstream
+    receive = upstream.receive
     received = live.received
-    send_bytes = client.send_bytes
-    send_text = client.send_text
+    send = client.send
     while True:
         frame = await receive()
         received(frame)
         kind = frame[0]
-        if kind is TEXT or kind is BINARY:
+        if kind in DATA:
             try:
-                await (send_bytes(frame[1]) if kind is BINARY else send_text(frame[1]))
+                await send(frame[1], kind)
             except ConnectionError:
                 return Outcome.SEND_FAILED, 0, ""
             continue
-        if kind is CLOSE:
-            return Outcome.UPSTREAM_CLOSE, frame[2], frame[3]
-        if kind is ERROR:
-            return Outcome.UPSTREAM_ERROR, frame[2], ""
-        if kind is CLOSING:
+        end, code, reason = upstream.ended(frame)
+        if end is CLOSE:
+            return Outcome.UPSTREAM_CLOSE, code, reason
+        if end is ERROR:
+            return Outcome.UPSTREAM_ERROR, code, ""
+        if end is CLOSING:
             return Outcome.CLOSING, 0, ""
         return Outcome.UPSTREAM_LOST, closecodes.ABNORMAL, ""
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Awaitable
-from enum import Enum, auto
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from enum import IntEnum
+from typing import Any, Protocol, cast
 
 import aiohttp
 from aiohttp import ClientResponse, ClientWebSocketResponse, ClientWSTimeout, WebSocketError, WSMsgType, web
@@ -28,35 +28,45 @@ from sttgate.gateway.keys import METRICS, SETTINGS, UPSTREAM_HTTP
 from sttgate.providers import Provider
 
 
-class FrameKind(Enum):
-    TEXT = auto()  # payload: UTF-8 bytes (never decoded on the way through)
-    BINARY = auto()
-    CLOSE = auto()  # the peer's close frame: code (1005 when it had none) and reason
-    ERROR = auto()  # the peer broke the protocol: code (e.g. 1009, a frame over the size limit)
-    CLOSING = auto()  # our own close is under way: nothing more will come
-    LOST = auto()  # the connection ended without a close frame
+class FrameKind(IntEnum):
+    """Kinds of frames, as the project names them. Data frames carry the RFC 6455 opcodes, so an engine whose
+    messages are ``(opcode, payload, ...)`` tuples (aiohttp's are) hands them over as they are: no conversion and no
+    extra coroutine per frame. The other kinds are what :meth:`Link.ended` reports."""
+
+    TEXT = 1  # payload: UTF-8 bytes (never decoded on the way through)
+    BINARY = 2
+    CLOSE = 8  # the peer's close frame: code (1005 when it had none) and reason
+    CLOSING = 256  # our own close is under way: nothing more will come
+    LOST = 257  # the connection ended without a close frame
+    ERROR = 258  # the peer broke the protocol: code (e.g. 1009, a frame over the size limit)
 
 
-# (kind, payload, code, reason): a plain tuple, because one is made per relayed frame.
-Frame = tuple[FrameKind, bytes, int, str]
+# A received frame: ``(kind, payload, extra)``. A data frame's kind equals ``FrameKind.TEXT`` or ``FrameKind.BINARY``
+# (compare with ``==``: an engine may use its own int enum) and its payload is bytes; any other frame ends the hop
+# and ``Link.ended(frame)`` says how.
+Frame = tuple[int, Any, Any]
+# How a hop ended: (CLOSE / ERROR / CLOSING / LOST, code, reason).
+End = tuple[FrameKind, int, str]
 
 TEXT = FrameKind.TEXT
 BINARY = FrameKind.BINARY
+DATA = (BINARY, TEXT)  # ``kind in DATA``: a data frame
 
 
 class Link(Protocol):
     """One WebSocket hop."""
 
-    def send_text(self, data: bytes) -> Awaitable[None]:
-        """Send a text frame whose payload is the UTF-8 ``data``; ``ConnectionError`` if the socket is gone."""
-        ...
-
-    def send_bytes(self, data: bytes) -> Awaitable[None]:
-        """Send a binary frame; ``ConnectionError`` if the socket is gone."""
+    def send(self, data: bytes, kind: int) -> Awaitable[None]:
+        """Send a data frame: ``kind`` is ``FrameKind.TEXT`` (``data`` is its UTF-8 payload) or ``FrameKind.BINARY``
+        (or the kind of a received frame, relayed as is); ``ConnectionError`` if the socket is gone."""
         ...
 
     def receive(self) -> Awaitable[Frame]:
         """The next frame; after a non-data frame the hop is over."""
+        ...
+
+    def ended(self, frame: Frame) -> End:
+        """How the hop ended, given the non-data frame :meth:`receive` returned."""
         ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -70,45 +80,32 @@ class Link(Protocol):
 UpstreamLink = Link
 ClientLink = Link
 
-_TEXT = WSMsgType.TEXT
-_BINARY = WSMsgType.BINARY
-_CLOSE = WSMsgType.CLOSE
-_ERROR = WSMsgType.ERROR
-_CLOSING = WSMsgType.CLOSING
-
 
 class AiohttpLink:
     """An aiohttp socket (client or server side, opened with ``decode_text=False``) as a :class:`Link`.
 
-    The sends return aiohttp's own coroutine (no extra coroutine per frame)."""
+    ``receive`` and ``send`` are aiohttp's own bound coroutines (its messages are ``(type, data, extra)`` tuples
+    whose data types equal :class:`FrameKind`'s, and it takes any int opcode), so the frame path pays nothing for
+    the indirection."""
 
-    __slots__ = ("_send", "ws")
+    __slots__ = ("receive", "send", "ws")
 
     def __init__(self, ws: ClientWebSocketResponse[Any] | web.WebSocketResponse[Any]) -> None:
         self.ws = ws
-        self._send = ws.send_frame
+        self.receive: Callable[[], Awaitable[Frame]] = ws.receive
+        # aiohttp types the opcode as its WSMsgType, an IntEnum whose TEXT/BINARY equal FrameKind's.
+        self.send = cast(Callable[[bytes, int], Awaitable[None]], ws.send_frame)
 
-    def send_text(self, data: bytes) -> Awaitable[None]:
-        return self._send(data, _TEXT)
-
-    def send_bytes(self, data: bytes) -> Awaitable[None]:
-        return self._send(data, _BINARY)
-
-    async def receive(self) -> Frame:
-        msg = await self.ws.receive()
-        t = msg.type
-        if t is _BINARY:
-            return BINARY, msg.data, 0, ""
-        if t is _TEXT:
-            return TEXT, msg.data, 0, ""
-        if t is _CLOSE:
+    def ended(self, frame: Frame) -> End:
+        t, data, extra = frame
+        if t == WSMsgType.CLOSE:
             # aiohttp reports a close frame without a status as 0; RFC 6455 calls it 1005.
-            return FrameKind.CLOSE, b"", msg.data or closecodes.NO_STATUS, msg.extra or ""
-        if t is _ERROR and isinstance(msg.data, WebSocketError):
-            return FrameKind.ERROR, b"", msg.data.code, ""
-        if t is _CLOSING:
-            return FrameKind.CLOSING, b"", 0, ""
-        return FrameKind.LOST, b"", closecodes.ABNORMAL, ""
+            return FrameKind.CLOSE, data or closecodes.NO_STATUS, extra or ""
+        if t == WSMsgType.ERROR and isinstance(data, WebSocketError):
+            return FrameKind.ERROR, data.code, ""
+        if t == WSMsgType.CLOSING:
+            return FrameKind.CLOSING, 0, ""
+        return FrameKind.LOST, closecodes.ABNORMAL, ""
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.ws.close(code=code, message=reason.encode())
