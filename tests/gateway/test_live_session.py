@@ -1,4 +1,4 @@
-"""The LiveSession API that pull tasks and provider-shaped routes build on (see sttgate.gateway.sessions)."""
+"""The LiveSession API that pull tasks and provider-shaped routes build on (see sttgate.gateway.live)."""
 
 from __future__ import annotations
 

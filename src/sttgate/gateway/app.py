@@ -24,12 +24,14 @@ from aiohttp.abc import AbstractAccessLogger
 
 from sttgate import sdk_routes
 from sttgate.config import Settings
-from sttgate.core import refusals
+from sttgate.core import closecodes, refusals
 from sttgate.core.params import redact_query
-from sttgate.gateway.handshake import HandshakeResponse, UpstreamSocket, audio_stream, credential_from_request, refuse
+from sttgate.gateway.handshake import audio_stream, credential_from_request, refuse
 from sttgate.gateway.keys import GATEWAY_ID, METRICS, SESSIONS, SETTINGS, STORE, UPSTREAM_HTTP
+from sttgate.gateway.logevents import log_event
+from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
-from sttgate.gateway.sessions import SessionManager, log_event
+from sttgate.gateway.upstream import HandshakeResponse, UpstreamSocket
 from sttgate.providers import names, secret_prefixes
 from sttgate.pull import api as pull_api
 from sttgate.store.store import Store
@@ -83,7 +85,7 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
 
     async def close_sessions(app: web.Application) -> None:
         # Runner clean-up without a drain (tests, a second signal): end live sessions now, with 1012.
-        await app[SESSIONS].close_all(1012, "service restart")
+        await app[SESSIONS].close_all(*closecodes.SERVICE_RESTART)
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_sessions)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from sttgate.core.outcomes import ClosedBy
 from sttgate.core.refusals import Refusal
 from sttgate.gateway.handshake import credential_from_request, open_stream, principal_for, refuse, resolve_provider
 from sttgate.gateway.keys import SETTINGS, STORE
@@ -78,7 +79,7 @@ async def start_task(request: web.Request) -> web.Response:
             params=forwarded,
         )
     except BaseException:
-        live.record(None, "task could not be recorded", "gateway")
+        live.record(None, "task could not be recorded", ClosedBy.GATEWAY)
         await live.end()
         raise
     app[PULL].launch(task_id=task_id, live=live, audio=audio, callback_url=callback.url, secret=secret)

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from sttgate.core.outcomes import TaskStatus
 from sttgate.pull.urlsafety import protocol_whitelist
 
 SAMPLE_RATE = 16_000
@@ -37,8 +38,8 @@ STOP_GRACE_SECONDS = 0.5
 EXIT_WAIT_SECONDS = 5.0
 STDERR_LINES = 20
 
-SOURCE_ENDED = "source_ended"
-SOURCE_FAILED = "source_failed"
+SOURCE_ENDED = TaskStatus.SOURCE_ENDED
+SOURCE_FAILED = TaskStatus.SOURCE_FAILED
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -130,7 +131,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 @dataclass(frozen=True)
 class SourceOutcome:
-    status: str
+    status: TaskStatus
     error: str | None = None
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sttgate.core import refusals
 from sttgate.core.money import CYCLE_SECONDS, format_usd
+from sttgate.core.outcomes import ClosedBy
 from sttgate.store import db
 from sttgate.store.tables import UTCDateTime, accounts, api_keys, sessions, tasks
 
@@ -428,7 +429,7 @@ class Store:
         cost_nanos: int,
         close_code: int | None,
         close_reason: str | None,
-        closed_by: str,
+        closed_by: ClosedBy | str,
     ) -> None:
         """Record the final totals and how the session closed, which frees its slot.
 
@@ -438,6 +439,7 @@ class Store:
         """
         if closed_by not in CLOSED_BY:
             raise ValueError(f"closed_by must be one of {', '.join(CLOSED_BY)}")
+        closed_by = str(closed_by)  # a ClosedBy is stored as its value
         now = utcnow()
         if self._write_lock is not None:
             found = await self._on_sqlite_thread(
