@@ -20,8 +20,7 @@ import pytest
 
 from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.emulators.transcriber import WORDS
-
-from .conftest import SdkGateway, ended_usage
+from tests.support.gateway import AccountGateway, ended_usage
 
 # The SDKs are test dependencies: pip install elevenlabs 'assemblyai>=0.61.1'.
 pytest.importorskip("elevenlabs", reason="the ElevenLabs SDK is not installed (pip install elevenlabs)")
@@ -35,7 +34,7 @@ from assemblyai.streaming.v3 import (
 )
 from elevenlabs import AsyncElevenLabs, AudioFormat, CommitStrategy, RealtimeEvents
 
-Start = Callable[..., Awaitable[SdkGateway]]
+Start = Callable[..., Awaitable[AccountGateway]]
 RATE = 16000
 CHUNK = RATE // 10 * 2  # 100 ms of s16le
 SECONDS = 6.0  # two billing cycles
@@ -158,7 +157,7 @@ async def _assemblyai_session(options: StreamingClientOptions, pcm: bytes) -> tu
     return finals, terminations[0]
 
 
-def _assemblyai_options(gw: SdkGateway, **credential: str) -> StreamingClientOptions:
+def _assemblyai_options(gw: AccountGateway, **credential: str) -> StreamingClientOptions:
     # connect_timeout: the SDK's default 1 s covers the whole handshake, which the gateway meets against the
     # local emulators; a loaded CI machine gets more room.
     return StreamingClientOptions(api_host=f"ws://{gw.host}/assemblyai", connect_timeout=5.0, **credential)
