@@ -91,14 +91,8 @@ async def pull_gateway(store: Store) -> AsyncIterator[Callable[..., Awaitable[Pu
         async def start(**overrides: Any) -> PullGateway:
             config = emulator_config(assemblyai_rate_tolerance=1.0, assemblyai_rate_burst_seconds=0.5)
             emulator = await stack.enter_async_context(running_emulator(config))
-            settings = gateway_settings(
-                emulator,
-                gateway_id=f"pull-test-{next(numbers)}",
-                pull_allow_private=True,
-                webhook_backoff_seconds=0.05,
-                webhook_backoff_max_seconds=0.2,
-                **overrides,
-            )
+            pull = {"pull_allow_private": True, "webhook_backoff_seconds": 0.05, "webhook_backoff_max_seconds": 0.2}
+            settings = gateway_settings(emulator, gateway_id=f"pull-test-{next(numbers)}", **{**pull, **overrides})
             running = await stack.enter_async_context(running_gateway(settings, store))
             http = aiohttp.ClientSession()
             stack.push_async_callback(http.close)
