@@ -18,7 +18,7 @@ from sttgate.pull.egress import EgressGuard, Refused, parse_target, rewrite_head
 from sttgate.pull.ffmpeg import SOURCE_ENDED, SOURCE_FAILED, FFmpegSource, ffmpeg_argv, ffmpeg_env
 from sttgate.pull.manager import PullManager
 from sttgate.pull.urlsafety import CheckedUrl
-from tests.support.servers import serve_app
+from tests.support.servers import fixed_text, serve_app
 from tests.support.tls import self_signed_certificate
 
 
@@ -107,9 +107,7 @@ async def test_hls_segments_on_a_private_host_are_refused(ffmpeg_exe: str, media
     )
     playlist += "#EXT-X-ENDLIST\n"
     app = web.Application()
-    app.router.add_get(
-        "/live.m3u8", lambda _: web.Response(text=playlist, content_type="application/vnd.apple.mpegurl")
-    )
+    app.router.add_get("/live.m3u8", fixed_text(playlist, "application/vnd.apple.mpegurl"))
     async with serve_app(app) as base:
         guard = await guarded(port_of(base))
         try:

@@ -20,7 +20,7 @@ from sttgate.pull.ffmpeg import (
     ffmpeg_argv,
 )
 from tests.support.pull import ffmpeg_children
-from tests.support.servers import serve_app
+from tests.support.servers import fixed_text, serve_app
 from tests.support.waiting import wait_for
 
 
@@ -100,9 +100,7 @@ async def test_hls_segment_pointing_at_file_is_never_read(ffmpeg_exe: str, media
         f"#EXTINF:1.0,\nfile://{segment}\n#EXTINF:1.0,\n{segment}\n#EXT-X-ENDLIST\n"
     )
     app = web.Application()
-    app.router.add_get(
-        "/evil.m3u8", lambda _: web.Response(text=playlist, content_type="application/vnd.apple.mpegurl")
-    )
+    app.router.add_get("/evil.m3u8", fixed_text(playlist, "application/vnd.apple.mpegurl"))
     async with serve_app(app) as base:
         src = source(ffmpeg_exe, f"{base}/evil.m3u8", pace=False)
         chunks, _ = await collect(src)

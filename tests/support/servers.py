@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -29,3 +29,12 @@ async def serve_app(app: web.Application, *, shutdown_timeout: float = 0.5) -> A
     """Run a small test app (media, webhook receivers); yields its base URL ``http://127.0.0.1:PORT``."""
     async with serving(app, shutdown_timeout=shutdown_timeout) as port:
         yield f"http://127.0.0.1:{port}"
+
+
+def fixed_text(text: str, content_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler that always answers ``text`` (a coroutine: aiohttp deprecates plain-function handlers)."""
+
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(text=text, content_type=content_type)
+
+    return handle
