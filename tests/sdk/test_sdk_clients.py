@@ -26,6 +26,7 @@ from tests.support.gateway import AccountGateway, ended_usage
 pytest.importorskip("elevenlabs", reason="the ElevenLabs SDK is not installed (pip install elevenlabs)")
 pytest.importorskip("assemblyai", minversion="0.61.1", reason="pip install 'assemblyai>=0.61.1' (ws:// api_host)")
 
+import httpx  # a dependency of both SDKs
 from assemblyai.streaming.v3 import (
     AsyncStreamingClient,
     StreamingClientOptions,
@@ -122,8 +123,9 @@ async def test_elevenlabs_sdk_with_api_key(sdk_gateway: Start) -> None:
 
 async def test_elevenlabs_sdk_single_use_token_helper(sdk_gateway: Start) -> None:
     gw = await sdk_gateway()
-    backend = AsyncElevenLabs(api_key=gw.key, base_url=f"{gw.url}/elevenlabs")
-    token = (await backend.tokens.single_use.create("realtime_scribe")).token
+    async with httpx.AsyncClient() as http:  # the SDK does not close a client it made itself
+        backend = AsyncElevenLabs(api_key=gw.key, base_url=f"{gw.url}/elevenlabs", httpx_client=http)
+        token = (await backend.tokens.single_use.create("realtime_scribe")).token
     assert token.startswith("sttg_")
 
     browser_like = AsyncElevenLabs(api_key=None, base_url=f"{gw.url}/elevenlabs")
