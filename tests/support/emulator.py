@@ -21,16 +21,17 @@ from tests.support.servers import AIOHTTP_SHUTDOWN_TIMEOUT, serving
 # Each provider's real WebSocket path, which the emulator serves too.
 EMULATOR_PATHS: dict[str, str] = {"elevenlabs": "/v1/speech-to-text/realtime", "assemblyai": "/v3/ws"}
 
-# The operator's provider keys, as configured in both the emulator and the gateway (the emulator's default keys).
-OPERATOR_KEYS: dict[str, str] = {name: f"emulator-{name}-key" for name in PROVIDERS}
-
 
 def provider_names() -> list[str]:
-    """The registry's provider names (each must have an emulator path)."""
+    """The registry's provider names (the one place the tests iterate the registry); each needs an emulator path."""
     names = list(PROVIDERS)
     missing = [name for name in names if name not in EMULATOR_PATHS]
     assert not missing, f"no emulator path for {missing}: add them to tests/support/emulator.py"
     return names
+
+
+# The operator's provider keys, as configured in both the emulator and the gateway (the emulator's default keys).
+OPERATOR_KEYS: dict[str, str] = {name: f"emulator-{name}-key" for name in provider_names()}
 
 
 def upstream_settings(base: str, keys: Mapping[str, str] = OPERATOR_KEYS) -> dict[str, Any]:
