@@ -288,20 +288,20 @@ def test_serve_and_emulate_run_until_signalled(
 ) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STTGATE_")}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [*_command(), command, "--port", str(port), "--database-url", db_url],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        answered = _wait_until_serving(f"http://127.0.0.1:{port}{path}", proc)
-        assert status is None or answered == status
-        proc.send_signal(stop)
-        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ) as proc:
+        try:
+            answered = _wait_until_serving(f"http://127.0.0.1:{port}{path}", proc)
+            assert status is None or answered == status
+            proc.send_signal(stop)
+            assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

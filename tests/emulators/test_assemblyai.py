@@ -12,8 +12,7 @@ from aiohttp import WSMsgType
 
 from sttgate.emulators.app import EmulatorConfig
 from sttgate.emulators.transcriber import pcm16_to_mulaw
-
-from .helpers import (
+from tests.support.emulator_client import (
     AAI_KEY,
     AAI_QUERY,
     assert_silent,

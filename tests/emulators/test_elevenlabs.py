@@ -6,8 +6,7 @@ import json
 import re
 
 from sttgate.emulators.transcriber import pcm16_to_mulaw
-
-from .helpers import (
+from tests.support.emulator_client import (
     EL_KEY,
     EL_QUERY,
     Closed,

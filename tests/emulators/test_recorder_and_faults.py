@@ -13,8 +13,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from sttgate.emulators.app import RECORDER, EmulatorConfig, serve
-
-from .helpers import (
+from tests.support.emulator_client import (
     AAI_QUERY,
     EL_QUERY,
     assert_silent,

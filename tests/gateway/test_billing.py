@@ -9,8 +9,8 @@ import json
 import pytest
 from aiohttp import WSMsgType
 
-from conftest import wait_for
 from sttgate.gateway.keys import STORE
+from tests.support.waiting import wait_for
 
 
 async def ended_session(gw, account_id):

@@ -8,7 +8,10 @@ import asyncio
 import aiohttp
 import pytest
 
-from conftest import OPERATOR_ASSEMBLYAI_KEY, gateway_settings, handshake, wait_for
+from tests.support.emulator import OPERATOR_KEYS
+from tests.support.gateway import gateway_settings
+from tests.support.upgrade import handshake
+from tests.support.waiting import wait_for
 
 UNKNOWN_KEY = "sk-mai-" + "A" * 43
 
@@ -163,7 +166,7 @@ async def test_key_from_query_or_authorization_header(gateway, account, how):
         msg = await ws.receive(timeout=5)
         assert msg.type is aiohttp.WSMsgType.BINARY
     rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
-    assert rec.header("Authorization") == OPERATOR_ASSEMBLYAI_KEY
+    assert rec.header("Authorization") == OPERATOR_KEYS["assemblyai"]
     assert acct.key not in rec.query_string
     usage = await wait_for(lambda: _ended_usage(gw, acct.id))
     assert usage["sessions"][0]["id"] == session_id

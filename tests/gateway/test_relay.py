@@ -9,8 +9,9 @@ import random
 import aiohttp
 from aiohttp import WSMsgType
 
-from conftest import OPERATOR_ASSEMBLYAI_KEY, OPERATOR_ELEVENLABS_KEY, wait_for
 from sttgate.gateway.keys import SESSIONS, STORE
+from tests.support.emulator import OPERATOR_KEYS
+from tests.support.waiting import wait_for
 
 
 async def last_session(gw, account_id):
@@ -45,7 +46,7 @@ async def test_query_forwarded_byte_exact_with_operator_credential_and_no_client
     rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
     await rec.wait_ended()
     assert rec.query_string == forwarded
-    assert rec.header("Authorization") == OPERATOR_ASSEMBLYAI_KEY
+    assert rec.header("Authorization") == OPERATOR_KEYS["assemblyai"]
     seen = [rec.query_string, *(v for _, v in rec.headers), *rec.texts_in()]
     assert not any(acct.key in item for item in seen)
     await last_session(gw, acct.id)
@@ -66,7 +67,7 @@ async def test_elevenlabs_gets_model_id_default_and_xi_api_key_but_never_the_cli
         assert started["message_type"] == "session_started"
     rec = await recorder.wait_for_session(provider="elevenlabs", since=mark)
     assert rec.query_string == "audio_format=pcm_16000&language_code=en&model_id=scribe_v2_realtime"
-    assert rec.header("xi-api-key") == OPERATOR_ELEVENLABS_KEY
+    assert rec.header("xi-api-key") == OPERATOR_KEYS["elevenlabs"]
     assert rec.header("Authorization") is None
     assert not any(acct.key in v for _, v in rec.headers)
     await last_session(gw, acct.id)

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from yarl import URL
 
-from conftest import OPERATOR_ASSEMBLYAI_KEY, gateway_settings, handshake, wait_for
-from sttgate.gateway.app import bound_port, create_app, start_site
-
-SERVE = [str(Path(sys.executable).parent / "sttgate"), "serve", "--host", "127.0.0.1", "--port", "0"]
+from tests.support.gateway import gateway_settings, running_gateway
+from tests.support.serve import ServeProcess, serve_env, serve_processes
+from tests.support.upgrade import handshake
+from tests.support.waiting import wait_for
 
 
 def echo_url(port: int, key: str) -> URL:
@@ -27,71 +22,17 @@ def echo_url(port: int, key: str) -> URL:
     return URL(f"http://127.0.0.1:{port}/ws/v2/audio-stream?provider=assemblyai&api_key={key}&emu_echo=1", encoded=True)
 
 
-class ServeProcess:
-    """A ``sttgate serve`` subprocess; its stderr is collected so the pipe never fills."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self.port_found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            line = raw.decode(errors="replace")
-            self.lines.append(line)
-            match = re.search(r"event=gateway_listening .*port=(\d+)", line)
-            if match and not self.port_found.done():
-                self.port_found.set_result(int(match.group(1)))
-        if not self.port_found.done():
-            self.port_found.set_exception(RuntimeError("serve exited:\n" + "".join(self.lines)))
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    async def wait(self, timeout: float = 15.0) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await self._reader
-        return code
-
-
 @pytest.fixture
 async def serve(emulator, tmp_path) -> AsyncIterator:
     """Factory: ``await serve(*cli_args, **env)`` → (ServeProcess, port); every process is killed at the end."""
-    procs: list[ServeProcess] = []
+    async with serve_processes() as spawn:
 
-    async def start(*args: str, **env: str) -> tuple[ServeProcess, int]:
-        environment = {
-            **os.environ,
-            "STTGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'sttgate.db'}",
-            "STTGATE_ASSEMBLYAI_URL": emulator.assemblyai_url,
-            "ASSEMBLYAI_API_KEY": OPERATOR_ASSEMBLYAI_KEY,
-            "STTGATE_GATEWAY_ID": "serve-test",
-            "STTGATE_LOG_LEVEL": "INFO",
-            **env,
-        }
-        proc = await asyncio.create_subprocess_exec(
-            *SERVE,
-            *args,
-            env=environment,
-            cwd=tmp_path,
-            stdin=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        sp = ServeProcess(proc)
-        procs.append(sp)
-        port = await asyncio.wait_for(sp.port_found, 30)
-        return sp, port
+        async def start(*args: str, **env: str) -> tuple[ServeProcess, int]:
+            environment = {**serve_env(emulator, f"sqlite:///{tmp_path / 'sttgate.db'}", "serve-test"), **env}
+            sp = await spawn(*args, env=environment, cwd=tmp_path)
+            return sp, sp.port
 
-    try:
         yield start
-    finally:
-        for sp in procs:
-            if sp.proc.returncode is None:
-                sp.proc.kill()
-                await sp.proc.wait()
 
 
 async def test_sigterm_drains_then_closes_with_1012_and_exits_zero(serve, account, store, emulator):
@@ -257,13 +198,10 @@ async def test_readyz_is_503_when_the_database_does_not_answer(gateway, store, m
 
 async def test_app_opens_and_migrates_its_own_database(emulator, tmp_path):
     settings = gateway_settings(emulator, database_url=f"sqlite:///{tmp_path / 'own.db'}")
-    runner = await start_site(create_app(settings), "127.0.0.1", 0)
-    try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{bound_port(runner)}/readyz") as resp,
-        ):
-            assert resp.status == 200
-    finally:
-        await runner.cleanup()
+    async with (
+        running_gateway(settings) as running,
+        aiohttp.ClientSession() as http,
+        http.get(f"{running.http_url}/readyz") as resp,
+    ):
+        assert resp.status == 200
     assert (tmp_path / "own.db").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ffmpeg_children
+from tests.support.pull import ffmpeg_children
 
 GOOD_AUDIO = "http://127.0.0.1:9/a.wav"
 GOOD_HOOK = "http://127.0.0.1:9/hook"

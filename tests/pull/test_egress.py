@@ -6,9 +6,7 @@ every other (the "private" one), so the test can run on loopback alone.
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,8 +18,8 @@ from sttgate.pull.egress import EgressGuard, Refused, parse_target, rewrite_head
 from sttgate.pull.ffmpeg import SOURCE_ENDED, SOURCE_FAILED, FFmpegSource, ffmpeg_argv, ffmpeg_env
 from sttgate.pull.manager import PullManager
 from sttgate.pull.urlsafety import CheckedUrl
-
-from .conftest import serve
+from tests.support.servers import fixed_text, serve_app
+from tests.support.tls import self_signed_certificate
 
 
 def test_parse_target() -> None:
@@ -60,7 +58,7 @@ async def private_server(media_dir: Path) -> AsyncIterator[tuple[str, Hits]]:
     hits = Hits()
     app = web.Application(middlewares=[hits.middleware])
     app.router.add_static("/media", media_dir)
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         yield base, hits
 
 
@@ -89,7 +87,7 @@ async def test_hls_through_the_guard_reaches_every_segment(ffmpeg_exe: str, medi
     hits = Hits()
     app = web.Application(middlewares=[hits.middleware])
     app.router.add_static("/media", media_dir)
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         guard = await guarded(port_of(base))
         try:
             src = await decode_through(guard, ffmpeg_exe, f"{base}/media/hls/index.m3u8")
@@ -109,10 +107,8 @@ async def test_hls_segments_on_a_private_host_are_refused(ffmpeg_exe: str, media
     )
     playlist += "#EXT-X-ENDLIST\n"
     app = web.Application()
-    app.router.add_get(
-        "/live.m3u8", lambda _: web.Response(text=playlist, content_type="application/vnd.apple.mpegurl")
-    )
-    async with serve(app) as base:
+    app.router.add_get("/live.m3u8", fixed_text(playlist, "application/vnd.apple.mpegurl"))
+    async with serve_app(app) as base:
         guard = await guarded(port_of(base))
         try:
             src = await decode_through(guard, ffmpeg_exe, f"{base}/live.m3u8")
@@ -132,7 +128,7 @@ async def test_a_redirect_to_a_private_host_is_refused(ffmpeg_exe: str, private_
 
     app = web.Application()
     app.router.add_get("/a.wav", redirect)
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         guard = await guarded(port_of(base))
         try:
             src = await decode_through(guard, ffmpeg_exe, f"{base}/a.wav")
@@ -146,22 +142,10 @@ async def test_a_redirect_to_a_private_host_is_refused(ffmpeg_exe: str, private_
 @pytest.fixture(scope="module")
 def tls_context(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, str]:
     """A certificate for ``localhost``; FFmpeg verifies certificates, so it is told to trust this one."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("no openssl binary to make a test certificate")
-    root = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        [
-            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"),
-            *("-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem")),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(root / "cert.pem", root / "key.pem")
-    return context, str(root / "cert.pem")
+    context.load_cert_chain(cert, key)
+    return context, str(cert)
 
 
 async def test_https_goes_through_connect_and_is_checked(ffmpeg_exe: str, media_dir: Path, tls_context) -> None:

@@ -19,8 +19,9 @@ from sttgate.pull.ffmpeg import (
     Pacer,
     ffmpeg_argv,
 )
-
-from .conftest import ffmpeg_children, serve, wait_for
+from tests.support.pull import ffmpeg_children
+from tests.support.servers import fixed_text, serve_app
+from tests.support.waiting import wait_for
 
 
 def source(ffmpeg: str, url: str, *, timeout: float = 10.0, pace: bool = True) -> FFmpegSource:
@@ -99,10 +100,8 @@ async def test_hls_segment_pointing_at_file_is_never_read(ffmpeg_exe: str, media
         f"#EXTINF:1.0,\nfile://{segment}\n#EXTINF:1.0,\n{segment}\n#EXT-X-ENDLIST\n"
     )
     app = web.Application()
-    app.router.add_get(
-        "/evil.m3u8", lambda _: web.Response(text=playlist, content_type="application/vnd.apple.mpegurl")
-    )
-    async with serve(app) as base:
+    app.router.add_get("/evil.m3u8", fixed_text(playlist, "application/vnd.apple.mpegurl"))
+    async with serve_app(app) as base:
         src = source(ffmpeg_exe, f"{base}/evil.m3u8", pace=False)
         chunks, _ = await collect(src)
     assert chunks == []
@@ -113,7 +112,7 @@ async def test_hls_segment_pointing_at_file_is_never_read(ffmpeg_exe: str, media
 
 async def test_unreachable_source_fails_with_ffmpegs_error(ffmpeg_exe: str) -> None:
     app = web.Application()
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         pass  # the port is closed again: nothing listens there now
     src = source(ffmpeg_exe, f"{base}/gone.wav")
     chunks, _ = await collect(src)
@@ -140,7 +139,7 @@ async def test_source_that_hangs_fails_after_the_source_timeout(ffmpeg_exe: str)
 
     app = web.Application()
     app.router.add_get("/hang.wav", hang)
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         src = source(ffmpeg_exe, f"{base}/hang.wav", timeout=1.0)
         chunks, _ = await collect(src)
         release.set()

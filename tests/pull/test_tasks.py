@@ -18,9 +18,10 @@ from sttgate.gateway.keys import SESSIONS
 from sttgate.pull import taskstore
 from sttgate.pull.ffmpeg import PACING_LEAD_SECONDS
 from sttgate.pull.webhooks import SIGNATURE_HEADER, Attempt, verify
-
-from .conftest import ffmpeg_children, serve, wait_for
-from .rtsp_server import RtspServer
+from tests.support.pull import ffmpeg_children
+from tests.support.rtsp import RtspServer
+from tests.support.servers import serve_app
+from tests.support.waiting import wait_for
 
 
 def free_port() -> int:
@@ -175,7 +176,7 @@ async def test_unreachable_source_fails(pull_gateway, account, receiver) -> None
     gw = await pull_gateway(pull_source_timeout_seconds=3)
     acct = await account()
     rec, hook = receiver
-    async with serve(web.Application()) as gone:
+    async with serve_app(web.Application()) as gone:
         pass
     task_id = await start_task(gw, acct, hook, f"{gone}/nothing.wav")
     view = await gw.wait_status(acct.key, task_id, timeout=10)
@@ -201,7 +202,7 @@ async def test_source_that_sends_nothing_fails_after_the_timeout(pull_gateway, a
     gw = await pull_gateway(pull_source_timeout_seconds=1.5)
     acct = await account()
     _, hook = receiver
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         task_id = await start_task(gw, acct, hook, f"{base}/hang.wav")
         view = await gw.wait_status(acct.key, task_id, timeout=10)
         release.set()

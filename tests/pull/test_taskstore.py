@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from postgres import fresh_schema
 from sttgate.pull import taskstore
 from sttgate.pull.webhooks import Attempt
 from sttgate.store.store import Store, utcnow
+from tests.support.postgres import fresh_schema
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

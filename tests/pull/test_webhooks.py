@@ -24,8 +24,8 @@ from sttgate.pull.webhooks import (
     verify,
     webhook_client,
 )
-
-from .conftest import serve, wait_for
+from tests.support.servers import serve_app
+from tests.support.waiting import wait_for
 
 SECRET = "whsec_test"
 FAST = WebhookPolicy(timeout=5.0, max_attempts=5, backoff=0.01, backoff_max=0.05, queue_max=1000)
@@ -98,7 +98,7 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     rec = Receiver()
     app = web.Application()
     app.router.add_post("/hook", rec.handle)
-    async with serve(app) as base:
+    async with serve_app(app) as base:
         yield rec, base + "/hook"
 
 
@@ -206,7 +206,7 @@ async def test_overflow_drops_the_oldest_waiting_messages_never_ended(receiver, 
 
 
 async def test_a_dead_webhook_degrades_to_one_attempt_per_message(client) -> None:
-    async with serve(web.Application()) as base:
+    async with serve_app(web.Application()) as base:
         pass
     attempts: list[Attempt] = []
     policy = WebhookPolicy(timeout=2.0, max_attempts=3, backoff=0.01, backoff_max=0.02, queue_max=100)

@@ -12,17 +12,17 @@ import pytest
 from yarl import URL
 
 from sttgate import tokens
+from tests.support.gateway import AccountGateway, ended_usage
+from tests.support.upgrade import handshake
 
-from .conftest import SdkGateway, ended_usage, upgrade
-
-Start = Callable[..., Awaitable[SdkGateway]]
+Start = Callable[..., Awaitable[AccountGateway]]
 EL_PATH = "/elevenlabs/v1/speech-to-text/realtime"
 AAI_PATH = "/assemblyai/v3/ws"
 EL_QUERY = "model_id=scribe_v2_realtime&audio_format=pcm_16000"
 AAI_QUERY = "sample_rate=16000&keyterms_prompt=%5B%22a+b%22%5D&format_turns=True"
 
 
-async def _mint(gw: SdkGateway, provider: str | None = None, seconds: int = 60) -> str:
+async def _mint(gw: AccountGateway, provider: str | None = None, seconds: int = 60) -> str:
     return (await tokens.mint(gw.store, gw.account_id, seconds, provider)).token
 
 
@@ -53,19 +53,19 @@ async def test_key_in_the_sdk_header(sdk_gateway: Start, path: str, query: str, 
 async def test_token_in_the_query(sdk_gateway: Start, path: str, provider: str) -> None:
     gw = await sdk_gateway()
     token = await _mint(gw, provider)
-    status, _ = await upgrade(f"{gw.url}{path}?token={token}")
+    status, _, _ = await handshake(f"{gw.url}{path}?token={token}")
     assert status == 101
     rec = gw.recorder.last
     assert rec is not None and token not in rec.query_string and token not in str(rec.headers)
     # Single use.
-    status, body = await upgrade(f"{gw.url}{path}?token={token}")
+    status, body, _ = await handshake(f"{gw.url}{path}?token={token}")
     assert (status, body["error"]["code"]) == (401, "invalid_token")
 
 
 async def test_assemblyai_token_in_the_authorization_header(sdk_gateway: Start) -> None:
     gw = await sdk_gateway()
     for value in (await _mint(gw), "Bearer " + await _mint(gw)):
-        status, _ = await upgrade(f"{gw.url}{AAI_PATH}?sample_rate=16000", {"Authorization": value})
+        status, _, _ = await handshake(f"{gw.url}{AAI_PATH}?sample_rate=16000", {"Authorization": value})
         assert status == 101
 
 
@@ -85,26 +85,26 @@ async def test_assemblyai_token_in_the_authorization_header(sdk_gateway: Start) 
 async def test_refusals(sdk_gateway: Start, path: str, headers: dict[str, str], status: int, code: str) -> None:
     gw = await sdk_gateway()
     headers = {k: v.replace("KEY", gw.key) for k, v in headers.items()}
-    got_status, body = await upgrade(f"{gw.url}{path}", headers)
+    got_status, body, _ = await handshake(f"{gw.url}{path}", headers)
     assert (got_status, body["error"]["code"]) == (status, code)
     assert gw.recorder.last is None  # refused before any upstream connection
 
 
 async def test_streaming_disabled_and_prepaid_refusals(sdk_gateway: Start) -> None:
     gw = await sdk_gateway(balance_nanos=0)
-    status, body = await upgrade(f"{gw.url}{AAI_PATH}", {"Authorization": gw.key})
+    status, body, _ = await handshake(f"{gw.url}{AAI_PATH}", {"Authorization": gw.key})
     assert (status, body["error"]["code"]) == (402, "insufficient_balance")
     await gw.store.update_account(gw.account_id, streaming_enabled=False)
-    status, body = await upgrade(f"{gw.url}{EL_PATH}", {"xi-api-key": gw.key})
+    status, body, _ = await handshake(f"{gw.url}{EL_PATH}", {"xi-api-key": gw.key})
     assert (status, body["error"]["code"]) == (403, "streaming_not_enabled")
 
 
 async def test_token_bound_to_the_other_provider_is_refused_and_kept(sdk_gateway: Start) -> None:
     gw = await sdk_gateway()
     token = await _mint(gw, "assemblyai")
-    status, body = await upgrade(f"{gw.url}{EL_PATH}?token={token}")
+    status, body, _ = await handshake(f"{gw.url}{EL_PATH}?token={token}")
     assert (status, body["error"]["code"]) == (401, "invalid_token")
-    status, _ = await upgrade(f"{gw.url}{AAI_PATH}?token={token}")
+    status, _, _ = await handshake(f"{gw.url}{AAI_PATH}?token={token}")
     assert status == 101
 
 
@@ -112,16 +112,16 @@ async def test_expired_token_is_refused(sdk_gateway: Start, monkeypatch: pytest.
     gw = await sdk_gateway()
     minted = await tokens.mint(gw.store, gw.account_id, 1)
     monkeypatch.setattr(tokens, "utcnow", lambda: minted.expires_at + timedelta(milliseconds=1))
-    status, body = await upgrade(f"{gw.url}{EL_PATH}?token={minted.token}")
+    status, body, _ = await handshake(f"{gw.url}{EL_PATH}?token={minted.token}")
     assert (status, body["error"]["code"]) == (401, "invalid_token")
 
 
 async def test_token_on_the_generic_route(sdk_gateway: Start) -> None:
     gw = await sdk_gateway()
     token = await _mint(gw, "elevenlabs")
-    status, body = await upgrade(f"{gw.url}/ws/v2/audio-stream?provider=assemblyai&token={token}")
+    status, body, _ = await handshake(f"{gw.url}/ws/v2/audio-stream?provider=assemblyai&token={token}")
     assert (status, body["error"]["code"]) == (401, "invalid_token")
-    status, _ = await upgrade(f"{gw.url}/ws/v2/audio-stream?provider=elevenlabs&token={token}&{EL_QUERY}")
+    status, _, _ = await handshake(f"{gw.url}/ws/v2/audio-stream?provider=elevenlabs&token={token}&{EL_QUERY}")
     assert status == 101
     rec = gw.recorder.last
     assert rec is not None and rec.query_string == EL_QUERY
@@ -133,10 +133,10 @@ async def test_two_connections_racing_with_one_token(sdk_gateway: Start, prefix:
     gw = await sdk_gateway()
     for _ in range(5):
         url = f"{gw.url}{prefix}token={await _mint(gw)}"
-        results = await asyncio.gather(upgrade(url), upgrade(url))
-        statuses = sorted(status for status, _ in results)
+        results = await asyncio.gather(handshake(url), handshake(url))
+        statuses = sorted(status for status, _, _ in results)
         assert statuses == [101, 401]
-        assert [body["error"]["code"] for status, body in results if status == 401] == ["invalid_token"]
+        assert [body["error"]["code"] for status, body, _ in results if status == 401] == ["invalid_token"]
 
 
 async def test_a_session_on_a_provider_route_is_billed(sdk_gateway: Start) -> None:

@@ -20,13 +20,13 @@ import pytest
 
 from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.emulators.transcriber import WORDS
-
-from .conftest import SdkGateway, ended_usage
+from tests.support.gateway import AccountGateway, ended_usage
 
 # The SDKs are test dependencies: pip install elevenlabs 'assemblyai>=0.61.1'.
 pytest.importorskip("elevenlabs", reason="the ElevenLabs SDK is not installed (pip install elevenlabs)")
 pytest.importorskip("assemblyai", minversion="0.61.1", reason="pip install 'assemblyai>=0.61.1' (ws:// api_host)")
 
+import httpx  # a dependency of both SDKs
 from assemblyai.streaming.v3 import (
     AsyncStreamingClient,
     StreamingClientOptions,
@@ -35,7 +35,7 @@ from assemblyai.streaming.v3 import (
 )
 from elevenlabs import AsyncElevenLabs, AudioFormat, CommitStrategy, RealtimeEvents
 
-Start = Callable[..., Awaitable[SdkGateway]]
+Start = Callable[..., Awaitable[AccountGateway]]
 RATE = 16000
 CHUNK = RATE // 10 * 2  # 100 ms of s16le
 SECONDS = 6.0  # two billing cycles
@@ -123,8 +123,9 @@ async def test_elevenlabs_sdk_with_api_key(sdk_gateway: Start) -> None:
 
 async def test_elevenlabs_sdk_single_use_token_helper(sdk_gateway: Start) -> None:
     gw = await sdk_gateway()
-    backend = AsyncElevenLabs(api_key=gw.key, base_url=f"{gw.url}/elevenlabs")
-    token = (await backend.tokens.single_use.create("realtime_scribe")).token
+    async with httpx.AsyncClient() as http:  # the SDK does not close a client it made itself
+        backend = AsyncElevenLabs(api_key=gw.key, base_url=f"{gw.url}/elevenlabs", httpx_client=http)
+        token = (await backend.tokens.single_use.create("realtime_scribe")).token
     assert token.startswith("sttg_")
 
     browser_like = AsyncElevenLabs(api_key=None, base_url=f"{gw.url}/elevenlabs")
@@ -158,7 +159,7 @@ async def _assemblyai_session(options: StreamingClientOptions, pcm: bytes) -> tu
     return finals, terminations[0]
 
 
-def _assemblyai_options(gw: SdkGateway, **credential: str) -> StreamingClientOptions:
+def _assemblyai_options(gw: AccountGateway, **credential: str) -> StreamingClientOptions:
     # connect_timeout: the SDK's default 1 s covers the whole handshake, which the gateway meets against the
     # local emulators; a loaded CI machine gets more room.
     return StreamingClientOptions(api_host=f"ws://{gw.host}/assemblyai", connect_timeout=5.0, **credential)

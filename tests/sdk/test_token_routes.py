@@ -14,8 +14,7 @@ import sqlalchemy as sa
 from sttgate import tokens
 from sttgate.store import Store
 from sttgate.store.tables import tokens as tokens_table
-
-from .conftest import SdkGateway
+from tests.support.gateway import AccountGateway
 
 
 @dataclass
@@ -28,7 +27,7 @@ class Env:
 
 
 @pytest.fixture
-async def env(sdk_gateway: Callable[..., Awaitable[SdkGateway]]) -> AsyncIterator[Env]:
+async def env(sdk_gateway: Callable[..., Awaitable[AccountGateway]]) -> AsyncIterator[Env]:
     gw = await sdk_gateway()
     async with aiohttp.ClientSession() as http:
         yield Env(gw.url, http, gw.store, gw.account_id, gw.key)
@@ -131,7 +130,7 @@ async def test_assemblyai_shaped_mint(env: Env) -> None:
         assert resp.status == 401 and (await resp.json())["error"]["code"] == "invalid_api_key"
 
 
-async def test_token_max_seconds_setting_caps_lifetimes(sdk_gateway: Callable[..., Awaitable[SdkGateway]]) -> None:
+async def test_token_max_seconds_setting_caps_lifetimes(sdk_gateway: Callable[..., Awaitable[AccountGateway]]) -> None:
     gw = await sdk_gateway(token_max_seconds=30)
     async with aiohttp.ClientSession() as http:
         headers = {"Authorization": gw.key}

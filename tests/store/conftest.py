@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from postgres import fresh_schema
 from sttgate.store import Store
+from tests.support.postgres import fresh_schema
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

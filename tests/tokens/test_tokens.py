@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from postgres import fresh_schema
 from sttgate import tokens
 from sttgate.store import Principal, Store
 from sttgate.store.store import hash_secret
 from sttgate.store.tables import tokens as tokens_table
+from tests.support.postgres import fresh_schema
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

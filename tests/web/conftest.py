@@ -1,88 +1,40 @@
-"""Fixtures for the page tests: a real headless Chromium with a fake microphone (see ``cdp_browser``), and a
-gateway with the page whose provider URLs a test chooses (the emulators, or a scripted stand-in)."""
+"""Fixtures for the page tests: a real headless Chromium with a fake microphone (see ``tests.support.browser``), and
+a gateway with the page whose provider URLs a test chooses (the emulators, or a scripted stand-in)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
 
-from sttgate.config import Settings
-from sttgate.emulators.app import EmulatorConfig
-from sttgate.emulators.app import create_app as create_emulator_app
-from sttgate.gateway.app import bound_port, create_app, start_site
 from sttgate.store import Store
-
-from .cdp_browser import LAUNCH_TIMEOUT, Browser, chromium_path, speech_wav
-
-OPERATOR_KEYS = {"elevenlabs": "emulator-elevenlabs-key", "assemblyai": "emulator-assemblyai-key"}
-
-
-@dataclass
-class PageGateway:
-    url: str  # http://127.0.0.1:PORT
-    store: Store
-    settings: Settings
-    account_id: str  # the demo account, whose key is the server's demo_api_key
+from tests.support.accounts import create_account
+from tests.support.browser import Browser, chromium_path, launch_browser, speech_wav
+from tests.support.gateway import AccountGateway, gateway_settings, running_gateway
 
 
 @pytest.fixture
-async def page_store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.connect(f"sqlite:///{tmp_path / 'gw.db'}")
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def emulator_url() -> AsyncIterator[str]:
-    """Both provider emulators (default keys = ``OPERATOR_KEYS``) on one loopback port: ``ws://127.0.0.1:PORT``."""
-    runner = web.AppRunner(create_emulator_app(EmulatorConfig()), handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"ws://127.0.0.1:{bound_port(runner)}"
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def page_gateway(page_store: Store) -> AsyncIterator[Callable[..., Awaitable[PageGateway]]]:
+async def page_gateway(store: Store) -> AsyncIterator[Callable[..., Awaitable[AccountGateway]]]:
     """Factory: ``await page_gateway(upstream="ws://…", balance_nanos=None, **settings)``.
 
-    ``upstream`` serves both providers' paths (``/v1/speech-to-text/realtime``, ``/v3/ws``); the demo key is a real
+    ``upstream`` serves every provider's path (``tests.support.emulator.EMULATOR_PATHS``); the demo key is a real
     key of a fresh account unless ``demo_api_key`` is given.
     """
-    runners: list[web.AppRunner] = []
+    async with AsyncExitStack() as stack:
 
-    async def start(
-        *, upstream: str = "ws://127.0.0.1:9", balance_nanos: int | None = None, **overrides: Any
-    ) -> PageGateway:
-        account = await page_store.create_account(name="demo", balance_nanos=balance_nanos)
-        key = (await page_store.create_key(account["id"]))["key"]
-        values: dict[str, Any] = {
-            "elevenlabs_url": f"{upstream}/v1/speech-to-text/realtime",
-            "assemblyai_url": f"{upstream}/v3/ws",
-            "elevenlabs_api_key": OPERATOR_KEYS["elevenlabs"],
-            "assemblyai_api_key": OPERATOR_KEYS["assemblyai"],
-            "gateway_id": "page-tests",
-            "demo_api_key": key,
-            **overrides,
-        }
-        settings = Settings.model_validate(values)
-        app = create_app(settings, store=page_store)
-        runner = await start_site(app, "127.0.0.1", 0)
-        runners.append(runner)
-        return PageGateway(f"http://127.0.0.1:{bound_port(runner)}", page_store, settings, account["id"])
+        async def start(
+            *, upstream: str = "ws://127.0.0.1:9", balance_nanos: int | None = None, **overrides: Any
+        ) -> AccountGateway:
+            account = await create_account(store, name="demo", balance_nanos=balance_nanos)
+            overrides.setdefault("demo_api_key", account.key)
+            settings = gateway_settings(upstream, gateway_id="page-tests", **overrides)
+            running = await stack.enter_async_context(running_gateway(settings, store))
+            return AccountGateway(running.http_url, store, settings, account.id, account.key)
 
-    try:
         yield start
-    finally:
-        for runner in runners:
-            await runner.cleanup()
 
 
 @pytest.fixture
@@ -103,56 +55,13 @@ def fake_microphone(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def browser(chromium: str, fake_microphone: Path, tmp_path: Path) -> AsyncIterator[Browser]:
+def chromium_profile(tmp_path: Path) -> Path:
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
-    process = await asyncio.create_subprocess_exec(
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={fake_microphone}",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--remote-debugging-address=127.0.0.1",
-        "--remote-debugging-port=0",
-        "about:blank",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    log: list[str] = []
+    return profile
 
-    async def devtools_url() -> str:
-        assert process.stderr is not None
-        while line := (await process.stderr.readline()).decode(errors="replace"):
-            log.append(line.rstrip())
-            if line.startswith("DevTools listening on "):
-                return line.removeprefix("DevTools listening on ").strip()
-        raise RuntimeError("Chromium exited before DevTools was ready:\n" + "\n".join(log))
 
-    async def drain() -> None:
-        assert process.stderr is not None
-        while line := await process.stderr.readline():
-            log.append(line.decode(errors="replace").rstrip())
-
-    drainer: asyncio.Task[None] | None = None
-    try:
-        ws_url = await asyncio.wait_for(devtools_url(), LAUNCH_TIMEOUT)
-        drainer = asyncio.create_task(drain())
-        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
-            browser = Browser(process, ws)
-            yield browser
-            await browser.send("Browser.close")
-            browser._reader.cancel()
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        await process.wait()
-        if drainer is not None:
-            await drainer
+@pytest.fixture
+async def browser(chromium: str, fake_microphone: Path, chromium_profile: Path) -> AsyncIterator[Browser]:
+    async with launch_browser(chromium, fake_microphone, chromium_profile) as launched:
+        yield launched

@@ -8,10 +8,9 @@ import aiohttp
 import pytest
 
 from sttgate import tokens
+from tests.support.gateway import AccountGateway
 
-from .conftest import PageGateway
-
-Start = Callable[..., Awaitable[PageGateway]]
+Start = Callable[..., Awaitable[AccountGateway]]
 
 
 async def test_page_and_assets(page_gateway: Start) -> None:

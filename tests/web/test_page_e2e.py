@@ -14,9 +14,9 @@ import pytest
 
 from sttgate.core.money import format_usd
 from sttgate.emulators.transcriber import WORDS
-
-from .cdp_browser import PAGE_TIMEOUT, Browser, Page
-from .conftest import PageGateway
+from tests.support.browser import PAGE_TIMEOUT, Browser, Page
+from tests.support.emulator import EmulatorServer
+from tests.support.gateway import AccountGateway
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo-page.png"
 STATUS = "document.getElementById('status').dataset.state"
@@ -38,7 +38,7 @@ async def _transcribe(page: Page, provider: str) -> bytes:
     return live
 
 
-async def _ended_session(gw: PageGateway) -> dict[str, Any]:
+async def _ended_session(gw: AccountGateway) -> dict[str, Any]:
     """The page's one session, once the gateway has recorded its end (it does so right after the close)."""
     async with asyncio.timeout(PAGE_TIMEOUT):
         while True:
@@ -50,13 +50,13 @@ async def _ended_session(gw: PageGateway) -> dict[str, Any]:
 
 @pytest.mark.parametrize("provider", ["assemblyai", "elevenlabs"])
 async def test_page_transcribes_the_microphone(
-    emulator_url: str,
-    page_gateway: Callable[..., Awaitable[PageGateway]],
+    emulator: EmulatorServer,
+    page_gateway: Callable[..., Awaitable[AccountGateway]],
     browser: Browser,
     provider: str,
     tmp_path: Path,
 ) -> None:
-    gw = await page_gateway(upstream=emulator_url, balance_nanos=10**9)
+    gw = await page_gateway(upstream=emulator.base, balance_nanos=10**9)
     page = await browser.new_page()
     await page.navigate(f"{gw.url}/demo/")
     live = await _transcribe(page, provider)
@@ -87,7 +87,7 @@ async def test_page_transcribes_the_microphone(
         shutil.copyfile(shot, DOCS_SCREENSHOT)
 
 
-async def test_page_shows_a_refusal(page_gateway: Callable[..., Awaitable[PageGateway]], browser: Browser) -> None:
+async def test_page_shows_a_refusal(page_gateway: Callable[..., Awaitable[AccountGateway]], browser: Browser) -> None:
     """A prepaid demo account without money: the gateway refuses the upgrade (402) and the page says so."""
     gw = await page_gateway(balance_nanos=0)
     page = await browser.new_page()

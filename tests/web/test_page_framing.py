@@ -21,10 +21,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sttgate.gateway.app import bound_port
-
-from .cdp_browser import Browser
-from .conftest import OPERATOR_KEYS, PageGateway
+from tests.support.browser import Browser
+from tests.support.emulator import EMULATOR_PATHS, OPERATOR_KEYS
+from tests.support.gateway import AccountGateway
+from tests.support.servers import serving
 
 FRAME_BYTES = 3200  # 100 ms of 16 kHz s16le
 TONE_HZ = 440
@@ -101,18 +101,15 @@ class Site:
 
 
 @pytest.fixture
-async def site(page_gateway: Callable[..., Awaitable[PageGateway]]) -> AsyncIterator[Site]:
+async def site(page_gateway: Callable[..., Awaitable[AccountGateway]]) -> AsyncIterator[Site]:
     """The gateway with the page, relaying to the scripted providers above."""
     provider = web.Application()
     provider[RECORDED] = Recorded()
-    provider.router.add_get("/v3/ws", _assemblyai)
-    provider.router.add_get("/v1/speech-to-text/realtime", _elevenlabs)
-    runner = web.AppRunner(provider)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    gw = await page_gateway(upstream=f"ws://127.0.0.1:{bound_port(runner)}")
-    yield Site(gw.url, provider[RECORDED])
-    await runner.cleanup()
+    provider.router.add_get(EMULATOR_PATHS["assemblyai"], _assemblyai)
+    provider.router.add_get(EMULATOR_PATHS["elevenlabs"], _elevenlabs)
+    async with serving(provider) as port:
+        gw = await page_gateway(upstream=f"ws://127.0.0.1:{port}")
+        yield Site(gw.url, provider[RECORDED])
 
 
 def _rms(pcm: bytes) -> float:

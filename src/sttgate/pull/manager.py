@@ -37,6 +37,8 @@ STOP_POLL_SECONDS = 0.5
 # At shutdown, queued webhooks (every task's ``ended`` above all) get this long before they are abandoned.
 SHUTDOWN_WEBHOOK_SECONDS = 10.0
 TASK_END_SECONDS = 15.0
+# At shutdown, the stop poll may finish the database call it is in for this long before it is cancelled.
+POLL_FINISH_SECONDS = 5.0
 # Tasks of dead gateways older than this get no late ``ended`` webhook (bounds the sweep's query).
 CRASH_ENDINGS_WINDOW_SECONDS = 24 * 3600.0
 
@@ -54,6 +56,7 @@ class PullManager:
         self.client: aiohttp.ClientSession | None = None
         self.egress: EgressGuard | None = None
         self._poll: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     async def start(self) -> None:
         self.client = webhook_client(allow_private=self.settings.pull_allow_private)
@@ -118,15 +121,16 @@ class PullManager:
     async def _poll_stops(self) -> None:
         loop = asyncio.get_running_loop()
         next_sweep = loop.time()
-        while True:
+        while not self._closing.is_set():
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + self.settings.lease_ttl_seconds
                 try:
                     await self.send_crash_endings()
                 except Exception:
                     log.exception("event=background_error task=pull_crash_endings")
-            await asyncio.sleep(STOP_POLL_SECONDS)
-            if not self.tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), STOP_POLL_SECONDS)
+            if not self.tasks or self._closing.is_set():
                 continue
             try:
                 for task_id in await taskstore.stop_requested(self.store, list(self.tasks)):
@@ -159,6 +163,10 @@ class PullManager:
     async def close(self) -> None:
         """Shutdown: every task ends ``gateway_shutdown`` (with its ``ended`` webhook), then clean up."""
         if self._poll is not None:
+            # The poll stops between its database calls, not inside one: cancelling a call while the SQLite driver
+            # opens a connection leaves the driver's thread running after the event loop has closed.
+            self._closing.set()
+            await asyncio.wait([self._poll], timeout=POLL_FINISH_SECONDS)
             self._poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll

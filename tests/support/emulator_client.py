@@ -1,4 +1,4 @@
-"""Helpers for the emulator tests: generated PCM, frame builders, a running emulator, message collection."""
+"""Helpers of the emulator tests: generated PCM, frame builders, a client of a running emulator, message collection."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from yarl import URL
 from sttgate.emulators.app import RECORDER
 from sttgate.emulators.recorder import Recorder
 from sttgate.emulators.transcriber import silence_pcm16, tone_pcm16
+from tests.support.emulator import EMULATOR_PATHS
 
 EL_KEY = "emulator-elevenlabs-key"
 AAI_KEY = "emulator-assemblyai-key"
-EL_PATH = "/v1/speech-to-text/realtime"
-AAI_PATH = "/v3/ws"
+EL_PATH = EMULATOR_PATHS["elevenlabs"]
+AAI_PATH = EMULATOR_PATHS["assemblyai"]
 EL_QUERY = "model_id=scribe_v2_realtime&audio_format=pcm_16000&commit_strategy=manual&include_timestamps=false"
 AAI_QUERY = "sample_rate=16000"
 

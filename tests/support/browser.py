@@ -12,6 +12,8 @@ import itertools
 import json
 import shutil
 import wave
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -161,3 +163,59 @@ class Browser:
         await page.send("Page.enable")
         await page.send("Emulation.setDeviceMetricsOverride", width=1000, height=760, deviceScaleFactor=1, mobile=False)
         return page
+
+
+@asynccontextmanager
+async def launch_browser(chromium: str, fake_microphone: Path, profile: Path) -> AsyncIterator[Browser]:
+    """Headless Chromium with ``fake_microphone`` as its microphone and ``profile`` (a new directory) as its user
+    data."""
+    process = await asyncio.create_subprocess_exec(
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={fake_microphone}",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-address=127.0.0.1",
+        "--remote-debugging-port=0",
+        "about:blank",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    log: list[str] = []
+
+    async def devtools_url() -> str:
+        assert process.stderr is not None
+        while line := (await process.stderr.readline()).decode(errors="replace"):
+            log.append(line.rstrip())
+            if line.startswith("DevTools listening on "):
+                return line.removeprefix("DevTools listening on ").strip()
+        raise RuntimeError("Chromium exited before DevTools was ready:\n" + "\n".join(log))
+
+    async def drain() -> None:
+        assert process.stderr is not None
+        while line := await process.stderr.readline():
+            log.append(line.decode(errors="replace").rstrip())
+
+    drainer: asyncio.Task[None] | None = None
+    try:
+        ws_url = await asyncio.wait_for(devtools_url(), LAUNCH_TIMEOUT)
+        drainer = asyncio.create_task(drain())
+        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
+            browser = Browser(process, ws)
+            yield browser
+            await browser.send("Browser.close")
+            browser._reader.cancel()
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await process.wait()
+        if drainer is not None:
+            await drainer

@@ -1,0 +1,98 @@
+"""``sttgate serve`` subprocesses: started on a free port, stderr collected continuously, killed and reaped after."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from yarl import URL
+
+from tests.support.emulator import EmulatorServer, upstream_env
+
+STTGATE = str(Path(sys.executable).parent / "sttgate")
+SERVE = [STTGATE, "serve", "--host", "127.0.0.1", "--port", "0"]
+
+
+def serve_env(emulator: EmulatorServer, database_url: str, gateway_id: str) -> dict[str, str]:
+    """The environment of a gateway process on ``database_url`` whose providers are all at ``emulator``."""
+    return {
+        "STTGATE_DATABASE_URL": database_url,
+        **upstream_env(emulator.base),
+        "STTGATE_GATEWAY_ID": gateway_id,
+        "STTGATE_LOG_LEVEL": "INFO",
+    }
+
+
+class ServeProcess:
+    """A ``sttgate serve`` subprocess; its stderr is collected so the pipe never fills."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.proc = proc
+        self.lines: list[str] = []
+        self.port = 0
+        self.port_found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            match = re.search(r"event=gateway_listening .*port=(\d+)", line)
+            if match and not self.port_found.done():
+                self.port_found.set_result(int(match.group(1)))
+        if not self.port_found.done():
+            self.port_found.set_exception(RuntimeError(f"serve {self.name} exited:\n" + self.log))
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def ws_url(self, query: str) -> URL:
+        return URL(f"http://127.0.0.1:{self.port}/ws/v2/audio-stream?{query}", encoded=True)
+
+    async def wait(self, timeout: float = 15.0) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self.reader
+        return code
+
+
+@asynccontextmanager
+async def serve_processes() -> AsyncIterator[Callable[..., Awaitable[ServeProcess]]]:
+    """Yields ``await spawn(*cli_args, env=..., cwd=..., name="")``, which returns once the process listens.
+
+    ``env`` is added to this process's environment. Every process still running at the end is killed and reaped.
+    """
+    procs: list[ServeProcess] = []
+
+    async def spawn(*args: str, env: dict[str, str], cwd: Path, name: str = "") -> ServeProcess:
+        proc = await asyncio.create_subprocess_exec(
+            *SERVE,
+            *args,
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        sp = ServeProcess(name, proc)
+        procs.append(sp)
+        sp.port = await asyncio.wait_for(sp.port_found, 30)
+        return sp
+
+    try:
+        yield spawn
+    finally:
+        for sp in procs:
+            if sp.proc.returncode is None:
+                sp.proc.kill()
+        for sp in procs:
+            await sp.proc.wait()
+        for sp in procs:
+            await asyncio.wait_for(sp.reader, 10)
