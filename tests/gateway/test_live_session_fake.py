@@ -6,13 +6,13 @@ import asyncio
 import json
 
 import pytest
-from tests.gateway.fake_link import FakeLink, FakeStore, make_session
 
 from sttgate.core.outcomes import ClosedBy
 from sttgate.gateway.live import ChargeFailed
 from sttgate.gateway.relay import relay
 from sttgate.gateway.upstream import FrameKind
 from sttgate.providers import get_provider
+from tests.gateway.fake_link import FakeLink, FakeStore, make_session
 
 PCM = bytes(3200)  # 100 ms of 16 kHz s16le: 50 frames are one 5-second cycle
 TERMINATE = get_provider("assemblyai").end_frames()[0].encode()

@@ -8,6 +8,7 @@ import pytest
 from sttgate.config import Settings
 from sttgate.core.metering import AudioFormat, BinaryMeter, ChunkMeter
 from sttgate.core.params import split_query
+from sttgate.emulators.app import EMULATORS
 from sttgate.providers import PROVIDERS, get_provider
 from sttgate.providers.assemblyai import ASSEMBLYAI
 from sttgate.providers.elevenlabs import ELEVENLABS, parse_chunk
@@ -19,6 +20,13 @@ def test_registry_is_exact_and_lower_case() -> None:
     assert get_provider("assemblyai") is ASSEMBLYAI
     for name in ("ElevenLabs", "ASSEMBLYAI", " assemblyai", "deepgram", ""):
         assert get_provider(name) is None
+
+
+def test_every_provider_has_an_emulator() -> None:
+    """``sttgate emulate``, the demo and the tests need an emulator for every shipped provider."""
+    assert set(EMULATORS) == set(PROVIDERS)
+    for name, emulator in EMULATORS.items():
+        assert emulator.name == name
 
 
 def test_elevenlabs_url_adds_model_id_only_when_missing() -> None:

@@ -14,14 +14,14 @@ from decimal import Decimal
 
 import pytest
 
-from conftest import OPERATOR_ASSEMBLYAI_KEY, handshake
 from sttgate.config import Settings
 from sttgate.core.metering import AudioFormat, BinaryMeter, Meter
 from sttgate.core.money import CYCLE_SECONDS, cycle_price_nanos, format_usd
 from sttgate.providers import PROVIDERS, Provider, names, registered
 from sttgate.providers.base import SdkShape, bearer_or_raw, json_object
-
-from .conftest import wait_for
+from tests.support.emulator import OPERATOR_KEYS
+from tests.support.upgrade import handshake
+from tests.support.waiting import wait_for
 
 RATE = Decimal("0.60")
 TERMINATE = '{"type":"Terminate"}'
@@ -67,7 +67,7 @@ def fakeprov() -> Iterator[Provider]:
 
 async def _fake_gateway(gateway, emulator):
     return await gateway(
-        fakeprov_url=emulator.assemblyai_url, fakeprov_api_key=OPERATOR_ASSEMBLYAI_KEY, pull_allow_private=True
+        fakeprov_url=emulator.url("assemblyai"), fakeprov_api_key=OPERATOR_KEYS["assemblyai"], pull_allow_private=True
     )
 
 
