@@ -28,13 +28,15 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from sttgate.admin import Admin
 from sttgate.config import Settings
 from sttgate.core.money import usd_to_nanos
+from sttgate.core.refusals import VALID_PROVIDERS
 from sttgate.emulators.app import RECORDER, EmulatorConfig
 from sttgate.emulators.app import create_app as create_emulator_app
 from sttgate.emulators.recorder import Recorder
 from sttgate.gateway.app import bound_port, create_app, start_site
-from sttgate.store.store import Store
+from sttgate.store import Store
 
 # The operator's provider keys, as configured in both the emulator and the gateway.
 OPERATOR_ELEVENLABS_KEY = "op-elevenlabs-key-for-tests"
@@ -164,10 +166,16 @@ def account(store: Store) -> Callable[..., Awaitable[Account]]:
             balance_nanos=None if balance_usd is None else usd_to_nanos(balance_usd),
             streaming_enabled=streaming_enabled,
         )
-        key = await store.create_key(created["id"])
-        return Account(created["id"], key["key"])
+        key = await store.create_key(created.id)
+        return Account(created.id, key.key)
 
     return make
+
+
+@pytest.fixture
+def admin(store: Store) -> Admin:
+    """The store's operations answering with documents, as the CLI and ``/api/v2/usage`` show them."""
+    return Admin(store, VALID_PROVIDERS)
 
 
 def gateway_settings(emulator: EmulatorServer, database_url: str = "sqlite:///unused.db", **overrides: Any) -> Settings:

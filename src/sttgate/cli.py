@@ -170,13 +170,15 @@ def _run(settings: Settings, make: Callable[[], Awaitable[Any]]) -> Any:
 
 
 def _run_admin(settings: Settings, operation: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Open (and migrate) the store, run one operation on it, close it."""
+    """Open (and migrate) the store, run one operation (which answers with documents) on it, close it."""
+    from sttgate.admin import Admin
+    from sttgate.core.refusals import VALID_PROVIDERS
     from sttgate.store import Store
 
     async def run() -> Any:
         store = await Store.connect(settings.database_url)
         try:
-            return await operation(store)
+            return await operation(Admin(store, VALID_PROVIDERS))
         finally:
             await store.close()
 
@@ -370,7 +372,7 @@ def _accounts_update(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _accounts_webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
-    secret = _run_admin(settings, lambda s: s.webhook_secret(args.account_id, rotate=args.rotate))
+    secret = _run_admin(settings, lambda a: a.store.webhook_secret(args.account_id, rotate=args.rotate))
     return _emit(args, {"webhook_secret": secret}, lambda d: d["webhook_secret"])
 
 

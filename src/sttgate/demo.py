@@ -135,10 +135,12 @@ def _print_event(provider: str, event: dict[str, Any], shown: dict[str, str]) ->
 
 
 async def run(settings: Settings) -> int:
+    from sttgate.admin import usage_document
+    from sttgate.core.refusals import VALID_PROVIDERS
     from sttgate.emulators.app import EmulatorConfig
     from sttgate.emulators.app import create_app as create_emulator_app
     from sttgate.gateway.app import create_app as create_gateway_app
-    from sttgate.store.store import Store
+    from sttgate.store import Store
 
     pcm, rate = load_sample()
     emulator_config = EmulatorConfig()
@@ -156,9 +158,9 @@ async def run(settings: Settings) -> int:
         gateway, gw_port = await _start(create_gateway_app(gateway_settings, store=store))
         try:
             account = await store.create_account(name="demo", balance_nanos=usd_to_nanos(DEMO_BALANCE_USD))
-            key = (await store.create_key(account["id"]))["key"]
+            key = (await store.create_key(account.id)).key
             print(f"gateway on 127.0.0.1:{gw_port}, emulators on 127.0.0.1:{emu_port}")
-            print(f"demo account {account['id']} (prepaid {DEMO_BALANCE_USD} USD), key {key[:12]}…")
+            print(f"demo account {account.id} (prepaid {DEMO_BALANCE_USD} USD), key {key[:12]}…")
             print(f"streaming {len(pcm) / 2 / rate:.2f} s of speech to both providers at real time\n")
             async with aiohttp.ClientSession() as http:
                 results = await asyncio.gather(
@@ -167,8 +169,8 @@ async def run(settings: Settings) -> int:
                         for p in ("assemblyai", "elevenlabs")
                     )
                 )
-            await _settle(store, account["id"])
-            usage = await store.usage(account["id"])
+            await _settle(store, account.id)
+            usage = usage_document(await store.usage(account.id), VALID_PROVIDERS)
         finally:
             await gateway.cleanup()
             await emulators.cleanup()
@@ -185,7 +187,7 @@ async def _settle(store: Any, account_id: str) -> None:
     """Wait until the gateway has written both sessions' ends (it does so right after the sockets close)."""
     for _ in range(100):
         usage = await store.usage(account_id)
-        if len(usage["sessions"]) >= 2 and all(s["ended_at"] for s in usage["sessions"]):
+        if len(usage.sessions) >= 2 and all(s.ended_at for s in usage.sessions):
             return
         await asyncio.sleep(0.05)
 

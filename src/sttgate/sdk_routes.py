@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sttgate import tokens
+from sttgate.admin import isoformat
 from sttgate.config import Settings
 from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.core.params import split_query
@@ -40,7 +40,7 @@ from sttgate.gateway.handshake import accept_and_relay, authorize, open_stream, 
 from sttgate.gateway.keys import SESSIONS, SETTINGS, STORE
 from sttgate.providers import get_provider
 from sttgate.store import Principal
-from sttgate.store.store import isoformat
+from sttgate.store.auth import MAX_SECONDS, MIN_SECONDS
 
 # A token asked for without a lifetime lives this long: enough to open a socket, short enough to be harmless.
 DEFAULT_TOKEN_SECONDS = 60
@@ -154,11 +154,11 @@ async def _authenticate(request: web.Request, credential: str | None) -> Princip
 
 def _lifetime(value: Any, settings: Settings) -> int:
     """A token lifetime in whole seconds, 1..token_max_seconds (at most 600)."""
-    limit = min(settings.token_max_seconds, tokens.MAX_SECONDS)
+    limit = min(settings.token_max_seconds, MAX_SECONDS)
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not tokens.MIN_SECONDS <= value <= limit:
-        raise invalid_request(f"expires_in_seconds must be an integer from {tokens.MIN_SECONDS} to {limit}.")
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_SECONDS <= value <= limit:
+        raise invalid_request(f"expires_in_seconds must be an integer from {MIN_SECONDS} to {limit}.")
     return value
 
 
@@ -206,7 +206,7 @@ async def mint_token(request: web.Request) -> web.Response:
     body = await _json_object(request)
     seconds = _lifetime(body.get("expires_in_seconds", DEFAULT_TOKEN_SECONDS), settings)
     provider = _provider(body.get("provider"))
-    minted = await tokens.mint(request.app[STORE], principal.account_id, seconds, provider)
+    minted = await request.app[STORE].mint_token(principal.account_id, seconds, provider)
     return _token_response(
         {
             "token": minted.token,
@@ -224,8 +224,8 @@ async def mint_elevenlabs_token(request: web.Request) -> web.Response:
     principal = await _authenticate(request, request.headers.get("xi-api-key", "").strip() or None)
     if request.match_info["token_type"] != "realtime_scribe":
         raise Refusal(422, "invalid_token_type", "Only realtime_scribe tokens are served by this gateway.")
-    seconds = min(ELEVENLABS_TOKEN_SECONDS, settings.token_max_seconds, tokens.MAX_SECONDS)
-    minted = await tokens.mint(store, principal.account_id, seconds, "elevenlabs")
+    seconds = min(ELEVENLABS_TOKEN_SECONDS, settings.token_max_seconds, MAX_SECONDS)
+    minted = await store.mint_token(principal.account_id, seconds, "elevenlabs")
     return _token_response({"token": minted.token})
 
 
@@ -240,7 +240,7 @@ async def mint_assemblyai_token(request: web.Request) -> web.Response:
     if "expires_in_seconds" not in request.query:
         raise invalid_request("expires_in_seconds is required.")
     seconds = _lifetime(request.query["expires_in_seconds"], settings)
-    minted = await tokens.mint(store, principal.account_id, seconds, "assemblyai")
+    minted = await store.mint_token(principal.account_id, seconds, "assemblyai")
     return _token_response({"token": minted.token, "expires_in_seconds": seconds})
 
 
@@ -290,7 +290,7 @@ async def demo_token(request: web.Request) -> web.Response:
         raise DEMO_NOT_CONFIGURED
     if not principal.streaming_enabled:
         raise STREAMING_NOT_ENABLED
-    minted = await tokens.mint(store, principal.account_id, DEMO_TOKEN_SECONDS, provider.name)
+    minted = await store.mint_token(principal.account_id, DEMO_TOKEN_SECONDS, provider.name)
     rate = provider.rate(settings)
     return _token_response(
         {

@@ -10,6 +10,8 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from conftest import OPERATOR_ASSEMBLYAI_KEY, OPERATOR_ELEVENLABS_KEY, wait_for
+from sttgate.admin import Admin
+from sttgate.core.refusals import VALID_PROVIDERS
 from sttgate.gateway.keys import SESSIONS, STORE
 
 
@@ -17,7 +19,7 @@ async def last_session(gw, account_id):
     """The account's newest session once the gateway has ended it."""
 
     async def ended():
-        usage = await gw.app[STORE].usage(account_id)
+        usage = await Admin(gw.app[STORE], VALID_PROVIDERS).usage(account_id)
         return usage["sessions"][0] if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
     return await wait_for(ended)

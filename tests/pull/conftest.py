@@ -24,7 +24,7 @@ from sttgate.gateway.app import bound_port, create_app, start_site
 from sttgate.pull.api import PULL
 from sttgate.pull.ffmpeg import default_ffmpeg
 from sttgate.pull.manager import PullManager
-from sttgate.store.store import Store
+from sttgate.store import Store
 
 
 def ffmpeg_children() -> list[tuple[int, str]]:

@@ -17,7 +17,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from sttgate.admin import Admin
 from sttgate.config import Settings
+from sttgate.core.refusals import VALID_PROVIDERS
 from sttgate.emulators.app import RECORDER, EmulatorConfig
 from sttgate.emulators.app import create_app as create_emulator_app
 from sttgate.emulators.recorder import Recorder
@@ -72,7 +74,7 @@ async def sdk_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
         runners.append(emu_runner)
         emu = f"ws://127.0.0.1:{bound_port(emu_runner)}"
         account = await store.create_account(name="sdk", balance_nanos=balance_nanos)
-        key = (await store.create_key(account["id"]))["key"]
+        key = (await store.create_key(account.id)).key
         values: dict[str, Any] = {
             "elevenlabs_url": f"{emu}/v1/speech-to-text/realtime",
             "assemblyai_url": f"{emu}/v3/ws",
@@ -85,9 +87,7 @@ async def sdk_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
         app = create_app(settings, store=store)
         runner = await start_site(app, "127.0.0.1", 0)
         runners.insert(0, runner)  # the gateway stops before the emulator it relays to
-        gw = SdkGateway(
-            f"http://127.0.0.1:{bound_port(runner)}", store, settings, emulator[RECORDER], account["id"], key
-        )
+        gw = SdkGateway(f"http://127.0.0.1:{bound_port(runner)}", store, settings, emulator[RECORDER], account.id, key)
         if tls:
             gw.cert_file, key_file = self_signed_certificate(tmp_path)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -127,7 +127,7 @@ async def ended_usage(gw: SdkGateway, provider: str | None = None, timeout: floa
     """
     async with asyncio.timeout(timeout):
         while True:
-            usage = await gw.store.usage(gw.account_id)
+            usage = await Admin(gw.store, VALID_PROVIDERS).usage(gw.account_id)
             sessions = [s for s in usage["sessions"] if provider in (None, s["provider"])]
             if sessions and all(s["ended_at"] for s in sessions):
                 return usage

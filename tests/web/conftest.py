@@ -62,7 +62,7 @@ async def page_gateway(page_store: Store) -> AsyncIterator[Callable[..., Awaitab
         *, upstream: str = "ws://127.0.0.1:9", balance_nanos: int | None = None, **overrides: Any
     ) -> PageGateway:
         account = await page_store.create_account(name="demo", balance_nanos=balance_nanos)
-        key = (await page_store.create_key(account["id"]))["key"]
+        key = (await page_store.create_key(account.id)).key
         values: dict[str, Any] = {
             "elevenlabs_url": f"{upstream}/v1/speech-to-text/realtime",
             "assemblyai_url": f"{upstream}/v3/ws",
@@ -76,7 +76,7 @@ async def page_gateway(page_store: Store) -> AsyncIterator[Callable[..., Awaitab
         app = create_app(settings, store=page_store)
         runner = await start_site(app, "127.0.0.1", 0)
         runners.append(runner)
-        return PageGateway(f"http://127.0.0.1:{bound_port(runner)}", page_store, settings, account["id"])
+        return PageGateway(f"http://127.0.0.1:{bound_port(runner)}", page_store, settings, account.id)
 
     try:
         yield start

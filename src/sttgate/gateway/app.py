@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from sttgate import sdk_routes
+from sttgate.admin import usage_document
 from sttgate.config import Settings
 from sttgate.core import refusals
 from sttgate.core.params import redact_query
@@ -31,7 +32,7 @@ from sttgate.gateway.keys import GATEWAY_ID, METRICS, SESSIONS, SETTINGS, STORE,
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.sessions import SessionManager, log_event
 from sttgate.pull import api as pull_api
-from sttgate.store.store import Store
+from sttgate.store import Store
 
 log = logging.getLogger("sttgate.gateway")
 
@@ -110,7 +111,8 @@ async def usage(request: web.Request) -> web.Response:
         since, until = (_timestamp(request.query.get(name)) for name in ("since", "until"))
     except ValueError as exc:
         return refuse(request.app, refusals.Refusal(400, "invalid_request", str(exc)))
-    return web.json_response(await request.app[STORE].usage(principal.account_id, since, until))
+    usage = await request.app[STORE].usage(principal.account_id, since, until)
+    return web.json_response(usage_document(usage, refusals.VALID_PROVIDERS))
 
 
 def _timestamp(value: str | None) -> datetime | None:

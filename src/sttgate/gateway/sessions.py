@@ -44,11 +44,11 @@ from sttgate.core.metering import Meter
 from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.providers import PROVIDERS
-from sttgate.store.store import SessionProgress
+from sttgate.store import SessionProgress
 
 if TYPE_CHECKING:
     from sttgate.providers import Provider
-    from sttgate.store.store import Principal, Store
+    from sttgate.store import Principal, Store
 
 log = logging.getLogger("sttgate.gateway")
 

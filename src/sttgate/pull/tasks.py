@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sttgate.gateway.sessions import log_event
-from sttgate.pull import taskstore
 from sttgate.pull.ffmpeg import SOURCE_ENDED, SOURCE_FAILED, FFmpegSource
 from sttgate.pull.webhooks import WebhookDeliverer
 
 if TYPE_CHECKING:
     from sttgate.gateway.sessions import LiveSession
-    from sttgate.store.store import Store
+    from sttgate.store import Store
 
 log = logging.getLogger("sttgate.pull")
 
@@ -152,7 +151,7 @@ class PullTask:
         recorded = True
         try:
             recorded = await asyncio.shield(
-                taskstore.end_task(self.store, self.id, status=ending.status, last_error=ending.error)
+                self.store.tasks.end_task(self.id, status=ending.status, last_error=ending.error)
             )
         except Exception:
             log.exception("event=pull_task_error task=%s step=task_end", self.id)

@@ -16,6 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 PG_CONNECT_TIMEOUT_SECONDS = 10
+# Every SQLite connection of the store (the pool's and the fast path's) runs these on connect.
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "PRAGMA foreign_keys=ON",
+)
 # Execution option: a transaction that only reads, so SQLite may start it deferred instead of IMMEDIATE.
 READ_ONLY = "sttgate_read_only"
 # Any fixed number: serializes concurrent `upgrade()` calls of several gateways on one PostgreSQL database.
@@ -60,10 +67,8 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
         # with BEGIN IMMEDIATE and take the write lock up front (the slot check must not race).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
