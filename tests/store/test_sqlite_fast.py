@@ -18,7 +18,6 @@ import pytest
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.store import NotFoundError, SessionProgress, Store
 from sttgate.store.database import hash_secret
-from sttgate.store.db import make_engine
 
 PRICE = 208_333
 # UTCDateTime on SQLite: naive UTC text in SQLAlchemy's fixed format.
@@ -30,8 +29,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
     """(fast, portable): two stores on two fresh SQLite files."""
     fast = await Store.connect(f"sqlite:///{tmp_path / 'fast.db'}")
     portable_url = f"sqlite:///{tmp_path / 'portable.db'}"
-    await Store.connect(portable_url)  # migrate
-    portable = Store(make_engine(portable_url), fast_path=False)
+    portable = await Store.connect(portable_url, fast_path=False)
     try:
         assert fast._fast is not None and portable._fast is None
         yield fast, portable
