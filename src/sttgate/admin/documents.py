@@ -23,7 +23,7 @@ def _seconds(value: float) -> float:
 
 
 def usage_document(usage: Usage, providers: Sequence[str]) -> dict[str, Any]:
-    """The usage document (docs/contract.md, usage): totals for every provider in ``providers`` (zeros included)
+    """The usage document (docs/contract.md#usage): totals for every provider in ``providers`` (zeros included)
     and any other provider that has sessions, then the sessions newest first."""
     totals: dict[str, dict[str, Any]] = {
         p: {"sessions": 0, "audio_seconds": 0.0, "cycles": 0, "cost_nanos": 0} for p in providers

@@ -1,4 +1,4 @@
-"""The pull task document: what ``GET /api/v2/audio-stream/tasks/{id}`` shows (docs/contract.md, pull mode)."""
+"""The pull task document: what ``GET /api/v2/audio-stream/tasks/{id}`` shows (docs/pull.md#look-at-a-task)."""
 
 from __future__ import annotations
 

@@ -156,7 +156,7 @@ class Accounts:
             return await _read_account(conn, account_id)
 
     async def webhook_secret(self, account_id: str, *, rotate: bool = False) -> str:
-        """The key that signs the account's webhooks (docs/contract.md, webhooks); ``rotate`` replaces it."""
+        """The key that signs the account's webhooks (docs/pull.md#webhooks); ``rotate`` replaces it."""
         async with self._db.write() as conn:
             if rotate:
                 secret = _new_webhook_secret()

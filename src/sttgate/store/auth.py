@@ -1,6 +1,6 @@
 """Who is calling: API keys (authenticate) and short-lived gateway tokens (mint, redeem).
 
-Keys and tokens are 256 random bits, stored only as their SHA-256. A token (docs/contract.md, browser tokens) is
+Keys and tokens are 256 random bits, stored only as their SHA-256. A token (docs/contract.md#tokens) is
 bound to its account and optionally to one provider, expires after 1..600 s, and is redeemed by one conditional
 ``UPDATE`` so that two connections racing with the same token cannot both win.
 """

@@ -7,6 +7,7 @@ driver and the connection settings that the store's locking relies on.
 from __future__ import annotations
 
 import shlex
+import sqlite3
 from importlib import resources
 from typing import Any
 
@@ -60,6 +61,15 @@ def read_only(engine: AsyncEngine) -> AsyncEngine:
 def _sqlite_engine(url: URL) -> AsyncEngine:
     # The Connection ends every transaction itself (commit, or rollback on close): no second rollback on return.
     engine = create_async_engine(url, pool_size=5, max_overflow=15, pool_reset_on_return=None)
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _open_file_first(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        # aiosqlite opens the file on its worker thread and, when that fails (missing directory, permissions), stops
+        # the thread without waiting for it; the thread then reports to the event loop, which may be closed by then
+        # ("Event loop is closed" from a thread at exit). Opening the file here first raises those errors in the
+        # caller instead, before aiosqlite starts a thread. A local open is short; it happens once per pooled
+        # connection.
+        sqlite3.connect(*cargs, **cparams).close()
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -1,6 +1,6 @@
 """What an account used: its balance and its sessions in a time window, as typed rows.
 
-The usage document (docs/contract.md, usage) is built from these in :mod:`sttgate.admin`.
+The usage document (docs/contract.md#usage) is built from these in :mod:`sttgate.admin`.
 """
 
 from __future__ import annotations
