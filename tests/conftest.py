@@ -31,11 +31,11 @@ from yarl import URL
 from sttgate.admin import Admin
 from sttgate.config import Settings
 from sttgate.core.money import usd_to_nanos
-from sttgate.core.refusals import VALID_PROVIDERS
 from sttgate.emulators.app import RECORDER, EmulatorConfig
 from sttgate.emulators.app import create_app as create_emulator_app
 from sttgate.emulators.recorder import Recorder
 from sttgate.gateway.app import bound_port, create_app, start_site
+from sttgate.providers import names
 from sttgate.store import Store
 
 # The operator's provider keys, as configured in both the emulator and the gateway.
@@ -175,7 +175,7 @@ def account(store: Store) -> Callable[..., Awaitable[Account]]:
 @pytest.fixture
 def admin(store: Store) -> Admin:
     """The store's operations answering with documents, as the CLI and ``/api/v2/usage`` show them."""
-    return Admin(store, VALID_PROVIDERS)
+    return Admin(store, names())
 
 
 def gateway_settings(emulator: EmulatorServer, database_url: str = "sqlite:///unused.db", **overrides: Any) -> Settings:

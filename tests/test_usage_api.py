@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from sttgate.admin import Admin
-from sttgate.core.refusals import VALID_PROVIDERS
+from sttgate.providers import names
 
 
 async def _stream_12_seconds(gw, key: str) -> None:
@@ -38,7 +38,7 @@ async def test_usage_shows_the_callers_bill_only(gateway, account, store) -> Non
     [session] = doc["sessions"]
     assert session["kind"] == "websocket" and session["closed_by"] in ("client", "upstream")
     # The same document as the CLI prints, and another account sees none of it.
-    assert doc == await Admin(store, VALID_PROVIDERS).usage(mine.id)
+    assert doc == await Admin(store, names()).usage(mine.id)
     async with gw.http.get(f"{gw.http_url}/api/v2/usage?api_key={other.key}") as resp:
         theirs = await resp.json()
     assert theirs["account_id"] == other.id and theirs["sessions"] == [] and theirs["balance_usd"] is None

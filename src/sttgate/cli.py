@@ -16,6 +16,7 @@ from typing import Any
 
 from sttgate import __version__
 from sttgate.config import Settings
+from sttgate.providers import names
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -172,13 +173,12 @@ def _run(settings: Settings, make: Callable[[], Awaitable[Any]]) -> Any:
 def _run_admin(settings: Settings, operation: Callable[[Any], Awaitable[Any]]) -> Any:
     """Open (and migrate) the store, run one operation (which answers with documents) on it, close it."""
     from sttgate.admin import Admin
-    from sttgate.core.refusals import VALID_PROVIDERS
     from sttgate.store import Store
 
     async def run() -> Any:
         store = await Store.connect(settings.database_url)
         try:
-            return await operation(Admin(store, VALID_PROVIDERS))
+            return await operation(Admin(store, names()))
         finally:
             await store.close()
 

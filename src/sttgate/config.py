@@ -2,37 +2,83 @@
 
 Every limit and timeout of the gateway lives here, so that operators can see them all with
 ``sttgate config``.
+
+Per-provider settings are derived from the provider registry (:mod:`sttgate.providers`): for a provider ``name``,
+``STTGATE_<NAME>_URL`` (``<name>_url``), ``<NAME>_API_KEY`` (``<name>_api_key``) and ``STTGATE_RATE_<NAME>``
+(``rate_<name>``), defaulting to the provider's own URL, no key, and its default rate. Read them with
+:meth:`Settings.provider`.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
-from decimal import Decimal
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import SecretStr, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sttgate.providers import PROVIDERS, ProviderSettings
+
+
+def _provider_keys(name: str) -> tuple[str, str, str]:
+    """The settings keys of one provider: URL, operator key, rate."""
+    return f"{name}_url", f"{name}_api_key", f"rate_{name}"
+
+
+def _provider_env_names(name: str) -> dict[str, str]:
+    """Environment variable (lower case) → settings key, for one provider: today's names, derived from its name."""
+    url, api_key, rate = _provider_keys(name)
+    return {f"sttgate_{name}_url": url, PROVIDERS[name].api_key_env.lower(): api_key, f"sttgate_rate_{name}": rate}
+
+
+class _ProviderEnvSource(PydanticBaseSettingsSource):
+    """Every registered provider's settings from the environment, else from the ``.env`` file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._dotenv = dotenv
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # values come from __call__: these keys are not declared fields
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {key.lower(): value for key, value in os.environ.items()}
+        dotenv: Mapping[str, str | None] = getattr(self._dotenv, "env_vars", {})
+        out: dict[str, Any] = {}
+        for name in PROVIDERS:
+            for env, key in _provider_env_names(name).items():
+                value = environ.get(env, dotenv.get(env))
+                if value is not None:
+                    out[key] = value
+        return out
+
+
+def _provider_value(key: str, value: Any) -> Any:
+    """Coerce one provider setting (``key`` tells which kind)."""
+    if key.endswith("_api_key"):
+        return value if isinstance(value, SecretStr) else SecretStr(str(value))
+    if key.startswith("rate_"):
+        try:
+            return value if isinstance(value, Decimal) else Decimal(str(value).strip())
+        except InvalidOperation:
+            raise ValueError(f"{key} must be a decimal number, not {value!r}") from None
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string")
+    return value
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STTGATE_", env_file=".env", extra="ignore", populate_by_name=True)
+    # extra="allow" only for the registered providers' keys; _provider_settings drops every other unknown key.
+    model_config = SettingsConfigDict(env_prefix="STTGATE_", env_file=".env", extra="allow", populate_by_name=True)
 
     database_url: str = "sqlite:///./sttgate.db"
     host: str = "127.0.0.1"
     port: int = 8080
-
-    elevenlabs_url: str = "wss://api.elevenlabs.io/v1/speech-to-text/realtime"
-    assemblyai_url: str = "wss://streaming.assemblyai.com/v3/ws"
-    elevenlabs_api_key: SecretStr = Field(
-        SecretStr(""), validation_alias=AliasChoices("ELEVENLABS_API_KEY", "elevenlabs_api_key")
-    )
-    assemblyai_api_key: SecretStr = Field(
-        SecretStr(""), validation_alias=AliasChoices("ASSEMBLYAI_API_KEY", "assemblyai_api_key")
-    )
-
-    rate_elevenlabs: Decimal = Decimal("0.39")
-    rate_assemblyai: Decimal = Decimal("0.15")
 
     drain_seconds: float = 30.0
     idle_timeout_seconds: float = 120.0
@@ -71,6 +117,67 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        provider_env = _ProviderEnvSource(settings_cls, dotenv_settings)
+        return init_settings, provider_env, env_settings, dotenv_settings, file_secret_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_settings(cls, data: Any) -> Any:
+        """Keep the registered providers' keys (coerced) as extra values and drop any other unknown key.
+
+        Only the keys given are kept, so that ``model_dump(exclude_unset=True)`` (used by :meth:`load`) never turns
+        a default into an override; :meth:`provider` fills in the provider's defaults.
+        """
+        if not isinstance(data, dict):
+            return data
+        known: dict[str, str] = {}
+        for name in PROVIDERS:
+            for key in _provider_keys(name):
+                known[key] = key
+            known[PROVIDERS[name].api_key_env.lower()] = _provider_keys(name)[1]
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in cls.model_fields:
+                out[key] = value
+            elif key.lower() in known:
+                out[known[key.lower()]] = _provider_value(known[key.lower()], value)
+        return out
+
+    def provider(self, name: str) -> ProviderSettings:
+        """The settings of the registered provider ``name`` (``KeyError`` when it is not registered)."""
+        defaults = PROVIDERS[name].default_settings()
+        extra = self.__pydantic_extra__ or {}
+        url, api_key, rate = _provider_keys(name)
+        return ProviderSettings(
+            url=extra.get(url, defaults.url),
+            api_key=extra.get(api_key, defaults.api_key),
+            rate=extra.get(rate, defaults.rate),
+        )
+
+    def __getattr__(self, item: str) -> Any:
+        """``settings.<name>_url``, ``settings.<name>_api_key`` and ``settings.rate_<name>`` of registered providers,
+        for callers that name the setting (``sttgate config``, tests); code keyed by provider uses :meth:`provider`."""
+        for name in PROVIDERS:
+            url, api_key, rate = _provider_keys(name)
+            if item in (url, api_key, rate):
+                values = self.provider(name)
+                return {url: values.url, api_key: values.api_key, rate: values.rate}[item]
+        return super().__getattr__(item)  # type: ignore[misc]
+
+    def provider_items(self) -> dict[str, Any]:
+        """Every registered provider's settings by key: all URLs, then all keys, then all rates."""
+        keys = [_provider_keys(name) for name in PROVIDERS]
+        return {key: getattr(self, key) for kind in range(3) for key in (k[kind] for k in keys)}
+
+    @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
         """Environment first, then a TOML file adds what the environment does not set."""
         file_values: dict[str, Any] = {}
@@ -85,9 +192,14 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The effective settings with secrets masked, for ``sttgate config``."""
         out: dict[str, Any] = {}
-        for name, value in self.model_dump().items():
-            if isinstance(getattr(self, name), SecretStr):
-                secret = getattr(self, name).get_secret_value()
+        values: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            values[name] = getattr(self, name)
+            if name == "port":  # the providers' settings come right after the listening address
+                values.update(self.provider_items())
+        for name, value in values.items():
+            if isinstance(value, SecretStr):
+                secret = value.get_secret_value()
                 value = "****" + secret[-4:] if len(secret) > 8 else ("****" if secret else "")
             elif name == "database_url":
                 value = _mask_url_password(str(value))

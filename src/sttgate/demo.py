@@ -1,14 +1,14 @@
 """`sttgate demo`: the whole product on one machine, offline.
 
-It starts both provider emulators and a gateway on free loopback ports with a temporary SQLite database, creates a
-prepaid demo account and key, streams the bundled speech sample through each provider at real time (both at once),
-prints the transcripts as they arrive, and ends with the account's usage: what a customer would be billed.
+It starts the provider emulators and a gateway on free loopback ports with a temporary SQLite database, creates a
+prepaid demo account and key, streams the bundled speech sample through every registered provider that has an
+emulator, at real time (all at once) and in that provider's own framing, prints the transcripts as they arrive, and
+ends with the account's usage: what a customer would be billed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import sys
 import tempfile
@@ -23,6 +23,8 @@ from pydantic import SecretStr
 
 from sttgate.config import Settings
 from sttgate.core.money import usd_to_nanos
+from sttgate.providers import PROVIDERS, Provider, names
+from sttgate.providers.base import PULL_SAMPLE_RATE
 
 CHUNK_SECONDS = 0.1
 DEMO_BALANCE_USD = "1.00"
@@ -44,7 +46,7 @@ async def _start(app: web.Application) -> tuple[web.AppRunner, int]:
 
 
 def _chunks(pcm: bytes, rate: int) -> list[bytes]:
-    """100 ms chunks; the last one padded with silence, as AssemblyAI refuses chunks under 50 ms."""
+    """100 ms chunks; the last one padded with silence, as some providers refuse short chunks."""
     size = int(rate * CHUNK_SECONDS) * 2
     chunks = [pcm[i : i + size] for i in range(0, len(pcm), size)]
     if chunks:
@@ -53,57 +55,44 @@ def _chunks(pcm: bytes, rate: int) -> list[bytes]:
 
 
 async def _stream(
-    http: aiohttp.ClientSession, gateway: str, key: str, provider: str, pcm: bytes, rate: int
+    http: aiohttp.ClientSession, gateway: str, key: str, provider: Provider, pcm: bytes, rate: int
 ) -> list[str]:
-    """Stream the sample like a customer's app would, pacing audio at real time; return the final transcripts."""
-    if provider == "assemblyai":
-        query = f"provider=assemblyai&sample_rate={rate}&encoding=pcm_s16le&format_turns=true"
-    else:
-        query = f"provider=elevenlabs&audio_format=pcm_{rate}&commit_strategy=manual"
+    """Stream the sample like a customer's app would, pacing audio at real time; return the final transcripts.
+
+    The sample is 16 kHz mono s16le, the pull-mode audio, so the provider's pull framing and format apply as is."""
+    name = provider.name
+    forwarded = "&".join(f"{k}={v}" for k, v in (*provider.pull_format, *provider.demo_params))
     finals: list[str] = []
     shown: dict[str, str] = {}
-    async with http.ws_connect(f"{gateway}/ws/v2/audio-stream?{query}", headers={"Authorization": key}) as ws:
+    url = f"{gateway}/ws/v2/audio-stream?provider={name}&{forwarded}"
+    async with http.ws_connect(url, headers={"Authorization": key}) as ws:
         session_id = ws._response.headers.get("X-Session-Id", "?")
-        print(f"[{provider}] session {session_id} open")
+        print(f"[{name}] session {session_id} open")
 
         async def send() -> None:
             loop = asyncio.get_running_loop()
             start = loop.time()
             for n, chunk in enumerate(_chunks(pcm, rate)):
-                if provider == "assemblyai":
-                    await ws.send_bytes(chunk)
-                else:
-                    await ws.send_str(_elevenlabs_chunk(chunk, rate, commit=False))
+                frame = provider.audio_frame(chunk)
+                await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
                 await asyncio.sleep(max(0.0, start + (n + 1) * CHUNK_SECONDS - loop.time()))
-            if provider == "assemblyai":
-                await ws.send_str(json.dumps({"type": "Terminate"}))
-            else:
-                await ws.send_str(_elevenlabs_chunk(b"", rate, commit=True))
+            for end in provider.end_frames(forwarded):
+                await ws.send_str(end)
 
         sender = asyncio.create_task(send())
         async for msg in ws:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             event = json.loads(msg.data)
-            final = _print_event(provider, event, shown)
+            final = _print_event(name, event, shown)
             if final is not None:
                 finals.append(final)
-            if provider == "elevenlabs" and event.get("message_type") == "committed_transcript" and sender.done():
+            # A provider that does not close after its end frames: close once it acknowledged them.
+            if not provider.closes_after_end and sender.done() and provider.is_end_ack(msg.data, forwarded):
                 await ws.close(code=1000, message=b"User ended conversation")
         await sender
-        print(f"[{provider}] closed with {ws.close_code}")
+        print(f"[{name}] closed with {ws.close_code}")
     return finals
-
-
-def _elevenlabs_chunk(pcm: bytes, rate: int, *, commit: bool) -> str:
-    return json.dumps(
-        {
-            "message_type": "input_audio_chunk",
-            "audio_base_64": base64.b64encode(pcm).decode(),
-            "commit": commit,
-            "sample_rate": rate,
-        }
-    )
 
 
 def _print_event(provider: str, event: dict[str, Any], shown: dict[str, str]) -> str | None:
@@ -136,58 +125,55 @@ def _print_event(provider: str, event: dict[str, Any], shown: dict[str, str]) ->
 
 async def run(settings: Settings) -> int:
     from sttgate.admin import usage_document
-    from sttgate.core.refusals import VALID_PROVIDERS
-    from sttgate.emulators.app import EmulatorConfig
+    from sttgate.emulators.app import EMULATORS, EmulatorConfig
     from sttgate.emulators.app import create_app as create_emulator_app
     from sttgate.gateway.app import create_app as create_gateway_app
     from sttgate.store import Store
 
     pcm, rate = load_sample()
+    if rate != PULL_SAMPLE_RATE:
+        raise OSError(f"the bundled sample must be {PULL_SAMPLE_RATE} Hz, not {rate} Hz")
     emulator_config = EmulatorConfig()
+    providers = [provider for provider in PROVIDERS.values() if provider.name in EMULATORS]
     with tempfile.TemporaryDirectory(prefix="sttgate-demo-") as tmp:
         emulators, emu_port = await _start(create_emulator_app(emulator_config))
         store = await Store.connect(f"sqlite:///{Path(tmp) / 'demo.db'}")
-        gateway_settings = settings.model_copy(
-            update={
-                "elevenlabs_url": f"ws://127.0.0.1:{emu_port}/v1/speech-to-text/realtime",
-                "assemblyai_url": f"ws://127.0.0.1:{emu_port}/v3/ws",
-                "elevenlabs_api_key": SecretStr(emulator_config.elevenlabs_api_keys[0]),
-                "assemblyai_api_key": SecretStr(emulator_config.assemblyai_api_keys[0]),
-            }
-        )
+        upstreams: dict[str, Any] = {}
+        for provider in providers:
+            emulator = EMULATORS[provider.name]
+            upstreams[f"{provider.name}_url"] = f"ws://127.0.0.1:{emu_port}{emulator.ws_path}"
+            upstreams[f"{provider.name}_api_key"] = SecretStr(emulator.api_keys(emulator_config)[0])
+        gateway_settings = type(settings).model_validate({**settings.model_dump(), **upstreams})
         gateway, gw_port = await _start(create_gateway_app(gateway_settings, store=store))
         try:
             account = await store.create_account(name="demo", balance_nanos=usd_to_nanos(DEMO_BALANCE_USD))
             key = (await store.create_key(account.id)).key
             print(f"gateway on 127.0.0.1:{gw_port}, emulators on 127.0.0.1:{emu_port}")
             print(f"demo account {account.id} (prepaid {DEMO_BALANCE_USD} USD), key {key[:12]}…")
-            print(f"streaming {len(pcm) / 2 / rate:.2f} s of speech to both providers at real time\n")
+            print(f"streaming {len(pcm) / 2 / rate:.2f} s of speech to {len(providers)} providers at real time\n")
             async with aiohttp.ClientSession() as http:
                 results = await asyncio.gather(
-                    *(
-                        _stream(http, f"ws://127.0.0.1:{gw_port}", key, p, pcm, rate)
-                        for p in ("assemblyai", "elevenlabs")
-                    )
+                    *(_stream(http, f"ws://127.0.0.1:{gw_port}", key, p, pcm, rate) for p in providers)
                 )
-            await _settle(store, account.id)
-            usage = usage_document(await store.usage(account.id), VALID_PROVIDERS)
+            await _settle(store, account.id, len(providers))
+            usage = usage_document(await store.usage(account.id), names())
         finally:
             await gateway.cleanup()
             await emulators.cleanup()
             await store.close()
     print("\ntranscripts:")
-    for provider, finals in zip(("assemblyai", "elevenlabs"), results, strict=True):
-        print(f"  {provider:10}: {' '.join(t for t in finals if t) or '(none)'}")
+    for provider, finals in zip(providers, results, strict=True):
+        print(f"  {provider.name:10}: {' '.join(t for t in finals if t) or '(none)'}")
     print("\nusage (what the customer is billed):")
     print(json.dumps(usage, indent=2))
     return 0 if all(results) else 1
 
 
-async def _settle(store: Any, account_id: str) -> None:
-    """Wait until the gateway has written both sessions' ends (it does so right after the sockets close)."""
+async def _settle(store: Any, account_id: str, count: int) -> None:
+    """Wait until the gateway has written every session's end (it does so right after the sockets close)."""
     for _ in range(100):
         usage = await store.usage(account_id)
-        if len(usage.sessions) >= 2 and all(s.ended_at for s in usage.sessions):
+        if len(usage.sessions) >= count and all(s.ended_at for s in usage.sessions):
             return
         await asyncio.sleep(0.05)
 

@@ -1,12 +1,10 @@
 """Routes for the providers' own SDKs and for browsers (SPEC §3b, §3c) and the live-transcription page.
 
-- Provider-shaped WebSockets: ``/elevenlabs/v1/speech-to-text/realtime`` (``xi-api-key`` or ``?token=``) and
-  ``/assemblyai/v3/ws`` (``Authorization``, raw or Bearer, holding a key or a token, or ``?token=``). Only the
+- Provider-shaped WebSockets, one per registered provider with an SDK shape (``Provider.sdk``): only the
   credential's place differs from ``/ws/v2/audio-stream``: the provider is implied, and the rest (refusals,
   forwarding, relay, billing) is the gateway's own handshake and relay, called here.
-- Token mints: ``POST /api/v2/audio-stream/token`` and the provider-shaped ``POST
-  /elevenlabs/v1/single-use-token/realtime_scribe`` and ``GET /assemblyai/v3/token``, each taking the account's
-  key the way that SDK sends it.
+- Token mints: ``POST /api/v2/audio-stream/token`` and each provider's own token routes (``SdkShape.token_mints``),
+  each taking the account's key the way that SDK sends it.
 - The page: ``GET /demo/`` and its static files, and ``POST /demo/token``, which mints a token with the operator's
   configured demo key so that the browser never holds a key.
 
@@ -16,6 +14,7 @@ to the gateway, and the gateway's codes are what its operator documents.
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -29,23 +28,20 @@ from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.core.params import split_query
 from sttgate.core.refusals import (
     INVALID_API_KEY,
-    INVALID_PROVIDER,
     MISSING_API_KEY,
-    SERVICE_DRAINING,
     STREAMING_NOT_ENABLED,
-    VALID_PROVIDERS,
     Refusal,
+    invalid_provider,
 )
-from sttgate.gateway.handshake import accept_and_relay, authorize, open_stream, raw_query, refuse
-from sttgate.gateway.keys import SESSIONS, SETTINGS, STORE
-from sttgate.providers import get_provider
+from sttgate.gateway.handshake import raw_query, serve_stream
+from sttgate.gateway.keys import SETTINGS, STORE
+from sttgate.providers import PROVIDERS, Provider, get_provider, names
+from sttgate.providers.base import MintRequest, TokenMint, bearer_or_raw
 from sttgate.store import Principal
 from sttgate.store.auth import MAX_SECONDS, MIN_SECONDS
 
 # A token asked for without a lifetime lives this long: enough to open a socket, short enough to be harmless.
 DEFAULT_TOKEN_SECONDS = 60
-# ElevenLabs documents 15 minutes for its single-use tokens; ours are capped by `token_max_seconds`.
-ELEVENLABS_TOKEN_SECONDS = 15 * 60
 DEMO_TOKEN_SECONDS = 60
 DEMO_FILES = {"demo.js", "demo.css", "pcm-worklet.js"}
 # The page talks to its own origin only.
@@ -60,15 +56,18 @@ def invalid_request(message: str) -> Refusal:
 
 
 def setup(app: web.Application) -> None:
-    """Register the provider-shaped WebSockets, the token mints and, when ``settings.demo_page``, the page.
+    """Register each registered provider's drop-in routes, the token mints and, when ``settings.demo_page``, the page.
 
-    Call on an app from :func:`sttgate.gateway.app.create_app` before it starts (its settings decide the page).
+    Call on an app from :func:`sttgate.gateway.app.create_app` before it starts (its settings decide the page; the
+    provider registry as it is now decides the provider routes).
     """
-    app.router.add_get("/elevenlabs/v1/speech-to-text/realtime", elevenlabs_realtime)
-    app.router.add_get("/assemblyai/v3/ws", assemblyai_realtime)
+    for provider in PROVIDERS.values():
+        if provider.sdk is None:
+            continue
+        app.router.add_get(provider.sdk.stream_path, _provider_stream(provider))
+        for mint in provider.sdk.token_mints:
+            app.router.add_route(mint.method, mint.path, _provider_mint(provider, mint))
     app.router.add_post("/api/v2/audio-stream/token", mint_token)
-    app.router.add_post("/elevenlabs/v1/single-use-token/{token_type}", mint_elevenlabs_token)
-    app.router.add_get("/assemblyai/v3/token", mint_assemblyai_token)
     if app[SETTINGS].demo_page:
         app.router.add_get("/demo", demo_redirect)
         app.router.add_get("/demo/", demo_page)
@@ -76,49 +75,20 @@ def setup(app: web.Application) -> None:
         app.router.add_post("/demo/token", demo_token)
 
 
-async def _provider_stream(
-    request: web.Request, provider_name: str, credential: Callable[[str | None], tuple[str | None, str | None]]
-) -> web.StreamResponse:
-    """The push handshake with the provider implied and the credential where that provider's SDK puts it.
+def _provider_stream(provider: Provider) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The push handshake with ``provider`` implied and the credential where that provider's SDK puts it.
 
-    ``credential(query_token)`` returns ``(key, token)``. A ``provider``/``api_key``/``token`` query pair is
-    consumed like on ``/ws/v2/audio-stream`` and never forwarded.
+    A ``provider``/``api_key``/``token`` query pair is consumed like on ``/ws/v2/audio-stream`` and never forwarded.
     """
-    app = request.app
-    query = split_query(raw_query(request))
-    try:
-        if app[SESSIONS].draining:
-            raise SERVICE_DRAINING
-        key, token = credential(query.token)
-        principal, provider = await authorize(app, key, token, provider_name)
-        if not web.WebSocketResponse().can_prepare(request).ok:
-            raise Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
-        live = await open_stream(app, principal, provider, query.forwarded)
-    except Refusal as refusal:
-        return refuse(app, refusal)
-    return await accept_and_relay(request, live)
+    assert provider.sdk is not None
+    credential = provider.sdk.credential
 
+    async def provider_stream(request: web.Request) -> web.StreamResponse:
+        query = split_query(raw_query(request))
+        key, token = credential(request.headers, query.token)
+        return await serve_stream(request, provider_name=provider.name, key=key, token=token, forwarded=query.forwarded)
 
-async def elevenlabs_realtime(request: web.Request) -> web.StreamResponse:
-    """ElevenLabs' realtime path: ``?token=`` (the SDK then sends no header) or the ``xi-api-key`` header."""
-
-    def credential(query_token: str | None) -> tuple[str | None, str | None]:
-        if query_token:  # ElevenLabs: a token takes precedence over a header
-            return None, query_token
-        return request.headers.get("xi-api-key", "").strip() or None, None
-
-    return await _provider_stream(request, "elevenlabs", credential)
-
-
-async def assemblyai_realtime(request: web.Request) -> web.StreamResponse:
-    """AssemblyAI's v3 path: ``Authorization`` (raw or Bearer; the SDK sends a temporary token there too) or
-    ``?token=``."""
-
-    def credential(query_token: str | None) -> tuple[str | None, str | None]:
-        header = bearer_or_raw(request.headers.get("Authorization"))
-        return (header, None) if header else (None, query_token)
-
-    return await _provider_stream(request, "assemblyai", credential)
+    return provider_stream
 
 
 def refusal_response(refusal: Refusal) -> web.Response:
@@ -127,17 +97,6 @@ def refusal_response(refusal: Refusal) -> web.Response:
 
 def _token_response(body: dict[str, Any]) -> web.Response:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
-
-
-def bearer_or_raw(value: str | None) -> str | None:
-    """The credential in an ``Authorization`` value: ``Bearer <x>`` or the raw ``<x>`` (as AssemblyAI's SDK sends)."""
-    if value is None:
-        return None
-    value = value.strip()
-    scheme, _, rest = value.partition(" ")
-    if scheme.lower() == "bearer":
-        value = rest.strip()
-    return value or None
 
 
 async def _authenticate(request: web.Request, credential: str | None) -> Principal:
@@ -165,8 +124,8 @@ def _lifetime(value: Any, settings: Settings) -> int:
 def _provider(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or value not in VALID_PROVIDERS:
-        raise INVALID_PROVIDER
+    if not isinstance(value, str) or get_provider(value) is None:
+        raise invalid_provider(names())
     return value
 
 
@@ -217,31 +176,25 @@ async def mint_token(request: web.Request) -> web.Response:
     )
 
 
-@_refusals
-async def mint_elevenlabs_token(request: web.Request) -> web.Response:
-    """ElevenLabs' ``POST /v1/single-use-token/realtime_scribe`` shape (key in ``xi-api-key``): ``{"token"}``."""
-    settings, store = request.app[SETTINGS], request.app[STORE]
-    principal = await _authenticate(request, request.headers.get("xi-api-key", "").strip() or None)
-    if request.match_info["token_type"] != "realtime_scribe":
-        raise Refusal(422, "invalid_token_type", "Only realtime_scribe tokens are served by this gateway.")
-    seconds = min(ELEVENLABS_TOKEN_SECONDS, settings.token_max_seconds, MAX_SECONDS)
-    minted = await store.mint_token(principal.account_id, seconds, "elevenlabs")
-    return _token_response({"token": minted.token})
+def _provider_mint(provider: Provider, mint: TokenMint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A provider-shaped token mint: the key where that SDK sends it, the lifetime and answer in its shape."""
 
+    @_refusals
+    async def provider_mint(request: web.Request) -> web.Response:
+        settings, store = request.app[SETTINGS], request.app[STORE]
+        principal = await _authenticate(request, mint.key(request.headers))
+        seconds = mint.seconds(
+            MintRequest(
+                path_params=request.match_info,
+                query=request.query,
+                lifetime=lambda value: _lifetime(value, settings),
+                max_seconds=min(settings.token_max_seconds, MAX_SECONDS),
+            )
+        )
+        minted = await store.mint_token(principal.account_id, seconds, provider.name)
+        return _token_response(mint.body(minted.token, seconds))
 
-@_refusals
-async def mint_assemblyai_token(request: web.Request) -> web.Response:
-    """AssemblyAI's ``GET /v3/token?expires_in_seconds=N`` shape (key in ``Authorization``).
-
-    ``max_session_duration_seconds`` is accepted and ignored: gateway sessions are limited by balance, not time.
-    """
-    settings, store = request.app[SETTINGS], request.app[STORE]
-    principal = await _authenticate(request, bearer_or_raw(request.headers.get("Authorization")))
-    if "expires_in_seconds" not in request.query:
-        raise invalid_request("expires_in_seconds is required.")
-    seconds = _lifetime(request.query["expires_in_seconds"], settings)
-    minted = await store.mint_token(principal.account_id, seconds, "assemblyai")
-    return _token_response({"token": minted.token, "expires_in_seconds": seconds})
+    return provider_mint
 
 
 def _web_file(name: str) -> bytes:
@@ -253,23 +206,45 @@ async def demo_redirect(request: web.Request) -> web.Response:
     raise web.HTTPPermanentRedirect("demo/")
 
 
+def _provider_options() -> str:
+    """The page's provider ``<option>`` list, from the registry: each names its route and its page adapter."""
+    options = []
+    for provider in PROVIDERS.values():
+        page = provider.page_info()
+        if page is not None:
+            options.append(
+                f'<option value="{html.escape(page["name"])}" data-path="{html.escape(page["path"])}"'
+                f' data-script="{html.escape(page["script"])}">{html.escape(page["label"])}</option>'
+            )
+    return "\n          ".join(options)
+
+
 async def demo_page(request: web.Request) -> web.Response:
+    page = _web_file("index.html").decode("utf-8").replace("<!-- providers -->", _provider_options())
     return web.Response(
-        body=_web_file("index.html"),
+        body=page.encode("utf-8"),
         content_type="text/html",
         charset="utf-8",
         headers={"Content-Security-Policy": DEMO_CSP, "Cache-Control": "no-cache"},
     )
 
 
+def _page_script(name: str) -> bytes | None:
+    """A provider's page adapter, served as ``provider-<name>.js``."""
+    for provider in PROVIDERS.values():
+        page = provider.page_info()
+        if page is not None and page["script"] == name and provider.page_script is not None:
+            return (resources.files("sttgate.providers") / "page" / provider.page_script).read_bytes()
+    return None
+
+
 async def demo_static(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if name not in DEMO_FILES:
+    body = _web_file(name) if name in DEMO_FILES else _page_script(name)
+    if body is None:
         raise web.HTTPNotFound()
     content_type = "text/css" if name.endswith(".css") else "text/javascript"
-    return web.Response(
-        body=_web_file(name), content_type=content_type, charset="utf-8", headers={"Cache-Control": "no-cache"}
-    )
+    return web.Response(body=body, content_type=content_type, charset="utf-8", headers={"Cache-Control": "no-cache"})
 
 
 @_refusals
@@ -283,7 +258,7 @@ async def demo_token(request: web.Request) -> web.Response:
     provider_name = _provider(body.get("provider"))
     provider = get_provider(provider_name or "")
     if provider is None:
-        raise INVALID_PROVIDER
+        raise invalid_provider(names())
     demo_key = settings.demo_api_key.get_secret_value()
     principal = await store.authenticate(demo_key) if demo_key else None
     if principal is None:
@@ -291,7 +266,7 @@ async def demo_token(request: web.Request) -> web.Response:
     if not principal.streaming_enabled:
         raise STREAMING_NOT_ENABLED
     minted = await store.mint_token(principal.account_id, DEMO_TOKEN_SECONDS, provider.name)
-    rate = provider.rate(settings)
+    rate = settings.provider(provider.name).rate
     return _token_response(
         {
             "token": minted.token,

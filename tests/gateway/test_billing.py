@@ -11,13 +11,13 @@ from aiohttp import WSMsgType
 
 from conftest import wait_for
 from sttgate.admin import Admin
-from sttgate.core.refusals import VALID_PROVIDERS
 from sttgate.gateway.keys import STORE
+from sttgate.providers import names
 
 
 async def ended_session(gw, account_id):
     async def ended():
-        usage = await Admin(gw.app[STORE], VALID_PROVIDERS).usage(account_id)
+        usage = await Admin(gw.app[STORE], names()).usage(account_id)
         return usage if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
     return await wait_for(ended)
@@ -175,12 +175,12 @@ async def test_charged_cycles_are_on_disk_while_the_session_runs(gateway, accoun
                 await ws.send_bytes(tone(3200))
 
             async def written(account_id=acct.id):
-                session = (await Admin(store, VALID_PROVIDERS).usage(account_id))["sessions"][0]
+                session = (await Admin(store, names()).usage(account_id))["sessions"][0]
                 return session["billed_seconds"] == 10 and session["audio_seconds"] == 6.0
 
             await wait_for(written, timeout=1.0)
-            assert (await Admin(store, VALID_PROVIDERS).usage(acct.id))["sessions"][0]["ended_at"] is None
-    assert (await Admin(store, VALID_PROVIDERS).usage(prepaid.id))["balance_usd"] == "0.999583334"
+            assert (await Admin(store, names()).usage(acct.id))["sessions"][0]["ended_at"] is None
+    assert (await Admin(store, names()).usage(prepaid.id))["balance_usd"] == "0.999583334"
 
 
 async def test_a_failing_charge_relays_no_unpaid_audio(gateway, account, store, monkeypatch):

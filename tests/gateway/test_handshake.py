@@ -10,7 +10,7 @@ import pytest
 
 from conftest import OPERATOR_ASSEMBLYAI_KEY, gateway_settings, handshake, wait_for
 from sttgate.admin import Admin
-from sttgate.core.refusals import VALID_PROVIDERS
+from sttgate.providers import names
 
 UNKNOWN_KEY = "sk-mai-" + "A" * 43
 
@@ -140,7 +140,7 @@ async def test_failed_upstream_frees_the_slot_and_costs_nothing(gateway, account
     assert status == 502
     async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:
         assert not ws.closed
-    usage = await Admin(store, VALID_PROVIDERS).usage(acct.id)
+    usage = await Admin(store, names()).usage(acct.id)
     failed = usage["sessions"][-1]
     assert failed["closed_by"] == "gateway" and failed["cost_usd"] == "0" and failed["ended_at"] is not None
     assert usage["balance_usd"] == "1.000000000"
@@ -174,7 +174,7 @@ async def test_key_from_query_or_authorization_header(gateway, account, how):
 async def _ended_usage(gw, account_id):
     from sttgate.gateway.keys import STORE
 
-    usage = await Admin(gw.app[STORE], VALID_PROVIDERS).usage(account_id)
+    usage = await Admin(gw.app[STORE], names()).usage(account_id)
     return usage if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
 
@@ -218,7 +218,7 @@ async def test_not_an_upgrade_is_refused_without_taking_a_slot(gateway, account,
     async with gw.http.get(gw.ws_url(f"provider=assemblyai&api_key={acct.key}")) as resp:
         assert resp.status == 426
         assert (await resp.json())["error"]["code"] == "websocket_upgrade_required"
-    assert (await Admin(store, VALID_PROVIDERS).usage(acct.id))["sessions"] == []
+    assert (await Admin(store, names()).usage(acct.id))["sessions"] == []
 
 
 def test_settings_fixture_points_at_the_emulator(emulator):
@@ -231,7 +231,7 @@ async def test_audio_the_gateway_cannot_meter_is_refused(gateway, account, store
     acct = await account()
     status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&encoding=opus"))
     assert (status, error(body)[0]) == (400, "unsupported_audio_format")
-    assert (await Admin(store, VALID_PROVIDERS).usage(acct.id))["sessions"] == []
+    assert (await Admin(store, names()).usage(acct.id))["sessions"] == []
 
 
 async def test_single_use_token_in_the_query(gateway, account, store):

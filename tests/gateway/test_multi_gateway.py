@@ -32,7 +32,7 @@ from yarl import URL
 
 from conftest import OPERATOR_ASSEMBLYAI_KEY, EmulatorServer
 from sttgate.admin import Admin
-from sttgate.core.refusals import VALID_PROVIDERS
+from sttgate.providers import names
 from sttgate.store import Store
 
 STTGATE = str(Path(sys.executable).parent / "sttgate")
@@ -477,11 +477,11 @@ async def test_a_killed_gateways_slot_is_taken_over_by_the_other_gateway(serve, 
                 await ws.send_bytes(FRAME)
 
             async def charged() -> bool:
-                sessions = (await Admin(store, VALID_PROVIDERS).usage(acct.id))["sessions"]
+                sessions = (await Admin(store, names()).usage(acct.id))["sessions"]
                 return bool(sessions) and sessions[0]["billed_seconds"] == 10
 
             await poll(charged, 10, "A's session charged two cycles")
-            held = (await Admin(store, VALID_PROVIDERS).usage(acct.id))["sessions"][0]["id"]
+            held = (await Admin(store, names()).usage(acct.id))["sessions"][0]["id"]
             assert_too_many_streams(await upgrade(b.port, query))
 
             # Mid-stream, A dies without a word.
@@ -504,7 +504,7 @@ async def test_a_killed_gateways_slot_is_taken_over_by_the_other_gateway(serve, 
             await ws.close()
 
             async def reaped() -> dict[str, Any] | None:
-                for s in (await Admin(store, VALID_PROVIDERS).usage(acct.id))["sessions"]:
+                for s in (await Admin(store, names()).usage(acct.id))["sessions"]:
                     if s["id"] == held and s["closed_by"] == "gateway_crash":
                         return s
                 return None

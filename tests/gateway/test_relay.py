@@ -11,15 +11,15 @@ from aiohttp import WSMsgType
 
 from conftest import OPERATOR_ASSEMBLYAI_KEY, OPERATOR_ELEVENLABS_KEY, wait_for
 from sttgate.admin import Admin
-from sttgate.core.refusals import VALID_PROVIDERS
 from sttgate.gateway.keys import SESSIONS, STORE
+from sttgate.providers import names
 
 
 async def last_session(gw, account_id):
     """The account's newest session once the gateway has ended it."""
 
     async def ended():
-        usage = await Admin(gw.app[STORE], VALID_PROVIDERS).usage(account_id)
+        usage = await Admin(gw.app[STORE], names()).usage(account_id)
         return usage["sessions"][0] if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
     return await wait_for(ended)

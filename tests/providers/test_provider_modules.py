@@ -6,11 +6,11 @@ from fractions import Fraction
 import pytest
 
 from sttgate.config import Settings
-from sttgate.core.metering import AudioFormat, BinaryMeter, ChunkMeter, parse_chunk
+from sttgate.core.metering import AudioFormat, BinaryMeter, ChunkMeter
 from sttgate.core.params import split_query
 from sttgate.providers import PROVIDERS, get_provider
 from sttgate.providers.assemblyai import ASSEMBLYAI
-from sttgate.providers.elevenlabs import ELEVENLABS
+from sttgate.providers.elevenlabs import ELEVENLABS, parse_chunk
 
 
 def test_registry_is_exact_and_lower_case() -> None:
@@ -137,10 +137,9 @@ def test_settings_lookups() -> None:
         elevenlabs_api_key="el",
         assemblyai_api_key="aai",
     )
-    assert (ELEVENLABS.base_url(settings), ELEVENLABS.operator_key(settings)) == (
-        "ws://emu/v1/speech-to-text/realtime",
-        "el",
-    )
-    assert (ASSEMBLYAI.base_url(settings), ASSEMBLYAI.operator_key(settings)) == ("ws://emu/v3/ws", "aai")
-    assert ELEVENLABS.rate(settings) == Decimal("0.39")
-    assert ASSEMBLYAI.rate(settings) == Decimal("0.15")
+    elevenlabs, assemblyai = settings.provider("elevenlabs"), settings.provider("assemblyai")
+    assert (elevenlabs.url, elevenlabs.api_key.get_secret_value()) == ("ws://emu/v1/speech-to-text/realtime", "el")
+    assert (assemblyai.url, assemblyai.api_key.get_secret_value()) == ("ws://emu/v3/ws", "aai")
+    assert ELEVENLABS.operator_headers(elevenlabs) == {"xi-api-key": "el"}
+    assert elevenlabs.rate == Decimal("0.39")
+    assert assemblyai.rate == Decimal("0.15")

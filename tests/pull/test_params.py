@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sttgate.core.refusals import Refusal
+from sttgate.providers.assemblyai import ASSEMBLYAI
+from sttgate.providers.elevenlabs import ELEVENLABS
 from sttgate.pull.params import encode_params, parse_body, pull_query
 
 
@@ -42,10 +44,10 @@ def test_values_are_encoded_once_in_body_order() -> None:
 
 
 def test_pull_format_is_added_and_conflicts_refused() -> None:
-    assert pull_query("elevenlabs", "language_code=en") == "language_code=en&audio_format=pcm_16000"
-    assert pull_query("assemblyai", "") == "sample_rate=16000&encoding=pcm_s16le"
-    assert pull_query("assemblyai", "sample_rate=16000") == "sample_rate=16000&encoding=pcm_s16le"
-    for provider, query in (("elevenlabs", "audio_format=pcm_8000"), ("assemblyai", "encoding=pcm_mulaw")):
+    assert pull_query(ELEVENLABS, "language_code=en") == "language_code=en&audio_format=pcm_16000"
+    assert pull_query(ASSEMBLYAI, "") == "sample_rate=16000&encoding=pcm_s16le"
+    assert pull_query(ASSEMBLYAI, "sample_rate=16000") == "sample_rate=16000&encoding=pcm_s16le"
+    for provider, query in ((ELEVENLABS, "audio_format=pcm_8000"), (ASSEMBLYAI, "encoding=pcm_mulaw")):
         with pytest.raises(Refusal) as info:
             pull_query(provider, query)
         assert (info.value.status, info.value.code) == (400, "invalid_request")

@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from sttgate.admin import Admin
-from sttgate.core.refusals import VALID_PROVIDERS
 from sttgate.gateway.keys import SESSIONS
+from sttgate.providers import names
 from sttgate.pull.ffmpeg import PACING_LEAD_SECONDS
 from sttgate.pull.webhooks import SIGNATURE_HEADER, Attempt, verify
 from sttgate.store.tasks import CRASHED, AttemptLog
@@ -287,7 +287,7 @@ async def test_prepaid_cut_off(pull_gateway, account, store, media_server, recei
     session = await gw.recorder.wait_for_session(provider="assemblyai", since=mark)
     await session.wait_ended()
     assert session.audio_seconds == pytest.approx(5.0)
-    assert (await Admin(store, VALID_PROVIDERS).usage(acct.id))["balance_usd"] == "0"
+    assert (await Admin(store, names()).usage(acct.id))["balance_usd"] == "0"
     await wait_for(lambda: rec.ended())
     assert rec.ended()[0]["data"]["status"] == "insufficient_balance"
 

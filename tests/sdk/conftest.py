@@ -19,11 +19,11 @@ from aiohttp import web
 
 from sttgate.admin import Admin
 from sttgate.config import Settings
-from sttgate.core.refusals import VALID_PROVIDERS
 from sttgate.emulators.app import RECORDER, EmulatorConfig
 from sttgate.emulators.app import create_app as create_emulator_app
 from sttgate.emulators.recorder import Recorder
 from sttgate.gateway.app import bound_port, create_app, start_site
+from sttgate.providers import names
 from sttgate.store import Store
 
 EMULATOR_KEYS = {"elevenlabs": "emulator-elevenlabs-key", "assemblyai": "emulator-assemblyai-key"}
@@ -127,7 +127,7 @@ async def ended_usage(gw: SdkGateway, provider: str | None = None, timeout: floa
     """
     async with asyncio.timeout(timeout):
         while True:
-            usage = await Admin(gw.store, VALID_PROVIDERS).usage(gw.account_id)
+            usage = await Admin(gw.store, names()).usage(gw.account_id)
             sessions = [s for s in usage["sessions"] if provider in (None, s["provider"])]
             if sessions and all(s["ended_at"] for s in sessions):
                 return usage

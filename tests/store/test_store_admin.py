@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 
 from sttgate.admin import Admin
-from sttgate.core.refusals import VALID_PROVIDERS
+from sttgate.providers import names
 from sttgate.store import NotFoundError, Store
 from sttgate.store.db import current_revision, make_engine, upgrade
 
@@ -156,7 +156,7 @@ async def test_unknown_and_malformed_keys_are_refused(store: Store, admin: Admin
 
 async def test_last_used_is_recorded(db_url: str) -> None:
     store = await Store.connect(db_url)
-    admin = Admin(store, VALID_PROVIDERS)
+    admin = Admin(store, names())
     acct = await admin.create_account(name="Acme")
     created = await admin.create_key(acct["id"])
     assert await store.authenticate(created["key"]) is not None
@@ -164,7 +164,7 @@ async def test_last_used_is_recorded(db_url: str) -> None:
 
     store = await Store.connect(db_url)
     try:
-        (listed,) = await Admin(store, VALID_PROVIDERS).list_keys(acct["id"])
+        (listed,) = await Admin(store, names()).list_keys(acct["id"])
         assert listed["last_used_at"] is not None
         assert listed["last_used_at"] >= created["created_at"]
     finally:

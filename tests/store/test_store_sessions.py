@@ -16,6 +16,7 @@ from sqlalchemy import insert, select, update
 from sttgate.admin import account_view, usage_document
 from sttgate.core import refusals
 from sttgate.core.money import cycle_price_nanos
+from sttgate.providers import names
 from sttgate.store import NotFoundError, SessionProgress, SlotOutcome, Store
 from sttgate.store.tables import sessions, tasks
 
@@ -67,7 +68,7 @@ _REFUSALS = {
 
 async def _usage(store: Store, account_id: str, **window: datetime) -> dict:
     """The usage document, as ``/api/v2/usage`` and the CLI build it."""
-    return usage_document(await store.usage(account_id, **window), refusals.VALID_PROVIDERS)
+    return usage_document(await store.usage(account_id, **window), names())
 
 
 async def _end(store: Store, session_id: str, **totals: float) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from sttgate.admin import Admin
 from sttgate.core.money import format_usd
-from sttgate.core.refusals import VALID_PROVIDERS
 from sttgate.emulators.transcriber import WORDS
+from sttgate.providers import names
 
 from .cdp_browser import PAGE_TIMEOUT, Browser, Page
 from .conftest import PageGateway
@@ -44,7 +44,7 @@ async def _ended_session(gw: PageGateway) -> dict[str, Any]:
     """The page's one session, once the gateway has recorded its end (it does so right after the close)."""
     async with asyncio.timeout(PAGE_TIMEOUT):
         while True:
-            sessions = (await Admin(gw.store, VALID_PROVIDERS).usage(gw.account_id))["sessions"]
+            sessions = (await Admin(gw.store, names()).usage(gw.account_id))["sessions"]
             if sessions and sessions[0]["ended_at"]:
                 return sessions[0]
             await asyncio.sleep(0.02)
@@ -98,4 +98,4 @@ async def test_page_shows_a_refusal(page_gateway: Callable[..., Awaitable[PageGa
     await page.wait_for(f"{STATUS} === 'error'", "the refusal")
     assert "refused" in await page.evaluate("document.getElementById('error').textContent")
     assert not await page.evaluate("document.getElementById('start').disabled")
-    assert (await Admin(gw.store, VALID_PROVIDERS).usage(gw.account_id))["sessions"] == []
+    assert (await Admin(gw.store, names()).usage(gw.account_id))["sessions"] == []

@@ -23,8 +23,17 @@ SERVICE_RESTART = Close(1012, "service restart")
 UPSTREAM_LOST = Close(1014, "upstream connection lost")
 MESSAGE_TOO_BIG = Close(1009, "message too big")
 IDLE_TIMEOUT = Close(1008, "idle timeout")
+# The ledger could not take a prepaid charge: the frame was not forwarded.
+BILLING_UNAVAILABLE = Close(1011, "billing unavailable")
+# The relay could not finish closing both sides in time.
+INTERNAL_ERROR = Close(1011, "internal error")
 # What the upstream gets when the client vanished (1001 "going away").
 CLIENT_GONE = Close(1001, "client disconnected")
+
+# RFC 6455 §7.4.1: a close frame without a status code is reported as 1005; a connection that ended without a close
+# frame as 1006. Neither may be sent.
+NO_STATUS = 1005
+ABNORMAL = 1006
 
 # RFC 6455 §7.4.2: a close reason is at most 123 bytes of UTF-8.
 MAX_REASON_BYTES = 123
@@ -33,6 +42,11 @@ MAX_REASON_BYTES = 123
 def may_send(code: int) -> bool:
     """Whether ``code`` may appear in a close frame (RFC 6455 §7.4): 1000–1003, 1007–1014, 3000–4999."""
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def echo_code(code: int) -> int:
+    """The code that completes a close handshake the peer started (its own, when it may be sent)."""
+    return code if may_send(code) else 1000
 
 
 def clip_reason(reason: str) -> str:

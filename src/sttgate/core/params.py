@@ -16,8 +16,8 @@ _CONSUMED = frozenset({"provider", "api_key", "token"})
 
 # Query keys whose values never appear in logs: the gateway's own credentials and anything that looks like a secret.
 _SECRET_KEY_SUFFIXES = ("key", "token", "secret", "password", "signature")
-# Credential prefixes (gateway keys, gateway tokens, ElevenLabs single-use tokens) redacted under any key.
-_SECRET_VALUE_PREFIXES = ("sk-mai-", "sttg_", "sutkn_")
+# Credential prefixes of the gateway's own keys and tokens, redacted under any key; providers add their own.
+_SECRET_VALUE_PREFIXES = ("sk-mai-", "sttg_")
 REDACTED = "***"
 
 
@@ -81,7 +81,7 @@ def _keys(query: str) -> set[str]:
 def with_defaults(forwarded: str, defaults: Sequence[tuple[str, str]]) -> str:
     """Append ``key=value`` for each default the query does not already have (whatever its value), nothing else.
 
-    The provider requires these (ElevenLabs ``model_id``); a key the client set, even to an empty value, is the
+    The provider requires these (e.g. a model parameter); a key the client set, even to an empty value, is the
     client's choice and is left alone.
     """
     present = _keys(forwarded)
@@ -89,8 +89,16 @@ def with_defaults(forwarded: str, defaults: Sequence[tuple[str, str]]) -> str:
     return "&".join(part for part in (forwarded, *added) if part)
 
 
-def _looks_like_credential(text: str) -> bool:
-    return text.strip().lower().startswith(_SECRET_VALUE_PREFIXES)
+def positive_int(text: str | None) -> int | None:
+    """A query value as a positive integer (ASCII digits only), else ``None``."""
+    if text and text.isascii() and text.isdigit():
+        value = int(text)
+        return value or None
+    return None
+
+
+def _looks_like_credential(text: str, prefixes: tuple[str, ...]) -> bool:
+    return text.strip().lower().startswith(prefixes)
 
 
 def _is_secret_key(key: str) -> bool:
@@ -98,20 +106,21 @@ def _is_secret_key(key: str) -> bool:
     return lowered.endswith(_SECRET_KEY_SUFFIXES) or "auth" in lowered
 
 
-def redact_query(raw_query: str) -> str:
+def redact_query(raw_query: str, secret_prefixes: Sequence[str] = ()) -> str:
     """The query for logs: every credential-like value replaced by ``***``, the rest unchanged.
 
     Redacts ``api_key``, ``token``, ``xi-api-key`` and any key ending in key/token/secret/password/signature or
-    containing ``auth`` (e.g. AssemblyAI ``webhook_auth_header_value``), and any value that looks like a gateway key
-    or token whatever its key.
+    containing ``auth`` (e.g. ``webhook_auth_header_value``), and any value that looks like a gateway key or token, or
+    starts with one of ``secret_prefixes`` (the providers' own credentials), whatever its key.
     """
+    prefixes = (*_SECRET_VALUE_PREFIXES, *(prefix.lower() for prefix in secret_prefixes))
     out: list[str] = []
     for pair in raw_query.split("&"):
         key, sep, value = pair.partition("=")
         decoded_key = unquote_plus(key)
-        if _looks_like_credential(decoded_key):
+        if _looks_like_credential(decoded_key, prefixes):
             out.append(REDACTED)
-        elif sep and (_is_secret_key(decoded_key) or _looks_like_credential(unquote_plus(value))):
+        elif sep and (_is_secret_key(decoded_key) or _looks_like_credential(unquote_plus(value), prefixes)):
             out.append(f"{key}={REDACTED}")
         else:
             out.append(pair)

@@ -5,6 +5,7 @@ The HTTP shell turns a :class:`Refusal` into ``{"error": {"code": ..., "message"
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,18 +22,12 @@ class Refusal(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
-VALID_PROVIDERS = ("elevenlabs", "assemblyai")
-
 MISSING_API_KEY = Refusal(
     401, "missing_api_key", "An API key is required (api_key query parameter or Authorization header)."
 )
 INVALID_API_KEY = Refusal(401, "invalid_api_key", "The API key is not valid.")
 INVALID_TOKEN = Refusal(401, "invalid_token", "The token is unknown, expired or already used.")
 STREAMING_NOT_ENABLED = Refusal(403, "streaming_not_enabled", "Streaming is not enabled for this account.")
-MISSING_PROVIDER = Refusal(
-    400, "missing_provider", "The provider parameter is required; valid providers: elevenlabs, assemblyai."
-)
-INVALID_PROVIDER = Refusal(400, "invalid_provider", "Unknown provider; valid providers: elevenlabs, assemblyai.")
 TOO_MANY_STREAMS = Refusal(429, "too_many_streams", "The account already has its maximum number of open streams.")
 INSUFFICIENT_BALANCE = Refusal(402, "insufficient_balance", "The account balance cannot pay for one 5-second cycle.")
 UPSTREAM_AUTH_FAILED = Refusal(502, "upstream_auth_failed", "The provider refused the gateway's credentials.")
@@ -46,3 +41,13 @@ def upstream_rejected(status: int, body: str) -> Refusal:
     """The provider refused the client's parameters: keep its status, quote its body."""
     quoted = body.strip()[:1000]
     return Refusal(status, "upstream_rejected", f"The provider refused the session (HTTP {status}): {quoted}")
+
+
+def missing_provider(valid: Sequence[str]) -> Refusal:
+    """No ``provider`` was given; ``valid`` are the registered provider names, in registry order."""
+    return Refusal(400, "missing_provider", f"The provider parameter is required; valid providers: {', '.join(valid)}.")
+
+
+def invalid_provider(valid: Sequence[str]) -> Refusal:
+    """The ``provider`` given is not registered; ``valid`` are the registered provider names, in registry order."""
+    return Refusal(400, "invalid_provider", f"Unknown provider; valid providers: {', '.join(valid)}.")

@@ -99,13 +99,13 @@ from typing import Any
 
 from aiohttp import web
 
-from .assemblyai import AssemblyAISession
-from .base import BaseSession
-from .elevenlabs import TOKEN_TYPES, ElevenLabsSession
+from .assemblyai import ASSEMBLYAI
+from .base import BaseSession, Emulator
+from .elevenlabs import ELEVENLABS
 from .recorder import RECORDER, Recorder
 from .tokens import TokenStore
 
-__all__ = ["RECORDER", "EmulatorConfig", "create_app", "serve"]
+__all__ = ["EMULATORS", "RECORDER", "EmulatorConfig", "create_app", "serve"]
 
 log = logging.getLogger("sttgate.emulators")
 
@@ -165,6 +165,9 @@ class EmulatorConfig:
         self.assemblyai_api_keys = tuple(self.assemblyai_api_keys)
 
 
+# The emulated providers, one line each, by the provider's name in the gateway.
+EMULATORS: dict[str, Emulator] = {emulator.name: emulator for emulator in (ELEVENLABS, ASSEMBLYAI)}
+
 CONFIG: web.AppKey[EmulatorConfig] = web.AppKey("sttgate_emulator_config", EmulatorConfig)
 TOKENS: web.AppKey[TokenStore] = web.AppKey("sttgate_emulator_tokens", TokenStore)
 LIVE: web.AppKey[set[BaseSession]] = web.AppKey("sttgate_emulator_live", set)
@@ -178,70 +181,11 @@ def _session_handler(cls: type[BaseSession]) -> Callable[[web.Request], Any]:
     return handler
 
 
-async def _elevenlabs_token(request: web.Request) -> web.Response:
-    cfg = request.app[CONFIG]
-    key = request.headers.get("xi-api-key")
-    if key is None:
-        return web.json_response(
-            {"detail": {"status": "needs_authorization", "message": "Missing xi-api-key header."}}, status=401
-        )
-    if key not in cfg.elevenlabs_api_keys:
-        return web.json_response({"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}, status=401)
-    token_type = request.match_info["token_type"]
-    if token_type not in TOKEN_TYPES:
-        return web.json_response(
-            {
-                "detail": [
-                    {
-                        "type": "enum",
-                        "loc": ["path", "token_type"],
-                        "msg": "Input should be " + ", ".join(repr(t) for t in TOKEN_TYPES),
-                        "input": token_type,
-                    }
-                ]
-            },
-            status=422,
-        )
-    tok = request.app[TOKENS].mint(
-        "elevenlabs", cfg.elevenlabs_token_ttl_seconds, single_use=True, token_type=token_type
-    )
-    return web.json_response({"token": tok.value})
+def _token_handler(emulator: Emulator) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.Response:
+        return await emulator.token(request, request.app[CONFIG], request.app[TOKENS])
 
-
-async def _assemblyai_token(request: web.Request) -> web.Response:
-    cfg = request.app[CONFIG]
-    key = request.headers.get("Authorization")
-    if key is not None and cfg.assemblyai_accept_bearer and key[:7].lower() == "bearer ":
-        key = key[7:]
-    if key is None:
-        return web.json_response({"error": "Missing Authorization header"}, status=401)
-    if key.strip() not in cfg.assemblyai_api_keys:
-        return web.json_response({"error": "Invalid API key"}, status=401)
-
-    def int_param(name: str, lo: int, hi: int, default: int | None) -> int | str:
-        raw = request.query.get(name)
-        if raw is None:
-            if default is None:
-                return f"{name} is required"
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            return f"{name} must be an integer"
-        if not lo <= value <= hi:
-            return f"{name} must be between {lo} and {hi}"
-        return value
-
-    expires = int_param("expires_in_seconds", 1, 600, None)
-    if isinstance(expires, str):
-        return web.json_response({"error": expires}, status=400)
-    cap = int_param("max_session_duration_seconds", 60, 10800, 10800)
-    if isinstance(cap, str):
-        return web.json_response({"error": cap}, status=400)
-    tok = request.app[TOKENS].mint(
-        "assemblyai", expires, single_use=cfg.assemblyai_single_use_tokens, max_session_duration_seconds=cap
-    )
-    return web.json_response({"token": tok.value, "expires_in_seconds": expires})
+    return handler
 
 
 async def _list_sessions(request: web.Request) -> web.Response:
@@ -291,22 +235,19 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     )
     app[TOKENS] = TokenStore()
     app[LIVE] = set()
-    el = _session_handler(ElevenLabsSession)
-    aai = _session_handler(AssemblyAISession)
     r = app.router
     r.add_get("/_emulator/health", _health)
     r.add_get("/_emulator/sessions", _list_sessions)
     r.add_delete("/_emulator/sessions", _clear_sessions)
     r.add_get("/_emulator/sessions/{seq}", _one_session)
-    for path in ("/v1/speech-to-text/realtime", "/v1/speech-to-text/realtime-beta"):
-        r.add_get(path, el, allow_head=False)
-        r.add_get("/{prefix:.+}" + path, el, allow_head=False)
-    r.add_post("/v1/single-use-token/{token_type}", _elevenlabs_token)
-    r.add_post("/{prefix:.+}/v1/single-use-token/{token_type}", _elevenlabs_token)
-    r.add_get("/v3/ws", aai, allow_head=False)
-    r.add_get("/{prefix:.+}/v3/ws", aai, allow_head=False)
-    r.add_get("/v3/token", _assemblyai_token)
-    r.add_get("/{prefix:.+}/v3/token", _assemblyai_token)
+    for emulator in EMULATORS.values():
+        session = _session_handler(emulator.session)
+        for path in emulator.ws_paths:
+            r.add_get(path, session, allow_head=False)
+            r.add_get("/{prefix:.+}" + path, session, allow_head=False)
+        token = _token_handler(emulator)
+        r.add_route(emulator.token_method, emulator.token_path, token)
+        r.add_route(emulator.token_method, "/{prefix:.+}" + emulator.token_path, token)
     app.on_shutdown.append(_on_shutdown)
     return app
 

@@ -31,10 +31,16 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .base import BaseSession
+from aiohttp import web
+
+from .base import BaseSession, Emulator
 from .transcriber import MULAW, PCM16, AudioFormat, SpeechTracker, Word
+
+if TYPE_CHECKING:
+    from .app import EmulatorConfig
+    from .tokens import TokenStore
 
 ENCODINGS = {"pcm_s16le": PCM16, "pcm_mulaw": MULAW}
 MODELS = (
@@ -621,3 +627,50 @@ class AssemblyAISession(BaseSession):
                 text += "."
             out.append(self._word_json(w, True, text))
         return out
+
+
+async def _token(request: web.Request, cfg: EmulatorConfig, tokens: TokenStore) -> web.Response:
+    """``GET /v3/token?expires_in_seconds=N`` (key in ``Authorization``)."""
+    key = request.headers.get("Authorization")
+    if key is not None and cfg.assemblyai_accept_bearer and key[:7].lower() == "bearer ":
+        key = key[7:]
+    if key is None:
+        return web.json_response({"error": "Missing Authorization header"}, status=401)
+    if key.strip() not in cfg.assemblyai_api_keys:
+        return web.json_response({"error": "Invalid API key"}, status=401)
+
+    def int_param(name: str, lo: int, hi: int, default: int | None) -> int | str:
+        raw = request.query.get(name)
+        if raw is None:
+            if default is None:
+                return f"{name} is required"
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            return f"{name} must be an integer"
+        if not lo <= value <= hi:
+            return f"{name} must be between {lo} and {hi}"
+        return value
+
+    expires = int_param("expires_in_seconds", 1, 600, None)
+    if isinstance(expires, str):
+        return web.json_response({"error": expires}, status=400)
+    cap = int_param("max_session_duration_seconds", 60, 10800, 10800)
+    if isinstance(cap, str):
+        return web.json_response({"error": cap}, status=400)
+    tok = tokens.mint(
+        "assemblyai", expires, single_use=cfg.assemblyai_single_use_tokens, max_session_duration_seconds=cap
+    )
+    return web.json_response({"token": tok.value, "expires_in_seconds": expires})
+
+
+ASSEMBLYAI = Emulator(
+    name="assemblyai",
+    session=AssemblyAISession,
+    ws_paths=("/v3/ws",),
+    token_method="GET",
+    token_path="/v3/token",
+    token=_token,
+    api_keys=lambda config: config.assemblyai_api_keys,
+)

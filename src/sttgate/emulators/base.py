@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -373,3 +374,25 @@ class BaseSession:
                 await self._check_frame_faults()
             if self._next_deadline <= self.loop.time():
                 await self._fire_due()
+
+
+# A provider's token endpoint: (request, emulator settings, token store) -> the provider's answer.
+TokenHandler = Callable[[web.Request, "EmulatorConfig", TokenStore], Awaitable[web.Response]]
+
+
+@dataclass(frozen=True)
+class Emulator:
+    """One emulated provider: what :func:`sttgate.emulators.app.create_app` serves for it, and what a gateway
+    pointed at it needs (its WebSocket path and accepted keys). One per provider module, registered in ``app``."""
+
+    name: str  # the provider's name in the gateway (``?provider=``)
+    session: type[BaseSession]
+    ws_paths: tuple[str, ...]  # the first is the one a gateway connects to; each also under any path prefix
+    token_method: str
+    token_path: str  # also served under any path prefix
+    token: TokenHandler
+    api_keys: Callable[[EmulatorConfig], tuple[str, ...]]
+
+    @property
+    def ws_path(self) -> str:
+        return self.ws_paths[0]

@@ -28,10 +28,16 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .base import BaseSession
+from aiohttp import web
+
+from .base import BaseSession, Emulator
 from .transcriber import MULAW, PCM16, AudioFormat, SpeechTracker, Word
+
+if TYPE_CHECKING:
+    from .app import EmulatorConfig
+    from .tokens import TokenStore
 
 AUDIO_FORMATS: dict[str, AudioFormat] = {
     "pcm_8000": AudioFormat(PCM16, 8000),
@@ -462,3 +468,42 @@ class ElevenLabsSession(BaseSession):
                 }
             )
         return out
+
+
+async def _token(request: web.Request, cfg: EmulatorConfig, tokens: TokenStore) -> web.Response:
+    """``POST /v1/single-use-token/{token_type}`` (key in ``xi-api-key``)."""
+    key = request.headers.get("xi-api-key")
+    if key is None:
+        return web.json_response(
+            {"detail": {"status": "needs_authorization", "message": "Missing xi-api-key header."}}, status=401
+        )
+    if key not in cfg.elevenlabs_api_keys:
+        return web.json_response({"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}, status=401)
+    token_type = request.match_info["token_type"]
+    if token_type not in TOKEN_TYPES:
+        return web.json_response(
+            {
+                "detail": [
+                    {
+                        "type": "enum",
+                        "loc": ["path", "token_type"],
+                        "msg": "Input should be " + ", ".join(repr(t) for t in TOKEN_TYPES),
+                        "input": token_type,
+                    }
+                ]
+            },
+            status=422,
+        )
+    tok = tokens.mint("elevenlabs", cfg.elevenlabs_token_ttl_seconds, single_use=True, token_type=token_type)
+    return web.json_response({"token": tok.value})
+
+
+ELEVENLABS = Emulator(
+    name="elevenlabs",
+    session=ElevenLabsSession,
+    ws_paths=("/v1/speech-to-text/realtime", "/v1/speech-to-text/realtime-beta"),
+    token_method="POST",
+    token_path="/v1/single-use-token/{token_type}",
+    token=_token,
+    api_keys=lambda config: config.elevenlabs_api_keys,
+)

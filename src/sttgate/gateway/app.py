@@ -25,12 +25,15 @@ from aiohttp.abc import AbstractAccessLogger
 from sttgate import sdk_routes
 from sttgate.admin import usage_document
 from sttgate.config import Settings
-from sttgate.core import refusals
+from sttgate.core import closecodes, refusals
 from sttgate.core.params import redact_query
-from sttgate.gateway.handshake import HandshakeResponse, UpstreamSocket, audio_stream, credential_from_request, refuse
+from sttgate.gateway.handshake import audio_stream, credential_from_request, refuse
 from sttgate.gateway.keys import GATEWAY_ID, METRICS, SESSIONS, SETTINGS, STORE, UPSTREAM_HTTP
+from sttgate.gateway.logevents import log_event
+from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
-from sttgate.gateway.sessions import SessionManager, log_event
+from sttgate.gateway.upstream import HandshakeResponse, UpstreamSocket
+from sttgate.providers import names, secret_prefixes
 from sttgate.pull import api as pull_api
 from sttgate.store import Store
 
@@ -42,7 +45,7 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         path, _, query = request.raw_path.partition("?")
-        target = path + ("?" + redact_query(query) if query else "")
+        target = path + ("?" + redact_query(query, secret_prefixes()) if query else "")
         self.logger.info('%s "%s %s" %s %.3f', request.remote, request.method, target, response.status, elapsed)
 
 
@@ -83,7 +86,7 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
 
     async def close_sessions(app: web.Application) -> None:
         # Runner clean-up without a drain (tests, a second signal): end live sessions now, with 1012.
-        await app[SESSIONS].close_all(1012, "service restart")
+        await app[SESSIONS].close_all(*closecodes.SERVICE_RESTART)
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_sessions)
@@ -112,7 +115,7 @@ async def usage(request: web.Request) -> web.Response:
     except ValueError as exc:
         return refuse(request.app, refusals.Refusal(400, "invalid_request", str(exc)))
     usage = await request.app[STORE].usage(principal.account_id, since, until)
-    return web.json_response(usage_document(usage, refusals.VALID_PROVIDERS))
+    return web.json_response(usage_document(usage, names()))
 
 
 def _timestamp(value: str | None) -> datetime | None:

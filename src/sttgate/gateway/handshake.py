@@ -10,10 +10,11 @@ Split in two so provider-shaped routes (SPEC §3b) are one small function each:
 
 A provider-shaped route is then::
 
-    async def elevenlabs_realtime(request):
+    async def provider_route(request):
         query = split_query(raw_query(request))
-        return await serve_stream(request, provider_name="elevenlabs", key=request.headers.get("xi-api-key"),
-                                  token=query.token, forwarded=query.forwarded)
+        key, token = provider.sdk.credential(request.headers, query.token)
+        return await serve_stream(request, provider_name=provider.name, key=key, token=token,
+                                  forwarded=query.forwarded)
 
 Use :func:`raw_query`, never ``request.rel_url.raw_query_string``: yarl normalizes the latter (``%2C`` → ``,``).
 """
@@ -21,82 +22,32 @@ Use :func:`raw_query`, never ``request.rel_url.raw_query_string``: yarl normaliz
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import time
 import uuid
-from typing import Any
 
-import aiohttp
-from aiohttp import ClientResponse, ClientWebSocketResponse, ClientWSTimeout, web
-from yarl import URL
+from aiohttp import web
 
 from sttgate.core import closecodes, refusals
-from sttgate.core.outcomes import ClosedBy, SessionKind
+from sttgate.core.closing import decide
+from sttgate.core.outcomes import ClosedBy, Outcome, SessionKind
 from sttgate.core.params import redact_query, split_query
 from sttgate.core.refusals import Refusal
-from sttgate.gateway.keys import GATEWAY_ID, METRICS, SESSIONS, SETTINGS, STORE, UPSTREAM_HTTP
+from sttgate.gateway.keys import GATEWAY_ID, METRICS, SESSIONS, SETTINGS, STORE
+from sttgate.gateway.live import LiveSession
+from sttgate.gateway.logevents import log_event
 from sttgate.gateway.relay import relay
-from sttgate.gateway.sessions import LiveSession, log_event
-from sttgate.providers import Provider, get_provider
+from sttgate.gateway.upstream import AiohttpLink, close_timeout, connect_upstream
+from sttgate.providers import Provider, get_provider, names, secret_prefixes
 from sttgate.store import Principal, SlotOutcome
 from sttgate.store.auth import looks_like_token
 
-UNMETERED_FORMAT = Refusal(
-    400,
-    "unsupported_audio_format",
-    "The gateway meters only uncompressed audio (AssemblyAI encoding pcm_s16le or pcm_mulaw).",
-)
+
+def unmetered_format(provider: Provider) -> Refusal:
+    """The declared format's duration cannot be computed from its bytes, so it could not be billed."""
+    hint = f" ({provider.metered_formats})" if provider.metered_formats else ""
+    return Refusal(400, "unsupported_audio_format", f"The gateway meters only uncompressed audio{hint}.")
+
+
 UPGRADE_REQUIRED = Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
-
-# How much of a provider's refusal body is kept to quote it (upstream_rejected keeps 1000 characters).
-_BODY_LIMIT = 4096
-# A provider refusal body is read only this long: it must not hold the client's handshake hostage.
-_BODY_READ_SECONDS = 1.0
-
-
-class _RefusalBody:
-    __slots__ = ("body",)
-
-    def __init__(self) -> None:
-        self.body = b""
-
-
-# The upstream handshake of the current task collects the provider's refusal body here (aiohttp drops it).
-_REFUSAL_BODY: contextvars.ContextVar[_RefusalBody | None] = contextvars.ContextVar(
-    "sttgate_refusal_body", default=None
-)
-
-
-class HandshakeResponse(ClientResponse):
-    """Reads the body of a non-101 answer to an upstream upgrade, so a provider's 4xx can be quoted to the client."""
-
-    async def start(self, connection: Any) -> ClientResponse:
-        response = await super().start(connection)
-        holder = _REFUSAL_BODY.get()
-        if holder is not None and self.status >= 400:
-            chunks: list[bytes] = []
-            size = 0
-            try:
-                async with asyncio.timeout(_BODY_READ_SECONDS):
-                    while size < _BODY_LIMIT and not self.content.at_eof():
-                        chunk = await self.content.read(_BODY_LIMIT - size)
-                        if not chunk:
-                            break
-                        chunks.append(chunk)
-                        size += len(chunk)
-            except (TimeoutError, aiohttp.ClientError, OSError):
-                pass
-            holder.body = b"".join(chunks)
-        return response
-
-
-class UpstreamSocket(ClientWebSocketResponse):
-    """The provider hop; a frame above the limit closes it with 1009 "message too big" (aiohttp sends no reason)."""
-
-    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
-        if code == closecodes.MESSAGE_TOO_BIG.code and not message:
-            message = closecodes.MESSAGE_TOO_BIG.reason.encode()
-        return await super().close(code=code, message=message)
 
 
 class ClientSocket(web.WebSocketResponse):
@@ -165,57 +116,11 @@ async def authorize(
 def resolve_provider(name: str | None) -> Provider:
     """The provider named exactly ``name``: 400 ``missing_provider`` / ``invalid_provider`` otherwise."""
     if not name:
-        raise refusals.MISSING_PROVIDER
+        raise refusals.missing_provider(names())
     provider = get_provider(name)
     if provider is None:
-        raise refusals.INVALID_PROVIDER
+        raise refusals.invalid_provider(names())
     return provider
-
-
-async def connect_upstream(app: web.Application, provider: Provider, forwarded: str) -> ClientWebSocketResponse:
-    """Open the provider's WebSocket with the operator's credential only; provider failures become refusals."""
-    settings = app[SETTINGS]
-    metrics = app[METRICS]
-    # encoded=True: the client's query goes out byte for byte, never re-quoted.
-    url = URL(provider.upstream_url(provider.base_url(settings), forwarded), encoded=True)
-    holder = _RefusalBody()
-    reset = _REFUSAL_BODY.set(holder)
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(settings.upstream_connect_timeout_seconds):
-            upstream = await app[UPSTREAM_HTTP].ws_connect(
-                url,
-                headers=provider.credential_headers(provider.operator_key(settings)),
-                compress=0,
-                autoclose=False,
-                autoping=True,
-                heartbeat=settings.heartbeat_seconds,
-                max_msg_size=settings.max_frame_bytes + 1,
-                decode_text=False,
-                timeout=ClientWSTimeout(ws_receive=None, ws_close=_close_timeout(app)),
-            )
-    except TimeoutError:
-        raise refusals.UPSTREAM_TIMEOUT from None
-    except aiohttp.WSServerHandshakeError as exc:
-        raise _classify(exc.status, holder.body) from None
-    except (aiohttp.ClientError, OSError):
-        raise refusals.UPSTREAM_UNAVAILABLE from None
-    finally:
-        _REFUSAL_BODY.reset(reset)
-    metrics.upstream_connect.labels(provider.name).observe(time.monotonic() - started)
-    return upstream
-
-
-def _classify(status: int, body: bytes) -> Refusal:
-    if status in (401, 403):
-        return refusals.UPSTREAM_AUTH_FAILED
-    if 400 <= status < 500:
-        return refusals.upstream_rejected(status, body.decode("utf-8", "replace"))
-    return refusals.UPSTREAM_UNAVAILABLE
-
-
-def _close_timeout(app: web.Application) -> float:
-    return app[SETTINGS].close_timeout_seconds
 
 
 async def open_stream(
@@ -236,7 +141,7 @@ async def open_stream(
         raise refusals.SERVICE_DRAINING
     # A format whose duration cannot be computed from its bytes (opus, aac…) could not be billed: refuse it.
     if provider.new_meter(forwarded).audio_format is None:
-        raise UNMETERED_FORMAT
+        raise unmetered_format(provider)
     # Admission control (NOTES.md): an overloaded relay buffers instead of shedding load, so refuse clearly.
     budget = app[SETTINGS].max_sessions_per_process
     if budget and len(manager.live) + manager.opening >= budget:
@@ -263,14 +168,14 @@ async def open_stream(
         account=principal.account_id,
         provider=provider.name,
         kind=kind,
-        query=redact_query(forwarded),
+        query=redact_query(forwarded, secret_prefixes()),
     )
     return live
 
 
 async def _take_slot_and_connect(
     app: web.Application, principal: Principal, provider: Provider, forwarded: str, kind: str, session_id: str
-) -> ClientWebSocketResponse:
+) -> AiohttpLink:
     store = app[STORE]
     slot = await store.open_session(
         session_id=session_id,
@@ -313,16 +218,16 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
         heartbeat=settings.heartbeat_seconds,
         max_msg_size=settings.max_frame_bytes + 1,
         decode_text=False,
-        timeout=_close_timeout(request.app),
+        timeout=close_timeout(request.app),
     )
     client.headers["X-Session-Id"] = live.id
     try:
         try:
             await client.prepare(request)
         except ConnectionError:
-            live.record(1006, "", "client")  # gone before its 101: aiohttp ignores the disconnection
+            live.session.keep(decide(Outcome.CLIENT_LOST).record)  # gone before its 101: aiohttp ignores it
             raise
-        await relay(client, live)
+        await relay(AiohttpLink(client), live)
     finally:
         await asyncio.shield(live.end())
     return client

@@ -10,8 +10,8 @@ from aiohttp import web
 from sttgate.config import Settings
 
 if TYPE_CHECKING:
+    from sttgate.gateway.manager import SessionManager
     from sttgate.gateway.metrics import GatewayMetrics
-    from sttgate.gateway.sessions import SessionManager
     from sttgate.store import Store
 
 SETTINGS = web.AppKey("sttgate_settings", Settings)

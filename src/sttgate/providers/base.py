@@ -1,23 +1,82 @@
-"""What the gateway needs to know about one provider: URL, credential, meter, framing and how a session ends.
+"""What the gateway needs to know about one provider, in one place.
 
-The shell is provider-agnostic: it asks the :class:`Provider` for everything that differs between ElevenLabs and
-AssemblyAI, so adding a provider is one module and one entry in ``sttgate.providers.PROVIDERS``.
+The rest of the gateway is provider-agnostic: it asks the :class:`Provider` for everything that differs between
+providers (upstream URL and credential, price, meter, pull framing, how a session ends, in-band auth errors, secrets
+to redact, the routes its own SDK expects), so adding a provider is one module and one line in
+``sttgate.providers``. Everything here is data or small pure methods: no sockets, no web framework.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from sttgate.config import Settings
+from pydantic import SecretStr
+
 from sttgate.core.metering import Meter
 from sttgate.core.params import with_defaults
 
-# Pull mode (SPEC §6) feeds FFmpeg output: PCM s16le, 16 kHz, mono.
+# Pull mode (docs/pull.md) feeds FFmpeg output: PCM s16le, 16 kHz, mono.
 PULL_SAMPLE_RATE = 16000
+
+Pairs = Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """The operator's settings for one provider (see ``Settings.provider``)."""
+
+    url: str
+    api_key: SecretStr
+    rate: Decimal  # USD per hour of metered audio
+
+
+@dataclass(frozen=True)
+class MintRequest:
+    """A provider-shaped token request, as the web layer read it."""
+
+    path_params: Mapping[str, str]
+    query: Mapping[str, str]
+    # The gateway's lifetime rule: a value (str or int) → whole seconds within its limits, else a 400 refusal.
+    lifetime: Callable[[Any], int]
+    # The longest lifetime the gateway grants.
+    max_seconds: int
+
+
+@dataclass(frozen=True)
+class TokenMint:
+    """One provider-shaped token mint route (the account's key where that provider's SDK sends it)."""
+
+    method: Literal["GET", "POST"]
+    path: str  # route pattern; ``{name}`` parts are path parameters
+    key: Callable[[Mapping[str, str]], str | None]  # the account's key from the request headers
+    seconds: Callable[[MintRequest], int]  # the token's lifetime; raises ``Refusal`` on a bad request
+    body: Callable[[str, int], dict[str, Any]]  # (token, seconds) → the JSON answer
+
+
+@dataclass(frozen=True)
+class SdkShape:
+    """The drop-in routes for the provider's own SDK: the provider is implied, only the credential's place differs."""
+
+    stream_path: str
+    # (request headers, ``?token=`` value) → (api key, token); at most one of them is used.
+    credential: Callable[[Mapping[str, str], str | None], tuple[str | None, str | None]]
+    token_mints: tuple[TokenMint, ...] = field(default=())
+
+
+def bearer_or_raw(value: str | None) -> str | None:
+    """The credential in an ``Authorization`` value: ``Bearer <x>`` or the raw ``<x>`` (as some SDKs send)."""
+    if value is None:
+        return None
+    value = value.strip()
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() == "bearer":
+        value = rest.strip()
+    return value or None
 
 
 def _split_base(base_url: str) -> tuple[str, str]:
@@ -29,11 +88,45 @@ def _split_base(base_url: str) -> tuple[str, str]:
 class Provider(ABC):
     """One provider's rules. Instances are stateless singletons; per-session state lives in the :class:`Meter`."""
 
+    # The exact lower-case name clients use in ``?provider=``; also the stem of its settings' names.
     name: ClassVar[str]
+    # The provider's WebSocket URL unless the operator sets ``STTGATE_<NAME>_URL``.
+    default_url: ClassVar[str]
+    # Price in USD per hour of metered audio unless the operator sets ``STTGATE_RATE_<NAME>``.
+    default_rate: ClassVar[Decimal]
+    # The query parameter that selects the provider's model (``None``: the provider has none).
+    model_param: ClassVar[str | None] = None
+    # The uncompressed formats the gateway can meter, quoted when it refuses another one (e.g. "encoding pcm_s16le").
+    metered_formats: ClassVar[str] = ""
     # Query parameters the provider requires and the gateway adds when the client did not send them.
-    required_defaults: ClassVar[Sequence[tuple[str, str]]]
+    required_defaults: ClassVar[Pairs] = ()
+    # Pull mode: the query pairs declaring the audio the gateway sends (16 kHz s16le mono PCM); a start request that
+    # declares another value for one of these keys is refused.
+    pull_format: ClassVar[Pairs] = ()
+    # Pull mode: the shortest audio frame the provider accepts; a source's short last chunk is padded with silence.
+    min_pull_frame_bytes: ClassVar[int] = 0
     # True: after ``end_frames`` the provider closes the socket itself; False: the gateway closes once acknowledged.
     closes_after_end: ClassVar[bool]
+    # Byte strings that, in a provider message, mean the provider refused the operator's credential in-band.
+    auth_error_markers: ClassVar[tuple[bytes, ...]] = ()
+    # Prefixes of the provider's own credentials (e.g. single-use tokens), redacted from logged queries.
+    secret_prefixes: ClassVar[tuple[str, ...]] = ()
+    # The drop-in routes for the provider's SDK (``None``: none).
+    sdk: ClassVar[SdkShape | None] = None
+    # The demo: query pairs added to ``pull_format`` so that the session ends with the provider's final transcript.
+    demo_params: ClassVar[Pairs] = ()
+    # The live-transcription page: its label and the page adapter (a JS module in this package) speaking the
+    # provider's protocol; ``None``: the page does not offer this provider.
+    page_label: ClassVar[str] = ""
+    page_script: ClassVar[str | None] = None
+
+    @property
+    def api_key_env(self) -> str:
+        """The environment variable holding the operator's key, e.g. ``<NAME>_API_KEY``."""
+        return f"{self.name.upper()}_API_KEY"
+
+    def default_settings(self) -> ProviderSettings:
+        return ProviderSettings(self.default_url, SecretStr(""), self.default_rate)
 
     def upstream_url(self, base_url: str, forwarded: str) -> str:
         """``base_url`` plus the client's forwarded query plus the required defaults it lacks.
@@ -44,6 +137,34 @@ class Provider(ABC):
         present = "&".join(part for part in (base_query, forwarded) if part)
         query = with_defaults(present, self.required_defaults)
         return f"{path}?{query}" if query else path
+
+    def operator_headers(self, settings: ProviderSettings) -> dict[str, str]:
+        """The upstream handshake's headers: the operator's key where the provider expects it."""
+        return self.credential_headers(settings.api_key.get_secret_value())
+
+    def pad_pull_frame(self, chunk: bytes) -> bytes:
+        """A pull chunk padded with silence up to ``min_pull_frame_bytes``.
+
+        Only a source's last chunk can be short, and padding it within its own 100 ms slot never changes the number
+        of 5-second cycles (they start on 100 ms bounds).
+        """
+        minimum = self.min_pull_frame_bytes
+        return chunk + bytes(minimum - len(chunk)) if len(chunk) < minimum else chunk
+
+    def is_auth_error(self, data: bytes) -> bool:
+        """Whether a provider message says, in-band, that the operator's credential is bad."""
+        return any(marker in data for marker in self.auth_error_markers)
+
+    def page_info(self) -> dict[str, Any] | None:
+        """What the live-transcription page needs (``None`` when the page does not offer this provider)."""
+        if self.page_script is None or self.sdk is None:
+            return None
+        return {
+            "name": self.name,
+            "label": self.page_label or self.name,
+            "path": self.sdk.stream_path.lstrip("/"),
+            "script": f"provider-{self.name}.js",
+        }
 
     @abstractmethod
     def credential_headers(self, api_key: str) -> dict[str, str]:
@@ -64,18 +185,6 @@ class Provider(ABC):
     @abstractmethod
     def is_end_ack(self, text: str, forwarded: str = "") -> bool:
         """Whether this provider message, received after ``end_frames``, means nothing more will come."""
-
-    @abstractmethod
-    def base_url(self, settings: Settings) -> str:
-        """The provider's WebSocket URL from the settings."""
-
-    @abstractmethod
-    def operator_key(self, settings: Settings) -> str:
-        """The operator's provider API key from the settings."""
-
-    @abstractmethod
-    def rate(self, settings: Settings) -> Decimal:
-        """The configured price in USD per hour of metered audio."""
 
 
 def json_object(text: str) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from sttgate.core.outcomes import ClosedBy
 from sttgate.core.refusals import Refusal
 from sttgate.gateway.handshake import credential_from_request, open_stream, principal_for, refuse, resolve_provider
 from sttgate.gateway.keys import SETTINGS, STORE
@@ -61,7 +62,7 @@ async def start_task(request: web.Request) -> web.Response:
         provider = resolve_provider(body.provider)
         audio = await check_audio_url(body.audio_url, allow_private=settings.pull_allow_private)
         callback = await check_callback_url(body.callback_url, allow_private=settings.pull_allow_private)
-        forwarded = pull_query(provider.name, encode_params(body.params))
+        forwarded = pull_query(provider, encode_params(body.params))
         task_id = str(uuid.uuid4())
         live = await open_stream(app, principal, provider, forwarded, kind="pull", session_id=task_id)
     except Refusal as refusal:
@@ -77,7 +78,7 @@ async def start_task(request: web.Request) -> web.Response:
             params=forwarded,
         )
     except BaseException:
-        live.record(None, "task could not be recorded", "gateway")
+        live.record(None, "task could not be recorded", ClosedBy.GATEWAY)
         await live.end()
         raise
     app[PULL].launch(task_id=task_id, live=live, audio=audio, callback_url=callback.url, secret=secret)

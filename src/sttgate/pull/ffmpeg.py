@@ -1,7 +1,7 @@
 """FFmpeg as the decoder of a pull task: any source in, PCM s16le 16 kHz mono out, in 100 ms chunks at real time.
 
 FFmpeg runs as a child process writing raw PCM to its stdout. The gateway reads exact 3,200-byte chunks and releases
-them no faster than real time (AssemblyAI refuses audio sent faster; a file or a recorded HLS playlist decodes far
+them no faster than real time (providers refuse audio sent faster; a file or a recorded HLS playlist decodes far
 faster). The pacing arithmetic is :class:`Pacer`, pure and tested on its own; the argument list is
 :func:`ffmpeg_argv`, also pure. :class:`FFmpegSource` is the thin process shell around them: it keeps FFmpeg's last
 stderr lines as the error, tells a source that ended (EOF, exit 0) from one that failed (non-zero exit, or no audio
@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from sttgate.core.outcomes import TaskStatus
 from sttgate.pull.urlsafety import protocol_whitelist
 
 SAMPLE_RATE = 16_000
@@ -27,7 +28,7 @@ BYTES_PER_SECOND = SAMPLE_RATE * 2
 CHUNK_SECONDS = 0.1
 CHUNK_BYTES = int(BYTES_PER_SECOND * CHUNK_SECONDS)
 # How far ahead of the wall clock the audio may run: two chunks, so that a chunk is never late because of the
-# scheduler, while the cumulative rate stays real time (AssemblyAI tolerates a burst of this size).
+# scheduler, while the cumulative rate stays real time (providers tolerate a burst of this size).
 PACING_LEAD_SECONDS = 0.2
 # After a live source stalls, the backlog it then delivers at once may be sent this far ahead of real time to
 # recover latency; anything older than that is sent at real time.
@@ -37,8 +38,8 @@ STOP_GRACE_SECONDS = 0.5
 EXIT_WAIT_SECONDS = 5.0
 STDERR_LINES = 20
 
-SOURCE_ENDED = "source_ended"
-SOURCE_FAILED = "source_failed"
+SOURCE_ENDED = TaskStatus.SOURCE_ENDED
+SOURCE_FAILED = TaskStatus.SOURCE_FAILED
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -130,7 +131,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 @dataclass(frozen=True)
 class SourceOutcome:
-    status: str
+    status: TaskStatus
     error: str | None = None
 
 

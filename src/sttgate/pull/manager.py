@@ -14,10 +14,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sttgate.config import Settings
-from sttgate.gateway.sessions import log_event
+from sttgate.core.outcomes import TaskStatus
+from sttgate.gateway.logevents import log_event
 from sttgate.pull.egress import EgressGuard
 from sttgate.pull.ffmpeg import FFmpegSource, Pacer, default_ffmpeg, ffmpeg_argv, ffmpeg_env
-from sttgate.pull.tasks import GATEWAY_SHUTDOWN, Ending, PullTask
+from sttgate.pull.tasks import Ending, PullTask
 from sttgate.pull.urlsafety import CheckedUrl
 from sttgate.pull.webhooks import WebhookDeliverer, WebhookPolicy, webhook_client
 from sttgate.store.database import utcnow
@@ -26,7 +27,7 @@ from sttgate.store.tasks import CRASHED, AttemptLog
 if TYPE_CHECKING:
     import aiohttp
 
-    from sttgate.gateway.sessions import LiveSession
+    from sttgate.gateway.live import LiveSession
     from sttgate.store import Store
 
 log = logging.getLogger("sttgate.pull")
@@ -150,7 +151,7 @@ class PullManager:
             )
             deliverer.seq = await self.store.tasks.last_seq(crashed.id)
             deliverer.start()
-            deliverer.end(GATEWAY_SHUTDOWN, CRASHED)
+            deliverer.end(TaskStatus.GATEWAY_SHUTDOWN, CRASHED)
             self.deliverers.add(deliverer)
             deliverer.on_done(lambda d=deliverer: self.deliverers.discard(d))
             log_event("pull_task_crash_ended", task=crashed.id)
@@ -162,7 +163,7 @@ class PullManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll
         for task in list(self.tasks.values()):
-            task.halt(Ending(GATEWAY_SHUTDOWN, "the gateway is shutting down"))
+            task.halt(Ending(TaskStatus.GATEWAY_SHUTDOWN, "the gateway is shutting down"))
         runners = list(self.runners.values())
         if runners:
             await asyncio.wait(runners, timeout=TASK_END_SECONDS)

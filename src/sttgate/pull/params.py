@@ -3,11 +3,10 @@
 Pure: no I/O. A JSON body has no "as the client encoded it", so the gateway encodes each provider parameter once,
 in the order of the body: strings percent-encoded (``%20`` for a space), booleans as ``true``/``false``, numbers as
 JSON writes them, lists as repeated keys, objects as JSON text. ``null`` leaves the parameter out. A JSON array the
-provider wants as one value (AssemblyAI ``keyterms_prompt``) is passed as a string holding that array.
+provider wants as one value (e.g. a list of key terms) is passed as a string holding that array.
 
 The audio format is the gateway's in pull mode (FFmpeg decodes to PCM s16le, 16 kHz, mono), so the feeder declares
-it (ElevenLabs ``audio_format=pcm_16000``; AssemblyAI ``sample_rate=16000&encoding=pcm_s16le``) and refuses a body
-that declares anything else.
+it with the provider's own query pairs (``Provider.pull_format``) and refuses a body that declares anything else.
 """
 
 from __future__ import annotations
@@ -19,14 +18,10 @@ from urllib.parse import quote
 
 from sttgate.core.params import query_values, with_defaults
 from sttgate.core.refusals import Refusal
+from sttgate.providers import Provider
 
 # Body fields the gateway reads itself; never forwarded (api_key/token: a credential never reaches the provider).
 RESERVED = frozenset({"audio_url", "callback_url", "provider", "api_key", "token"})
-
-PULL_FORMAT = {
-    "elevenlabs": (("audio_format", "pcm_16000"),),
-    "assemblyai": (("sample_rate", "16000"), ("encoding", "pcm_s16le")),
-}
 
 
 def invalid_request(message: str) -> Refusal:
@@ -82,12 +77,12 @@ def encode_params(params: list[tuple[str, Any]]) -> str:
     return "&".join(pairs)
 
 
-def pull_query(provider: str, forwarded: str) -> str:
+def pull_query(provider: Provider, forwarded: str) -> str:
     """Add the pull audio format to the forwarded query; refuse a different format the body declared."""
     declared = query_values(forwarded)
-    for key, value in PULL_FORMAT[provider]:
+    for key, value in provider.pull_format:
         if key in declared and declared[key].strip().lower() != value:
             raise invalid_request(
                 f"In pull mode the gateway sends PCM s16le at 16 kHz mono: {key} must be {value} or absent."
             )
-    return with_defaults(forwarded, PULL_FORMAT[provider])
+    return with_defaults(forwarded, provider.pull_format)

@@ -1,6 +1,6 @@
 """Running pull tasks: FFmpeg → provider session → webhooks, and how each task ends (SPEC §6).
 
-A :class:`PullTask` drives one :class:`~sttgate.gateway.sessions.LiveSession` (opened by the start request, so
+A :class:`PullTask` drives one :class:`~sttgate.gateway.live.LiveSession` (opened by the start request, so
 every refusal of §3 was an HTTP answer). Its feeder sends FFmpeg's 100 ms chunks in the provider's framing; its
 reader hands every provider message to the task's :class:`~sttgate.pull.webhooks.WebhookDeliverer`. Whatever
 happens first ends the task, and only the first thing counts:
@@ -16,8 +16,8 @@ status                 cause                                                  pr
 ``gateway_shutdown``   the gateway stops (drain over, or runner clean-up)     graceful end, 1012, gateway
 =====================  =====================================================  ============================
 
-"Graceful end" is the provider's own (ElevenLabs commit, AssemblyAI ``Terminate``), so the final transcript still
-reaches the webhook before the ``ended`` event. FFmpeg is stopped first, always, and reaped.
+"Graceful end" is the provider's own (``Provider.end_frames``: a final commit, a terminate message…), so the final
+transcript still reaches the webhook before the ``ended`` event. FFmpeg is stopped first, always, and reaped.
 """
 
 from __future__ import annotations
@@ -29,60 +29,49 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sttgate.gateway.sessions import log_event
-from sttgate.pull.ffmpeg import SOURCE_ENDED, SOURCE_FAILED, FFmpegSource
+from sttgate.core import closecodes
+from sttgate.core.closecodes import Close
+from sttgate.core.outcomes import ClosedBy, TaskStatus
+from sttgate.gateway.logevents import log_event
+from sttgate.pull.ffmpeg import FFmpegSource
 from sttgate.pull.webhooks import WebhookDeliverer
 
 if TYPE_CHECKING:
-    from sttgate.gateway.sessions import LiveSession
+    from sttgate.gateway.live import LiveSession
     from sttgate.store import Store
 
 log = logging.getLogger("sttgate.pull")
 
-STOPPED = "stopped"
-PROVIDER_CLOSED = "provider_closed"
-INSUFFICIENT_BALANCE = "insufficient_balance"
-GATEWAY_SHUTDOWN = "gateway_shutdown"
-STATUSES = (STOPPED, SOURCE_ENDED, SOURCE_FAILED, PROVIDER_CLOSED, INSUFFICIENT_BALANCE, GATEWAY_SHUTDOWN)
-
-# AssemblyAI refuses a binary frame under 50 ms; only a source's last chunk can be that short. Padding it with
-# silence within its own 100 ms slot never changes the number of 5-second cycles (they start on 100 ms bounds).
-MIN_FRAME_BYTES = {"assemblyai": 1600}
 READER_WAIT_SECONDS = 5.0
 
-# status -> (close code, reason, closed_by) recorded for the provider session
-_SESSION_CLOSE = {
-    STOPPED: (1000, "stopped", "client"),
-    SOURCE_ENDED: (1000, "source ended", "client"),
-    SOURCE_FAILED: (1000, "source failed", "client"),
-    INSUFFICIENT_BALANCE: (4002, "insufficient balance", "gateway"),
-    GATEWAY_SHUTDOWN: (1012, "service restart", "gateway"),
+# status -> (close code and reason, closed_by) recorded for the provider session
+_SESSION_CLOSE: dict[TaskStatus, tuple[Close, ClosedBy]] = {
+    TaskStatus.STOPPED: (Close(1000, "stopped"), ClosedBy.CLIENT),
+    TaskStatus.SOURCE_ENDED: (Close(1000, "source ended"), ClosedBy.CLIENT),
+    TaskStatus.SOURCE_FAILED: (Close(1000, "source failed"), ClosedBy.CLIENT),
+    TaskStatus.INSUFFICIENT_BALANCE: (closecodes.INSUFFICIENT_BALANCE, ClosedBy.GATEWAY),
+    TaskStatus.GATEWAY_SHUTDOWN: (closecodes.SERVICE_RESTART, ClosedBy.GATEWAY),
 }
 
 
 @dataclass(frozen=True)
 class Ending:
-    status: str
+    status: TaskStatus
     reason: str
     error: str | None = None
 
 
 def ending_for_gateway_close(code: int, reason: str) -> Ending:
     """The gateway asked the session to close (``LiveSession.close_requested``)."""
-    if code == 1008:
-        return Ending(SOURCE_FAILED, "no audio was sent or received for the idle timeout", reason)
-    return Ending(GATEWAY_SHUTDOWN, "the gateway is shutting down")
+    if code == closecodes.IDLE_TIMEOUT.code:
+        return Ending(TaskStatus.SOURCE_FAILED, "no audio was sent or received for the idle timeout", reason)
+    return Ending(TaskStatus.GATEWAY_SHUTDOWN, "the gateway is shutting down")
 
 
-def ending_for_source(status: str, error: str | None) -> Ending:
-    if status == SOURCE_ENDED:
-        return Ending(SOURCE_ENDED, "the source ended")
-    return Ending(SOURCE_FAILED, error or "the source failed", error)
-
-
-def pad_frame(provider: str, chunk: bytes) -> bytes:
-    minimum = MIN_FRAME_BYTES.get(provider, 0)
-    return chunk + bytes(minimum - len(chunk)) if len(chunk) < minimum else chunk
+def ending_for_source(status: TaskStatus, error: str | None) -> Ending:
+    if status == TaskStatus.SOURCE_ENDED:
+        return Ending(TaskStatus.SOURCE_ENDED, "the source ended")
+    return Ending(TaskStatus.SOURCE_FAILED, error or "the source failed", error)
 
 
 class PullTask:
@@ -114,7 +103,7 @@ class PullTask:
             self._halt.set_result(ending)
 
     def stop(self) -> None:
-        self.halt(Ending(STOPPED, "stopped by the user"))
+        self.halt(Ending(TaskStatus.STOPPED, "stopped by the user"))
 
     async def run(self) -> Ending:
         live = self.live
@@ -127,13 +116,15 @@ class PullTask:
                 self.halt(await self._feed())
             except Exception as exc:
                 log.exception("event=pull_task_error task=%s", self.id)
-                failed = Ending(SOURCE_FAILED, "the gateway failed while feeding the source", f"internal error: {exc}")
+                failed = Ending(
+                    TaskStatus.SOURCE_FAILED, "the gateway failed while feeding the source", f"internal error: {exc}"
+                )
                 self.halt(failed)
             ending = self._halt.result()
             await self.source.close()
             self.source_closed.set()
             if ending.status in _SESSION_CLOSE:
-                code, reason, closed_by = _SESSION_CLOSE[ending.status]
+                (code, reason), closed_by = _SESSION_CLOSE[ending.status]
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await live.finish(code=code, reason=reason, closed_by=closed_by)
             # The final transcript: the reader ends when the provider session does (bounded; never raises here).
@@ -180,7 +171,7 @@ class PullTask:
         code, reason = self.live.close_code, self.live.close_reason
         detail = f"code {code}" + (f": {reason}" if reason else "") if code is not None else "connection lost"
         message = f"the provider closed the session ({detail})"
-        return Ending(PROVIDER_CLOSED, message, message)
+        return Ending(TaskStatus.PROVIDER_CLOSED, message, message)
 
     async def _read(self, messages: object) -> None:
         async for message in messages:  # type: ignore[attr-defined]
@@ -189,7 +180,7 @@ class PullTask:
     async def _feed(self) -> Ending:
         """Chunks to the provider until the source ends or the task is halted; waiting for a chunk is interruptible,
         sending one (metering, a prepaid charge) is not."""
-        provider = self.live.provider_name
+        provider = self.live.provider
         chunks = self.source.chunks()
         try:
             while True:
@@ -209,11 +200,11 @@ class PullTask:
                 if self._halt.done():
                     return self._halt.result()
                 try:
-                    sent = await self.live.send_audio(self.live.provider.audio_frame(pad_frame(provider, chunk)))
+                    sent = await self.live.send_audio(provider.audio_frame(provider.pad_pull_frame(chunk)))
                 except (ConnectionError, RuntimeError):
                     return self._provider_closed()
                 if not sent:
-                    return Ending(INSUFFICIENT_BALANCE, "the balance cannot pay the next 5-second cycle")
+                    return Ending(TaskStatus.INSUFFICIENT_BALANCE, "the balance cannot pay the next 5-second cycle")
         finally:
             with contextlib.suppress(RuntimeError):
                 await chunks.aclose()

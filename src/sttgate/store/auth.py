@@ -85,7 +85,7 @@ def looks_like_key(candidate: str) -> bool:
 
 
 def looks_like_token(credential: str) -> bool:
-    """Tell a gateway token from an API key where both travel in the same header (AssemblyAI's SDK)."""
+    """Tell a gateway token from an API key where both travel in the same header (some SDKs)."""
     return credential.startswith(TOKEN_PREFIX)
 
 

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Float, Integer, bindparam, case, func, insert, literal, or_, select, update
 
-from sttgate.core.outcomes import ClosedBy, SessionKind
+from sttgate.core.outcomes import ClosedBy, SessionKind, TaskStatus
 from sttgate.store.database import Database, NotFoundError, chunks, utcnow
 from sttgate.store.tables import UTCDateTime, accounts, sessions, tasks
-from sttgate.store.tasks import GATEWAY_SHUTDOWN
 
 if TYPE_CHECKING:
     from sttgate.store.sqlite_fast import SqliteFastPath
@@ -283,7 +282,7 @@ class Slots:
                 await conn.execute(
                     update(tasks)
                     .where(tasks.c.id.in_(chunk), tasks.c.ended_at.is_(None))
-                    .values(status=GATEWAY_SHUTDOWN, ended_at=now)
+                    .values(status=TaskStatus.GATEWAY_SHUTDOWN.value, ended_at=now)
                 )
         if reaped:
             log.info("closed %d sessions left by a crashed or stalled gateway", len(reaped))

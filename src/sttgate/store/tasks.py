@@ -17,14 +17,14 @@ from typing import Any, Protocol
 
 from sqlalchemy import and_, insert, or_, select, update
 
-from sttgate.core.outcomes import ClosedBy
+from sttgate.core.outcomes import ClosedBy, TaskStatus
 from sttgate.store.database import Database, utcnow
 from sttgate.store.tables import sessions, tasks, webhook_attempts
 
 log = logging.getLogger(__name__)
 
+# The status of a task that has not ended yet (the ways it ends are ``TaskStatus``).
 RUNNING = "running"
-GATEWAY_SHUTDOWN = "gateway_shutdown"
 # last_error of a task whose gateway died; also the claim that its ``ended`` webhook has been taken care of.
 CRASHED = "the gateway running the task stopped unexpectedly"
 ATTEMPT_FLUSH_SECONDS = 0.5
@@ -103,7 +103,7 @@ class Tasks:
                 )
             )
 
-    async def end_task(self, task_id: str, *, status: str, last_error: str | None) -> bool:
+    async def end_task(self, task_id: str, *, status: TaskStatus, last_error: str | None) -> bool:
         """Record the outcome; False when another gateway already ended the task as crashed and sent its ``ended``.
 
         That happens only when this gateway stalled past its lease: the reaper closed the session, another gateway
@@ -113,7 +113,7 @@ class Tasks:
             result = await conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, or_(tasks.c.last_error.is_(None), tasks.c.last_error != CRASHED))
-                .values(status=status, last_error=last_error, ended_at=utcnow())
+                .values(status=TaskStatus(status).value, last_error=last_error, ended_at=utcnow())
             )
             return bool(result.rowcount == 1)
 
@@ -127,7 +127,7 @@ class Tasks:
                     .select_from(tasks.join(sessions, sessions.c.id == tasks.c.id))
                     .where(
                         tasks.c.ended_at >= since,
-                        tasks.c.status == GATEWAY_SHUTDOWN,
+                        tasks.c.status == TaskStatus.GATEWAY_SHUTDOWN.value,
                         tasks.c.last_error.is_(None),
                         sessions.c.closed_by == ClosedBy.GATEWAY_CRASH.value,
                     )

@@ -26,79 +26,17 @@ function formatUsd(nanos) {
   return `$${whole}.${frac}`;
 }
 
-function bytesToBase64(bytes) {
-  let binary = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
-  }
-  return btoa(binary);
+// Each provider's own framing and messages, behind one small interface: the adapter module the server names on the
+// provider's <option> (the server lists the registered providers; see sttgate.providers).
+async function loadProvider(option) {
+  const module = await import(`./${option.dataset.script}`);
+  return { path: option.dataset.path, ...module.default(SAMPLE_RATE) };
 }
 
-// Each provider's own framing and messages, behind one small interface.
-const PROVIDERS = {
-  assemblyai: {
-    path: "assemblyai/v3/ws",
-    query: { sample_rate: String(SAMPLE_RATE), encoding: "pcm_s16le", format_turns: "true" },
-    encode: (pcm) => pcm.buffer, // binary frames, exactly the PCM bytes
-    minFrameMs: 50, // AssemblyAI closes the session (3007) on a frame under 50 ms
-    endMessage: () => JSON.stringify({ type: "Terminate" }),
-    // Each decoder returns {kind: "partial"|"final"|"ended"|"error"|"ignore", key?, text?}.
-    decoder() {
-      return (msg) => {
-        if (msg.type === "Turn") {
-          const words = (msg.words || []).map((w) => w.text).join(" ");
-          const text = msg.end_of_turn ? msg.transcript : words || msg.transcript;
-          return { kind: msg.end_of_turn ? "final" : "partial", key: `turn-${msg.turn_order}`, text };
-        }
-        if (msg.type === "Termination") return { kind: "ended" };
-        if (msg.type === "Error" || (msg.error && !msg.type)) return { kind: "error", text: msg.error };
-        return { kind: "ignore" };
-      };
-    },
-  },
-  elevenlabs: {
-    path: "elevenlabs/v1/speech-to-text/realtime",
-    query: { model_id: "scribe_v2_realtime", audio_format: `pcm_${SAMPLE_RATE}`, commit_strategy: "vad" },
-    minFrameMs: 0,
-    encode: (pcm) =>
-      JSON.stringify({
-        message_type: "input_audio_chunk",
-        audio_base_64: bytesToBase64(new Uint8Array(pcm.buffer)),
-        commit: false,
-        sample_rate: SAMPLE_RATE,
-      }),
-    // The final commit: an empty chunk with commit=true; the answer is the last committed_transcript.
-    endMessage: () =>
-      JSON.stringify({ message_type: "input_audio_chunk", audio_base_64: "", commit: true, sample_rate: SAMPLE_RATE }),
-    decoder() {
-      let segment = 0;
-      let lastCommitted = null;
-      return (msg) => {
-        switch (msg.message_type) {
-          case "partial_transcript": // a partial that repeats the segment just committed is an echo, not news
-            if (msg.text === lastCommitted) return { kind: "ignore" };
-            return { kind: "partial", key: `segment-${segment}`, text: msg.text };
-          case "committed_transcript":
-            lastCommitted = msg.text;
-            return { kind: "final", key: `segment-${segment++}`, text: msg.text, endsOnStop: true };
-          case "commit_throttled": // nothing left to commit when we stopped: that is a clean end too
-            return { kind: "ended" };
-          default:
-            if (/error|exceeded|terms|limit|overflow|invalid/.test(msg.message_type || "")) {
-              return { kind: "error", text: msg.error || msg.message_type };
-            }
-            return { kind: "ignore" };
-        }
-      };
-    },
-  },
-};
-
 class Session {
-  constructor(providerName) {
-    this.provider = PROVIDERS[providerName];
-    this.providerName = providerName;
-    this.decode = this.provider.decoder();
+  constructor(option) {
+    this.option = option;
+    this.providerName = option.value;
     this.samplesSent = 0;
     this.cyclePriceNanos = 0n;
     this.stopping = false;
@@ -106,6 +44,8 @@ class Session {
   }
 
   async start() {
+    this.provider = await loadProvider(this.option);
+    this.decode = this.provider.decoder();
     setStatus("connecting", "asking for the microphone…");
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
@@ -246,7 +186,7 @@ let session = null;
 $("start").addEventListener("click", async () => {
   $("finals").replaceChildren();
   $("error").hidden = true;
-  session = new Session($("provider").value);
+  session = new Session($("provider").selectedOptions[0]);
   try {
     await session.start();
   } catch (err) {

@@ -1,7 +1,7 @@
 // AudioWorklet processor: microphone float samples at the context's rate -> 16 kHz mono s16le PCM frames.
 //
 // Runs on the audio rendering thread, so the main thread only ever sees ready-to-send frames. Each frame is
-// `frameMs` of audio (100 ms by default: inside AssemblyAI's 50..1000 ms rule, and ElevenLabs' recommended 0.1..1 s).
+// `frameMs` of audio (100 ms by default: inside every supported provider's accepted or recommended frame lengths).
 // Resampling averages the input samples that fall into each output sample's window (a box low-pass before
 // decimation), which keeps speech intelligible without a filter library.
 
@@ -34,7 +34,7 @@ class PcmProcessor extends AudioWorkletProcessor {
   }
 
   // Send what is buffered when the page stops: the last, shorter frame, padded with silence to `minMs` where the
-  // provider has a minimum frame length (AssemblyAI refuses frames under 50 ms).
+  // provider has a minimum frame length (its page adapter's `minFrameMs`).
   flush(minMs) {
     if (this.filled > 0) {
       const length = Math.max(this.filled, Math.min(this.frameSamples, (TARGET_RATE * minMs) / 1000));

@@ -8,15 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sttgate.core.metering import (
+from sttgate.core.metering import AudioFormat, BinaryMeter, Meter, base64_decoded_length
+from sttgate.providers.assemblyai import assemblyai_format, assemblyai_meter
+from sttgate.providers.elevenlabs import (
     ELEVENLABS_RATES,
     TICKS_PER_SECOND,
-    AudioFormat,
-    BinaryMeter,
-    Meter,
-    assemblyai_format,
-    assemblyai_meter,
-    base64_decoded_length,
     elevenlabs_format,
     elevenlabs_meter,
     parse_chunk,
@@ -371,7 +367,7 @@ def test_fast_path_equals_reference_on_garbage(frame: str) -> None:
 def test_usual_frames_take_the_fast_path(pcm: bytes, rate: int | None, previous_text: str | None) -> None:
     frame = chunk(pcm, sample_rate=rate, previous_text=previous_text)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("sttgate.core.metering.parse_chunk_reference", None)
+        patch.setattr("sttgate.providers.elevenlabs.parse_chunk_reference", None)
         assert parse_chunk(frame) == (len(pcm), rate)
 
 

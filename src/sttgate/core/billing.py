@@ -1,0 +1,106 @@
+"""Charging for audio, sans I/O: which frames may be forwarded, which must be paid first, what the ledger may write.
+
+The :class:`~sttgate.core.metering.Meter` says how many 5-second cycles a frame opens (docs/billing.md). A frame that
+opens none is forwarded at once. One that opens ``n``:
+
+- postpaid: the cycles are counted (billed later from the totals) and the frame is forwarded;
+- prepaid: the ledger must debit ``n`` cycles first (:attr:`Action.CHARGE`); the shell reports the result with
+  :meth:`Billing.settled` (paid: forward; refused: the frame's audio is refunded to the meter and the session is cut
+  off, 4002) or :meth:`Billing.charge_failed` (the ledger failed: refunded, cut off, 1011). No unpaid audio is sent.
+
+The periodic ledger flush writes :meth:`Billing.unflushed` totals: never the audio of a frame whose charge is in
+flight (it may yet be refunded), so the totals written never go down.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+from typing import NamedTuple
+
+from sttgate.core.metering import Meter
+
+
+class Action(Enum):
+    FORWARD = auto()  # send the frame (nothing to pay, or paid)
+    CHARGE = auto()  # debit ``Billing.pending`` cycles at the ledger, then report ``settled``/``charge_failed``
+    CUT_OFF = auto()  # the balance cannot pay: do not send; the session ends (4002)
+
+
+class Totals(NamedTuple):
+    """What the ledger holds for a session: audio seconds, cycles, and their cost (cycles × cycle price)."""
+
+    audio_seconds: float
+    cycles: int
+    cost_nanos: int
+
+
+class Billing:
+    """The money side of one session: counted cycles and cost, the charge in flight, the cut-off."""
+
+    __slots__ = ("_written", "cost_nanos", "cut_off", "cycles", "meter", "pending", "prepaid", "price_nanos")
+
+    def __init__(self, meter: Meter, *, prepaid: bool, price_nanos: int) -> None:
+        self.meter = meter
+        self.prepaid = prepaid
+        self.price_nanos = price_nanos
+        self.cycles = 0
+        self.cost_nanos = 0
+        # Cycles whose prepaid charge is in flight (0: none): the last metered frame may yet be refunded.
+        self.pending = 0
+        self.cut_off = False
+        self._written: tuple[float, int] = (0.0, 0)
+
+    @property
+    def charging(self) -> bool:
+        return self.pending != 0
+
+    def opened(self, cycles: int) -> Action:
+        """The last metered frame opened ``cycles`` (> 0) new cycles."""
+        if self.prepaid:
+            self.pending = cycles
+            return Action.CHARGE
+        self._book(cycles)
+        return Action.FORWARD
+
+    def settled(self, paid: bool) -> Action:
+        """The ledger answered the charge: paid → forward the frame; refused → refund its audio, cut off."""
+        cycles, self.pending = self.pending, 0
+        if paid:
+            self._book(cycles)
+            return Action.FORWARD
+        self.meter.refund_last(cycles)
+        self.cut_off = True
+        return Action.CUT_OFF
+
+    def charge_failed(self) -> None:
+        """The ledger failed (not a refusal): the frame is not sent, its audio is refunded, the session is cut off."""
+        cycles, self.pending = self.pending, 0
+        self.meter.refund_last(cycles)
+        self.cut_off = True
+
+    def _book(self, cycles: int) -> None:
+        self.cycles += cycles
+        self.cost_nanos += cycles * self.price_nanos
+
+    @property
+    def charge_nanos(self) -> int:
+        """The amount the charge in flight debits."""
+        return self.pending * self.price_nanos
+
+    # -- the ledger flush -----------------------------------------------------------------------------------------
+
+    def settled_totals(self) -> Totals:
+        """The totals a flush may write now: the audio of a frame whose charge is in flight is left out."""
+        audio = self.meter.audio_seconds_without_last() if self.pending else self.meter.audio_seconds
+        return Totals(audio, self.cycles, self.cycles * self.price_nanos)
+
+    def unflushed(self) -> Totals | None:
+        """:meth:`settled_totals` if they changed since the last :meth:`written`, else ``None``."""
+        totals = self.settled_totals()
+        if (totals.audio_seconds, totals.cycles) == self._written:
+            return None
+        return totals
+
+    def written(self, totals: Totals) -> None:
+        """The ledger holds ``totals`` now."""
+        self._written = (totals.audio_seconds, totals.cycles)

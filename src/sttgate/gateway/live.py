@@ -1,0 +1,316 @@
+"""``LiveSession``: one open provider session, the API shared by push, pull and SDK routes.
+
+A :class:`LiveSession` is one provider session opened by :func:`sttgate.gateway.handshake.open_stream` (slot taken,
+upstream connected). Whatever feeds it (the push relay, a pull task, a provider-shaped route) uses the same calls::
+
+    live = await open_stream(app, principal, provider, forwarded, kind="pull")  # raises Refusal
+    try:
+        reader = asyncio.create_task(deliver(live.messages()))  # str (text) / bytes (binary) until the provider ends
+        for frame in frames:                      # provider.audio_frame(pcm) per 100 ms chunk
+            if not await live.send_audio(frame):  # meter, charge, forward; False: the balance cannot pay (not sent)
+                await live.finish(code=4002, reason="insufficient balance", closed_by=ClosedBy.GATEWAY)
+                break
+        else:
+            await live.finish(code=1000, reason="source ended", closed_by=ClosedBy.CLIENT)  # graceful provider end
+        await reader
+    finally:
+        await live.end()                          # totals, close code, closed_by to the database; idempotent
+
+``finish`` sends the provider's end frames and waits (bounded) for its final transcript or its close. Call
+``messages()`` before ``finish`` (e.g. ``it = live.messages()`` before starting the task that iterates it) and keep
+iterating meanwhile to receive that transcript; if nobody reads, ``finish`` drains and drops it. ``close_requested``
+must be watched by whatever drives the session: the gateway sets it for an idle timeout and at the end of a drain.
+
+The decisions are the pure core's (:mod:`sttgate.core.session`, :mod:`sttgate.core.billing`,
+:mod:`sttgate.core.closing`); this class performs them over an :class:`~sttgate.gateway.upstream.UpstreamLink` and
+the store, and speaks only bytes and str.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from sttgate.core import closecodes
+from sttgate.core.billing import Action, Billing
+from sttgate.core.closing import provider_ended
+from sttgate.core.idle import IdleWatch
+from sttgate.core.metering import Meter
+from sttgate.core.outcomes import ClosedBy
+from sttgate.core.session import Reader, Session, State
+from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
+
+if TYPE_CHECKING:
+    from sttgate.gateway.manager import SessionManager
+    from sttgate.providers import Provider
+    from sttgate.store import Principal
+
+log = logging.getLogger("sttgate.gateway")
+
+_ENDING = State.ENDING
+
+
+class ChargeFailed(RuntimeError):
+    """The ledger could not debit a prepaid cycle (database error): the frame was not forwarded."""
+
+
+class LiveSession:
+    """One open provider session: meter, charges, counters, and how it ended."""
+
+    def __init__(
+        self,
+        manager: SessionManager,
+        *,
+        session_id: str,
+        principal: Principal,
+        provider: Provider,
+        kind: str,
+        forwarded: str,
+        upstream: UpstreamLink,
+    ) -> None:
+        self.manager = manager
+        self.id = session_id
+        self.account_id = principal.account_id
+        self.provider = provider
+        self.provider_name = provider.name
+        self.kind = kind
+        self.forwarded = forwarded
+        self.upstream = upstream
+        self.meter = meter = provider.new_meter(forwarded) if manager.settings.metering_enabled else Meter()
+        # Bound methods looked up once; None = this frame kind is never metered (no call on the frame path).
+        self._meter_binary = meter.binary if type(meter).binary is not Meter.binary else None
+        # Only meters that read text frames get them decoded; text of binary-audio providers is never decoded.
+        self._meter_text = meter.text if type(meter).text is not Meter.text else None
+        self.price_nanos = manager.price_nanos(provider.name)
+        self.billing = Billing(meter, prepaid=principal.balance_nanos is not None, price_nanos=self.price_nanos)
+        self.session = Session()
+        self.started = time.monotonic()
+        self.idle = IdleWatch(manager.settings.idle_timeout_seconds, self.started)
+        # Plain counters on the frame path; metrics pick up the difference periodically.
+        self.frames_up = 0
+        self.bytes_up = 0
+        self.frames_down = 0
+        self.bytes_down = 0
+        self.reported = [0, 0, 0, 0]
+        self.close_requested: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
+        # Wake-ups for whoever waits; the state itself is in ``self.session``.
+        self._upstream_done = asyncio.Event()
+        self._end_reached = asyncio.Event()
+
+    # -- outcome -------------------------------------------------------------------------------------------------
+
+    def record(self, code: int | None, reason: str, closed_by: ClosedBy) -> None:
+        """Remember how the session ended; the first decision wins."""
+        self.session.record(code, reason, ClosedBy(closed_by))
+
+    @property
+    def close_code(self) -> int | None:
+        closed = self.session.closed
+        return None if closed is None else closed.code
+
+    @property
+    def close_reason(self) -> str:
+        closed = self.session.closed
+        return "" if closed is None else closed.reason
+
+    @property
+    def closed_by(self) -> ClosedBy | None:
+        closed = self.session.closed
+        return None if closed is None else closed.closed_by
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Ask whatever drives the session (relay, pull task) to close it with a gateway code."""
+        if not self.close_requested.done():
+            self.close_requested.set_result((code, reason))
+
+    # -- money ---------------------------------------------------------------------------------------------------
+
+    @property
+    def cycles(self) -> int:
+        return self.billing.cycles
+
+    @property
+    def cost_nanos(self) -> int:
+        return self.billing.cost_nanos
+
+    @property
+    def cut_off(self) -> bool:
+        return self.billing.cut_off
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.meter.audio_seconds
+
+    # -- client -> provider --------------------------------------------------------------------------------------
+
+    def admit(self, data: bytes, kind: int) -> bool:
+        """Meter one client frame: True if it may be sent now, False if it opened prepaid cycles that :meth:`pay`
+        must debit first. The relay's fast path (no coroutine of its own)."""
+        if kind == BINARY:
+            meter = self._meter_binary
+            if meter is None:
+                return True
+            opened = meter(data)
+        elif self._meter_text is not None:
+            opened = self._meter_text(data.decode("utf-8", "replace"))
+        else:
+            return True
+        if not opened:
+            return True
+        billing = self.billing
+        if billing.opened(opened) is Action.FORWARD:
+            self.manager.metrics.billed(self.provider_name, opened, opened * billing.price_nanos)
+            return True
+        return False
+
+    async def pay(self) -> bool:
+        """Debit the cycles the admitted frame opened; False (cut off, the frame must not be sent) if the balance
+        cannot pay. Raises :class:`ChargeFailed` when the ledger fails."""
+        billing = self.billing
+        cycles, amount = billing.pending, billing.charge_nanos
+        try:
+            paid = await self.manager.store.charge_cycles(self.id, self.account_id, cycles, billing.price_nanos)
+        except Exception as exc:
+            billing.charge_failed()
+            log.exception("event=charge_failed session=%s account=%s", self.id, self.account_id)
+            raise ChargeFailed(str(exc)) from exc
+        if billing.settled(paid) is Action.CUT_OFF:
+            return False
+        self.manager.metrics.billed(self.provider_name, cycles, amount)
+        return True
+
+    async def forward(self, data: bytes, kind: int) -> bool:
+        """Meter, charge and forward one client frame; False (nothing sent) when the balance cannot pay.
+
+        Raises :class:`ChargeFailed` (nothing sent) when the ledger fails, ``ConnectionError`` when the provider's
+        socket does."""
+        if not self.admit(data, kind) and not await self.pay():
+            return False
+        await self.upstream.send(data, kind)
+        self.frames_up += 1
+        self.bytes_up += len(data)
+        return True
+
+    async def send_audio(self, frame: str | bytes) -> bool:
+        """Pull mode: send one audio frame in the provider's framing (see ``Provider.audio_frame``); as ``forward``."""
+        if isinstance(frame, str):
+            return await self.forward(frame.encode(), TEXT)
+        return await self.forward(frame, BINARY)
+
+    # -- provider -> client --------------------------------------------------------------------------------------
+
+    def received(self, frame: Frame) -> None:
+        """Account for one frame from the provider (whoever read it): counters, the first message's in-band auth
+        error, the graceful end's acknowledgement or the provider's close."""
+        kind = frame[0]
+        session = self.session
+        if kind in DATA:
+            data = frame[1]
+            self.frames_down += 1
+            self.bytes_down += len(data)
+            if not session.first_seen:
+                session.first_message()
+                self._inspect_first(data)
+            if session.state is _ENDING:
+                if kind == TEXT and self.provider.is_end_ack(data.decode("utf-8", "replace"), self.forwarded):
+                    session.acknowledge_end()
+                self._check_end()
+        else:
+            session.upstream_ended()
+            self._upstream_done.set()
+            self._check_end()
+
+    def _check_end(self) -> None:
+        if self.session.ending and self.session.end_reached(self.provider.closes_after_end):
+            self._end_reached.set()
+
+    async def receive(self) -> Frame:
+        """The next provider frame, accounted for (see :meth:`received`)."""
+        frame = await self.upstream.receive()
+        self.received(frame)
+        return frame
+
+    def _inspect_first(self, data: bytes) -> None:
+        if self.provider.is_auth_error(data):
+            self.manager.metrics.upstream_auth_errors.labels(self.provider_name).inc()
+            log.error(
+                "event=upstream_auth_error session=%s provider=%s: the provider refused the operator's credential",
+                self.id,
+                self.provider_name,
+            )
+
+    def attach_reader(self) -> None:
+        """Something (the relay, ``messages()``) consumes the provider's frames: ``finish`` then only waits."""
+        self.session.attach_reader()
+
+    def messages(self) -> AsyncIterator[str | bytes]:
+        """Provider messages (str for text, bytes for binary) until the provider session ends; records a
+        provider-initiated close. Call it before ``finish``: from then on ``finish`` leaves the reading to you."""
+        self.attach_reader()
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[str | bytes]:
+        if self.session.reader is Reader.SELF_DRAINING:
+            # finish() started before anyone read: it owns the socket until the provider session is over.
+            await self._upstream_done.wait()
+            return
+        receive = self.upstream.receive
+        while True:
+            frame = await receive()
+            self.received(frame)
+            kind = frame[0]
+            if kind == TEXT:
+                yield frame[1].decode("utf-8", "replace")
+            elif kind == BINARY:
+                yield frame[1]
+            else:
+                await self._provider_ended(frame)
+                return
+
+    async def _provider_ended(self, frame: Frame) -> None:
+        """Complete the upstream close after a non-data frame and record a provider-initiated end."""
+        kind, code, reason = self.upstream.ended(frame)
+        if kind is FrameKind.CLOSE:
+            record, echo = provider_ended(code, reason)
+            self.session.keep(record)
+            assert echo is not None
+            await self.upstream.close(*echo)
+        elif kind is not FrameKind.CLOSING:
+            self.session.keep(provider_ended(None, "")[0])
+
+    # -- ending ----------------------------------------------------------------------------------------------------
+
+    async def finish(self, *, code: int = 1000, reason: str = "", closed_by: ClosedBy = ClosedBy.GATEWAY) -> None:
+        """End the provider session gracefully: its end frames, then its final transcript or close (bounded)."""
+        session = self.session
+        self.record(code, reason, closed_by)
+        if self.upstream.closed or not session.begin_end():
+            return
+        timeout = self.manager.settings.finish_timeout_seconds
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            for frame in self.provider.end_frames(self.forwarded):
+                await self.upstream.send(frame.encode(), TEXT)
+        closes_after_end = self.provider.closes_after_end
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                if session.reader is Reader.ATTACHED:
+                    if not session.end_reached(closes_after_end):  # the provider may have closed already
+                        await self._end_reached.wait()
+                else:
+                    session.reader = Reader.SELF_DRAINING
+                    while not session.end_reached(closes_after_end):
+                        await self.receive()
+        await self.upstream.close(1000)
+
+    async def end(self) -> None:
+        """Write the final totals and outcome, update metrics, log; safe to call more than once."""
+        if not self.session.close():
+            return
+        if not self.upstream.closed:
+            await self.upstream.close(*closecodes.CLIENT_GONE)
+        self.record(None, "", ClosedBy.GATEWAY)
+        await self.manager.finalize(self)

@@ -1,0 +1,127 @@
+"""An in-memory :class:`~sttgate.gateway.upstream.Link` and a store stub: sessions and the relay without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sttgate.config import Settings
+from sttgate.gateway.live import LiveSession
+from sttgate.gateway.manager import SessionManager
+from sttgate.gateway.metrics import GatewayMetrics
+from sttgate.gateway.upstream import End, Frame, FrameKind
+from sttgate.providers import get_provider
+from sttgate.store import Principal, SessionProgress
+
+
+class FakeLink:
+    """One hop: frames fed by the test come out of ``receive``; what is sent is kept in ``sent``."""
+
+    def __init__(self, on_text: Callable[[FakeLink, bytes], None] | None = None) -> None:
+        self.inbox: asyncio.Queue[Frame] = asyncio.Queue()
+        self.sent: list[tuple[FrameKind, bytes]] = []
+        self.closed_with: tuple[int, str] | None = None
+        self.on_text = on_text
+        self.broken = False
+        self.gone = False  # the connection ended (lost, or a protocol error): closed without a close of ours
+
+    # what the peer does
+    def feed(self, kind: FrameKind, data: bytes = b"", code: int = 0, reason: str = "") -> None:
+        """A data frame is (kind, payload, None); an end is (kind, code, reason)."""
+        self.inbox.put_nowait(
+            (kind, data, None) if kind in (FrameKind.TEXT, FrameKind.BINARY) else (kind, code, reason)
+        )
+
+    def text(self, data: str) -> None:
+        self.feed(FrameKind.TEXT, data.encode())
+
+    def binary(self, data: bytes) -> None:
+        self.feed(FrameKind.BINARY, data)
+
+    def peer_close(self, code: int, reason: str = "") -> None:
+        self.feed(FrameKind.CLOSE, b"", code, reason)
+
+    # the Link protocol
+    async def send(self, data: bytes, kind: int) -> None:
+        self._check()
+        self.sent.append((FrameKind(kind), data))
+        if kind == FrameKind.TEXT and self.on_text is not None:
+            self.on_text(self, data)
+
+    async def receive(self) -> Frame:
+        frame = await self.inbox.get()
+        if frame[0] is FrameKind.LOST or frame[0] is FrameKind.ERROR:
+            self.gone = True  # as aiohttp: the socket is closed after either
+        return frame
+
+    def ended(self, frame: Frame) -> End:
+        return FrameKind(frame[0]), frame[1], frame[2]
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.closed_with is None:
+            self.closed_with = (code, reason)
+            self.feed(FrameKind.CLOSING)  # like aiohttp: a pending receive learns the socket is closing
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_with is not None or self.gone
+
+    def _check(self) -> None:
+        if self.broken or self.closed:
+            raise ConnectionResetError("gone")
+
+    @property
+    def audio(self) -> list[bytes]:
+        return [data for kind, data in self.sent if kind is FrameKind.BINARY]
+
+
+@dataclass
+class FakeStore:
+    """The ledger calls a live session makes; ``balance`` counts cycles (None: postpaid, never charged)."""
+
+    balance: int | None = None
+    fail: bool = False
+    gate: asyncio.Event | None = None  # when set, a charge waits for it (a charge in flight)
+    charges: list[int] = field(default_factory=list)
+    flushed: list[SessionProgress] = field(default_factory=list)
+    ended: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    async def charge_cycles(self, session_id: str, account_id: str, cycles: int, price_nanos: int) -> bool:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise OSError("database unavailable")
+        assert self.balance is not None, "a postpaid session is never charged"
+        self.charges.append(cycles)
+        if self.balance < cycles:
+            return False
+        self.balance -= cycles
+        return True
+
+    async def flush_progress(self, updates: list[SessionProgress]) -> None:
+        self.flushed.extend(updates)
+
+    async def end_session(self, session_id: str, **row: Any) -> None:
+        self.ended[session_id] = row
+
+
+def make_session(
+    store: FakeStore, provider: str = "assemblyai", forwarded: str = "sample_rate=16000", **settings: Any
+) -> tuple[LiveSession, FakeLink, SessionManager]:
+    values: dict[str, Any] = {"database_url": "sqlite:///unused.db", "finish_timeout_seconds": 0.5, **settings}
+    manager = SessionManager(Settings.model_validate(values), store, GatewayMetrics(), "test")  # type: ignore[arg-type]
+    link = FakeLink()
+    principal = Principal("acct", None, True, 1, None if store.balance is None else store.balance * 1000)
+    live = LiveSession(
+        manager,
+        session_id="s1",
+        principal=principal,
+        provider=get_provider(provider),
+        kind="websocket",
+        forwarded=forwarded,
+        upstream=link,
+    )
+    manager.register(live)
+    return live, link, manager
