@@ -22,7 +22,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sttgate.admin import Admin
 from sttgate.core.money import usd_to_nanos
+from sttgate.providers import names
 from sttgate.store import Store
 from tests.support.accounts import Account, create_account
 from tests.support.emulator import EmulatorServer, running_emulator
@@ -62,6 +64,12 @@ def account(store: Store) -> Callable[..., Awaitable[Account]]:
         )
 
     return make
+
+
+@pytest.fixture
+def admin(store: Store) -> Admin:
+    """The store's operations answering with documents, as the CLI and ``/api/v2/usage`` show them."""
+    return Admin(store, names())
 
 
 @pytest.fixture

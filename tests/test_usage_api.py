@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from sttgate.admin import Admin
 from sttgate.providers import names
 
 
@@ -37,7 +38,7 @@ async def test_usage_shows_the_callers_bill_only(gateway, account, store) -> Non
     [session] = doc["sessions"]
     assert session["kind"] == "websocket" and session["closed_by"] in ("client", "upstream")
     # The same document as the CLI prints, and another account sees none of it.
-    assert doc == await store.usage(mine.id, providers=names())
+    assert doc == await Admin(store, names()).usage(mine.id)
     async with gw.http.get(f"{gw.http_url}/api/v2/usage?api_key={other.key}") as resp:
         theirs = await resp.json()
     assert theirs["account_id"] == other.id and theirs["sessions"] == [] and theirs["balance_usd"] is None
@@ -59,7 +60,7 @@ async def test_usage_needs_a_valid_key(gateway, account, store) -> None:
     gw = await gateway()
     acct = await account()
     [key] = await store.list_keys(acct.id)
-    await store.revoke_key(key["id"])
+    await store.revoke_key(key.id)
     cases = (({}, "missing_api_key"), ({"Authorization": "sk-mai-" + "x" * 43}, "invalid_api_key"))
     for headers, code in (*cases, ({"Authorization": acct.key}, "invalid_api_key")):
         async with gw.http.get(f"{gw.http_url}/api/v2/usage", headers=headers) as resp:

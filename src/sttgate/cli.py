@@ -171,13 +171,14 @@ def _run(settings: Settings, make: Callable[[], Awaitable[Any]]) -> Any:
 
 
 def _run_admin(settings: Settings, operation: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Open (and migrate) the store, run one operation on it, close it."""
+    """Open (and migrate) the store, run one operation (which answers with documents) on it, close it."""
+    from sttgate.admin import Admin
     from sttgate.store import Store
 
     async def run() -> Any:
         store = await Store.connect(settings.database_url)
         try:
-            return await operation(store)
+            return await operation(Admin(store, names()))
         finally:
             await store.close()
 
@@ -371,7 +372,7 @@ def _accounts_update(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _accounts_webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
-    secret = _run_admin(settings, lambda s: s.webhook_secret(args.account_id, rotate=args.rotate))
+    secret = _run_admin(settings, lambda a: a.store.webhook_secret(args.account_id, rotate=args.rotate))
     return _emit(args, {"webhook_secret": secret}, lambda d: d["webhook_secret"])
 
 
@@ -403,7 +404,7 @@ def _usage(args: argparse.Namespace, settings: Settings) -> int:
     until = _moment(args.until, end_of_day=True)
     if since is not None and until is not None and since >= until:
         raise CommandError("--since must be before --until")
-    doc = _run_admin(settings, lambda s: s.usage(args.account, since=since, until=until, providers=names()))
+    doc = _run_admin(settings, lambda s: s.usage(args.account, since=since, until=until))
     return _emit(args, doc, _usage_text)
 
 

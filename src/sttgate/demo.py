@@ -124,10 +124,11 @@ def _print_event(provider: str, event: dict[str, Any], shown: dict[str, str]) ->
 
 
 async def run(settings: Settings) -> int:
+    from sttgate.admin import usage_document
     from sttgate.emulators.app import EMULATORS, EmulatorConfig
     from sttgate.emulators.app import create_app as create_emulator_app
     from sttgate.gateway.app import create_app as create_gateway_app
-    from sttgate.store.store import Store
+    from sttgate.store import Store
 
     pcm, rate = load_sample()
     if rate != PULL_SAMPLE_RATE:
@@ -146,16 +147,16 @@ async def run(settings: Settings) -> int:
         gateway, gw_port = await _start(create_gateway_app(gateway_settings, store=store))
         try:
             account = await store.create_account(name="demo", balance_nanos=usd_to_nanos(DEMO_BALANCE_USD))
-            key = (await store.create_key(account["id"]))["key"]
+            key = (await store.create_key(account.id)).key
             print(f"gateway on 127.0.0.1:{gw_port}, emulators on 127.0.0.1:{emu_port}")
-            print(f"demo account {account['id']} (prepaid {DEMO_BALANCE_USD} USD), key {key[:12]}…")
+            print(f"demo account {account.id} (prepaid {DEMO_BALANCE_USD} USD), key {key[:12]}…")
             print(f"streaming {len(pcm) / 2 / rate:.2f} s of speech to {len(providers)} providers at real time\n")
             async with aiohttp.ClientSession() as http:
                 results = await asyncio.gather(
                     *(_stream(http, f"ws://127.0.0.1:{gw_port}", key, p, pcm, rate) for p in providers)
                 )
-            await _settle(store, account["id"], len(providers))
-            usage = await store.usage(account["id"], providers=names())
+            await _settle(store, account.id, len(providers))
+            usage = usage_document(await store.usage(account.id), names())
         finally:
             await gateway.cleanup()
             await emulators.cleanup()
@@ -172,7 +173,7 @@ async def _settle(store: Any, account_id: str, count: int) -> None:
     """Wait until the gateway has written every session's end (it does so right after the sockets close)."""
     for _ in range(100):
         usage = await store.usage(account_id)
-        if len(usage["sessions"]) >= count and all(s["ended_at"] for s in usage["sessions"]):
+        if len(usage.sessions) >= count and all(s.ended_at for s in usage.sessions):
             return
         await asyncio.sleep(0.05)
 

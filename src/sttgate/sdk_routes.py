@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sttgate import tokens
+from sttgate.admin import isoformat
 from sttgate.config import Settings
 from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.core.params import split_query
@@ -38,7 +38,7 @@ from sttgate.gateway.keys import SETTINGS, STORE
 from sttgate.providers import PROVIDERS, Provider, get_provider, names
 from sttgate.providers.base import MintRequest, TokenMint, bearer_or_raw
 from sttgate.store import Principal
-from sttgate.store.store import isoformat
+from sttgate.store.auth import MAX_SECONDS, MIN_SECONDS
 
 # A token asked for without a lifetime lives this long: enough to open a socket, short enough to be harmless.
 DEFAULT_TOKEN_SECONDS = 60
@@ -113,11 +113,11 @@ async def _authenticate(request: web.Request, credential: str | None) -> Princip
 
 def _lifetime(value: Any, settings: Settings) -> int:
     """A token lifetime in whole seconds, 1..token_max_seconds (at most 600)."""
-    limit = min(settings.token_max_seconds, tokens.MAX_SECONDS)
+    limit = min(settings.token_max_seconds, MAX_SECONDS)
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not tokens.MIN_SECONDS <= value <= limit:
-        raise invalid_request(f"expires_in_seconds must be an integer from {tokens.MIN_SECONDS} to {limit}.")
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_SECONDS <= value <= limit:
+        raise invalid_request(f"expires_in_seconds must be an integer from {MIN_SECONDS} to {limit}.")
     return value
 
 
@@ -165,7 +165,7 @@ async def mint_token(request: web.Request) -> web.Response:
     body = await _json_object(request)
     seconds = _lifetime(body.get("expires_in_seconds", DEFAULT_TOKEN_SECONDS), settings)
     provider = _provider(body.get("provider"))
-    minted = await tokens.mint(request.app[STORE], principal.account_id, seconds, provider)
+    minted = await request.app[STORE].mint_token(principal.account_id, seconds, provider)
     return _token_response(
         {
             "token": minted.token,
@@ -188,10 +188,10 @@ def _provider_mint(provider: Provider, mint: TokenMint) -> Callable[[web.Request
                 path_params=request.match_info,
                 query=request.query,
                 lifetime=lambda value: _lifetime(value, settings),
-                max_seconds=min(settings.token_max_seconds, tokens.MAX_SECONDS),
+                max_seconds=min(settings.token_max_seconds, MAX_SECONDS),
             )
         )
-        minted = await tokens.mint(store, principal.account_id, seconds, provider.name)
+        minted = await store.mint_token(principal.account_id, seconds, provider.name)
         return _token_response(mint.body(minted.token, seconds))
 
     return provider_mint
@@ -265,7 +265,7 @@ async def demo_token(request: web.Request) -> web.Response:
         raise DEMO_NOT_CONFIGURED
     if not principal.streaming_enabled:
         raise STREAMING_NOT_ENABLED
-    minted = await tokens.mint(store, principal.account_id, DEMO_TOKEN_SECONDS, provider.name)
+    minted = await store.mint_token(principal.account_id, DEMO_TOKEN_SECONDS, provider.name)
     rate = settings.provider(provider.name).rate
     return _token_response(
         {

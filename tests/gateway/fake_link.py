@@ -13,7 +13,7 @@ from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.upstream import End, Frame, FrameKind
 from sttgate.providers import get_provider
-from sttgate.store.store import Principal, SessionProgress
+from sttgate.store import Principal, SessionProgress
 
 
 class FakeLink:

@@ -9,13 +9,15 @@ import json
 import pytest
 from aiohttp import WSMsgType
 
+from sttgate.admin import Admin
 from sttgate.gateway.keys import STORE
+from sttgate.providers import names
 from tests.support.waiting import wait_for
 
 
 async def ended_session(gw, account_id):
     async def ended():
-        usage = await gw.app[STORE].usage(account_id)
+        usage = await Admin(gw.app[STORE], names()).usage(account_id)
         return usage if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
     return await wait_for(ended)
@@ -173,12 +175,12 @@ async def test_charged_cycles_are_on_disk_while_the_session_runs(gateway, accoun
                 await ws.send_bytes(tone(3200))
 
             async def written(account_id=acct.id):
-                session = (await store.usage(account_id))["sessions"][0]
+                session = (await Admin(store, names()).usage(account_id))["sessions"][0]
                 return session["billed_seconds"] == 10 and session["audio_seconds"] == 6.0
 
             await wait_for(written, timeout=1.0)
-            assert (await store.usage(acct.id))["sessions"][0]["ended_at"] is None
-    assert (await store.usage(prepaid.id))["balance_usd"] == "0.999583334"
+            assert (await Admin(store, names()).usage(acct.id))["sessions"][0]["ended_at"] is None
+    assert (await Admin(store, names()).usage(prepaid.id))["balance_usd"] == "0.999583334"
 
 
 async def test_a_failing_charge_relays_no_unpaid_audio(gateway, account, store, monkeypatch):

@@ -8,6 +8,8 @@ import asyncio
 import aiohttp
 import pytest
 
+from sttgate.admin import Admin
+from sttgate.providers import names
 from tests.support.emulator import OPERATOR_KEYS
 from tests.support.gateway import gateway_settings
 from tests.support.upgrade import handshake
@@ -39,7 +41,7 @@ async def test_revoked_key_is_401(gateway, account, store):
     gw = await gateway()
     acct = await account()
     keys = await store.list_keys(acct.id)
-    await store.revoke_key(keys[0]["id"])
+    await store.revoke_key(keys[0].id)
     status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}"))
     assert (status, error(body)[0]) == (401, "invalid_api_key")
 
@@ -141,7 +143,7 @@ async def test_failed_upstream_frees_the_slot_and_costs_nothing(gateway, account
     assert status == 502
     async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:
         assert not ws.closed
-    usage = await store.usage(acct.id)
+    usage = await Admin(store, names()).usage(acct.id)
     failed = usage["sessions"][-1]
     assert failed["closed_by"] == "gateway" and failed["cost_usd"] == "0" and failed["ended_at"] is not None
     assert usage["balance_usd"] == "1.000000000"
@@ -175,7 +177,7 @@ async def test_key_from_query_or_authorization_header(gateway, account, how):
 async def _ended_usage(gw, account_id):
     from sttgate.gateway.keys import STORE
 
-    usage = await gw.app[STORE].usage(account_id)
+    usage = await Admin(gw.app[STORE], names()).usage(account_id)
     return usage if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
 
@@ -219,7 +221,7 @@ async def test_not_an_upgrade_is_refused_without_taking_a_slot(gateway, account,
     async with gw.http.get(gw.ws_url(f"provider=assemblyai&api_key={acct.key}")) as resp:
         assert resp.status == 426
         assert (await resp.json())["error"]["code"] == "websocket_upgrade_required"
-    assert (await store.usage(acct.id))["sessions"] == []
+    assert (await Admin(store, names()).usage(acct.id))["sessions"] == []
 
 
 def test_settings_fixture_points_at_the_emulator(emulator):
@@ -232,15 +234,13 @@ async def test_audio_the_gateway_cannot_meter_is_refused(gateway, account, store
     acct = await account()
     status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&encoding=opus"))
     assert (status, error(body)[0]) == (400, "unsupported_audio_format")
-    assert (await store.usage(acct.id))["sessions"] == []
+    assert (await Admin(store, names()).usage(acct.id))["sessions"] == []
 
 
 async def test_single_use_token_in_the_query(gateway, account, store):
-    from sttgate import tokens
-
     gw = await gateway()
     acct = await account()
-    minted = await tokens.mint(store, acct.id, 60, provider="assemblyai")
+    minted = await store.mint_token(acct.id, 60, provider="assemblyai")
     # A request that would be refused for its provider does not spend the token.
     status, body, _ = await handshake(gw.ws_url(f"token={minted.token}"))
     assert (status, error(body)[0]) == (400, "missing_provider")

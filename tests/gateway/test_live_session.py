@@ -7,10 +7,11 @@ import json
 
 import pytest
 
+from sttgate.admin import Admin
 from sttgate.core.refusals import Refusal
 from sttgate.gateway.handshake import open_stream
 from sttgate.gateway.keys import STORE
-from sttgate.providers import get_provider
+from sttgate.providers import get_provider, names
 
 PCM_100MS = bytes((i * 37) & 0xFF for i in range(3200))  # 16 kHz s16le mono, what the pull feeder produces
 
@@ -43,7 +44,7 @@ async def test_feed_audio_read_messages_finish_and_end(gateway, account, store, 
         assert last["type"] == "Termination"
     else:
         assert last["message_type"] == "committed_transcript"
-    session = (await store.usage(acct.id))["sessions"][0]
+    session = (await Admin(store, names()).usage(acct.id))["sessions"][0]
     assert (session["kind"], session["audio_seconds"], session["billed_seconds"]) == ("pull", 6.0, 10)
     assert (session["close_code"], session["closed_by"]) == (1000, "client")
 
@@ -67,7 +68,7 @@ async def test_send_audio_reports_the_cut_off_and_sends_nothing_unpaid(gateway, 
     rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
     await rec.wait_ended()
     assert rec.audio_bytes == 50 * 3200
-    usage = await store.usage(acct.id)
+    usage = await Admin(store, names()).usage(acct.id)
     assert usage["balance_usd"] == "0"
     assert (usage["sessions"][0]["close_code"], usage["sessions"][0]["closed_by"]) == (4002, "gateway")
 
@@ -84,7 +85,7 @@ async def test_provider_close_ends_messages_and_is_recorded(gateway, account, st
     finally:
         await live.end()
     assert messages == [PCM_100MS]
-    session = (await store.usage(acct.id))["sessions"][0]
+    session = (await Admin(store, names()).usage(acct.id))["sessions"][0]
     assert (session["close_code"], session["closed_by"]) == (3005, "upstream")
 
 

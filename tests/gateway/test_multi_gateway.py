@@ -23,6 +23,8 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
+from sttgate.admin import Admin
+from sttgate.providers import names
 from sttgate.store import Store
 from tests.support.emulator import EmulatorServer
 from tests.support.postgres import fresh_schema
@@ -277,11 +279,11 @@ async def test_a_killed_gateways_slot_is_taken_over_by_the_other_gateway(serve, 
                 await ws.send_bytes(FRAME)
 
             async def charged() -> bool:
-                sessions = (await store.usage(acct.id))["sessions"]
+                sessions = (await Admin(store, names()).usage(acct.id))["sessions"]
                 return bool(sessions) and sessions[0]["billed_seconds"] == 10
 
             await wait_for(charged, 10, 0.2, "A's session charged two cycles")
-            held = (await store.usage(acct.id))["sessions"][0]["id"]
+            held = (await Admin(store, names()).usage(acct.id))["sessions"][0]["id"]
             assert_too_many_streams(await raw_upgrade(b.port, query))
 
             # Mid-stream, A dies without a word.
@@ -304,7 +306,7 @@ async def test_a_killed_gateways_slot_is_taken_over_by_the_other_gateway(serve, 
             await ws.close()
 
             async def reaped() -> dict[str, Any] | None:
-                for s in (await store.usage(acct.id))["sessions"]:
+                for s in (await Admin(store, names()).usage(acct.id))["sessions"]:
                     if s["id"] == held and s["closed_by"] == "gateway_crash":
                         return s
                 return None

@@ -9,7 +9,9 @@ import random
 import aiohttp
 from aiohttp import WSMsgType
 
+from sttgate.admin import Admin
 from sttgate.gateway.keys import SESSIONS, STORE
+from sttgate.providers import names
 from tests.support.emulator import OPERATOR_KEYS
 from tests.support.waiting import wait_for
 
@@ -18,7 +20,7 @@ async def last_session(gw, account_id):
     """The account's newest session once the gateway has ended it."""
 
     async def ended():
-        usage = await gw.app[STORE].usage(account_id)
+        usage = await Admin(gw.app[STORE], names()).usage(account_id)
         return usage["sessions"][0] if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
     return await wait_for(ended)

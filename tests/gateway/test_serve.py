@@ -11,6 +11,8 @@ import pytest
 from aiohttp import WSMsgType
 from yarl import URL
 
+from sttgate.admin import Admin
+from sttgate.providers import names
 from tests.support.gateway import gateway_settings, running_gateway
 from tests.support.serve import ServeProcess, serve_env, serve_processes
 from tests.support.upgrade import handshake
@@ -64,7 +66,7 @@ async def test_sigterm_drains_then_closes_with_1012_and_exits_zero(serve, accoun
         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1012, "service restart")
         await ws.close()
     assert await sp.wait() == 0
-    session = (await store.usage(acct.id))["sessions"]
+    session = (await Admin(store, names()).usage(acct.id))["sessions"]
     assert [(s["close_code"], s["closed_by"]) for s in session] == [(1012, "gateway")]
     rec = emulator.recorder.last
     await rec.wait_ended()
@@ -89,14 +91,14 @@ async def test_restart_after_a_crash_closes_the_dead_sessions_as_gateway_crash(s
             await ws.receive(timeout=5)
 
         async def charged():
-            return (await store.usage(acct.id))["sessions"][0]["billed_seconds"] == 10
+            return (await Admin(store, names()).usage(acct.id))["sessions"][0]["billed_seconds"] == 10
 
         await wait_for(charged)
         sp.proc.kill()
         await sp.wait()
         await ws.close()
     restarted, _ = await serve()
-    usage = await store.usage(acct.id)
+    usage = await Admin(store, names()).usage(acct.id)
     session = usage["sessions"][0]
     assert session["closed_by"] == "gateway_crash" and session["ended_at"] is not None
     assert (session["billed_seconds"], session["cost_usd"]) == (10, "0.000416666")
@@ -180,7 +182,7 @@ async def test_workers_share_one_port_and_drain_together(serve, account, store):
             assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1012)
             await ws.close()
     assert await sp.wait() == 0
-    sessions = (await store.usage(acct.id))["sessions"]
+    sessions = (await Admin(store, names()).usage(acct.id))["sessions"]
     assert [(s["close_code"], s["closed_by"]) for s in sessions] == [(1012, "gateway")] * 6
     assert sp.log.count("event=gateway_stopped") == 2
 

@@ -14,10 +14,12 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
+from sttgate.admin import Admin
 from sttgate.gateway.keys import SESSIONS
-from sttgate.pull import taskstore
+from sttgate.providers import names
 from sttgate.pull.ffmpeg import PACING_LEAD_SECONDS
 from sttgate.pull.webhooks import SIGNATURE_HEADER, Attempt, verify
+from sttgate.store.tasks import CRASHED, AttemptLog
 from tests.support.pull import ffmpeg_children
 from tests.support.rtsp import RtspServer
 from tests.support.servers import serve_app
@@ -240,7 +242,7 @@ async def test_failing_webhook_is_retried_late_and_audio_never_pauses(
     attempts = []
 
     async def recorded():
-        attempts[:] = await taskstore.attempts_of(store, task_id)
+        attempts[:] = await store.tasks.attempts_of(task_id)
         return any(a["seq"] == seq_of[-1] for a in attempts)
 
     await wait_for(recorded)
@@ -286,7 +288,7 @@ async def test_prepaid_cut_off(pull_gateway, account, store, media_server, recei
     session = await gw.recorder.wait_for_session(provider="assemblyai", since=mark)
     await session.wait_ended()
     assert session.audio_seconds == pytest.approx(5.0)
-    assert (await store.usage(acct.id))["balance_usd"] == "0"
+    assert (await Admin(store, names()).usage(acct.id))["balance_usd"] == "0"
     await wait_for(lambda: rec.ended())
     assert rec.ended()[0]["data"]["status"] == "insufficient_balance"
 
@@ -319,8 +321,7 @@ async def test_a_dead_gateways_task_gets_one_late_ended_webhook(pull_gateway, ac
         min_balance_nanos=0,
         lease_ttl=30,
     )
-    await taskstore.insert_task(
-        store,
+    await store.tasks.insert_task(
         task_id="crashed-task",
         account_id=acct.id,
         audio_url="http://example.com/a.wav",
@@ -328,7 +329,7 @@ async def test_a_dead_gateways_task_gets_one_late_ended_webhook(pull_gateway, ac
         provider="elevenlabs",
         params="audio_format=pcm_16000",
     )
-    log = taskstore.AttemptLog(store)
+    log = AttemptLog(store.tasks)
     for seq in (1, 2, 3):
         await log.record(Attempt("crashed-task", seq, 1, 200, None))
     await log.flush()
@@ -337,9 +338,9 @@ async def test_a_dead_gateways_task_gets_one_late_ended_webhook(pull_gateway, ac
     await wait_for(lambda: rec.ended())
     ended = rec.ended()
     assert [(e["task_id"], e["seq"], e["provider"]) for e in ended] == [("crashed-task", 4, "elevenlabs")]
-    assert ended[0]["data"] == {"status": "gateway_shutdown", "reason": taskstore.CRASHED}
+    assert ended[0]["data"] == {"status": "gateway_shutdown", "reason": CRASHED}
     view = await first.wait_status(acct.key, "crashed-task")
-    assert (view["status"], view["last_error"]) == ("gateway_shutdown", taskstore.CRASHED)
+    assert (view["status"], view["last_error"]) == ("gateway_shutdown", CRASHED)
     await second.manager.send_crash_endings()
     await first.manager.send_crash_endings()
     assert len(rec.posts) == 1

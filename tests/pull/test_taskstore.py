@@ -7,9 +7,11 @@ from datetime import timedelta
 
 import pytest
 
-from sttgate.pull import taskstore
+from sttgate.pull.documents import task_document
 from sttgate.pull.webhooks import Attempt
-from sttgate.store.store import Store, utcnow
+from sttgate.store import Store
+from sttgate.store.database import utcnow
+from sttgate.store.tasks import CRASHED, AttemptLog
 from tests.support.postgres import fresh_schema
 
 
@@ -40,8 +42,7 @@ async def new_task(store: Store, account_id: str, task_id: str, gateway: str = "
         min_balance_nanos=0,
         lease_ttl=30,
     )
-    await taskstore.insert_task(
-        store,
+    await store.tasks.insert_task(
         task_id=task_id,
         account_id=account_id,
         audio_url="rtsp://cam:secret@camera.example/stream",
@@ -51,48 +52,54 @@ async def new_task(store: Store, account_id: str, task_id: str, gateway: str = "
     )
 
 
+async def task_view(store: Store, task_id: str, account_id: str) -> dict | None:
+    """The task's document as ``GET …/tasks/{id}`` serves it."""
+    row = await store.tasks.get(task_id, account_id)
+    return None if row is None else task_document(row)
+
+
 async def test_task_lifecycle_rows(any_store: Store) -> None:
     store = any_store
-    owner = (await store.create_account(name="owner"))["id"]
-    other = (await store.create_account(name="other"))["id"]
+    owner = (await store.create_account(name="owner")).id
+    other = (await store.create_account(name="other")).id
     await new_task(store, owner, "t1")
-    view = await taskstore.task_view(store, "t1", owner)
+    view = await task_view(store, "t1", owner)
     assert view is not None
     assert (view["status"], view["stop_requested"], view["ended_at"]) == ("running", False, None)
     assert view["audio_url"] == "rtsp://cam:***@camera.example/stream"
     assert (view["audio_seconds"], view["billed_seconds"], view["cost_usd"]) == (0.0, 0, "0")
-    assert await taskstore.task_view(store, "t1", other) is None
-    assert await taskstore.request_stop(store, "t1", other) is None
-    assert await taskstore.stop_requested(store, ["t1"]) == []
-    assert await taskstore.request_stop(store, "t1", owner) == "running"
-    assert await taskstore.stop_requested(store, ["t1", "unknown"]) == ["t1"]
-    assert await taskstore.end_task(store, "t1", status="stopped", last_error=None)
-    view = await taskstore.task_view(store, "t1", owner)
+    assert await task_view(store, "t1", other) is None
+    assert await store.tasks.request_stop("t1", other) is None
+    assert await store.tasks.stop_requested(["t1"]) == []
+    assert await store.tasks.request_stop("t1", owner) == "running"
+    assert await store.tasks.stop_requested(["t1", "unknown"]) == ["t1"]
+    assert await store.tasks.end_task("t1", status="stopped", last_error=None)
+    view = await task_view(store, "t1", owner)
     assert view is not None and view["status"] == "stopped" and view["ended_at"] is not None
-    log = taskstore.AttemptLog(store)
+    log = AttemptLog(store.tasks)
     await log.record(Attempt("t1", 1, 1, 500, "HTTP 500"))
     await log.record(Attempt("t1", 1, 2, 200, None))
     await log.close()
-    attempts = await taskstore.attempts_of(store, "t1")
+    attempts = await store.tasks.attempts_of("t1")
     assert [(a["seq"], a["attempt"], a["status_code"], a["error"]) for a in attempts] == [
         (1, 1, 500, "HTTP 500"),
         (1, 2, 200, None),
     ]
-    assert await taskstore.last_seq(store, "t1") == 1
+    assert await store.tasks.last_seq("t1") == 1
 
 
 async def test_crashed_tasks_are_claimed_once(any_store: Store) -> None:
     store = any_store
-    owner = (await store.create_account(name="owner"))["id"]
+    owner = (await store.create_account(name="owner")).id
     await new_task(store, owner, "dead", gateway="dead-gw")
     await new_task(store, owner, "alive", gateway="live-gw")
     assert await store.reap_dead_sessions(gateway_id="dead-gw") == ["dead"]
     since = utcnow() - timedelta(hours=1)
-    claimed = await taskstore.claim_crashed(store, since=since)
+    claimed = await store.tasks.claim_crashed(since=since)
     assert [(c.id, c.provider, c.callback_url) for c in claimed] == [("dead", "assemblyai", "https://hooks.example/x")]
-    assert await taskstore.claim_crashed(store, since=since) == []
-    view = await taskstore.task_view(store, "dead", owner)
-    assert view is not None and (view["status"], view["last_error"]) == ("gateway_shutdown", taskstore.CRASHED)
+    assert await store.tasks.claim_crashed(since=since) == []
+    view = await task_view(store, "dead", owner)
+    assert view is not None and (view["status"], view["last_error"]) == ("gateway_shutdown", CRASHED)
     # The "dead" gateway was only stalled: its late ending must not replace the claim (nor send a second ended).
-    assert not await taskstore.end_task(store, "dead", status="stopped", last_error=None)
-    assert await taskstore.end_task(store, "alive", status="source_ended", last_error=None)
+    assert not await store.tasks.end_task("dead", status="stopped", last_error=None)
+    assert await store.tasks.end_task("alive", status="source_ended", last_error=None)

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from sttgate import tokens
+from sttgate.store import auth
 from tests.support.gateway import AccountGateway, ended_usage
 from tests.support.upgrade import handshake
 
@@ -23,7 +23,7 @@ AAI_QUERY = "sample_rate=16000&keyterms_prompt=%5B%22a+b%22%5D&format_turns=True
 
 
 async def _mint(gw: AccountGateway, provider: str | None = None, seconds: int = 60) -> str:
-    return (await tokens.mint(gw.store, gw.account_id, seconds, provider)).token
+    return (await gw.store.mint_token(gw.account_id, seconds, provider)).token
 
 
 @pytest.mark.parametrize(
@@ -110,8 +110,8 @@ async def test_token_bound_to_the_other_provider_is_refused_and_kept(sdk_gateway
 
 async def test_expired_token_is_refused(sdk_gateway: Start, monkeypatch: pytest.MonkeyPatch) -> None:
     gw = await sdk_gateway()
-    minted = await tokens.mint(gw.store, gw.account_id, 1)
-    monkeypatch.setattr(tokens, "utcnow", lambda: minted.expires_at + timedelta(milliseconds=1))
+    minted = await gw.store.mint_token(gw.account_id, 1)
+    monkeypatch.setattr(auth, "utcnow", lambda: minted.expires_at + timedelta(milliseconds=1))
     status, body, _ = await handshake(f"{gw.url}{EL_PATH}?token={minted.token}")
     assert (status, body["error"]["code"]) == (401, "invalid_token")
 

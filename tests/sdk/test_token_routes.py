@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 
-from sttgate import tokens
 from sttgate.store import Store
 from sttgate.store.tables import tokens as tokens_table
 from tests.support.gateway import AccountGateway
@@ -47,15 +46,15 @@ async def test_mint_generic_token(env: Env, scheme: str) -> None:
     expires_at = datetime.fromisoformat(body["expires_at"])
     assert timedelta(seconds=29) < expires_at - datetime.now(UTC) <= timedelta(seconds=30)
     assert env.key not in body["token"] and env.key[7:15] not in body["token"]
-    principal = await tokens.redeem(env.store, body["token"], "elevenlabs")
+    principal = await env.store.redeem_token(body["token"], "elevenlabs")
     assert principal is not None and principal.account_id == env.account_id
 
 
 async def test_mint_bound_to_provider_with_default_lifetime(env: Env) -> None:
     status, body = await _post(env, {"Authorization": env.key}, {"provider": "assemblyai"})
     assert status == 200 and body["provider"] == "assemblyai" and body["expires_in_seconds"] == 60
-    assert await tokens.redeem(env.store, body["token"], "elevenlabs") is None
-    assert await tokens.redeem(env.store, body["token"], "assemblyai") is not None
+    assert await env.store.redeem_token(body["token"], "elevenlabs") is None
+    assert await env.store.redeem_token(body["token"], "assemblyai") is not None
 
 
 @pytest.mark.parametrize(
@@ -95,7 +94,7 @@ async def test_streaming_disabled_account_cannot_mint(env: Env) -> None:
 
 async def test_revoked_key_cannot_mint(env: Env) -> None:
     keys = await env.store.list_keys(env.account_id)
-    await env.store.revoke_key(keys[0]["id"])
+    await env.store.revoke_key(keys[0].id)
     status, body = await _post(env, {"Authorization": env.key}, {})
     assert (status, body["error"]["code"]) == (401, "invalid_api_key")
 
@@ -106,8 +105,8 @@ async def test_elevenlabs_shaped_mint(env: Env) -> None:
         assert resp.status == 200
         body = await resp.json()
     assert set(body) == {"token"} and body["token"].startswith("sttg_")
-    assert await tokens.redeem(env.store, body["token"], "assemblyai") is None
-    assert await tokens.redeem(env.store, body["token"], "elevenlabs") is not None
+    assert await env.store.redeem_token(body["token"], "assemblyai") is None
+    assert await env.store.redeem_token(body["token"], "elevenlabs") is not None
     async with env.http.post(url) as resp:
         assert resp.status == 401 and (await resp.json())["error"]["code"] == "missing_api_key"
     async with env.http.post(url.replace("realtime_scribe", "tts_websocket"), headers={"xi-api-key": env.key}) as resp:
@@ -121,8 +120,8 @@ async def test_assemblyai_shaped_mint(env: Env) -> None:
         assert resp.status == 200
         body = await resp.json()
     assert body["expires_in_seconds"] == 45 and body["token"].startswith("sttg_")
-    assert await tokens.redeem(env.store, body["token"], "elevenlabs") is None
-    assert await tokens.redeem(env.store, body["token"], "assemblyai") is not None
+    assert await env.store.redeem_token(body["token"], "elevenlabs") is None
+    assert await env.store.redeem_token(body["token"], "assemblyai") is not None
     for query, code in [({}, "invalid_request"), ({"expires_in_seconds": "601"}, "invalid_request")]:
         async with env.http.get(url, params=query, headers={"Authorization": env.key}) as resp:
             assert resp.status == 400 and (await resp.json())["error"]["code"] == code

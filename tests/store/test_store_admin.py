@@ -6,6 +6,8 @@ from datetime import datetime
 
 import pytest
 
+from sttgate.admin import Admin
+from sttgate.providers import names
 from sttgate.store import NotFoundError, Store
 from sttgate.store.db import current_revision, make_engine, upgrade
 
@@ -20,8 +22,8 @@ async def test_ping(store: Store) -> None:
     assert await store.ping() is True
 
 
-async def test_create_and_read_accounts(store: Store) -> None:
-    postpaid = await store.create_account(name="Acme")
+async def test_create_and_read_accounts(store: Store, admin: Admin) -> None:
+    postpaid = await admin.create_account(name="Acme")
     assert postpaid["name"] == "Acme"
     assert postpaid["max_streams"] == 5
     assert postpaid["streaming_enabled"] is True
@@ -38,30 +40,30 @@ async def test_create_and_read_accounts(store: Store) -> None:
     assert postpaid["created_at"].endswith("Z")
     assert datetime.fromisoformat(postpaid["created_at"]).utcoffset().total_seconds() == 0
 
-    prepaid = await store.create_account(
+    prepaid = await admin.create_account(
         name="Beta", max_streams=2, balance_nanos=1_500_000_000, streaming_enabled=False
     )
     assert prepaid["balance_usd"] == "1.500000000"
     assert prepaid["streaming_enabled"] is False
     assert prepaid["max_streams"] == 2
 
-    assert await store.get_account(prepaid["id"]) == prepaid
-    assert await store.get_account("no-such-account") is None
-    assert [a["id"] for a in await store.list_accounts()] == [postpaid["id"], prepaid["id"]]
+    assert await admin.get_account(prepaid["id"]) == prepaid
+    assert await admin.get_account("no-such-account") is None
+    assert [a["id"] for a in await admin.list_accounts()] == [postpaid["id"], prepaid["id"]]
 
 
-async def test_update_account(store: Store) -> None:
-    acct = await store.create_account(name="Acme", balance_nanos=1_000)
-    updated = await store.update_account(acct["id"], name="Acme Corp", max_streams=9, streaming_enabled=False)
+async def test_update_account(store: Store, admin: Admin) -> None:
+    acct = await admin.create_account(name="Acme", balance_nanos=1_000)
+    updated = await admin.update_account(acct["id"], name="Acme Corp", max_streams=9, streaming_enabled=False)
     assert (updated["name"], updated["max_streams"], updated["streaming_enabled"]) == ("Acme Corp", 9, False)
     assert updated["updated_at"] >= acct["updated_at"]
 
-    assert (await store.update_account(acct["id"], top_up_nanos=500))["balance_usd"] == "0.000001500"
-    assert (await store.update_account(acct["id"], set_balance_nanos=0))["balance_usd"] == "0"
-    assert (await store.update_account(acct["id"], postpaid=True))["balance_usd"] is None
+    assert (await admin.update_account(acct["id"], top_up_nanos=500))["balance_usd"] == "0.000001500"
+    assert (await admin.update_account(acct["id"], set_balance_nanos=0))["balance_usd"] == "0"
+    assert (await admin.update_account(acct["id"], postpaid=True))["balance_usd"] is None
     with pytest.raises(ValueError, match="postpaid"):
-        await store.update_account(acct["id"], top_up_nanos=5)
-    assert (await store.update_account(acct["id"], set_balance_nanos=7))["balance_usd"] == "0.000000007"
+        await admin.update_account(acct["id"], top_up_nanos=5)
+    assert (await admin.update_account(acct["id"], set_balance_nanos=7))["balance_usd"] == "0.000000007"
 
 
 @pytest.mark.parametrize(
@@ -76,33 +78,33 @@ async def test_update_account(store: Store) -> None:
         {"postpaid": True, "set_balance_nanos": 1},
     ],
 )
-async def test_update_account_refuses_bad_values(store: Store, kwargs: dict) -> None:
-    acct = await store.create_account(name="Acme", balance_nanos=10)
+async def test_update_account_refuses_bad_values(store: Store, admin: Admin, kwargs: dict) -> None:
+    acct = await admin.create_account(name="Acme", balance_nanos=10)
     with pytest.raises(ValueError):
-        await store.update_account(acct["id"], **kwargs)
-    assert await store.get_account(acct["id"]) == acct
+        await admin.update_account(acct["id"], **kwargs)
+    assert await admin.get_account(acct["id"]) == acct
 
 
-async def test_unknown_account_is_not_found(store: Store) -> None:
+async def test_unknown_account_is_not_found(store: Store, admin: Admin) -> None:
     with pytest.raises(NotFoundError):
-        await store.update_account("nope", name="x")
+        await admin.update_account("nope", name="x")
     with pytest.raises(NotFoundError):
-        await store.create_key("nope")
+        await admin.create_key("nope")
     with pytest.raises(NotFoundError):
-        await store.list_keys("nope")
+        await admin.list_keys("nope")
     with pytest.raises(NotFoundError):
-        await store.revoke_key("nope")
+        await admin.revoke_key("nope")
     with pytest.raises(NotFoundError):
         await store.webhook_secret("nope")
     with pytest.raises(NotFoundError):
-        await store.usage("nope")
+        await admin.usage("nope")
     with pytest.raises(ValueError):
-        await store.create_account(name="x", balance_nanos=-1)
+        await admin.create_account(name="x", balance_nanos=-1)
 
 
-async def test_keys_authenticate_list_and_revoke(store: Store) -> None:
-    acct = await store.create_account(name="Acme", max_streams=3, balance_nanos=42)
-    created = await store.create_key(acct["id"])
+async def test_keys_authenticate_list_and_revoke(store: Store, admin: Admin) -> None:
+    acct = await admin.create_account(name="Acme", max_streams=3, balance_nanos=42)
+    created = await admin.create_key(acct["id"])
     key = created["key"]
     assert key.startswith("sk-mai-")
     assert len(key) >= 39
@@ -114,7 +116,7 @@ async def test_keys_authenticate_list_and_revoke(store: Store) -> None:
     assert (principal.account_id, principal.key_id) == (acct["id"], created["id"])
     assert (principal.max_streams, principal.balance_nanos, principal.streaming_enabled) == (3, 42, True)
 
-    (listed,) = await store.list_keys(acct["id"])
+    (listed,) = await admin.list_keys(acct["id"])
     assert set(listed) == {"id", "prefix", "created_at", "last_used_at", "revoked_at"}
     assert (listed["id"], listed["prefix"], listed["created_at"]) == (
         created["id"],
@@ -124,14 +126,14 @@ async def test_keys_authenticate_list_and_revoke(store: Store) -> None:
     assert listed["revoked_at"] is None
     assert key not in str(listed)
 
-    revoked = await store.revoke_key(created["id"])
+    revoked = await admin.revoke_key(created["id"])
     assert revoked["revoked_at"] is not None
     assert await store.authenticate(key) is None
-    assert (await store.revoke_key(created["id"]))["revoked_at"] == revoked["revoked_at"]
+    assert (await admin.revoke_key(created["id"]))["revoked_at"] == revoked["revoked_at"]
 
-    other = await store.create_key(acct["id"])
+    other = await admin.create_key(acct["id"])
     assert (await store.authenticate(other["key"])).key_id == other["id"]
-    assert len(await store.list_keys(acct["id"])) == 2
+    assert len(await admin.list_keys(acct["id"])) == 2
 
 
 @pytest.mark.parametrize(
@@ -146,37 +148,38 @@ async def test_keys_authenticate_list_and_revoke(store: Store) -> None:
         "sk-mai-" + "A" * 500,
     ],
 )
-async def test_unknown_and_malformed_keys_are_refused(store: Store, candidate: str) -> None:
-    acct = await store.create_account(name="Acme")
-    await store.create_key(acct["id"])
+async def test_unknown_and_malformed_keys_are_refused(store: Store, admin: Admin, candidate: str) -> None:
+    acct = await admin.create_account(name="Acme")
+    await admin.create_key(acct["id"])
     assert await store.authenticate(candidate) is None
 
 
 async def test_last_used_is_recorded(db_url: str) -> None:
     store = await Store.connect(db_url)
-    acct = await store.create_account(name="Acme")
-    created = await store.create_key(acct["id"])
+    admin = Admin(store, names())
+    acct = await admin.create_account(name="Acme")
+    created = await admin.create_key(acct["id"])
     assert await store.authenticate(created["key"]) is not None
     await store.close()  # waits for the background write
 
     store = await Store.connect(db_url)
     try:
-        (listed,) = await store.list_keys(acct["id"])
+        (listed,) = await Admin(store, names()).list_keys(acct["id"])
         assert listed["last_used_at"] is not None
         assert listed["last_used_at"] >= created["created_at"]
     finally:
         await store.close()
 
 
-async def test_webhook_secret_is_stable_until_rotated(store: Store) -> None:
-    acct = await store.create_account(name="Acme")
+async def test_webhook_secret_is_stable_until_rotated(store: Store, admin: Admin) -> None:
+    acct = await admin.create_account(name="Acme")
     first = await store.webhook_secret(acct["id"])
     assert len(first) >= 32
     assert await store.webhook_secret(acct["id"]) == first
     rotated = await store.webhook_secret(acct["id"], rotate=True)
     assert rotated != first
     assert await store.webhook_secret(acct["id"]) == rotated
-    other = await store.create_account(name="Other")
+    other = await admin.create_account(name="Other")
     assert await store.webhook_secret(other["id"]) not in (first, rotated)
 
 

@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import insert, select, update
 
+from sttgate.admin import account_view, usage_document
 from sttgate.core import refusals
 from sttgate.core.money import cycle_price_nanos
 from sttgate.providers import names
-from sttgate.store import NotFoundError, SessionProgress, Store
+from sttgate.store import NotFoundError, SessionProgress, SlotOutcome, Store
 from sttgate.store.tables import sessions, tasks
 
 ASSEMBLYAI_CYCLE = cycle_price_nanos("0.15")  # 208_333
@@ -45,7 +46,7 @@ async def _open(
     min_balance_nanos: int = 0,
 ) -> str:
     session_id = str(uuid.uuid4())
-    await store.open_session(
+    outcome = await store.open_session(
         session_id=session_id,
         account_id=account_id,
         kind=kind,
@@ -54,7 +55,20 @@ async def _open(
         min_balance_nanos=min_balance_nanos,
         lease_ttl=lease_ttl,
     )
+    if outcome is not SlotOutcome.OPENED:
+        raise _REFUSALS[outcome]  # as the gateway's handshake does
     return session_id
+
+
+_REFUSALS = {
+    SlotOutcome.TOO_MANY_STREAMS: refusals.TOO_MANY_STREAMS,
+    SlotOutcome.INSUFFICIENT_BALANCE: refusals.INSUFFICIENT_BALANCE,
+}
+
+
+async def _usage(store: Store, account_id: str, **window: datetime) -> dict:
+    """The usage document, as ``/api/v2/usage`` and the CLI build it."""
+    return usage_document(await store.usage(account_id, **window), names())
 
 
 async def _end(store: Store, session_id: str, **totals: float) -> None:
@@ -75,7 +89,7 @@ async def _row(store: Store, session_id: str):
 
 
 async def _balance(store: Store, account_id: str) -> int | None:
-    return (await store.usage(account_id))["balance_usd"]
+    return (await _usage(store, account_id))["balance_usd"]
 
 
 async def test_slot_limit_holds_under_a_race(gateways: list[Store]) -> None:
@@ -83,7 +97,7 @@ async def test_slot_limit_holds_under_a_race(gateways: list[Store]) -> None:
 
     async def attempt(i: int) -> str | None:
         try:
-            return await _open(gateways[i % len(gateways)], acct["id"], gateway_id=f"gw-{i % len(gateways)}")
+            return await _open(gateways[i % len(gateways)], acct.id, gateway_id=f"gw-{i % len(gateways)}")
         except refusals.Refusal as refusal:
             assert refusal is refusals.TOO_MANY_STREAMS
             return None
@@ -93,23 +107,23 @@ async def test_slot_limit_holds_under_a_race(gateways: list[Store]) -> None:
     assert len(opened) == 3
 
     with pytest.raises(refusals.Refusal) as exc:
-        await _open(gateways[1], acct["id"])
+        await _open(gateways[1], acct.id)
     assert exc.value.code == "too_many_streams"
 
     await _end(gateways[2], opened[0])
-    freed = await _open(gateways[3], acct["id"])  # the ended session's slot is free at once
+    freed = await _open(gateways[3], acct.id)  # the ended session's slot is free at once
     with pytest.raises(refusals.Refusal):
-        await _open(gateways[0], acct["id"])
+        await _open(gateways[0], acct.id)
     assert (await _row(gateways[0], freed)).ended_at is None
 
 
 async def test_expired_lease_frees_a_slot_and_renewal_keeps_it(store: Store) -> None:
     acct = await store.create_account(name="Leases", max_streams=1)
-    stale = await _open(store, acct["id"], lease_ttl=-1.0)  # its gateway stopped renewing long ago
-    live = await _open(store, acct["id"], lease_ttl=-1.0)  # the stale one does not count
+    stale = await _open(store, acct.id, lease_ttl=-1.0)  # its gateway stopped renewing long ago
+    live = await _open(store, acct.id, lease_ttl=-1.0)  # the stale one does not count
     await store.renew_leases([live], lease_ttl=60.0)
     with pytest.raises(refusals.Refusal) as exc:
-        await _open(store, acct["id"])
+        await _open(store, acct.id)
     assert exc.value.status == 429
     assert (await _row(store, stale)).lease_expires_at < (await _row(store, live)).lease_expires_at
     await store.renew_leases([], lease_ttl=60.0)
@@ -118,25 +132,25 @@ async def test_expired_lease_frees_a_slot_and_renewal_keeps_it(store: Store) -> 
 async def test_zero_max_streams_refuses_everything(store: Store) -> None:
     acct = await store.create_account(name="Nothing", max_streams=0)
     with pytest.raises(refusals.Refusal) as exc:
-        await _open(store, acct["id"])
+        await _open(store, acct.id)
     assert exc.value is refusals.TOO_MANY_STREAMS
 
 
 async def test_balance_check_comes_after_the_slot_check(store: Store) -> None:
     acct = await store.create_account(name="Poor", max_streams=1, balance_nanos=ASSEMBLYAI_CYCLE - 1)
     with pytest.raises(refusals.Refusal) as exc:
-        await _open(store, acct["id"], min_balance_nanos=ASSEMBLYAI_CYCLE)
+        await _open(store, acct.id, min_balance_nanos=ASSEMBLYAI_CYCLE)
     assert exc.value is refusals.INSUFFICIENT_BALANCE
 
-    await store.update_account(acct["id"], top_up_nanos=1)
-    await _open(store, acct["id"], min_balance_nanos=ASSEMBLYAI_CYCLE)
-    await store.update_account(acct["id"], set_balance_nanos=0)
+    await store.update_account(acct.id, top_up_nanos=1)
+    await _open(store, acct.id, min_balance_nanos=ASSEMBLYAI_CYCLE)
+    await store.update_account(acct.id, set_balance_nanos=0)
     with pytest.raises(refusals.Refusal) as exc:
-        await _open(store, acct["id"], min_balance_nanos=ASSEMBLYAI_CYCLE)
+        await _open(store, acct.id, min_balance_nanos=ASSEMBLYAI_CYCLE)
     assert exc.value is refusals.TOO_MANY_STREAMS  # 429 before 402
 
     postpaid = await store.create_account(name="Postpaid")
-    await _open(store, postpaid["id"], min_balance_nanos=ASSEMBLYAI_CYCLE)
+    await _open(store, postpaid.id, min_balance_nanos=ASSEMBLYAI_CYCLE)
 
 
 async def test_unknown_account_cannot_open(store: Store) -> None:
@@ -148,21 +162,21 @@ async def test_prepaid_charges_race_never_below_zero(gateways: list[Store]) -> N
     price = ELEVENLABS_CYCLE
     start = 25 * price + 123
     acct = await gateways[0].create_account(name="Prepaid", max_streams=10, balance_nanos=start)
-    session_ids = [await _open(gateways[i % 4], acct["id"], provider="elevenlabs") for i in range(5)]
+    session_ids = [await _open(gateways[i % 4], acct.id, provider="elevenlabs") for i in range(5)]
     wants = [1 + i % 3 for i in range(60)]  # 120 cycles wanted, 25 affordable
 
     async def charge(i: int) -> bool:
-        return await gateways[i % 4].charge_cycles(session_ids[i % 5], acct["id"], wants[i], price)
+        return await gateways[i % 4].charge_cycles(session_ids[i % 5], acct.id, wants[i], price)
 
     results = await asyncio.gather(*(charge(i) for i in range(len(wants))))
     charged = sum(w for w, ok in zip(wants, results, strict=True) if ok)
     assert 23 <= charged <= 25  # the last few cycles may not fit a 2- or 3-cycle charge
 
     async with gateways[0].engine.connect() as conn:
-        rows = (await conn.execute(select(sessions).where(sessions.c.account_id == acct["id"]))).all()
+        rows = (await conn.execute(select(sessions).where(sessions.c.account_id == acct.id))).all()
     assert sum(r.cycles for r in rows) == charged
     assert sum(r.cost_nanos for r in rows) == charged * price
-    balance = (await gateways[1].get_account(acct["id"]))["balance_usd"]
+    balance = account_view(await gateways[1].get_account(acct.id))["balance_usd"]
     assert balance is not None
     from sttgate.core.money import usd_to_nanos
 
@@ -170,31 +184,31 @@ async def test_prepaid_charges_race_never_below_zero(gateways: list[Store]) -> N
 
     # Whatever is left cannot pay a cycle it does not cover, and nothing moves when it cannot pay.
     left = start - charged * price
-    assert await gateways[2].charge_cycles(session_ids[0], acct["id"], left // price + 1, price) is False
-    assert usd_to_nanos((await gateways[1].get_account(acct["id"]))["balance_usd"]) == left
+    assert await gateways[2].charge_cycles(session_ids[0], acct.id, left // price + 1, price) is False
+    assert usd_to_nanos(account_view(await gateways[1].get_account(acct.id))["balance_usd"]) == left
 
 
 async def test_charge_exactly_the_last_cycle(store: Store) -> None:
     acct = await store.create_account(name="Exact", balance_nanos=2 * ASSEMBLYAI_CYCLE)
-    sid = await _open(store, acct["id"])
-    assert await store.charge_cycles(sid, acct["id"], 2, ASSEMBLYAI_CYCLE) is True
-    assert await _balance(store, acct["id"]) == "0"
-    assert await store.charge_cycles(sid, acct["id"], 1, ASSEMBLYAI_CYCLE) is False
+    sid = await _open(store, acct.id)
+    assert await store.charge_cycles(sid, acct.id, 2, ASSEMBLYAI_CYCLE) is True
+    assert await _balance(store, acct.id) == "0"
+    assert await store.charge_cycles(sid, acct.id, 1, ASSEMBLYAI_CYCLE) is False
     row = await _row(store, sid)
     assert (row.cycles, row.cost_nanos) == (2, 2 * ASSEMBLYAI_CYCLE)
 
 
 async def test_postpaid_charge_writes_nothing_and_flush_records_totals(store: Store) -> None:
     acct = await store.create_account(name="Postpaid")
-    sid = await _open(store, acct["id"])
-    assert await store.charge_cycles(sid, acct["id"], 1, ASSEMBLYAI_CYCLE) is True
+    sid = await _open(store, acct.id)
+    assert await store.charge_cycles(sid, acct.id, 1, ASSEMBLYAI_CYCLE) is True
     assert (await _row(store, sid)).cycles == 0
 
     await store.flush_progress([SessionProgress(sid, 7.5, 2, 2 * ASSEMBLYAI_CYCLE)])
     row = await _row(store, sid)
     assert (row.audio_seconds, row.cycles, row.cost_nanos) == (7.5, 2, 2 * ASSEMBLYAI_CYCLE)
 
-    other = await _open(store, acct["id"])
+    other = await _open(store, acct.id)
     await store.flush_progress(
         [SessionProgress(sid, 6.0, 1, ASSEMBLYAI_CYCLE), SessionProgress(other, 1.0, 1, ASSEMBLYAI_CYCLE)]
     )
@@ -205,7 +219,7 @@ async def test_postpaid_charge_writes_nothing_and_flush_records_totals(store: St
 
 async def test_end_session_records_the_close(store: Store) -> None:
     acct = await store.create_account(name="Ends")
-    sid = await _open(store, acct["id"])
+    sid = await _open(store, acct.id)
     await store.end_session(
         sid,
         audio_seconds=3.2,
@@ -238,16 +252,16 @@ async def test_end_session_records_the_close(store: Store) -> None:
 
 async def test_reaper_closes_dead_sessions_and_keeps_their_cycles(store: Store) -> None:
     acct = await store.create_account(name="Crash", max_streams=10, balance_nanos=10**9)
-    expired = await _open(store, acct["id"], gateway_id="gw-dead", lease_ttl=-1.0)
-    assert await store.charge_cycles(expired, acct["id"], 3, ASSEMBLYAI_CYCLE)
-    mine = await _open(store, acct["id"], gateway_id="gw-restarted", kind="pull")
-    others = await _open(store, acct["id"], gateway_id="gw-alive")
+    expired = await _open(store, acct.id, gateway_id="gw-dead", lease_ttl=-1.0)
+    assert await store.charge_cycles(expired, acct.id, 3, ASSEMBLYAI_CYCLE)
+    mine = await _open(store, acct.id, gateway_id="gw-restarted", kind="pull")
+    others = await _open(store, acct.id, gateway_id="gw-alive")
     now = datetime.now(UTC)
     async with store.engine.begin() as conn:
         await conn.execute(
             insert(tasks).values(
                 id=mine,
-                account_id=acct["id"],
+                account_id=acct.id,
                 audio_url="rtmp://x/live",
                 callback_url="https://x/hook",
                 provider="assemblyai",
@@ -288,7 +302,7 @@ async def test_reaper_closes_dead_sessions_and_keeps_their_cycles(store: Store) 
 
 async def test_concurrent_reapers_close_each_session_once(gateways: list[Store]) -> None:
     acct = await gateways[0].create_account(name="Crash", max_streams=50)
-    dead = {await _open(gateways[0], acct["id"], lease_ttl=-1.0) for _ in range(20)}
+    dead = {await _open(gateways[0], acct.id, lease_ttl=-1.0) for _ in range(20)}
     results = await asyncio.gather(*(g.reap_dead_sessions() for g in gateways))
     flat = [sid for r in results for sid in r]
     assert sorted(flat) == sorted(dead)
@@ -296,13 +310,13 @@ async def test_concurrent_reapers_close_each_session_once(gateways: list[Store])
 
 async def test_usage_document(store: Store) -> None:
     acct = await store.create_account(name="Usage", balance_nanos=120_000_000 + 3 * ASSEMBLYAI_CYCLE)
-    sid = await _open(store, acct["id"], provider="assemblyai")
-    assert await store.charge_cycles(sid, acct["id"], 3, ASSEMBLYAI_CYCLE)
+    sid = await _open(store, acct.id, provider="assemblyai")
+    assert await store.charge_cycles(sid, acct.id, 3, ASSEMBLYAI_CYCLE)
     await _end(store, sid, audio_seconds=12.0, cycles=3, cost_nanos=3 * ASSEMBLYAI_CYCLE)
-    empty = await _open(store, acct["id"], provider="elevenlabs", kind="pull")
+    empty = await _open(store, acct.id, provider="elevenlabs", kind="pull")
 
-    doc = await store.usage(acct["id"])
-    assert doc["account_id"] == acct["id"]
+    doc = await _usage(store, acct.id)
+    assert doc["account_id"] == acct.id
     assert doc["balance_usd"] == "0.120000000"
     assert doc["totals"] == {
         "assemblyai": {"sessions": 1, "audio_seconds": 12.0, "billed_seconds": 15, "cost_usd": "0.000624999"},
@@ -326,7 +340,7 @@ async def test_usage_document(store: Store) -> None:
     assert datetime.fromisoformat(second["started_at"]) <= datetime.fromisoformat(second["ended_at"])
 
     postpaid = await store.create_account(name="Postpaid")
-    doc = await store.usage(postpaid["id"], providers=names())
+    doc = await _usage(store, postpaid.id)
     assert doc["balance_usd"] is None
     assert doc["sessions"] == []
     assert doc["totals"]["elevenlabs"] == {"sessions": 0, "audio_seconds": 0.0, "billed_seconds": 0, "cost_usd": "0"}
@@ -337,7 +351,7 @@ async def test_usage_since_until(store: Store) -> None:
     base = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     ids = []
     for day in range(3):
-        sid = await _open(store, acct["id"])
+        sid = await _open(store, acct.id)
         await _end(store, sid, audio_seconds=1.0, cycles=1, cost_nanos=ASSEMBLYAI_CYCLE)
         async with store.engine.begin() as conn:
             await conn.execute(
@@ -350,21 +364,21 @@ async def test_usage_since_until(store: Store) -> None:
     def listed(doc: dict) -> list[str]:
         return [s["id"] for s in doc["sessions"]]
 
-    assert listed(await store.usage(acct["id"])) == ids[::-1]
-    assert listed(await store.usage(acct["id"], since=base + timedelta(days=1))) == [ids[2], ids[1]]
-    assert listed(await store.usage(acct["id"], until=base + timedelta(days=1))) == [ids[0]]
-    window = await store.usage(acct["id"], since=base + timedelta(hours=1), until=base + timedelta(days=2))
+    assert listed(await _usage(store, acct.id)) == ids[::-1]
+    assert listed(await _usage(store, acct.id, since=base + timedelta(days=1))) == [ids[2], ids[1]]
+    assert listed(await _usage(store, acct.id, until=base + timedelta(days=1))) == [ids[0]]
+    window = await _usage(store, acct.id, since=base + timedelta(hours=1), until=base + timedelta(days=2))
     assert listed(window) == [ids[1]]
     assert window["totals"]["assemblyai"]["sessions"] == 1
     assert window["totals"]["assemblyai"]["cost_usd"] == "0.000208333"
-    assert (await store.usage(acct["id"], since=base + timedelta(days=5)))["sessions"] == []
-    assert listed(await store.usage(acct["id"], since=base.astimezone(timezone(timedelta(hours=-5))))) == ids[::-1]
+    assert (await _usage(store, acct.id, since=base + timedelta(days=5)))["sessions"] == []
+    assert listed(await _usage(store, acct.id, since=base.astimezone(timezone(timedelta(hours=-5))))) == ids[::-1]
 
 
 async def test_end_session_has_the_last_word_on_audio_but_never_lowers_money(store: Store) -> None:
     acct = await store.create_account(name="Refund", balance_nanos=ASSEMBLYAI_CYCLE)
-    sid = await _open(store, acct["id"])
-    assert await store.charge_cycles(sid, acct["id"], 1, ASSEMBLYAI_CYCLE)
+    sid = await _open(store, acct.id)
+    assert await store.charge_cycles(sid, acct.id, 1, ASSEMBLYAI_CYCLE)
     # A flush ran while the chunk that opens cycle 2 was metered, before its charge was refused.
     await store.flush_progress([SessionProgress(sid, 5.1, 1, ASSEMBLYAI_CYCLE)])
     await store.end_session(

@@ -17,5 +17,5 @@ class Account:
 async def create_account(store: Store, *, name: str = "test", **fields: Any) -> Account:
     """``Store.create_account(name=..., **fields)`` (max_streams, balance_nanos, streaming_enabled) plus a key."""
     created = await store.create_account(name=name, **fields)
-    key = await store.create_key(created["id"])
-    return Account(created["id"], key["key"])
+    key = await store.create_key(created.id)
+    return Account(created.id, key.key)

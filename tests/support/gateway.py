@@ -12,9 +12,11 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from sttgate.admin import Admin
 from sttgate.config import Settings
 from sttgate.emulators.recorder import Recorder
 from sttgate.gateway.app import bound_port, create_app, start_site
+from sttgate.providers import names
 from sttgate.store import Store
 from tests.support.emulator import OPERATOR_KEYS, EmulatorServer, upstream_settings
 from tests.support.waiting import wait_for
@@ -122,7 +124,7 @@ async def ended_usage(gw: AccountGateway, provider: str | None = None, timeout: 
     """
 
     async def ended() -> dict[str, Any] | None:
-        usage = await gw.store.usage(gw.account_id)
+        usage = await Admin(gw.store, names()).usage(gw.account_id)
         sessions = [s for s in usage["sessions"] if provider in (None, s["provider"])]
         return usage if sessions and all(s["ended_at"] for s in sessions) else None
 

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
-from sttgate import tokens
 from tests.support.gateway import AccountGateway
 
 Start = Callable[..., Awaitable[AccountGateway]]
@@ -38,8 +37,8 @@ async def test_demo_token_is_bound_and_priced(page_gateway: Start) -> None:
         assert key not in str(body)
         assert body["provider"] == "elevenlabs"
         assert body["rate_usd_per_hour"] == "0.39" and body["cycle_price_usd"] == "0.000541667"
-        assert await tokens.redeem(gw.store, body["token"], "assemblyai") is None
-        principal = await tokens.redeem(gw.store, body["token"], "elevenlabs")
+        assert await gw.store.redeem_token(body["token"], "assemblyai") is None
+        principal = await gw.store.redeem_token(body["token"], "elevenlabs")
         assert principal is not None and principal.account_id == gw.account_id
         for payload, code in [({}, "invalid_provider"), ({"provider": "x"}, "invalid_provider")]:
             async with http.post(f"{gw.url}/demo/token", json=payload) as resp:

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from sttgate.admin import Admin
 from sttgate.core.money import format_usd
 from sttgate.emulators.transcriber import WORDS
+from sttgate.providers import names
 from tests.support.browser import PAGE_TIMEOUT, Browser, Page
 from tests.support.emulator import EmulatorServer
 from tests.support.gateway import AccountGateway
@@ -42,7 +44,7 @@ async def _ended_session(gw: AccountGateway) -> dict[str, Any]:
     """The page's one session, once the gateway has recorded its end (it does so right after the close)."""
     async with asyncio.timeout(PAGE_TIMEOUT):
         while True:
-            sessions = (await gw.store.usage(gw.account_id))["sessions"]
+            sessions = (await Admin(gw.store, names()).usage(gw.account_id))["sessions"]
             if sessions and sessions[0]["ended_at"]:
                 return sessions[0]
             await asyncio.sleep(0.02)
@@ -96,4 +98,4 @@ async def test_page_shows_a_refusal(page_gateway: Callable[..., Awaitable[Accoun
     await page.wait_for(f"{STATUS} === 'error'", "the refusal")
     assert "refused" in await page.evaluate("document.getElementById('error').textContent")
     assert not await page.evaluate("document.getElementById('start').disabled")
-    assert (await gw.store.usage(gw.account_id))["sessions"] == []
+    assert (await Admin(gw.store, names()).usage(gw.account_id))["sessions"] == []

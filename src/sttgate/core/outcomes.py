@@ -43,3 +43,10 @@ class TaskStatus(StrEnum):
     PROVIDER_CLOSED = "provider_closed"
     INSUFFICIENT_BALANCE = "insufficient_balance"
     GATEWAY_SHUTDOWN = "gateway_shutdown"
+
+
+class SessionKind(StrEnum):
+    """How a session's audio arrives: a client WebSocket, or a pull task fetching a URL (the ``kind`` column)."""
+
+    WEBSOCKET = "websocket"
+    PULL = "pull"

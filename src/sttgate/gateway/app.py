@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from sttgate import sdk_routes
+from sttgate.admin import usage_document
 from sttgate.config import Settings
 from sttgate.core import closecodes, refusals
 from sttgate.core.params import redact_query
@@ -34,7 +35,7 @@ from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.upstream import HandshakeResponse, UpstreamSocket
 from sttgate.providers import names, secret_prefixes
 from sttgate.pull import api as pull_api
-from sttgate.store.store import Store
+from sttgate.store import Store
 
 log = logging.getLogger("sttgate.gateway")
 
@@ -113,7 +114,8 @@ async def usage(request: web.Request) -> web.Response:
         since, until = (_timestamp(request.query.get(name)) for name in ("since", "until"))
     except ValueError as exc:
         return refuse(request.app, refusals.Refusal(400, "invalid_request", str(exc)))
-    return web.json_response(await request.app[STORE].usage(principal.account_id, since, until, providers=names()))
+    usage = await request.app[STORE].usage(principal.account_id, since, until)
+    return web.json_response(usage_document(usage, names()))
 
 
 def _timestamp(value: str | None) -> datetime | None:

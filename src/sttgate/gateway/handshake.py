@@ -26,10 +26,9 @@ import uuid
 
 from aiohttp import web
 
-from sttgate import tokens
 from sttgate.core import closecodes, refusals
 from sttgate.core.closing import decide
-from sttgate.core.outcomes import ClosedBy, Outcome
+from sttgate.core.outcomes import ClosedBy, Outcome, SessionKind
 from sttgate.core.params import redact_query, split_query
 from sttgate.core.refusals import Refusal
 from sttgate.gateway.keys import GATEWAY_ID, METRICS, SESSIONS, SETTINGS, STORE
@@ -38,7 +37,8 @@ from sttgate.gateway.logevents import log_event
 from sttgate.gateway.relay import relay
 from sttgate.gateway.upstream import AiohttpLink, close_timeout, connect_upstream
 from sttgate.providers import Provider, get_provider, names, secret_prefixes
-from sttgate.store.store import Principal
+from sttgate.store import Principal, SlotOutcome
+from sttgate.store.auth import looks_like_token
 
 
 def unmetered_format(provider: Provider) -> Refusal:
@@ -85,7 +85,7 @@ async def principal_for(app: web.Application, key: str | None, token: str | None
     """Authenticate a key, or redeem a gateway token for ``provider``, and check the account may stream: 401, 403."""
     store = app[STORE]
     if token:
-        principal = await tokens.redeem(store, token, provider)
+        principal = await store.redeem_token(token, provider)
         if principal is None:
             raise refusals.INVALID_TOKEN
     elif key:
@@ -104,7 +104,7 @@ async def authorize(
 ) -> tuple[Principal, Provider]:
     """Credential then provider, in SPEC order (401, 403, 400); a token is single-use, so a request whose provider
     is missing or invalid is refused (400) before its token is spent."""
-    if key and tokens.looks_like_token(key):
+    if key and looks_like_token(key):
         key, token = None, key
     if token and not key:
         provider = resolve_provider(provider_name)
@@ -177,15 +177,19 @@ async def _take_slot_and_connect(
     app: web.Application, principal: Principal, provider: Provider, forwarded: str, kind: str, session_id: str
 ) -> AiohttpLink:
     store = app[STORE]
-    await store.open_session(
+    slot = await store.open_session(
         session_id=session_id,
         account_id=principal.account_id,
-        kind=kind,
+        kind=SessionKind(kind),
         provider=provider.name,
         gateway_id=app[GATEWAY_ID],
         min_balance_nanos=app[SESSIONS].price_nanos(provider.name),
         lease_ttl=app[SETTINGS].lease_ttl_seconds,
     )
+    if slot is SlotOutcome.TOO_MANY_STREAMS:
+        raise refusals.TOO_MANY_STREAMS
+    if slot is SlotOutcome.INSUFFICIENT_BALANCE:
+        raise refusals.INSUFFICIENT_BALANCE
     try:
         return await connect_upstream(app, provider, forwarded)
     except BaseException as exc:

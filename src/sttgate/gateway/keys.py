@@ -12,7 +12,7 @@ from sttgate.config import Settings
 if TYPE_CHECKING:
     from sttgate.gateway.manager import SessionManager
     from sttgate.gateway.metrics import GatewayMetrics
-    from sttgate.store.store import Store
+    from sttgate.store import Store
 
 SETTINGS = web.AppKey("sttgate_settings", Settings)
 STORE: web.AppKey[Store] = web.AppKey("sttgate_store")

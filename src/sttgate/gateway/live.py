@@ -47,7 +47,7 @@ from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, Upstr
 if TYPE_CHECKING:
     from sttgate.gateway.manager import SessionManager
     from sttgate.providers import Provider
-    from sttgate.store.store import Principal
+    from sttgate.store import Principal
 
 log = logging.getLogger("sttgate.gateway")
 

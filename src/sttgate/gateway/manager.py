@@ -21,11 +21,11 @@ from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.providers import PROVIDERS
-from sttgate.store.store import SessionProgress
+from sttgate.store import SessionProgress
 
 if TYPE_CHECKING:
     from sttgate.gateway.live import LiveSession
-    from sttgate.store.store import Store
+    from sttgate.store import Store
 
 log = logging.getLogger("sttgate.gateway")
 

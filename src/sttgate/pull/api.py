@@ -20,11 +20,11 @@ from sttgate.core.outcomes import ClosedBy
 from sttgate.core.refusals import Refusal
 from sttgate.gateway.handshake import credential_from_request, open_stream, principal_for, refuse, resolve_provider
 from sttgate.gateway.keys import SETTINGS, STORE
-from sttgate.pull import taskstore
+from sttgate.pull.documents import task_document
 from sttgate.pull.manager import PullManager
 from sttgate.pull.params import encode_params, invalid_request, parse_body, pull_query
 from sttgate.pull.urlsafety import check_audio_url, check_callback_url
-from sttgate.store.store import Principal
+from sttgate.store import Principal
 
 PULL: web.AppKey[PullManager] = web.AppKey("sttgate_pull", PullManager)
 
@@ -69,8 +69,7 @@ async def start_task(request: web.Request) -> web.Response:
         return refuse(app, refusal)
     try:
         secret = await app[STORE].webhook_secret(principal.account_id)
-        await taskstore.insert_task(
-            app[STORE],
+        await app[STORE].tasks.insert_task(
             task_id=task_id,
             account_id=principal.account_id,
             audio_url=audio.url,
@@ -95,7 +94,7 @@ async def stop_task(request: web.Request) -> web.Response:
         task_id = body.get("task_id") if isinstance(body, dict) else None
         if not isinstance(task_id, str) or not task_id:
             raise invalid_request('The request body must be a JSON object with "task_id".')
-        status = await taskstore.request_stop(app[STORE], task_id, principal.account_id)
+        status = await app[STORE].tasks.request_stop(task_id, principal.account_id)
         if status is None:
             raise TASK_NOT_FOUND
     except Refusal as refusal:
@@ -109,12 +108,12 @@ async def get_task(request: web.Request) -> web.Response:
     app = request.app
     try:
         principal = await _principal(request)
-        view = await taskstore.task_view(app[STORE], request.match_info["task_id"], principal.account_id)
-        if view is None:
+        row = await app[STORE].tasks.get(request.match_info["task_id"], principal.account_id)
+        if row is None:
             raise TASK_NOT_FOUND
     except Refusal as refusal:
         return refuse(app, refusal)
-    return success(view)
+    return success(task_document(row))
 
 
 def setup(app: web.Application) -> None:

@@ -16,19 +16,19 @@ from typing import TYPE_CHECKING
 from sttgate.config import Settings
 from sttgate.core.outcomes import TaskStatus
 from sttgate.gateway.logevents import log_event
-from sttgate.pull import taskstore
 from sttgate.pull.egress import EgressGuard
 from sttgate.pull.ffmpeg import FFmpegSource, Pacer, default_ffmpeg, ffmpeg_argv, ffmpeg_env
 from sttgate.pull.tasks import Ending, PullTask
 from sttgate.pull.urlsafety import CheckedUrl
 from sttgate.pull.webhooks import WebhookDeliverer, WebhookPolicy, webhook_client
-from sttgate.store.store import utcnow
+from sttgate.store.database import utcnow
+from sttgate.store.tasks import CRASHED, AttemptLog
 
 if TYPE_CHECKING:
     import aiohttp
 
     from sttgate.gateway.live import LiveSession
-    from sttgate.store.store import Store
+    from sttgate.store import Store
 
 log = logging.getLogger("sttgate.pull")
 
@@ -52,7 +52,7 @@ class PullManager:
         self.tasks: dict[str, PullTask] = {}
         self.runners: dict[str, asyncio.Task[Ending]] = {}
         self.deliverers: set[WebhookDeliverer] = set()
-        self.attempts = taskstore.AttemptLog(store)
+        self.attempts = AttemptLog(store.tasks)
         self.client: aiohttp.ClientSession | None = None
         self.egress: EgressGuard | None = None
         self._poll: asyncio.Task[None] | None = None
@@ -133,7 +133,7 @@ class PullManager:
             if not self.tasks or self._closing.is_set():
                 continue
             try:
-                for task_id in await taskstore.stop_requested(self.store, list(self.tasks)):
+                for task_id in await self.store.tasks.stop_requested(list(self.tasks)):
                     self.stop_local(task_id)
             except Exception:
                 log.exception("event=background_error task=pull_stop_poll")
@@ -143,7 +143,7 @@ class PullManager:
         the ``seq`` after the last one the dead gateway attempted."""
         assert self.client is not None
         since = utcnow() - timedelta(seconds=CRASH_ENDINGS_WINDOW_SECONDS)
-        for crashed in await taskstore.claim_crashed(self.store, since=since):
+        for crashed in await self.store.tasks.claim_crashed(since=since):
             deliverer = WebhookDeliverer(
                 task_id=crashed.id,
                 provider=crashed.provider,
@@ -153,9 +153,9 @@ class PullManager:
                 policy=self.policy,
                 recorder=self.attempts.record,
             )
-            deliverer.seq = await taskstore.last_seq(self.store, crashed.id)
+            deliverer.seq = await self.store.tasks.last_seq(crashed.id)
             deliverer.start()
-            deliverer.end(TaskStatus.GATEWAY_SHUTDOWN, taskstore.CRASHED)
+            deliverer.end(TaskStatus.GATEWAY_SHUTDOWN, CRASHED)
             self.deliverers.add(deliverer)
             deliverer.on_done(lambda d=deliverer: self.deliverers.discard(d))
             log_event("pull_task_crash_ended", task=crashed.id)

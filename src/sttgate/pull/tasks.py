@@ -33,13 +33,12 @@ from sttgate.core import closecodes
 from sttgate.core.closecodes import Close
 from sttgate.core.outcomes import ClosedBy, TaskStatus
 from sttgate.gateway.logevents import log_event
-from sttgate.pull import taskstore
 from sttgate.pull.ffmpeg import FFmpegSource
 from sttgate.pull.webhooks import WebhookDeliverer
 
 if TYPE_CHECKING:
     from sttgate.gateway.live import LiveSession
-    from sttgate.store.store import Store
+    from sttgate.store import Store
 
 log = logging.getLogger("sttgate.pull")
 
@@ -143,7 +142,7 @@ class PullTask:
         recorded = True
         try:
             recorded = await asyncio.shield(
-                taskstore.end_task(self.store, self.id, status=ending.status, last_error=ending.error)
+                self.store.tasks.end_task(self.id, status=ending.status, last_error=ending.error)
             )
         except Exception:
             log.exception("event=pull_task_error task=%s step=task_end", self.id)

@@ -1,5 +1,39 @@
-"""Persistence: accounts, keys, stream slots, the ledger and pull tasks (SQLite or PostgreSQL)."""
+"""Persistence: accounts, keys, tokens, stream slots, the ledger and pull tasks (SQLite or PostgreSQL).
 
-from sttgate.store.store import NotFoundError, Principal, SessionProgress, Store
+Database only: methods return typed rows (dataclasses with nano-dollar ints and aware UTC datetimes) and enum
+outcomes, never HTTP refusals or wire documents (those are built by callers; documents in ``sttgate.admin``).
 
-__all__ = ["NotFoundError", "Principal", "SessionProgress", "Store"]
+Split by aggregate, each module one concern:
+
+- ``db``: engines, drivers, migrations; ``database``: the shared handle (engine, read-only reader, the SQLite write
+  lock, ``write()``);
+- ``auth``: keys (authenticate) and gateway tokens (mint, redeem); ``slots``: stream slots and the ledger (open →
+  ``SlotOutcome``, charge, flush, renew, end, reap); ``accounts``: accounts and keys admin; ``usage``: usage rows;
+  ``tasks``: pull task rows;
+- ``sqlite_fast``: SQLite's single-trip implementation of the hot statements (authenticate, open, charge, flush,
+  end), equivalence-tested against the portable SQLAlchemy Core ones.
+
+``Store`` (in ``store.py``) composes them. Call sites use its flat names (``store.open_session(...)``,
+``store.authenticate(...)``), which are the aggregates' bound methods; pull code uses ``store.tasks``.
+"""
+
+from sttgate.store.accounts import Account, ApiKey, NewKey
+from sttgate.store.auth import MintedToken, Principal
+from sttgate.store.database import NotFoundError
+from sttgate.store.slots import SessionProgress, SlotOutcome
+from sttgate.store.store import Store
+from sttgate.store.usage import Usage, UsageRow
+
+__all__ = [
+    "Account",
+    "ApiKey",
+    "MintedToken",
+    "NewKey",
+    "NotFoundError",
+    "Principal",
+    "SessionProgress",
+    "SlotOutcome",
+    "Store",
+    "Usage",
+    "UsageRow",
+]

@@ -7,6 +7,7 @@ driver and the connection settings that the store's locking relies on.
 from __future__ import annotations
 
 import shlex
+import sqlite3
 from importlib import resources
 from typing import Any
 
@@ -16,6 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 PG_CONNECT_TIMEOUT_SECONDS = 10
+# Every SQLite connection of the store (the pool's and the fast path's) runs these on connect.
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "PRAGMA foreign_keys=ON",
+)
 # Execution option: a transaction that only reads, so SQLite may start it deferred instead of IMMEDIATE.
 READ_ONLY = "sttgate_read_only"
 # Any fixed number: serializes concurrent `upgrade()` calls of several gateways on one PostgreSQL database.
@@ -54,16 +62,23 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
     # The Connection ends every transaction itself (commit, or rollback on close): no second rollback on return.
     engine = create_async_engine(url, pool_size=5, max_overflow=15, pool_reset_on_return=None)
 
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _open_file_first(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        # aiosqlite opens the file on its worker thread and, when that fails (missing directory, permissions), stops
+        # the thread without waiting for it; the thread then reports to the event loop, which may be closed by then
+        # ("Event loop is closed" from a thread at exit). Opening the file here first raises those errors in the
+        # caller instead, before aiosqlite starts a thread. A local open is short; it happens once per pooled
+        # connection.
+        sqlite3.connect(*cargs, **cparams).close()
+
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver's own implicit BEGIN is turned off; `_on_begin` emits ours, so that writers start
         # with BEGIN IMMEDIATE and take the write lock up front (the slot check must not race).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -1,0 +1,98 @@
+"""The wire documents built from store rows: money as USD strings, times as ISO 8601 UTC with a ``Z``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sttgate.core.money import CYCLE_SECONDS, format_usd
+from sttgate.store import Account, ApiKey, NewKey, Usage
+
+
+def isoformat(value: datetime | None) -> str | None:
+    """ISO 8601 UTC with a ``Z``, the form every document of the gateway uses."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _seconds(value: float) -> float:
+    """Audio seconds for documents: float sums carry noise below the millisecond, which nobody bills."""
+    return round(float(value), 3)
+
+
+def usage_document(usage: Usage, providers: Sequence[str]) -> dict[str, Any]:
+    """The usage document (docs/contract.md#usage): totals for every provider in ``providers`` (zeros included)
+    and any other provider that has sessions, then the sessions newest first."""
+    totals: dict[str, dict[str, Any]] = {
+        p: {"sessions": 0, "audio_seconds": 0.0, "cycles": 0, "cost_nanos": 0} for p in providers
+    }
+    for r in usage.sessions:
+        t = totals.setdefault(r.provider, {"sessions": 0, "audio_seconds": 0.0, "cycles": 0, "cost_nanos": 0})
+        t["sessions"] += 1
+        t["audio_seconds"] += r.audio_seconds
+        t["cycles"] += r.cycles
+        t["cost_nanos"] += r.cost_nanos
+    return {
+        "account_id": usage.account_id,
+        "balance_usd": format_usd(usage.balance_nanos),
+        "totals": {
+            provider: {
+                "sessions": t["sessions"],
+                "audio_seconds": _seconds(t["audio_seconds"]),
+                "billed_seconds": t["cycles"] * CYCLE_SECONDS,
+                "cost_usd": format_usd(t["cost_nanos"]),
+            }
+            for provider, t in totals.items()
+        },
+        "sessions": [
+            {
+                "id": r.id,
+                "kind": r.kind.value,
+                "provider": r.provider,
+                "started_at": isoformat(r.started_at),
+                "ended_at": isoformat(r.ended_at),
+                "audio_seconds": _seconds(r.audio_seconds),
+                "billed_seconds": r.cycles * CYCLE_SECONDS,
+                "cost_usd": format_usd(r.cost_nanos),
+                "close_code": r.close_code,
+                "closed_by": None if r.closed_by is None else r.closed_by.value,
+            }
+            for r in usage.sessions
+        ],
+    }
+
+
+def account_view(account: Account) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "name": account.name,
+        "streaming_enabled": account.streaming_enabled,
+        "max_streams": account.max_streams,
+        "balance_usd": format_usd(account.balance_nanos),
+        "created_at": isoformat(account.created_at),
+        "updated_at": isoformat(account.updated_at),
+    }
+
+
+def key_view(key: ApiKey) -> dict[str, Any]:
+    """A listed key: never its secret."""
+    return {
+        "id": key.id,
+        "prefix": key.prefix,
+        "created_at": isoformat(key.created_at),
+        "last_used_at": isoformat(key.last_used_at),
+        "revoked_at": isoformat(key.revoked_at),
+    }
+
+
+def new_key_view(key: NewKey) -> dict[str, Any]:
+    """A key just created, with its secret (shown once)."""
+    return {
+        "id": key.id,
+        "key": key.key,
+        "prefix": key.prefix,
+        "account_id": key.account_id,
+        "created_at": isoformat(key.created_at),
+    }

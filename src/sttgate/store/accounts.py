@@ -1,0 +1,274 @@
+"""Accounts and their API keys (the operator's admin operations), as typed rows.
+
+Money is integer nano-dollars; times are aware UTC datetimes. The documents the CLI prints and the web layer
+serves are built from these rows in :mod:`sttgate.admin`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from sttgate.store.auth import KEY_PREFIX
+from sttgate.store.database import Database, NotFoundError, hash_secret, utcnow
+from sttgate.store.tables import accounts, api_keys
+
+KEY_DISPLAY_CHARS = 12
+# Far above any real balance, far below BIGINT overflow.
+MAX_BALANCE_NANOS = 10**18
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    name: str
+    streaming_enabled: bool
+    max_streams: int
+    balance_nanos: int | None  # None = postpaid
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key as listed: never its secret, which is not stored."""
+
+    id: str
+    account_id: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just created: the only time its secret exists outside the caller's hands."""
+
+    id: str
+    key: str
+    prefix: str
+    account_id: str
+    created_at: datetime
+
+
+class Accounts:
+    """Create, read and change accounts; create, list and revoke keys; the webhook signing secret."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def create_account(
+        self,
+        *,
+        name: str,
+        max_streams: int = 5,
+        balance_nanos: int | None = None,
+        streaming_enabled: bool = True,
+    ) -> Account:
+        _check_name(name)
+        _check_max_streams(max_streams)
+        if balance_nanos is not None:
+            _check_amount(balance_nanos, "balance")
+        now = utcnow()
+        account_id = str(uuid.uuid4())
+        async with self._db.write() as conn:
+            await conn.execute(
+                insert(accounts).values(
+                    id=account_id,
+                    name=name.strip(),
+                    streaming_enabled=streaming_enabled,
+                    max_streams=max_streams,
+                    balance_nanos=balance_nanos,
+                    webhook_secret=_new_webhook_secret(),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            return await _read_account(conn, account_id)
+
+    async def list_accounts(self) -> list[Account]:
+        async with self._db.reader.connect() as conn:
+            rows = (await conn.execute(select(accounts).order_by(accounts.c.created_at, accounts.c.id))).all()
+        return [_account(r) for r in rows]
+
+    async def get_account(self, account_id: str) -> Account | None:
+        async with self._db.reader.connect() as conn:
+            row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+        return None if row is None else _account(row)
+
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        name: str | None = None,
+        max_streams: int | None = None,
+        streaming_enabled: bool | None = None,
+        set_balance_nanos: int | None = None,
+        top_up_nanos: int | None = None,
+        postpaid: bool = False,
+    ) -> Account:
+        """Change an account; a top-up adds to the balance atomically (safe while sessions are being charged)."""
+        if sum((set_balance_nanos is not None, top_up_nanos is not None, postpaid)) > 1:
+            raise ValueError("choose one of: set the balance, top up, or make the account postpaid")
+        values: dict[str, Any] = {}
+        if name is not None:
+            _check_name(name)
+            values["name"] = name.strip()
+        if max_streams is not None:
+            _check_max_streams(max_streams)
+            values["max_streams"] = max_streams
+        if streaming_enabled is not None:
+            values["streaming_enabled"] = streaming_enabled
+        if set_balance_nanos is not None:
+            _check_amount(set_balance_nanos, "balance")
+            values["balance_nanos"] = set_balance_nanos
+        if top_up_nanos is not None:
+            _check_amount(top_up_nanos, "top-up")
+            if top_up_nanos == 0:
+                raise ValueError("a top-up must be more than zero")
+            values["balance_nanos"] = accounts.c.balance_nanos + top_up_nanos
+        if postpaid:
+            values["balance_nanos"] = None
+        async with self._db.write() as conn:
+            current = (
+                await conn.execute(
+                    select(accounts.c.balance_nanos).where(accounts.c.id == account_id).with_for_update()
+                )
+            ).first()
+            if current is None:
+                raise NotFoundError(f"no account {account_id}")
+            if top_up_nanos is not None:
+                if current.balance_nanos is None:
+                    raise ValueError("the account is postpaid and has no balance to top up; set one with --balance")
+                if current.balance_nanos + top_up_nanos > MAX_BALANCE_NANOS:
+                    raise ValueError("the balance would exceed the largest supported amount")
+            if values:
+                values["updated_at"] = utcnow()
+                await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+            return await _read_account(conn, account_id)
+
+    async def webhook_secret(self, account_id: str, *, rotate: bool = False) -> str:
+        """The key that signs the account's webhooks (docs/pull.md#webhooks); ``rotate`` replaces it."""
+        async with self._db.write() as conn:
+            if rotate:
+                secret = _new_webhook_secret()
+                result = await conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id)
+                    .values(webhook_secret=secret, updated_at=utcnow())
+                )
+                if result.rowcount != 1:
+                    raise NotFoundError(f"no account {account_id}")
+                return secret
+            row = (await conn.execute(select(accounts.c.webhook_secret).where(accounts.c.id == account_id))).first()
+        if row is None:
+            raise NotFoundError(f"no account {account_id}")
+        return str(row.webhook_secret)
+
+    async def create_key(self, account_id: str) -> NewKey:
+        """A new key; the only time its secret is returned (only its hash is stored)."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = str(uuid.uuid4())
+        now = utcnow()
+        async with self._db.write() as conn:
+            await _require_account(conn, account_id)
+            await conn.execute(
+                insert(api_keys).values(
+                    id=key_id,
+                    account_id=account_id,
+                    key_hash=hash_secret(key),
+                    prefix=key[:KEY_DISPLAY_CHARS],
+                    created_at=now,
+                )
+            )
+        return NewKey(id=key_id, key=key, prefix=key[:KEY_DISPLAY_CHARS], account_id=account_id, created_at=now)
+
+    async def list_keys(self, account_id: str) -> list[ApiKey]:
+        async with self._db.reader.connect() as conn:
+            await _require_account(conn, account_id)
+            rows = (
+                await conn.execute(
+                    select(api_keys)
+                    .where(api_keys.c.account_id == account_id)
+                    .order_by(api_keys.c.created_at, api_keys.c.id)
+                )
+            ).all()
+        return [_key(r) for r in rows]
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke a key at once; revoking twice keeps the first time."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        if row is None:
+            raise NotFoundError(f"no key {key_id}")
+        return _key(row)
+
+
+async def _read_account(conn: AsyncConnection, account_id: str) -> Account:
+    row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
+    if row is None:
+        raise NotFoundError(f"no account {account_id}")
+    return _account(row)
+
+
+async def _require_account(conn: AsyncConnection, account_id: str) -> None:
+    found = (await conn.execute(select(accounts.c.id).where(accounts.c.id == account_id))).first()
+    if found is None:
+        raise NotFoundError(f"no account {account_id}")
+
+
+def _account(row: Row[Any]) -> Account:
+    return Account(
+        id=row.id,
+        name=row.name,
+        streaming_enabled=bool(row.streaming_enabled),
+        max_streams=row.max_streams,
+        balance_nanos=row.balance_nanos,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _key(row: Row[Any]) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        account_id=row.account_id,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def _check_name(name: str) -> None:
+    if not name or not name.strip():
+        raise ValueError("the account name must not be empty")
+
+
+def _check_max_streams(max_streams: int) -> None:
+    if max_streams < 0:
+        raise ValueError("max streams must be zero or more")
+
+
+def _check_amount(nanos: int, what: str) -> None:
+    if nanos < 0:
+        raise ValueError(f"the {what} must not be negative")
+    if nanos > MAX_BALANCE_NANOS:
+        raise ValueError(f"the {what} is larger than the largest supported amount")

@@ -1,0 +1,81 @@
+"""The database handle every aggregate shares: the engine, a read-only view of it, and the SQLite write lock.
+
+Engines, drivers and migrations are in :mod:`sttgate.store.db`; this module is what the aggregates' queries run
+through. Every write goes through :meth:`Database.write`, so that on SQLite this process's writers queue on one
+``asyncio.Lock`` instead of in SQLite's busy handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sttgate.store import db
+
+log = logging.getLogger(__name__)
+
+# Statements with an IN list take at most this many ids (SQLite's default variable limit is far above).
+ID_CHUNK = 1000
+
+
+class NotFoundError(LookupError):
+    """An account, key or session that does not exist (the CLI prints it and exits 1)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex of a key or token: they are 256-bit random, so a fast hash loses nothing."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[i : i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
+
+
+class Database:
+    """One engine and how to use it: ``reader`` for reads, ``write()`` for write transactions."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.reader = db.read_only(engine)
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite has one writer at a time. Its busy handler polls with sleeps of up to 100 ms, so letting this
+        # process's writers queue here instead keeps a write's latency near its own cost (other processes still
+        # wait in the busy handler).
+        self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, committed on success (``BEGIN IMMEDIATE`` on SQLite, see ``db.py``).
+
+        Not re-entrant: do not call another writing store method inside it.
+        """
+        if self.write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.write_lock, self.engine.begin() as conn:
+                yield conn
+
+    async def ping(self, timeout: float) -> bool:
+        """True when the database answers within ``timeout``; never raises."""
+        try:
+            async with asyncio.timeout(timeout), self.reader.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            log.warning("database ping failed", exc_info=True)
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,272 @@
+"""SQLite only: the hot statements (authenticate, open, charge, flush, end) in one trip to a database thread.
+
+Through SQLAlchemy and aiosqlite each statement costs 3-4 hops between the event loop and the driver's thread, and
+these run on every handshake and every prepaid cycle of every live session. Here each whole transaction is one
+plain function on the standard ``sqlite3`` module, run on a connection of this module's own from a single-thread
+executor: one hop. The statements are those of the portable implementations in ``auth.py`` and ``slots.py``
+(``tests/store/test_sqlite_fast.py`` runs both and compares). Writes hold the process's SQLite write lock, like
+every other write of the store; reads use a second connection and thread, so they never queue behind a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Dialect
+
+from sttgate.core.outcomes import ClosedBy, SessionKind
+from sttgate.store import db
+from sttgate.store.auth import AuthRow
+from sttgate.store.database import Database, NotFoundError
+from sttgate.store.slots import SessionProgress, SlotOutcome, decide_open
+from sttgate.store.tables import UTCDateTime
+
+T = TypeVar("T")
+
+
+class _Worker:
+    """One ``sqlite3`` connection used only from one thread (opened there on first use)."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            # Autocommit (isolation_level=None): the functions below issue their own BEGIN IMMEDIATE, as db.py's
+            # engine does for SQLAlchemy's connections.
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            for pragma in db.SQLITE_PRAGMAS:
+                conn.execute(pragma)
+            self._conn = conn
+        return self._conn
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        return fn(self._connection(), *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, args)
+
+    async def close(self) -> None:
+        def close_connection() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close_connection)
+        self._executor.shutdown(wait=True)
+
+
+class SqliteFastPath:
+    """The single-trip implementations; same arguments and results as their portable counterparts."""
+
+    def __init__(self, path: str, dialect: Dialect, write_lock: asyncio.Lock) -> None:
+        self._reader = _Worker(path, "sttgate-sqlite-read")
+        self._writer = _Worker(path, "sttgate-sqlite-write")
+        self._write_lock = write_lock
+        impl = UTCDateTime().dialect_impl(dialect)
+        self._bind_time: Callable[[datetime], Any] | None = impl.bind_processor(dialect)
+        self._read_time: Callable[[Any], datetime | None] | None = impl.result_processor(dialect, None)
+
+    @classmethod
+    def for_database(cls, database: Database) -> SqliteFastPath | None:
+        """The fast path for a SQLite file; None for PostgreSQL (and for an in-memory database, which a second
+        connection would not share)."""
+        if database.write_lock is None:
+            return None
+        path = database.engine.url.database
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return None
+        return cls(path, database.engine.dialect, database.write_lock)
+
+    def _time(self, value: datetime) -> Any:
+        """A timestamp as the SQLite columns store it (``UTCDateTime``'s bind processing)."""
+        return self._bind_time(value) if self._bind_time is not None else value
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._write_lock:
+            return await self._writer.run(fn, *args)
+
+    async def authenticate(self, digest: str) -> AuthRow | None:
+        row = await self._reader.run(_auth, digest)
+        if row is None:
+            return None
+        key_id, key_hash, revoked_at, last_used_at, account_id, streaming_enabled, max_streams, balance = row
+        return AuthRow(
+            key_id=key_id,
+            key_hash=key_hash,
+            revoked=revoked_at is not None,
+            last_used_at=None if self._read_time is None else self._read_time(last_used_at),
+            account_id=account_id,
+            streaming_enabled=bool(streaming_enabled),
+            max_streams=max_streams,
+            balance_nanos=balance,
+        )
+
+    async def open_session(
+        self,
+        session_id: str,
+        account_id: str,
+        kind: SessionKind,
+        provider: str,
+        gateway_id: str,
+        min_balance_nanos: int,
+        now: datetime,
+        expires: datetime,
+    ) -> SlotOutcome:
+        args = (session_id, account_id, kind.value, provider, gateway_id, min_balance_nanos)
+        outcome: SlotOutcome | None = await self._write(
+            _transaction, _open, *args, self._time(now), self._time(expires)
+        )
+        if outcome is None:
+            raise NotFoundError(f"no account {account_id}")
+        return outcome
+
+    async def charge_cycles(self, session_id: str, account_id: str, cycles: int, amount: int) -> bool:
+        outcome: bool | str | None = await self._write(_transaction, _charge, session_id, account_id, cycles, amount)
+        if outcome is None:
+            raise NotFoundError(f"no account {account_id}")
+        if outcome == "session":
+            raise NotFoundError(f"no session {session_id} of account {account_id}")
+        return outcome is True
+
+    async def flush_progress(self, updates: Sequence[SessionProgress]) -> None:
+        rows = [(float(u.audio_seconds), u.cycles, u.cost_nanos, u.session_id) for u in updates]
+        await self._write(_transaction, _flush, rows)
+
+    async def end_session(
+        self,
+        session_id: str,
+        audio_seconds: float,
+        cycles: int,
+        cost_nanos: int,
+        now: datetime,
+        close_code: int | None,
+        close_reason: str | None,
+        closed_by: ClosedBy,
+    ) -> bool:
+        values = (audio_seconds, cycles, cost_nanos, self._time(now), close_code, close_reason, closed_by.value)
+        found: bool = await self._write(_transaction, _end, session_id, values)
+        return found
+
+    async def close(self) -> None:
+        async with self._write_lock:
+            await self._writer.close()
+        await self._reader.close()
+
+
+# --- the transactions (run on the worker's thread) -----------------------------------------------------------------
+
+
+def _transaction(conn: sqlite3.Connection, body: Callable[..., tuple[bool, T]], *args: Any) -> T:
+    """``body(conn, *args)`` in a BEGIN IMMEDIATE transaction; committed unless it raises or returns
+    ``(False, result)`` (rolled back)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        commit, result = body(conn, *args)
+        conn.execute("COMMIT" if commit else "ROLLBACK")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _auth(conn: sqlite3.Connection, digest: str) -> tuple[Any, ...] | None:
+    """``auth.AUTH_QUERY`` (autocommit: one statement reads one consistent snapshot)."""
+    row: tuple[Any, ...] | None = conn.execute(
+        "SELECT api_keys.id, api_keys.key_hash, api_keys.revoked_at, api_keys.last_used_at, accounts.id,"
+        " accounts.streaming_enabled, accounts.max_streams, accounts.balance_nanos"
+        " FROM api_keys JOIN accounts ON accounts.id = api_keys.account_id WHERE api_keys.key_hash = ?",
+        (digest,),
+    ).fetchone()
+    return row
+
+
+def _open(
+    conn: sqlite3.Connection,
+    session_id: str,
+    account_id: str,
+    kind: str,
+    provider: str,
+    gateway_id: str,
+    min_balance_nanos: int,
+    now: Any,
+    expires: Any,
+) -> tuple[bool, SlotOutcome | None]:
+    # BEGIN IMMEDIATE serializes writers, so the account and its live count can come in one statement.
+    row = conn.execute(
+        "SELECT max_streams, balance_nanos, (SELECT count(*) FROM sessions WHERE account_id = ? AND ended_at IS NULL"
+        " AND lease_expires_at > ?) FROM accounts WHERE id = ?",
+        (account_id, now, account_id),
+    ).fetchone()
+    if row is None:
+        return False, None
+    max_streams, balance, live = row
+    outcome = decide_open(live, max_streams, balance, min_balance_nanos)
+    if outcome is not SlotOutcome.OPENED:
+        return False, outcome
+    conn.execute(
+        "INSERT INTO sessions (id, account_id, kind, provider, gateway_id, started_at, lease_expires_at, audio_seconds,"
+        " cycles, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, 0.0, 0, 0)",
+        (session_id, account_id, kind, provider, gateway_id, now, expires),
+    )
+    return True, outcome
+
+
+def _charge(
+    conn: sqlite3.Connection, session_id: str, account_id: str, cycles: int, amount: int
+) -> tuple[bool, bool | str | None]:
+    """The result; None for no account, "session" for no session (rolled back)."""
+    debited = conn.execute(
+        "UPDATE accounts SET balance_nanos = balance_nanos - ? WHERE id = ? AND balance_nanos >= ?",
+        (amount, account_id, amount),
+    ).rowcount
+    if debited == 1:
+        recorded = conn.execute(
+            "UPDATE sessions SET cycles = cycles + ?, cost_nanos = cost_nanos + ? WHERE id = ? AND account_id = ?",
+            (cycles, amount, session_id, account_id),
+        ).rowcount
+        if recorded != 1:
+            return False, "session"
+        return True, True
+    row = conn.execute("SELECT balance_nanos FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    return True, None if row is None else row[0] is None
+
+
+_FLUSH_SQL = (
+    "UPDATE sessions SET"
+    " audio_seconds = CASE WHEN audio_seconds < ?1 THEN ?1 ELSE audio_seconds END,"
+    " cycles = CASE WHEN cycles < ?2 THEN ?2 ELSE cycles END,"
+    " cost_nanos = CASE WHEN cost_nanos < ?3 THEN ?3 ELSE cost_nanos END"
+    " WHERE id = ?4"
+)
+
+
+def _flush(conn: sqlite3.Connection, rows: list[tuple[float, int, int, str]]) -> tuple[bool, None]:
+    conn.executemany(_FLUSH_SQL, rows)
+    return True, None
+
+
+_STILL_OPEN = "(ended_at IS NULL OR closed_by = 'gateway_crash')"
+_END_SQL = (
+    "UPDATE sessions SET"
+    f" audio_seconds = CASE WHEN {_STILL_OPEN} THEN ?1 ELSE audio_seconds END,"
+    " cycles = CASE WHEN cycles < ?2 THEN ?2 ELSE cycles END,"
+    " cost_nanos = CASE WHEN cost_nanos < ?3 THEN ?3 ELSE cost_nanos END,"
+    f" ended_at = CASE WHEN {_STILL_OPEN} THEN ?4 ELSE ended_at END,"
+    f" close_code = CASE WHEN {_STILL_OPEN} THEN ?5 ELSE close_code END,"
+    f" close_reason = CASE WHEN {_STILL_OPEN} THEN ?6 ELSE close_reason END,"
+    f" closed_by = CASE WHEN {_STILL_OPEN} THEN ?7 ELSE closed_by END"
+    " WHERE id = ?8"
+)
+
+
+def _end(conn: sqlite3.Connection, session_id: str, values: tuple[Any, ...]) -> tuple[bool, bool]:
+    return True, conn.execute(_END_SQL, (*values, session_id)).rowcount == 1

@@ -1,0 +1,204 @@
+"""The SQLite fast path against the portable implementation: the same calls give the same outcomes and rows.
+
+Each scenario runs once through a store with the fast path and once through a store without it, each on its own
+fresh SQLite file; outcomes, raised errors and every written column (stored text included) must match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sttgate.core.outcomes import ClosedBy, SessionKind
+from sttgate.store import NotFoundError, SessionProgress, Store
+from sttgate.store.database import hash_secret
+
+PRICE = 208_333
+# UTCDateTime on SQLite: naive UTC text in SQLAlchemy's fixed format.
+STORED_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
+    """(fast, portable): two stores on two fresh SQLite files."""
+    fast = await Store.connect(f"sqlite:///{tmp_path / 'fast.db'}")
+    portable_url = f"sqlite:///{tmp_path / 'portable.db'}"
+    portable = await Store.connect(portable_url, fast_path=False)
+    try:
+        assert fast._fast is not None and portable._fast is None
+        yield fast, portable
+    finally:
+        await fast.close()
+        await portable.close()
+
+
+async def _outcome(call: Awaitable[Any]) -> Any:
+    try:
+        return await call
+    except (NotFoundError, ValueError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _rows(store: Store, accounts: dict[str, str]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every column the hot paths write, straight from the file (account ids replaced by their names)."""
+    path = store.engine.url.database
+    assert path is not None
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        names = {v: k for k, v in accounts.items()}
+        acct_rows = conn.execute("SELECT id, balance_nanos FROM accounts ORDER BY name").fetchall()
+        session_rows = conn.execute(
+            "SELECT id, account_id, kind, provider, gateway_id, audio_seconds, cycles, cost_nanos, close_code,"
+            " close_reason, closed_by, started_at, lease_expires_at, ended_at FROM sessions ORDER BY id"
+        ).fetchall()
+    sessions = []
+    for row in session_rows:
+        started, lease, ended = row[11:]
+        assert STORED_TIME.match(started) and STORED_TIME.match(lease)
+        assert ended is None or STORED_TIME.match(ended)
+        sessions.append((row[0], names[row[1]], *row[2:11], ended is None, lease > started))
+    return {"accounts": [(names[a], b) for a, b in acct_rows], "sessions": sessions}
+
+
+Scenario = Callable[[Store, dict[str, str]], Awaitable[list[Any]]]
+
+
+async def _both(pair: tuple[Store, Store], scenario: Scenario) -> None:
+    results = []
+    for store in pair:
+        accounts = {
+            "prepaid": (await store.create_account(name="prepaid", max_streams=2, balance_nanos=3 * PRICE)).id,
+            "postpaid": (await store.create_account(name="postpaid", max_streams=1)).id,
+            "poor": (await store.create_account(name="poor", balance_nanos=PRICE - 1)).id,
+        }
+        outcomes = repr(await scenario(store, accounts))
+        for name, account_id in accounts.items():
+            outcomes = outcomes.replace(account_id, name)  # error messages name the account
+        results.append((outcomes, _rows(store, accounts)))
+    assert results[0] == results[1]
+
+
+async def _open(store: Store, account_id: str, session_id: str, **kwargs: Any) -> Any:
+    values: dict[str, Any] = {
+        "kind": SessionKind.WEBSOCKET,
+        "provider": "assemblyai",
+        "gateway_id": "gw-1",
+        "min_balance_nanos": PRICE,
+        "lease_ttl": 30.0,
+    }
+    values.update(kwargs)
+    return await _outcome(store.open_session(session_id=session_id, account_id=account_id, **values))
+
+
+async def test_open_session(pair: tuple[Store, Store]) -> None:
+    async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
+        return [
+            await _open(store, a["prepaid"], "s1"),
+            await _open(store, a["prepaid"], "s2", kind=SessionKind.PULL, provider="elevenlabs"),
+            await _open(store, a["prepaid"], "s3"),  # too many streams
+            await _open(store, a["poor"], "s4"),  # insufficient balance
+            await _open(store, a["postpaid"], "s5", lease_ttl=-1.0),  # expired at once: does not count
+            await _open(store, a["postpaid"], "s6"),
+            await _open(store, a["postpaid"], "s7"),  # too many streams
+            await _open(store, "no-such-account", "s8"),
+        ]
+
+    await _both(pair, scenario)
+
+
+async def test_charge_cycles(pair: tuple[Store, Store]) -> None:
+    async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
+        await _open(store, a["prepaid"], "s1")
+        await _open(store, a["postpaid"], "s2")
+        return [
+            await _outcome(store.charge_cycles("s1", a["prepaid"], 2, PRICE)),
+            await _outcome(store.charge_cycles("s1", a["prepaid"], 2, PRICE)),  # cannot pay: nothing moves
+            await _outcome(store.charge_cycles("s1", a["prepaid"], 1, PRICE)),  # exactly the last cycle
+            await _outcome(store.charge_cycles("s2", a["postpaid"], 5, PRICE)),  # postpaid: True, nothing written
+            await _outcome(store.charge_cycles("no-such-session", a["prepaid"], 0, PRICE)),
+            await _outcome(store.charge_cycles("s1", "no-such-account", 1, PRICE)),
+            await _outcome(store.charge_cycles("s1", a["prepaid"], -1, PRICE)),
+        ]
+
+    await _both(pair, scenario)
+
+
+async def test_flush_progress(pair: tuple[Store, Store]) -> None:
+    async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
+        await _open(store, a["postpaid"], "s1")
+        await _open(store, a["prepaid"], "s2")
+        return [
+            await store.flush_progress([SessionProgress("s1", 7.5, 2, 2 * PRICE), SessionProgress("s2", 1.0, 1, 9)]),
+            await store.flush_progress([SessionProgress("s1", 6.0, 1, PRICE), SessionProgress("gone", 1.0, 1, 1)]),
+            await store.flush_progress([SessionProgress("s2", 2.25, 1, 9)]),
+        ]
+
+    await _both(pair, scenario)
+
+
+async def test_end_session(pair: tuple[Store, Store]) -> None:
+    async def end(store: Store, session_id: str, closed_by: Any, code: int | None, audio: float = 3.0) -> Any:
+        return await _outcome(
+            store.end_session(
+                session_id,
+                audio_seconds=audio,
+                cycles=1,
+                cost_nanos=PRICE,
+                close_code=code,
+                close_reason=f"reason {code}",
+                closed_by=closed_by,
+            )
+        )
+
+    async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
+        await _open(store, a["prepaid"], "s1")
+        await _open(store, a["prepaid"], "s2", gateway_id="gw-dead")
+        await store.flush_progress([SessionProgress("s1", 9.0, 3, 3 * PRICE)])
+        reaped = await store.reap_dead_sessions(gateway_id="gw-dead")
+        return [
+            reaped,
+            await end(store, "s1", ClosedBy.GATEWAY, 4002),  # never lowers cycles or cost; audio is final
+            await end(store, "s1", ClosedBy.CLIENT, 1000, audio=99.0),  # the first ending stands
+            await end(store, "s2", "client", 1000),  # a reaped session gets its real ending
+            await end(store, "no-such-session", ClosedBy.CLIENT, 1000),
+            await end(store, "s1", "someone", 1000),
+        ]
+
+    await _both(pair, scenario)
+
+
+async def test_authenticate(pair: tuple[Store, Store]) -> None:
+    """The key lookup itself (the row both implementations read, times included), then what callers see."""
+    for store in pair:
+        acct = await store.create_account(name="keys", max_streams=3, balance_nanos=42)
+        live, revoked = await store.create_key(acct.id), await store.create_key(acct.id)
+        await store.revoke_key(revoked.id)
+        assert await store.authenticate(live.key) is not None
+        await store.auth.close()  # the background last-used write
+        for key in (live.key, revoked.key, "sk-mai-" + "A" * 43):
+            digest = hash_secret(key)
+            assert await fast_path_lookup(store, digest) == await store.auth.lookup_key(digest)
+        row = await store.auth.lookup_key(hash_secret(live.key))
+        assert row is not None and row.last_used_at is not None and row.last_used_at.tzinfo is not None
+        principals = [await store.authenticate(k) for k in (live.key, revoked.key, "sk-mai-short", "")]
+        assert principals[0] is not None and principals[0].key_id == live.id
+        assert principals[1:] == [None, None, None]
+
+
+async def fast_path_lookup(store: Store, digest: str) -> Any:
+    """The fast path's lookup on ``store``'s file (a fast-path store of its own for the portable one)."""
+    if store._fast is not None:
+        return await store._fast.authenticate(digest)
+    other = Store(store.engine)
+    try:
+        assert other._fast is not None
+        return await other._fast.authenticate(digest)
+    finally:
+        await other.auth.close()
+        if other._fast is not None:
+            await other._fast.close()
