@@ -170,7 +170,7 @@ EMULATORS: dict[str, Emulator] = {emulator.name: emulator for emulator in (ELEVE
 
 CONFIG: web.AppKey[EmulatorConfig] = web.AppKey("sttgate_emulator_config", EmulatorConfig)
 TOKENS: web.AppKey[TokenStore] = web.AppKey("sttgate_emulator_tokens", TokenStore)
-LIVE: web.AppKey[set[BaseSession]] = web.AppKey("sttgate_emulator_live", set)
+LIVE: web.AppKey[set[BaseSession]] = web.AppKey("sttgate_emulator_live")
 
 
 def _session_handler(cls: type[BaseSession]) -> Callable[[web.Request], Any]:
@@ -216,7 +216,8 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _on_shutdown(app: web.Application) -> None:
-    sessions = list(app[LIVE])
+    live: set[BaseSession] = app[LIVE]
+    sessions = list(live)
     if sessions:
         await asyncio.gather(*(s.shutdown() for s in sessions), return_exceptions=True)
 

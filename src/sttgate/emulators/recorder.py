@@ -377,7 +377,7 @@ class Recorder:
         self._changed()
         return rec
 
-    async def wait_until(self, predicate: Callable[[Recorder], T], timeout: float | None = 5.0) -> T:
+    async def wait_until(self, predicate: Callable[[Recorder], T | None], timeout: float | None = 5.0) -> T:
         """Wait until ``predicate(recorder)`` is truthy and return its value; re-checked on every change."""
 
         async def waiter() -> T:

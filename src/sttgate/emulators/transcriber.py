@@ -114,17 +114,17 @@ class EnergyMeter:
         if n == 0:
             return
         if _LITTLE_ENDIAN:
-            samples: memoryview | array = memoryview(data)[: n * 2].cast("h")
+            samples: memoryview[int] = memoryview(data)[: n * 2].cast("h")
         else:  # pragma: no cover - big-endian hosts
-            samples = array("h")
-            samples.frombytes(data[: n * 2])
-            samples.byteswap()
-            samples = memoryview(samples)
+            swapped = array("h")
+            swapped.frombytes(data[: n * 2])
+            swapped.byteswap()
+            samples = memoryview(swapped)
         for off in range(0, n, bs):
             count = min(bs, n - off)
             step = max(1, count // maxp)
-            sub = samples[off : off + count : step]
-            yield count / rate, math.sqrt(sum(map(mul, sub, sub)) / len(sub)) / 32768.0
+            window = samples[off : off + count : step]
+            yield count / rate, math.sqrt(sum(map(mul, window, window)) / len(window)) / 32768.0
 
 
 @dataclass(slots=True)
