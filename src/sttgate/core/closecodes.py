@@ -1,10 +1,11 @@
-"""Close codes (SPEC §3 "Close"): what each side is told when the other side closes, and the gateway's own codes.
+"""Close codes (docs/contract.md#close-codes): what each side is told when the other closes, and the gateway's own.
 
 A close code and reason are passed through verbatim. A code that may not be sent on the wire is replaced, because
 the gateway cannot repeat it: when the upstream side closed, the client gets 1014 "upstream connection lost"; when
 the client side closed, the upstream gets 1001 "client disconnected". That covers no close frame at all (``None``,
 the TCP connection just ended), 1006 (abnormal), 1015 (TLS failure) and 1005 (a close frame without a status):
-SPEC lists 1005 among the substituted codes, so the gateway does not invent a 1000 the peer never sent.
+docs/contract.md#passthrough-and-substitution lists 1005 among the substituted codes, so the gateway does not
+invent a 1000 the peer never sent.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class Close(NamedTuple):
     reason: str
 
 
-# Gateway-originated closes (SPEC §3).
+# Gateway-originated closes (docs/contract.md#gateway-close-codes).
 INSUFFICIENT_BALANCE = Close(4002, "insufficient balance")
 SERVICE_RESTART = Close(1012, "service restart")
 UPSTREAM_LOST = Close(1014, "upstream connection lost")

@@ -1,4 +1,4 @@
-"""Audio metering and the 5-second cycle clock (SPEC §4).
+"""Audio metering and the 5-second cycle clock (docs/billing.md#cycles).
 
 A :class:`Meter` counts the audio of one session in integer *units* per second of audio, so that any split of the
 same audio into frames gives exactly the same total and the same cycles: no float is ever accumulated.

@@ -1,4 +1,4 @@
-"""Local emulators of ElevenLabs Scribe realtime and AssemblyAI Universal Streaming v3 (SPEC §8).
+"""Local emulators of ElevenLabs Scribe realtime and AssemblyAI Universal Streaming v3 (docs/contract.md#emulators).
 
 One aiohttp application serves both providers on one port, at their real paths:
 

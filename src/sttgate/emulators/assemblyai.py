@@ -1,4 +1,4 @@
-"""AssemblyAI Universal Streaming v3 emulator (``protocols/assemblyai-streaming-v3.md``, §7).
+"""AssemblyAI Universal Streaming v3 emulator, faithful to AssemblyAI's published v3 streaming protocol.
 
 Choices where the protocol document leaves a gap (each is a guess, kept in one place here):
 

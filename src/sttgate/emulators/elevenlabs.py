@@ -1,4 +1,4 @@
-"""ElevenLabs Scribe v2 Realtime emulator (``protocols/elevenlabs-realtime-stt.md``, §7).
+"""ElevenLabs Scribe v2 Realtime emulator, faithful to ElevenLabs' published realtime speech-to-text protocol.
 
 Choices where the protocol document leaves a gap (each is a guess, kept in one place here):
 
@@ -11,8 +11,8 @@ Choices where the protocol document leaves a gap (each is a guess, kept in one p
   with ``input_error``; such a chunk's audio is not transcribed (it is still recorded as received).
 - Booleans are accepted case-insensitively (``true``/``false``/``1``/``0``); unknown parameters are
   ignored; ``encoding=pcm_*`` is an alias of ``audio_format`` (older SDKs); the ``sample_rate`` query
-  parameter of those SDKs is ignored. A chunk's own ``sample_rate`` overrides the format's rate (as SPEC
-  §4 meters it).
+  parameter of those SDKs is ignored. A chunk's own ``sample_rate`` overrides the format's rate (as the
+  gateway meters it: docs/billing.md#what-is-metered).
 - Only ``input_audio_chunk`` frames carrying audio count as activity for the idle timeout (pings and
   commit-only chunks do not).
 - Transcript text is the generated words in lower case separated by spaces; partials and the commit
