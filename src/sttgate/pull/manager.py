@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -157,7 +158,7 @@ class PullManager:
             deliverer.start()
             deliverer.end(TaskStatus.GATEWAY_SHUTDOWN, CRASHED)
             self.deliverers.add(deliverer)
-            deliverer.on_done(lambda d=deliverer: self.deliverers.discard(d))
+            deliverer.on_done(functools.partial(self.deliverers.discard, deliverer))
             log_event("pull_task_crash_ended", task=crashed.id)
 
     async def close(self) -> None:

@@ -76,7 +76,8 @@ def ended_body(task_id: str, seq: int, provider: str, status: str, reason: str |
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based): base, 2·base, 4·base, … up to ``cap``."""
-    return min(cap, base * (2 ** (attempt - 1)))
+    factor: int = 2 ** (attempt - 1)
+    return min(cap, base * factor)
 
 
 @dataclass(frozen=True)
