@@ -33,7 +33,7 @@ PACING_LEAD_SECONDS = 0.2
 # After a live source stalls, the backlog it then delivers at once may be sent this far ahead of real time to
 # recover latency; anything older than that is sent at real time.
 PACING_CATCHUP_SECONDS = 2.0
-# FFmpeg holds nothing worth flushing (its output is a pipe): a stop must act within 1 s (SPEC §6).
+# FFmpeg holds nothing worth flushing (its output is a pipe): a stop must act within 1 s (docs/pull.md#stop-a-task).
 STOP_GRACE_SECONDS = 0.5
 EXIT_WAIT_SECONDS = 5.0
 STDERR_LINES = 20

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sttgate.pull")
 
-# A stop received by another gateway is acted on within this (SPEC: 1 s).
+# A stop received by another gateway is acted on within this (docs/pull.md#stop-a-task: 1 s).
 STOP_POLL_SECONDS = 0.5
 # At shutdown, queued webhooks (every task's ``ended`` above all) get this long before they are abandoned.
 SHUTDOWN_WEBHOOK_SECONDS = 10.0

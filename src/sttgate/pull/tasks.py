@@ -1,4 +1,4 @@
-"""Running pull tasks: FFmpeg → provider session → webhooks, and how each task ends (SPEC §6).
+"""Running pull tasks: FFmpeg → provider session → webhooks, and how each task ends (docs/pull.md#how-a-task-ends).
 
 A :class:`PullTask` drives one :class:`~sttgate.gateway.live.LiveSession` (opened by the start request, so
 every refusal of §3 was an HTTP answer). Its feeder sends FFmpeg's 100 ms chunks in the provider's framing; its

@@ -1,4 +1,5 @@
-"""Webhook delivery for pull tasks (SPEC §6): every provider message, in order, signed, retried, never in the way.
+"""Webhook delivery for pull tasks (docs/pull.md#webhooks): every provider message, in order, signed, retried,
+never in the way.
 
 One :class:`WebhookDeliverer` per task. The task's feeder hands it provider messages with :meth:`message`, which
 never blocks: messages wait in a bounded queue and one worker posts them in order. A failed post is retried with

@@ -1,4 +1,4 @@
-"""The REST face of pull mode (docs/contract.md#pull-api): start, stop and look at server-side stream tasks.
+"""The REST face of pull mode (docs/pull.md#rest-api): start, stop and look at server-side stream tasks.
 
 ``setup(app)`` adds the routes and the start-up/clean-up of the :class:`~sttgate.pull.manager.PullManager` (as
 ``Services.pull``) to the gateway app; :func:`sttgate.web.app.create_app` calls it.
