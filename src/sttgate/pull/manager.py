@@ -1,6 +1,6 @@
 """This gateway's pull tasks: launching, the stop-flag poll, webhook deliverers that outlive their task, shutdown.
 
-One :class:`PullManager` per gateway app (created by :func:`sttgate.pull.api.setup`). Tasks run in this process;
+One :class:`PullManager` per gateway app (created by :func:`sttgate.web.pull_api.setup`). Tasks run in this process;
 the database is how other gateways reach them (a stop received elsewhere sets ``stop_requested``, which this
 manager polls every ``STOP_POLL_SECONDS``).
 """
