@@ -8,7 +8,7 @@ them), and reading one earlier is a programming error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aiohttp
@@ -31,10 +31,10 @@ class Services:
     settings: Settings
     metrics: GatewayMetrics
     gateway_id: str
-    _store: Store | None = None
-    _sessions: SessionManager | None = None
-    _upstream_http: aiohttp.ClientSession | None = None
-    _pull: PullManager | None = None
+    _store: Store | None = field(default=None, init=False, repr=False)
+    _sessions: SessionManager | None = field(default=None, init=False, repr=False)
+    _upstream_http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+    _pull: PullManager | None = field(default=None, init=False, repr=False)
 
     @property
     def store(self) -> Store:
