@@ -426,7 +426,7 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from sttgate.gateway.app import serve
+    from sttgate.process import serve
     from sttgate.store.db import upgrade
 
     # Fail early with a readable message when the database cannot be opened or migrated (idempotent).

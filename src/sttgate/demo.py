@@ -127,8 +127,8 @@ async def run(settings: Settings) -> int:
     from sttgate.admin import usage_document
     from sttgate.emulators.app import EMULATORS, EmulatorConfig
     from sttgate.emulators.app import create_app as create_emulator_app
-    from sttgate.gateway.app import create_app as create_gateway_app
     from sttgate.store import Store
+    from sttgate.web.app import create_app as create_gateway_app
 
     pcm, rate = load_sample()
     if rate != PULL_SAMPLE_RATE:

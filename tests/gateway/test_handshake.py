@@ -175,9 +175,9 @@ async def test_key_from_query_or_authorization_header(gateway, account, how):
 
 
 async def _ended_usage(gw, account_id):
-    from sttgate.gateway.keys import STORE
+    from sttgate.web.services import SERVICES
 
-    usage = await Admin(gw.app[STORE], names()).usage(account_id)
+    usage = await Admin(gw.app[SERVICES].store, names()).usage(account_id)
     return usage if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
 

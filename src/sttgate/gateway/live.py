@@ -1,6 +1,6 @@
 """``LiveSession``: one open provider session, the API shared by push, pull and SDK routes.
 
-A :class:`LiveSession` is one provider session opened by :func:`sttgate.gateway.handshake.open_stream` (slot taken,
+A :class:`LiveSession` is one provider session opened by :func:`sttgate.gateway.opening.open_stream` (slot taken,
 upstream connected). Whatever feeds it (the push relay, a pull task, a provider-shaped route) uses the same calls::
 
     live = await open_stream(app, principal, provider, forwarded, kind="pull")  # raises Refusal

@@ -1,4 +1,5 @@
-"""The start request's JSON body → the provider query a pull task forwards (SPEC §6, forwarding as in §3).
+"""The start request's JSON body → the provider query a pull task forwards (docs/pull.md#start-a-task; forwarding
+as in docs/contract.md#forwarding).
 
 Pure: no I/O. A JSON body has no "as the client encoded it", so the gateway encodes each provider parameter once,
 in the order of the body: strings percent-encoded (``%20`` for a space), booleans as ``true``/``false``, numbers as

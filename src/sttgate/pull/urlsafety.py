@@ -1,4 +1,4 @@
-"""What a pull task may make the gateway connect to (SPEC §6).
+"""What a pull task may make the gateway connect to (docs/pull.md#url-safety).
 
 The gateway fetches URLs that a customer chose, from inside the operator's network. Without rules, a customer could
 read the gateway's own files (``file:``), its metadata service (169.254.169.254) or any private service next to it.

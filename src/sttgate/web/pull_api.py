@@ -1,11 +1,11 @@
-"""The REST face of pull mode (SPEC §6): start, stop and look at server-side stream tasks.
+"""The REST face of pull mode (docs/pull.md#rest-api): start, stop and look at server-side stream tasks.
 
-``setup(app)`` adds the routes and the start-up/clean-up of the :class:`~sttgate.pull.manager.PullManager` to a
-gateway app made by :func:`sttgate.gateway.app.create_app` (call it after ``create_app``, before the app starts).
+``setup(app)`` adds the routes and the start-up/clean-up of the :class:`~sttgate.pull.manager.PullManager` (as
+``Services.pull``) to the gateway app; :func:`sttgate.web.app.create_app` calls it.
 
-Start refuses in the order of SPEC §3, with the same JSON error body: 401 key, 403 streaming, 400 body/provider,
-400 ``invalid_audio_url`` then ``invalid_callback_url``, 400 conflicting audio format, then the slot (429), the
-balance (402) and the provider's handshake (502/504/4xx) — the provider session is open before the answer.
+Start refuses in the order of docs/pull.md#start-a-task, with the same JSON error body: 401 key, 403 streaming, 400
+body/provider, 400 ``invalid_audio_url`` then ``invalid_callback_url``, 400 conflicting audio format, then the slot
+(429), the balance (402) and the provider's handshake (502/504/4xx) — the provider session is open before the answer.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ from aiohttp import web
 
 from sttgate.core.outcomes import ClosedBy
 from sttgate.core.refusals import Refusal
-from sttgate.gateway.handshake import credential_from_request, open_stream, principal_for, refuse, resolve_provider
-from sttgate.gateway.keys import SETTINGS, STORE
+from sttgate.gateway.opening import principal_for, resolve_provider
 from sttgate.pull.documents import task_document
 from sttgate.pull.manager import PullManager
 from sttgate.pull.params import encode_params, invalid_request, parse_body, pull_query
 from sttgate.pull.urlsafety import check_audio_url, check_callback_url
 from sttgate.store import Principal
-
-PULL: web.AppKey[PullManager] = web.AppKey("sttgate_pull", PullManager)
+from sttgate.web.credentials import credential_from_request
+from sttgate.web.services import SERVICES
 
 TASK_NOT_FOUND = Refusal(404, "task_not_found", "No such task for this account.")
 MAX_BODY_BYTES = 64 * 1024
@@ -37,7 +36,7 @@ def success(data: dict[str, object]) -> web.Response:
 
 
 async def _principal(request: web.Request) -> Principal:
-    return await principal_for(request.app, credential_from_request(request, None), None, "")
+    return await principal_for(request.app[SERVICES].store, credential_from_request(request, None), None, "")
 
 
 async def _json_body(request: web.Request) -> object:
@@ -54,22 +53,19 @@ async def _json_body(request: web.Request) -> object:
 
 async def start_task(request: web.Request) -> web.Response:
     """``POST /api/v2/audio-stream/start``: open the provider session, start FFmpeg, answer the task id."""
-    app = request.app
-    settings = app[SETTINGS]
+    svc = request.app[SERVICES]
+    settings = svc.settings
+    principal = await _principal(request)
+    body = parse_body(await _json_body(request))
+    provider = resolve_provider(body.provider)
+    audio = await check_audio_url(body.audio_url, allow_private=settings.pull_allow_private)
+    callback = await check_callback_url(body.callback_url, allow_private=settings.pull_allow_private)
+    forwarded = pull_query(provider, encode_params(body.params))
+    task_id = str(uuid.uuid4())
+    live = await svc.open_stream(principal, provider, forwarded, kind="pull", session_id=task_id)
     try:
-        principal = await _principal(request)
-        body = parse_body(await _json_body(request))
-        provider = resolve_provider(body.provider)
-        audio = await check_audio_url(body.audio_url, allow_private=settings.pull_allow_private)
-        callback = await check_callback_url(body.callback_url, allow_private=settings.pull_allow_private)
-        forwarded = pull_query(provider, encode_params(body.params))
-        task_id = str(uuid.uuid4())
-        live = await open_stream(app, principal, provider, forwarded, kind="pull", session_id=task_id)
-    except Refusal as refusal:
-        return refuse(app, refusal)
-    try:
-        secret = await app[STORE].webhook_secret(principal.account_id)
-        await app[STORE].tasks.insert_task(
+        secret = await svc.store.webhook_secret(principal.account_id)
+        await svc.store.tasks.insert_task(
             task_id=task_id,
             account_id=principal.account_id,
             audio_url=audio.url,
@@ -81,38 +77,32 @@ async def start_task(request: web.Request) -> web.Response:
         live.record(None, "task could not be recorded", ClosedBy.GATEWAY)
         await live.end()
         raise
-    app[PULL].launch(task_id=task_id, live=live, audio=audio, callback_url=callback.url, secret=secret)
+    svc.pull.launch(task_id=task_id, live=live, audio=audio, callback_url=callback.url, secret=secret)
     return success({"task_id": task_id})
 
 
 async def stop_task(request: web.Request) -> web.Response:
     """``POST /api/v2/audio-stream/stop`` ``{"task_id"}``: sets the stop flag; the running gateway acts within 1 s."""
-    app = request.app
-    try:
-        principal = await _principal(request)
-        body = await _json_body(request)
-        task_id = body.get("task_id") if isinstance(body, dict) else None
-        if not isinstance(task_id, str) or not task_id:
-            raise invalid_request('The request body must be a JSON object with "task_id".')
-        status = await app[STORE].tasks.request_stop(task_id, principal.account_id)
-        if status is None:
-            raise TASK_NOT_FOUND
-    except Refusal as refusal:
-        return refuse(app, refusal)
-    app[PULL].stop_local(task_id)
+    svc = request.app[SERVICES]
+    principal = await _principal(request)
+    body = await _json_body(request)
+    task_id = body.get("task_id") if isinstance(body, dict) else None
+    if not isinstance(task_id, str) or not task_id:
+        raise invalid_request('The request body must be a JSON object with "task_id".')
+    status = await svc.store.tasks.request_stop(task_id, principal.account_id)
+    if status is None:
+        raise TASK_NOT_FOUND
+    svc.pull.stop_local(task_id)
     return success({"task_id": task_id, "status": status})
 
 
 async def get_task(request: web.Request) -> web.Response:
     """``GET /api/v2/audio-stream/tasks/{task_id}``: status, times, audio, cost, last error (own tasks only)."""
-    app = request.app
-    try:
-        principal = await _principal(request)
-        row = await app[STORE].tasks.get(request.match_info["task_id"], principal.account_id)
-        if row is None:
-            raise TASK_NOT_FOUND
-    except Refusal as refusal:
-        return refuse(app, refusal)
+    svc = request.app[SERVICES]
+    principal = await _principal(request)
+    row = await svc.store.tasks.get(request.match_info["task_id"], principal.account_id)
+    if row is None:
+        raise TASK_NOT_FOUND
     return success(task_document(row))
 
 
@@ -124,8 +114,9 @@ def setup(app: web.Application) -> None:
     """
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        manager = PullManager(app[SETTINGS], app[STORE])
-        app[PULL] = manager
+        svc = app[SERVICES]
+        manager = PullManager(svc.settings, svc.store)
+        svc.pull = manager
         await manager.start()
         try:
             yield
