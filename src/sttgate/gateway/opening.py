@@ -25,26 +25,20 @@ from sttgate.store import Principal, SlotOutcome, Store
 from sttgate.store.auth import looks_like_token
 
 
-def unmetered_format(provider: Provider) -> Refusal:
-    """The declared format's duration cannot be computed from its bytes, so it could not be billed."""
-    hint = f" ({provider.metered_formats})" if provider.metered_formats else ""
-    return Refusal(400, "unsupported_audio_format", f"The gateway meters only uncompressed audio{hint}.")
-
-
 async def principal_for(store: Store, key: str | None, token: str | None, provider: str) -> Principal:
     """Authenticate a key, or redeem a gateway token for ``provider``, and check the account may stream: 401, 403."""
     if token:
         principal = await store.redeem_token(token, provider)
         if principal is None:
-            raise refusals.INVALID_TOKEN
+            raise refusals.invalid_token()
     elif key:
         principal = await store.authenticate(key)
         if principal is None:
-            raise refusals.INVALID_API_KEY
+            raise refusals.invalid_api_key()
     else:
-        raise refusals.MISSING_API_KEY
+        raise refusals.missing_api_key()
     if not principal.streaming_enabled:
-        raise refusals.STREAMING_NOT_ENABLED
+        raise refusals.streaming_not_enabled()
     return principal
 
 
@@ -79,7 +73,7 @@ async def open_stream(
     provider: Provider,
     forwarded: str,
     *,
-    kind: str = "websocket",
+    kind: SessionKind = SessionKind.WEBSOCKET,
     session_id: str | None = None,
 ) -> LiveSession:
     """Take a stream slot (429/402) and connect the provider over ``http`` (502/504/4xx): a registered
@@ -88,15 +82,15 @@ async def open_stream(
     Raises :class:`Refusal`. A slot taken for a session whose upstream could not be opened is released at once.
     """
     if manager.draining:
-        raise refusals.SERVICE_DRAINING
+        raise refusals.service_draining()
     # A format whose duration cannot be computed from its bytes (opus, aac…) could not be billed: refuse it.
     if provider.new_meter(forwarded).audio_format is None:
-        raise unmetered_format(provider)
+        raise refusals.unsupported_audio_format(provider.metered_formats)
     # Admission control (docs/operations.md#running): an overloaded relay buffers instead of shedding load, so
     # refuse clearly.
     budget = manager.settings.max_sessions_per_process
     if budget and len(manager.live) + manager.opening >= budget:
-        raise refusals.GATEWAY_OVERLOADED
+        raise refusals.gateway_overloaded()
     session_id = session_id or str(uuid.uuid4())
     manager.opening += 1
     try:
@@ -130,23 +124,23 @@ async def _take_slot_and_connect(
     principal: Principal,
     provider: Provider,
     forwarded: str,
-    kind: str,
+    kind: SessionKind,
     session_id: str,
 ) -> AiohttpLink:
     store = manager.store
     slot = await store.open_session(
         session_id=session_id,
         account_id=principal.account_id,
-        kind=SessionKind(kind),
+        kind=kind,
         provider=provider.name,
         gateway_id=manager.gateway_id,
         min_balance_nanos=manager.price_nanos(provider.name),
         lease_ttl=manager.settings.lease_ttl_seconds,
     )
     if slot is SlotOutcome.TOO_MANY_STREAMS:
-        raise refusals.TOO_MANY_STREAMS
+        raise refusals.too_many_streams()
     if slot is SlotOutcome.INSUFFICIENT_BALANCE:
-        raise refusals.INSUFFICIENT_BALANCE
+        raise refusals.insufficient_balance()
     try:
         return await connect_upstream(http, manager.settings, manager.metrics, provider, forwarded)
     except BaseException as exc:

@@ -206,11 +206,11 @@ async def connect_upstream(
                 timeout=ClientWSTimeout(ws_receive=None, ws_close=settings.close_timeout_seconds),
             )
     except TimeoutError:
-        raise refusals.UPSTREAM_TIMEOUT from None
+        raise refusals.upstream_timeout() from None
     except aiohttp.WSServerHandshakeError as exc:
         raise _classify(exc.status, holder.body) from None
     except (aiohttp.ClientError, OSError):
-        raise refusals.UPSTREAM_UNAVAILABLE from None
+        raise refusals.upstream_unavailable() from None
     finally:
         _REFUSAL_BODY.reset(reset)
     metrics.upstream_connect.labels(provider.name).observe(time.monotonic() - started)
@@ -219,7 +219,7 @@ async def connect_upstream(
 
 def _classify(status: int, body: bytes) -> Refusal:
     if status in (401, 403):
-        return refusals.UPSTREAM_AUTH_FAILED
+        return refusals.upstream_auth_failed()
     if 400 <= status < 500:
         return refusals.upstream_rejected(status, body.decode("utf-8", "replace"))
-    return refusals.UPSTREAM_UNAVAILABLE
+    return refusals.upstream_unavailable()

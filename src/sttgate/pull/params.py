@@ -18,15 +18,11 @@ from typing import Any
 from urllib.parse import quote
 
 from sttgate.core.params import query_values, with_defaults
-from sttgate.core.refusals import Refusal
+from sttgate.core.refusals import invalid_request
 from sttgate.providers import Provider
 
 # Body fields the gateway reads itself; never forwarded (api_key/token: a credential never reaches the provider).
 RESERVED = frozenset({"audio_url", "callback_url", "provider", "api_key", "token"})
-
-
-def invalid_request(message: str) -> Refusal:
-    return Refusal(400, "invalid_request", message)
 
 
 @dataclass(frozen=True)

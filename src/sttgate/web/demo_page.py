@@ -12,7 +12,7 @@ from aiohttp import web
 
 from sttgate.admin import isoformat
 from sttgate.core.money import cycle_price_nanos, format_usd
-from sttgate.core.refusals import STREAMING_NOT_ENABLED, Refusal, invalid_provider
+from sttgate.core.refusals import demo_not_configured, invalid_provider, streaming_not_enabled
 from sttgate.providers import PROVIDERS, get_provider, names
 from sttgate.web.services import SERVICES
 from sttgate.web.tokens import json_object, provider_argument, token_response
@@ -21,9 +21,6 @@ DEMO_TOKEN_SECONDS = 60
 DEMO_FILES = {"demo.js", "demo.css", "pcm-worklet.js"}
 # The page talks to its own origin only.
 DEMO_CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'"
-DEMO_NOT_CONFIGURED = Refusal(
-    503, "demo_not_configured", "The demo page has no valid demo API key (STTGATE_DEMO_API_KEY)."
-)
 
 
 def setup(app: web.Application) -> None:
@@ -100,9 +97,9 @@ async def demo_token(request: web.Request) -> web.Response:
     demo_key = settings.demo_api_key.get_secret_value()
     principal = await store.authenticate(demo_key) if demo_key else None
     if principal is None:
-        raise DEMO_NOT_CONFIGURED
+        raise demo_not_configured()
     if not principal.streaming_enabled:
-        raise STREAMING_NOT_ENABLED
+        raise streaming_not_enabled()
     minted = await store.mint_token(principal.account_id, DEMO_TOKEN_SECONDS, provider.name)
     rate = settings.provider(provider.name).rate
     return token_response(

@@ -16,18 +16,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from sttgate.core.outcomes import ClosedBy
-from sttgate.core.refusals import Refusal
+from sttgate.core.outcomes import ClosedBy, SessionKind
+from sttgate.core.refusals import invalid_request, task_not_found
 from sttgate.gateway.opening import principal_for, resolve_provider
 from sttgate.pull.documents import task_document
 from sttgate.pull.manager import PullManager
-from sttgate.pull.params import encode_params, invalid_request, parse_body, pull_query
+from sttgate.pull.params import encode_params, parse_body, pull_query
 from sttgate.pull.urlsafety import check_audio_url, check_callback_url
 from sttgate.store import Principal
 from sttgate.web.credentials import credential_from_request
 from sttgate.web.services import SERVICES
 
-TASK_NOT_FOUND = Refusal(404, "task_not_found", "No such task for this account.")
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -62,7 +61,7 @@ async def start_task(request: web.Request) -> web.Response:
     callback = await check_callback_url(body.callback_url, allow_private=settings.pull_allow_private)
     forwarded = pull_query(provider, encode_params(body.params))
     task_id = str(uuid.uuid4())
-    live = await svc.open_stream(principal, provider, forwarded, kind="pull", session_id=task_id)
+    live = await svc.open_stream(principal, provider, forwarded, kind=SessionKind.PULL, session_id=task_id)
     try:
         secret = await svc.store.webhook_secret(principal.account_id)
         await svc.store.tasks.insert_task(
@@ -91,7 +90,7 @@ async def stop_task(request: web.Request) -> web.Response:
         raise invalid_request('The request body must be a JSON object with "task_id".')
     status = await svc.store.tasks.request_stop(task_id, principal.account_id)
     if status is None:
-        raise TASK_NOT_FOUND
+        raise task_not_found()
     svc.pull.stop_local(task_id)
     return success({"task_id": task_id, "status": status})
 
@@ -102,7 +101,7 @@ async def get_task(request: web.Request) -> web.Response:
     principal = await _principal(request)
     row = await svc.store.tasks.get(request.match_info["task_id"], principal.account_id)
     if row is None:
-        raise TASK_NOT_FOUND
+        raise task_not_found()
     return success(task_document(row))
 
 

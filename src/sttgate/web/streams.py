@@ -22,7 +22,6 @@ from sttgate.core import closecodes, refusals
 from sttgate.core.closing import decide
 from sttgate.core.outcomes import Outcome
 from sttgate.core.params import split_query
-from sttgate.core.refusals import Refusal
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.opening import authorize
 from sttgate.gateway.relay import relay
@@ -30,8 +29,6 @@ from sttgate.gateway.upstream import AiohttpLink
 from sttgate.providers import PROVIDERS, Provider
 from sttgate.web.credentials import credential_from_request, raw_query
 from sttgate.web.services import SERVICES
-
-UPGRADE_REQUIRED = Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
 
 
 class ClientSocket(web.WebSocketResponse):
@@ -83,10 +80,10 @@ async def serve_stream(
     relayed session."""
     svc = request.app[SERVICES]
     if svc.sessions.draining:
-        raise refusals.SERVICE_DRAINING
+        raise refusals.service_draining()
     principal, provider = await authorize(svc.store, key, token, provider_name)
     if not web.WebSocketResponse().can_prepare(request).ok:
-        raise UPGRADE_REQUIRED
+        raise refusals.upgrade_required()
     live = await svc.open_stream(principal, provider, forwarded)
     return await accept_and_relay(request, live)
 

@@ -15,11 +15,11 @@ from aiohttp import web
 from sttgate.admin import isoformat
 from sttgate.config import Settings
 from sttgate.core.refusals import (
-    INVALID_API_KEY,
-    MISSING_API_KEY,
-    STREAMING_NOT_ENABLED,
-    Refusal,
+    invalid_api_key,
     invalid_provider,
+    invalid_request,
+    missing_api_key,
+    streaming_not_enabled,
 )
 from sttgate.providers import PROVIDERS, Provider, get_provider, names
 from sttgate.providers.base import MintRequest, TokenMint, bearer_or_raw
@@ -29,10 +29,6 @@ from sttgate.web.services import SERVICES
 
 # A token asked for without a lifetime lives this long: enough to open a socket, short enough to be harmless.
 DEFAULT_TOKEN_SECONDS = 60
-
-
-def invalid_request(message: str) -> Refusal:
-    return Refusal(400, "invalid_request", message)
 
 
 def setup(app: web.Application) -> None:
@@ -53,12 +49,12 @@ async def _authenticate(store: Store, credential: str | None) -> Principal:
     """The account behind the key; tokens cannot mint tokens. Refusals in the order of
     docs/contract.md#refusals-on-other-routes."""
     if credential is None:
-        raise MISSING_API_KEY
+        raise missing_api_key()
     principal = await store.authenticate(credential)
     if principal is None:
-        raise INVALID_API_KEY
+        raise invalid_api_key()
     if not principal.streaming_enabled:
-        raise STREAMING_NOT_ENABLED
+        raise streaming_not_enabled()
     return principal
 
 

@@ -23,14 +23,14 @@ async def usage(request: web.Request) -> web.Response:
     store = request.app[SERVICES].store
     key = credential_from_request(request, request.query.get("api_key"))
     if not key:
-        raise refusals.MISSING_API_KEY
+        raise refusals.missing_api_key()
     principal = await store.authenticate(key)
     if principal is None:
-        raise refusals.INVALID_API_KEY
+        raise refusals.invalid_api_key()
     try:
         since, until = (_timestamp(request.query.get(name)) for name in ("since", "until"))
     except ValueError as exc:
-        raise refusals.Refusal(400, "invalid_request", str(exc)) from None
+        raise refusals.invalid_request(str(exc)) from None
     document = await store.usage(principal.account_id, since, until)
     return web.json_response(usage_document(document, names()))
 
