@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from sttgate.config import Settings
+from sttgate.core.outcomes import SessionKind
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
@@ -75,7 +76,7 @@ class Services:
         provider: Provider,
         forwarded: str,
         *,
-        kind: str = "websocket",
+        kind: SessionKind = SessionKind.WEBSOCKET,
         session_id: str | None = None,
     ) -> LiveSession:
         """:func:`sttgate.gateway.opening.open_stream` with this app's session manager and upstream HTTP session."""
