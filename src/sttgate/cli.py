@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -155,7 +155,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 # --- running against the store ------------------------------------------------------------------------------------
 
 
-def _run(settings: Settings, make: Callable[[], Awaitable[Any]]) -> Any:
+def _run(settings: Settings, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     """Run one coroutine; store and database errors become CommandError."""
     from sqlalchemy.exc import SQLAlchemyError
 
