@@ -1,4 +1,4 @@
-"""SPEC §4 through the gateway and the emulators: exact bills, prepaid debits, the cut-off, durability."""
+"""docs/billing.md through the gateway and the emulators: exact bills, prepaid debits, the cut-off, durability."""
 
 from __future__ import annotations
 

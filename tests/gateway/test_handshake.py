@@ -1,5 +1,5 @@
-"""SPEC §3 handshake: every refusal is an HTTP status with a JSON body before any upgrade; the 101 follows the
-provider's own 101 and carries X-Session-Id."""
+"""The push handshake (docs/contract.md#refusals): every refusal is an HTTP status with a JSON body before any upgrade;
+the 101 follows the provider's own 101 and carries X-Session-Id."""
 
 from __future__ import annotations
 

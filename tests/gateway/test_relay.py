@@ -1,4 +1,5 @@
-"""SPEC §3 forwarding, relay and close codes, end to end: client ↔ gateway ↔ emulator over real sockets."""
+"""Forwarding, relay and close codes (docs/contract.md#relay), end to end: client ↔ gateway ↔ emulator over real
+sockets."""
 
 from __future__ import annotations
 
