@@ -84,7 +84,7 @@ async def _stream(
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             event = json.loads(msg.data)
-            final = _print_event(name, event, shown)
+            final = _print_event(provider, event, shown)
             if final is not None:
                 finals.append(final)
             # A provider that does not close after its end frames: close once it acknowledged them.
@@ -95,31 +95,25 @@ async def _stream(
     return finals
 
 
-def _print_event(provider: str, event: dict[str, Any], shown: dict[str, str]) -> str | None:
+def _print_event(provider: Provider, event: dict[str, Any], shown: dict[str, str]) -> str | None:
     """Show a provider message the way a captioning app would; return the text of a final transcript.
 
-    ``shown`` holds the last partial printed, so that repeated partials are shown once."""
-    kind = event.get("type") or event.get("message_type")
-    if kind == "Turn":
-        text = event.get("transcript", "")
-        if event.get("end_of_turn") and (event.get("turn_is_formatted") or not text):
-            print(f"[{provider}] final   : {text}")
+    The provider says which messages are transcripts (``Provider.caption``); ``shown`` holds the last partial
+    printed, so that repeated partials are shown once."""
+    name = provider.name
+    caption = provider.caption(event)
+    if caption is not None:
+        kind, text = caption
+        if kind == "final":
+            print(f"[{name}] final   : {text}")
             return text
-        if not event.get("end_of_turn") and text and shown.get("partial") != text:
-            shown["partial"] = text
-            print(f"[{provider}] partial : {text}")
-    elif kind == "partial_transcript":
-        text = event.get("text", "")
         if text and shown.get("partial") != text:
             shown["partial"] = text
-            print(f"[{provider}] partial : {text}")
-    elif kind == "committed_transcript":
-        print(f"[{provider}] final   : {event.get('text', '')}")
-        return str(event.get("text", ""))
-    elif kind in ("Begin", "session_started", "Termination"):
-        print(f"[{provider}] {kind}")
+            print(f"[{name}] partial : {text}")
     elif "error" in event:
-        print(f"[{provider}] error: {event}")
+        print(f"[{name}] error: {event}")
+    elif isinstance(label := event.get("type") or event.get("message_type"), str):
+        print(f"[{name}] {label}")
     return None
 
 

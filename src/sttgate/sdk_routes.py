@@ -81,12 +81,19 @@ def _provider_stream(provider: Provider) -> Callable[[web.Request], Awaitable[we
     A ``provider``/``api_key``/``token`` query pair is consumed like on ``/ws/v2/audio-stream`` and never forwarded.
     """
     assert provider.sdk is not None
-    credential = provider.sdk.credential
+    credential, subprotocols = provider.sdk.credential, provider.sdk.subprotocols
 
     async def provider_stream(request: web.Request) -> web.StreamResponse:
         query = split_query(raw_query(request))
         key, token = credential(request.headers, query.token)
-        return await serve_stream(request, provider_name=provider.name, key=key, token=token, forwarded=query.forwarded)
+        return await serve_stream(
+            request,
+            provider_name=provider.name,
+            key=key,
+            token=token,
+            forwarded=query.forwarded,
+            protocols=subprotocols,
+        )
 
     return provider_stream
 
@@ -187,6 +194,7 @@ def _provider_mint(provider: Provider, mint: TokenMint) -> Callable[[web.Request
             MintRequest(
                 path_params=request.match_info,
                 query=request.query,
+                body=await _json_object(request) if mint.reads_body else {},
                 lifetime=lambda value: _lifetime(value, settings),
                 max_seconds=min(settings.token_max_seconds, MAX_SECONDS),
             )

@@ -1,6 +1,7 @@
-"""Local emulators of ElevenLabs Scribe realtime and AssemblyAI Universal Streaming v3 (docs/contract.md#emulators).
+"""Local emulators of ElevenLabs Scribe realtime, AssemblyAI Universal Streaming v3 and Deepgram live streaming
+(docs/contract.md#emulators).
 
-One aiohttp application serves both providers on one port, at their real paths:
+One aiohttp application serves every provider on one port, at their real paths:
 
 ================================================  ===============================================
 ``GET  /v1/speech-to-text/realtime``              ElevenLabs WebSocket (also ``…/realtime-beta``,
@@ -8,16 +9,18 @@ One aiohttp application serves both providers on one port, at their real paths:
 ``POST /v1/single-use-token/{token_type}``        ElevenLabs single-use token (``xi-api-key``)
 ``GET  /v3/ws`` (and any path ending in ``/v3/ws``) AssemblyAI WebSocket
 ``GET  /v3/token?expires_in_seconds=N``           AssemblyAI temporary token (``Authorization``)
+``GET  /v1/listen`` (and under any path prefix)   Deepgram WebSocket (credential checked before the 101)
+``POST /v1/auth/grant``                           Deepgram temporary token (``Authorization: Token``)
 ``GET  /_emulator/sessions``                      every recorded session as JSON (no payloads)
 ``GET  /_emulator/sessions/{seq}[?payloads=1]``   one session (payloads: text as is, binary hex)
 ``DELETE /_emulator/sessions``                    forget all recorded sessions
 ``GET  /_emulator/health``                        ``{"status": "ok"}``
 ================================================  ===============================================
 
-API keys: ``emulator-elevenlabs-key`` and ``emulator-assemblyai-key`` unless :class:`EmulatorConfig`
-says otherwise. Each provider's behaviour, and the guesses made where its protocol document is silent,
-are described in :mod:`.elevenlabs` and :mod:`.assemblyai`; the word generator in :mod:`.transcriber`
-(one word per 0.3 s of voiced audio, NATO alphabet in order: ``alpha bravo charlie …``).
+API keys: ``emulator-elevenlabs-key``, ``emulator-assemblyai-key`` and ``emulator-deepgram-key`` unless
+:class:`EmulatorConfig` says otherwise. Each provider's behaviour, and the guesses made where its protocol document
+is silent, are described in :mod:`.elevenlabs`, :mod:`.assemblyai` and :mod:`.deepgram`; the word generator in
+:mod:`.transcriber` (one word per 0.3 s of voiced audio, NATO alphabet in order: ``alpha bravo charlie …``).
 
 Tokens: ElevenLabs tokens (``sutkn_…``) expire after 15 minutes and are consumed on first use.
 AssemblyAI tokens must be used within ``expires_in_seconds``, cap the session at
@@ -101,6 +104,7 @@ from aiohttp import web
 
 from .assemblyai import ASSEMBLYAI
 from .base import BaseSession, Emulator
+from .deepgram import DEEPGRAM
 from .elevenlabs import ELEVENLABS
 from .recorder import RECORDER, Recorder
 from .tokens import TokenStore
@@ -117,6 +121,7 @@ class EmulatorConfig:
     # Accepted API keys per provider (any iterable of strings, or one string; kept as a tuple).
     elevenlabs_api_keys: tuple[str, ...] = ("emulator-elevenlabs-key",)
     assemblyai_api_keys: tuple[str, ...] = ("emulator-assemblyai-key",)
+    deepgram_api_keys: tuple[str, ...] = ("emulator-deepgram-key",)
 
     # Both providers.
     fault_injection: bool = True  # honour emu_* query parameters
@@ -156,17 +161,26 @@ class EmulatorConfig:
     assemblyai_accept_bearer: bool = False  # accept "Authorization: Bearer <key>" too
     assemblyai_inactivity_timeout_seconds: float | None = None  # when the client sets none (real: none)
 
+    # Deepgram (see .deepgram).
+    deepgram_idle_timeout_seconds: float | None = 10.0  # no client frame → Metadata + close 1011 NET-0001
+    deepgram_max_concurrent: int = 50  # open sessions per credential; more → HTTP 429
+    deepgram_pacing: str = "ignore"  # "close": audio above 1.25x real time (+2 s) → close 1011
+    deepgram_empty_frame_closes: bool = False  # legacy: a zero-length binary frame is CloseStream
+
     def __post_init__(self) -> None:
         if isinstance(self.elevenlabs_api_keys, str):
             self.elevenlabs_api_keys = (self.elevenlabs_api_keys,)
         if isinstance(self.assemblyai_api_keys, str):
             self.assemblyai_api_keys = (self.assemblyai_api_keys,)
+        if isinstance(self.deepgram_api_keys, str):
+            self.deepgram_api_keys = (self.deepgram_api_keys,)
         self.elevenlabs_api_keys = tuple(self.elevenlabs_api_keys)
         self.assemblyai_api_keys = tuple(self.assemblyai_api_keys)
+        self.deepgram_api_keys = tuple(self.deepgram_api_keys)
 
 
 # The emulated providers, one line each, by the provider's name in the gateway.
-EMULATORS: dict[str, Emulator] = {emulator.name: emulator for emulator in (ELEVENLABS, ASSEMBLYAI)}
+EMULATORS: dict[str, Emulator] = {emulator.name: emulator for emulator in (ELEVENLABS, ASSEMBLYAI, DEEPGRAM)}
 
 CONFIG: web.AppKey[EmulatorConfig] = web.AppKey("sttgate_emulator_config", EmulatorConfig)
 TOKENS: web.AppKey[TokenStore] = web.AppKey("sttgate_emulator_tokens", TokenStore)

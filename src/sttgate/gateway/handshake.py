@@ -208,8 +208,11 @@ async def _take_slot_and_connect(
         raise
 
 
-async def accept_and_relay(request: web.Request, live: LiveSession) -> web.StreamResponse:
-    """Accept the client's upgrade (101 with ``X-Session-Id``), relay until both hops close, record the end."""
+async def accept_and_relay(
+    request: web.Request, live: LiveSession, protocols: tuple[str, ...] = ()
+) -> web.StreamResponse:
+    """Accept the client's upgrade (101 with ``X-Session-Id``, and the first of ``protocols`` the client offered),
+    relay until both hops close, record the end."""
     settings = request.app[SETTINGS]
     client = ClientSocket(
         compress=False,
@@ -219,6 +222,7 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
         max_msg_size=settings.max_frame_bytes + 1,
         decode_text=False,
         timeout=close_timeout(request.app),
+        protocols=protocols,
     )
     client.headers["X-Session-Id"] = live.id
     try:
@@ -234,11 +238,18 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
 
 
 async def serve_stream(
-    request: web.Request, *, provider_name: str | None, key: str | None, token: str | None, forwarded: str
+    request: web.Request,
+    *,
+    provider_name: str | None,
+    key: str | None,
+    token: str | None,
+    forwarded: str,
+    protocols: tuple[str, ...] = (),
 ) -> web.StreamResponse:
     """Everything after reading the request: refusals as HTTP responses, else the accepted and relayed session.
 
-    Provider-shaped routes (SPEC §3b) read their credential their own way and call this.
+    Provider-shaped routes (SPEC §3b) read their credential their own way and call this; ``protocols`` are the
+    subprotocols their SDK may offer (``SdkShape.subprotocols``).
     """
     app = request.app
     try:
@@ -250,7 +261,7 @@ async def serve_stream(
         live = await open_stream(app, principal, provider, forwarded)
     except Refusal as refusal:
         return refuse(app, refusal)
-    return await accept_and_relay(request, live)
+    return await accept_and_relay(request, live, protocols)
 
 
 async def audio_stream(request: web.Request) -> web.StreamResponse:

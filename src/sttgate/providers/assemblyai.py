@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
+from typing import Any, Literal
 
 from sttgate.core.metering import AudioFormat, BinaryMeter, Meter
 from sttgate.core.params import positive_int, query_values
@@ -88,6 +89,17 @@ class AssemblyAI(Provider):
     demo_params = (("format_turns", "true"),)
     page_label = "AssemblyAI Universal Streaming"
     page_script = "assemblyai.js"
+
+    def caption(self, message: Mapping[str, Any]) -> tuple[Literal["partial", "final"], str] | None:
+        """A ``Turn``: the end of turn once formatted (or empty), else its words so far."""
+        if message.get("type") != "Turn":
+            return None
+        text = str(message.get("transcript", ""))
+        if not message.get("end_of_turn"):
+            return "partial", text
+        if message.get("turn_is_formatted") or not text:
+            return "final", text
+        return "partial", ""  # the unformatted end of turn: the formatted one follows
 
     def credential_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": api_key}

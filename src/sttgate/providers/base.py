@@ -41,6 +41,8 @@ class MintRequest:
 
     path_params: Mapping[str, str]
     query: Mapping[str, str]
+    # The JSON object body, for mints with ``reads_body`` (else empty).
+    body: Mapping[str, Any]
     # The gateway's lifetime rule: a value (str or int) → whole seconds within its limits, else a 400 refusal.
     lifetime: Callable[[Any], int]
     # The longest lifetime the gateway grants.
@@ -56,6 +58,9 @@ class TokenMint:
     key: Callable[[Mapping[str, str]], str | None]  # the account's key from the request headers
     seconds: Callable[[MintRequest], int]  # the token's lifetime; raises ``Refusal`` on a bad request
     body: Callable[[str, int], dict[str, Any]]  # (token, seconds) → the JSON answer
+    # Whether the request's body is a JSON object the mint reads (``MintRequest.body``; a body that is not one is
+    # refused 400); other mints ignore their body.
+    reads_body: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ class SdkShape:
     # (request headers, ``?token=`` value) → (api key, token); at most one of them is used.
     credential: Callable[[Mapping[str, str], str | None], tuple[str | None, str | None]]
     token_mints: tuple[TokenMint, ...] = field(default=())
+    # Subprotocols the route accepts as a credential carrier (a browser cannot set headers, so it offers e.g.
+    # ``token, <key>``): the first one the client offers is echoed in the 101, as browsers require.
+    subprotocols: tuple[str, ...] = ()
 
 
 def bearer_or_raw(value: str | None) -> str | None:
@@ -165,6 +173,11 @@ class Provider(ABC):
             "path": self.sdk.stream_path.lstrip("/"),
             "script": f"provider-{self.name}.js",
         }
+
+    def caption(self, message: Mapping[str, Any]) -> tuple[Literal["partial", "final"], str] | None:
+        """What a captioning client (``sttgate demo``) shows for a provider message: a partial or final transcript's
+        text (``""``: a transcript message with nothing new to show), or ``None`` for any other message."""
+        return None
 
     @abstractmethod
     def credential_headers(self, api_key: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
+from typing import Any, Literal
 
 from sttgate.core.metering import AudioFormat, ChunkMeter, Meter, base64_decoded_length, ticks_per_second
 from sttgate.core.params import positive_int, query_values
@@ -199,6 +200,14 @@ class ElevenLabs(Provider):
     demo_params = (("commit_strategy", "manual"),)
     page_label = "ElevenLabs Scribe realtime"
     page_script = "elevenlabs.js"
+
+    def caption(self, message: Mapping[str, Any]) -> tuple[Literal["partial", "final"], str] | None:
+        kind = message.get("message_type")
+        if kind == "partial_transcript":
+            return "partial", str(message.get("text", ""))
+        if kind == "committed_transcript":
+            return "final", str(message.get("text", ""))
+        return None
 
     def credential_headers(self, api_key: str) -> dict[str, str]:
         return {"xi-api-key": api_key}
