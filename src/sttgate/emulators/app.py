@@ -42,7 +42,8 @@ HTTP 400 ``{"error": {"code": "invalid_emulator_parameter", …}}``. Booleans: `
     Wait N ms before answering the upgrade (also before a refusal).
 ``emu_handshake_status=S``
     Refuse the upgrade with HTTP status S and a JSON body (``{"error": "…"}``; ``emu_error_message``
-    sets the text). The session is recorded with ``closed_by="refused"``.
+    sets the text; Deepgram: its ``{"err_code", "err_msg", "request_id"}`` body and a ``dg-error`` header).
+    The session is recorded with ``closed_by="refused"``.
 ``emu_start_delay_ms=N``
     Wait N ms after the 101 before ``session_started`` / ``Begin`` (frames received meanwhile are
     processed afterwards). AssemblyAI's default is ``EmulatorConfig.assemblyai_begin_delay_seconds``.
@@ -67,6 +68,10 @@ HTTP 400 ``{"error": {"code": "invalid_emulator_parameter", …}}``. Booleans: `
     ``3007``/``input_duration``/``rate_exceeded``, ``3008``/``session_expired``,
     ``3009``/``too_many_sessions``; any other number is sent as is. 1008 and 3009 replace ``Begin``,
     the others follow it. ``Error`` frame, then close with the same code (legacy mode maps codes).
+
+    Deepgram: ``net0001``/``idle`` and ``net0000`` (``Metadata``, then close 1011 with the NET-0001 sentence /
+    ``NET-0000``), ``data0000`` (close 1008 ``DATA-0000``), ``schema`` (an ``Error`` frame, the session stays open),
+    any other number (close with it).
 ``emu_error_message=TEXT``
     The error text instead of the default one.
 ``emu_error_after_frames=N`` / ``emu_error_after_seconds=S``
@@ -75,12 +80,14 @@ HTTP 400 ``{"error": {"code": "invalid_emulator_parameter", …}}``. Booleans: `
     Whether the injected error closes the session (defaults: as described above). ``emu_close_code``
     and ``emu_close_reason`` override the close code/reason of an injected error.
 ``emu_rate_check=off``
-    AssemblyAI: skip the faster-than-real-time check (3007), so tests can push audio fast.
+    AssemblyAI: skip the faster-than-real-time check (3007), so tests can push audio fast. Deepgram (off by default):
+    ``on`` closes 1011 on audio faster than 1.25x real time plus 2 s.
 ``emu_legacy_codes=1``
     AssemblyAI: pre-2026-02 codes (3006/3007/3008 → 3005, 3009 → 1008).
 ``emu_idle_timeout_seconds=S``
     ElevenLabs: idle timeout (``insufficient_audio_activity``) for this session. AssemblyAI: an
-    inactivity timeout for this session, also below the API's 5 s minimum of ``inactivity_timeout``.
+    inactivity timeout for this session, also below the API's 5 s minimum of ``inactivity_timeout``. Deepgram: the
+    no-frame timeout (default 10 s; then ``Metadata`` and close 1011 NET-0001).
 ``emu_max_session_seconds=S``
     AssemblyAI: session cap (``expires_at``; then ``Termination``, Error 3008, close 3008).
     ElevenLabs: ``session_time_limit_exceeded`` after S seconds.
@@ -237,7 +244,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def create_app(config: EmulatorConfig | None = None) -> web.Application:
-    """The emulator application (both providers, token endpoints, recorder endpoints)."""
+    """The emulator application (every provider, token endpoints, recorder endpoints)."""
     config = config or EmulatorConfig()
     app = web.Application()
     app[CONFIG] = config

@@ -1,4 +1,4 @@
-"""Machinery shared by both provider emulators: handshake faults, the per-session receive loop with
+"""Machinery shared by the provider emulators: handshake faults, the per-session receive loop with
 deadlines (one task per session, no extra timer tasks), recording, echo mode, closing and dropping."""
 
 from __future__ import annotations
