@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_config
     )
 
-    emulate = commands.add_parser("emulate", parents=[plain], help="serve local emulators of both providers")
+    emulate = commands.add_parser("emulate", parents=[plain], help="serve local emulators of every provider")
     emulate.add_argument("--host", default="127.0.0.1")
     emulate.add_argument("--port", type=int, default=8090)
     emulate.set_defaults(handler=_emulate)

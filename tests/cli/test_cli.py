@@ -153,6 +153,7 @@ def test_usage_document(run: Run) -> None:
         "totals": {
             "elevenlabs": {"sessions": 0, "audio_seconds": 0.0, "billed_seconds": 0, "cost_usd": "0"},
             "assemblyai": {"sessions": 0, "audio_seconds": 0.0, "billed_seconds": 0, "cost_usd": "0"},
+            "deepgram": {"sessions": 0, "audio_seconds": 0.0, "billed_seconds": 0, "cost_usd": "0"},
         },
         "sessions": [],
     }
@@ -220,7 +221,11 @@ def test_database_error_is_a_message(run: Run, tmp_path: Path) -> None:
 
 
 def test_config_masks_secrets(run: Run, tmp_path: Path) -> None:
-    env = {"ASSEMBLYAI_API_KEY": "aai-secret-value-1234", "ELEVENLABS_API_KEY": "xi-secret-value-5678"}
+    env = {
+        "ASSEMBLYAI_API_KEY": "aai-secret-value-1234",
+        "ELEVENLABS_API_KEY": "xi-secret-value-5678",
+        "DEEPGRAM_API_KEY": "dg-secret-value-9012",
+    }
     result = run(
         "config",
         "--json",
@@ -234,6 +239,8 @@ def test_config_masks_secrets(run: Run, tmp_path: Path) -> None:
     assert "hunter2" not in result.stdout
     assert config["assemblyai_api_key"] == "****1234"
     assert config["elevenlabs_api_key"] == "****5678"
+    assert config["deepgram_api_key"] == "****9012" and "dg-secret-value" not in result.stdout
+    assert (config["deepgram_url"], config["rate_deepgram"]) == ("wss://api.deepgram.com/v1/listen", "0.462")
     assert config["database_url"] == "postgresql://gw:****@db.internal/sttgate"
 
     human = run("config", with_db=False, extra_env=env)

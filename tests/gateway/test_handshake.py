@@ -58,12 +58,12 @@ async def test_missing_and_invalid_provider_are_400_listing_valid_ones(gateway, 
     acct = await account()
     status, body, _ = await handshake(gw.ws_url(f"api_key={acct.key}"))
     assert (status, error(body)[0]) == (400, "missing_provider")
-    for name in ("AssemblyAI", "deepgram", ""):
+    for name in ("AssemblyAI", "Deepgram", "openai", ""):
         status, body, _ = await handshake(gw.ws_url(f"provider={name}&api_key={acct.key}"))
         assert status == 400
         code, message = error(body)
         assert code == ("missing_provider" if name == "" else "invalid_provider")
-        assert "elevenlabs" in message and "assemblyai" in message
+        assert "elevenlabs" in message and "assemblyai" in message and "deepgram" in message
 
 
 async def test_key_is_checked_before_provider(gateway):

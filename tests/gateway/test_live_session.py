@@ -23,12 +23,16 @@ async def collect(messages) -> list:
     return [m async for m in messages]
 
 
-@pytest.mark.parametrize("provider_name", ["assemblyai", "elevenlabs"])
+@pytest.mark.parametrize("provider_name", ["assemblyai", "elevenlabs", "deepgram"])
 async def test_feed_audio_read_messages_finish_and_end(gateway, account, store, provider_name):
     gw = await gateway()
     acct = await account()
     provider = get_provider(provider_name)
-    params = "sample_rate=16000&emu_rate_check=off" if provider_name == "assemblyai" else "audio_format=pcm_16000"
+    params = {
+        "assemblyai": "sample_rate=16000&emu_rate_check=off",
+        "elevenlabs": "audio_format=pcm_16000",
+        "deepgram": "encoding=linear16&sample_rate=16000",
+    }[provider_name]
     live = await gw.app[SERVICES].open_stream(await principal(gw, acct.key), provider, params, kind="pull")
     try:
         reader = asyncio.create_task(collect(live.messages()))
@@ -41,6 +45,8 @@ async def test_feed_audio_read_messages_finish_and_end(gateway, account, store, 
     last = json.loads(messages[-1])
     if provider_name == "assemblyai":
         assert last["type"] == "Termination"
+    elif provider_name == "deepgram":
+        assert last["type"] == "Metadata" and last["duration"] == 6.0
     else:
         assert last["message_type"] == "committed_transcript"
     session = (await Admin(store, names()).usage(acct.id))["sessions"][0]

@@ -11,14 +11,16 @@ from sttgate.core.params import split_query
 from sttgate.emulators.app import EMULATORS
 from sttgate.providers import PROVIDERS, get_provider
 from sttgate.providers.assemblyai import ASSEMBLYAI
+from sttgate.providers.deepgram import DEEPGRAM
 from sttgate.providers.elevenlabs import ELEVENLABS, parse_chunk
 
 
 def test_registry_is_exact_and_lower_case() -> None:
-    assert set(PROVIDERS) == {"elevenlabs", "assemblyai"}
+    assert set(PROVIDERS) == {"elevenlabs", "assemblyai", "deepgram"}
     assert get_provider("elevenlabs") is ELEVENLABS
     assert get_provider("assemblyai") is ASSEMBLYAI
-    for name in ("ElevenLabs", "ASSEMBLYAI", " assemblyai", "deepgram", ""):
+    assert get_provider("deepgram") is DEEPGRAM
+    for name in ("ElevenLabs", "ASSEMBLYAI", " assemblyai", "Deepgram", ""):
         assert get_provider(name) is None
 
 

@@ -82,7 +82,7 @@ async def _usage(gw, key: str) -> dict:
 
 
 def test_settings_follow_the_registry(fakeprov, monkeypatch) -> None:
-    assert names() == ("elevenlabs", "assemblyai", "fakeprov")
+    assert names() == ("elevenlabs", "assemblyai", "deepgram", "fakeprov")
     defaults = Settings().provider("fakeprov")
     assert (defaults.url, defaults.api_key.get_secret_value(), defaults.rate) == (FakeProv.default_url, "", RATE)
     monkeypatch.setenv("STTGATE_FAKEPROV_URL", "ws://env/v3/ws")
@@ -138,7 +138,7 @@ async def test_refusals_list_it_and_its_drop_in_route_exists(fakeprov, gateway, 
     ):
         status, body, _ = await handshake(gw.ws_url(query))
         assert (status, body["error"]["code"]) == (400, code)
-        assert body["error"]["message"].endswith("valid providers: elevenlabs, assemblyai, fakeprov.")
+        assert body["error"]["message"].endswith("valid providers: elevenlabs, assemblyai, deepgram, fakeprov.")
     status, body, headers = await handshake(
         f"{gw.http_url}/fakeprov/v1/listen?emu_echo=1", {"Authorization": f"Bearer {acct.key}"}
     )

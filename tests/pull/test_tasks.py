@@ -65,7 +65,7 @@ async def rtmp_publisher(ffmpeg: str, seconds: int) -> AsyncIterator[str]:
         await proc.wait()
 
 
-@pytest.mark.parametrize("provider", ["assemblyai", "elevenlabs"])
+@pytest.mark.parametrize("provider", ["assemblyai", "elevenlabs", "deepgram"])
 @pytest.mark.parametrize("kind", ["http", "hls", "rtmp", "rtsp"])
 async def test_source_to_webhooks(
     pull_gateway, account, store, ffmpeg_exe, media_server, receiver, provider, kind

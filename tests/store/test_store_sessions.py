@@ -321,6 +321,7 @@ async def test_usage_document(store: Store) -> None:
     assert doc["totals"] == {
         "assemblyai": {"sessions": 1, "audio_seconds": 12.0, "billed_seconds": 15, "cost_usd": "0.000624999"},
         "elevenlabs": {"sessions": 1, "audio_seconds": 0.0, "billed_seconds": 0, "cost_usd": "0"},
+        "deepgram": {"sessions": 0, "audio_seconds": 0.0, "billed_seconds": 0, "cost_usd": "0"},
     }
     first, second = doc["sessions"]
     assert first["id"] == empty and first["ended_at"] is None and first["kind"] == "pull"

@@ -50,7 +50,7 @@ async def _ended_session(gw: AccountGateway) -> dict[str, Any]:
             await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize("provider", ["assemblyai", "elevenlabs"])
+@pytest.mark.parametrize("provider", ["assemblyai", "elevenlabs", "deepgram"])
 async def test_page_transcribes_the_microphone(
     emulator: EmulatorServer,
     page_gateway: Callable[..., Awaitable[AccountGateway]],
@@ -72,9 +72,10 @@ async def test_page_transcribes_the_microphone(
 
     # The running cost the page showed is the bill: same audio, same cycles, same price.
     session = await _ended_session(gw)
-    # AssemblyAI closes after Termination; with ElevenLabs the page closes once its final commit is answered.
+    # AssemblyAI closes after Termination and Deepgram after Metadata; with ElevenLabs the page closes once its final
+    # commit is answered.
     assert session["provider"] == provider and session["close_code"] == 1000
-    assert session["closed_by"] == {"assemblyai": "upstream", "elevenlabs": "client"}[provider]
+    assert session["closed_by"] == {"assemblyai": "upstream", "elevenlabs": "client", "deepgram": "upstream"}[provider]
     page_nanos = int(await page.evaluate("document.getElementById('cost').dataset.nanos"))
     assert page_nanos > 0 and format_usd(page_nanos) == session["cost_usd"]
     assert int(await page.evaluate("document.getElementById('cycles').textContent")) * 5 == session["billed_seconds"]

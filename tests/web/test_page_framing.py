@@ -91,6 +91,33 @@ async def _elevenlabs(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def _deepgram(request: web.Request) -> web.WebSocketResponse:
+    rec: Recorded = request.app[RECORDED]
+    rec.query = dict(request.query)
+    assert request.headers["Authorization"] == f"Token {OPERATOR_KEYS['deepgram']}"
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+
+    def results(final: bool) -> dict[str, object]:
+        text = f"heard {len(rec.pcm)} frames"
+        return {"type": "Results", "is_final": final, "channel": {"alternatives": [{"transcript": text}]}}
+
+    async for msg in ws:
+        if msg.type is aiohttp.WSMsgType.BINARY:
+            rec.kinds.append("binary")
+            rec.pcm.append(msg.data)
+            if len(rec.pcm) % 5 == 0:
+                await ws.send_json(results(final=len(rec.pcm) % 20 == 0))
+        elif msg.type is aiohttp.WSMsgType.TEXT:
+            rec.kinds.append("text")
+            rec.control.append(json.loads(msg.data))
+            await ws.send_json(results(final=True))
+            await ws.send_json({"type": "Metadata", "duration": len(rec.pcm) / 10, "channels": 1})
+            await ws.close(code=1000)
+    rec.close_code = ws.close_code
+    return ws
+
+
 RECORDED = web.AppKey("recorded", Recorded)
 
 
@@ -107,6 +134,7 @@ async def site(page_gateway: Callable[..., Awaitable[AccountGateway]]) -> AsyncI
     provider[RECORDED] = Recorded()
     provider.router.add_get(EMULATOR_PATHS["assemblyai"], _assemblyai)
     provider.router.add_get(EMULATOR_PATHS["elevenlabs"], _elevenlabs)
+    provider.router.add_get(EMULATOR_PATHS["deepgram"], _deepgram)
     async with serving(provider) as port:
         gw = await page_gateway(upstream=f"ws://127.0.0.1:{port}")
         yield Site(gw.url, provider[RECORDED])
@@ -158,6 +186,20 @@ async def test_elevenlabs_framing(site: Site, browser: Browser) -> None:
     assert max(_rms(f) for f in rec.pcm) > 500
     assert rec.close_code == 1000
     assert f"committed {len(rec.pcm)} chunks" in text
+
+
+async def test_deepgram_framing(site: Site, browser: Browser) -> None:
+    text = await _run(browser, site, "deepgram", "document.querySelector('#finals p.final')")
+    rec = site.recorded
+    assert (rec.query["encoding"], rec.query["sample_rate"], rec.query["model"]) == ("linear16", "16000", "nova-3")
+    assert "token" not in rec.query
+    # Binary 100 ms frames (the last one may be shorter), then CloseStream as the only text frame.
+    assert rec.kinds[-1] == "text" and set(rec.kinds[:-1]) == {"binary"}
+    assert rec.control == [{"type": "CloseStream"}]
+    assert all(len(f) == FRAME_BYTES for f in rec.pcm[:-1]) and 0 < len(rec.pcm[-1]) <= FRAME_BYTES
+    assert max(_rms(f) for f in rec.pcm) > 500
+    assert rec.close_code == 1000
+    assert "heard 20 frames" in text and f"heard {len(rec.pcm)} frames" in text
 
 
 def _tone_wav(path: Path, seconds: float = 3.0, rate: int = 44100) -> Path:

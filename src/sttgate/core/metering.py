@@ -114,12 +114,18 @@ class Meter:
 
 
 class BinaryMeter(Meter):
-    """Every binary frame is raw audio, metered by its length; text frames are control messages."""
+    """Every binary frame is raw audio, metered by its length; text frames are control messages.
+
+    Interleaved channels are one stream of audio (``bytes_per_second`` counts them all), unless ``per_channel``:
+    then the provider transcribes, and bills, each channel as its own audio, so a second of N-channel audio meters
+    N seconds (docs/billing.md#what-is-metered).
+    """
 
     __slots__ = ()
 
-    def __init__(self, audio_format: AudioFormat) -> None:
-        super().__init__(audio_format.bytes_per_second, audio_format)
+    def __init__(self, audio_format: AudioFormat, *, per_channel: bool = False) -> None:
+        units = audio_format.bytes_per_second // (audio_format.channels if per_channel else 1)
+        super().__init__(units, audio_format)
 
     def binary(self, data: bytes) -> int:
         # The hot path: two integer operations and a comparison, no call unless a cycle opens.

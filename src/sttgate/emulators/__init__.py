@@ -1,4 +1,4 @@
-"""Local emulators of the two providers (docs/contract.md#emulators): see :mod:`sttgate.emulators.app`."""
+"""Local emulators of the providers (docs/contract.md#emulators): see :mod:`sttgate.emulators.app`."""
 
 from .app import EmulatorConfig, create_app, serve
 from .recorder import RECORDER, Recorder, SessionRecord

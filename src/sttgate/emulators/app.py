@@ -1,6 +1,7 @@
-"""Local emulators of ElevenLabs Scribe realtime and AssemblyAI Universal Streaming v3 (docs/contract.md#emulators).
+"""Local emulators of ElevenLabs Scribe realtime, AssemblyAI Universal Streaming v3 and Deepgram live streaming
+(docs/contract.md#emulators).
 
-One aiohttp application serves both providers on one port, at their real paths:
+One aiohttp application serves every provider on one port, at their real paths:
 
 ================================================  ===============================================
 ``GET  /v1/speech-to-text/realtime``              ElevenLabs WebSocket (also ``…/realtime-beta``,
@@ -8,16 +9,18 @@ One aiohttp application serves both providers on one port, at their real paths:
 ``POST /v1/single-use-token/{token_type}``        ElevenLabs single-use token (``xi-api-key``)
 ``GET  /v3/ws`` (and any path ending in ``/v3/ws``) AssemblyAI WebSocket
 ``GET  /v3/token?expires_in_seconds=N``           AssemblyAI temporary token (``Authorization``)
+``GET  /v1/listen`` (and under any path prefix)   Deepgram WebSocket (credential checked before the 101)
+``POST /v1/auth/grant``                           Deepgram temporary token (``Authorization: Token``)
 ``GET  /_emulator/sessions``                      every recorded session as JSON (no payloads)
 ``GET  /_emulator/sessions/{seq}[?payloads=1]``   one session (payloads: text as is, binary hex)
 ``DELETE /_emulator/sessions``                    forget all recorded sessions
 ``GET  /_emulator/health``                        ``{"status": "ok"}``
 ================================================  ===============================================
 
-API keys: ``emulator-elevenlabs-key`` and ``emulator-assemblyai-key`` unless :class:`EmulatorConfig`
-says otherwise. Each provider's behaviour, and the guesses made where its protocol document is silent,
-are described in :mod:`.elevenlabs` and :mod:`.assemblyai`; the word generator in :mod:`.transcriber`
-(one word per 0.3 s of voiced audio, NATO alphabet in order: ``alpha bravo charlie …``).
+API keys: ``emulator-elevenlabs-key``, ``emulator-assemblyai-key`` and ``emulator-deepgram-key`` unless
+:class:`EmulatorConfig` says otherwise. Each provider's behaviour, and the guesses made where its protocol document
+is silent, are described in :mod:`.elevenlabs`, :mod:`.assemblyai` and :mod:`.deepgram`; the word generator in
+:mod:`.transcriber` (one word per 0.3 s of voiced audio, NATO alphabet in order: ``alpha bravo charlie …``).
 
 Tokens: ElevenLabs tokens (``sutkn_…``) expire after 15 minutes and are consumed on first use.
 AssemblyAI tokens must be used within ``expires_in_seconds``, cap the session at
@@ -39,7 +42,8 @@ HTTP 400 ``{"error": {"code": "invalid_emulator_parameter", …}}``. Booleans: `
     Wait N ms before answering the upgrade (also before a refusal).
 ``emu_handshake_status=S``
     Refuse the upgrade with HTTP status S and a JSON body (``{"error": "…"}``; ``emu_error_message``
-    sets the text). The session is recorded with ``closed_by="refused"``.
+    sets the text; Deepgram: its ``{"err_code", "err_msg", "request_id"}`` body and a ``dg-error`` header).
+    The session is recorded with ``closed_by="refused"``.
 ``emu_start_delay_ms=N``
     Wait N ms after the 101 before ``session_started`` / ``Begin`` (frames received meanwhile are
     processed afterwards). AssemblyAI's default is ``EmulatorConfig.assemblyai_begin_delay_seconds``.
@@ -64,6 +68,10 @@ HTTP 400 ``{"error": {"code": "invalid_emulator_parameter", …}}``. Booleans: `
     ``3007``/``input_duration``/``rate_exceeded``, ``3008``/``session_expired``,
     ``3009``/``too_many_sessions``; any other number is sent as is. 1008 and 3009 replace ``Begin``,
     the others follow it. ``Error`` frame, then close with the same code (legacy mode maps codes).
+
+    Deepgram: ``net0001``/``idle`` and ``net0000`` (``Metadata``, then close 1011 with the NET-0001 sentence /
+    ``NET-0000``), ``data0000`` (close 1008 ``DATA-0000``), ``schema`` (an ``Error`` frame, the session stays open),
+    any other number (close with it).
 ``emu_error_message=TEXT``
     The error text instead of the default one.
 ``emu_error_after_frames=N`` / ``emu_error_after_seconds=S``
@@ -72,12 +80,14 @@ HTTP 400 ``{"error": {"code": "invalid_emulator_parameter", …}}``. Booleans: `
     Whether the injected error closes the session (defaults: as described above). ``emu_close_code``
     and ``emu_close_reason`` override the close code/reason of an injected error.
 ``emu_rate_check=off``
-    AssemblyAI: skip the faster-than-real-time check (3007), so tests can push audio fast.
+    AssemblyAI: skip the faster-than-real-time check (3007), so tests can push audio fast. Deepgram (off by default):
+    ``on`` closes 1011 on audio faster than 1.25x real time plus 2 s.
 ``emu_legacy_codes=1``
     AssemblyAI: pre-2026-02 codes (3006/3007/3008 → 3005, 3009 → 1008).
 ``emu_idle_timeout_seconds=S``
     ElevenLabs: idle timeout (``insufficient_audio_activity``) for this session. AssemblyAI: an
-    inactivity timeout for this session, also below the API's 5 s minimum of ``inactivity_timeout``.
+    inactivity timeout for this session, also below the API's 5 s minimum of ``inactivity_timeout``. Deepgram: the
+    no-frame timeout (default 10 s; then ``Metadata`` and close 1011 NET-0001).
 ``emu_max_session_seconds=S``
     AssemblyAI: session cap (``expires_at``; then ``Termination``, Error 3008, close 3008).
     ElevenLabs: ``session_time_limit_exceeded`` after S seconds.
@@ -101,6 +111,7 @@ from aiohttp import web
 
 from .assemblyai import ASSEMBLYAI
 from .base import BaseSession, Emulator
+from .deepgram import DEEPGRAM
 from .elevenlabs import ELEVENLABS
 from .recorder import RECORDER, Recorder
 from .tokens import TokenStore
@@ -117,6 +128,7 @@ class EmulatorConfig:
     # Accepted API keys per provider (any iterable of strings, or one string; kept as a tuple).
     elevenlabs_api_keys: tuple[str, ...] = ("emulator-elevenlabs-key",)
     assemblyai_api_keys: tuple[str, ...] = ("emulator-assemblyai-key",)
+    deepgram_api_keys: tuple[str, ...] = ("emulator-deepgram-key",)
 
     # Both providers.
     fault_injection: bool = True  # honour emu_* query parameters
@@ -156,17 +168,26 @@ class EmulatorConfig:
     assemblyai_accept_bearer: bool = False  # accept "Authorization: Bearer <key>" too
     assemblyai_inactivity_timeout_seconds: float | None = None  # when the client sets none (real: none)
 
+    # Deepgram (see .deepgram).
+    deepgram_idle_timeout_seconds: float | None = 10.0  # no client frame → Metadata + close 1011 NET-0001
+    deepgram_max_concurrent: int = 50  # open sessions per credential; more → HTTP 429
+    deepgram_pacing: str = "ignore"  # "close": audio above 1.25x real time (+2 s) → close 1011
+    deepgram_empty_frame_closes: bool = False  # legacy: a zero-length binary frame is CloseStream
+
     def __post_init__(self) -> None:
         if isinstance(self.elevenlabs_api_keys, str):
             self.elevenlabs_api_keys = (self.elevenlabs_api_keys,)
         if isinstance(self.assemblyai_api_keys, str):
             self.assemblyai_api_keys = (self.assemblyai_api_keys,)
+        if isinstance(self.deepgram_api_keys, str):
+            self.deepgram_api_keys = (self.deepgram_api_keys,)
         self.elevenlabs_api_keys = tuple(self.elevenlabs_api_keys)
         self.assemblyai_api_keys = tuple(self.assemblyai_api_keys)
+        self.deepgram_api_keys = tuple(self.deepgram_api_keys)
 
 
 # The emulated providers, one line each, by the provider's name in the gateway.
-EMULATORS: dict[str, Emulator] = {emulator.name: emulator for emulator in (ELEVENLABS, ASSEMBLYAI)}
+EMULATORS: dict[str, Emulator] = {emulator.name: emulator for emulator in (ELEVENLABS, ASSEMBLYAI, DEEPGRAM)}
 
 CONFIG: web.AppKey[EmulatorConfig] = web.AppKey("sttgate_emulator_config", EmulatorConfig)
 TOKENS: web.AppKey[TokenStore] = web.AppKey("sttgate_emulator_tokens", TokenStore)
@@ -223,7 +244,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def create_app(config: EmulatorConfig | None = None) -> web.Application:
-    """The emulator application (both providers, token endpoints, recorder endpoints)."""
+    """The emulator application (every provider, token endpoints, recorder endpoints)."""
     config = config or EmulatorConfig()
     app = web.Application()
     app[CONFIG] = config

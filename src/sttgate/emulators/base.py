@@ -1,4 +1,4 @@
-"""Machinery shared by both provider emulators: handshake faults, the per-session receive loop with
+"""Machinery shared by the provider emulators: handshake faults, the per-session receive loop with
 deadlines (one task per session, no extra timer tasks), recording, echo mode, closing and dropping."""
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ class BaseSession:
     :meth:`on_text`, :meth:`on_binary` and :meth:`send_auth_error`."""
 
     provider: ClassVar[str] = ""
+    # Subprotocols the provider selects when a client offers them (browsers carry credentials there).
+    protocols: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -199,6 +201,7 @@ class BaseSession:
             compress=False,
             max_msg_size=self.config.max_msg_size,
             timeout=self.config.close_timeout_seconds,
+            protocols=self.protocols,
         )
         if not ws.can_prepare(request).ok:
             return web.json_response(
@@ -221,6 +224,10 @@ class BaseSession:
         if f.handshake_status is not None:
             rec.mark_refused(f.handshake_status)
             return self.refusal_response(f.handshake_status, f.error_message)
+        refusal = await self.before_upgrade(ws)
+        if refusal is not None:
+            rec.mark_refused(refusal.status)
+            return refusal
         self.ws = ws
         try:
             await ws.prepare(request)
@@ -261,6 +268,12 @@ class BaseSession:
             {"error": message or f"Emulated handshake refusal (HTTP {status})"},
             status=status,
         )
+
+    async def before_upgrade(self, ws: web.WebSocketResponse) -> web.Response | None:
+        """Hook: checks a provider makes before the 101 (e.g. its credential); a response refuses the upgrade.
+
+        ``ws`` is the response about to be prepared (its headers are the 101's)."""
+        return None
 
     def on_end(self) -> None:
         """Hook: the session is over (release per-session state)."""

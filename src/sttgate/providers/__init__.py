@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from sttgate.providers.assemblyai import ASSEMBLYAI
 from sttgate.providers.base import Provider, ProviderSettings
+from sttgate.providers.deepgram import DEEPGRAM
 from sttgate.providers.elevenlabs import ELEVENLABS
 
 PROVIDERS: dict[str, Provider] = {}
@@ -26,6 +27,7 @@ def register(provider: Provider) -> Provider:
 
 register(ELEVENLABS)
 register(ASSEMBLYAI)
+register(DEEPGRAM)
 
 __all__ = [
     "PROVIDERS",

@@ -50,6 +50,8 @@ class MintRequest:
 
     path_params: Mapping[str, str]
     query: Mapping[str, str]
+    # The JSON object body, for mints with ``reads_body`` (else empty).
+    body: Mapping[str, Any]
     # The gateway's lifetime rule: a value (str or int) → whole seconds within its limits, else a 400 refusal.
     lifetime: Callable[[Any], int]
     # The longest lifetime the gateway grants.
@@ -65,6 +67,9 @@ class TokenMint:
     key: Callable[[Mapping[str, str]], str | None]  # the account's key from the request headers
     seconds: Callable[[MintRequest], int]  # the token's lifetime; raises ``Refusal`` on a bad request
     body: Callable[[str, int], dict[str, Any]]  # (token, seconds) → the JSON answer
+    # Whether the request's body is a JSON object the mint reads (``MintRequest.body``; a body that is not one is
+    # refused 400); other mints ignore their body.
+    reads_body: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ class SdkShape:
     # (request headers, ``?token=`` value) → (api key, token); at most one of them is used.
     credential: Callable[[Mapping[str, str], str | None], tuple[str | None, str | None]]
     token_mints: tuple[TokenMint, ...] = field(default=())
+    # Subprotocols the route accepts as a credential carrier (a browser cannot set headers, so it offers e.g.
+    # ``token, <key>``): the first one the client offers is echoed in the 101, as browsers require.
+    subprotocols: tuple[str, ...] = ()
 
 
 def bearer_or_raw(value: str | None) -> str | None:

@@ -48,8 +48,11 @@ def setup(app: web.Application) -> None:
             app.router.add_get(provider.sdk.stream_path, _provider_stream(provider))
 
 
-async def accept_and_relay(request: web.Request, live: LiveSession) -> web.StreamResponse:
-    """Accept the client's upgrade (101 with ``X-Session-Id``), relay until both hops close, record the end."""
+async def accept_and_relay(
+    request: web.Request, live: LiveSession, protocols: tuple[str, ...] = ()
+) -> web.StreamResponse:
+    """Accept the client's upgrade (101 with ``X-Session-Id``, and the first of ``protocols`` the client offered),
+    relay until both hops close, record the end."""
     settings = request.app[SERVICES].settings
     client = ClientSocket(
         compress=False,
@@ -59,6 +62,7 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
         max_msg_size=settings.max_frame_bytes + 1,
         decode_text=False,
         timeout=settings.close_timeout_seconds,
+        protocols=protocols,
     )
     client.headers["X-Session-Id"] = live.id
     try:
@@ -74,10 +78,16 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
 
 
 async def serve_stream(
-    request: web.Request, *, provider_name: str | None, key: str | None, token: str | None, forwarded: str
+    request: web.Request,
+    *,
+    provider_name: str | None,
+    key: str | None,
+    token: str | None,
+    forwarded: str,
+    protocols: tuple[str, ...] = (),
 ) -> web.StreamResponse:
     """Everything after reading the request: refusals raised (rendered by the middleware), else the accepted and
-    relayed session."""
+    relayed session. ``protocols`` are the subprotocols a provider's SDK may offer (``SdkShape.subprotocols``)."""
     svc = request.app[SERVICES]
     if svc.sessions.draining:
         raise refusals.service_draining()
@@ -85,7 +95,7 @@ async def serve_stream(
     if not web.WebSocketResponse().can_prepare(request).ok:
         raise refusals.upgrade_required()
     live = await svc.open_stream(principal, provider, forwarded)
-    return await accept_and_relay(request, live)
+    return await accept_and_relay(request, live, protocols)
 
 
 async def audio_stream(request: web.Request) -> web.StreamResponse:
@@ -106,11 +116,18 @@ def _provider_stream(provider: Provider) -> Callable[[web.Request], Awaitable[we
     A ``provider``/``api_key``/``token`` query pair is consumed like on ``/ws/v2/audio-stream`` and never forwarded.
     """
     assert provider.sdk is not None
-    credential = provider.sdk.credential
+    credential, subprotocols = provider.sdk.credential, provider.sdk.subprotocols
 
     async def provider_stream(request: web.Request) -> web.StreamResponse:
         query = split_query(raw_query(request))
         key, token = credential(request.headers, query.token)
-        return await serve_stream(request, provider_name=provider.name, key=key, token=token, forwarded=query.forwarded)
+        return await serve_stream(
+            request,
+            provider_name=provider.name,
+            key=key,
+            token=token,
+            forwarded=query.forwarded,
+            protocols=subprotocols,
+        )
 
     return provider_stream

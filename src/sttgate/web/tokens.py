@@ -120,6 +120,7 @@ def _provider_mint(provider: Provider, mint: TokenMint) -> Callable[[web.Request
             MintRequest(
                 path_params=request.match_info,
                 query=request.query,
+                body=await json_object(request) if mint.reads_body else {},
                 lifetime=lambda value: _lifetime(value, settings),
                 max_seconds=min(settings.token_max_seconds, MAX_SECONDS),
             )
