@@ -10,9 +10,8 @@ import json
 import os
 import timeit
 
-from sttgate.core.metering import parse_chunk, parse_chunk_reference
 from sttgate.providers.assemblyai import ASSEMBLYAI
-from sttgate.providers.elevenlabs import ELEVENLABS
+from sttgate.providers.elevenlabs import ELEVENLABS, parse_chunk, parse_chunk_reference
 
 FRAMES = 200_000
 

@@ -8,6 +8,9 @@ opens none is forwarded at once. One that opens ``n``:
   :meth:`Billing.settled` (paid: forward; refused: the frame's audio is refunded to the meter and the session is cut
   off, 4002) or :meth:`Billing.charge_failed` (the ledger failed: refunded, cut off, 1011). No unpaid audio is sent.
 
+A frame the meter cannot read (:data:`~sttgate.core.metering.UNMETERABLE`, nothing counted) is refused
+(:attr:`Action.REFUSE`): it is not sent and the session ends with 1008 "unmeterable audio" (docs/billing.md).
+
 The periodic ledger flush writes :meth:`Billing.unflushed` totals: never the audio of a frame whose charge is in
 flight (it may yet be refunded), so the totals written never go down.
 """
@@ -17,13 +20,14 @@ from __future__ import annotations
 from enum import Enum, auto
 from typing import NamedTuple
 
-from sttgate.core.metering import Meter
+from sttgate.core.metering import UNMETERABLE, Meter
 
 
 class Action(Enum):
     FORWARD = auto()  # send the frame (nothing to pay, or paid)
     CHARGE = auto()  # debit ``Billing.pending`` cycles at the ledger, then report ``settled``/``charge_failed``
     CUT_OFF = auto()  # the balance cannot pay: do not send; the session ends (4002)
+    REFUSE = auto()  # the meter cannot read the frame as the provider will: do not send; the session ends (1008)
 
 
 class Totals(NamedTuple):
@@ -37,7 +41,17 @@ class Totals(NamedTuple):
 class Billing:
     """The money side of one session: counted cycles and cost, the charge in flight, the cut-off."""
 
-    __slots__ = ("_written", "cost_nanos", "cut_off", "cycles", "meter", "pending", "prepaid", "price_nanos")
+    __slots__ = (
+        "_written",
+        "cost_nanos",
+        "cut_off",
+        "cycles",
+        "meter",
+        "pending",
+        "prepaid",
+        "price_nanos",
+        "unmeterable",
+    )
 
     def __init__(self, meter: Meter, *, prepaid: bool, price_nanos: int) -> None:
         self.meter = meter
@@ -48,6 +62,8 @@ class Billing:
         # Cycles whose prepaid charge is in flight (0: none): the last metered frame may yet be refunded.
         self.pending = 0
         self.cut_off = False
+        # A frame the meter could not read was refused: the session ends (1008 "unmeterable audio").
+        self.unmeterable = False
         self._written: tuple[float, int] = (0.0, 0)
 
     @property
@@ -55,7 +71,10 @@ class Billing:
         return self.pending != 0
 
     def opened(self, cycles: int) -> Action:
-        """The last metered frame opened ``cycles`` (> 0) new cycles."""
+        """The last metered frame opened ``cycles`` (> 0) new cycles, or was :data:`UNMETERABLE`."""
+        if cycles == UNMETERABLE:
+            self.unmeterable = True
+            return Action.REFUSE
         if self.prepaid:
             self.pending = cycles
             return Action.CHARGE

@@ -37,6 +37,19 @@ SERVICE_DRAINING = Refusal(503, "service_draining", "The gateway is shutting dow
 GATEWAY_OVERLOADED = Refusal(503, "gateway_overloaded", "The gateway is at its session budget; try again shortly.")
 
 
+def invalid_audio_format(detail: str) -> Refusal:
+    """A format parameter the gateway cannot read exactly as the provider will (docs/billing.md#strict-metering)."""
+    return Refusal(
+        400, "invalid_audio_format", f"The audio format cannot be metered exactly as the provider reads it: {detail}."
+    )
+
+
+def unsupported_audio_format(metered_formats: str) -> Refusal:
+    """An encoding whose duration cannot be known from its length; ``metered_formats`` says what can be metered."""
+    hint = f" ({metered_formats})" if metered_formats else ""
+    return Refusal(400, "unsupported_audio_format", f"The gateway meters only uncompressed audio{hint}.")
+
+
 def upstream_rejected(status: int, body: str) -> Refusal:
     """The provider refused the client's parameters: keep its status, quote its body."""
     quoted = body.strip()[:1000]

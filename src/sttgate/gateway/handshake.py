@@ -28,6 +28,7 @@ from aiohttp import web
 
 from sttgate.core import closecodes, refusals
 from sttgate.core.closing import decide
+from sttgate.core.metering import FormatError
 from sttgate.core.outcomes import ClosedBy, Outcome, SessionKind
 from sttgate.core.params import redact_query, split_query
 from sttgate.core.refusals import Refusal
@@ -39,13 +40,6 @@ from sttgate.gateway.upstream import AiohttpLink, close_timeout, connect_upstrea
 from sttgate.providers import Provider, get_provider, names, secret_prefixes
 from sttgate.store import Principal, SlotOutcome
 from sttgate.store.auth import looks_like_token
-
-
-def unmetered_format(provider: Provider) -> Refusal:
-    """The declared format's duration cannot be computed from its bytes, so it could not be billed."""
-    hint = f" ({provider.metered_formats})" if provider.metered_formats else ""
-    return Refusal(400, "unsupported_audio_format", f"The gateway meters only uncompressed audio{hint}.")
-
 
 UPGRADE_REQUIRED = Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
 
@@ -139,9 +133,12 @@ async def open_stream(
     manager = app[SESSIONS]
     if manager.draining:
         raise refusals.SERVICE_DRAINING
-    # A format whose duration cannot be computed from its bytes (opus, aac…) could not be billed: refuse it.
-    if provider.new_meter(forwarded).audio_format is None:
-        raise unmetered_format(provider)
+    # The meter reads the declared format exactly as the provider will, or the session is refused (docs/billing.md).
+    refused = provider.format_refusal(forwarded)
+    if refused is not None:
+        if refused.error is FormatError.UNSUPPORTED:
+            raise refusals.unsupported_audio_format(refused.detail)
+        raise refusals.invalid_audio_format(refused.detail)
     # Admission control (NOTES.md): an overloaded relay buffers instead of shedding load, so refuse clearly.
     budget = app[SETTINGS].max_sessions_per_process
     if budget and len(manager.live) + manager.opening >= budget:
