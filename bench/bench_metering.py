@@ -10,8 +10,8 @@ import json
 import os
 import timeit
 
-from sttgate.providers.assemblyai import ASSEMBLYAI
 from sttgate.core.metering import base64_audio_bytes
+from sttgate.providers.assemblyai import ASSEMBLYAI
 from sttgate.providers.elevenlabs import ELEVENLABS, _envelope, parse_chunk, parse_chunk_reference
 
 FRAMES = 200_000
