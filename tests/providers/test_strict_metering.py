@@ -338,3 +338,30 @@ def test_repeated_keys_refuse_an_audio_chunk_only() -> None:
     )
     assert meter.text('{"message_type":"commit","message_type":"other","audio_base_64":"AAAA"}') == 0
     assert meter.text('{"message_type":"input_audio_chunk","audio_base_64":"AAAA","x":{"a":1,"a":2}}') == 1
+    # No reading of these is an audio chunk: forwarded, metering nothing, on the fast path and the reference alike.
+    for frame in (
+        '{"message_type":"input_audio_chunk","message_type":"input_audio_chunk"}',
+        '{"message_type":"input_audio_chunk","audio_base_64":null,"audio_base_64":1}',
+    ):
+        assert parse_chunk(frame) is parse_chunk_reference(frame) is None
+        assert meter.text(frame) == 0
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["message_type", "audio_base_64", "sample_rate"]),
+            st.sampled_from(["input_audio_chunk", "AAAA", "AA-A", 16000, 4000, None]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_fast_path_equals_reference_on_small_objects_with_repeats(members: list[tuple[str, Any]]) -> None:
+    frame = "{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in members) + "}"
+    assert parse_chunk(frame) == parse_chunk_reference(frame)
+    meter = elevenlabs_meter("audio_format=pcm_16000")
+    if meter.text(frame) != UNMETERABLE:
+        readings = set(chunk_readings(frame, ELEVENLABS_FORMATS["pcm_16000"])) - {None}
+        assert readings <= {meter.audio_exact}, frame

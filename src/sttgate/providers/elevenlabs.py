@@ -71,9 +71,11 @@ _LENIENT_JSON = json.JSONDecoder(strict=False, object_pairs_hook=_object)
 
 
 def _repeated(members: _Duplicated) -> tuple[int, int | None] | None:
-    """An object with a repeated key is unreadable when any reading of it is an audio chunk, else not audio."""
-    audio = any(key == "message_type" and value == "input_audio_chunk" for key, value in members)
-    return UNREADABLE if audio else None
+    """An object with a repeated key is unreadable when some reading of it (first or last of each repeat) is an audio
+    chunk: a ``message_type`` ``input_audio_chunk`` and a string ``audio_base_64``; else it is not audio."""
+    chunk = any(key == "message_type" and value == "input_audio_chunk" for key, value in members)
+    audio = any(key == "audio_base_64" and type(value) is str for key, value in members)
+    return UNREADABLE if chunk and audio else None
 
 
 def _rate(message: dict[str, Any]) -> tuple[bool, int | None]:
@@ -214,7 +216,7 @@ def elevenlabs_meter(forwarded: str) -> Meter:
 def _session_rate(forwarded: str) -> int:
     """The declared rate of a session that passed the handshake (the default's for a refused format)."""
     fmt = elevenlabs_format(forwarded)
-    return fmt.sample_rate if isinstance(fmt, AudioFormat) else PULL_SAMPLE_RATE
+    return (fmt if isinstance(fmt, AudioFormat) else ELEVENLABS_FORMATS[ELEVENLABS_DEFAULT_FORMAT]).sample_rate
 
 
 def _chunk(audio_base_64: str, commit: bool, sample_rate: int) -> str:
