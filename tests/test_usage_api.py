@@ -1,4 +1,5 @@
-"""``GET /api/v2/usage``: the SPEC §5 document, for the account whose own key asks, and for no one else."""
+"""``GET /api/v2/usage``: the docs/contract.md#usage document, for the account whose own key asks, and for no one
+else."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -155,7 +155,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 # --- running against the store ------------------------------------------------------------------------------------
 
 
-def _run(settings: Settings, make: Callable[[], Awaitable[Any]]) -> Any:
+def _run(settings: Settings, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     """Run one coroutine; store and database errors become CommandError."""
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -426,7 +426,7 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from sttgate.gateway.app import serve
+    from sttgate.process import serve
     from sttgate.store.db import upgrade
 
     # Fail early with a readable message when the database cannot be opened or migrated (idempotent).

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from sttgate.config import Settings
 from sttgate.core.money import usd_to_nanos
 from sttgate.providers import PROVIDERS, Provider, names
-from sttgate.providers.base import PULL_SAMPLE_RATE
+from sttgate.providers.base import PULL_SAMPLE_RATE, Caption, json_object
 
 CHUNK_SECONDS = 0.1
 DEMO_BALANCE_USD = "1.00"
@@ -83,10 +83,12 @@ async def _stream(
         async for msg in ws:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
-            event = json.loads(msg.data)
-            final = _print_event(name, event, shown)
-            if final is not None:
-                finals.append(final)
+            event = json_object(msg.data)
+            caption = None if event is None else provider.caption(event)
+            if caption is not None:
+                final = _show(name, caption, shown)
+                if final is not None:
+                    finals.append(final)
             # A provider that does not close after its end frames: close once it acknowledged them.
             if not provider.closes_after_end and sender.done() and provider.is_end_ack(msg.data, forwarded):
                 await ws.close(code=1000, message=b"User ended conversation")
@@ -95,31 +97,19 @@ async def _stream(
     return finals
 
 
-def _print_event(provider: str, event: dict[str, Any], shown: dict[str, str]) -> str | None:
-    """Show a provider message the way a captioning app would; return the text of a final transcript.
+def _show(provider: str, caption: Caption, shown: dict[str, str]) -> str | None:
+    """Print a caption the way a captioning app would; return the text of a final transcript.
 
     ``shown`` holds the last partial printed, so that repeated partials are shown once."""
-    kind = event.get("type") or event.get("message_type")
-    if kind == "Turn":
-        text = event.get("transcript", "")
-        if event.get("end_of_turn") and (event.get("turn_is_formatted") or not text):
-            print(f"[{provider}] final   : {text}")
-            return text
-        if not event.get("end_of_turn") and text and shown.get("partial") != text:
-            shown["partial"] = text
-            print(f"[{provider}] partial : {text}")
-    elif kind == "partial_transcript":
-        text = event.get("text", "")
-        if text and shown.get("partial") != text:
-            shown["partial"] = text
-            print(f"[{provider}] partial : {text}")
-    elif kind == "committed_transcript":
-        print(f"[{provider}] final   : {event.get('text', '')}")
-        return str(event.get("text", ""))
-    elif kind in ("Begin", "session_started", "Termination"):
-        print(f"[{provider}] {kind}")
-    elif "error" in event:
-        print(f"[{provider}] error: {event}")
+    if caption.kind == "final":
+        print(f"[{provider}] final   : {caption.text}")
+        return caption.text
+    if caption.kind == "partial":
+        if shown.get("partial") != caption.text:
+            shown["partial"] = caption.text
+            print(f"[{provider}] partial : {caption.text}")
+        return None
+    print(f"[{provider}] {caption.text}")
     return None
 
 
@@ -127,8 +117,8 @@ async def run(settings: Settings) -> int:
     from sttgate.admin import usage_document
     from sttgate.emulators.app import EMULATORS, EmulatorConfig
     from sttgate.emulators.app import create_app as create_emulator_app
-    from sttgate.gateway.app import create_app as create_gateway_app
     from sttgate.store import Store
+    from sttgate.web.app import create_app as create_gateway_app
 
     pcm, rate = load_sample()
     if rate != PULL_SAMPLE_RATE:

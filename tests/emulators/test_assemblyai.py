@@ -1,4 +1,4 @@
-"""AssemblyAI emulator: one or more tests per item of ``protocols/assemblyai-streaming-v3.md`` §7."""
+"""AssemblyAI emulator: one or more tests per item of the emulator's duties (docs/contract.md#emulators)."""
 
 from __future__ import annotations
 

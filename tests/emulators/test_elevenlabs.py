@@ -1,4 +1,4 @@
-"""ElevenLabs emulator: one or more tests per item of ``protocols/elevenlabs-realtime-stt.md`` §7."""
+"""ElevenLabs emulator: one or more tests per item of the emulator's duties (docs/contract.md#emulators)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §4 through the gateway and the emulators: exact bills, prepaid debits, the cut-off, durability."""
+"""docs/billing.md through the gateway and the emulators: exact bills, prepaid debits, the cut-off, durability."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 from aiohttp import WSMsgType
 
 from sttgate.admin import Admin
-from sttgate.gateway.keys import STORE
 from sttgate.providers import names
+from sttgate.web.services import SERVICES
 from tests.support.waiting import wait_for
 
 
 async def ended_session(gw, account_id):
     async def ended():
-        usage = await Admin(gw.app[STORE], names()).usage(account_id)
+        usage = await Admin(gw.app[SERVICES].store, names()).usage(account_id)
         return usage if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
     return await wait_for(ended)

@@ -1,5 +1,5 @@
-"""SPEC §3 handshake: every refusal is an HTTP status with a JSON body before any upgrade; the 101 follows the
-provider's own 101 and carries X-Session-Id."""
+"""The push handshake (docs/contract.md#refusals): every refusal is an HTTP status with a JSON body before any upgrade;
+the 101 follows the provider's own 101 and carries X-Session-Id."""
 
 from __future__ import annotations
 
@@ -175,9 +175,9 @@ async def test_key_from_query_or_authorization_header(gateway, account, how):
 
 
 async def _ended_usage(gw, account_id):
-    from sttgate.gateway.keys import STORE
+    from sttgate.web.services import SERVICES
 
-    usage = await Admin(gw.app[STORE], names()).usage(account_id)
+    usage = await Admin(gw.app[SERVICES].store, names()).usage(account_id)
     return usage if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
 

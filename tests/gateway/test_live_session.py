@@ -9,15 +9,14 @@ import pytest
 
 from sttgate.admin import Admin
 from sttgate.core.refusals import Refusal
-from sttgate.gateway.handshake import open_stream
-from sttgate.gateway.keys import STORE
 from sttgate.providers import get_provider, names
+from sttgate.web.services import SERVICES
 
 PCM_100MS = bytes((i * 37) & 0xFF for i in range(3200))  # 16 kHz s16le mono, what the pull feeder produces
 
 
 async def principal(gw, key):
-    return await gw.app[STORE].authenticate(key)
+    return await gw.app[SERVICES].store.authenticate(key)
 
 
 async def collect(messages) -> list:
@@ -30,7 +29,7 @@ async def test_feed_audio_read_messages_finish_and_end(gateway, account, store, 
     acct = await account()
     provider = get_provider(provider_name)
     params = "sample_rate=16000&emu_rate_check=off" if provider_name == "assemblyai" else "audio_format=pcm_16000"
-    live = await open_stream(gw.app, await principal(gw, acct.key), provider, params, kind="pull")
+    live = await gw.app[SERVICES].open_stream(await principal(gw, acct.key), provider, params, kind="pull")
     try:
         reader = asyncio.create_task(collect(live.messages()))
         for _ in range(60):
@@ -55,7 +54,9 @@ async def test_send_audio_reports_the_cut_off_and_sends_nothing_unpaid(gateway, 
     provider = get_provider("assemblyai")
     recorder = gw.emulator.recorder
     mark = recorder.next_seq
-    live = await open_stream(gw.app, await principal(gw, acct.key), provider, "emu_rate_check=off", kind="pull")
+    live = await gw.app[SERVICES].open_stream(
+        await principal(gw, acct.key), provider, "emu_rate_check=off", kind="pull"
+    )
     try:
         sent = 0
         while await live.send_audio(PCM_100MS):
@@ -78,7 +79,7 @@ async def test_provider_close_ends_messages_and_is_recorded(gateway, account, st
     acct = await account()
     provider = get_provider("assemblyai")
     params = "emu_echo=1&emu_close_after_frames=1&emu_close_code=3005&emu_close_reason=cancelled"
-    live = await open_stream(gw.app, await principal(gw, acct.key), provider, params, kind="pull")
+    live = await gw.app[SERVICES].open_stream(await principal(gw, acct.key), provider, params, kind="pull")
     try:
         await live.send_audio(PCM_100MS)
         messages = await asyncio.wait_for(collect(live.messages()), 5)
@@ -93,7 +94,7 @@ async def test_gateway_asks_an_idle_session_to_close(gateway, account):
     gw = await gateway(idle_timeout_seconds=0.2)
     acct = await account()
     provider = get_provider("assemblyai")
-    live = await open_stream(gw.app, await principal(gw, acct.key), provider, "emu_echo=1", kind="pull")
+    live = await gw.app[SERVICES].open_stream(await principal(gw, acct.key), provider, "emu_echo=1", kind="pull")
     try:
         assert await asyncio.wait_for(live.close_requested, 5) == (1008, "idle timeout")
     finally:
@@ -104,5 +105,5 @@ async def test_open_stream_refuses_like_the_handshake(gateway, account):
     gw = await gateway()
     acct = await account(max_streams=0)
     with pytest.raises(Refusal) as refused:
-        await open_stream(gw.app, await principal(gw, acct.key), get_provider("assemblyai"), "", kind="pull")
+        await gw.app[SERVICES].open_stream(await principal(gw, acct.key), get_provider("assemblyai"), "", kind="pull")
     assert refused.value.code == "too_many_streams"

@@ -1,4 +1,5 @@
-"""SPEC §3, §4 and §7 across gateways: two real ``sttgate serve`` processes on one real PostgreSQL database.
+"""Limits, balances and crash recovery across gateways (docs/operations.md#several-gateways): two real ``sttgate serve``
+processes on one real PostgreSQL database.
 
 Each test gets a fresh PostgreSQL schema (``options=-csearch_path=…`` in the URL, like ``tests/store``), the
 in-process emulators of ``tests/conftest.py`` on an ephemeral port, and two ``sttgate serve`` subprocesses with
@@ -38,7 +39,7 @@ BYTES_PER_CYCLE = 5 * 16_000 * 2
 
 
 def nanos_usd(nanos: int) -> str:
-    """The wire form of an amount (SPEC §5: a decimal string with 9 places, ``"0"`` for nothing)."""
+    """The wire form of an amount (docs/contract.md#usage: a decimal string with 9 places, ``"0"`` for nothing)."""
     return "0" if nanos == 0 else f"{Decimal(nanos).scaleb(-9):f}"
 
 

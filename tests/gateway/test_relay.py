@@ -1,4 +1,5 @@
-"""SPEC §3 forwarding, relay and close codes, end to end: client ↔ gateway ↔ emulator over real sockets."""
+"""Forwarding, relay and close codes (docs/contract.md#relay), end to end: client ↔ gateway ↔ emulator over real
+sockets."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from sttgate.admin import Admin
-from sttgate.gateway.keys import SESSIONS, STORE
 from sttgate.providers import names
+from sttgate.web.services import SERVICES
 from tests.support.emulator import OPERATOR_KEYS
 from tests.support.waiting import wait_for
 
@@ -20,7 +21,7 @@ async def last_session(gw, account_id):
     """The account's newest session once the gateway has ended it."""
 
     async def ended():
-        usage = await Admin(gw.app[STORE], names()).usage(account_id)
+        usage = await Admin(gw.app[SERVICES].store, names()).usage(account_id)
         return usage["sessions"][0] if usage["sessions"] and usage["sessions"][0]["ended_at"] else None
 
     return await wait_for(ended)
@@ -302,7 +303,7 @@ async def test_a_side_that_does_not_read_gets_backpressure_not_a_buffer(gateway,
         sender = asyncio.create_task(send_all())
         done, _ = await asyncio.wait({sender}, timeout=1.0)
         assert not done, "128 MiB were accepted while nobody read the echo: something buffers without bound"
-        live = next(iter(gw.app[SESSIONS].live.values()))
+        live = next(iter(gw.app[SERVICES].sessions.live.values()))
         assert live.bytes_up < count * frame_size
         received = 0
         for expected in frames:
@@ -323,6 +324,6 @@ async def test_more_than_a_hundred_sessions_at_once(gateway, account):
             await ws.send_bytes(i.to_bytes(2, "big"))
         for i, ws in enumerate(sockets):
             assert (await ws.receive(timeout=10)).data == i.to_bytes(2, "big")
-        assert len(gw.app[SESSIONS].live) == 120
+        assert len(gw.app[SERVICES].sessions.live) == 120
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets))

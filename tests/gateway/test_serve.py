@@ -1,4 +1,5 @@
-"""SPEC §7 operations on a real ``sttgate serve`` process: SIGTERM drain, crash recovery, health, metrics."""
+"""Operations (docs/operations.md) on a real ``sttgate serve`` process: SIGTERM drain, crash recovery, health,
+metrics."""
 
 from __future__ import annotations
 

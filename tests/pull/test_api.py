@@ -1,4 +1,5 @@
-"""The REST refusals of pull mode (SPEC §6 with §3's order and error body); none of them starts FFmpeg."""
+"""The REST refusals of pull mode (docs/pull.md#rest-api, refusals in the push order and body); none of them starts
+FFmpeg."""
 
 from __future__ import annotations
 

@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from sttgate.admin import Admin
-from sttgate.gateway.keys import SESSIONS
 from sttgate.providers import names
 from sttgate.pull.ffmpeg import PACING_LEAD_SECONDS
 from sttgate.pull.webhooks import SIGNATURE_HEADER, Attempt, verify
 from sttgate.store.tasks import CRASHED, AttemptLog
+from sttgate.web.services import SERVICES
 from tests.support.pull import ffmpeg_children
 from tests.support.rtsp import RtspServer
 from tests.support.servers import serve_app
@@ -355,8 +355,8 @@ async def test_sigterm_drain_lets_tasks_run_then_ends_them(pull_gateway, account
     task_id = await start_task(gw, acct, hook, f"{media_server}/tone60.wav")
     task = gw.manager.tasks[task_id]
     session = await audio_flowing(gw, "assemblyai", mark)
-    drain = asyncio.create_task(gw.app[SESSIONS].drain(1.0))
-    await wait_for(lambda: gw.app[SESSIONS].draining)
+    drain = asyncio.create_task(gw.app[SERVICES].sessions.drain(1.0))
+    await wait_for(lambda: gw.app[SERVICES].sessions.draining)
     status, answer = await gw.start(
         acct.key, {"audio_url": f"{media_server}/tone3.wav", "provider": "assemblyai", "callback_url": hook}
     )

@@ -1,4 +1,4 @@
-"""The URL rules of SPEC §6, without FFmpeg: schemes, hosts, addresses, whitelists."""
+"""The URL rules of docs/pull.md#url-safety, without FFmpeg: schemes, hosts, addresses, whitelists."""
 
 from __future__ import annotations
 

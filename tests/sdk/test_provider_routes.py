@@ -1,4 +1,5 @@
-"""The provider-shaped WebSocket routes (SPEC §3b) and gateway tokens on every push route (SPEC §3c)."""
+"""The provider-shaped WebSocket routes (docs/contract.md#drop-in-sdk-routes) and gateway tokens on every push
+route (docs/contract.md#tokens)."""
 
 from __future__ import annotations
 

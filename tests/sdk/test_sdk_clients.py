@@ -2,7 +2,7 @@
 
 Each SDK is pointed at the gateway by its base URL only (``ElevenLabs(base_url=…/elevenlabs)``,
 ``StreamingClientOptions(api_host="ws://…/assemblyai")``) and given the customer's ``sk-mai-`` key or a gateway
-token; it streams the bundled speech sample, receives transcripts, and the account is billed by SPEC §4.
+token; it streams the bundled speech sample, receives transcripts, and the account is billed as docs/billing.md says.
 """
 
 from __future__ import annotations

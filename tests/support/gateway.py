@@ -15,9 +15,9 @@ from yarl import URL
 from sttgate.admin import Admin
 from sttgate.config import Settings
 from sttgate.emulators.recorder import Recorder
-from sttgate.gateway.app import bound_port, create_app, start_site
 from sttgate.providers import names
 from sttgate.store import Store
+from sttgate.web.app import bound_port, create_app, start_site
 from tests.support.emulator import OPERATOR_KEYS, EmulatorServer, upstream_settings
 from tests.support.waiting import wait_for
 

@@ -13,8 +13,8 @@ import aiohttp
 from aiohttp import web
 
 from sttgate.emulators.recorder import Recorder
-from sttgate.pull.api import PULL
 from sttgate.pull.manager import PullManager
+from sttgate.web.services import SERVICES
 from tests.support.emulator import EmulatorServer
 from tests.support.gateway import RunningApp
 
@@ -90,7 +90,7 @@ class PullGateway:
 
     @property
     def manager(self) -> PullManager:
-        return self.app[PULL]
+        return self.app[SERVICES].pull
 
     async def call(self, method: str, path: str, key: str | None, body: Any = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

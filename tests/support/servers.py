@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from sttgate.gateway.app import bound_port
+from sttgate.web.app import bound_port
 
 AIOHTTP_SHUTDOWN_TIMEOUT = 60.0  # aiohttp's own default: in-flight handlers may finish
 

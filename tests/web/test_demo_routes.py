@@ -23,7 +23,7 @@ async def test_page_and_assets(page_gateway: Start) -> None:
         for name, kind in [("demo.js", "javascript"), ("pcm-worklet.js", "javascript"), ("demo.css", "css")]:
             async with http.get(f"{url}/demo/static/{name}") as resp:
                 assert resp.status == 200 and kind in resp.content_type
-        async with http.get(f"{url}/demo/static/..%2Fsdk_routes.py") as resp:
+        async with http.get(f"{url}/demo/static/..%2Ftokens.py") as resp:
             assert resp.status == 404
 
 

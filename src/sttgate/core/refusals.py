@@ -1,6 +1,8 @@
-"""Refusals: every error the gateway answers with, as ``(status, code, message)``.
+"""Refusals: every error the gateway answers with, as ``(status, code, message)`` (docs/contract.md#refusals).
 
-The HTTP shell turns a :class:`Refusal` into ``{"error": {"code": ..., "message": ...}}``.
+Each refusal is built by a function here, fresh for every raise: an exception object carries the traceback of the
+raise that used it, so one shared instance raised by concurrent handshakes would tangle their tracebacks. The web
+layer renders any :class:`Refusal` as ``{"error": {"code": ..., "message": ...}}`` with its status.
 """
 
 from __future__ import annotations
@@ -22,38 +24,26 @@ class Refusal(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
-MISSING_API_KEY = Refusal(
-    401, "missing_api_key", "An API key is required (api_key query parameter or Authorization header)."
-)
-INVALID_API_KEY = Refusal(401, "invalid_api_key", "The API key is not valid.")
-INVALID_TOKEN = Refusal(401, "invalid_token", "The token is unknown, expired or already used.")
-STREAMING_NOT_ENABLED = Refusal(403, "streaming_not_enabled", "Streaming is not enabled for this account.")
-TOO_MANY_STREAMS = Refusal(429, "too_many_streams", "The account already has its maximum number of open streams.")
-INSUFFICIENT_BALANCE = Refusal(402, "insufficient_balance", "The account balance cannot pay for one 5-second cycle.")
-UPSTREAM_AUTH_FAILED = Refusal(502, "upstream_auth_failed", "The provider refused the gateway's credentials.")
-UPSTREAM_UNAVAILABLE = Refusal(502, "upstream_unavailable", "The provider is unreachable or failed.")
-UPSTREAM_TIMEOUT = Refusal(504, "upstream_timeout", "The provider did not complete the handshake in time.")
-SERVICE_DRAINING = Refusal(503, "service_draining", "The gateway is shutting down; connect again to another instance.")
-GATEWAY_OVERLOADED = Refusal(503, "gateway_overloaded", "The gateway is at its session budget; try again shortly.")
+# -- credentials and account (401, 403) ---------------------------------------------------------------------------
 
 
-def invalid_audio_format(detail: str) -> Refusal:
-    """A format parameter the gateway cannot read exactly as the provider will (docs/billing.md#strict-metering)."""
-    return Refusal(
-        400, "invalid_audio_format", f"The audio format cannot be metered exactly as the provider reads it: {detail}."
-    )
+def missing_api_key() -> Refusal:
+    return Refusal(401, "missing_api_key", "An API key is required (api_key query parameter or Authorization header).")
 
 
-def unsupported_audio_format(metered_formats: str) -> Refusal:
-    """An encoding whose duration cannot be known from its length; ``metered_formats`` says what can be metered."""
-    hint = f" ({metered_formats})" if metered_formats else ""
-    return Refusal(400, "unsupported_audio_format", f"The gateway meters only uncompressed audio{hint}.")
+def invalid_api_key() -> Refusal:
+    return Refusal(401, "invalid_api_key", "The API key is not valid.")
 
 
-def upstream_rejected(status: int, body: str) -> Refusal:
-    """The provider refused the client's parameters: keep its status, quote its body."""
-    quoted = body.strip()[:1000]
-    return Refusal(status, "upstream_rejected", f"The provider refused the session (HTTP {status}): {quoted}")
+def invalid_token() -> Refusal:
+    return Refusal(401, "invalid_token", "The token is unknown, expired or already used.")
+
+
+def streaming_not_enabled() -> Refusal:
+    return Refusal(403, "streaming_not_enabled", "Streaming is not enabled for this account.")
+
+
+# -- the request (400, 404, 422, 426) -------------------------------------------------------------------------------
 
 
 def missing_provider(valid: Sequence[str]) -> Refusal:
@@ -64,3 +54,85 @@ def missing_provider(valid: Sequence[str]) -> Refusal:
 def invalid_provider(valid: Sequence[str]) -> Refusal:
     """The ``provider`` given is not registered; ``valid`` are the registered provider names, in registry order."""
     return Refusal(400, "invalid_provider", f"Unknown provider; valid providers: {', '.join(valid)}.")
+
+
+def invalid_audio_format(detail: str) -> Refusal:
+    """A format parameter the gateway cannot read exactly as the provider will (docs/billing.md#strict-metering)."""
+    return Refusal(
+        400, "invalid_audio_format", f"The audio format cannot be metered exactly as the provider reads it: {detail}."
+    )
+
+
+def unsupported_audio_format(metered_formats: str = "") -> Refusal:
+    """The declared format's duration cannot be computed from its bytes, so it could not be billed."""
+    hint = f" ({metered_formats})" if metered_formats else ""
+    return Refusal(400, "unsupported_audio_format", f"The gateway meters only uncompressed audio{hint}.")
+
+
+def invalid_request(message: str) -> Refusal:
+    """A body, query or field the gateway cannot use; ``message`` says which and why."""
+    return Refusal(400, "invalid_request", message)
+
+
+def invalid_url(code: str, message: str) -> Refusal:
+    """A pull task's ``audio_url`` or ``callback_url`` breaks the URL rules (``code`` names which URL)."""
+    return Refusal(400, code, message)
+
+
+def task_not_found() -> Refusal:
+    return Refusal(404, "task_not_found", "No such task for this account.")
+
+
+def invalid_token_type(message: str) -> Refusal:
+    return Refusal(422, "invalid_token_type", message)
+
+
+def upgrade_required() -> Refusal:
+    return Refusal(426, "websocket_upgrade_required", "This endpoint only accepts WebSocket upgrades.")
+
+
+# -- limits and money (429, 402) -----------------------------------------------------------------------------------
+
+
+def too_many_streams() -> Refusal:
+    return Refusal(429, "too_many_streams", "The account already has its maximum number of open streams.")
+
+
+def insufficient_balance() -> Refusal:
+    return Refusal(402, "insufficient_balance", "The account balance cannot pay for one 5-second cycle.")
+
+
+# -- this gateway (503) --------------------------------------------------------------------------------------------
+
+
+def service_draining() -> Refusal:
+    return Refusal(503, "service_draining", "The gateway is shutting down; connect again to another instance.")
+
+
+def gateway_overloaded() -> Refusal:
+    return Refusal(503, "gateway_overloaded", "The gateway is at its session budget; try again shortly.")
+
+
+def demo_not_configured() -> Refusal:
+    return Refusal(503, "demo_not_configured", "The demo page has no valid demo API key (STTGATE_DEMO_API_KEY).")
+
+
+# -- the provider (4xx passthrough, 502, 504) ----------------------------------------------------------------------
+
+
+def upstream_rejected(status: int, body: str) -> Refusal:
+    """The provider refused the client's parameters: keep its status, quote its body."""
+    quoted = body.strip()[:1000]
+    return Refusal(status, "upstream_rejected", f"The provider refused the session (HTTP {status}): {quoted}")
+
+
+def upstream_auth_failed() -> Refusal:
+    return Refusal(502, "upstream_auth_failed", "The provider refused the gateway's credentials.")
+
+
+def upstream_unavailable() -> Refusal:
+    return Refusal(502, "upstream_unavailable", "The provider is unreachable or failed.")
+
+
+def upstream_timeout() -> Refusal:
+    return Refusal(504, "upstream_timeout", "The provider did not complete the handshake in time.")

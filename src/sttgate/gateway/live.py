@@ -1,9 +1,9 @@
 """``LiveSession``: one open provider session, the API shared by push, pull and SDK routes.
 
-A :class:`LiveSession` is one provider session opened by :func:`sttgate.gateway.handshake.open_stream` (slot taken,
+A :class:`LiveSession` is one provider session opened by :func:`sttgate.gateway.opening.open_stream` (slot taken,
 upstream connected). Whatever feeds it (the push relay, a pull task, a provider-shaped route) uses the same calls::
 
-    live = await open_stream(app, principal, provider, forwarded, kind="pull")  # raises Refusal
+    live = await open_stream(app, principal, provider, forwarded, kind=SessionKind.PULL)  # raises Refusal
     try:
         reader = asyncio.create_task(deliver(live.messages()))  # str (text) / bytes (binary) until the provider ends
         for frame in frames:                      # provider.audio_frame(pcm) per 100 ms chunk
@@ -40,7 +40,7 @@ from sttgate.core.billing import Action, Billing
 from sttgate.core.closing import provider_ended
 from sttgate.core.idle import IdleWatch
 from sttgate.core.metering import Meter
-from sttgate.core.outcomes import ClosedBy
+from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.session import Reader, Session, State
 from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
 
@@ -73,7 +73,7 @@ class LiveSession:
         session_id: str,
         principal: Principal,
         provider: Provider,
-        kind: str,
+        kind: SessionKind,
         forwarded: str,
         upstream: UpstreamLink,
     ) -> None:

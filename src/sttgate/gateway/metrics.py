@@ -30,7 +30,7 @@ class FrameCounts(Protocol):
 
 
 class GatewayMetrics:
-    """Every collector of SPEC §7, bound to a private registry."""
+    """Every collector of docs/operations.md#metrics, bound to a private registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

@@ -19,12 +19,13 @@ from enum import IntEnum
 from typing import Any, Protocol, cast
 
 import aiohttp
-from aiohttp import ClientResponse, ClientWebSocketResponse, ClientWSTimeout, WebSocketError, WSMsgType, web
+from aiohttp import ClientResponse, ClientWebSocketResponse, ClientWSTimeout, WebSocketError, WSMsgType
 from yarl import URL
 
+from sttgate.config import Settings
 from sttgate.core import closecodes, refusals
 from sttgate.core.refusals import Refusal
-from sttgate.gateway.keys import METRICS, SETTINGS, UPSTREAM_HTTP
+from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.providers import Provider
 
 
@@ -81,6 +82,20 @@ UpstreamLink = Link
 ClientLink = Link
 
 
+class AiohttpSocket(Protocol):
+    """What :class:`AiohttpLink` uses of an aiohttp WebSocket: the client's and the server's have it alike (this
+    module names no server type, so the gateway does not depend on ``aiohttp.web``)."""
+
+    async def receive(self, timeout: float | None = None) -> Any: ...  # a message, typed per aiohttp version
+
+    async def send_frame(self, message: bytes, opcode: WSMsgType, compress: int | None = None) -> None: ...
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
 class AiohttpLink:
     """An aiohttp socket (client or server side, opened with ``decode_text=False``) as a :class:`Link`.
 
@@ -90,7 +105,7 @@ class AiohttpLink:
 
     __slots__ = ("receive", "send", "ws")
 
-    def __init__(self, ws: ClientWebSocketResponse[Any] | web.WebSocketResponse[Any]) -> None:
+    def __init__(self, ws: AiohttpSocket) -> None:
         self.ws = ws
         self.receive: Callable[[], Awaitable[Frame]] = ws.receive
         # aiohttp types the opcode as its WSMsgType, an IntEnum whose TEXT/BINARY equal FrameKind's.
@@ -166,15 +181,12 @@ class HandshakeResponse(ClientResponse):
         return response
 
 
-def close_timeout(app: web.Application) -> float:
-    return app[SETTINGS].close_timeout_seconds
-
-
-async def connect_upstream(app: web.Application, provider: Provider, forwarded: str) -> AiohttpLink:
-    """Open the provider's WebSocket with the operator's credential only; provider failures become refusals."""
-    settings = app[SETTINGS]
+async def connect_upstream(
+    http: aiohttp.ClientSession, settings: Settings, metrics: GatewayMetrics, provider: Provider, forwarded: str
+) -> AiohttpLink:
+    """Open the provider's WebSocket over ``http`` with the operator's credential only; provider failures become
+    refusals."""
     provider_settings = settings.provider(provider.name)
-    metrics = app[METRICS]
     # encoded=True: the client's query goes out byte for byte, never re-quoted.
     url = URL(provider.upstream_url(provider_settings.url, forwarded), encoded=True)
     holder = _RefusalBody()
@@ -182,7 +194,7 @@ async def connect_upstream(app: web.Application, provider: Provider, forwarded: 
     started = time.monotonic()
     try:
         async with asyncio.timeout(settings.upstream_connect_timeout_seconds):
-            upstream = await app[UPSTREAM_HTTP].ws_connect(
+            upstream = await http.ws_connect(
                 url,
                 headers=provider.operator_headers(provider_settings),
                 compress=0,
@@ -191,14 +203,14 @@ async def connect_upstream(app: web.Application, provider: Provider, forwarded: 
                 heartbeat=settings.heartbeat_seconds,
                 max_msg_size=settings.max_frame_bytes + 1,
                 decode_text=False,
-                timeout=ClientWSTimeout(ws_receive=None, ws_close=close_timeout(app)),
+                timeout=ClientWSTimeout(ws_receive=None, ws_close=settings.close_timeout_seconds),
             )
     except TimeoutError:
-        raise refusals.UPSTREAM_TIMEOUT from None
+        raise refusals.upstream_timeout() from None
     except aiohttp.WSServerHandshakeError as exc:
         raise _classify(exc.status, holder.body) from None
     except (aiohttp.ClientError, OSError):
-        raise refusals.UPSTREAM_UNAVAILABLE from None
+        raise refusals.upstream_unavailable() from None
     finally:
         _REFUSAL_BODY.reset(reset)
     metrics.upstream_connect.labels(provider.name).observe(time.monotonic() - started)
@@ -207,7 +219,7 @@ async def connect_upstream(app: web.Application, provider: Provider, forwarded: 
 
 def _classify(status: int, body: bytes) -> Refusal:
     if status in (401, 403):
-        return refusals.UPSTREAM_AUTH_FAILED
+        return refusals.upstream_auth_failed()
     if 400 <= status < 500:
         return refusals.upstream_rejected(status, body.decode("utf-8", "replace"))
-    return refusals.UPSTREAM_UNAVAILABLE
+    return refusals.upstream_unavailable()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
+from typing import Any
 
+from sttgate.core import refusals
 from sttgate.core.metering import AudioFormat, BinaryMeter, FormatError, FormatRefusal, Meter
 from sttgate.core.params import canonical_int, format_values
-from sttgate.core.refusals import Refusal
-from sttgate.providers.base import MintRequest, Provider, SdkShape, TokenMint, bearer_or_raw, json_object
+from sttgate.providers.base import Caption, MintRequest, Provider, SdkShape, TokenMint, bearer_or_raw, json_object
 
 TERMINATE = '{"type":"Terminate"}'
 
@@ -82,7 +83,7 @@ def _mint_seconds(request: MintRequest) -> int:
     """``GET /v3/token?expires_in_seconds=N``; ``max_session_duration_seconds`` is accepted and ignored: gateway
     sessions are limited by balance, not time."""
     if "expires_in_seconds" not in request.query:
-        raise Refusal(400, "invalid_request", "expires_in_seconds is required.")
+        raise refusals.invalid_request("expires_in_seconds is required.")
     return request.lifetime(request.query["expires_in_seconds"])
 
 
@@ -137,6 +138,18 @@ class AssemblyAI(Provider):
     def is_end_ack(self, text: str, forwarded: str = "") -> bool:
         message = json_object(text)
         return message is not None and message.get("type") == "Termination"
+
+    def caption(self, message: Mapping[str, Any]) -> Caption | None:
+        """``Turn`` messages: a partial until ``end_of_turn``; with ``format_turns`` the formatted turn is the final."""
+        kind = message.get("type")
+        if kind == "Turn":
+            text = str(message.get("transcript", ""))
+            if message.get("end_of_turn"):
+                return Caption("final", text) if message.get("turn_is_formatted") or not text else None
+            return Caption("partial", text) if text else None
+        if kind in ("Begin", "Termination"):
+            return Caption("event", str(kind))
+        return Caption("event", f"error: {dict(message)}") if "error" in message else None
 
 
 ASSEMBLYAI = AssemblyAI()

@@ -27,6 +27,15 @@ Pairs = Sequence[tuple[str, str]]
 
 
 @dataclass(frozen=True)
+class Caption:
+    """What a provider message means to a captioning app (``sttgate demo``): a partial or final transcript, or a
+    notable event (session start/end, an error) shown by its kind."""
+
+    kind: Literal["partial", "final", "event"]
+    text: str
+
+
+@dataclass(frozen=True)
 class ProviderSettings:
     """The operator's settings for one provider (see ``Settings.provider``)."""
 
@@ -195,6 +204,11 @@ class Provider(ABC):
     @abstractmethod
     def is_end_ack(self, text: str, forwarded: str = "") -> bool:
         """Whether this provider message, received after ``end_frames``, means nothing more will come."""
+
+    def caption(self, message: Mapping[str, Any]) -> Caption | None:
+        """A provider JSON message as a caption, or ``None`` when a captioning app would not show it (by default,
+        nothing: ``sttgate demo`` then prints no transcript for this provider)."""
+        return None
 
 
 def json_object(text: str) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from sttgate.core import refusals
 from sttgate.core.metering import (
     UNREADABLE,
     AudioFormat,
@@ -26,8 +27,7 @@ from sttgate.core.metering import (
     ticks_per_second,
 )
 from sttgate.core.params import canonical_int, format_values, query_values
-from sttgate.core.refusals import Refusal
-from sttgate.providers.base import PULL_SAMPLE_RATE, MintRequest, Provider, SdkShape, TokenMint, json_object
+from sttgate.providers.base import PULL_SAMPLE_RATE, Caption, MintRequest, Provider, SdkShape, TokenMint, json_object
 
 MODEL_ID = "scribe_v2_realtime"
 # With include_timestamps the provider sends this after the committed_transcript of the same segment.
@@ -241,7 +241,7 @@ def _mint_key(headers: Mapping[str, str]) -> str | None:
 def _mint_seconds(request: MintRequest) -> int:
     """``POST /v1/single-use-token/realtime_scribe``: the lifetime is the provider's, capped by the gateway's."""
     if request.path_params.get("token_type") != TOKEN_TYPE:
-        raise Refusal(422, "invalid_token_type", "Only realtime_scribe tokens are served by this gateway.")
+        raise refusals.invalid_token_type("Only realtime_scribe tokens are served by this gateway.")
     return min(TOKEN_SECONDS, request.max_seconds)
 
 
@@ -293,6 +293,18 @@ class ElevenLabs(Provider):
     def end_frames(self, forwarded: str = "") -> list[str]:
         """An empty committing chunk, at the session's declared rate (16000 in pull mode)."""
         return [_chunk("", True, _session_rate(forwarded))]
+
+    def caption(self, message: Mapping[str, Any]) -> Caption | None:
+        """``partial_transcript`` and ``committed_transcript``; errors are message types with an ``error`` field."""
+        kind = message.get("message_type")
+        if kind == "partial_transcript":
+            text = str(message.get("text", ""))
+            return Caption("partial", text) if text else None
+        if kind == "committed_transcript":
+            return Caption("final", str(message.get("text", "")))
+        if kind == "session_started":
+            return Caption("event", "session_started")
+        return Caption("event", f"error: {dict(message)}") if "error" in message else None
 
     def is_end_ack(self, text: str, forwarded: str = "") -> bool:
         """The commit's answer; with ``include_timestamps=true`` the timestamped transcript that follows it."""

@@ -41,10 +41,10 @@ class Refused(Exception):
 def parse_target(method: str, target: str) -> tuple[str, int, str | None]:
     """``(host, port, origin-form path)`` of a proxy request; path is None for ``CONNECT`` (a tunnel)."""
     if method == "CONNECT":
-        host, sep, port = target.rpartition(":")
-        if not sep or not port.isdigit():
+        host, sep, port_text = target.rpartition(":")
+        if not sep or not port_text.isdigit():
             raise Refused(f"bad CONNECT target {target!r}")
-        return host.strip("[]"), int(port), None
+        return host.strip("[]"), int(port_text), None
     parts = urlsplit(target)
     if parts.scheme.lower() != "http" or not parts.hostname:
         raise Refused(f"only absolute http:// targets are proxied, not {target[:100]!r}")

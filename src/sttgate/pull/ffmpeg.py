@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from sttgate.core.outcomes import TaskStatus
@@ -33,7 +33,7 @@ PACING_LEAD_SECONDS = 0.2
 # After a live source stalls, the backlog it then delivers at once may be sent this far ahead of real time to
 # recover latency; anything older than that is sent at real time.
 PACING_CATCHUP_SECONDS = 2.0
-# FFmpeg holds nothing worth flushing (its output is a pipe): a stop must act within 1 s (SPEC §6).
+# FFmpeg holds nothing worth flushing (its output is a pipe): a stop must act within 1 s (docs/pull.md#stop-a-task).
 STOP_GRACE_SECONDS = 0.5
 EXIT_WAIT_SECONDS = 5.0
 STDERR_LINES = 20
@@ -48,7 +48,7 @@ def default_ffmpeg() -> str:
     """The FFmpeg binary shipped with imageio-ffmpeg (there may be no system ffmpeg)."""
     import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
 class Pacer:
@@ -113,7 +113,7 @@ def _load_prctl() -> Callable[..., int] | None:
     if sys.platform != "linux":
         return None
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 
@@ -190,7 +190,7 @@ class FFmpegSource:
             if text:
                 self._stderr.append(text)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """Exact 100 ms chunks (the last one may be shorter), paced to real time; sets :attr:`outcome` at the end."""
         if self.process is None:
             if self.outcome is None:
@@ -233,6 +233,7 @@ class FFmpegSource:
 
     async def _finish_after_eof(self) -> None:
         assert self.process
+        code: int | None
         try:
             code = await asyncio.wait_for(self.process.wait(), EXIT_WAIT_SECONDS)
         except TimeoutError:

@@ -1,6 +1,6 @@
 """This gateway's pull tasks: launching, the stop-flag poll, webhook deliverers that outlive their task, shutdown.
 
-One :class:`PullManager` per gateway app (created by :func:`sttgate.pull.api.setup`). Tasks run in this process;
+One :class:`PullManager` per gateway app (created by :func:`sttgate.web.pull_api.setup`). Tasks run in this process;
 the database is how other gateways reach them (a stop received elsewhere sets ``stop_requested``, which this
 manager polls every ``STOP_POLL_SECONDS``).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sttgate.pull")
 
-# A stop received by another gateway is acted on within this (SPEC: 1 s).
+# A stop received by another gateway is acted on within this (docs/pull.md#stop-a-task: 1 s).
 STOP_POLL_SECONDS = 0.5
 # At shutdown, queued webhooks (every task's ``ended`` above all) get this long before they are abandoned.
 SHUTDOWN_WEBHOOK_SECONDS = 10.0
@@ -157,7 +158,7 @@ class PullManager:
             deliverer.start()
             deliverer.end(TaskStatus.GATEWAY_SHUTDOWN, CRASHED)
             self.deliverers.add(deliverer)
-            deliverer.on_done(lambda d=deliverer: self.deliverers.discard(d))
+            deliverer.on_done(functools.partial(self.deliverers.discard, deliverer))
             log_event("pull_task_crash_ended", task=crashed.id)
 
     async def close(self) -> None:

@@ -1,4 +1,5 @@
-"""The start request's JSON body → the provider query a pull task forwards (SPEC §6, forwarding as in §3).
+"""The start request's JSON body → the provider query a pull task forwards (docs/pull.md#start-a-task; forwarding
+as in docs/contract.md#forwarding).
 
 Pure: no I/O. A JSON body has no "as the client encoded it", so the gateway encodes each provider parameter once,
 in the order of the body: strings percent-encoded (``%20`` for a space), booleans as ``true``/``false``, numbers as
@@ -17,15 +18,11 @@ from typing import Any
 from urllib.parse import quote
 
 from sttgate.core.params import query_values, with_defaults
-from sttgate.core.refusals import Refusal
+from sttgate.core.refusals import invalid_request
 from sttgate.providers import Provider
 
 # Body fields the gateway reads itself; never forwarded (api_key/token: a credential never reaches the provider).
 RESERVED = frozenset({"audio_url", "callback_url", "provider", "api_key", "token"})
-
-
-def invalid_request(message: str) -> Refusal:
-    return Refusal(400, "invalid_request", message)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Running pull tasks: FFmpeg → provider session → webhooks, and how each task ends (SPEC §6).
+"""Running pull tasks: FFmpeg → provider session → webhooks, and how each task ends (docs/pull.md#how-a-task-ends).
 
 A :class:`PullTask` drives one :class:`~sttgate.gateway.live.LiveSession` (opened by the start request, so
 every refusal of §3 was an HTTP answer). Its feeder sends FFmpeg's 100 ms chunks in the provider's framing; its
@@ -29,7 +29,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sttgate.core import closecodes
 from sttgate.core.closecodes import Close
@@ -200,7 +200,8 @@ class PullTask:
         try:
             while True:
                 nxt = asyncio.ensure_future(anext(chunks))
-                await asyncio.wait({nxt, self._halt}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {nxt, self._halt}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if not nxt.done():
                     nxt.cancel()
                     with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):

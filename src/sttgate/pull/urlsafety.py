@@ -1,4 +1,4 @@
-"""What a pull task may make the gateway connect to (SPEC §6).
+"""What a pull task may make the gateway connect to (docs/pull.md#url-safety).
 
 The gateway fetches URLs that a customer chose, from inside the operator's network. Without rules, a customer could
 read the gateway's own files (``file:``), its metadata service (169.254.169.254) or any private service next to it.
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
-from sttgate.core.refusals import Refusal
+from sttgate.core.refusals import invalid_url
 
 AUDIO_SCHEMES = ("rtmp", "rtmps", "rtsp", "http", "https")
 CALLBACK_SCHEMES = ("http", "https")
@@ -73,24 +73,24 @@ def parse_url(url: object, schemes: Iterable[str], code: str, what: str) -> Spli
     allowed = tuple(schemes)
     listed = ", ".join(allowed)
     if not isinstance(url, str) or not url.strip():
-        raise Refusal(400, code, f"{what} is required and must be a URL string ({listed}).")
+        raise invalid_url(code, f"{what} is required and must be a URL string ({listed}).")
     if len(url) > MAX_URL_LENGTH:
-        raise Refusal(400, code, f"{what} is longer than {MAX_URL_LENGTH} characters.")
+        raise invalid_url(code, f"{what} is longer than {MAX_URL_LENGTH} characters.")
     if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
-        raise Refusal(400, code, f"{what} must not contain spaces or control characters.")
+        raise invalid_url(code, f"{what} must not contain spaces or control characters.")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise Refusal(400, code, f"{what} is not a valid URL ({exc}).") from None
+        raise invalid_url(code, f"{what} is not a valid URL ({exc}).") from None
     scheme = parts.scheme.lower()
     if scheme not in allowed:
         shown = f"'{scheme}'" if scheme else "no scheme"
-        raise Refusal(400, code, f"{what} has {shown}; allowed schemes: {listed}.")
+        raise invalid_url(code, f"{what} has {shown}; allowed schemes: {listed}.")
     if not parts.hostname:
-        raise Refusal(400, code, f"{what} has no host.")
+        raise invalid_url(code, f"{what} has no host.")
     if port == 0:
-        raise Refusal(400, code, f"{what} has port 0.")
+        raise invalid_url(code, f"{what} has port 0.")
     return parts
 
 
@@ -126,15 +126,14 @@ async def check_url(
         try:
             addresses = await (resolver or system_resolver)(host, port)
         except (OSError, UnicodeError) as exc:
-            raise Refusal(400, code, f"{what}: the host '{host}' cannot be resolved ({exc}).") from None
+            raise invalid_url(code, f"{what}: the host '{host}' cannot be resolved ({exc}).") from None
         if not addresses:
-            raise Refusal(400, code, f"{what}: the host '{host}' has no address.")
+            raise invalid_url(code, f"{what}: the host '{host}' has no address.")
     if not allow_private:
         for address in addresses:
             problem = address_problem(ipaddress.ip_address(address.split("%", 1)[0]))
             if problem:
-                raise Refusal(
-                    400,
+                raise invalid_url(
                     code,
                     f"{what} points at a {problem} address ({address}); only public addresses are allowed.",
                 )

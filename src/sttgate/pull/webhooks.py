@@ -1,4 +1,5 @@
-"""Webhook delivery for pull tasks (SPEC §6): every provider message, in order, signed, retried, never in the way.
+"""Webhook delivery for pull tasks (docs/pull.md#webhooks): every provider message, in order, signed, retried,
+never in the way.
 
 One :class:`WebhookDeliverer` per task. The task's feeder hands it provider messages with :meth:`message`, which
 never blocks: messages wait in a bounded queue and one worker posts them in order. A failed post is retried with
@@ -76,7 +77,8 @@ def ended_body(task_id: str, seq: int, provider: str, status: str, reason: str |
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based): base, 2·base, 4·base, … up to ``cap``."""
-    return min(cap, base * (2 ** (attempt - 1)))
+    factor: int = 2 ** (attempt - 1)
+    return min(cap, base * factor)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-// The live-transcription page's adapter for AssemblyAI Universal Streaming v3 (see sttgate/web/demo.js):
+// The live-transcription page's adapter for AssemblyAI Universal Streaming v3 (see sttgate/web/static/demo.js):
 // binary PCM frames, `Terminate` to end, `Turn` messages carry the transcript.
 
 export default function adapter(sampleRate) {

@@ -1,4 +1,4 @@
-// The live-transcription page's adapter for ElevenLabs Scribe realtime (see sttgate/web/demo.js):
+// The live-transcription page's adapter for ElevenLabs Scribe realtime (see sttgate/web/static/demo.js):
 // base64 PCM in `input_audio_chunk` JSON frames, an empty committing chunk to end.
 
 function bytesToBase64(bytes) {

@@ -1,0 +1,163 @@
+"""Opening a stream, with no HTTP in sight: authorize the client, take a stream slot, connect the provider.
+
+The result is a registered :class:`~sttgate.gateway.live.LiveSession`; every failure is a raised
+:class:`~sttgate.core.refusals.Refusal` in the order of docs/contract.md#refusals, which the web layer renders.
+Push (``sttgate.web.streams``) and pull (``sttgate.web.pull_api``) both open their sessions here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiohttp
+
+from sttgate.core import refusals
+from sttgate.core.metering import FormatError
+from sttgate.core.outcomes import ClosedBy, SessionKind
+from sttgate.core.params import redact_query
+from sttgate.core.refusals import Refusal
+from sttgate.gateway.live import LiveSession
+from sttgate.gateway.logevents import log_event
+from sttgate.gateway.manager import SessionManager
+from sttgate.gateway.upstream import AiohttpLink, connect_upstream
+from sttgate.providers import Provider, get_provider, names, secret_prefixes
+from sttgate.store import Principal, SlotOutcome, Store
+from sttgate.store.auth import looks_like_token
+
+
+async def principal_for(store: Store, key: str | None, token: str | None, provider: str) -> Principal:
+    """Authenticate a key, or redeem a gateway token for ``provider``, and check the account may stream: 401, 403."""
+    if token:
+        principal = await store.redeem_token(token, provider)
+        if principal is None:
+            raise refusals.invalid_token()
+    elif key:
+        principal = await store.authenticate(key)
+        if principal is None:
+            raise refusals.invalid_api_key()
+    else:
+        raise refusals.missing_api_key()
+    if not principal.streaming_enabled:
+        raise refusals.streaming_not_enabled()
+    return principal
+
+
+async def authorize(
+    store: Store, key: str | None, token: str | None, provider_name: str | None
+) -> tuple[Principal, Provider]:
+    """Credential then provider, in the order of docs/contract.md#refusals (401, 403, 400); a token is single-use,
+    so a request whose provider is missing or invalid is refused (400) before its token is spent."""
+    if key and looks_like_token(key):
+        key, token = None, key
+    if token and not key:
+        provider = resolve_provider(provider_name)
+        return await principal_for(store, None, token, provider.name), provider
+    principal = await principal_for(store, key, None, "")
+    return principal, resolve_provider(provider_name)
+
+
+def resolve_provider(name: str | None) -> Provider:
+    """The provider named exactly ``name``: 400 ``missing_provider`` / ``invalid_provider`` otherwise."""
+    if not name:
+        raise refusals.missing_provider(names())
+    provider = get_provider(name)
+    if provider is None:
+        raise refusals.invalid_provider(names())
+    return provider
+
+
+async def open_stream(
+    manager: SessionManager,
+    http: aiohttp.ClientSession,
+    principal: Principal,
+    provider: Provider,
+    forwarded: str,
+    *,
+    kind: SessionKind = SessionKind.WEBSOCKET,
+    session_id: str | None = None,
+) -> LiveSession:
+    """Take a stream slot (429/402) and connect the provider over ``http`` (502/504/4xx): a registered
+    :class:`LiveSession` of ``manager``.
+
+    Raises :class:`Refusal`. A slot taken for a session whose upstream could not be opened is released at once.
+    """
+    if manager.draining:
+        raise refusals.service_draining()
+    # The meter reads the declared format exactly as the provider will, or the session is refused (docs/billing.md).
+    refused = provider.format_refusal(forwarded)
+    if refused is not None:
+        if refused.error is FormatError.UNSUPPORTED:
+            raise refusals.unsupported_audio_format(refused.detail)
+        raise refusals.invalid_audio_format(refused.detail)
+    # Admission control (docs/operations.md#running): an overloaded relay buffers instead of shedding load, so
+    # refuse clearly.
+    budget = manager.settings.max_sessions_per_process
+    if budget and len(manager.live) + manager.opening >= budget:
+        raise refusals.gateway_overloaded()
+    session_id = session_id or str(uuid.uuid4())
+    manager.opening += 1
+    try:
+        upstream = await _take_slot_and_connect(manager, http, principal, provider, forwarded, kind, session_id)
+    finally:
+        manager.opening -= 1
+    live = LiveSession(
+        manager,
+        session_id=session_id,
+        principal=principal,
+        provider=provider,
+        kind=kind,
+        forwarded=forwarded,
+        upstream=upstream,
+    )
+    manager.register(live)
+    log_event(
+        "session_start",
+        session=session_id,
+        account=principal.account_id,
+        provider=provider.name,
+        kind=kind,
+        query=redact_query(forwarded, secret_prefixes()),
+    )
+    return live
+
+
+async def _take_slot_and_connect(
+    manager: SessionManager,
+    http: aiohttp.ClientSession,
+    principal: Principal,
+    provider: Provider,
+    forwarded: str,
+    kind: SessionKind,
+    session_id: str,
+) -> AiohttpLink:
+    store = manager.store
+    slot = await store.open_session(
+        session_id=session_id,
+        account_id=principal.account_id,
+        kind=kind,
+        provider=provider.name,
+        gateway_id=manager.gateway_id,
+        min_balance_nanos=manager.price_nanos(provider.name),
+        lease_ttl=manager.settings.lease_ttl_seconds,
+    )
+    if slot is SlotOutcome.TOO_MANY_STREAMS:
+        raise refusals.too_many_streams()
+    if slot is SlotOutcome.INSUFFICIENT_BALANCE:
+        raise refusals.insufficient_balance()
+    try:
+        return await connect_upstream(http, manager.settings, manager.metrics, provider, forwarded)
+    except BaseException as exc:
+        refusal = exc if isinstance(exc, Refusal) else None
+        await asyncio.shield(
+            store.end_session(
+                session_id,
+                audio_seconds=0.0,
+                cycles=0,
+                cost_nanos=0,
+                close_code=None,
+                close_reason=refusal.code if refusal else "handshake aborted",
+                closed_by=ClosedBy.GATEWAY,
+            )
+        )
+        raise

@@ -1,0 +1,128 @@
+"""Process supervision: ``serve`` runs the gateway app of :func:`sttgate.web.app.create_app` in one or more
+processes until SIGTERM/SIGINT, then drains (docs/operations.md#shutdown-sigterm).
+
+Here: logging set-up, migrating once before workers start, workers sharing one port (``SO_REUSEPORT``) with the
+parent forwarding signals, reaping the sessions a crashed predecessor left open, the orphan watch and uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from typing import Any
+
+from sttgate.config import Settings
+from sttgate.gateway.logevents import log_event
+from sttgate.store import Store
+from sttgate.web.app import bound_port, create_app, default_gateway_id, start_site
+from sttgate.web.services import SERVICES
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
+    """Run the gateway until SIGTERM/SIGINT, then drain; returns the exit status (0 after a clean drain).
+
+    ``workers > 1`` runs that many processes on one port (``SO_REUSEPORT``); the parent forwards signals.
+    """
+    _configure_logging(settings)
+    asyncio.run(_prepare_database(settings))
+    if workers <= 1:
+        return _run_worker(settings, host, port, None, False)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker_main, args=(settings, host, port, index), name=f"sttgate-worker-{index}")
+        for index in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+
+    def forward(signum: int, _frame: Any) -> None:
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in procs:
+        proc.join()
+    return 0 if all(proc.exitcode == 0 for proc in procs) else 1
+
+
+def _worker_main(settings: Settings, host: str, port: int, index: int) -> None:
+    # Signals come from the parent only: a terminal's Ctrl-C to the whole group would otherwise arrive twice
+    # (directly and forwarded), and a second signal cuts the drain short.
+    os.setpgrp()
+    _configure_logging(settings)
+    raise SystemExit(_run_worker(settings, host, port, index, True))
+
+
+def _run_worker(settings: Settings, host: str, port: int, index: int | None, reuse_port: bool) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(_serve_async(settings, host, port, index, reuse_port))
+    return uvloop.run(_serve_async(settings, host, port, index, reuse_port))
+
+
+async def _prepare_database(settings: Settings) -> None:
+    """Migrate once, before any worker starts."""
+    store = await Store.connect(settings.database_url, migrate=True)
+    await store.close()
+
+
+async def _serve_async(settings: Settings, host: str, port: int, index: int | None, reuse_port: bool) -> int:
+    store = await Store.connect(settings.database_url, migrate=False)
+    gateway_id = default_gateway_id(settings, port, index)
+    # Sessions this gateway id left open when it last died are over: close them (their cycles stay billed).
+    reaped = await store.reap_dead_sessions(gateway_id=gateway_id)
+    if reaped:
+        log_event("sessions_reaped_at_startup", gateway=gateway_id, count=len(reaped))
+    app = create_app(settings, store=store, gateway_id=gateway_id)
+    runner = await start_site(app, host, port, reuse_port=reuse_port)
+    sessions = app[SERVICES].sessions
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        # The first signal starts the drain; a second one cuts it short.
+        if stop.is_set():
+            sessions.cut_drain()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if index is not None else None
+    log_event("gateway_listening", gateway=gateway_id, host=host, port=bound_port(runner), pid=os.getpid())
+    await stop.wait()
+    if orphan_watch is not None:
+        orphan_watch.cancel()
+    started = time.monotonic()
+    await sessions.drain(settings.drain_seconds)
+    await runner.cleanup()
+    await store.close()
+    log_event("gateway_stopped", gateway=gateway_id, shutdown_seconds=f"{time.monotonic() - started:.3f}")
+    return 0
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker whose parent died (SIGKILL) drains and exits instead of serving on alone."""
+    parent = os.getppid()
+    while True:
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            break
+    log_event("parent_gone", pid=os.getpid())
+    stop.set()
+
+
+def _configure_logging(settings: Settings) -> None:
+    """A plain stderr handler when the embedding program (the CLI) configured none."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with contextlib.suppress(ValueError):
+        logging.getLogger("sttgate").setLevel(settings.log_level.upper())

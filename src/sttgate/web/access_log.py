@@ -1,0 +1,18 @@
+"""The access log, without secrets: keys and tokens travel in query strings, so the query is redacted."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from sttgate.core.params import redact_query
+from sttgate.providers import secret_prefixes
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """Access log lines with the query string redacted (credential values and provider secrets)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+        path, _, query = request.raw_path.partition("?")
+        target = path + ("?" + redact_query(query, secret_prefixes()) if query else "")
+        self.logger.info('%s "%s %s" %s %.3f', request.remote, request.method, target, response.status, elapsed)

@@ -1,0 +1,30 @@
+"""One middleware renders every refusal, so every route answers them alike.
+
+A handler (or anything it calls: authorization, slot, upstream connect, body parsing) raises a
+:class:`~sttgate.core.refusals.Refusal`; this middleware answers it with the refusal's status and the error body of
+docs/contract.md#conventions, ``{"error": {"code", "message"}}``, and counts it once in
+``sttgate_handshake_refusals_total{code}`` (docs/operations.md#metrics).
+
+Every refusal carries ``Cache-Control: no-store``. The token routes always sent it (an answer about credentials must
+not be cached by a proxy); the other routes now send it too, so that a refusal looks the same whichever route gave it.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from sttgate.core.refusals import Refusal
+from sttgate.web.services import SERVICES
+
+REFUSAL_HEADERS = {"Cache-Control": "no-store"}
+
+
+@web.middleware
+async def render_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's response, or its raised :class:`Refusal` as a JSON error response (counted in the metrics)."""
+    try:
+        return await handler(request)
+    except Refusal as refusal:
+        request.app[SERVICES].metrics.refusals.labels(refusal.code).inc()
+        return web.json_response(refusal.body(), status=refusal.status, headers=REFUSAL_HEADERS)

@@ -1,0 +1,130 @@
+"""Token mints (docs/contract.md#tokens): ``POST /api/v2/audio-stream/token`` and each provider's own token routes
+(``SdkShape.token_mints``), each taking the account's key the way that SDK sends it.
+
+Refusals are raised and rendered by :mod:`sttgate.web.errors`; answers carry ``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from sttgate.admin import isoformat
+from sttgate.config import Settings
+from sttgate.core.refusals import (
+    invalid_api_key,
+    invalid_provider,
+    invalid_request,
+    missing_api_key,
+    streaming_not_enabled,
+)
+from sttgate.providers import PROVIDERS, Provider, get_provider, names
+from sttgate.providers.base import MintRequest, TokenMint, bearer_or_raw
+from sttgate.store import Principal, Store
+from sttgate.store.auth import MAX_SECONDS, MIN_SECONDS
+from sttgate.web.services import SERVICES
+
+# A token asked for without a lifetime lives this long: enough to open a socket, short enough to be harmless.
+DEFAULT_TOKEN_SECONDS = 60
+
+
+def setup(app: web.Application) -> None:
+    """Register the gateway's token mint and each registered provider's token mints (the registry as it is now)."""
+    for provider in PROVIDERS.values():
+        if provider.sdk is not None:
+            for mint in provider.sdk.token_mints:
+                app.router.add_route(mint.method, mint.path, _provider_mint(provider, mint))
+    app.router.add_post("/api/v2/audio-stream/token", mint_token)
+
+
+def token_response(body: dict[str, Any]) -> web.Response:
+    """A minted token's answer: never cached."""
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def _authenticate(store: Store, credential: str | None) -> Principal:
+    """The account behind the key; tokens cannot mint tokens. Refusals in the order of
+    docs/contract.md#refusals-on-other-routes."""
+    if credential is None:
+        raise missing_api_key()
+    principal = await store.authenticate(credential)
+    if principal is None:
+        raise invalid_api_key()
+    if not principal.streaming_enabled:
+        raise streaming_not_enabled()
+    return principal
+
+
+def _lifetime(value: Any, settings: Settings) -> int:
+    """A token lifetime in whole seconds, 1..token_max_seconds (at most 600)."""
+    limit = min(settings.token_max_seconds, MAX_SECONDS)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_SECONDS <= value <= limit:
+        raise invalid_request(f"expires_in_seconds must be an integer from {MIN_SECONDS} to {limit}.")
+    return value
+
+
+def provider_argument(value: Any) -> str | None:
+    """A body's optional ``provider``: a registered provider's name, else 400 ``invalid_provider``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or get_provider(value) is None:
+        raise invalid_provider(names())
+    return value
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body; an empty body is ``{}``."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise invalid_request("The body must be a JSON object.") from exc
+    if not isinstance(body, dict):
+        raise invalid_request("The body must be a JSON object.")
+    return body
+
+
+async def mint_token(request: web.Request) -> web.Response:
+    """``POST /api/v2/audio-stream/token``: the gateway's own token mint (key in ``Authorization``)."""
+    svc = request.app[SERVICES]
+    principal = await _authenticate(svc.store, bearer_or_raw(request.headers.get("Authorization")))
+    body = await json_object(request)
+    seconds = _lifetime(body.get("expires_in_seconds", DEFAULT_TOKEN_SECONDS), svc.settings)
+    provider = provider_argument(body.get("provider"))
+    minted = await svc.store.mint_token(principal.account_id, seconds, provider)
+    return token_response(
+        {
+            "token": minted.token,
+            "expires_at": isoformat(minted.expires_at),
+            "expires_in_seconds": seconds,
+            "provider": provider,
+        }
+    )
+
+
+def _provider_mint(provider: Provider, mint: TokenMint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A provider-shaped token mint: the key where that SDK sends it, the lifetime and answer in its shape."""
+
+    async def provider_mint(request: web.Request) -> web.Response:
+        svc = request.app[SERVICES]
+        settings = svc.settings
+        principal = await _authenticate(svc.store, mint.key(request.headers))
+        seconds = mint.seconds(
+            MintRequest(
+                path_params=request.match_info,
+                query=request.query,
+                lifetime=lambda value: _lifetime(value, settings),
+                max_seconds=min(settings.token_max_seconds, MAX_SECONDS),
+            )
+        )
+        minted = await svc.store.mint_token(principal.account_id, seconds, provider.name)
+        return token_response(mint.body(minted.token, seconds))
+
+    return provider_mint
