@@ -11,8 +11,8 @@ import pytest
 from aiohttp import WSMsgType
 
 from sttgate.admin import Admin
-from sttgate.gateway.keys import STORE
 from sttgate.providers import names
+from sttgate.web.services import SERVICES
 from tests.gateway.test_billing import el_chunk, ended_session, tone
 from tests.support.upgrade import handshake
 
@@ -47,7 +47,7 @@ async def test_a_format_the_gateway_cannot_read_exactly_is_400_before_the_provid
     status, body, _ = await handshake(gw.ws_url(gw.stream_query(provider, acct.key, params)))
     assert (status, body["error"]["code"]) == (400, "invalid_audio_format")
     assert gw.emulator.recorder.find(since=mark) == []
-    assert (await Admin(gw.app[STORE], names()).usage(acct.id))["sessions"] == []
+    assert (await Admin(gw.app[SERVICES].store, names()).usage(acct.id))["sessions"] == []
 
 
 @pytest.mark.parametrize(
