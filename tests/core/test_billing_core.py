@@ -32,7 +32,7 @@ def test_an_unmeterable_frame_is_refused_and_counts_nothing():
         b = Billing(meter, prepaid=prepaid, price_nanos=PRICE)
         assert meter.text("bad") == UNMETERABLE
         assert b.opened(UNMETERABLE) is Action.REFUSE
-        assert (b.unmeterable, b.cycles, b.cost_nanos, b.charging, b.cut_off) == (True, 0, 0, False, False)
+        assert (b.cycles, b.cost_nanos, b.charging, b.cut_off) == (0, 0, False, False)
         assert meter.audio_exact == 0 and b.unflushed() is None
 
 

@@ -41,17 +41,7 @@ class Totals(NamedTuple):
 class Billing:
     """The money side of one session: counted cycles and cost, the charge in flight, the cut-off."""
 
-    __slots__ = (
-        "_written",
-        "cost_nanos",
-        "cut_off",
-        "cycles",
-        "meter",
-        "pending",
-        "prepaid",
-        "price_nanos",
-        "unmeterable",
-    )
+    __slots__ = ("_written", "cost_nanos", "cut_off", "cycles", "meter", "pending", "prepaid", "price_nanos")
 
     def __init__(self, meter: Meter, *, prepaid: bool, price_nanos: int) -> None:
         self.meter = meter
@@ -62,8 +52,6 @@ class Billing:
         # Cycles whose prepaid charge is in flight (0: none): the last metered frame may yet be refunded.
         self.pending = 0
         self.cut_off = False
-        # A frame the meter could not read was refused: the session ends (1008 "unmeterable audio").
-        self.unmeterable = False
         self._written: tuple[float, int] = (0.0, 0)
 
     @property
@@ -73,7 +61,6 @@ class Billing:
     def opened(self, cycles: int) -> Action:
         """The last metered frame opened ``cycles`` (> 0) new cycles, or was :data:`UNMETERABLE`."""
         if cycles == UNMETERABLE:
-            self.unmeterable = True
             return Action.REFUSE
         if self.prepaid:
             self.pending = cycles
