@@ -10,9 +10,9 @@ import json
 import os
 import timeit
 
-from sttgate.core.metering import parse_chunk, parse_chunk_reference
+from sttgate.core.metering import base64_audio_bytes
 from sttgate.providers.assemblyai import ASSEMBLYAI
-from sttgate.providers.elevenlabs import ELEVENLABS
+from sttgate.providers.elevenlabs import ELEVENLABS, _envelope, parse_chunk, parse_chunk_reference
 
 FRAMES = 200_000
 
@@ -37,6 +37,10 @@ def main() -> None:
     # A non-ASCII previous_text is escaped by json.dumps: the backslash sends the frame to the fallback.
     unusual = usual.replace('"previous_text": null', '"previous_text": "caf\\u00e9"')
 
+    b64 = base64.b64encode(pcm).decode()
+    envelope = usual.replace(b64, "")
+    plain_json = json.JSONDecoder(strict=False)
+
     aai = ASSEMBLYAI.new_meter("sample_rate=16000")
     el = ELEVENLABS.new_meter("audio_format=pcm_16000")
     rows = [
@@ -46,6 +50,9 @@ def main() -> None:
         ("elevenlabs Meter.text, 1 s chunk (fast path)", lambda: el.text(one_second)),
         ("elevenlabs parse_chunk (fast path)", lambda: parse_chunk(usual)),
         ("elevenlabs parse_chunk_reference (json.loads)", lambda: parse_chunk_reference(usual)),
+        ("elevenlabs base64 alphabet count, 100 ms", lambda: base64_audio_bytes(b64)),
+        ("elevenlabs envelope, uncached, repeated-key check", lambda: _envelope.__wrapped__(envelope)),
+        ("elevenlabs envelope, uncached, plain json (before)", lambda: plain_json.decode(envelope)),
     ]
     for label, statement in rows:
         print(f"{label:<50} {per_frame_us(statement):8.3f} µs/frame")

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sttgate.core.billing import Action, Billing, Totals
-from sttgate.core.metering import AudioFormat, BinaryMeter
+from sttgate.core.metering import UNMETERABLE, AudioFormat, BinaryMeter, ChunkMeter
 
 FMT = AudioFormat(2, 16000)  # 32,000 bytes per second: one cycle is 160,000 bytes
 CYCLE = 5 * FMT.bytes_per_second
@@ -23,6 +23,17 @@ def test_postpaid_counts_the_cycle_and_forwards():
     b = billing(prepaid=False)
     assert b.opened(b.meter.binary(bytes(3200))) is Action.FORWARD
     assert (b.cycles, b.cost_nanos, b.charging) == (1, PRICE, False)
+
+
+def test_an_unmeterable_frame_is_refused_and_counts_nothing():
+    """docs/billing.md#strict-metering: not forwarded, nothing charged or counted, the session ends (1008)."""
+    meter = ChunkMeter(FMT, lambda text: (-1, None) if text == "bad" else (len(text), None), [16000], 32000)
+    for prepaid in (False, True):
+        b = Billing(meter, prepaid=prepaid, price_nanos=PRICE)
+        assert meter.text("bad") == UNMETERABLE
+        assert b.opened(UNMETERABLE) is Action.REFUSE
+        assert (b.cycles, b.cost_nanos, b.charging, b.cut_off) == (0, 0, False, False)
+        assert meter.audio_exact == 0 and b.unflushed() is None
 
 
 def test_prepaid_charges_first_then_forwards_when_paid():

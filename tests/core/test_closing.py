@@ -73,6 +73,14 @@ def test_cut_off_ends_the_provider_gracefully_and_tells_the_client(close):
     assert closecodes.BILLING_UNAVAILABLE == (1011, "billing unavailable")
 
 
+def test_unmeterable_audio_ends_the_provider_gracefully_and_tells_the_client():
+    close = closecodes.UNMETERABLE_AUDIO
+    assert close == (1008, "unmeterable audio")
+    d = decide(Outcome.UNMETERABLE, *close)
+    assert d.graceful and d.to_upstream is None and d.to_client == close
+    assert d.record == CloseRecord(1008, "unmeterable audio", ClosedBy.GATEWAY)
+
+
 @pytest.mark.parametrize("close", [closecodes.IDLE_TIMEOUT, closecodes.SERVICE_RESTART])
 def test_gateway_closes_tell_both_sides(close):
     d = decide(Outcome.GATEWAY, *close)

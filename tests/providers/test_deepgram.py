@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from sttgate.core.metering import AudioFormat, BinaryMeter
+from sttgate.core.metering import AudioFormat, BinaryMeter, FormatError, FormatRefusal
 from sttgate.core.refusals import Refusal
 from sttgate.providers.base import MintRequest
 from sttgate.providers.deepgram import DEEPGRAM, deepgram_format
@@ -33,10 +33,10 @@ def test_upstream_url_adds_the_model_only_when_missing() -> None:
         ("encoding=linear16&sample_rate=16000", AudioFormat(2, 16000, 1), False),
         ("encoding=linear16&sample_rate=48000&channels=2", AudioFormat(2, 48000, 2), False),
         ("encoding=linear16&sample_rate=16000&channels=2&multichannel=true", AudioFormat(2, 16000, 2), True),
-        ("encoding=linear16&sample_rate=16000&channels=2&multichannel=False", AudioFormat(2, 16000, 2), False),
+        ("encoding=linear16&sample_rate=16000&channels=2&multichannel=false", AudioFormat(2, 16000, 2), False),
         ("encoding=linear32&sample_rate=16000", AudioFormat(4, 16000, 1), False),
         ("encoding=mulaw&sample_rate=8000", AudioFormat(1, 8000, 1), False),
-        ("encoding=ALAW&sample_rate=8000", AudioFormat(1, 8000, 1), False),
+        ("encoding=alaw&sample_rate=8000", AudioFormat(1, 8000, 1), False),
     ],
 )
 def test_raw_formats_are_metered(query: str, fmt: AudioFormat, per_channel: bool) -> None:
@@ -47,23 +47,29 @@ def test_raw_formats_are_metered(query: str, fmt: AudioFormat, per_channel: bool
 
 
 @pytest.mark.parametrize(
-    "query",
+    ("query", "error"),
     [
-        "",  # container audio: no encoding
-        "sample_rate=16000",
-        "encoding=opus&sample_rate=48000",
-        "encoding=flac",
-        "encoding=ogg-opus",
-        "encoding=linear16",  # no sample_rate
-        "encoding=linear16&sample_rate=16k",
-        "encoding=linear16&sample_rate=16000&channels=0",
-        "encoding=linear16&sample_rate=16000&multichannel=yes",
-        "encoding=linear16&sample_rate=16000&sample_rate=8000",  # read either way: not metered
-        "encoding=linear16&encoding=mulaw&sample_rate=8000",
+        ("", FormatError.UNSUPPORTED),  # container audio: no encoding
+        ("sample_rate=16000", FormatError.UNSUPPORTED),
+        ("encoding=opus&sample_rate=48000", FormatError.UNSUPPORTED),
+        ("encoding=flac", FormatError.UNSUPPORTED),
+        ("encoding=ogg-opus", FormatError.UNSUPPORTED),
+        ("encoding=linear16", FormatError.INVALID),  # no sample_rate
+        ("encoding=linear16&sample_rate=16k", FormatError.INVALID),
+        ("encoding=linear16&sample_rate=016000", FormatError.INVALID),
+        ("encoding=linear16&sample_rate=16000&channels=0", FormatError.INVALID),
+        ("encoding=linear16&sample_rate=16000&multichannel=yes", FormatError.INVALID),
+        ("encoding=linear16&sample_rate=16000&multichannel=False", FormatError.INVALID),
+        ("encoding=ALAW&sample_rate=8000", FormatError.INVALID),
+        ("encoding=linear16&sample_rate=16000&sample_rate=8000", FormatError.INVALID),  # read either way
+        ("encoding=linear16&encoding=mulaw&sample_rate=8000", FormatError.INVALID),
+        ("encoding=linear16&Sample_Rate=8000&sample_rate=16000", FormatError.INVALID),
     ],
 )
-def test_unmeterable_declarations(query: str) -> None:
-    assert deepgram_format(query) is None
+def test_unmeterable_declarations(query: str, error: FormatError) -> None:
+    refused = deepgram_format(query)
+    assert isinstance(refused, FormatRefusal) and refused.error is error
+    assert DEEPGRAM.format_refusal(query) == refused
     assert DEEPGRAM.new_meter(query).audio_format is None
 
 

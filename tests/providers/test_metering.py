@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sttgate.core.metering import AudioFormat, BinaryMeter, Meter, base64_decoded_length
+from sttgate.core.metering import (
+    UNMETERABLE,
+    UNREADABLE,
+    AudioFormat,
+    BinaryMeter,
+    FormatError,
+    FormatRefusal,
+    Meter,
+    base64_audio_bytes,
+)
 from sttgate.providers.assemblyai import assemblyai_format, assemblyai_meter
 from sttgate.providers.elevenlabs import (
     ELEVENLABS_RATES,
@@ -88,17 +97,20 @@ def test_huge_frame_opens_several_cycles() -> None:
     [
         ("", AudioFormat(2, 16000)),
         ("sample_rate=8000", AudioFormat(2, 8000)),
-        ("encoding=PCM_MULAW&sample_rate=8000", AudioFormat(1, 8000)),
-        ("sample_rate=abc", AudioFormat(2, 16000)),
-        ("sample_rate=0", AudioFormat(2, 16000)),
-        ("sample_rate=-8000", AudioFormat(2, 16000)),
-        ("sample_rate=8000&sample_rate=48000", AudioFormat(2, 48000)),
-        ("encoding=opus", None),
-        ("encoding=ogg_opus&sample_rate=48000", None),
+        ("encoding=pcm_mulaw&sample_rate=8000", AudioFormat(1, 8000)),
+        # Strict metering (issue 11): what the provider might read otherwise is refused, never defaulted.
+        ("encoding=PCM_MULAW&sample_rate=8000", FormatError.INVALID),
+        ("sample_rate=abc", FormatError.INVALID),
+        ("sample_rate=0", FormatError.INVALID),
+        ("sample_rate=-8000", FormatError.INVALID),
+        ("sample_rate=8000&sample_rate=48000", FormatError.INVALID),
+        ("encoding=opus", FormatError.UNSUPPORTED),
+        ("encoding=ogg_opus&sample_rate=48000", FormatError.UNSUPPORTED),
     ],
 )
-def test_assemblyai_formats(query: str, expected: AudioFormat | None) -> None:
-    assert assemblyai_format(query) == expected
+def test_assemblyai_formats(query: str, expected: AudioFormat | FormatError) -> None:
+    fmt = assemblyai_format(query)
+    assert (fmt.error if isinstance(fmt, FormatRefusal) else fmt) == expected
 
 
 def test_compressed_encoding_is_relayed_unmetered() -> None:
@@ -117,7 +129,7 @@ def test_binary_cycles_are_ceil_of_audio(sizes: list[int], query: str) -> None:
     meter = assemblyai_meter(query)
     opened = feed_binary(meter, sizes)
     fmt = assemblyai_format(query)
-    assert fmt is not None
+    assert isinstance(fmt, AudioFormat)
     assert meter.audio_exact == Fraction(sum(sizes), fmt.bytes_per_second)
     assert meter.cycles == sum(opened) == math.ceil(meter.audio_exact / 5)
 
@@ -221,11 +233,19 @@ def test_chunk_sample_rate_overrides_the_session_rate() -> None:
     assert meter.audio_exact == Fraction(3, 2) + Fraction(1, 88_200)
 
 
-@pytest.mark.parametrize("rate", [0, -16000, 12345, 10**9, 16000.0, "16000", True, None])
-def test_unusable_chunk_rates_fall_back_to_the_session_rate(rate: object) -> None:
+def test_a_chunk_without_a_rate_is_metered_at_the_session_rate() -> None:
     meter = elevenlabs_meter("audio_format=pcm_8000")
-    meter.text(chunk(b"\0" * 16_000, sample_rate=rate))
-    assert meter.audio_exact == 1
+    meter.text(chunk(b"\0" * 16_000, sample_rate=None))
+    meter.text(chunk(b"\0" * 16_000, previous_text=None, sample_rate=None).replace("}", ', "sample_rate": null}'))
+    assert meter.audio_exact == 2
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 4000, 12345, 10**9, 16000.0, "16000", True])
+def test_unusable_chunk_rates_are_unmeterable(rate: object) -> None:
+    # Strict metering (issue 11): these fell back to the session rate; the provider may decode them at their own.
+    meter = elevenlabs_meter("audio_format=pcm_8000")
+    assert meter.text(chunk(b"\0" * 16_000, sample_rate=rate)) == UNMETERABLE
+    assert (meter.audio_exact, meter.cycles) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -234,16 +254,21 @@ def test_unusable_chunk_rates_fall_back_to_the_session_rate(rate: object) -> Non
         ("", AudioFormat(2, 16000)),
         ("audio_format=pcm_24000", AudioFormat(2, 24000)),
         ("audio_format=ulaw_8000", AudioFormat(1, 8000)),
-        ("audio_format=mp3_44100", AudioFormat(2, 16000)),
-        ("encoding=pcm_48000&sample_rate=48000", AudioFormat(2, 48000)),
-        ("encoding=ulaw_8000", AudioFormat(1, 8000)),
-        ("sample_rate=22050", AudioFormat(2, 22050)),
-        ("sample_rate=12345", AudioFormat(2, 16000)),
-        ("audio_format=pcm_8000&encoding=pcm_48000", AudioFormat(2, 8000)),
+        ("encoding=pcm_16000&sample_rate=16000", AudioFormat(2, 16000)),
+        ("audio_format=pcm_48000&encoding=pcm_48000&sample_rate=48000", AudioFormat(2, 48000)),
+        ("sample_rate=16000", AudioFormat(2, 16000)),
+        # Strict metering (issue 11): these were guessed; the provider may read them otherwise.
+        ("audio_format=mp3_44100", FormatError.INVALID),
+        ("encoding=pcm_48000&sample_rate=48000", FormatError.INVALID),
+        ("encoding=ulaw_8000", FormatError.INVALID),
+        ("sample_rate=22050", FormatError.INVALID),
+        ("sample_rate=12345", FormatError.INVALID),
+        ("audio_format=pcm_8000&encoding=pcm_48000", FormatError.INVALID),
     ],
 )
-def test_elevenlabs_formats(query: str, expected: AudioFormat) -> None:
-    assert elevenlabs_format(query) == expected
+def test_elevenlabs_formats(query: str, expected: AudioFormat | FormatError) -> None:
+    fmt = elevenlabs_format(query)
+    assert (fmt.error if isinstance(fmt, FormatRefusal) else fmt) == expected
 
 
 def test_elevenlabs_non_audio_frames_meter_nothing() -> None:
@@ -295,14 +320,14 @@ def test_ticks_are_whole_for_every_rate_and_width() -> None:
 @given(st.binary(max_size=300))
 def test_base64_length_matches_decoding(data: bytes) -> None:
     encoded = base64.b64encode(data).decode()
-    assert base64_decoded_length(encoded) == len(data)
-    assert base64_decoded_length(encoded.rstrip("=")) == len(data)
+    assert base64_audio_bytes(encoded) == len(data)
+    assert base64_audio_bytes(encoded.rstrip("=")) == len(data)
 
 
 def test_malformed_base64_is_metered_by_length_never_below_what_decodes() -> None:
-    assert base64_decoded_length("====") == 0
-    assert base64_decoded_length("A") == 0
-    assert base64_decoded_length("AA AA") == 3  # a lenient decoder gets 3 bytes from these 4 letters
+    assert base64_audio_bytes("====") == 0
+    assert base64_audio_bytes("A") == 0
+    assert base64_audio_bytes("AA AA") == 3  # a lenient decoder gets 3 bytes from these 4 letters
 
 
 _b64 = st.binary(max_size=60).map(lambda b: base64.b64encode(b).decode())
@@ -377,12 +402,16 @@ def test_fast_path_examples() -> None:
     assert parse_chunk(usual) == (3200, 16000)
     compact = usual.replace(": ", ":").replace(", ", ",")
     assert parse_chunk(compact) == (3200, 16000)
-    # A duplicate key spelled with an escape: the last one wins, as in any JSON parser.
+    # A duplicate key spelled with an escape: providers resolve repeats differently, so the chunk is unreadable
+    # (strict metering, issue 11: this was "the last one wins").
     dup = compact[:-1] + ',"audio\\u005fbase_64":""}'
-    assert parse_chunk(dup) == parse_chunk_reference(dup) == (0, 16000)
-    # A raw control character inside the audio string is tolerated (strict=False) and counted like any character.
+    assert parse_chunk(dup) == parse_chunk_reference(dup) == UNREADABLE
+    # A raw control character inside the audio string: decoders skip it or refuse the chunk (issue 11: was counted).
     ctrl = '{"message_type":"input_audio_chunk","audio_base_64":"AA\x01A"}'
-    assert parse_chunk(ctrl) == (3, None)
+    assert parse_chunk(ctrl) == UNREADABLE
+    # Raw whitespace (MIME-wrapped base64) is tolerated (strict=False) and not billed.
+    wrapped = '{"message_type":"input_audio_chunk","audio_base_64":"AA\nAA"}'
+    assert parse_chunk(wrapped) == (3, None)
 
 
 def test_binary_meter_ignores_text() -> None:

@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 
 from sttgate.config import Settings
-from sttgate.core.metering import AudioFormat, BinaryMeter, Meter
+from sttgate.core.metering import UNMETERABLE, AudioFormat, BinaryMeter, Meter
 from sttgate.core.money import CYCLE_SECONDS, cycle_price_nanos, format_usd
 from sttgate.providers import PROVIDERS, Provider, names, registered
 from sttgate.providers.base import SdkShape, bearer_or_raw, json_object
@@ -180,3 +180,55 @@ async def test_pull_mode(fakeprov, gateway, emulator, account, media_server, rec
 
 async def _ended(view) -> bool:
     return (await view())["ended_at"] is not None
+
+
+class RefusingMeter(BinaryMeter):
+    """Meters 1 s of audio, then finds every frame unmeterable (docs/billing.md#strict-metering)."""
+
+    def binary(self, data: bytes) -> int:
+        if self._units + len(data) > 32_000:
+            return UNMETERABLE
+        return super().binary(data)
+
+
+class RefusingProv(FakeProv):
+    def new_meter(self, forwarded: str) -> Meter:
+        return RefusingMeter(AudioFormat(2, 16000))
+
+
+async def test_a_pull_frame_the_meter_refuses_ends_the_task_cleanly(
+    gateway, emulator, account, media_server, receiver
+) -> None:
+    with registered(RefusingProv()):
+        gw = await _fake_gateway(gateway, emulator)
+        acct = await account()
+        rec, hook = receiver
+        mark = emulator.recorder.next_seq
+        body = {"audio_url": f"{media_server}/tone3.wav", "provider": "fakeprov", "callback_url": hook}
+        async with gw.http.post(
+            f"{gw.http_url}/api/v2/audio-stream/start", json=body, headers={"Authorization": acct.key}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            task_id = (await resp.json())["data"]["task_id"]
+
+        async def view() -> dict:
+            async with gw.http.get(
+                f"{gw.http_url}/api/v2/audio-stream/tasks/{task_id}", headers={"Authorization": acct.key}
+            ) as resp:
+                return (await resp.json())["data"]
+
+        await wait_for(lambda: _ended(view), timeout=20.0)
+        task = await view()
+        assert (task["status"], task["last_error"]) == ("source_failed", "unmeterable audio")
+        assert (task["audio_seconds"], task["billed_seconds"]) == (1.0, CYCLE_SECONDS)
+        session = await emulator.recorder.wait_for_session(provider="assemblyai", since=mark)
+        await session.wait_ended()
+        assert session.audio_seconds == pytest.approx(1.0)  # the refused frame never reached the provider
+        assert session.texts_in() == [TERMINATE]  # ended gracefully
+        usage = await _usage(gw, acct.key)
+        assert (usage["sessions"][0]["close_code"], usage["sessions"][0]["closed_by"]) == (1008, "gateway")
+        await wait_for(rec.ended)
+        assert rec.accepted()[-1]["data"] == {
+            "status": "source_failed",
+            "reason": "the gateway could not meter the audio",
+        }

@@ -8,6 +8,9 @@ opens none is forwarded at once. One that opens ``n``:
   :meth:`Billing.settled` (paid: forward; refused: the frame's audio is refunded to the meter and the session is cut
   off, 4002) or :meth:`Billing.charge_failed` (the ledger failed: refunded, cut off, 1011). No unpaid audio is sent.
 
+A frame the meter cannot read (:data:`~sttgate.core.metering.UNMETERABLE`, nothing counted) is refused
+(:attr:`Action.REFUSE`): it is not sent and the session ends with 1008 "unmeterable audio" (docs/billing.md).
+
 The periodic ledger flush writes :meth:`Billing.unflushed` totals: never the audio of a frame whose charge is in
 flight (it may yet be refunded), so the totals written never go down.
 """
@@ -17,13 +20,14 @@ from __future__ import annotations
 from enum import Enum, auto
 from typing import NamedTuple
 
-from sttgate.core.metering import Meter
+from sttgate.core.metering import UNMETERABLE, Meter
 
 
 class Action(Enum):
     FORWARD = auto()  # send the frame (nothing to pay, or paid)
     CHARGE = auto()  # debit ``Billing.pending`` cycles at the ledger, then report ``settled``/``charge_failed``
     CUT_OFF = auto()  # the balance cannot pay: do not send; the session ends (4002)
+    REFUSE = auto()  # the meter cannot read the frame as the provider will: do not send; the session ends (1008)
 
 
 class Totals(NamedTuple):
@@ -55,7 +59,9 @@ class Billing:
         return self.pending != 0
 
     def opened(self, cycles: int) -> Action:
-        """The last metered frame opened ``cycles`` (> 0) new cycles."""
+        """The last metered frame opened ``cycles`` (> 0) new cycles, or was :data:`UNMETERABLE`."""
+        if cycles == UNMETERABLE:
+            return Action.REFUSE
         if self.prepaid:
             self.pending = cycles
             return Action.CHARGE

@@ -90,6 +90,8 @@ _TABLE: dict[Outcome, Callable[[int, str], Decision]] = {
     Outcome.UPSTREAM_LOST: _upstream_lost,
     Outcome.UPSTREAM_ERROR: _upstream_error,
     Outcome.CUT_OFF: _cut_off,
+    # 1008 "unmeterable audio": like a cut-off, the frame was not forwarded and the provider session ends gracefully.
+    Outcome.UNMETERABLE: _cut_off,
     Outcome.GATEWAY: _gateway,
     # Not verdicts of their own (the relay waits for the other direction); if nothing better is known the gateway
     # closes both sides with what it has.

@@ -14,6 +14,11 @@ This module is provider-neutral: which meter and format a session gets is the pr
 Cycle *n+1* opens the moment the metered audio first exceeds *n* × 5 s; a session costs ``ceil(audio / 5 s)``
 cycles. The frame that opens cycles is counted at once; when the gateway cannot pay for them it does not forward the
 frame and calls :meth:`Meter.refund_last`, which leaves the meter as if that frame never came.
+
+Strict metering (docs/billing.md#strict-metering): the meter reads exactly what the provider will read, or refuses.
+A declared format it cannot read is a :class:`FormatRefusal` (the handshake answers 400); a frame it cannot read
+makes :meth:`Meter.text`/:meth:`Meter.binary` return :data:`UNMETERABLE` (the frame is not forwarded and the session
+closes 1008 "unmeterable audio"). Nothing is counted for such a frame.
 """
 
 from __future__ import annotations
@@ -21,12 +26,36 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from fractions import Fraction
+from typing import Final
 
 from sttgate.core.money import CYCLE_SECONDS
 
-# What a text frame carries: ``(audio bytes, declared sample rate or None)``, or ``None`` when it carries no audio.
+# What a text frame carries: ``(audio bytes, declared sample rate or None)``, ``None`` when it carries no audio, or
+# :data:`UNREADABLE` when it may carry audio that the meter cannot read exactly as the provider will.
 ChunkParser = Callable[[str], tuple[int, int | None] | None]
+UNREADABLE: Final[tuple[int, None]] = (-1, None)
+
+# What ``Meter.text``/``Meter.binary`` return for a frame the meter cannot read (instead of a number of cycles).
+UNMETERABLE: Final = -1
+
+
+class FormatError(StrEnum):
+    """Why a declared format is refused at the handshake; the value is the refusal's code (docs/contract.md)."""
+
+    # Repeated, non-canonical, unknown or contradictory format parameters: the provider might read them otherwise.
+    INVALID = "invalid_audio_format"
+    # An encoding whose duration cannot be known from its length (opus, aac…).
+    UNSUPPORTED = "unsupported_audio_format"
+
+
+@dataclass(frozen=True)
+class FormatRefusal:
+    """A declared format the gateway refuses to meter, and why (a sentence for the client)."""
+
+    error: FormatError
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -66,11 +95,11 @@ class Meter:
         self._undo: tuple[int, int, int] | None = None
 
     def binary(self, data: bytes) -> int:
-        """Meter one binary frame; return the number of new cycles it opens."""
+        """Meter one binary frame; return the number of new cycles it opens, or :data:`UNMETERABLE`."""
         return 0
 
     def text(self, data: str) -> int:
-        """Meter one text frame; return the number of new cycles it opens."""
+        """Meter one text frame; return the number of new cycles it opens, or :data:`UNMETERABLE`."""
         return 0
 
     @property
@@ -136,14 +165,28 @@ class BinaryMeter(Meter):
         return self._open(len(data))
 
 
-def base64_decoded_length(text: str) -> int:
-    """Bytes a base64 string decodes to, from its length alone (no decoding).
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+# Not audio, skipped by every lenient (MIME-style) base64 decoder; a strict decoder refuses the chunk, decoding less.
+_BASE64_WHITESPACE = b" \t\n\r\f\v"
 
-    Trailing ``=`` padding is not data; every 4 other characters are 3 bytes (a partial group of 2 or 3 characters
-    is 1 or 2 bytes, as unpadded base64). The alphabet is not checked: a lenient decoder skips foreign characters,
-    so counting them can only over-meter a malformed frame, never under-meter a good one.
+
+def base64_audio_bytes(text: str) -> int:
+    """Bytes a base64 string decodes to, counting only alphabet characters; -1 when it cannot be read for certain.
+
+    Every 4 alphabet characters (``A-Z a-z 0-9 + /``) are 3 bytes (a partial group of 2 or 3 is 1 or 2 bytes, as
+    unpadded base64). Whitespace is not audio and is not counted (a lenient decoder skips it, a strict one decodes
+    nothing). ``=`` is padding only at the end. Anything else (the URL-safe ``-``/``_``, other punctuation, control or
+    non-ASCII characters, data after padding) is read differently by different decoders: -1, the frame is refused.
     """
-    return len(text.rstrip("=")) * 3 // 4
+    if not text.isascii():
+        return -1
+    raw = text.encode("ascii").rstrip(b"=")
+    if not raw.translate(None, _BASE64_ALPHABET):  # the usual chunk: alphabet only, then padding
+        return len(raw) * 3 // 4
+    raw = raw.translate(None, _BASE64_WHITESPACE).rstrip(b"=")
+    if raw.translate(None, _BASE64_ALPHABET):
+        return -1
+    return len(raw) * 3 // 4
 
 
 def ticks_per_second(widths: Iterable[int], rates: Iterable[int]) -> int:
@@ -156,26 +199,30 @@ def ticks_per_second(widths: Iterable[int], rates: Iterable[int]) -> int:
 class ChunkMeter(Meter):
     """Text frames carry audio (as ``parse`` reads them); binary frames are not audio.
 
-    A chunk whose declared rate is one of ``rates`` is metered at that rate (with the session format's sample width);
-    otherwise at the session format's rate: an arbitrary rate would make audio arbitrarily cheap and break exact tick
-    arithmetic. A frame that ``parse`` rejects meters nothing.
+    A chunk that declares no rate is metered at the session format's rate; one that declares one of ``rates`` at that
+    rate (with the session format's sample width). Any other declared rate, or a chunk ``parse`` finds
+    :data:`UNREADABLE`, is :data:`UNMETERABLE`: metering it at another rate would bill less than the provider decodes.
+    A frame that ``parse`` finds carries no audio meters nothing.
     """
 
-    __slots__ = ("_default_ticks", "_parse", "_ticks_per_byte")
+    __slots__ = ("_parse", "_ticks_per_byte")
 
     def __init__(self, audio_format: AudioFormat, parse: ChunkParser, rates: Iterable[int], ticks: int) -> None:
         super().__init__(ticks, audio_format)
         bytes_per_frame = audio_format.bytes_per_sample * audio_format.channels
         self._parse = parse
         self._ticks_per_byte: dict[int | None, int] = {rate: ticks // (bytes_per_frame * rate) for rate in rates}
-        self._default_ticks = self._ticks_per_byte[audio_format.sample_rate]
+        self._ticks_per_byte[None] = self._ticks_per_byte[audio_format.sample_rate]
 
     def text(self, data: str) -> int:
         chunk = self._parse(data)
         if chunk is None:
             return 0
         size, rate = chunk
-        units = size * self._ticks_per_byte.get(rate, self._default_ticks)
+        ticks = self._ticks_per_byte.get(rate)
+        if ticks is None or size < 0:
+            return UNMETERABLE
+        units = size * ticks
         total = self._units + units
         self._units = total
         if total <= self._limit:

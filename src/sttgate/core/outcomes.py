@@ -29,6 +29,7 @@ class Outcome(StrEnum):
     UPSTREAM_LOST = "upstream_lost"
     UPSTREAM_ERROR = "upstream_error"
     CUT_OFF = "cut_off"  # the balance (4002) or the ledger (1011) cannot pay the next cycle
+    UNMETERABLE = "unmeterable"  # a client frame the meter cannot read as the provider will (1008), not forwarded
     SEND_FAILED = "send_failed"  # writing to the other side failed: that side's reader knows why
     CLOSING = "closing"  # the socket is already closing: not a verdict
     GATEWAY = "gateway"  # the gateway asked the session to close (idle timeout, drain)

@@ -89,11 +89,44 @@ def with_defaults(forwarded: str, defaults: Sequence[tuple[str, str]]) -> str:
     return "&".join(part for part in (forwarded, *added) if part)
 
 
-def positive_int(text: str | None) -> int | None:
-    """A query value as a positive integer (ASCII digits only), else ``None``."""
-    if text and text.isascii() and text.isdigit():
+def format_values(forwarded: str, keys: frozenset[str]) -> dict[str, str] | str:
+    """The decoded values of the format parameters ``keys`` in a query, or why they cannot be read for certain.
+
+    Strict, because the provider's query parser is not ours (docs/billing.md#strict-metering): a key given twice
+    (whatever its spelling), a key that is one of ``keys`` only after case-folding or trimming (``Sample_Rate``), or
+    one hidden behind a ``;`` (which some parsers treat as a separator) could be read another way by the provider, so
+    each is refused (the returned ``str`` says which) rather than resolved.
+    """
+    values: dict[str, str] = {}
+    for pair in forwarded.split("&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition("=")
+        decoded = unquote_plus(key)
+        for hidden in pair.split(";")[1:]:
+            if _near(unquote_plus(hidden.partition("=")[0]), keys):
+                return f"a format parameter follows a ';' in {decoded!r}"
+        if decoded in keys:
+            if decoded in values:
+                return f"{decoded} is given twice"
+            values[decoded] = unquote_plus(value)
+        elif _near(decoded, keys):
+            return f"{decoded!r} is not spelled exactly {_near(decoded, keys)}"
+    return values
+
+
+def _near(key: str, keys: frozenset[str]) -> str | None:
+    folded = key.strip().lower()
+    return folded if folded in keys else None
+
+
+def canonical_int(text: str, maximum: int) -> int | None:
+    """A query value that is a positive integer in canonical form (ASCII digits, no sign, no leading zero, no
+    whitespace) up to ``maximum``, else ``None``. Anything else may be read differently by another parser
+    (``+8000``, ``08000``, ``8_000`` and `` 8000`` are 8000 to Python's ``int``)."""
+    if text.isascii() and text.isdigit() and text[0] != "0" and len(text) <= len(str(maximum)):
         value = int(text)
-        return value or None
+        return value if value <= maximum else None
     return None
 
 

@@ -56,6 +56,13 @@ def invalid_provider(valid: Sequence[str]) -> Refusal:
     return Refusal(400, "invalid_provider", f"Unknown provider; valid providers: {', '.join(valid)}.")
 
 
+def invalid_audio_format(detail: str) -> Refusal:
+    """A format parameter the gateway cannot read exactly as the provider will (docs/billing.md#strict-metering)."""
+    return Refusal(
+        400, "invalid_audio_format", f"The audio format cannot be metered exactly as the provider reads it: {detail}."
+    )
+
+
 def unsupported_audio_format(metered_formats: str = "") -> Refusal:
     """The declared format's duration cannot be computed from its bytes, so it could not be billed."""
     hint = f" ({metered_formats})" if metered_formats else ""

@@ -58,6 +58,11 @@ class ChargeFailed(RuntimeError):
     """The ledger could not debit a prepaid cycle (database error): the frame was not forwarded."""
 
 
+class UnmeterableFrame(Exception):
+    """The meter cannot read a client frame exactly as the provider will (docs/billing.md#strict-metering): the frame
+    was not forwarded; whoever drives the session closes it with 1008 "unmeterable audio"."""
+
+
 class LiveSession:
     """One open provider session: meter, charges, counters, and how it ended."""
 
@@ -149,7 +154,8 @@ class LiveSession:
 
     def admit(self, data: bytes, kind: int) -> bool:
         """Meter one client frame: True if it may be sent now, False if it opened prepaid cycles that :meth:`pay`
-        must debit first. The relay's fast path (no coroutine of its own)."""
+        must debit first; raises :class:`UnmeterableFrame` (not to be sent) when the meter cannot read it. The relay's
+        fast path (no coroutine of its own)."""
         if kind == BINARY:
             meter = self._meter_binary
             if meter is None:
@@ -162,9 +168,12 @@ class LiveSession:
         if not opened:
             return True
         billing = self.billing
-        if billing.opened(opened) is Action.FORWARD:
+        action = billing.opened(opened)
+        if action is Action.FORWARD:
             self.manager.metrics.billed(self.provider_name, opened, opened * billing.price_nanos)
             return True
+        if action is Action.REFUSE:
+            raise UnmeterableFrame
         return False
 
     async def pay(self) -> bool:
@@ -186,8 +195,8 @@ class LiveSession:
     async def forward(self, data: bytes, kind: int) -> bool:
         """Meter, charge and forward one client frame; False (nothing sent) when the balance cannot pay.
 
-        Raises :class:`ChargeFailed` (nothing sent) when the ledger fails, ``ConnectionError`` when the provider's
-        socket does."""
+        Raises :class:`ChargeFailed` (nothing sent) when the ledger fails, :class:`UnmeterableFrame` (nothing sent)
+        when the meter cannot read the frame, ``ConnectionError`` when the provider's socket does."""
         if not self.admit(data, kind) and not await self.pay():
             return False
         await self.upstream.send(data, kind)

@@ -13,6 +13,7 @@ import uuid
 import aiohttp
 
 from sttgate.core import refusals
+from sttgate.core.metering import FormatError
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.params import redact_query
 from sttgate.core.refusals import Refusal
@@ -83,9 +84,12 @@ async def open_stream(
     """
     if manager.draining:
         raise refusals.service_draining()
-    # A format whose duration cannot be computed from its bytes (opus, aac…) could not be billed: refuse it.
-    if provider.new_meter(forwarded).audio_format is None:
-        raise refusals.unsupported_audio_format(provider.metered_formats)
+    # The meter reads the declared format exactly as the provider will, or the session is refused (docs/billing.md).
+    refused = provider.format_refusal(forwarded)
+    if refused is not None:
+        if refused.error is FormatError.UNSUPPORTED:
+            raise refusals.unsupported_audio_format(refused.detail)
+        raise refusals.invalid_audio_format(refused.detail)
     # Admission control (docs/operations.md#running): an overloaded relay buffers instead of shedding load, so
     # refuse clearly.
     budget = manager.settings.max_sessions_per_process

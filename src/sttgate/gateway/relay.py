@@ -15,7 +15,7 @@ import contextlib
 from sttgate.core import closecodes
 from sttgate.core.closing import WIND_DOWN, Decision, decide
 from sttgate.core.outcomes import Outcome
-from sttgate.gateway.live import ChargeFailed, LiveSession
+from sttgate.gateway.live import ChargeFailed, LiveSession, UnmeterableFrame
 from sttgate.gateway.upstream import DATA, ClientLink, FrameKind
 
 CLOSE = FrameKind.CLOSE
@@ -46,6 +46,8 @@ async def _client_to_upstream(client: ClientLink, live: LiveSession) -> Verdict:
                 await send(data, kind)
             except ChargeFailed:
                 return Outcome.CUT_OFF, *closecodes.BILLING_UNAVAILABLE
+            except UnmeterableFrame:
+                return Outcome.UNMETERABLE, *closecodes.UNMETERABLE_AUDIO
             except ConnectionError:
                 return Outcome.SEND_FAILED, 0, ""
             # Counted here rather than by a call into the session: this is the per-frame path.

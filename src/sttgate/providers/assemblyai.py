@@ -1,7 +1,8 @@
 """AssemblyAI Universal Streaming v3: binary PCM audio, ``Terminate`` end.
 
 Metering: every binary frame is raw audio in the declared encoding (:class:`~sttgate.core.metering.BinaryMeter`);
-text frames are control messages.
+text frames are control messages. The declared format is read strictly (docs/billing.md#assemblyai): what the
+gateway cannot read exactly as the provider will is refused at the handshake.
 """
 
 from __future__ import annotations
@@ -11,33 +12,61 @@ from decimal import Decimal
 from typing import Any
 
 from sttgate.core import refusals
-from sttgate.core.metering import AudioFormat, BinaryMeter, Meter
-from sttgate.core.params import positive_int, query_values
+from sttgate.core.metering import AudioFormat, BinaryMeter, FormatError, FormatRefusal, Meter
+from sttgate.core.params import canonical_int, format_values
 from sttgate.providers.base import Caption, MintRequest, Provider, SdkShape, TokenMint, bearer_or_raw, json_object
 
 TERMINATE = '{"type":"Terminate"}'
 
 ASSEMBLYAI_DEFAULT_RATE = 16000
 ASSEMBLYAI_ENCODINGS = {"pcm_s16le": 2, "pcm_mulaw": 1}
+# Encodings the provider accepts whose duration cannot be known from their length.
+ASSEMBLYAI_COMPRESSED = frozenset({"opus", "ogg_opus", "aac"})
+# The highest sample rate metered: a larger number may wrap around in the provider's integer type.
+ASSEMBLYAI_MAX_RATE = 192_000
+_FORMAT_KEYS = frozenset({"encoding", "sample_rate"})
+METERED_FORMATS = "AssemblyAI encoding pcm_s16le or pcm_mulaw"
 
 
-def assemblyai_format(forwarded: str) -> AudioFormat | None:
-    """The declared AssemblyAI format, or ``None`` for an encoding we cannot meter by length (opus, aac…).
+def assemblyai_format(forwarded: str) -> AudioFormat | FormatRefusal:
+    """The declared AssemblyAI format, or why it is refused (docs/billing.md#assemblyai).
 
-    ``encoding`` (compared case-insensitively) defaults to ``pcm_s16le``; ``sample_rate`` to 16000, which also
-    applies when the value is not a positive integer (the provider refuses such a session anyway).
+    ``encoding`` is exactly ``pcm_s16le`` (the default when absent) or ``pcm_mulaw``; a compressed encoding (opus,
+    aac…) cannot be metered by length; any other spelling is refused rather than guessed. ``sample_rate`` is a
+    canonical integer from 1 to 192000, 16000 when absent (the gateway then sends ``sample_rate=16000`` upstream).
+    Either key given twice, or spelled another way, is refused.
     """
-    values = query_values(forwarded)
-    width = ASSEMBLYAI_ENCODINGS.get(values.get("encoding", "pcm_s16le").strip().lower())
+    values = format_values(forwarded, _FORMAT_KEYS)
+    if isinstance(values, str):
+        return FormatRefusal(FormatError.INVALID, values)
+    encoding = values.get("encoding", "pcm_s16le")
+    width = ASSEMBLYAI_ENCODINGS.get(encoding)
     if width is None:
-        return None
-    return AudioFormat(width, positive_int(values.get("sample_rate")) or ASSEMBLYAI_DEFAULT_RATE)
+        if encoding.strip().lower() in ASSEMBLYAI_COMPRESSED:
+            return FormatRefusal(FormatError.UNSUPPORTED, METERED_FORMATS)
+        return FormatRefusal(FormatError.INVALID, f"unknown encoding {encoding!r}: use pcm_s16le or pcm_mulaw")
+    if "sample_rate" not in values:
+        return AudioFormat(width, ASSEMBLYAI_DEFAULT_RATE)
+    rate = canonical_int(values["sample_rate"], ASSEMBLYAI_MAX_RATE)
+    if rate is None:
+        return FormatRefusal(
+            FormatError.INVALID,
+            f"sample_rate {values['sample_rate']!r} is not an integer from 1 to {ASSEMBLYAI_MAX_RATE} in plain digits",
+        )
+    return AudioFormat(width, rate)
 
 
 def assemblyai_meter(forwarded: str) -> Meter:
-    """A meter for an AssemblyAI session with these forwarded parameters (binary frames are audio)."""
+    """A meter for an AssemblyAI session with these forwarded parameters (binary frames are audio).
+
+    A compressed encoding gets a meter that meters nothing (the handshake refuses it first); a refused format raises
+    ``ValueError``: the gateway never meters a value the client set as another."""
     fmt = assemblyai_format(forwarded)
-    return Meter() if fmt is None else BinaryMeter(fmt)
+    if isinstance(fmt, AudioFormat):
+        return BinaryMeter(fmt)
+    if fmt.error is FormatError.UNSUPPORTED:
+        return Meter()
+    raise ValueError(fmt.detail)
 
 
 def _credential(headers: Mapping[str, str], query_token: str | None) -> tuple[str | None, str | None]:
@@ -65,7 +94,7 @@ class AssemblyAI(Provider):
     default_url = "wss://streaming.assemblyai.com/v3/ws"
     default_rate = Decimal("0.15")
     model_param = "speech_model"
-    metered_formats = "AssemblyAI encoding pcm_s16le or pcm_mulaw"
+    metered_formats = METERED_FORMATS
     required_defaults = (("sample_rate", "16000"),)
     pull_format = (("sample_rate", "16000"), ("encoding", "pcm_s16le"))
     # The provider refuses a binary frame under 50 ms: 1600 bytes at 16 kHz s16le.
@@ -95,6 +124,10 @@ class AssemblyAI(Provider):
 
     def new_meter(self, forwarded: str) -> Meter:
         return assemblyai_meter(forwarded)
+
+    def format_refusal(self, forwarded: str) -> FormatRefusal | None:
+        fmt = assemblyai_format(forwarded)
+        return None if isinstance(fmt, AudioFormat) else fmt
 
     def audio_frame(self, pcm: bytes) -> bytes:
         return pcm

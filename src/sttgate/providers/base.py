@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
-from sttgate.core.metering import Meter
+from sttgate.core.metering import FormatError, FormatRefusal, Meter
 from sttgate.core.params import with_defaults
 
 # Pull mode (docs/pull.md) feeds FFmpeg output: PCM s16le, 16 kHz, mono.
@@ -190,6 +190,16 @@ class Provider(ABC):
     @abstractmethod
     def new_meter(self, forwarded: str) -> Meter:
         """A fresh meter for a session with these forwarded parameters."""
+
+    def format_refusal(self, forwarded: str) -> FormatRefusal | None:
+        """Why the gateway cannot meter the declared format exactly as the provider reads it (``None``: it can).
+
+        The handshake answers 400 with it (docs/billing.md#strict-metering). This default only refuses a format its
+        meter cannot measure (``audio_format is None``); providers with format parameters read them strictly.
+        """
+        if self.new_meter(forwarded).audio_format is None:
+            return FormatRefusal(FormatError.UNSUPPORTED, self.metered_formats)
+        return None
 
     @abstractmethod
     def audio_frame(self, pcm: bytes) -> str | bytes:

@@ -15,50 +15,71 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
-from sttgate.core.metering import AudioFormat, BinaryMeter, Meter
-from sttgate.core.params import positive_int, query_values
 from sttgate.core import refusals
+from sttgate.core.metering import AudioFormat, BinaryMeter, FormatError, FormatRefusal, Meter
+from sttgate.core.params import canonical_int, format_values
 from sttgate.providers.base import Caption, MintRequest, Provider, SdkShape, TokenMint, json_object
 
 CLOSE_STREAM = '{"type":"CloseStream"}'
 MODEL = "nova-3"
 # Raw encodings whose duration follows from their length: bytes per sample.
 DEEPGRAM_ENCODINGS = {"linear16": 2, "linear32": 4, "mulaw": 1, "alaw": 1}
-# The keys that declare the format; one given twice could be read either way, so it is not metered.
-_FORMAT_KEYS = ("encoding", "sample_rate", "channels", "multichannel")
+# The keys that declare the format (read strictly: docs/billing.md#strict-metering).
+_FORMAT_KEYS = frozenset({"encoding", "sample_rate", "channels", "multichannel"})
+# Encodings Deepgram decodes whose duration does not follow from their length.
+_COMPRESSED = frozenset({"opus", "ogg-opus", "flac", "speex", "amr-nb", "amr-wb", "g729", "mp3", "aac"})
+_MAX_RATE = 192000
+_MAX_CHANNELS = 64
 # Deepgram's own default lifetime of a grant when ``ttl_seconds`` is omitted.
 GRANT_DEFAULT_SECONDS = 30
 # The schemes Deepgram accepts in ``Authorization`` and as the first subprotocol (compared case-insensitively).
 _SCHEMES = ("token", "bearer")
 
 
-def deepgram_format(forwarded: str) -> tuple[AudioFormat, bool] | None:
-    """The declared raw format and whether each channel is billed as its own audio, or ``None`` when the gateway
-    cannot time the audio from its length.
+def deepgram_format(forwarded: str) -> tuple[AudioFormat, bool] | FormatRefusal:
+    """The declared raw format and whether each channel is billed as its own audio, or why it is refused
+    (docs/billing.md#deepgram).
 
-    ``None`` for: no ``encoding`` (container audio), a compressed ``encoding``, a ``sample_rate`` that is absent or
-    not a positive integer (Deepgram requires one with raw audio), a ``channels`` that is not a positive integer, a
-    ``multichannel`` that is not ``true``/``false`` (any case), or any of these keys given twice.
+    Read strictly, like every provider's format (docs/billing.md#strict-metering): ``encoding`` exactly one of the raw
+    encodings; none (container audio that Deepgram sniffs) or a compressed one cannot be timed from its length
+    (unsupported); ``sample_rate`` required, canonical, at most 192000; ``channels`` canonical, 1 when absent;
+    ``multichannel`` exactly ``true`` or ``false``; any of these keys repeated or misspelled is refused (invalid).
     """
-    keys = [pair.partition("=")[0] for pair in forwarded.split("&") if pair]
-    if any(keys.count(key) > 1 for key in _FORMAT_KEYS):
-        return None
-    values = query_values(forwarded)
-    width = DEEPGRAM_ENCODINGS.get(values.get("encoding", "").strip().lower())
-    rate = positive_int(values.get("sample_rate"))
-    channels = positive_int(values.get("channels", "1"))
-    multichannel = values.get("multichannel", "false").strip().lower()
-    if width is None or rate is None or channels is None or multichannel not in ("true", "false"):
-        return None
+    values = format_values(forwarded, _FORMAT_KEYS)
+    if isinstance(values, str):
+        return FormatRefusal(FormatError.INVALID, values)
+    encoding = values.get("encoding")
+    if encoding is None or encoding.lower() in _COMPRESSED:
+        return FormatRefusal(FormatError.UNSUPPORTED, DEEPGRAM.metered_formats)
+    width = DEEPGRAM_ENCODINGS.get(encoding)
+    if width is None:
+        return FormatRefusal(
+            FormatError.INVALID, f"unknown encoding {encoding!r}: use linear16, linear32, mulaw or alaw"
+        )
+    if "sample_rate" not in values:
+        return FormatRefusal(FormatError.INVALID, f"sample_rate is required with encoding {encoding}")
+    rate = canonical_int(values["sample_rate"], _MAX_RATE)
+    if rate is None:
+        return FormatRefusal(
+            FormatError.INVALID, f"sample_rate {values['sample_rate']!r} is not an integer from 1 to {_MAX_RATE}"
+        )
+    channels = canonical_int(values.get("channels", "1"), _MAX_CHANNELS)
+    if channels is None:
+        return FormatRefusal(
+            FormatError.INVALID, f"channels {values['channels']!r} is not an integer from 1 to {_MAX_CHANNELS}"
+        )
+    multichannel = values.get("multichannel", "false")
+    if multichannel not in ("true", "false"):
+        return FormatRefusal(FormatError.INVALID, f"multichannel {multichannel!r} is neither true nor false")
     return AudioFormat(width, rate, channels), multichannel == "true"
 
 
 def deepgram_meter(forwarded: str) -> Meter:
-    """A meter for a Deepgram session with these forwarded parameters (``Meter()``: unmeterable, refused)."""
+    """A meter for a Deepgram session with these forwarded parameters (``Meter()``: refused at the handshake)."""
     declared = deepgram_format(forwarded)
-    if declared is None:
+    if isinstance(declared, FormatRefusal):
         return Meter()
     audio_format, per_channel = declared
     return BinaryMeter(audio_format, per_channel=per_channel)
@@ -157,6 +178,10 @@ class Deepgram(Provider):
 
     def new_meter(self, forwarded: str) -> Meter:
         return deepgram_meter(forwarded)
+
+    def format_refusal(self, forwarded: str) -> FormatRefusal | None:
+        declared = deepgram_format(forwarded)
+        return declared if isinstance(declared, FormatRefusal) else None
 
     def audio_frame(self, pcm: bytes) -> bytes:
         return pcm

@@ -14,6 +14,8 @@ status                 cause                                                  pr
 ``provider_closed``    the provider closed the session                        its own code, upstream
 ``insufficient_balance``  a prepaid balance cannot pay the next cycle         graceful end, 4002, gateway
 ``gateway_shutdown``   the gateway stops (drain over, or runner clean-up)     graceful end, 1012, gateway
+``source_failed``      the meter cannot read a frame the gateway framed       graceful end, 1008, gateway
+                       (docs/billing.md#strict-metering; not expected)
 =====================  =====================================================  ============================
 
 "Graceful end" is the provider's own (``Provider.end_frames``: a final commit, a terminate message…), so the final
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from sttgate.core import closecodes
 from sttgate.core.closecodes import Close
 from sttgate.core.outcomes import ClosedBy, TaskStatus
+from sttgate.gateway.live import UnmeterableFrame
 from sttgate.gateway.logevents import log_event
 from sttgate.pull.ffmpeg import FFmpegSource
 from sttgate.pull.webhooks import WebhookDeliverer
@@ -59,6 +62,17 @@ class Ending:
     status: TaskStatus
     reason: str
     error: str | None = None
+    # The provider session's close when it is not the status's usual one (``_SESSION_CLOSE``).
+    close: tuple[Close, ClosedBy] | None = None
+
+
+# The meter refused a frame of the gateway's own framing: the task ends rather than send audio it cannot bill.
+UNMETERABLE = Ending(
+    TaskStatus.SOURCE_FAILED,
+    "the gateway could not meter the audio",
+    "unmeterable audio",
+    (closecodes.UNMETERABLE_AUDIO, ClosedBy.GATEWAY),
+)
 
 
 def ending_for_gateway_close(code: int, reason: str) -> Ending:
@@ -123,8 +137,9 @@ class PullTask:
             ending = self._halt.result()
             await self.source.close()
             self.source_closed.set()
-            if ending.status in _SESSION_CLOSE:
-                (code, reason), closed_by = _SESSION_CLOSE[ending.status]
+            close = ending.close or _SESSION_CLOSE.get(ending.status)
+            if close is not None:
+                (code, reason), closed_by = close
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await live.finish(code=code, reason=reason, closed_by=closed_by)
             # The final transcript: the reader ends when the provider session does (bounded; never raises here).
@@ -202,6 +217,8 @@ class PullTask:
                     return self._halt.result()
                 try:
                     sent = await self.live.send_audio(provider.audio_frame(provider.pad_pull_frame(chunk)))
+                except UnmeterableFrame:
+                    return UNMETERABLE
                 except (ConnectionError, RuntimeError):
                     return self._provider_closed()
                 if not sent:
