@@ -24,6 +24,7 @@ SERVICE_RESTART = Close(1012, "service restart")
 UPSTREAM_LOST = Close(1014, "upstream connection lost")
 MESSAGE_TOO_BIG = Close(1009, "message too big")
 IDLE_TIMEOUT = Close(1008, "idle timeout")
+SESSION_TIME_LIMIT = Close(1008, "session time limit")
 # The ledger could not take a prepaid charge: the frame was not forwarded.
 BILLING_UNAVAILABLE = Close(1011, "billing unavailable")
 # The relay could not finish closing both sides in time.

@@ -105,5 +105,10 @@ class AssemblyAI(Provider):
         message = json_object(text)
         return message is not None and message.get("type") == "Termination"
 
+    def is_end_message(self, text: str) -> bool:
+        """A client's own ``Terminate``: the provider then closes by itself; a second one is not sent."""
+        message = json_object(text)
+        return message is not None and message.get("type") == "Terminate"
+
 
 ASSEMBLYAI = AssemblyAI()

@@ -186,6 +186,15 @@ class Provider(ABC):
     def is_end_ack(self, text: str, forwarded: str = "") -> bool:
         """Whether this provider message, received after ``end_frames``, means nothing more will come."""
 
+    def is_end_message(self, text: str) -> bool:
+        """Whether this client text frame, as the client's last one, already ends the provider session (so the
+        gateway does not send ``end_frames`` again and only waits for the provider's end).
+
+        ``False`` unless a provider says otherwise: the gateway then always sends its own end message, which is
+        right for any provider where a second one is harmless.
+        """
+        return False
+
 
 def json_object(text: str) -> dict[str, Any] | None:
     """A provider message as a dict, or ``None`` when it is not a JSON object (providers may send anything)."""

@@ -224,5 +224,11 @@ class ElevenLabs(Provider):
             return kind in (_TIMESTAMPED, "commit_throttled")
         return kind in _COMMIT_ANSWERS
 
+    def is_end_message(self, text: str) -> bool:
+        """Never: a client's commit does not end the session (more audio may follow), and its answer, which is the
+        end the gateway waits for, may already have been relayed. The gateway's own final commit is answered at
+        once (the transcript of audio not yet committed, or ``commit_throttled`` when there is none)."""
+        return False
+
 
 ELEVENLABS = ElevenLabs()
