@@ -31,7 +31,11 @@ def test_the_gateway_sends_the_end_message_unless_the_client_did():
     s = Session()
     assert s.begin_end() and s.end_frames_due
     s = Session()
-    assert s.begin_end(client_sent_end=True) and s.ending and not s.end_frames_due
+    assert s.begin_end(client_sent_end=True, closes_after_end=True) and s.ending and not s.end_frames_due
+    assert not s.end_reached(closes_after_end=True)  # AssemblyAI: its close after the client's Terminate is awaited
+    s = Session()
+    assert s.begin_end(client_sent_end=True, closes_after_end=False) and not s.end_frames_due
+    assert s.end_reached(closes_after_end=False)  # ElevenLabs: the answer to the client's commit may have passed
 
 
 def test_a_reader_that_stops_hands_the_reading_to_the_graceful_end():

@@ -75,14 +75,20 @@ class Session:
         self.first_seen = True
         return True
 
-    def begin_end(self, client_sent_end: bool = False) -> bool:
-        """The graceful end starts: True if it starts now (only once, only while open). The gateway then sends the
-        provider's end message (:attr:`end_frames_due`) unless the client already sent it: sending it twice could
-        make the provider answer with an error."""
+    def begin_end(self, client_sent_end: bool = False, closes_after_end: bool = True) -> bool:
+        """The graceful end starts: True if it starts now (only once, only while open).
+
+        The gateway then sends the provider's end message (:attr:`end_frames_due`) unless the client's last message
+        already was one: a second one could make the provider answer with an error. The end awaited after a client's
+        own end message is the provider's close, for a provider that closes after it; for one that only answers it,
+        that answer may already have been relayed, so nothing more is awaited.
+        """
         if self.state is not State.OPEN:
             return False
         self.state = State.ENDING
         self.end_frames_due = not client_sent_end
+        if client_sent_end and not closes_after_end:
+            self.end_acked = True
         return True
 
     @property

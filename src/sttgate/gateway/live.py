@@ -331,13 +331,13 @@ class LiveSession:
 
     async def _end_provider(self, close: Close) -> None:
         session = self.session
-        if self.upstream.closed or not session.begin_end(self._client_sent_end()):
+        closes_after_end = self.provider.closes_after_end
+        if self.upstream.closed or not session.begin_end(self._client_sent_end(), closes_after_end):
             return
         if session.end_frames_due:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 for frame in self.provider.end_frames(self.forwarded):
                     await self.upstream.send(frame.encode(), TEXT)
-        closes_after_end = self.provider.closes_after_end
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.manager.settings.finish_timeout_seconds):
                 if session.reader is Reader.ATTACHED and not session.end_reached(closes_after_end):

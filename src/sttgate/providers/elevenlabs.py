@@ -225,10 +225,12 @@ class ElevenLabs(Provider):
         return kind in _COMMIT_ANSWERS
 
     def is_end_message(self, text: str) -> bool:
-        """Never: a client's commit does not end the session (more audio may follow), and its answer, which is the
-        end the gateway waits for, may already have been relayed. The gateway's own final commit is answered at
-        once (the transcript of audio not yet committed, or ``commit_throttled`` when there is none)."""
-        return False
+        """A committing chunk: everything the client sent before it is committed, so the gateway sends no commit of
+        its own (one with nothing to commit is answered ``commit_throttled``, an error the client did not cause)."""
+        message = json_object(text)
+        return (
+            message is not None and message.get("message_type") == "input_audio_chunk" and message.get("commit") is True
+        )
 
 
 ELEVENLABS = ElevenLabs()
