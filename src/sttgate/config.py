@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     # No metered client audio for this long closes a session (1008 "idle timeout"); control messages do not count.
     idle_timeout_seconds: float = 120.0
     # A push session open this long is closed (1008 "session time limit"); a token's max_session_seconds may lower it.
-    max_session_seconds: float = Field(10800.0, gt=0)
+    max_session_seconds: float = Field(default=10800.0, gt=0)
     upstream_connect_timeout_seconds: float = 10.0
     max_frame_bytes: int = 4 * 1024 * 1024
     # How long to wait for the peer's close reply, and for a provider to end gracefully after its end message

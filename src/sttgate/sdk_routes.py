@@ -121,6 +121,16 @@ def _lifetime(value: Any, settings: Settings) -> int:
     return value
 
 
+def _session_cap(value: Any, settings: Settings) -> int | None:
+    """A token's ``max_session_seconds``: whole seconds, 1..the gateway's session limit (docs/contract.md#tokens)."""
+    if value is None:
+        return None
+    limit = int(settings.max_session_seconds)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise invalid_request(f"max_session_seconds must be an integer from 1 to {limit}.")
+    return value
+
+
 def _provider(value: Any) -> str | None:
     if value is None:
         return None
@@ -165,13 +175,15 @@ async def mint_token(request: web.Request) -> web.Response:
     body = await _json_object(request)
     seconds = _lifetime(body.get("expires_in_seconds", DEFAULT_TOKEN_SECONDS), settings)
     provider = _provider(body.get("provider"))
-    minted = await request.app[STORE].mint_token(principal.account_id, seconds, provider)
+    cap = _session_cap(body.get("max_session_seconds"), settings)
+    minted = await request.app[STORE].mint_token(principal.account_id, seconds, provider, max_session_seconds=cap)
     return _token_response(
         {
             "token": minted.token,
             "expires_at": isoformat(minted.expires_at),
             "expires_in_seconds": seconds,
             "provider": provider,
+            "max_session_seconds": cap,
         }
     )
 
@@ -183,15 +195,15 @@ def _provider_mint(provider: Provider, mint: TokenMint) -> Callable[[web.Request
     async def provider_mint(request: web.Request) -> web.Response:
         settings, store = request.app[SETTINGS], request.app[STORE]
         principal = await _authenticate(request, mint.key(request.headers))
-        seconds = mint.seconds(
-            MintRequest(
-                path_params=request.match_info,
-                query=request.query,
-                lifetime=lambda value: _lifetime(value, settings),
-                max_seconds=min(settings.token_max_seconds, MAX_SECONDS),
-            )
+        asked = MintRequest(
+            path_params=request.match_info,
+            query=request.query,
+            lifetime=lambda value: _lifetime(value, settings),
+            max_seconds=min(settings.token_max_seconds, MAX_SECONDS),
         )
-        minted = await store.mint_token(principal.account_id, seconds, provider.name)
+        seconds = mint.seconds(asked)
+        cap = mint.session_cap(asked)
+        minted = await store.mint_token(principal.account_id, seconds, provider.name, max_session_seconds=cap)
         return _token_response(mint.body(minted.token, seconds))
 
     return provider_mint

@@ -97,8 +97,9 @@ def test_every_row_that_closes_the_provider_hop_is_graceful(outcome, code, reaso
 
 
 def test_a_session_ended_with_nothing_decided_still_ends_the_provider_gracefully():
-    assert ABANDONED == Decision(
-        CloseRecord(None, "", ClosedBy.GATEWAY), Close(1001, "client disconnected"), None, graceful=True
+    assert (
+        Decision(CloseRecord(None, "", ClosedBy.GATEWAY), Close(1001, "client disconnected"), None, graceful=True)
+        == ABANDONED
     )
 
 

@@ -3,8 +3,9 @@
 It writes the totals that changed every ``ledger_flush_seconds`` (the rule of what may be written is
 :meth:`sttgate.core.billing.Billing.unflushed`), renews slot leases, reaps sessions of dead gateways, closes idle
 sessions (:class:`sttgate.core.idle.IdleWatch`: no metered client audio for the idle limit), and drains at shutdown.
-Every close it asks for ends the provider session gracefully (:mod:`sttgate.core.closing`). Prepaid cycles are debited by the session
-itself, one ``charge_cycles`` call per new 5-second cycle, before the audio that opens it is forwarded.
+Every close it asks for ends the provider session gracefully (:mod:`sttgate.core.closing`). Prepaid cycles are
+debited by the session itself, one ``charge_cycles`` call per new 5-second cycle, before the audio that opens it is
+forwarded.
 """
 
 from __future__ import annotations

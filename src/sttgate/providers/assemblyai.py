@@ -49,12 +49,27 @@ def _mint_key(headers: Mapping[str, str]) -> str | None:
     return bearer_or_raw(headers.get("Authorization"))
 
 
+# ``max_session_duration_seconds`` as the provider takes it (docs/contract.md#tokens).
+SESSION_CAP_RANGE = (60, 10800)
+
+
 def _mint_seconds(request: MintRequest) -> int:
-    """``GET /v3/token?expires_in_seconds=N``; ``max_session_duration_seconds`` is accepted and ignored: gateway
-    sessions are limited by balance, not time."""
+    """``GET /v3/token?expires_in_seconds=N``."""
     if "expires_in_seconds" not in request.query:
         raise Refusal(400, "invalid_request", "expires_in_seconds is required.")
     return request.lifetime(request.query["expires_in_seconds"])
+
+
+def _mint_session_cap(request: MintRequest) -> int | None:
+    """``max_session_duration_seconds`` (60..10800, as the provider takes it) caps the session the token opens."""
+    value = request.query.get("max_session_duration_seconds")
+    if value is None:
+        return None
+    low, high = SESSION_CAP_RANGE
+    cap = positive_int(value)
+    if cap is None or not low <= cap <= high:
+        raise Refusal(400, "invalid_request", f"max_session_duration_seconds must be an integer from {low} to {high}.")
+    return cap
 
 
 class AssemblyAI(Provider):
@@ -82,6 +97,7 @@ class AssemblyAI(Provider):
                 key=_mint_key,
                 seconds=_mint_seconds,
                 body=lambda token, seconds: {"token": token, "expires_in_seconds": seconds},
+                session_cap=_mint_session_cap,
             ),
         ),
     )

@@ -56,6 +56,8 @@ class TokenMint:
     key: Callable[[Mapping[str, str]], str | None]  # the account's key from the request headers
     seconds: Callable[[MintRequest], int]  # the token's lifetime; raises ``Refusal`` on a bad request
     body: Callable[[str, int], dict[str, Any]]  # (token, seconds) → the JSON answer
+    # The cap on the length of the session the token opens (``None``: none asked); raises ``Refusal`` when invalid.
+    session_cap: Callable[[MintRequest], int | None] = lambda request: None
 
 
 @dataclass(frozen=True)

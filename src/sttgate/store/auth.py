@@ -218,8 +218,9 @@ class Auth:
         """Use ``token`` for a session with ``provider``: the token's account, or None (401 ``invalid_token``).
 
         None when the token is unknown, expired, used, or bound to another provider; a token bound elsewhere is
-        left unused (the mistake costs the browser nothing). The principal carries the token's session cap. Exactly one of any number of concurrent redeems of one
-        token wins: the row is claimed by a single conditional UPDATE. The principal has no ``key_id``.
+        left unused (the mistake costs the browser nothing). Exactly one of any number of concurrent redeems of one
+        token wins: the row is claimed by a single conditional UPDATE. The principal has no ``key_id`` and carries
+        the token's session cap.
         """
         if not looks_like_token(token):
             return None
