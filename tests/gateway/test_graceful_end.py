@@ -173,7 +173,7 @@ async def test_a_session_kept_open_only_by_control_messages_closes_at_the_idle_l
 async def test_audio_keeps_a_session_from_idling(gateway, account, provider):
     gw = await gateway(idle_timeout_seconds=0.5, max_session_seconds=1.5, finish_timeout_seconds=5)
     acct = await account()
-    ws, rec = await opener(gw, provider)(acct.key)
+    ws, _ = await opener(gw, provider)(acct.key)
     audio = every(0.1, ws, AUDIO[provider])
     try:
         _, close = await until_closed(ws)
