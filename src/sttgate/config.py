@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     upstream_connect_timeout_seconds: float = 10.0
     max_frame_bytes: int = 4 * 1024 * 1024
     # How long to wait for the peer's close reply, and for a provider to end gracefully after its end message
-    # (Terminate / final commit) on every path that closes the provider hop (docs/contract.md#graceful-end).
+    # (Terminate / final commit) on every path that closes the provider hop (docs/contract.md#graceful-provider-end).
     close_timeout_seconds: float = 5.0
     finish_timeout_seconds: float = 2.0
     # Admission control: above this many live sessions a process refuses handshakes with 503 (0 = no limit).

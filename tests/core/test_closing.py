@@ -90,7 +90,7 @@ def test_gateway_closes_end_the_provider_gracefully_and_tell_both_sides(close):
 @given(st.sampled_from(list(Outcome)), st.integers(0, 5000), st.text(max_size=50))
 def test_every_row_that_closes_the_provider_hop_is_graceful(outcome, code, reason):
     """Only the provider's own close (or loss) is not ended gracefully: every other row closes the provider hop after
-    the provider's end message (docs/contract.md#graceful-end)."""
+    the provider's end message (docs/contract.md#graceful-provider-end)."""
     d = decide(outcome, code, reason)
     provider_ended_it = outcome in (Outcome.UPSTREAM_CLOSE, Outcome.UPSTREAM_LOST, Outcome.UPSTREAM_ERROR)
     assert d.graceful is not provider_ended_it

@@ -1,4 +1,4 @@
-"""The provider session always ends gracefully (docs/contract.md#graceful-end), for every provider, through the
+"""The provider session always ends gracefully (docs/contract.md#graceful-provider-end), for every provider, through the
 gateway and the emulators: whatever ends a session (the client's close, its lost connection, idle, the time limit, a
 drain, a cut-off), the emulator records the provider's end message, and a client that is still there receives the
 provider's answer before its close. Idle counts only metered audio (docs/contract.md#idle-and-time-limit).

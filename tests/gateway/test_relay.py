@@ -126,8 +126,8 @@ async def test_thousand_random_frames_arrive_byte_exact_in_order_both_ways(gatew
 
 
 async def test_client_close_code_and_reason_reach_the_provider_and_come_back(gateway, account):
-    """After the graceful end (docs/contract.md#graceful-end) the provider hop is closed with the client's code and
-    reason: ElevenLabs stays open after its commit answer, so the gateway's close carries both."""
+    """After the graceful end (docs/contract.md#graceful-provider-end) the provider hop is closed with the client's
+    code and reason: ElevenLabs stays open after its commit answer, so the gateway's close carries both."""
     gw = await gateway()
     acct = await account()
     recorder = gw.emulator.recorder

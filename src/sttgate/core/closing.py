@@ -7,9 +7,9 @@ connection lost" towards the client and by 1001 "client disconnected" towards th
 closed already (or gone) and gets nothing.
 
 Every row in which the gateway closes the provider hop (anything but the provider's own close or loss) is
-``graceful`` (docs/contract.md#graceful-end): the provider's end message first, unless the client already sent it,
-then its end (bounded by the finish timeout), and only then ``to_upstream``. A provider that bills connection time
-stops billing only then.
+``graceful`` (docs/contract.md#graceful-provider-end): the provider's end message first, unless the client already
+sent it, then its end (bounded by the finish timeout), and only then ``to_upstream``. A provider that bills
+connection time stops billing only then.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ upstream connected). Whatever feeds it (the push relay, a pull task, a provider-
 provider's end message) and waits (bounded) for its final transcript or its close. Call ``messages()`` before
 ``finish`` (e.g. ``it = live.messages()`` before starting the task that iterates it) and keep iterating meanwhile to
 receive that transcript; if nobody reads (or the reader stops, :meth:`LiveSession.detach_reader`), ``finish`` drains
-and drops it. ``end`` ends a provider session nobody finished gracefully too (docs/contract.md#graceful-end).
+and drops it. ``end`` ends a provider session nobody finished gracefully too (docs/contract.md#graceful-provider-end).
 ``close_requested`` must be watched by whatever drives the session: the gateway sets it for an idle timeout, at the
 session's time limit and at the end of a drain.
 
@@ -353,7 +353,7 @@ class LiveSession:
         """Write the final totals and outcome, update metrics, log; safe to call more than once.
 
         A provider session still open here (the client went away before its 101, a task failed) is ended gracefully
-        first, as for a lost client (docs/contract.md#graceful-end)."""
+        first, as for a lost client (docs/contract.md#graceful-provider-end)."""
         if self._ended:
             return
         self._ended = True

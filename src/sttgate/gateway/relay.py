@@ -5,7 +5,7 @@ Narrow on purpose, so another engine could replace it: :func:`relay` takes the c
 hops are closed, and leaves the outcome (close code, reason, who closed) recorded on the session. Each direction
 awaits the other side's send before reading its next frame, so a slow side gets backpressure instead of a queue. What
 each side is told at the end is :func:`sttgate.core.closing.decide`; a graceful row ends the provider session first
-(docs/contract.md#graceful-end) while the provider's last messages are still relayed to a client that is there.
+(docs/contract.md#graceful-provider-end) while the provider's last messages are still relayed to a client that is there.
 """
 
 from __future__ import annotations
