@@ -46,8 +46,6 @@ async def _client_to_upstream(client: ClientLink, live: LiveSession) -> Verdict:
             if session.state is not OPEN:
                 continue  # the session is ending: nothing more goes to the provider, nothing more is metered
             data = frame[1]
-            if kind == TEXT:
-                live.last_text = data  # read only at the end: was it the provider's end message?
             try:
                 if not admit(data, kind) and not await live.pay():
                     return Outcome.CUT_OFF, *closecodes.INSUFFICIENT_BALANCE
@@ -56,6 +54,8 @@ async def _client_to_upstream(client: ClientLink, live: LiveSession) -> Verdict:
                 return Outcome.CUT_OFF, *closecodes.BILLING_UNAVAILABLE
             except ConnectionError:
                 return Outcome.SEND_FAILED, 0, ""
+            if kind == TEXT:
+                live.last_text = data  # read only at the end: was the last one sent the provider's end message?
             # Counted here rather than by a call into the session: this is the per-frame path.
             live.frames_up += 1
             live.bytes_up += len(data)
