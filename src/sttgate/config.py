@@ -18,7 +18,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -81,10 +81,14 @@ class Settings(BaseSettings):
     port: int = 8080
 
     drain_seconds: float = 30.0
+    # No metered client audio for this long closes a session (1008 "idle timeout"); control messages do not count.
     idle_timeout_seconds: float = 120.0
+    # A push session open this long is closed (1008 "session time limit"); a token's max_session_seconds may lower it.
+    max_session_seconds: float = Field(default=10800.0, gt=0)
     upstream_connect_timeout_seconds: float = 10.0
     max_frame_bytes: int = 4 * 1024 * 1024
-    # How long to wait for the peer's close reply, and for a provider to end gracefully (Terminate / final commit).
+    # How long to wait for the peer's close reply, and for a provider to end gracefully after its end message
+    # (Terminate / final commit) on every path that closes the provider hop (docs/contract.md#graceful-provider-end).
     close_timeout_seconds: float = 5.0
     finish_timeout_seconds: float = 2.0
     # Admission control: above this many live sessions a process refuses handshakes with 503 (0 = no limit).

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from sttgate.core import closecodes
 from sttgate.core.closecodes import Close
-from sttgate.core.closing import WIND_DOWN, Decision, decide, provider_ended
+from sttgate.core.closing import ABANDONED, WIND_DOWN, Decision, decide, provider_ended
 from sttgate.core.outcomes import ClosedBy, Outcome
 from sttgate.core.session import CloseRecord
 
@@ -17,7 +17,9 @@ UNSENDABLE = [1005, 1006, 1015]
 
 def test_client_close_is_passed_through():
     d = decide(Outcome.CLIENT_CLOSE, 1000, "bye")
-    assert d == Decision(CloseRecord(1000, "bye", ClosedBy.CLIENT), Close(1000, "bye"), Close(1000, "bye"))
+    assert d == Decision(
+        CloseRecord(1000, "bye", ClosedBy.CLIENT), Close(1000, "bye"), Close(1000, "bye"), graceful=True
+    )
     assert decide(Outcome.CLIENT_CLOSE, 4000, "app").to_upstream == (4000, "app")
 
 
@@ -31,13 +33,16 @@ def test_client_close_with_an_unsendable_code_becomes_1001_upstream(code):
 
 def test_client_lost():
     d = decide(Outcome.CLIENT_LOST, 1006)
-    assert d == Decision(CloseRecord(1006, "", ClosedBy.CLIENT), Close(1001, "client disconnected"), None)
+    assert d == Decision(
+        CloseRecord(1006, "", ClosedBy.CLIENT), Close(1001, "client disconnected"), None, graceful=True
+    )
 
 
 def test_client_frame_too_big_is_1009_to_the_client_and_1001_upstream():
     d = decide(Outcome.CLIENT_ERROR, 1009)
     assert d.record == CloseRecord(1009, "message too big", ClosedBy.GATEWAY)
     assert (d.to_upstream, d.to_client) == ((1001, "client disconnected"), (1009, "message too big"))
+    assert d.graceful
 
 
 def test_upstream_close_is_passed_through():
@@ -45,6 +50,7 @@ def test_upstream_close_is_passed_through():
     assert d == Decision(
         CloseRecord(3005, "cancelled", ClosedBy.UPSTREAM), Close(3005, "cancelled"), Close(3005, "cancelled")
     )
+    assert not d.graceful  # the provider ended its session itself
 
 
 @pytest.mark.parametrize("code", UNSENDABLE)
@@ -81,15 +87,32 @@ def test_unmeterable_audio_ends_the_provider_gracefully_and_tells_the_client():
     assert d.record == CloseRecord(1008, "unmeterable audio", ClosedBy.GATEWAY)
 
 
-@pytest.mark.parametrize("close", [closecodes.IDLE_TIMEOUT, closecodes.SERVICE_RESTART])
-def test_gateway_closes_tell_both_sides(close):
+@pytest.mark.parametrize("close", [closecodes.IDLE_TIMEOUT, closecodes.SESSION_TIME_LIMIT, closecodes.SERVICE_RESTART])
+def test_gateway_closes_end_the_provider_gracefully_and_tell_both_sides(close):
     d = decide(Outcome.GATEWAY, *close)
-    assert d == Decision(CloseRecord(close.code, close.reason, ClosedBy.GATEWAY), close, close)
-    assert not d.graceful
+    assert d == Decision(CloseRecord(close.code, close.reason, ClosedBy.GATEWAY), close, close, graceful=True)
     assert closecodes.IDLE_TIMEOUT == (1008, "idle timeout") and closecodes.SERVICE_RESTART == (1012, "service restart")
+    assert closecodes.SESSION_TIME_LIMIT == (1008, "session time limit")
+
+
+@given(st.sampled_from(list(Outcome)), st.integers(0, 5000), st.text(max_size=50))
+def test_every_row_that_closes_the_provider_hop_is_graceful(outcome, code, reason):
+    """Only the provider's own close (or loss) is not ended gracefully: every other row closes the provider hop after
+    the provider's end message (docs/contract.md#graceful-provider-end)."""
+    d = decide(outcome, code, reason)
+    provider_ended_it = outcome in (Outcome.UPSTREAM_CLOSE, Outcome.UPSTREAM_LOST, Outcome.UPSTREAM_ERROR)
+    assert d.graceful is not provider_ended_it
+
+
+def test_a_session_ended_with_nothing_decided_still_ends_the_provider_gracefully():
+    assert (
+        Decision(CloseRecord(None, "", ClosedBy.GATEWAY), Close(1001, "client disconnected"), None, graceful=True)
+        == ABANDONED
+    )
 
 
 def test_wind_down():
+    assert not WIND_DOWN.graceful  # no time is left for it
     assert (
         Decision(
             CloseRecord(1011, "internal error", ClosedBy.GATEWAY),

@@ -108,12 +108,17 @@ class FakeStore:
 
 
 def make_session(
-    store: FakeStore, provider: str = "assemblyai", forwarded: str = "sample_rate=16000", **settings: Any
+    store: FakeStore,
+    provider: str = "assemblyai",
+    forwarded: str = "sample_rate=16000",
+    token_cap: int | None = None,
+    **settings: Any,
 ) -> tuple[LiveSession, FakeLink, SessionManager]:
     values: dict[str, Any] = {"database_url": "sqlite:///unused.db", "finish_timeout_seconds": 0.5, **settings}
     manager = SessionManager(Settings.model_validate(values), store, GatewayMetrics(), "test")  # type: ignore[arg-type]
     link = FakeLink()
-    principal = Principal("acct", None, True, 1, None if store.balance is None else store.balance * 1000)
+    balance = None if store.balance is None else store.balance * 1000
+    principal = Principal("acct", None, True, 1, balance, max_session_seconds=token_cap)
     live = LiveSession(
         manager,
         session_id="s1",

@@ -79,6 +79,29 @@ async def test_the_idle_sweep_asks_to_close_with_1008():
     assert live.close_requested.result() == (1008, "idle timeout")
 
 
+async def test_only_metered_audio_keeps_a_session_from_idling():
+    live, _, _manager = make_session(FakeStore(), idle_timeout_seconds=60.0)
+    now = live.started
+    assert not live.idle.idle(live.audio_activity, now + 59)
+    await live.forward(b'{"type":"KeepAlive"}', FrameKind.TEXT)  # forwarded, counted, not metered
+    assert live.frames_up == 1 and not live.idle.idle(live.audio_activity, now + 59.5)
+    assert live.idle.idle(live.audio_activity, now + 60)
+    await live.send_audio(PCM)
+    assert not live.idle.idle(live.audio_activity, now + 61)  # audio restarts the clock
+
+
+async def test_the_session_time_limit_asks_to_close_with_1008():
+    live, _, _ = make_session(FakeStore(), max_session_seconds=0.05)
+    assert await asyncio.wait_for(live.close_requested, 5) == (1008, "session time limit")
+
+
+async def test_a_tokens_cap_lowers_the_time_limit():
+    live, _, _ = make_session(FakeStore(), max_session_seconds=600, token_cap=1)
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(live.close_requested, 5) == (1008, "session time limit")
+    assert asyncio.get_running_loop().time() - started >= 0.9
+
+
 # -- provider messages and the graceful end --------------------------------------------------------------------------
 
 
@@ -120,6 +143,14 @@ async def test_end_is_idempotent_and_closes_upstream_1001():
     await live.end()
     assert link.closed_with == (1001, "client disconnected") and not manager.live
     assert ended(store) == (None, "", ClosedBy.GATEWAY)
+
+
+async def test_end_ends_a_provider_session_nobody_finished_gracefully():
+    """E.g. the client went away before its 101: Terminate, the provider's close, then 1001."""
+    live, link, _ = make_session(FakeStore())
+    link.on_text = lambda peer, data: peer.peer_close(1000, "Session Ended") if data == TERMINATE else None
+    await live.end()
+    assert link.sent == [(FrameKind.TEXT, TERMINATE)] and link.closed_with == (1001, "client disconnected")
 
 
 # -- the relay: every close path --------------------------------------------------------------------------------------
@@ -174,8 +205,80 @@ async def test_upstream_close(code, reason, to_client):
     assert ended(store) == (*to_client, ClosedBy.UPSTREAM)
 
 
+def terminate_then_close(peer: FakeLink, data: bytes) -> None:
+    """AssemblyAI: ``Terminate`` → ``Termination`` → close 1000 "Session Ended"."""
+    if data == TERMINATE:
+        peer.text('{"type":"Termination"}')
+        peer.peer_close(1000, "Session Ended")
+
+
+async def test_a_client_close_ends_the_provider_gracefully_then_passes_the_code():
+    def script(client, upstream, live):
+        upstream.on_text = terminate_then_close
+        client.binary(PCM)
+        client.peer_close(4000, "app")
+
+    client, upstream, store = await run_relay(FakeStore(), script)
+    assert upstream.sent == [(FrameKind.BINARY, PCM), (FrameKind.TEXT, TERMINATE)]
+    assert upstream.closed_with == (4000, "app")  # the provider's close answered with the client's code
+    assert client.sent == [(FrameKind.TEXT, b'{"type":"Termination"}')]  # the closing client still gets it
+    assert client.closed_with == (4000, "app")
+    assert ended(store) == (4000, "app", ClosedBy.CLIENT)
+
+
+async def test_a_client_that_sent_the_end_message_gets_no_second_one():
+    def script(client, upstream, live):
+        client.binary(PCM)
+        client.text('{"type": "Terminate"}')
+        client.peer_close(1000)
+        upstream.on_text = None
+
+    _client, upstream, _ = await run_relay(FakeStore(), script)
+    assert upstream.sent == [(FrameKind.BINARY, PCM), (FrameKind.TEXT, b'{"type": "Terminate"}')]
+
+
+async def test_a_lost_client_still_ends_the_provider_gracefully():
+    """Nobody can receive the provider's last messages: the graceful end reads (and drops) them itself."""
+
+    def script(client, upstream, live):
+        def answer(peer: FakeLink, data: bytes) -> None:
+            if data == TERMINATE:
+                peer.text('{"type":"Turn"}')  # relaying it fails: the relay's reader stops
+                peer.text('{"type":"Termination"}')
+                peer.peer_close(1000, "Session Ended")
+
+        upstream.on_text = answer
+        client.broken = True
+        client.feed(FrameKind.LOST)
+
+    started = asyncio.get_running_loop().time()
+    _client, upstream, store = await run_relay(FakeStore(), script, finish_timeout_seconds=5)
+    assert asyncio.get_running_loop().time() - started < 1  # the provider's close, not the finish timeout
+    assert upstream.sent == [(FrameKind.TEXT, TERMINATE)] and upstream.closed_with == (1001, "client disconnected")
+    assert ended(store) == (1006, "", ClosedBy.CLIENT)
+
+
+async def test_nothing_more_is_forwarded_or_metered_once_the_end_began():
+    def script(client, upstream, live):
+        def answer(peer: FakeLink, data: bytes) -> None:
+            if data == TERMINATE:
+                client.binary(PCM)  # the client keeps talking while the provider ends
+                client.text('{"type":"KeepAlive"}')
+                asyncio.get_running_loop().call_later(0.05, terminate_then_close, peer, data)
+
+        upstream.on_text = answer
+        live.request_close(1008, "idle timeout")
+
+    client, upstream, store = await run_relay(FakeStore(), script, finish_timeout_seconds=5)
+    assert upstream.sent == [(FrameKind.TEXT, TERMINATE)] and store.ended["s1"]["audio_seconds"] == 0
+    assert client.sent == [(FrameKind.TEXT, b'{"type":"Termination"}')]
+    assert client.closed_with == upstream.closed_with == (1008, "idle timeout")
+
+
 async def test_client_lost_and_upstream_lost():
-    client, upstream, store = await run_relay(FakeStore(), lambda c, u, live: c.feed(FrameKind.LOST))
+    client, upstream, store = await run_relay(
+        FakeStore(), lambda c, u, live: c.feed(FrameKind.LOST), finish_timeout_seconds=0.05
+    )
     assert upstream.closed_with == (1001, "client disconnected") and client.closed_with is None
     assert ended(store) == (1006, "", ClosedBy.CLIENT)
     client, upstream, store = await run_relay(FakeStore(), lambda c, u, live: u.feed(FrameKind.LOST))

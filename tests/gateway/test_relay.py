@@ -4,6 +4,7 @@ sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 
@@ -117,12 +118,35 @@ async def test_thousand_random_frames_arrive_byte_exact_in_order_both_ways(gatew
     assert received == frames
     rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
     await rec.wait_ended()
+    # The client's frames, then the provider's end message the gateway sent when the client closed.
+    assert rec.texts_in()[-1] == '{"type":"Terminate"}'
     kinds = ["binary" if isinstance(f, bytes) else "text" for f in frames]
-    assert [f.type for f in rec.frames_in] == kinds
-    assert [f.size for f in rec.frames_in] == [len(f) if isinstance(f, bytes) else len(f.encode()) for f in frames]
+    assert [f.type for f in rec.frames_in[:-1]] == kinds
+    sizes = [f.size for f in rec.frames_in[:-1]]
+    assert sizes == [len(f) if isinstance(f, bytes) else len(f.encode()) for f in frames]
 
 
 async def test_client_close_code_and_reason_reach_the_provider_and_come_back(gateway, account):
+    """After the graceful end (docs/contract.md#graceful-provider-end) the provider hop is closed with the client's
+    code and reason: ElevenLabs stays open after its commit answer, so the gateway's close carries both."""
+    gw = await gateway()
+    acct = await account()
+    recorder = gw.emulator.recorder
+    mark = recorder.next_seq
+    async with gw.connect("elevenlabs", acct.key) as ws:
+        await ws.close(code=4321, message="client says bye")
+        assert ws.close_code == 4321
+    rec = await recorder.wait_for_session(provider="elevenlabs", since=mark)
+    await rec.wait_ended()
+    assert json.loads(rec.texts_in()[-1])["commit"] is True  # the provider's end message came first
+    assert (rec.client_close_code, rec.client_close_reason) == (4321, "client says bye")
+    session = await last_session(gw, acct.id)
+    assert (session["close_code"], session["closed_by"]) == (4321, "client")
+
+
+async def test_a_provider_that_closes_after_its_end_message_gets_the_clients_code_in_answer(gateway, account):
+    """AssemblyAI closes by itself after ``Terminate``: the gateway answers that close with the client's code (the
+    emulator's server sees only the code of a close it did not start)."""
     gw = await gateway()
     acct = await account()
     recorder = gw.emulator.recorder
@@ -132,7 +156,7 @@ async def test_client_close_code_and_reason_reach_the_provider_and_come_back(gat
         assert ws.close_code == 4321
     rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
     await rec.wait_ended()
-    assert (rec.client_close_code, rec.client_close_reason) == (4321, "client says bye")
+    assert rec.texts_in() == ['{"type":"Terminate"}'] and rec.client_close_code == 4321
     session = await last_session(gw, acct.id)
     assert (session["close_code"], session["closed_by"]) == (4321, "client")
 
@@ -210,7 +234,8 @@ async def test_frame_over_the_limit_closes_with_1009(gateway, account):
         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1009, "message too big")
     rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
     await rec.wait_ended()
-    assert rec.bytes_in == 1000
+    # The frame over the limit never reached the provider; the provider's end message did.
+    assert rec.binary_frames_in == 1 and rec.bytes_in == 1000 + len('{"type":"Terminate"}')
     session = await last_session(gw, acct.id)
     assert (session["close_code"], session["closed_by"]) == (1009, "gateway")
 
@@ -221,6 +246,8 @@ async def test_idle_session_is_closed_with_1008(gateway, account):
     recorder = gw.emulator.recorder
     mark = recorder.next_seq
     async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:
+        # The provider's answer to the gateway's end message (here the echo of Terminate) still reaches the client.
+        assert (await ws.receive(timeout=5)).data == '{"type":"Terminate"}'
         msg = await ws.receive(timeout=5)
         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1008, "idle timeout")
     rec = await recorder.wait_for_session(provider="assemblyai", since=mark)

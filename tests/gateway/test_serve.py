@@ -19,6 +19,9 @@ from tests.support.serve import ServeProcess, serve_env, serve_processes
 from tests.support.upgrade import handshake
 from tests.support.waiting import wait_for
 
+# The gateway's end message to AssemblyAI; the echo emulator sends it back and then closes, as AssemblyAI does.
+TERMINATE = '{"type":"Terminate"}'
+
 
 def echo_url(port: int, key: str) -> URL:
     """An AssemblyAI echo session through the gateway on ``port``."""
@@ -62,7 +65,9 @@ async def test_sigterm_drains_then_closes_with_1012_and_exits_zero(serve, accoun
         # The live session keeps working during the drain period...
         await ws.send_bytes(b"\x01" * 3200)
         assert (await ws.receive(timeout=5)).data == b"\x01" * 3200
-        # ...and is closed with 1012 once it is over.
+        # ...and is ended once it is over: the provider's answer to its end message (here the echo of Terminate)
+        # still reaches the client, then 1012.
+        assert (await ws.receive(timeout=10)).data == TERMINATE
         msg = await ws.receive(timeout=10)
         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1012, "service restart")
         await ws.close()
@@ -72,6 +77,7 @@ async def test_sigterm_drains_then_closes_with_1012_and_exits_zero(serve, accoun
     rec = emulator.recorder.last
     await rec.wait_ended()
     assert rec.client_close_code == 1012
+    assert rec.texts_in() == [TERMINATE]  # the provider session was ended gracefully
     assert acct.key not in sp.log
     assert "event=session_end" in sp.log
 
@@ -159,6 +165,7 @@ async def test_second_signal_cuts_the_drain_short(serve, account):
 
         await wait_for(draining)
         sp.proc.send_signal(signal.SIGTERM)
+        assert (await ws.receive(timeout=10)).data == TERMINATE
         msg = await ws.receive(timeout=10)
         assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1012)
         await ws.close()
@@ -179,6 +186,7 @@ async def test_workers_share_one_port_and_drain_together(serve, account, store):
             assert (await ws.receive(timeout=5)).data == bytes([i]) * 10
         sp.proc.send_signal(signal.SIGTERM)
         for ws in sockets:
+            assert (await ws.receive(timeout=10)).data == TERMINATE
             msg = await ws.receive(timeout=10)
             assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1012)
             await ws.close()

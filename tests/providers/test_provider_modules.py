@@ -104,6 +104,20 @@ def test_end_frames() -> None:
     assert ELEVENLABS.closes_after_end is False
 
 
+def test_end_messages_sent_by_the_client() -> None:
+    """A client's own end message spares the gateway's: each provider's own end frames are recognised."""
+    for provider in (ASSEMBLYAI, ELEVENLABS):
+        assert all(provider.is_end_message(frame) for frame in provider.end_frames())
+    assert ASSEMBLYAI.is_end_message('{"type": "Terminate"}')
+    assert not ASSEMBLYAI.is_end_message('{"type":"KeepAlive"}')
+    assert not ASSEMBLYAI.is_end_message("Terminate")
+    chunk = '{"message_type":"input_audio_chunk","audio_base_64":"AAAA","commit":%s}'
+    assert ELEVENLABS.is_end_message(chunk % "true")  # audio and commit in one chunk: everything is committed
+    assert not ELEVENLABS.is_end_message(chunk % "false")
+    assert not ELEVENLABS.is_end_message(chunk % '"true"')
+    assert not ELEVENLABS.is_end_message('{"message_type":"commit","commit":true}')
+
+
 def test_end_frames_meter_nothing() -> None:
     for provider in (ASSEMBLYAI, ELEVENLABS):
         meter = provider.new_meter("")

@@ -121,8 +121,16 @@ async def test_assemblyai_shaped_mint(env: Env) -> None:
         body = await resp.json()
     assert body["expires_in_seconds"] == 45 and body["token"].startswith("sttg_")
     assert await env.store.redeem_token(body["token"], "elevenlabs") is None
-    assert await env.store.redeem_token(body["token"], "assemblyai") is not None
-    for query, code in [({}, "invalid_request"), ({"expires_in_seconds": "601"}, "invalid_request")]:
+    principal = await env.store.redeem_token(body["token"], "assemblyai")
+    assert principal is not None and principal.max_session_seconds == 300  # caps the session it opens
+    refused = [
+        ({}, "invalid_request"),
+        ({"expires_in_seconds": "601"}, "invalid_request"),
+        ({"expires_in_seconds": "45", "max_session_duration_seconds": "59"}, "invalid_request"),
+        ({"expires_in_seconds": "45", "max_session_duration_seconds": "10801"}, "invalid_request"),
+        ({"expires_in_seconds": "45", "max_session_duration_seconds": "1.5"}, "invalid_request"),
+    ]
+    for query, code in refused:
         async with env.http.get(url, params=query, headers={"Authorization": env.key}) as resp:
             assert resp.status == 400 and (await resp.json())["error"]["code"] == code
     async with env.http.get(url, params=params, headers={"Authorization": "nope"}) as resp:
@@ -144,3 +152,18 @@ async def test_token_max_seconds_setting_caps_lifetimes(sdk_gateway: Callable[..
     async with gw.store.engine.connect() as conn:
         row = (await conn.execute(sa.select(tokens_table.c.expires_at, tokens_table.c.created_at))).one()
     assert row.expires_at - row.created_at == timedelta(seconds=30)
+
+
+async def test_a_token_may_cap_the_session_it_opens(env: Env) -> None:
+    status, body = await _post(env, {"Authorization": env.key}, {"max_session_seconds": 90})
+    assert status == 200 and body["max_session_seconds"] == 90
+    principal = await env.store.redeem_token(body["token"], "assemblyai")
+    assert principal is not None and principal.max_session_seconds == 90
+    status, body = await _post(env, {"Authorization": env.key}, {})
+    assert status == 200 and body["max_session_seconds"] is None
+    principal = await env.store.redeem_token(body["token"], "assemblyai")
+    assert principal is not None and principal.max_session_seconds is None
+    # At most the gateway's own limit (STTGATE_MAX_SESSION_SECONDS, 10800 by default), whole seconds.
+    for cap in (0, 10801, 1.5, "60", True):
+        status, body = await _post(env, {"Authorization": env.key}, {"max_session_seconds": cap})
+        assert (status, body["error"]["code"]) == (400, "invalid_request")

@@ -50,6 +50,15 @@ async def test_mint_then_redeem_once(store: Store) -> None:
     assert await store.redeem_token(minted.token, "assemblyai") is None
 
 
+async def test_a_token_carries_its_session_cap(store: Store) -> None:
+    account = await _account(store)
+    minted = await store.mint_token(account, 60, "assemblyai", max_session_seconds=300)
+    principal = await store.redeem_token(minted.token, "assemblyai")
+    assert principal is not None and principal.max_session_seconds == 300
+    with pytest.raises(ValueError):
+        await store.mint_token(account, 60, max_session_seconds=0)
+
+
 async def test_principal_reflects_the_account_at_redeem_time(store: Store) -> None:
     account = await _account(store, streaming_enabled=False)
     minted = await store.mint_token(account, 60)

@@ -5,6 +5,11 @@ and reason are passed through; a code that may not be sent (1005, 1006, 1015) is
 connection lost" towards the client and by 1001 "client disconnected" towards the provider; the gateway's own closes
 (4002, 1011, 1008, 1012, 1009) go to both sides unless that side is already gone. ``None`` for a side means it is
 closed already (or gone) and gets nothing.
+
+Every row in which the gateway closes the provider hop (anything but the provider's own close or loss) is
+``graceful`` (docs/contract.md#graceful-provider-end): the provider's end message first, unless the client already
+sent it, then its end (bounded by the finish timeout), and only then ``to_upstream``. A provider that bills
+connection time stops billing only then.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ class Decision:
     record: CloseRecord
     to_upstream: Close | None
     to_client: Close | None
-    # End the provider session gracefully first (its end frames, then its final transcript), as on a cut-off: the
-    # final transcript of the paid audio still reaches the client.
+    # End the provider session gracefully first (its end message, then its final transcript or close, bounded), then
+    # close the provider hop with ``to_upstream`` (``None``: 1000); what the provider sends meanwhile still reaches a
+    # client that is connected.
     graceful: bool = False
 
 
@@ -40,16 +46,19 @@ def _client_close(code: int, reason: str) -> Decision:
         CloseRecord(code, reason, ClosedBy.CLIENT),
         closecodes.to_upstream(code, reason),
         Close(closecodes.echo_code(code), reason),
+        graceful=True,
     )
 
 
 def _client_lost(code: int, reason: str) -> Decision:
-    return Decision(CloseRecord(closecodes.ABNORMAL, "", ClosedBy.CLIENT), closecodes.CLIENT_GONE, None)
+    return Decision(CloseRecord(closecodes.ABNORMAL, "", ClosedBy.CLIENT), closecodes.CLIENT_GONE, None, graceful=True)
 
 
 def _client_error(code: int, reason: str) -> Decision:
     reason = error_reason(code)
-    return Decision(CloseRecord(code, reason, ClosedBy.GATEWAY), closecodes.CLIENT_GONE, Close(code, reason))
+    return Decision(
+        CloseRecord(code, reason, ClosedBy.GATEWAY), closecodes.CLIENT_GONE, Close(code, reason), graceful=True
+    )
 
 
 def _upstream_close(code: int, reason: str) -> Decision:
@@ -78,8 +87,10 @@ def _cut_off(code: int, reason: str) -> Decision:
 
 
 def _gateway(code: int, reason: str) -> Decision:
-    # Idle timeout, drain: both sides get the gateway's code, so the provider's logs say why too.
-    return Decision(CloseRecord(code, reason, ClosedBy.GATEWAY), Close(code, reason), Close(code, reason))
+    # Idle timeout, time limit, drain: both sides get the gateway's code, so the provider's logs say why too.
+    return Decision(
+        CloseRecord(code, reason, ClosedBy.GATEWAY), Close(code, reason), Close(code, reason), graceful=True
+    )
 
 
 _TABLE: dict[Outcome, Callable[[int, str], Decision]] = {
@@ -99,12 +110,17 @@ _TABLE: dict[Outcome, Callable[[int, str], Decision]] = {
     Outcome.SEND_FAILED: _gateway,
 }
 
-# The relay could not wind both sockets down in time.
+# The relay could not wind both sockets down in time: no time is left for a graceful end.
 WIND_DOWN = Decision(
     CloseRecord(closecodes.INTERNAL_ERROR.code, closecodes.INTERNAL_ERROR.reason, ClosedBy.GATEWAY),
     closecodes.CLIENT_GONE,
     closecodes.INTERNAL_ERROR,
 )
+
+
+# The session ends with nothing decided (the client went away before its 101, a pull task failed): nothing is
+# recorded beyond "the gateway ended it", and the provider still ends gracefully, told the client is gone.
+ABANDONED = Decision(CloseRecord(None, "", ClosedBy.GATEWAY), closecodes.CLIENT_GONE, None, graceful=True)
 
 
 def decide(outcome: Outcome, code: int = 0, reason: str = "") -> Decision:

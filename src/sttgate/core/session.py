@@ -1,6 +1,7 @@
 """The life of one provider session as a state machine: events in, decisions out, no I/O.
 
-``OPEN`` → ``ENDING`` (the provider's graceful-end frames were sent; waiting for its final transcript or close) →
+``OPEN`` → ``ENDING`` (the provider's end message was sent, by the gateway or already by the client; waiting for its
+final transcript or close) →
 ``CLOSED`` (the outcome is final and written once). The close record is first-outcome-wins: whoever decides first how
 the session ended (the client's close, the provider's, a cut-off, a drain) is what the ledger keeps, whatever races
 after it. The shell (:mod:`sttgate.gateway.live`) performs the I/O and reports the events here.
@@ -25,6 +26,7 @@ class Reader(Enum):
 
     NONE = auto()
     ATTACHED = auto()  # the relay, or a ``messages()`` iterator
+    DETACHED = auto()  # the attached reader stopped before the provider's end (its client went away): ``finish`` reads
     SELF_DRAINING = auto()  # ``finish`` started before anyone read: it drains (and drops) the messages itself
 
 
@@ -40,7 +42,7 @@ class CloseRecord:
 class Session:
     """State, close record and graceful-end bookkeeping of one session."""
 
-    __slots__ = ("closed", "end_acked", "first_seen", "reader", "state", "upstream_done")
+    __slots__ = ("closed", "end_acked", "end_frames_due", "first_seen", "reader", "state", "upstream_done")
 
     def __init__(self) -> None:
         self.state = State.OPEN
@@ -49,6 +51,8 @@ class Session:
         self.end_acked = False
         self.upstream_done = False
         self.first_seen = False
+        # Whether the gateway sends the provider's end message itself (decided by ``begin_end``).
+        self.end_frames_due = False
 
     def record(self, code: int | None, reason: str, closed_by: ClosedBy) -> bool:
         """Remember how the session ended unless something already decided it; True if this decision counts."""
@@ -71,11 +75,20 @@ class Session:
         self.first_seen = True
         return True
 
-    def begin_end(self) -> bool:
-        """The graceful end starts: True if the end frames must be sent now (only once, only while open)."""
+    def begin_end(self, client_sent_end: bool = False, closes_after_end: bool = True) -> bool:
+        """The graceful end starts: True if it starts now (only once, only while open).
+
+        The gateway then sends the provider's end message (:attr:`end_frames_due`) unless the client's last message
+        already was one: a second one could make the provider answer with an error. The end awaited after a client's
+        own end message is the provider's close, for a provider that closes after it; for one that only answers it,
+        that answer may already have been relayed, so nothing more is awaited.
+        """
         if self.state is not State.OPEN:
             return False
         self.state = State.ENDING
+        self.end_frames_due = not client_sent_end
+        if client_sent_end and not closes_after_end:
+            self.end_acked = True
         return True
 
     @property
@@ -97,6 +110,11 @@ class Session:
 
     def attach_reader(self) -> None:
         self.reader = Reader.ATTACHED
+
+    def detach_reader(self) -> None:
+        """The attached reader stopped (e.g. the client it relayed to is gone): a graceful end reads for itself."""
+        if self.reader is Reader.ATTACHED:
+            self.reader = Reader.DETACHED
 
     def close(self) -> bool:
         """The session is over: True the first time (the shell then writes the outcome), False after."""

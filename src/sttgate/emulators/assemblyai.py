@@ -15,6 +15,8 @@ Choices where the protocol document leaves a gap (each is a guess, kept in one p
   ``Termination`` is sent, and the socket closes 1000 "Session Ended".
 - Session cap (``expires_at``): ``Termination``, then ``Error`` 3008, then close 3008.
 - ``ForceEndpoint`` with no active turn sends nothing. Audio after ``Terminate`` is ignored.
+- Echo mode (``emu_echo=1``): every frame is echoed, and an echoed ``Terminate`` then closes 1000 "Session Ended" as
+  in a normal session (without ``Termination``: echo mode sends nothing of its own).
 - Encodings other than ``pcm_s16le``/``pcm_mulaw`` (opus, aac…) are refused with 3006: the emulator
   cannot time them.
 - ``Termination`` durations are rounded half-up to whole seconds.
@@ -27,6 +29,7 @@ Choices where the protocol document leaves a gap (each is a guess, kept in one p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -442,6 +445,12 @@ class AssemblyAISession(BaseSession):
             await self.fatal(3006, f"Invalid Message Type: {kind}")
         else:
             await self.fatal(3006, f"Invalid Message: {shown}")
+
+    async def on_echoed_text(self, data: str) -> None:
+        with contextlib.suppress(ValueError):
+            message = json.loads(data)
+            if isinstance(message, dict) and message.get("type") == "Terminate":
+                await self.close(1000, SESSION_ENDED)
 
     def _update(self, obj: dict[str, Any]) -> None:
         p = self.p

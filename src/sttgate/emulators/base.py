@@ -294,6 +294,10 @@ class BaseSession:
     async def on_binary(self, data: bytes) -> None:
         raise NotImplementedError
 
+    async def on_echoed_text(self, data: str) -> None:
+        """Hook, echo mode: a text frame was echoed. A provider whose end message closes the session closes here
+        too, so an echo session still ends the way a gateway's graceful end expects."""
+
     async def inject_error(self) -> None:
         """Send the ``emu_error`` frame (and close, as the protocol does)."""
         raise NotImplementedError
@@ -352,6 +356,7 @@ class BaseSession:
                 rec.add_frame_in("text", msg.data)
                 if echo:
                     await self.send_text(msg.data)
+                    await self.on_echoed_text(msg.data)
                 else:
                     await self.on_text(msg.data)
             elif kind is WSMsgType.BINARY:

@@ -16,10 +16,13 @@ upstream connected). Whatever feeds it (the push relay, a pull task, a provider-
     finally:
         await live.end()                          # totals, close code, closed_by to the database; idempotent
 
-``finish`` sends the provider's end frames and waits (bounded) for its final transcript or its close. Call
-``messages()`` before ``finish`` (e.g. ``it = live.messages()`` before starting the task that iterates it) and keep
-iterating meanwhile to receive that transcript; if nobody reads, ``finish`` drains and drops it. ``close_requested``
-must be watched by whatever drives the session: the gateway sets it for an idle timeout and at the end of a drain.
+``finish`` sends the provider's end frames (unless the client's last text frame, ``last_text``, already was the
+provider's end message) and waits (bounded) for its final transcript or its close. Call ``messages()`` before
+``finish`` (e.g. ``it = live.messages()`` before starting the task that iterates it) and keep iterating meanwhile to
+receive that transcript; if nobody reads (or the reader stops, :meth:`LiveSession.detach_reader`), ``finish`` drains
+and drops it. ``end`` ends a provider session nobody finished gracefully too (docs/contract.md#graceful-provider-end).
+``close_requested`` must be watched by whatever drives the session: the gateway sets it for an idle timeout, at the
+session's time limit and at the end of a drain.
 
 The decisions are the pure core's (:mod:`sttgate.core.session`, :mod:`sttgate.core.billing`,
 :mod:`sttgate.core.closing`); this class performs them over an :class:`~sttgate.gateway.upstream.UpstreamLink` and
@@ -37,11 +40,13 @@ from typing import TYPE_CHECKING
 
 from sttgate.core import closecodes
 from sttgate.core.billing import Action, Billing
-from sttgate.core.closing import provider_ended
-from sttgate.core.idle import IdleWatch
+from sttgate.core.closecodes import Close
+from sttgate.core.closing import ABANDONED, provider_ended
+from sttgate.core.idle import IdleWatch, session_time_limit
 from sttgate.core.metering import Meter
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.session import Reader, Session, State
+from sttgate.gateway.manager import first_of
 from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
 
 if TYPE_CHECKING:
@@ -95,6 +100,8 @@ class LiveSession:
         self.session = Session()
         self.started = time.monotonic()
         self.idle = IdleWatch(manager.settings.idle_timeout_seconds, self.started)
+        # The client's last text frame (kept by the relay, read only at the end): was it the provider's end message?
+        self.last_text: bytes | None = None
         # Plain counters on the frame path; metrics pick up the difference periodically.
         self.frames_up = 0
         self.bytes_up = 0
@@ -105,6 +112,14 @@ class LiveSession:
         # Wake-ups for whoever waits; the state itself is in ``self.session``.
         self._upstream_done = asyncio.Event()
         self._end_reached = asyncio.Event()
+        self._reader_gone = asyncio.Event()
+        self._ended = False
+        self._time_limit: asyncio.TimerHandle | None = None
+        if kind == SessionKind.WEBSOCKET:
+            limit = session_time_limit(manager.settings.max_session_seconds, principal.max_session_seconds)
+            self._time_limit = asyncio.get_running_loop().call_later(
+                limit, self.request_close, *closecodes.SESSION_TIME_LIMIT
+            )
 
     # -- outcome -------------------------------------------------------------------------------------------------
 
@@ -131,6 +146,12 @@ class LiveSession:
         """Ask whatever drives the session (relay, pull task) to close it with a gateway code."""
         if not self.close_requested.done():
             self.close_requested.set_result((code, reason))
+
+    @property
+    def audio_activity(self) -> float:
+        """What the idle rule watches: the metered audio (docs/contract.md#idle-and-time-limit); with metering off
+        (benchmarks only) nothing is metered, so the frames sent stand for it."""
+        return self.meter.audio_seconds if self.manager.settings.metering_enabled else self.frames_up
 
     # -- money ---------------------------------------------------------------------------------------------------
 
@@ -256,6 +277,11 @@ class LiveSession:
         """Something (the relay, ``messages()``) consumes the provider's frames: ``finish`` then only waits."""
         self.session.attach_reader()
 
+    def detach_reader(self) -> None:
+        """The attached reader stopped (the relay's client is gone): a graceful end under way reads for itself."""
+        self.session.detach_reader()
+        self._reader_gone.set()
+
     def messages(self) -> AsyncIterator[str | bytes]:
         """Provider messages (str for text, bytes for binary) until the provider session ends; records a
         provider-initiated close. Call it before ``finish``: from then on ``finish`` leaves the reading to you."""
@@ -293,33 +319,60 @@ class LiveSession:
 
     # -- ending ----------------------------------------------------------------------------------------------------
 
-    async def finish(self, *, code: int = 1000, reason: str = "", closed_by: ClosedBy = ClosedBy.GATEWAY) -> None:
-        """End the provider session gracefully: its end frames, then its final transcript or close (bounded)."""
-        session = self.session
+    async def finish(
+        self,
+        *,
+        code: int | None = 1000,
+        reason: str = "",
+        closed_by: ClosedBy = ClosedBy.GATEWAY,
+        upstream_close: Close | None = None,
+    ) -> None:
+        """Record how the session ended (first decision wins) and end the provider session gracefully: its end
+        frames, then its final transcript or close (bounded by the finish timeout), then close the provider hop with
+        ``upstream_close`` (``None``: 1000). Also when the provider closed first after the end frames, its close is
+        answered with that code."""
         self.record(code, reason, closed_by)
-        if self.upstream.closed or not session.begin_end():
-            return
-        timeout = self.manager.settings.finish_timeout_seconds
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            for frame in self.provider.end_frames(self.forwarded):
-                await self.upstream.send(frame.encode(), TEXT)
+        await self._end_provider(upstream_close or Close(1000, ""))
+
+    def _client_sent_end(self) -> bool:
+        last = self.last_text
+        return last is not None and self.provider.is_end_message(last.decode("utf-8", "replace"))
+
+    async def _end_provider(self, close: Close) -> None:
+        session = self.session
         closes_after_end = self.provider.closes_after_end
+        if self.upstream.closed or not session.begin_end(self._client_sent_end(), closes_after_end):
+            return
+        if session.end_frames_due:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                for frame in self.provider.end_frames(self.forwarded):
+                    await self.upstream.send(frame.encode(), TEXT)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                if session.reader is Reader.ATTACHED:
-                    if not session.end_reached(closes_after_end):  # the provider may have closed already
-                        await self._end_reached.wait()
-                else:
+            async with asyncio.timeout(self.manager.settings.finish_timeout_seconds):
+                if session.reader is Reader.ATTACHED and not session.end_reached(closes_after_end):
+                    await first_of(self._end_reached, self._reader_gone)
+                if session.reader is not Reader.ATTACHED:
+                    # Nobody reads (any more): drain and drop the provider's last messages here.
                     session.reader = Reader.SELF_DRAINING
                     while not session.end_reached(closes_after_end):
                         await self.receive()
-        await self.upstream.close(1000)
+        await self.upstream.close(*close)
 
     async def end(self) -> None:
-        """Write the final totals and outcome, update metrics, log; safe to call more than once."""
-        if not self.session.close():
+        """Write the final totals and outcome, update metrics, log; safe to call more than once.
+
+        A provider session still open here (the client went away before its 101, a task failed) is ended gracefully
+        first, as for a lost client (docs/contract.md#graceful-provider-end)."""
+        if self._ended:
             return
+        self._ended = True
+        if self._time_limit is not None:
+            self._time_limit.cancel()
         if not self.upstream.closed:
-            await self.upstream.close(*closecodes.CLIENT_GONE)
-        self.record(None, "", ClosedBy.GATEWAY)
+            assert ABANDONED.to_upstream is not None and ABANDONED.graceful
+            await self._end_provider(ABANDONED.to_upstream)
+            if not self.upstream.closed:  # already ending elsewhere: nothing more to wait for
+                await self.upstream.close(*ABANDONED.to_upstream)
+        self.session.close()
+        self.session.keep(ABANDONED.record)
         await self.manager.finalize(self)

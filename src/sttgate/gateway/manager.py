@@ -2,8 +2,10 @@
 
 It writes the totals that changed every ``ledger_flush_seconds`` (the rule of what may be written is
 :meth:`sttgate.core.billing.Billing.unflushed`), renews slot leases, reaps sessions of dead gateways, closes idle
-sessions (:class:`sttgate.core.idle.IdleWatch`), and drains at shutdown. Prepaid cycles are debited by the session
-itself, one ``charge_cycles`` call per new 5-second cycle, before the audio that opens it is forwarded.
+sessions (:class:`sttgate.core.idle.IdleWatch`: no metered client audio for the idle limit), and drains at shutdown.
+Every close it asks for ends the provider session gracefully (:mod:`sttgate.core.closing`). Prepaid cycles are
+debited by the session itself, one ``charge_cycles`` call per new 5-second cycle, before the audio that opens it is
+forwarded.
 """
 
 from __future__ import annotations
@@ -162,11 +164,11 @@ class SessionManager:
             log_event("sessions_reaped", count=len(reaped), sessions=",".join(reaped))
 
     async def sweep(self) -> None:
-        """Metrics catch-up and idle timeouts; compares frame counters, so the frame path stores no timestamps."""
+        """Metrics catch-up and idle timeouts; compares the metered audio, so the frame path stores no timestamps."""
         now = time.monotonic()
         for live in list(self.live.values()):
             self.metrics.absorb(live)
-            if live.idle.idle(live.frames_up, live.frames_down, now):
+            if live.idle.idle(live.audio_activity, now):
                 live.request_close(*closecodes.IDLE_TIMEOUT)
 
     # -- shutdown -------------------------------------------------------------------------------------------------

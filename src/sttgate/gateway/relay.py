@@ -4,7 +4,8 @@ Narrow on purpose, so another engine could replace it: :func:`relay` takes the c
 :class:`~sttgate.gateway.upstream.ClientLink` and the :class:`~sttgate.gateway.live.LiveSession`, returns once both
 hops are closed, and leaves the outcome (close code, reason, who closed) recorded on the session. Each direction
 awaits the other side's send before reading its next frame, so a slow side gets backpressure instead of a queue. What
-each side is told at the end is :func:`sttgate.core.closing.decide`.
+each side is told at the end is :func:`sttgate.core.closing.decide`; a graceful row ends the provider session first
+(docs/contract.md#graceful-provider-end) while the provider's last messages are still relayed to a client that is there.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import contextlib
 from sttgate.core import closecodes
 from sttgate.core.closing import WIND_DOWN, Decision, decide
 from sttgate.core.outcomes import Outcome
+from sttgate.core.session import State
 from sttgate.gateway.live import ChargeFailed, LiveSession, UnmeterableFrame
-from sttgate.gateway.upstream import DATA, ClientLink, FrameKind
+from sttgate.gateway.upstream import DATA, TEXT, ClientLink, FrameKind
 
 CLOSE = FrameKind.CLOSE
 ERROR = FrameKind.ERROR
 CLOSING = FrameKind.CLOSING
+OPEN = State.OPEN
 
 # How one direction's loop ended: (outcome, code, reason).
 Verdict = tuple[Outcome, int, str]
@@ -35,10 +38,13 @@ async def _client_to_upstream(client: ClientLink, live: LiveSession) -> Verdict:
     receive = client.receive
     admit = live.admit
     send = live.upstream.send
+    session = live.session
     while True:
         frame = await receive()
         kind = frame[0]
         if kind in DATA:
+            if session.state is not OPEN:
+                continue  # the session is ending: nothing more goes to the provider, nothing more is metered
             data = frame[1]
             try:
                 if not admit(data, kind) and not await live.pay():
@@ -50,6 +56,8 @@ async def _client_to_upstream(client: ClientLink, live: LiveSession) -> Verdict:
                 return Outcome.UNMETERABLE, *closecodes.UNMETERABLE_AUDIO
             except ConnectionError:
                 return Outcome.SEND_FAILED, 0, ""
+            if kind == TEXT:
+                live.last_text = data  # read only at the end: was the last one sent the provider's end message?
             # Counted here rather than by a call into the session: this is the per-frame path.
             live.frames_up += 1
             live.bytes_up += len(data)
@@ -65,6 +73,14 @@ async def _client_to_upstream(client: ClientLink, live: LiveSession) -> Verdict:
 
 
 async def _upstream_to_client(client: ClientLink, live: LiveSession) -> Verdict:
+    try:
+        return await _relay_upstream(client, live)
+    finally:
+        # A graceful end under way reads the provider's last messages itself from now on.
+        live.detach_reader()
+
+
+async def _relay_upstream(client: ClientLink, live: LiveSession) -> Verdict:
     upstream = live.upstream
     receive = upstream.receive
     received = live.received
@@ -140,8 +156,11 @@ async def _conclude(decision: Decision, client: ClientLink, live: LiveSession) -
     reconnects at once finds its stream slot free."""
     record = decision.record
     if decision.graceful:
-        # The final transcript of the paid audio still reaches the client while the provider ends gracefully.
-        await live.finish(code=record.code or 0, reason=record.reason, closed_by=record.closed_by)
+        # The provider's end message, then its end (bounded): its final transcript still reaches a client that is
+        # there; the provider hop is then closed with the decision's code.
+        await live.finish(
+            code=record.code, reason=record.reason, closed_by=record.closed_by, upstream_close=decision.to_upstream
+        )
     else:
         live.session.keep(record)
     await _close(client, live, decision)

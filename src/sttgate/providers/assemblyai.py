@@ -79,12 +79,27 @@ def _mint_key(headers: Mapping[str, str]) -> str | None:
     return bearer_or_raw(headers.get("Authorization"))
 
 
+# ``max_session_duration_seconds`` as the provider takes it (docs/contract.md#tokens).
+SESSION_CAP_RANGE = (60, 10800)
+
+
 def _mint_seconds(request: MintRequest) -> int:
-    """``GET /v3/token?expires_in_seconds=N``; ``max_session_duration_seconds`` is accepted and ignored: gateway
-    sessions are limited by balance, not time."""
+    """``GET /v3/token?expires_in_seconds=N``."""
     if "expires_in_seconds" not in request.query:
         raise refusals.invalid_request("expires_in_seconds is required.")
     return request.lifetime(request.query["expires_in_seconds"])
+
+
+def _mint_session_cap(request: MintRequest) -> int | None:
+    """``max_session_duration_seconds`` (60..10800, as the provider takes it) caps the session the token opens."""
+    value = request.query.get("max_session_duration_seconds")
+    if value is None:
+        return None
+    low, high = SESSION_CAP_RANGE
+    cap = canonical_int(value, high)
+    if cap is None or cap < low:
+        raise refusals.invalid_request(f"max_session_duration_seconds must be an integer from {low} to {high}.")
+    return cap
 
 
 class AssemblyAI(Provider):
@@ -112,6 +127,7 @@ class AssemblyAI(Provider):
                 key=_mint_key,
                 seconds=_mint_seconds,
                 body=lambda token, seconds: {"token": token, "expires_in_seconds": seconds},
+                session_cap=_mint_session_cap,
             ),
         ),
     )
@@ -150,6 +166,11 @@ class AssemblyAI(Provider):
         if kind in ("Begin", "Termination"):
             return Caption("event", str(kind))
         return Caption("event", f"error: {dict(message)}") if "error" in message else None
+
+    def is_end_message(self, text: str) -> bool:
+        """A client's own ``Terminate``: the provider then closes by itself; a second one is not sent."""
+        message = json_object(text)
+        return message is not None and message.get("type") == "Terminate"
 
 
 ASSEMBLYAI = AssemblyAI()

@@ -70,6 +70,8 @@ class TokenMint:
     # Whether the request's body is a JSON object the mint reads (``MintRequest.body``; a body that is not one is
     # refused 400); other mints ignore their body.
     reads_body: bool = False
+    # The cap on the length of the session the token opens (``None``: none asked); raises ``Refusal`` when invalid.
+    session_cap: Callable[[MintRequest], int | None] = lambda request: None
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,15 @@ class Provider(ABC):
         """A provider JSON message as a caption, or ``None`` when a captioning app would not show it (by default,
         nothing: ``sttgate demo`` then prints no transcript for this provider)."""
         return None
+
+    def is_end_message(self, text: str) -> bool:
+        """Whether this client text frame, as the client's last one, already ends the provider session (so the
+        gateway does not send ``end_frames`` again and only waits for the provider's end).
+
+        ``False`` unless a provider says otherwise: the gateway then always sends its own end message, which is
+        right for any provider where a second one is harmless.
+        """
+        return False
 
 
 def json_object(text: str) -> dict[str, Any] | None:

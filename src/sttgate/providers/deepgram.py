@@ -189,6 +189,11 @@ class Deepgram(Provider):
     def end_frames(self, forwarded: str = "") -> list[str]:
         return [CLOSE_STREAM]
 
+    def is_end_message(self, text: str) -> bool:
+        """A client's own ``CloseStream``: Deepgram then flushes, sends ``Metadata`` and closes by itself."""
+        message = json_object(text)
+        return message is not None and message.get("type") == "CloseStream"
+
     def is_end_ack(self, text: str, forwarded: str = "") -> bool:
         """``Metadata``, the session summary, is the provider's last message before its close."""
         message = json_object(text)

@@ -316,5 +316,13 @@ class ElevenLabs(Provider):
             return kind in (_TIMESTAMPED, "commit_throttled")
         return kind in _COMMIT_ANSWERS
 
+    def is_end_message(self, text: str) -> bool:
+        """A committing chunk: everything the client sent before it is committed, so the gateway sends no commit of
+        its own (one with nothing to commit is answered ``commit_throttled``, an error the client did not cause)."""
+        message = json_object(text)
+        return (
+            message is not None and message.get("message_type") == "input_audio_chunk" and message.get("commit") is True
+        )
+
 
 ELEVENLABS = ElevenLabs()

@@ -49,6 +49,8 @@ class Principal:
     streaming_enabled: bool
     max_streams: int
     balance_nanos: int | None  # None = postpaid
+    # The cap on the session's length carried by the token that opened it (None: only the gateway's limit).
+    max_session_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,10 +182,21 @@ class Auth:
         except Exception:
             log.warning("could not record last use of key %s", key_id, exc_info=True)
 
-    async def mint_token(self, account_id: str, expires_in_seconds: int, provider: str | None = None) -> MintedToken:
-        """Create a token for ``account_id``; the caller has authenticated the account and validated the arguments."""
+    async def mint_token(
+        self,
+        account_id: str,
+        expires_in_seconds: int,
+        provider: str | None = None,
+        *,
+        max_session_seconds: int | None = None,
+    ) -> MintedToken:
+        """Create a token for ``account_id``; the caller has authenticated the account and validated the arguments.
+
+        ``max_session_seconds`` caps the length of the session the token opens (docs/contract.md#tokens)."""
         if not MIN_SECONDS <= expires_in_seconds <= MAX_SECONDS:
             raise ValueError(f"expires_in_seconds must be {MIN_SECONDS}..{MAX_SECONDS}")
+        if max_session_seconds is not None and max_session_seconds < 1:
+            raise ValueError("max_session_seconds must be at least 1")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
         expires_at = now + timedelta(seconds=expires_in_seconds)
@@ -194,6 +207,7 @@ class Auth:
                     token_hash=hash_secret(token),
                     account_id=account_id,
                     provider=provider,
+                    max_session_seconds=max_session_seconds,
                     expires_at=expires_at,
                     created_at=now,
                 )
@@ -205,7 +219,8 @@ class Auth:
 
         None when the token is unknown, expired, used, or bound to another provider; a token bound elsewhere is
         left unused (the mistake costs the browser nothing). Exactly one of any number of concurrent redeems of one
-        token wins: the row is claimed by a single conditional UPDATE. The principal has no ``key_id``.
+        token wins: the row is claimed by a single conditional UPDATE. The principal has no ``key_id`` and carries
+        the token's session cap.
         """
         if not looks_like_token(token):
             return None
@@ -220,12 +235,13 @@ class Auth:
                 or_(t.c.provider.is_(None), t.c.provider == provider),
             )
             .values(used_at=now)
-            .returning(t.c.account_id)
+            .returning(t.c.account_id, t.c.max_session_seconds)
         )
         async with self._db.write() as conn:
-            account_id = (await conn.execute(claim)).scalar_one_or_none()
-            if account_id is None:
+            claimed = (await conn.execute(claim)).one_or_none()
+            if claimed is None:
                 return None
+            account_id = claimed.account_id
             account = (
                 await conn.execute(
                     select(accounts.c.streaming_enabled, accounts.c.max_streams, accounts.c.balance_nanos).where(
@@ -239,6 +255,7 @@ class Auth:
             streaming_enabled=bool(account.streaming_enabled),
             max_streams=account.max_streams,
             balance_nanos=account.balance_nanos,
+            max_session_seconds=claimed.max_session_seconds,
         )
 
     async def close(self) -> None:

@@ -154,5 +154,7 @@ tokens = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("used_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # Caps the length of the session the token opens (seconds; None: the gateway's limit only). Migration 0002.
+    Column("max_session_seconds", Integer, nullable=True),
     UniqueConstraint("token_hash"),
 )

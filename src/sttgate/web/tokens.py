@@ -68,6 +68,16 @@ def _lifetime(value: Any, settings: Settings) -> int:
     return value
 
 
+def _session_cap(value: Any, settings: Settings) -> int | None:
+    """A token's ``max_session_seconds``: whole seconds, 1..the gateway's session limit (docs/contract.md#tokens)."""
+    if value is None:
+        return None
+    limit = int(settings.max_session_seconds)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise invalid_request(f"max_session_seconds must be an integer from 1 to {limit}.")
+    return value
+
+
 def provider_argument(value: Any) -> str | None:
     """A body's optional ``provider``: a registered provider's name, else 400 ``invalid_provider``."""
     if value is None:
@@ -98,13 +108,15 @@ async def mint_token(request: web.Request) -> web.Response:
     body = await json_object(request)
     seconds = _lifetime(body.get("expires_in_seconds", DEFAULT_TOKEN_SECONDS), svc.settings)
     provider = provider_argument(body.get("provider"))
-    minted = await svc.store.mint_token(principal.account_id, seconds, provider)
+    cap = _session_cap(body.get("max_session_seconds"), svc.settings)
+    minted = await svc.store.mint_token(principal.account_id, seconds, provider, max_session_seconds=cap)
     return token_response(
         {
             "token": minted.token,
             "expires_at": isoformat(minted.expires_at),
             "expires_in_seconds": seconds,
             "provider": provider,
+            "max_session_seconds": cap,
         }
     )
 
@@ -116,16 +128,16 @@ def _provider_mint(provider: Provider, mint: TokenMint) -> Callable[[web.Request
         svc = request.app[SERVICES]
         settings = svc.settings
         principal = await _authenticate(svc.store, mint.key(request.headers))
-        seconds = mint.seconds(
-            MintRequest(
-                path_params=request.match_info,
-                query=request.query,
-                body=await json_object(request) if mint.reads_body else {},
-                lifetime=lambda value: _lifetime(value, settings),
-                max_seconds=min(settings.token_max_seconds, MAX_SECONDS),
-            )
+        asked = MintRequest(
+            path_params=request.match_info,
+            query=request.query,
+            body=await json_object(request) if mint.reads_body else {},
+            lifetime=lambda value: _lifetime(value, settings),
+            max_seconds=min(settings.token_max_seconds, MAX_SECONDS),
         )
-        minted = await svc.store.mint_token(principal.account_id, seconds, provider.name)
+        seconds = mint.seconds(asked)
+        cap = mint.session_cap(asked)
+        minted = await svc.store.mint_token(principal.account_id, seconds, provider.name, max_session_seconds=cap)
         return token_response(mint.body(minted.token, seconds))
 
     return provider_mint
