@@ -87,6 +87,7 @@ class FakeStore:
     charges: list[int] = field(default_factory=list)
     flushed: list[SessionProgress] = field(default_factory=list)
     ended: dict[str, dict[str, Any]] = field(default_factory=dict)
+    figures: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     async def charge_cycles(self, session_id: str, account_id: str, cycles: int, price_nanos: int) -> bool:
         if self.gate is not None:
@@ -105,6 +106,11 @@ class FakeStore:
 
     async def end_session(self, session_id: str, **row: Any) -> None:
         self.ended[session_id] = row
+
+    async def record_provider_figures(
+        self, session_id: str, audio_seconds: float | None, session_seconds: float | None
+    ) -> None:
+        self.figures[session_id] = (audio_seconds, session_seconds)
 
 
 def make_session(

@@ -71,6 +71,8 @@ async def test_assemblyai_twelve_seconds_is_three_cycles(gateway, account, param
     assert (session["audio_seconds"], session["billed_seconds"], session["cost_usd"]) == (12.0, 15, "0.000624999")
     assert usage["totals"]["assemblyai"]["cost_usd"] == "0.000624999"
     assert usage["balance_usd"] is None
+    # The provider's own Termination figures, recorded beside the gateway's (docs/billing.md#reconciliation).
+    assert session["provider_audio_seconds"] == 12.0 and session["provider_session_seconds"] is not None
 
 
 @pytest.mark.parametrize(("seconds", "cycles"), [(10.0, 2), (10.1, 3), (0.1, 1)])
@@ -98,6 +100,7 @@ async def test_elevenlabs_twelve_seconds_is_three_cycles(gateway, account, param
     acct = await account()
     await stream_elevenlabs(gw, acct.key, params, 12.0, bytes_per_second, chunk_rate)
     session = (await ended_session(gw, acct.id))["sessions"][0]
+    assert session["provider_audio_seconds"] is None  # ElevenLabs reports nothing at the end
     assert (session["audio_seconds"], session["billed_seconds"], session["cost_usd"]) == (12.0, 15, "0.001625001")
 
 

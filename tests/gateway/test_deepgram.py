@@ -76,6 +76,9 @@ async def test_exact_bills(gateway, account, params, bytes_per_second, audio_sec
     assert metadata["type"] == "Metadata"
     per_channel = 2 if "multichannel=true" in params else 1
     assert metadata["duration"] * per_channel == session["audio_seconds"]
+    # ... and the gateway records it beside its own (docs/billing.md#reconciliation).
+    assert session["provider_audio_seconds"] == session["audio_seconds"]
+    assert session["provider_session_seconds"] is None
 
 
 @pytest.mark.parametrize(

@@ -116,6 +116,38 @@ async def test_messages_until_the_provider_closes():
     assert ended(live.manager.store) == (3005, "cancelled", ClosedBy.UPSTREAM)
 
 
+def mismatches(live) -> float:
+    return (
+        live.manager.metrics.registry.get_sample_value(
+            "sttgate_reconciliation_mismatches_total", {"provider": live.provider_name}
+        )
+        or 0.0
+    )
+
+
+@pytest.mark.parametrize(("reported", "mismatch"), [(5, False), (6, False), (7, True), (3, True)])
+async def test_the_providers_end_figures_are_recorded_and_a_mismatch_counted(reported, mismatch):
+    """5 s metered; AssemblyAI's Termination says ``reported`` s: more than 1 s apart is a mismatch."""
+    live, link, _ = make_session(FakeStore())
+    for _ in range(50):
+        assert await live.send_audio(PCM)
+    link.text(json.dumps({"type": "Termination", "audio_duration_seconds": reported, "session_duration_seconds": 9}))
+    link.peer_close(1000, "Session Ended")
+    assert [m async for m in live.messages()][-1].startswith('{"type": "Termination"')
+    await live.end()
+    assert live.manager.store.figures["s1"] == (float(reported), 9.0)
+    assert mismatches(live) == (1.0 if mismatch else 0.0)
+
+
+async def test_a_provider_that_reports_nothing_records_nothing():
+    live, link, _ = make_session(FakeStore(), provider="elevenlabs", forwarded="audio_format=pcm_16000")
+    link.text('{"message_type":"committed_transcript","text":"alpha"}')
+    link.peer_close(1000)
+    assert len([m async for m in live.messages()]) == 1
+    await live.end()
+    assert live.manager.store.figures == {} and mismatches(live) == 0.0
+
+
 async def test_finish_self_drains_until_the_provider_closes():
     live, link, _ = make_session(FakeStore(), on_text=None)
     link.on_text = lambda peer, data: peer.peer_close(1000) if data == TERMINATE else None

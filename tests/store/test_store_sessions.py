@@ -336,6 +336,8 @@ async def test_usage_document(store: Store) -> None:
         "cost_usd": "0.000624999",
         "close_code": 1000,
         "closed_by": "client",
+        "provider_audio_seconds": None,  # nothing reported by the provider (docs/billing.md#reconciliation)
+        "provider_session_seconds": None,
     }
     assert second["started_at"].endswith("Z") and second["ended_at"].endswith("Z")
     assert datetime.fromisoformat(second["started_at"]) <= datetime.fromisoformat(second["ended_at"])

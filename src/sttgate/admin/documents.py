@@ -22,6 +22,10 @@ def _seconds(value: float) -> float:
     return round(float(value), 3)
 
 
+def _optional_seconds(value: float | None) -> float | None:
+    return None if value is None else _seconds(value)
+
+
 def usage_document(usage: Usage, providers: Sequence[str]) -> dict[str, Any]:
     """The usage document (docs/contract.md#usage): totals for every provider in ``providers`` (zeros included)
     and any other provider that has sessions, then the sessions newest first."""
@@ -58,6 +62,8 @@ def usage_document(usage: Usage, providers: Sequence[str]) -> dict[str, Any]:
                 "cost_usd": format_usd(r.cost_nanos),
                 "close_code": r.close_code,
                 "closed_by": None if r.closed_by is None else r.closed_by.value,
+                "provider_audio_seconds": _optional_seconds(r.provider_audio_seconds),
+                "provider_session_seconds": _optional_seconds(r.provider_session_seconds),
             }
             for r in usage.sessions
         ],

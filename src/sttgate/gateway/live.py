@@ -52,6 +52,7 @@ from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, Upstr
 if TYPE_CHECKING:
     from sttgate.gateway.manager import SessionManager
     from sttgate.providers import Provider
+    from sttgate.providers.base import ProviderFigures
     from sttgate.store import Principal
 
 log = logging.getLogger("sttgate.gateway")
@@ -102,6 +103,8 @@ class LiveSession:
         self.idle = IdleWatch(manager.settings.idle_timeout_seconds, self.started)
         # The client's last text frame (kept by the relay, read only at the end): was it the provider's end message?
         self.last_text: bytes | None = None
+        # The provider's last data frame: read once, at the end, for the provider's own figures (reconciliation).
+        self.last_down: bytes = b""
         # Plain counters on the frame path; metrics pick up the difference periodically.
         self.frames_up = 0
         self.bytes_up = 0
@@ -242,6 +245,7 @@ class LiveSession:
             data = frame[1]
             self.frames_down += 1
             self.bytes_down += len(data)
+            self.last_down = data
             if not session.first_seen:
                 session.first_message()
                 self._inspect_first(data)
@@ -357,6 +361,12 @@ class LiveSession:
                     while not session.end_reached(closes_after_end):
                         await self.receive()
         await self.upstream.close(*close)
+
+    def provider_figures(self) -> ProviderFigures | None:
+        """What the provider reported about this session in its last message, if anything (read once, at the end)."""
+        if not self.last_down:
+            return None
+        return self.provider.end_figures(self.last_down.decode("utf-8", "replace"), self.forwarded)
 
     async def end(self) -> None:
         """Write the final totals and outcome, update metrics, log; safe to call more than once.

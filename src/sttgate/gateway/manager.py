@@ -20,6 +20,7 @@ from sttgate.config import Settings
 from sttgate.core import closecodes
 from sttgate.core.billing import Totals
 from sttgate.core.money import cycle_price_nanos, format_usd
+from sttgate.core.reconciliation import audio_mismatch
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.providers import PROVIDERS
@@ -81,6 +82,7 @@ class SessionManager:
         self.metrics.absorb(live)
         self.metrics.sessions_ended.labels(closed.closed_by, str(closed.code or "")).inc()
         audio = live.audio_seconds
+        figures = live.provider_figures()
         try:
             await self.store.end_session(
                 live.id,
@@ -91,6 +93,10 @@ class SessionManager:
                 close_reason=closed.reason,
                 closed_by=closed.closed_by,
             )
+            if figures is not None:
+                if audio_mismatch(audio, figures.audio_seconds):
+                    self.metrics.reconciliation_mismatches.labels(live.provider_name).inc()
+                await self.store.record_provider_figures(live.id, figures.audio_seconds, figures.session_seconds)
         finally:
             log_event(
                 "session_end",
@@ -107,6 +113,7 @@ class SessionManager:
                 duration_seconds=f"{time.monotonic() - live.started:.3f}",
                 frames_up=live.frames_up,
                 frames_down=live.frames_down,
+                provider_audio_seconds=None if figures is None else figures.audio_seconds,
             )
 
     # -- periodic work --------------------------------------------------------------------------------------------

@@ -65,6 +65,12 @@ class GatewayMetrics:
             ["provider"],
             registry=r,
         )
+        self.reconciliation_mismatches = Counter(
+            "sttgate_reconciliation_mismatches",
+            "Sessions whose audio as the provider reported it differs from the gateway's by more than 1 s.",
+            ["provider"],
+            registry=r,
+        )
         self.background_errors = Counter(
             "sttgate_background_errors", "Failures of periodic ledger/lease work, by task.", ["task"], registry=r
         )

@@ -14,7 +14,16 @@ from typing import Any
 from sttgate.core import refusals
 from sttgate.core.metering import AudioFormat, BinaryMeter, FormatError, FormatRefusal, Meter
 from sttgate.core.params import canonical_int, format_values
-from sttgate.providers.base import Caption, MintRequest, Provider, SdkShape, TokenMint, bearer_or_raw, json_object
+from sttgate.providers.base import (
+    Caption,
+    MintRequest,
+    Provider,
+    ProviderFigures,
+    SdkShape,
+    TokenMint,
+    bearer_or_raw,
+    json_object,
+)
 
 TERMINATE = '{"type":"Terminate"}'
 
@@ -102,6 +111,13 @@ def _mint_session_cap(request: MintRequest) -> int | None:
     return cap
 
 
+def _seconds(value: object) -> float | None:
+    """A reported duration: a JSON number that is not negative, else nothing."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return float(value)
+
+
 class AssemblyAI(Provider):
     """Audio is raw binary frames; ``Authorization`` carries the raw key (no ``Bearer``)."""
 
@@ -166,6 +182,15 @@ class AssemblyAI(Provider):
         if kind in ("Begin", "Termination"):
             return Caption("event", str(kind))
         return Caption("event", f"error: {dict(message)}") if "error" in message else None
+
+    def end_figures(self, text: str, forwarded: str) -> ProviderFigures | None:
+        """``Termination``: whole seconds of audio received and of connection time."""
+        message = json_object(text)
+        if message is None or message.get("type") != "Termination":
+            return None
+        return ProviderFigures(
+            _seconds(message.get("audio_duration_seconds")), _seconds(message.get("session_duration_seconds"))
+        )
 
     def is_end_message(self, text: str) -> bool:
         """A client's own ``Terminate``: the provider then closes by itself; a second one is not sent."""

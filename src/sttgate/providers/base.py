@@ -27,6 +27,16 @@ Pairs = Sequence[tuple[str, str]]
 
 
 @dataclass(frozen=True)
+class ProviderFigures:
+    """What a provider reports about a session it ended (docs/billing.md#reconciliation), in the gateway's terms:
+    ``audio_seconds`` as the gateway meters it (e.g. × channels where each channel is billed), ``None`` where the
+    provider says nothing."""
+
+    audio_seconds: float | None
+    session_seconds: float | None
+
+
+@dataclass(frozen=True)
 class Caption:
     """What a provider message means to a captioning app (``sttgate demo``): a partial or final transcript, or a
     notable event (session start/end, an error) shown by its kind."""
@@ -218,6 +228,11 @@ class Provider(ABC):
     def caption(self, message: Mapping[str, Any]) -> Caption | None:
         """A provider JSON message as a caption, or ``None`` when a captioning app would not show it (by default,
         nothing: ``sttgate demo`` then prints no transcript for this provider)."""
+        return None
+
+    def end_figures(self, text: str, forwarded: str) -> ProviderFigures | None:
+        """The provider's own figures if ``text`` (its last message of a session) reports them, else ``None`` (by
+        default: a provider that reports nothing at the end)."""
         return None
 
     def is_end_message(self, text: str) -> bool:

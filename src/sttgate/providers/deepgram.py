@@ -20,7 +20,7 @@ from typing import Any
 from sttgate.core import refusals
 from sttgate.core.metering import AudioFormat, BinaryMeter, FormatError, FormatRefusal, Meter
 from sttgate.core.params import canonical_int, format_values
-from sttgate.providers.base import Caption, MintRequest, Provider, SdkShape, TokenMint, json_object
+from sttgate.providers.base import Caption, MintRequest, Provider, ProviderFigures, SdkShape, TokenMint, json_object
 
 CLOSE_STREAM = '{"type":"CloseStream"}'
 MODEL = "nova-3"
@@ -188,6 +188,19 @@ class Deepgram(Provider):
 
     def end_frames(self, forwarded: str = "") -> list[str]:
         return [CLOSE_STREAM]
+
+    def end_figures(self, text: str, forwarded: str) -> ProviderFigures | None:
+        """``Metadata.duration``: the audio timeline it processed; with ``multichannel=true`` each channel is billed
+        as its own audio, so the comparable figure is ``duration × channels``. Deepgram reports no connection time."""
+        message = json_object(text)
+        if message is None or message.get("type") != "Metadata":
+            return None
+        duration = message.get("duration")
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
+            return ProviderFigures(None, None)
+        declared = deepgram_format(forwarded)
+        channels = declared[0].channels if not isinstance(declared, FormatRefusal) and declared[1] else 1
+        return ProviderFigures(float(duration) * channels, None)
 
     def is_end_message(self, text: str) -> bool:
         """A client's own ``CloseStream``: Deepgram then flushes, sends ``Metadata`` and closes by itself."""

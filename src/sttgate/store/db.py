@@ -142,6 +142,15 @@ def alembic_config() -> Any:
     return cfg
 
 
+def head_revision() -> str:
+    """The newest migration shipped with this version (what ``upgrade`` brings a database to)."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the package ships its migrations"
+    return str(head)
+
+
 async def upgrade(url: str, revision: str = "head") -> None:
     """Apply every pending migration; idempotent, and safe when several processes start at once."""
     from alembic import command

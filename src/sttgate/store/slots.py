@@ -231,6 +231,18 @@ class Slots:
         if not found:
             raise NotFoundError(f"no session {session_id}")
 
+    async def record_provider_figures(
+        self, session_id: str, audio_seconds: float | None, session_seconds: float | None
+    ) -> None:
+        """Record what the provider reported at the end of a session, beside the gateway's own totals
+        (docs/billing.md#reconciliation). Written once, after ``end_session``; never part of the bill."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.id == session_id)
+                .values(provider_audio_seconds=audio_seconds, provider_session_seconds=session_seconds)
+            )
+
     async def _end_portable(
         self,
         session_id: str,

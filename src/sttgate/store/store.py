@@ -42,6 +42,7 @@ class Store:
         self.flush_progress = self.slots.flush_progress
         self.renew_leases = self.slots.renew_leases
         self.end_session = self.slots.end_session
+        self.record_provider_figures = self.slots.record_provider_figures
         self.reap_dead_sessions = self.slots.reap_dead_sessions
 
         self.create_account = self.accounts.create_account

@@ -109,6 +109,9 @@ sessions = Table(
     Column("close_code", Integer, nullable=True),
     Column("close_reason", Text, nullable=True),
     Column("closed_by", String(16), nullable=True),
+    # What the provider itself reported at the end (docs/billing.md#reconciliation); null where it reports nothing.
+    Column("provider_audio_seconds", Float, nullable=True),
+    Column("provider_session_seconds", Float, nullable=True),
     Index(None, "account_id", "ended_at"),
     Index(None, "account_id", "started_at"),
     Index(None, "ended_at", "lease_expires_at"),

@@ -27,6 +27,8 @@ class UsageRow:
     cost_nanos: int
     close_code: int | None
     closed_by: ClosedBy | None
+    provider_audio_seconds: float | None  # what the provider reported (None: nothing)
+    provider_session_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class UsageQueries:
                         sessions.c.cost_nanos,
                         sessions.c.close_code,
                         sessions.c.closed_by,
+                        sessions.c.provider_audio_seconds,
+                        sessions.c.provider_session_seconds,
                     )
                     .where(and_(*conditions))
                     .order_by(sessions.c.started_at.desc(), sessions.c.id.desc())
@@ -84,6 +88,8 @@ class UsageQueries:
                     cost_nanos=r.cost_nanos,
                     close_code=r.close_code,
                     closed_by=None if r.closed_by is None else ClosedBy(r.closed_by),
+                    provider_audio_seconds=r.provider_audio_seconds,
+                    provider_session_seconds=r.provider_session_seconds,
                 )
                 for r in rows
             ],
