@@ -286,7 +286,19 @@ def _usage_text(doc: dict[str, Any]) -> str:
     if doc["sessions"]:
         parts.append(
             _table(
-                ["SESSION", "KIND", "PROVIDER", "STARTED", "ENDED", "AUDIO S", "BILLED S", "COST USD", "CODE", "BY"],
+                [
+                    "SESSION",
+                    "KIND",
+                    "PROVIDER",
+                    "STARTED",
+                    "ENDED",
+                    "SESSION S",
+                    "AUDIO S",
+                    "BILLED S",
+                    "COST USD",
+                    "CODE",
+                    "BY",
+                ],
                 [
                     [
                         s["id"],
@@ -294,6 +306,7 @@ def _usage_text(doc: dict[str, Any]) -> str:
                         s["provider"],
                         s["started_at"],
                         s["ended_at"] or "open",
+                        s["session_seconds"],
                         s["audio_seconds"],
                         s["billed_seconds"],
                         s["cost_usd"],

@@ -30,6 +30,7 @@ async def test_feed_audio_read_messages_finish_and_end(gateway, account, store, 
     provider = get_provider(provider_name)
     params = "sample_rate=16000&emu_rate_check=off" if provider_name == "assemblyai" else "audio_format=pcm_16000"
     live = await gw.app[SERVICES].open_stream(await principal(gw, acct.key), provider, params, kind="pull")
+    await live.accept()
     try:
         reader = asyncio.create_task(collect(live.messages()))
         for _ in range(60):
@@ -57,6 +58,7 @@ async def test_send_audio_reports_the_cut_off_and_sends_nothing_unpaid(gateway, 
     live = await gw.app[SERVICES].open_stream(
         await principal(gw, acct.key), provider, "emu_rate_check=off", kind="pull"
     )
+    await live.accept()
     try:
         sent = 0
         while await live.send_audio(PCM_100MS):
@@ -80,6 +82,7 @@ async def test_provider_close_ends_messages_and_is_recorded(gateway, account, st
     provider = get_provider("assemblyai")
     params = "emu_echo=1&emu_close_after_frames=1&emu_close_code=3005&emu_close_reason=cancelled"
     live = await gw.app[SERVICES].open_stream(await principal(gw, acct.key), provider, params, kind="pull")
+    await live.accept()
     try:
         await live.send_audio(PCM_100MS)
         messages = await asyncio.wait_for(collect(live.messages()), 5)

@@ -44,7 +44,10 @@ async def _open(
     gateway_id: str = "gw-1",
     lease_ttl: float = 30.0,
     min_balance_nanos: int = 0,
+    accept: bool = True,
 ) -> str:
+    """Take a slot and, unless ``accept`` is false (a handshake still under way), accept it as the gateway does once
+    the client has its 101."""
     session_id = str(uuid.uuid4())
     outcome = await store.open_session(
         session_id=session_id,
@@ -57,6 +60,8 @@ async def _open(
     )
     if outcome is not SlotOutcome.OPENED:
         raise _REFUSALS[outcome]()  # as the gateway's handshake does
+    if accept:
+        await store.accept_session(session_id, datetime.now(UTC))
     return session_id
 
 
@@ -335,7 +340,9 @@ async def test_usage_document(store: Store) -> None:
         "cost_usd": "0.000624999",
         "close_code": 1000,
         "closed_by": "client",
+        "session_seconds": second["session_seconds"],
     }
+    assert first["session_seconds"] is None and 0 <= second["session_seconds"] < 5
     assert second["started_at"].endswith("Z") and second["ended_at"].endswith("Z")
     assert datetime.fromisoformat(second["started_at"]) <= datetime.fromisoformat(second["ended_at"])
 
@@ -402,3 +409,55 @@ async def test_end_session_has_the_last_word_on_audio_but_never_lowers_money(sto
         closed_by="client",
     )
     assert (await _row(store, sid)).audio_seconds == 5.0  # a second ending changes nothing
+
+
+async def test_a_handshake_that_never_got_its_101_is_not_a_session(store: Store) -> None:
+    """docs/contract.md#usage: a slot taken for a handshake that then fails frees the slot at once and is no session;
+    neither is one left by a gateway that died before the 101 (the reaper closes it)."""
+    acct = await store.create_account(name="Refused", max_streams=1)
+    refused = await _open(store, acct.id, accept=False)
+    await store.end_session(
+        refused,
+        audio_seconds=0.0,
+        cycles=0,
+        cost_nanos=0,
+        close_code=None,
+        close_reason="upstream_unavailable",
+        closed_by="gateway",
+    )
+    crashed = await _open(store, acct.id, accept=False, lease_ttl=-1.0)  # the slot was free again at once
+    assert await store.reap_dead_sessions() == [crashed]
+    assert (await _row(store, crashed)).closed_by == "gateway_crash"
+    doc = await _usage(store, acct.id)
+    assert doc["sessions"] == [] and doc["totals"]["assemblyai"]["sessions"] == 0
+
+    accepted = await _open(store, acct.id)
+    await _end(store, accepted, audio_seconds=1.0)
+    assert [s["id"] for s in (await _usage(store, acct.id))["sessions"]] == [accepted]
+
+
+async def test_an_opening_handshake_holds_its_slot(store: Store) -> None:
+    acct = await store.create_account(name="Opening", max_streams=1)
+    await _open(store, acct.id, accept=False)
+    with pytest.raises(type(refusals.too_many_streams())):
+        await _open(store, acct.id)
+    assert (await _usage(store, acct.id))["sessions"] == []
+
+
+async def test_accepting_starts_the_session_at_the_providers_101(store: Store) -> None:
+    acct = await store.create_account(name="Accept")
+    sid = await _open(store, acct.id, accept=False)
+    slot_taken = (await _row(store, sid)).started_at
+    provider_101 = slot_taken + timedelta(seconds=2)
+    await store.accept_session(sid, provider_101)
+    row = await _row(store, sid)
+    assert (row.started_at, row.opening) == (provider_101, False)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(sessions).where(sessions.c.id == sid).values(ended_at=provider_101 + timedelta(seconds=12.8))
+        )
+    [session] = (await _usage(store, acct.id))["sessions"]
+    assert session["session_seconds"] == 12.8
+    assert datetime.fromisoformat(session["started_at"]) == provider_101
+    with pytest.raises(NotFoundError):
+        await store.accept_session(str(uuid.uuid4()), provider_101)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sttgate.core.money import CYCLE_SECONDS, format_usd
-from sttgate.store import Account, ApiKey, NewKey, Usage
+from sttgate.store import Account, ApiKey, NewKey, Usage, UsageRow
 
 
 def isoformat(value: datetime | None) -> str | None:
@@ -20,6 +20,14 @@ def isoformat(value: datetime | None) -> str | None:
 def _seconds(value: float) -> float:
     """Audio seconds for documents: float sums carry noise below the millisecond, which nobody bills."""
     return round(float(value), 3)
+
+
+def _session_seconds(row: UsageRow) -> float | None:
+    """From the provider's 101 (``started_at``) to the close; None while the session is live. Never negative: the
+    end of a session reaped by another gateway is that gateway's clock."""
+    if row.ended_at is None:
+        return None
+    return _seconds(max(0.0, (row.ended_at - row.started_at).total_seconds()))
 
 
 def usage_document(usage: Usage, providers: Sequence[str]) -> dict[str, Any]:
@@ -58,6 +66,7 @@ def usage_document(usage: Usage, providers: Sequence[str]) -> dict[str, Any]:
                 "cost_usd": format_usd(r.cost_nanos),
                 "close_code": r.close_code,
                 "closed_by": None if r.closed_by is None else r.closed_by.value,
+                "session_seconds": _session_seconds(r),
             }
             for r in usage.sessions
         ],

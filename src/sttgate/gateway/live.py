@@ -4,6 +4,7 @@ A :class:`LiveSession` is one provider session opened by :func:`sttgate.gateway.
 upstream connected). Whatever feeds it (the push relay, a pull task, a provider-shaped route) uses the same calls::
 
     live = await open_stream(app, principal, provider, forwarded, kind=SessionKind.PULL)  # raises Refusal
+    await live.accept()                           # the client has its 101 (push) or the task is recorded (pull)
     try:
         reader = asyncio.create_task(deliver(live.messages()))  # str (text) / bytes (binary) until the provider ends
         for frame in frames:                      # provider.audio_frame(pcm) per 100 ms chunk
@@ -43,6 +44,7 @@ from sttgate.core.metering import Meter
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.session import Reader, Session, State
 from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
+from sttgate.store.database import utcnow
 
 if TYPE_CHECKING:
     from sttgate.gateway.manager import SessionManager
@@ -89,6 +91,8 @@ class LiveSession:
         self.billing = Billing(meter, prepaid=principal.balance_nanos is not None, price_nanos=self.price_nanos)
         self.session = Session()
         self.started = time.monotonic()
+        # Built the moment the provider's 101 arrived: the session's start in usage (docs/contract.md#usage).
+        self.opened_at = utcnow()
         self.idle = IdleWatch(manager.settings.idle_timeout_seconds, self.started)
         # Plain counters on the frame path; metrics pick up the difference periodically.
         self.frames_up = 0
@@ -100,6 +104,11 @@ class LiveSession:
         # Wake-ups for whoever waits; the state itself is in ``self.session``.
         self._upstream_done = asyncio.Event()
         self._end_reached = asyncio.Event()
+
+    async def accept(self) -> None:
+        """The client has its 101 (or the pull task was recorded): from now on this is a session in usage, started at
+        the provider's 101. Until then its row only holds the slot, and a handshake that fails is no session."""
+        await self.manager.store.accept_session(self.id, self.opened_at)
 
     # -- outcome -------------------------------------------------------------------------------------------------
 

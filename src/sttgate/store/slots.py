@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -125,9 +125,24 @@ class Slots:
                         audio_seconds=0.0,
                         cycles=0,
                         cost_nanos=0,
+                        opening=True,
                     )
                 )
         return outcome
+
+    async def accept_session(self, session_id: str, started_at: datetime) -> None:
+        """The handshake succeeded (the client got its 101, or its pull task started): from now on the row is a
+        session (docs/contract.md#usage), started at ``started_at``, the provider's 101.
+
+        Until then the row only holds a slot: if its handshake fails, or its gateway dies first, it ends still
+        ``opening`` and usage leaves it out.
+        """
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                update(sessions).where(sessions.c.id == session_id).values(opening=False, started_at=started_at)
+            )
+        if result.rowcount != 1:
+            raise NotFoundError(f"no session {session_id}")
 
     async def charge_cycles(self, session_id: str, account_id: str, cycles: int, price_nanos: int) -> bool:
         """Debit ``cycles × price`` from a prepaid balance, all or nothing; False when the balance cannot pay.

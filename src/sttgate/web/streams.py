@@ -67,6 +67,7 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
         except ConnectionError:
             live.session.keep(decide(Outcome.CLIENT_LOST).record)  # gone before its 101: aiohttp ignores it
             raise
+        await live.accept()
         await relay(AiohttpLink(client), live)
     finally:
         await asyncio.shield(live.end())
