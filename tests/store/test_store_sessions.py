@@ -461,3 +461,14 @@ async def test_accepting_starts_the_session_at_the_providers_101(store: Store) -
     assert datetime.fromisoformat(session["started_at"]) == provider_101
     with pytest.raises(NotFoundError):
         await store.accept_session(str(uuid.uuid4()), provider_101)
+
+
+async def test_a_withdrawn_session_is_no_session_once_ended(store: Store) -> None:
+    """The gateway accepts just before the client's 101; a client gone before it gets it is withdrawn."""
+    acct = await store.create_account(name="Withdrawn")
+    sid = await _open(store, acct.id)
+    assert [s["id"] for s in (await _usage(store, acct.id))["sessions"]] == [sid]
+    await store.withdraw_session(sid)
+    await _end(store, sid)
+    assert (await _row(store, sid)).opening
+    assert (await _usage(store, acct.id))["sessions"] == []

@@ -4,7 +4,7 @@ A :class:`LiveSession` is one provider session opened by :func:`sttgate.gateway.
 upstream connected). Whatever feeds it (the push relay, a pull task, a provider-shaped route) uses the same calls::
 
     live = await open_stream(app, principal, provider, forwarded, kind=SessionKind.PULL)  # raises Refusal
-    await live.accept()                           # the client has its 101 (push) or the task is recorded (pull)
+    await live.accept()                           # before the client's 101 (push), once the task is recorded (pull)
     try:
         reader = asyncio.create_task(deliver(live.messages()))  # str (text) / bytes (binary) until the provider ends
         for frame in frames:                      # provider.audio_frame(pcm) per 100 ms chunk
@@ -106,9 +106,14 @@ class LiveSession:
         self._end_reached = asyncio.Event()
 
     async def accept(self) -> None:
-        """The client has its 101 (or the pull task was recorded): from now on this is a session in usage, started at
-        the provider's 101. Until then its row only holds the slot, and a handshake that fails is no session."""
+        """The client's 101 goes out next (or the pull task is recorded): from now on this is a session in usage,
+        started at the provider's 101. Until then its row only holds the slot, and a handshake that fails is no
+        session. Written before the 101, so a client that has its 101 finds its session at once."""
         await self.manager.store.accept_session(self.id, self.opened_at)
+
+    async def withdraw(self) -> None:
+        """The client left before its 101 could be sent: not a session after all."""
+        await self.manager.store.withdraw_session(self.id)
 
     # -- outcome -------------------------------------------------------------------------------------------------
 

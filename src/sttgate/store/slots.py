@@ -131,8 +131,8 @@ class Slots:
         return outcome
 
     async def accept_session(self, session_id: str, started_at: datetime) -> None:
-        """The handshake succeeded (the client got its 101, or its pull task started): from now on the row is a
-        session (docs/contract.md#usage), started at ``started_at``, the provider's 101.
+        """The handshake succeeded (the client's 101 is about to be sent, or its pull task is recorded): from now on
+        the row is a session (docs/contract.md#usage), started at ``started_at``, the provider's 101.
 
         Until then the row only holds a slot: if its handshake fails, or its gateway dies first, it ends still
         ``opening`` and usage leaves it out.
@@ -143,6 +143,12 @@ class Slots:
             )
         if result.rowcount != 1:
             raise NotFoundError(f"no session {session_id}")
+
+    async def withdraw_session(self, session_id: str) -> None:
+        """The 101 accepted for never reached the client (it left first): the row is a held slot again, which its end
+        turns into a handshake that was no session."""
+        async with self._db.write() as conn:
+            await conn.execute(update(sessions).where(sessions.c.id == session_id).values(opening=True))
 
     async def charge_cycles(self, session_id: str, account_id: str, cycles: int, price_nanos: int) -> bool:
         """Debit ``cycles × price`` from a prepaid balance, all or nothing; False when the balance cannot pay.

@@ -39,6 +39,7 @@ class Store:
 
         self.open_session = self.slots.open_session
         self.accept_session = self.slots.accept_session
+        self.withdraw_session = self.slots.withdraw_session
         self.charge_cycles = self.slots.charge_cycles
         self.flush_progress = self.slots.flush_progress
         self.renew_leases = self.slots.renew_leases

@@ -62,12 +62,15 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
     )
     client.headers["X-Session-Id"] = live.id
     try:
+        # A session in usage from before its 101 (docs/contract.md#usage), so a client that has it finds it there.
+        await live.accept()
         try:
             await client.prepare(request)
-        except ConnectionError:
-            live.session.keep(decide(Outcome.CLIENT_LOST).record)  # gone before its 101: aiohttp ignores it
+        except BaseException as exc:
+            if isinstance(exc, ConnectionError):
+                live.session.keep(decide(Outcome.CLIENT_LOST).record)  # gone before its 101: aiohttp ignores it
+            await asyncio.shield(live.withdraw())  # no 101 reached the client: no session
             raise
-        await live.accept()
         await relay(AiohttpLink(client), live)
     finally:
         await asyncio.shield(live.end())
