@@ -3,10 +3,16 @@ else."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from sttgate.admin import Admin
 from sttgate.providers import names
+from tests.support.upgrade import handshake
 
 
 async def _stream_12_seconds(gw, key: str) -> None:
@@ -67,3 +73,60 @@ async def test_usage_needs_a_valid_key(gateway, account, store) -> None:
         async with gw.http.get(f"{gw.http_url}/api/v2/usage", headers=headers) as resp:
             assert resp.status == 401
             assert (await resp.json())["error"]["code"] == code
+
+
+async def test_cli_and_api_read_since_and_until_alike(gateway, account, store, tmp_path) -> None:
+    """``until=<today>`` means through today on both (it was today's midnight over HTTP); a refused handshake is on
+    neither."""
+    gw = await gateway()
+    acct = await account()
+    await _stream_12_seconds(gw, acct.key)
+    status, _, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&emu_handshake_status=503"))
+    assert status == 502
+    [session] = (await Admin(store, names()).usage(acct.id))["sessions"]
+    today = datetime.fromisoformat(session["started_at"]).date()  # the session's UTC day, even just past midnight
+    yesterday, tomorrow = (today + timedelta(days=d) for d in (-1, 1))
+    windows = [
+        {"until": today.isoformat()},
+        {"since": today.isoformat()},
+        {"since": today.isoformat(), "until": today.isoformat()},
+        {"until": f"{tomorrow.isoformat()}T00:00:00+00:00"},
+        {"until": yesterday.isoformat()},
+        {"since": tomorrow.isoformat()},
+    ]
+    for params in windows:
+        async with gw.http.get(f"{gw.http_url}/api/v2/usage", params=params, headers={"Authorization": acct.key}) as r:
+            assert r.status == 200
+            over_http = await r.json()
+        flags = [arg for name, value in params.items() for arg in (f"--{name}", value)]
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [*_sttgate(), "usage", "--account", acct.id, *flags, "--json", "--database-url", str(store.engine.url)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout) == over_http, params
+        expected = 0 if params in ({"until": yesterday.isoformat()}, {"since": tomorrow.isoformat()}) else 1
+        assert len(over_http["sessions"]) == over_http["totals"]["assemblyai"]["sessions"] == expected, params
+
+
+async def test_bad_windows_are_400_invalid_request(gateway, account) -> None:
+    gw = await gateway()
+    acct = await account()
+    bad = [
+        {"since": "yesterday"},
+        {"until": "2026-11-31"},
+        {"until": "9999-12-31"},
+        {"since": "2026-02-01", "until": "2026-01-01"},
+    ]
+    for params in bad:
+        async with gw.http.get(f"{gw.http_url}/api/v2/usage", params=params, headers={"Authorization": acct.key}) as r:
+            assert r.status == 400, params
+            assert (await r.json())["error"]["code"] == "invalid_request"
+
+
+def _sttgate() -> list[str]:
+    script = Path(sys.executable).with_name("sttgate")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sttgate"]

@@ -11,7 +11,6 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sttgate import __version__
@@ -106,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     usage = commands.add_parser("usage", parents=[admin], help="an account's usage document")
     usage.add_argument("--account", required=True, metavar="ID")
-    usage.add_argument("--since", metavar="T", help="sessions started at or after T (ISO 8601; UTC if no offset)")
-    usage.add_argument("--until", metavar="T", help="sessions started before T (a date alone: through that day)")
+    usage.add_argument("--since", metavar="T", help="sessions started at or after T (ISO 8601, UTC if no offset)")
+    usage.add_argument("--until", metavar="T", help="sessions started before T (a date alone: through that UTC day)")
     usage.set_defaults(handler=_usage)
 
     dbp = commands.add_parser("db", help="database maintenance").add_subparsers(
@@ -203,24 +202,6 @@ def _nanos(text: str | None, what: str) -> int | None:
     return nanos
 
 
-def _moment(text: str | None, *, end_of_day: bool) -> datetime | None:
-    """ISO 8601 date or date-time; no offset means UTC; a date alone is its midnight (or the next, for --until)."""
-    if text is None:
-        return None
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        pass
-    else:
-        start = datetime.combine(day, time(), tzinfo=UTC)
-        return start + timedelta(days=1) if end_of_day else start
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise CommandError(f"not an ISO 8601 date or time: {text!r}") from exc
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 # --- output -------------------------------------------------------------------------------------------------------
 
 
@@ -305,7 +286,19 @@ def _usage_text(doc: dict[str, Any]) -> str:
     if doc["sessions"]:
         parts.append(
             _table(
-                ["SESSION", "KIND", "PROVIDER", "STARTED", "ENDED", "AUDIO S", "BILLED S", "COST USD", "CODE", "BY"],
+                [
+                    "SESSION",
+                    "KIND",
+                    "PROVIDER",
+                    "STARTED",
+                    "ENDED",
+                    "SESSION S",
+                    "AUDIO S",
+                    "BILLED S",
+                    "COST USD",
+                    "CODE",
+                    "BY",
+                ],
                 [
                     [
                         s["id"],
@@ -313,6 +306,7 @@ def _usage_text(doc: dict[str, Any]) -> str:
                         s["provider"],
                         s["started_at"],
                         s["ended_at"] or "open",
+                        s["session_seconds"],
                         s["audio_seconds"],
                         s["billed_seconds"],
                         s["cost_usd"],
@@ -400,10 +394,12 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _usage(args: argparse.Namespace, settings: Settings) -> int:
-    since = _moment(args.since, end_of_day=False)
-    until = _moment(args.until, end_of_day=True)
-    if since is not None and until is not None and since >= until:
-        raise CommandError("--since must be before --until")
+    from sttgate.admin.window import InvalidWindow, window
+
+    try:
+        since, until = window(args.since, args.until)
+    except InvalidWindow as exc:
+        raise CommandError(str(exc)) from None
     doc = _run_admin(settings, lambda s: s.usage(args.account, since=since, until=until))
     return _emit(args, doc, _usage_text)
 

@@ -7,9 +7,11 @@ import asyncio
 
 import aiohttp
 import pytest
+from sqlalchemy import select
 
 from sttgate.admin import Admin
 from sttgate.providers import names
+from sttgate.store.tables import sessions
 from tests.support.emulator import OPERATOR_KEYS
 from tests.support.gateway import gateway_settings
 from tests.support.upgrade import handshake
@@ -136,17 +138,38 @@ async def test_slow_provider_handshake_is_504(gateway, account):
     assert (status, error(body)[0]) == (504, "upstream_timeout")
 
 
-async def test_failed_upstream_frees_the_slot_and_costs_nothing(gateway, account, store):
+async def test_failed_upstream_frees_the_slot_costs_nothing_and_is_no_session(gateway, account, store):
+    """docs/contract.md#usage: a handshake refused after the slot was taken is not a session."""
     gw = await gateway()
     acct = await account(max_streams=1, balance_usd="1")
     status, _, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}&emu_handshake_status=500"))
     assert status == 502
     async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:
         assert not ws.closed
-    usage = await Admin(store, names()).usage(acct.id)
-    failed = usage["sessions"][-1]
-    assert failed["closed_by"] == "gateway" and failed["cost_usd"] == "0" and failed["ended_at"] is not None
+        accepted = ws._response.headers["X-Session-Id"]
+    usage = await wait_for(lambda: _ended_usage(gw, acct.id))
+    assert [s["id"] for s in usage["sessions"]] == [accepted]
+    assert usage["totals"]["assemblyai"]["sessions"] == 1
     assert usage["balance_usd"] == "1.000000000"
+
+
+async def test_client_gone_before_its_101_frees_the_slot_and_is_no_session(gateway, account, store):
+    gw = await gateway()
+    acct = await account(max_streams=1)
+    url = gw.ws_url(f"provider=assemblyai&api_key={acct.key}&emu_echo=1&emu_handshake_delay_ms=300")
+    # The client gives up while the gateway waits for the provider's 101.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await handshake(url)
+    await asyncio.sleep(0.5)  # the provider's 101 has come; the client's 101 has nowhere to go
+    async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:  # the slot is free again
+        accepted = ws._response.headers["X-Session-Id"]
+    usage = await wait_for(lambda: _ended_usage(gw, acct.id))
+    assert [s["id"] for s in usage["sessions"]] == [accepted]
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(select(sessions.c.id, sessions.c.opening, sessions.c.ended_at))).all()
+    [gone] = [r for r in rows if r.id != accepted]  # its slot was taken, and freed: never a session
+    assert gone.opening and gone.ended_at is not None
 
 
 @pytest.mark.parametrize("how", ["query", "raw_header", "bearer_header"])

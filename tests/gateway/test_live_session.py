@@ -34,6 +34,7 @@ async def test_feed_audio_read_messages_finish_and_end(gateway, account, store, 
         "deepgram": "encoding=linear16&sample_rate=16000",
     }[provider_name]
     live = await gw.app[SERVICES].open_stream(await principal(gw, acct.key), provider, params, kind="pull")
+    live.accept()
     try:
         reader = asyncio.create_task(collect(live.messages()))
         for _ in range(60):
@@ -63,6 +64,7 @@ async def test_send_audio_reports_the_cut_off_and_sends_nothing_unpaid(gateway, 
     live = await gw.app[SERVICES].open_stream(
         await principal(gw, acct.key), provider, "emu_rate_check=off", kind="pull"
     )
+    live.accept()
     try:
         sent = 0
         while await live.send_audio(PCM_100MS):
@@ -86,6 +88,7 @@ async def test_provider_close_ends_messages_and_is_recorded(gateway, account, st
     provider = get_provider("assemblyai")
     params = "emu_echo=1&emu_close_after_frames=1&emu_close_code=3005&emu_close_reason=cancelled"
     live = await gw.app[SERVICES].open_stream(await principal(gw, acct.key), provider, params, kind="pull")
+    live.accept()
     try:
         await live.send_audio(PCM_100MS)
         messages = await asyncio.wait_for(collect(live.messages()), 5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -15,7 +15,7 @@ from sttgate.store.db import current_revision, head_revision, make_engine, upgra
 async def test_migrations_are_idempotent(db_url: str) -> None:
     await upgrade(db_url)
     await upgrade(db_url)
-    assert await current_revision(db_url) == head_revision() == "0003"
+    assert await current_revision(db_url) == head_revision() == "0004"
 
 
 async def test_ping(store: Store) -> None:
@@ -208,3 +208,45 @@ async def test_ping_fails_cleanly_when_the_database_is_gone() -> None:
         assert await store.ping() is False
     finally:
         await store.close()
+
+
+async def test_migration_0004_marks_past_refused_handshakes(db_url: str) -> None:
+    """Rows written before ``sessions.opening`` existed: the handshakes refused after the slot (ended by the gateway
+    with no close code, nothing charged) leave usage; every other row stays a session."""
+    from sqlalchemy import insert, select
+
+    from sttgate.store.tables import accounts, sessions
+
+    await upgrade(db_url, "0001")
+    engine = make_engine(db_url)
+    now = datetime.now(UTC)
+    base = {"account_id": "a", "kind": "websocket", "provider": "assemblyai", "gateway_id": "gw", "started_at": now}
+    base |= {"lease_expires_at": now, "audio_seconds": 0.0, "cost_nanos": 0}
+    legacy = {
+        "refused": {"ended_at": now, "closed_by": "gateway", "close_code": None, "cycles": 0},
+        "cut_off": {"ended_at": now, "closed_by": "gateway", "close_code": 4002, "cycles": 0},
+        "charged": {"ended_at": now, "closed_by": "gateway", "close_code": None, "cycles": 1},
+        "client": {"ended_at": now, "closed_by": "client", "close_code": None, "cycles": 0},
+        "live": {"ended_at": None, "closed_by": None, "close_code": None, "cycles": 0},
+    }
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(accounts).values(
+                    id="a",
+                    name="A",
+                    streaming_enabled=True,
+                    max_streams=5,
+                    webhook_secret="s",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            for sid, values in legacy.items():
+                await conn.execute(insert(sessions).values(id=sid, **base, **values))
+        await upgrade(db_url)
+        async with engine.connect() as conn:
+            opening = {r.id: r.opening for r in await conn.execute(select(sessions.c.id, sessions.c.opening))}
+    finally:
+        await engine.dispose()
+    assert opening == {"refused": True, "cut_off": False, "charged": False, "client": False, "live": False}

@@ -44,7 +44,10 @@ async def _open(
     gateway_id: str = "gw-1",
     lease_ttl: float = 30.0,
     min_balance_nanos: int = 0,
+    accept: bool = True,
 ) -> str:
+    """Take a slot and, unless ``accept`` is false (a handshake still under way), accept it as the gateway does once
+    the client has its 101."""
     session_id = str(uuid.uuid4())
     outcome = await store.open_session(
         session_id=session_id,
@@ -57,6 +60,8 @@ async def _open(
     )
     if outcome is not SlotOutcome.OPENED:
         raise _REFUSALS[outcome]()  # as the gateway's handshake does
+    if accept:
+        await store.accept_sessions([(session_id, datetime.now(UTC))])
     return session_id
 
 
@@ -338,7 +343,9 @@ async def test_usage_document(store: Store) -> None:
         "closed_by": "client",
         "provider_audio_seconds": None,  # nothing reported by the provider (docs/billing.md#reconciliation)
         "provider_session_seconds": None,
+        "session_seconds": second["session_seconds"],
     }
+    assert first["session_seconds"] is None and 0 <= second["session_seconds"] < 5
     assert second["started_at"].endswith("Z") and second["ended_at"].endswith("Z")
     assert datetime.fromisoformat(second["started_at"]) <= datetime.fromisoformat(second["ended_at"])
 
@@ -405,3 +412,71 @@ async def test_end_session_has_the_last_word_on_audio_but_never_lowers_money(sto
         closed_by="client",
     )
     assert (await _row(store, sid)).audio_seconds == 5.0  # a second ending changes nothing
+
+
+async def test_a_handshake_that_never_got_its_101_is_not_a_session(store: Store) -> None:
+    """docs/contract.md#usage: a slot taken for a handshake that then fails frees the slot at once and is no session;
+    neither is one left by a gateway that died before the 101 (the reaper closes it)."""
+    acct = await store.create_account(name="Refused", max_streams=1)
+    refused = await _open(store, acct.id, accept=False)
+    await store.end_session(
+        refused,
+        audio_seconds=0.0,
+        cycles=0,
+        cost_nanos=0,
+        close_code=None,
+        close_reason="upstream_unavailable",
+        closed_by="gateway",
+    )
+    crashed = await _open(store, acct.id, accept=False, lease_ttl=-1.0)  # the slot was free again at once
+    assert await store.reap_dead_sessions() == [crashed]
+    assert (await _row(store, crashed)).closed_by == "gateway_crash"
+    doc = await _usage(store, acct.id)
+    assert doc["sessions"] == [] and doc["totals"]["assemblyai"]["sessions"] == 0
+
+    accepted = await _open(store, acct.id)
+    await _end(store, accepted, audio_seconds=1.0)
+    assert [s["id"] for s in (await _usage(store, acct.id))["sessions"]] == [accepted]
+
+
+async def test_an_opening_handshake_holds_its_slot(store: Store) -> None:
+    acct = await store.create_account(name="Opening", max_streams=1)
+    await _open(store, acct.id, accept=False)
+    with pytest.raises(type(refusals.too_many_streams())):
+        await _open(store, acct.id)
+    assert (await _usage(store, acct.id))["sessions"] == []
+
+
+async def test_accepting_starts_the_session_at_the_providers_101(store: Store) -> None:
+    acct = await store.create_account(name="Accept")
+    sid = await _open(store, acct.id, accept=False)
+    slot_taken = (await _row(store, sid)).started_at
+    provider_101 = slot_taken + timedelta(seconds=2)
+    await store.accept_sessions([(sid, provider_101)])
+    row = await _row(store, sid)
+    assert (row.started_at, row.opening) == (provider_101, False)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(sessions).where(sessions.c.id == sid).values(ended_at=provider_101 + timedelta(seconds=12.8))
+        )
+    [session] = (await _usage(store, acct.id))["sessions"]
+    assert session["session_seconds"] == 12.8
+    assert datetime.fromisoformat(session["started_at"]) == provider_101
+
+
+async def test_a_slot_never_accepted_is_no_session_once_ended(store: Store) -> None:
+    """A client gone before its 101 (or a refused handshake): the slot ends still opening, and usage leaves it out."""
+    acct = await store.create_account(name="Never accepted")
+    sid = await _open(store, acct.id, accept=False)
+    await _end(store, sid)
+    assert (await _row(store, sid)).opening
+    assert (await _usage(store, acct.id))["sessions"] == []
+
+
+async def test_a_prepaid_charge_marks_its_session_accepted(store: Store) -> None:
+    """A session with a cost is always listed, even before the ledger tick that writes its acceptance."""
+    acct = await store.create_account(name="Charged", balance_nanos=10**9)
+    sid = await _open(store, acct.id, accept=False)
+    assert await store.charge_cycles(sid, acct.id, 1, 1000)
+    assert not (await _row(store, sid)).opening
+    assert [s["id"] for s in (await _usage(store, acct.id))["sessions"]] == [sid]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sttgate.core.money import CYCLE_SECONDS, format_usd
-from sttgate.store import Account, ApiKey, NewKey, Usage
+from sttgate.store import Account, ApiKey, NewKey, Usage, UsageRow
 
 
 def isoformat(value: datetime | None) -> str | None:
@@ -24,6 +24,14 @@ def _seconds(value: float) -> float:
 
 def _optional_seconds(value: float | None) -> float | None:
     return None if value is None else _seconds(value)
+
+
+def _session_seconds(row: UsageRow) -> float | None:
+    """From the provider's 101 (``started_at``) to the close; None while the session is live. Never negative: the
+    end of a session reaped by another gateway is that gateway's clock."""
+    if row.ended_at is None:
+        return None
+    return _seconds(max(0.0, (row.ended_at - row.started_at).total_seconds()))
 
 
 def usage_document(usage: Usage, providers: Sequence[str]) -> dict[str, Any]:
@@ -64,6 +72,7 @@ def usage_document(usage: Usage, providers: Sequence[str]) -> dict[str, Any]:
                 "closed_by": None if r.closed_by is None else r.closed_by.value,
                 "provider_audio_seconds": _optional_seconds(r.provider_audio_seconds),
                 "provider_session_seconds": _optional_seconds(r.provider_session_seconds),
+                "session_seconds": _session_seconds(r),
             }
             for r in usage.sessions
         ],

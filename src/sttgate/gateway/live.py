@@ -4,6 +4,7 @@ A :class:`LiveSession` is one provider session opened by :func:`sttgate.gateway.
 upstream connected). Whatever feeds it (the push relay, a pull task, a provider-shaped route) uses the same calls::
 
     live = await open_stream(app, principal, provider, forwarded, kind=SessionKind.PULL)  # raises Refusal
+    live.accept()                                 # after the client's 101 (push), once the task is recorded (pull)
     try:
         reader = asyncio.create_task(deliver(live.messages()))  # str (text) / bytes (binary) until the provider ends
         for frame in frames:                      # provider.audio_frame(pcm) per 100 ms chunk
@@ -48,6 +49,7 @@ from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.session import Reader, Session, State
 from sttgate.gateway.manager import first_of
 from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
+from sttgate.store.database import utcnow
 
 if TYPE_CHECKING:
     from sttgate.gateway.manager import SessionManager
@@ -100,6 +102,8 @@ class LiveSession:
         self.billing = Billing(meter, prepaid=principal.balance_nanos is not None, price_nanos=self.price_nanos)
         self.session = Session()
         self.started = time.monotonic()
+        # Built the moment the provider's 101 arrived: the session's start in usage (docs/contract.md#usage).
+        self.opened_at = utcnow()
         self.idle = IdleWatch(manager.settings.idle_timeout_seconds, self.started)
         # The client's last text frame (kept by the relay, read only at the end): was it the provider's end message?
         self.last_text: bytes | None = None
@@ -123,6 +127,15 @@ class LiveSession:
             self._time_limit = asyncio.get_running_loop().call_later(
                 limit, self.request_close, *closecodes.SESSION_TIME_LIMIT
             )
+
+    def accept(self) -> None:
+        """The client got its 101 (or the pull task is recorded): from now on this is a session in usage, started at
+        the provider's 101. Until then its row only holds the slot, and a handshake that fails is no session.
+
+        Nothing is written here, on the handshake path: the session manager writes the acceptances of each ledger tick
+        in one statement, a session's first prepaid charge marks it too, and its end writes it at the latest
+        (docs/contract.md#usage)."""
+        self.manager.accepted(self)
 
     # -- outcome -------------------------------------------------------------------------------------------------
 

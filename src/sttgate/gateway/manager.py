@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sttgate.config import Settings
@@ -59,6 +60,21 @@ class SessionManager:
         self._empty = asyncio.Event()
         self._empty.set()
         self._drain_cut = asyncio.Event()
+        # Sessions accepted since the last ledger tick, with their start (the provider's 101): written in one batch.
+        self._accepted: dict[str, datetime] = {}
+
+    def accepted(self, live: LiveSession) -> None:
+        """``live`` is a session now (its client got its 101); written by the next ledger tick, or at its end."""
+        self._accepted[live.id] = live.opened_at
+
+    async def _write_accepted(self) -> None:
+        if self._accepted:
+            accepted, self._accepted = self._accepted, {}
+            try:
+                await self.store.accept_sessions(list(accepted.items()))
+            except BaseException:
+                self._accepted = accepted | self._accepted  # written by a later tick
+                raise
 
     def price_nanos(self, provider: str) -> int:
         """Price of one 5-second cycle of ``provider``."""
@@ -83,7 +99,10 @@ class SessionManager:
         self.metrics.sessions_ended.labels(closed.closed_by, str(closed.code or "")).inc()
         audio = live.audio_seconds
         figures = live.provider_figures()
+        started_at = self._accepted.pop(live.id, None)
         try:
+            if started_at is not None:  # accepted since the last tick: a session, written before its end
+                await self.store.accept_sessions([(live.id, started_at)])
             await self.store.end_session(
                 live.id,
                 audio_seconds=audio,
@@ -150,6 +169,7 @@ class SessionManager:
 
         The store only ever raises totals, so a flush racing a charge or the final write cannot roll anything back.
         """
+        await self._write_accepted()
         batch: list[tuple[LiveSession, Totals]] = []
         for live in self.live.values():
             totals = live.billing.unflushed()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -125,9 +125,28 @@ class Slots:
                         audio_seconds=0.0,
                         cycles=0,
                         cost_nanos=0,
+                        opening=True,
                     )
                 )
         return outcome
+
+    async def accept_sessions(self, accepted: Sequence[tuple[str, datetime]]) -> None:
+        """These handshakes succeeded (the client got its 101, or the pull task is recorded): from now on each row is
+        a session (docs/contract.md#usage), started at the given moment, the provider's 101. One statement for all.
+
+        Until then a row only holds a slot: if its handshake fails, or its gateway dies first, it ends still
+        ``opening`` and usage leaves it out. A prepaid charge marks its session accepted too (a session with a cost is
+        always listed).
+        """
+        if not accepted:
+            return
+        stmt = (
+            update(sessions)
+            .where(sessions.c.id == bindparam("p_id"))
+            .values(opening=False, started_at=bindparam("p_started", type_=UTCDateTime()))
+        )
+        async with self._db.write() as conn:
+            await conn.execute(stmt, [{"p_id": sid, "p_started": started} for sid, started in accepted])
 
     async def charge_cycles(self, session_id: str, account_id: str, cycles: int, price_nanos: int) -> bool:
         """Debit ``cycles × price`` from a prepaid balance, all or nothing; False when the balance cannot pay.
@@ -152,7 +171,7 @@ class Slots:
                 recorded = await conn.execute(
                     update(sessions)
                     .where(sessions.c.id == session_id, sessions.c.account_id == account_id)
-                    .values(cycles=sessions.c.cycles + cycles, cost_nanos=sessions.c.cost_nanos + amount)
+                    .values(cycles=sessions.c.cycles + cycles, cost_nanos=sessions.c.cost_nanos + amount, opening=False)
                 )
                 if recorded.rowcount != 1:
                     raise NotFoundError(f"no session {session_id} of account {account_id}")

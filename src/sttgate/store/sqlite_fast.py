@@ -214,7 +214,7 @@ def _open(
         return False, outcome
     conn.execute(
         "INSERT INTO sessions (id, account_id, kind, provider, gateway_id, started_at, lease_expires_at, audio_seconds,"
-        " cycles, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, 0.0, 0, 0)",
+        " cycles, cost_nanos, opening) VALUES (?, ?, ?, ?, ?, ?, ?, 0.0, 0, 0, 1)",
         (session_id, account_id, kind, provider, gateway_id, now, expires),
     )
     return True, outcome
@@ -230,7 +230,8 @@ def _charge(
     ).rowcount
     if debited == 1:
         recorded = conn.execute(
-            "UPDATE sessions SET cycles = cycles + ?, cost_nanos = cost_nanos + ? WHERE id = ? AND account_id = ?",
+            "UPDATE sessions SET cycles = cycles + ?, cost_nanos = cost_nanos + ?, opening = 0"
+            " WHERE id = ? AND account_id = ?",
             (cycles, amount, session_id, account_id),
         ).rowcount
         if recorded != 1:

@@ -38,6 +38,7 @@ class Store:
         self.redeem_token = self.auth.redeem_token
 
         self.open_session = self.slots.open_session
+        self.accept_sessions = self.slots.accept_sessions
         self.charge_cycles = self.slots.charge_cycles
         self.flush_progress = self.slots.flush_progress
         self.renew_leases = self.slots.renew_leases

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 
 
@@ -91,7 +92,10 @@ api_keys = Table(
     UniqueConstraint("key_hash"),
 )
 
-# A session row with ended_at IS NULL and a lease in the future is a stream slot.
+# A session row with ended_at IS NULL and a lease in the future is a stream slot. ``opening`` is true from the slot
+# until the session is accepted (the client's 101, or its pull task started); a row that ended while opening was a
+# refused handshake, not a session (docs/contract.md#usage), and ``started_at`` is the slot's time until acceptance
+# sets it to the provider's 101.
 sessions = Table(
     "sessions",
     metadata,
@@ -112,6 +116,7 @@ sessions = Table(
     # What the provider itself reported at the end (docs/billing.md#reconciliation); null where it reports nothing.
     Column("provider_audio_seconds", Float, nullable=True),
     Column("provider_session_seconds", Float, nullable=True),
+    Column("opening", Boolean, nullable=False, server_default=false()),
     Index(None, "account_id", "ended_at"),
     Index(None, "account_id", "started_at"),
     Index(None, "ended_at", "lease_expires_at"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, false, select
 
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.store.database import Database, NotFoundError
@@ -43,8 +43,12 @@ class UsageQueries:
         self._db = database
 
     async def usage(self, account_id: str, since: datetime | None = None, until: datetime | None = None) -> Usage:
-        """The account's balance and the sessions that started in ``[since, until)``, newest first."""
-        conditions = [sessions.c.account_id == account_id]
+        """The account's balance and the sessions that started in ``[since, until)``, newest first.
+
+        A row still ``opening`` is a slot held for a handshake that never got its 101 (refused, abandoned, or its
+        gateway died first): not a session (docs/contract.md#usage).
+        """
+        conditions = [sessions.c.account_id == account_id, sessions.c.opening.is_(false())]
         if since is not None:
             conditions.append(sessions.c.started_at >= since)
         if until is not None:

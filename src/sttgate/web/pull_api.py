@@ -72,6 +72,7 @@ async def start_task(request: web.Request) -> web.Response:
             provider=provider.name,
             params=forwarded,
         )
+        live.accept()
     except BaseException:
         live.record(None, "task could not be recorded", ClosedBy.GATEWAY)
         await live.end()

@@ -71,6 +71,7 @@ async def accept_and_relay(
         except ConnectionError:
             live.session.keep(decide(Outcome.CLIENT_LOST).record)  # gone before its 101: aiohttp ignores it
             raise
+        live.accept()  # the client has its 101: a session in usage (docs/contract.md#usage)
         await relay(AiohttpLink(client), live)
     finally:
         await asyncio.shield(live.end())
