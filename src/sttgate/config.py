@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float | None = 20.0
     # Postpaid usage and session totals are written at least this often.
     ledger_flush_seconds: float = 0.5
+    # Live sessions re-read their accounts this often: a switch to prepaid or a withdrawn streaming permission binds
+    # them from their next cycle on (docs/billing.md#account-changes).
+    account_refresh_seconds: float = 1.0
     # A gateway renews its stream slots this often; a slot not renewed for lease_ttl is free.
     lease_renew_seconds: float = 10.0
     lease_ttl_seconds: float = 30.0

@@ -187,6 +187,44 @@ async def test_charged_cycles_are_on_disk_while_the_session_runs(gateway, accoun
     assert (await Admin(store, names()).usage(prepaid.id))["balance_usd"] == "0.999583334"
 
 
+async def test_a_postpaid_account_switched_to_prepaid_with_no_balance_stops_within_a_cycle(gateway, account, store):
+    """docs/billing.md#account-changes: the next cycle is charged, cannot be paid: 4002, and no unpaid audio."""
+    gw = await gateway(account_refresh_seconds=0.1)
+    acct = await account()  # postpaid
+    async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_rate_check=off") as ws:
+        for _ in range(20):  # 2 s: cycle 1, accrued
+            await ws.send_bytes(tone(3200))
+        await store.update_account(acct.id, set_balance_nanos=0)
+        sessions = gw.app[SERVICES].sessions
+
+        async def rebilled() -> bool:
+            return all(live.billing.prepaid for live in sessions.live.values())
+
+        await wait_for(rebilled, timeout=5.0)
+        for _ in range(30):  # to 5 s: still cycle 1
+            await ws.send_bytes(tone(3200))
+        await ws.send_bytes(tone(3200))  # opens cycle 2, which a balance of 0 cannot pay
+        while (msg := await ws.receive(timeout=10)).type is WSMsgType.TEXT:
+            pass
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 4002, "insufficient balance")
+    session = (await ended_session(gw, acct.id))["sessions"][0]
+    assert (session["audio_seconds"], session["billed_seconds"]) == (5.0, 5)
+    assert (await Admin(store, names()).usage(acct.id))["balance_usd"] == "0"
+
+
+async def test_withdrawn_streaming_permission_closes_live_sessions_1008(gateway, account, store):
+    gw = await gateway(account_refresh_seconds=0.1)
+    acct = await account()
+    async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_rate_check=off") as ws:
+        await ws.send_bytes(tone(3200))
+        await store.update_account(acct.id, streaming_enabled=False)
+        while (msg := await ws.receive(timeout=10)).type is WSMsgType.TEXT:
+            pass
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1008, "streaming disabled")
+    session = (await ended_session(gw, acct.id))["sessions"][0]
+    assert (session["close_code"], session["closed_by"]) == (1008, "gateway")
+
+
 async def test_a_failing_charge_relays_no_unpaid_audio(gateway, account, store, monkeypatch):
     gw = await gateway()
     acct = await account(balance_usd="1")

@@ -15,8 +15,10 @@ import pytest
 from aiohttp import web
 
 from sttgate.admin import Admin
+from sttgate.core import closecodes
 from sttgate.providers import names
 from sttgate.pull.ffmpeg import PACING_LEAD_SECONDS
+from sttgate.pull.tasks import ending_for_gateway_close
 from sttgate.pull.webhooks import SIGNATURE_HEADER, Attempt, verify
 from sttgate.store.tasks import CRASHED, AttemptLog
 from sttgate.web.services import SERVICES
@@ -369,3 +371,15 @@ async def test_sigterm_drain_lets_tasks_run_then_ends_them(pull_gateway, account
     await wait_for(lambda: rec.ended())
     assert rec.ended()[0]["data"]["status"] == "gateway_shutdown"
     await gw.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("close", "status"),
+    [
+        (closecodes.STREAMING_DISABLED, "stopped"),
+        (closecodes.IDLE_TIMEOUT, "source_failed"),
+        (closecodes.SERVICE_RESTART, "gateway_shutdown"),
+    ],
+)
+def test_how_a_pull_task_ends_when_the_gateway_closes_its_session(close: closecodes.Close, status: str) -> None:
+    assert ending_for_gateway_close(*close).status == status

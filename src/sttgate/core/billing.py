@@ -68,6 +68,11 @@ class Billing:
         self._book(cycles)
         return Action.FORWARD
 
+    def rebill(self, prepaid: bool) -> None:
+        """The account switched between prepaid and postpaid (docs/billing.md#account-changes): cycles opened from
+        now on are charged, or accrue, accordingly. A charge already in flight settles as it was asked."""
+        self.prepaid = prepaid
+
     def settled(self, paid: bool) -> Action:
         """The ledger answered the charge: paid → forward the frame; refused → refund its audio, cut off."""
         cycles, self.pending = self.pending, 0

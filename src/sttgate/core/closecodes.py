@@ -27,6 +27,8 @@ IDLE_TIMEOUT = Close(1008, "idle timeout")
 # A client frame the meter cannot read exactly as the provider will: it was not forwarded (docs/billing.md).
 UNMETERABLE_AUDIO = Close(1008, "unmeterable audio")
 SESSION_TIME_LIMIT = Close(1008, "session time limit")
+# The account's streaming permission was withdrawn while the session ran (docs/contract.md#gateway-close-codes).
+STREAMING_DISABLED = Close(1008, "streaming disabled")
 # The ledger could not take a prepaid charge: the frame was not forwarded.
 BILLING_UNAVAILABLE = Close(1011, "billing unavailable")
 # The relay could not finish closing both sides in time.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sttgate.config import Settings
 from sttgate.core import closecodes
+from sttgate.core.accounts import bind
 from sttgate.core.billing import Totals
 from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.core.reconciliation import audio_mismatch
@@ -145,6 +146,7 @@ class SessionManager:
             asyncio.create_task(self._every(s.lease_renew_seconds, self.renew, "renew")),
             asyncio.create_task(self._every(s.lease_ttl_seconds, self.reap, "reap")),
             asyncio.create_task(self._every(sweep, self.sweep, "sweep")),
+            asyncio.create_task(self._every(s.account_refresh_seconds, self.watch_accounts, "accounts")),
         ]
 
     async def stop(self) -> None:
@@ -197,6 +199,20 @@ class SessionManager:
             self.metrics.absorb(live)
             if live.idle.idle(live.audio_activity, now):
                 live.request_close(*closecodes.IDLE_TIMEOUT)
+
+    async def watch_accounts(self) -> None:
+        """Bind live sessions to their accounts as they are now (docs/billing.md#account-changes): one read for all."""
+        if not self.live:
+            return
+        states = await self.store.account_states({live.account_id for live in self.live.values()})
+        for live in list(self.live.values()):
+            state = states.get(live.account_id)
+            if state is None:
+                continue
+            binding = bind(state)
+            live.billing.rebill(binding.prepaid)
+            if binding.close is not None:
+                live.request_close(*binding.close)
 
     # -- shutdown -------------------------------------------------------------------------------------------------
 

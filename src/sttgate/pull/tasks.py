@@ -77,6 +77,8 @@ UNMETERABLE = Ending(
 
 def ending_for_gateway_close(code: int, reason: str) -> Ending:
     """The gateway asked the session to close (``LiveSession.close_requested``)."""
+    if (code, reason) == closecodes.STREAMING_DISABLED:
+        return Ending(TaskStatus.STOPPED, "streaming was disabled for the account", reason)
     if code == closecodes.IDLE_TIMEOUT.code:
         return Ending(TaskStatus.SOURCE_FAILED, "no audio was sent for the idle timeout", reason)
     return Ending(TaskStatus.GATEWAY_SHUTDOWN, "the gateway is shutting down")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,8 +17,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from sttgate.core.accounts import AccountState
 from sttgate.store.auth import KEY_PREFIX
-from sttgate.store.database import Database, NotFoundError, hash_secret, utcnow
+from sttgate.store.database import Database, NotFoundError, chunks, hash_secret, utcnow
 from sttgate.store.tables import accounts, api_keys
 
 KEY_DISPLAY_CHARS = 12
@@ -98,6 +100,22 @@ class Accounts:
         async with self._db.reader.connect() as conn:
             rows = (await conn.execute(select(accounts).order_by(accounts.c.created_at, accounts.c.id))).all()
         return [_account(r) for r in rows]
+
+    async def account_states(self, account_ids: Collection[str]) -> dict[str, AccountState]:
+        """What live sessions need of their accounts (docs/billing.md#account-changes), in one read."""
+        if not account_ids:
+            return {}
+        states: dict[str, AccountState] = {}
+        async with self._db.reader.connect() as conn:
+            for chunk in chunks(list(account_ids)):
+                rows = await conn.execute(
+                    select(accounts.c.id, accounts.c.streaming_enabled, accounts.c.balance_nanos).where(
+                        accounts.c.id.in_(chunk)
+                    )
+                )
+                for r in rows:
+                    states[r.id] = AccountState(bool(r.streaming_enabled), r.balance_nanos is not None)
+        return states
 
     async def get_account(self, account_id: str) -> Account | None:
         async with self._db.reader.connect() as conn:

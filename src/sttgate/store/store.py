@@ -49,6 +49,7 @@ class Store:
         self.create_account = self.accounts.create_account
         self.list_accounts = self.accounts.list_accounts
         self.get_account = self.accounts.get_account
+        self.account_states = self.accounts.account_states
         self.update_account = self.accounts.update_account
         self.webhook_secret = self.accounts.webhook_secret
         self.create_key = self.accounts.create_key
