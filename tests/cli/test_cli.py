@@ -257,10 +257,10 @@ def test_config_file_and_global_options_before_the_command(run: Run, tmp_path: P
 
 def test_db_upgrade_on_a_fresh_file(run: Run, tmp_path: Path) -> None:
     first = ok_json(run("db", "upgrade", "--json"))
-    assert first["revision"] == "0001"
+    assert first["revision"] == "0002_session_price"
     assert (tmp_path / "cli.db").exists()
     assert ok_json(run("db", "upgrade", "--json")) == first
-    assert "0001" in run("db", "upgrade").stdout
+    assert "0002_session_price" in run("db", "upgrade").stdout
 
 
 def _free_port() -> int:

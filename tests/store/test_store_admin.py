@@ -15,7 +15,7 @@ from sttgate.store.db import current_revision, make_engine, upgrade
 async def test_migrations_are_idempotent(db_url: str) -> None:
     await upgrade(db_url)
     await upgrade(db_url)
-    assert await current_revision(db_url) == "0001"
+    assert await current_revision(db_url) == "0002_session_price"
 
 
 async def test_ping(store: Store) -> None:

@@ -336,6 +336,9 @@ async def test_usage_document(store: Store) -> None:
         "cost_usd": "0.000624999",
         "close_code": 1000,
         "closed_by": "client",
+        "model": None,
+        "rate_usd_per_hour": None,
+        "basis": None,
     }
     assert second["started_at"].endswith("Z") and second["ended_at"].endswith("Z")
     assert datetime.fromisoformat(second["started_at"]) <= datetime.fromisoformat(second["ended_at"])

@@ -58,6 +58,9 @@ def usage_document(usage: Usage, providers: Sequence[str]) -> dict[str, Any]:
                 "cost_usd": format_usd(r.cost_nanos),
                 "close_code": r.close_code,
                 "closed_by": None if r.closed_by is None else r.closed_by.value,
+                "model": r.model,
+                "rate_usd_per_hour": r.rate_usd_per_hour,
+                "basis": r.basis,
             }
             for r in usage.sessions
         ],

@@ -18,9 +18,9 @@ from sttgate.config import Settings
 from sttgate.core import closecodes
 from sttgate.core.billing import Totals
 from sttgate.core.money import cycle_price_nanos, format_usd
+from sttgate.core.prices import ProviderPrices
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.metrics import GatewayMetrics
-from sttgate.providers import PROVIDERS
 from sttgate.store import SessionProgress
 
 if TYPE_CHECKING:
@@ -51,15 +51,19 @@ class SessionManager:
         self.live: dict[str, LiveSession] = {}
         self.draining = False
         self.opening = 0  # handshakes between slot and upstream 101 (admission control counts them)
-        self._prices = {name: cycle_price_nanos(settings.provider(name).rate) for name in PROVIDERS}
+        self.price_book = settings.prices_in_force()
         self._tasks: list[asyncio.Task[None]] = []
         self._empty = asyncio.Event()
         self._empty.set()
         self._drain_cut = asyncio.Event()
 
+    def prices(self, provider: str) -> ProviderPrices:
+        """``provider``'s table of the price book in force (docs/billing.md#the-price-book)."""
+        return self.price_book.for_provider(provider, self.settings.provider(provider).rate)
+
     def price_nanos(self, provider: str) -> int:
-        """Price of one 5-second cycle of ``provider``."""
-        return self._prices[provider]
+        """Price of one 5-second cycle of ``provider``'s default model, without add-ons."""
+        return cycle_price_nanos(self.prices(provider).default_rate)
 
     # -- registry -------------------------------------------------------------------------------------------------
 

@@ -109,6 +109,10 @@ sessions = Table(
     Column("close_code", Integer, nullable=True),
     Column("close_reason", Text, nullable=True),
     Column("closed_by", String(16), nullable=True),
+    # The price fixed at the handshake (docs/billing.md#the-price-book); null for sessions before it was recorded.
+    Column("model", Text, nullable=True),
+    Column("rate_usd_per_hour", String(32), nullable=True),
+    Column("basis", String(16), nullable=True),
     Index(None, "account_id", "ended_at"),
     Index(None, "account_id", "started_at"),
     Index(None, "ended_at", "lease_expires_at"),

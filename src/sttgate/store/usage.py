@@ -27,6 +27,10 @@ class UsageRow:
     cost_nanos: int
     close_code: int | None
     closed_by: ClosedBy | None
+    # The price fixed at the handshake (None for sessions recorded before prices were).
+    model: str | None = None
+    rate_usd_per_hour: str | None = None
+    basis: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class UsageQueries:
                         sessions.c.cost_nanos,
                         sessions.c.close_code,
                         sessions.c.closed_by,
+                        sessions.c.model,
+                        sessions.c.rate_usd_per_hour,
+                        sessions.c.basis,
                     )
                     .where(and_(*conditions))
                     .order_by(sessions.c.started_at.desc(), sessions.c.id.desc())
@@ -84,6 +91,9 @@ class UsageQueries:
                     cost_nanos=r.cost_nanos,
                     close_code=r.close_code,
                     closed_by=None if r.closed_by is None else ClosedBy(r.closed_by),
+                    model=r.model,
+                    rate_usd_per_hour=r.rate_usd_per_hour,
+                    basis=r.basis,
                 )
                 for r in rows
             ],
