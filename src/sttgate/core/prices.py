@@ -1,4 +1,4 @@
-"""The price book: what one 5-second cycle of a session costs, decided once at the handshake (docs/billing.md#the-price-book).
+"""The price book: what one 5-second cycle of a session costs, fixed at the handshake (docs/billing.md#the-price-book).
 
 Per provider, a :class:`ProviderPrices`: a ``basis`` (``audio`` or ``session``), a ``default_model`` (sent upstream in
 the provider's model parameter when the client names none), ``models`` (name → USD per hour), ``addons`` (query
@@ -132,7 +132,7 @@ class Priced:
 
 def parse_rate(value: Any, where: str) -> Decimal:
     """A rate from a decimal string or a TOML integer: finite, not negative; a float is an error."""
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise PriceBookError(f'{where}: write the rate as a decimal string (e.g. "0.45"), not the float {value!r}')
     if isinstance(value, Decimal):
         rate = value
