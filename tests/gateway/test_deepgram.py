@@ -11,8 +11,8 @@ from aiohttp import WSMsgType
 
 from sttgate.admin import Admin
 from sttgate.emulators.deepgram import NET0001
-from sttgate.web.services import SERVICES
 from sttgate.providers import names
+from sttgate.web.services import SERVICES
 from tests.support.emulator import OPERATOR_KEYS
 from tests.support.upgrade import handshake
 from tests.support.waiting import wait_for

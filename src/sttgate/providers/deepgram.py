@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
+from sttgate.core import refusals
 from sttgate.core.metering import AudioFormat, BinaryMeter, Meter
 from sttgate.core.params import positive_int, query_values
-from sttgate.core import refusals
 from sttgate.providers.base import Caption, MintRequest, Provider, SdkShape, TokenMint, json_object
 
 CLOSE_STREAM = '{"type":"CloseStream"}'
