@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("config", parents=[admin], help="print the effective settings (secrets masked)").set_defaults(
         handler=_config
     )
+    commands.add_parser(
+        "prices", parents=[admin], help="print the effective price book (TOML; --json: the same shape) with sources"
+    ).set_defaults(handler=_prices)
 
     emulate = commands.add_parser("emulate", parents=[plain], help="serve local emulators of every provider")
     emulate.add_argument("--host", default="127.0.0.1")
@@ -143,12 +146,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {"database_url": args.database_url} if args.database_url else {}
+    from sttgate.core.prices import PriceBookError
+
     try:
-        return Settings.load(args.config, **overrides)
+        settings = Settings.load(args.config, **overrides)
     except FileNotFoundError as exc:
         raise CommandError(f"config file not found: {exc.filename}") from exc
     except Exception as exc:
         raise CommandError(f"invalid configuration: {exc}") from exc
+    try:  # a bad price book is found at start-up, as one line (docs/billing.md#the-price-book)
+        settings.prices_in_force()
+    except PriceBookError as exc:
+        raise CommandError(str(exc)) from exc
+    return settings
 
 
 # --- running against the store ------------------------------------------------------------------------------------
@@ -419,6 +429,30 @@ def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 def _config(args: argparse.Namespace, settings: Settings) -> int:
     masked = settings.masked()
     return _emit(args, masked, lambda d: "\n".join(f"{k} = {'' if v is None else v}" for k, v in d.items()))
+
+
+def _prices(args: argparse.Namespace, settings: Settings) -> int:
+    return _emit(args, settings.prices_in_force().document(), _toml)
+
+
+def _toml(document: dict[str, Any]) -> str:
+    """The price book document as the TOML it is read from (strings, lists and inline tables of strings)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }" if v else "{}"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v)
+
+    out: list[str] = []
+    for name, table in document["prices"].items():
+        out.append(f"[prices.{name}]")
+        out.extend(f"{key} = {value(v)}" for key, v in table.items() if key != "sources")
+        out.append(f"\n[prices.{name}.sources]")
+        out.extend(f"{json.dumps(key)} = {json.dumps(v)}" for key, v in table["sources"].items())
+        out.append("")
+    return "\n".join(out).rstrip("\n")
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -22,7 +22,11 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from sttgate.core.prices import PriceBook, PriceBookError, ProviderPrices, parse_tables
 from sttgate.providers import PROVIDERS, ProviderSettings
+
+# The price book shipped with the gateway (docs/billing.md#the-default-book).
+DEFAULT_PRICE_BOOK = Path(__file__).parent / "data" / "prices.toml"
 
 
 def _provider_keys(name: str) -> tuple[str, str, str]:
@@ -116,6 +120,11 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = 30.0
     webhook_queue_max: int = 1000
 
+    # The price book (docs/billing.md#the-price-book): a TOML file of [prices.<provider>] tables (STTGATE_PRICE_BOOK),
+    # and the [prices.*] tables of the --config file; each provider's table replaces the shipped one.
+    price_book: str = ""
+    prices: dict[str, Any] = {}
+
     token_max_seconds: int = 600
     demo_page: bool = True
     demo_api_key: SecretStr = SecretStr("")
@@ -169,6 +178,29 @@ class Settings(BaseSettings):
             rate=extra.get(rate, defaults.rate),
         )
 
+    def prices_in_force(self) -> PriceBook:
+        """The effective price book: the shipped one, whose provider tables are replaced by the ``--config`` file's,
+        then by ``STTGATE_PRICE_BOOK``'s; then ``STTGATE_RATE_<PROVIDER>`` (when set) prices that provider's default
+        model. Raises :class:`PriceBookError` (one line) for a book that cannot be used."""
+        known = tuple(PROVIDERS)
+        book = PriceBook(_read_book(DEFAULT_PRICE_BOOK, known))
+        book = book.merged(parse_tables(self.prices, known, "[prices] of the config file"))
+        if self.price_book:
+            book = book.merged(_read_book(Path(self.price_book), known))
+        extra = self.__pydantic_extra__ or {}
+        tables = dict(book.providers)
+        for name in known:
+            setting = f"STTGATE_RATE_{name.upper()}"
+            table = tables.get(name)
+            if table is None:  # a provider the book does not price: its rate for every model
+                tables[name] = ProviderPrices(rate=self.provider(name).rate, sources={"rate": f"{setting} or default"})
+                continue
+            if not table.models and table.rate is None:
+                table = table.with_default_rate(self.provider(name).rate, f"{setting} or default")
+            rate = extra.get(_provider_keys(name)[2])
+            tables[name] = table if rate is None else table.with_default_rate(rate, setting)
+        return PriceBook(tables)
+
     def __getattr__(self, item: str) -> Any:
         """``settings.<name>_url``, ``settings.<name>_api_key`` and ``settings.rate_<name>`` of registered providers,
         for callers that name the setting (``sttgate config``, tests); code keyed by provider uses :meth:`provider`."""
@@ -214,6 +246,20 @@ class Settings(BaseSettings):
                 value = str(value)
             out[name] = value
         return out
+
+
+def _read_book(path: Path, known: tuple[str, ...]) -> dict[str, ProviderPrices]:
+    """The ``[prices.*]`` tables of a TOML file; a file without any is an error (surely not the intended one)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise PriceBookError(f"price book {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PriceBookError(f"price book {path}: not TOML: {exc}") from None
+    if "prices" not in data:
+        raise PriceBookError(f"price book {path}: no [prices.<provider>] tables")
+    return parse_tables(data["prices"], known, f"price book {path}")
 
 
 def _mask_url_password(url: str) -> str:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -313,3 +314,72 @@ def test_serve_and_emulate_run_until_signalled(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# -- sttgate prices (docs/cli.md#prices) -----------------------------------------------------------------------------
+
+
+def _shipped_book() -> dict:
+    from sttgate.config import DEFAULT_PRICE_BOOK
+
+    return tomllib.loads(DEFAULT_PRICE_BOOK.read_text())
+
+
+def test_prices_prints_the_shipped_book_in_its_own_shape(run: Run) -> None:
+    doc = ok_json(run("prices", "--json", with_db=False))
+    shipped = _shipped_book()["prices"]
+    for table in shipped.values():  # what the file leaves out, the effective book says
+        table.setdefault("basis", "audio")
+    assert doc == {"prices": shipped}
+    human = run("prices", with_db=False)
+    assert human.returncode == 0 and tomllib.loads(human.stdout) == doc
+
+
+def test_prices_shows_the_book_in_force(run: Run, tmp_path: Path) -> None:
+    book = tmp_path / "book.toml"
+    book.write_text(
+        '[prices.deepgram]\nbasis = "session"\ndefault_model = "nova-3"\nmodels = { "nova-3" = "0.5", x = 2 }\n'
+        'addons = { diarize = "0.12" }\ndeny = ["mip_opt_out"]\nsources = { "nova-3" = "our contract" }\n'
+    )
+    config = tmp_path / "sttgate.toml"
+    config.write_text('[prices.elevenlabs]\nrate = "1"\n')
+    env = {"STTGATE_PRICE_BOOK": str(book), "STTGATE_RATE_ASSEMBLYAI": "0.2"}
+    doc = ok_json(run("prices", "--json", "--config", str(config), with_db=False, extra_env=env))
+    assert doc["prices"]["deepgram"] == {
+        "basis": "session",
+        "default_model": "nova-3",
+        "models": {"nova-3": "0.5", "x": "2"},
+        "addons": {"diarize": "0.12"},
+        "deny": ["mip_opt_out"],
+        "sources": {"nova-3": "our contract"},
+    }
+    assert doc["prices"]["elevenlabs"] == {
+        "basis": "audio",
+        "rate": "1",
+        "models": {},
+        "addons": {},
+        "deny": [],
+        "sources": {},
+    }
+    assemblyai = doc["prices"]["assemblyai"]
+    shipped = _shipped_book()["prices"]["assemblyai"]
+    assert assemblyai["models"] == {**shipped["models"], "universal-streaming-english": "0.2"}
+    assert assemblyai["sources"]["universal-streaming-english"] == "STTGATE_RATE_ASSEMBLYAI"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[prices.deepgram]\ndefault_model = "nova-3"\nmodels = { "nova-3" = 0.462 }\n', "not the float 0.462"),
+        ("[prices.deepgrm]\n", "unknown provider prices.deepgrm"),
+        ("[prices.deepgram\n", "not TOML"),
+        ("[other]\n", "no [prices.<provider>] tables"),
+    ],
+)
+def test_a_bad_price_book_is_a_one_line_error(run: Run, tmp_path: Path, text: str, message: str) -> None:
+    book = tmp_path / "bad.toml"
+    book.write_text(text)
+    for command in (("prices",), ("serve", "--port", "0")):
+        result = run(*command, with_db=False, extra_env={"STTGATE_PRICE_BOOK": str(book)})
+        assert result.returncode == 1 and result.stdout == ""
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr

@@ -43,6 +43,8 @@ async def test_query_forwarded_byte_exact_with_operator_credential_and_no_client
     forwarded = (
         "sample_rate=16000&format_turns=True&keyterms_prompt=%5B%22Sttgate%22%2C%22Universal%22%5D"
         "&speaker_labels=true&x=a+b&x=%20c&empty=&emu_echo=1"
+        # the price book's default model, which AssemblyAI requires (docs/billing.md#the-price-book)
+        "&speech_model=universal-streaming-english"
     )
     async with gw.http.ws_connect(gw.ws_url(query)) as ws:
         await ws.send_str('{"type":"UpdateConfiguration","max_turn_silence":1000}')

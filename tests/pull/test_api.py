@@ -58,6 +58,9 @@ async def test_raw_authorization_header_is_accepted(pull_gateway, account) -> No
         (body(sample_rate=8000), "invalid_request"),
         (body(provider="elevenlabs", audio_format="ulaw_8000"), "invalid_request"),
         (body(keyterms=[["nested"]]), "invalid_request"),
+        # priced like a push session, before the provider (docs/billing.md#the-price-book)
+        (body(speech_model="whisper-rt"), "unpriced_model"),
+        (body(llm_gateway={"model": "x"}), "parameter_not_allowed"),
     ],
 )
 async def test_bad_bodies_and_urls_are_400(pull_gateway, account, payload, code) -> None:

@@ -373,6 +373,23 @@ async def test_sigterm_drain_lets_tasks_run_then_ends_them(pull_gateway, account
     await gw.shutdown()
 
 
+async def test_a_task_is_priced_like_a_push_session(pull_gateway, account, store, media_server, receiver) -> None:
+    """The body's model sets the price (docs/billing.md#the-price-book): one Pro cycle's balance pays 5 s, not more."""
+    gw = await pull_gateway()
+    acct = await account(balance_usd="0.000625")  # one u3-rt-pro cycle: 0.45 USD/h × 5 s
+    _, hook = receiver
+    mark = gw.recorder.next_seq
+    task_id = await start_task(gw, acct, hook, f"{media_server}/tone60.wav", speech_model="u3-rt-pro")
+    view = await gw.wait_status(acct.key, task_id)
+    assert view["status"] == "insufficient_balance"
+    assert (view["billed_seconds"], view["cost_usd"]) == (5, "0.000625000")
+    session = await gw.recorder.wait_for_session(provider="assemblyai", since=mark)
+    assert "speech_model=u3-rt-pro" in session.query_string
+    usage = await Admin(store, names()).usage(acct.id)
+    assert (usage["sessions"][0]["model"], usage["sessions"][0]["rate_usd_per_hour"]) == ("u3-rt-pro", "0.45")
+    assert usage["balance_usd"] == "0"
+
+
 @pytest.mark.parametrize(
     ("close", "status"),
     [

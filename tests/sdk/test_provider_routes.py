@@ -45,8 +45,10 @@ async def test_key_in_the_sdk_header(sdk_gateway: Start, path: str, query: str, 
         assert first.get("message_type") == "session_started" or first.get("type") == "Begin"
     rec = gw.recorder.last
     assert rec is not None and rec.provider == ("elevenlabs" if path == EL_PATH else "assemblyai")
-    # Forwarded byte for byte; the gateway's own `provider` pair is consumed (the route implies the provider).
-    assert rec.query_string == query
+    # Forwarded byte for byte; the gateway's own `provider` pair is consumed (the route implies the provider); the
+    # price book's default model is added where the client named none (docs/billing.md#the-price-book).
+    default = "" if path == EL_PATH else "&speech_model=universal-streaming-english"
+    assert rec.query_string == query + default
     assert gw.key not in str(rec.headers)
 
 

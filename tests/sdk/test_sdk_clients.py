@@ -174,7 +174,7 @@ async def test_assemblyai_sdk_with_api_key(sdk_gateway: Start) -> None:
 
     rec = gw.recorder.last
     assert rec is not None and rec.provider == "assemblyai"
-    assert rec.query_string == "format_turns=True&sample_rate=16000"
+    assert rec.query_string == "format_turns=True&sample_rate=16000&speech_model=universal-streaming-english"
     assert rec.header("Authorization") == "emulator-assemblyai-key"
     assert gw.key not in str(rec.headers)
     assert_bill(await ended_usage(gw, "assemblyai"), "assemblyai", gw.settings.rate_assemblyai, SECONDS)

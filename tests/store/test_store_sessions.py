@@ -341,6 +341,9 @@ async def test_usage_document(store: Store) -> None:
         "cost_usd": "0.000624999",
         "close_code": 1000,
         "closed_by": "client",
+        "model": None,
+        "rate_usd_per_hour": None,
+        "basis": None,
         "provider_audio_seconds": None,  # nothing reported by the provider (docs/billing.md#reconciliation)
         "provider_session_seconds": None,
         "session_seconds": second["session_seconds"],

@@ -69,6 +69,18 @@ def unsupported_audio_format(metered_formats: str = "") -> Refusal:
     return Refusal(400, "unsupported_audio_format", f"The gateway meters only uncompressed audio{hint}.")
 
 
+def parameter_not_allowed(parameter: str) -> Refusal:
+    """A query parameter the price book denies (docs/billing.md#the-price-book): it would cost the operator money
+    outside any meter."""
+    return Refusal(400, "parameter_not_allowed", f"The parameter {parameter} is not allowed by this gateway.")
+
+
+def unpriced_model(what: str, priced: Sequence[str]) -> Refusal:
+    """The session's model has no price in the price book; ``what`` says why, ``priced`` are the models it prices."""
+    listed = f" Priced models: {', '.join(priced)}." if priced else ""
+    return Refusal(400, "unpriced_model", f"The model cannot be priced: {what}.{listed}")
+
+
 def invalid_request(message: str) -> Refusal:
     """A body, query or field the gateway cannot use; ``message`` says which and why."""
     return Refusal(400, "invalid_request", message)

@@ -46,6 +46,7 @@ from sttgate.core.closing import ABANDONED, provider_ended
 from sttgate.core.idle import IdleWatch, session_time_limit
 from sttgate.core.metering import Meter
 from sttgate.core.outcomes import ClosedBy, SessionKind
+from sttgate.core.prices import Priced
 from sttgate.core.session import Reader, Session, State
 from sttgate.gateway.manager import first_of
 from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
@@ -84,6 +85,7 @@ class LiveSession:
         kind: SessionKind,
         forwarded: str,
         upstream: UpstreamLink,
+        price: Priced | None = None,
     ) -> None:
         self.manager = manager
         self.id = session_id
@@ -98,7 +100,9 @@ class LiveSession:
         self._meter_binary = meter.binary if type(meter).binary is not Meter.binary else None
         # Only meters that read text frames get them decoded; text of binary-audio providers is never decoded.
         self._meter_text = meter.text if type(meter).text is not Meter.text else None
-        self.price_nanos = manager.price_nanos(provider.name)
+        # The price fixed at the handshake (docs/billing.md#the-price-book); the default model's when none was given.
+        self.price = price
+        self.price_nanos = manager.price_nanos(provider.name) if price is None else price.cycle_price_nanos
         self.billing = Billing(meter, prepaid=principal.balance_nanos is not None, price_nanos=self.price_nanos)
         self.session = Session()
         self.started = time.monotonic()

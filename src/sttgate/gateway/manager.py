@@ -22,10 +22,10 @@ from sttgate.core import closecodes
 from sttgate.core.accounts import bind
 from sttgate.core.billing import Totals
 from sttgate.core.money import cycle_price_nanos, format_usd
+from sttgate.core.prices import ProviderPrices
 from sttgate.core.reconciliation import audio_mismatch
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.metrics import GatewayMetrics
-from sttgate.providers import PROVIDERS
 from sttgate.store import SessionProgress
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class SessionManager:
         self.live: dict[str, LiveSession] = {}
         self.draining = False
         self.opening = 0  # handshakes between slot and upstream 101 (admission control counts them)
-        self._prices = {name: cycle_price_nanos(settings.provider(name).rate) for name in PROVIDERS}
+        self.price_book = settings.prices_in_force()
         self._tasks: list[asyncio.Task[None]] = []
         self._empty = asyncio.Event()
         self._empty.set()
@@ -77,9 +77,13 @@ class SessionManager:
                 self._accepted = accepted | self._accepted  # written by a later tick
                 raise
 
+    def prices(self, provider: str) -> ProviderPrices:
+        """``provider``'s table of the price book in force (docs/billing.md#the-price-book)."""
+        return self.price_book.for_provider(provider, self.settings.provider(provider).rate)
+
     def price_nanos(self, provider: str) -> int:
-        """Price of one 5-second cycle of ``provider``."""
-        return self._prices[provider]
+        """Price of one 5-second cycle of ``provider``'s default model, without add-ons."""
+        return cycle_price_nanos(self.prices(provider).default_rate)
 
     # -- registry -------------------------------------------------------------------------------------------------
 

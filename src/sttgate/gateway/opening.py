@@ -16,6 +16,7 @@ from sttgate.core import refusals
 from sttgate.core.metering import FormatError
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.params import redact_query
+from sttgate.core.prices import Priced, price_session
 from sttgate.core.refusals import Refusal
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.logevents import log_event
@@ -90,6 +91,10 @@ async def open_stream(
         if refused.error is FormatError.UNSUPPORTED:
             raise refusals.unsupported_audio_format(refused.detail)
         raise refusals.invalid_audio_format(refused.detail)
+    # The price, fixed for the session, before any provider is contacted (400 parameter_not_allowed / unpriced_model);
+    # the default model joins the forwarded query when the client named none (docs/billing.md#the-price-book).
+    price = price_session(manager.prices(provider.name), provider.model_param, forwarded)
+    forwarded = price.forwarded_with_default_model
     # Admission control (docs/operations.md#running): an overloaded relay buffers instead of shedding load, so
     # refuse clearly.
     budget = manager.settings.max_sessions_per_process
@@ -98,7 +103,7 @@ async def open_stream(
     session_id = session_id or str(uuid.uuid4())
     manager.opening += 1
     try:
-        upstream = await _take_slot_and_connect(manager, http, principal, provider, forwarded, kind, session_id)
+        upstream = await _take_slot_and_connect(manager, http, principal, provider, forwarded, kind, session_id, price)
     finally:
         manager.opening -= 1
     live = LiveSession(
@@ -109,6 +114,7 @@ async def open_stream(
         kind=kind,
         forwarded=forwarded,
         upstream=upstream,
+        price=price,
     )
     manager.register(live)
     log_event(
@@ -118,6 +124,8 @@ async def open_stream(
         provider=provider.name,
         kind=kind,
         query=redact_query(forwarded, secret_prefixes()),
+        model=price.model or "",
+        rate_usd_per_hour=str(price.rate_usd_per_hour),
     )
     return live
 
@@ -130,6 +138,7 @@ async def _take_slot_and_connect(
     forwarded: str,
     kind: SessionKind,
     session_id: str,
+    price: Priced,
 ) -> AiohttpLink:
     store = manager.store
     slot = await store.open_session(
@@ -138,8 +147,11 @@ async def _take_slot_and_connect(
         kind=kind,
         provider=provider.name,
         gateway_id=manager.gateway_id,
-        min_balance_nanos=manager.price_nanos(provider.name),
+        min_balance_nanos=price.cycle_price_nanos,
         lease_ttl=manager.settings.lease_ttl_seconds,
+        model=price.model,
+        rate_usd_per_hour=str(price.rate_usd_per_hour),
+        basis=price.basis.value,
     )
     if slot is SlotOutcome.TOO_MANY_STREAMS:
         raise refusals.too_many_streams()

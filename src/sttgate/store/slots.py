@@ -75,18 +75,30 @@ class Slots:
         gateway_id: str,
         min_balance_nanos: int,
         lease_ttl: float,
+        model: str | None = None,
+        rate_usd_per_hour: str | None = None,
+        basis: str | None = None,
     ) -> SlotOutcome:
         """Take a stream slot (OPENED), or say why not: too many streams (checked first), or too little balance.
 
         One transaction that holds the account's lock from the count to the insert, so concurrent opens of one
-        account (in any process) are serialized and the limit is exact.
+        account (in any process) are serialized and the limit is exact. ``model``, ``rate_usd_per_hour`` (a decimal
+        string) and ``basis`` are the session's price, recorded on its row.
         """
         kind = SessionKind(kind)
         now = utcnow()
         expires = now + timedelta(seconds=lease_ttl)
         if self._fast is not None:
             return await self._fast.open_session(
-                session_id, account_id, kind, provider, gateway_id, min_balance_nanos, now, expires
+                session_id,
+                account_id,
+                kind,
+                provider,
+                gateway_id,
+                min_balance_nanos,
+                now,
+                expires,
+                (model, rate_usd_per_hour, basis),
             )
         live_count = (
             select(func.count())
@@ -126,6 +138,9 @@ class Slots:
                         cycles=0,
                         cost_nanos=0,
                         opening=True,
+                        model=model,
+                        rate_usd_per_hour=rate_usd_per_hour,
+                        basis=basis,
                     )
                 )
         return outcome

@@ -119,10 +119,11 @@ class SqliteFastPath:
         min_balance_nanos: int,
         now: datetime,
         expires: datetime,
+        price: tuple[str | None, str | None, str | None] = (None, None, None),
     ) -> SlotOutcome:
         args = (session_id, account_id, kind.value, provider, gateway_id, min_balance_nanos)
         outcome: SlotOutcome | None = await self._write(
-            _transaction, _open, *args, self._time(now), self._time(expires)
+            _transaction, _open, *args, self._time(now), self._time(expires), price
         )
         if outcome is None:
             raise NotFoundError(f"no account {account_id}")
@@ -199,6 +200,7 @@ def _open(
     min_balance_nanos: int,
     now: Any,
     expires: Any,
+    price: tuple[str | None, str | None, str | None],
 ) -> tuple[bool, SlotOutcome | None]:
     # BEGIN IMMEDIATE serializes writers, so the account and its live count can come in one statement.
     row = conn.execute(
@@ -214,8 +216,9 @@ def _open(
         return False, outcome
     conn.execute(
         "INSERT INTO sessions (id, account_id, kind, provider, gateway_id, started_at, lease_expires_at, audio_seconds,"
-        " cycles, cost_nanos, opening) VALUES (?, ?, ?, ?, ?, ?, ?, 0.0, 0, 0, 1)",
-        (session_id, account_id, kind, provider, gateway_id, now, expires),
+        " cycles, cost_nanos, opening, model, rate_usd_per_hour, basis)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 0.0, 0, 0, 1, ?, ?, ?)",
+        (session_id, account_id, kind, provider, gateway_id, now, expires, *price),
     )
     return True, outcome
 

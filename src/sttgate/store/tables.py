@@ -117,6 +117,10 @@ sessions = Table(
     Column("provider_audio_seconds", Float, nullable=True),
     Column("provider_session_seconds", Float, nullable=True),
     Column("opening", Boolean, nullable=False, server_default=false()),
+    # The price fixed at the handshake (docs/billing.md#the-price-book); null for sessions before it was recorded.
+    Column("model", Text, nullable=True),
+    Column("rate_usd_per_hour", String(32), nullable=True),
+    Column("basis", String(16), nullable=True),
     Index(None, "account_id", "ended_at"),
     Index(None, "account_id", "started_at"),
     Index(None, "ended_at", "lease_expires_at"),

@@ -29,6 +29,10 @@ class UsageRow:
     closed_by: ClosedBy | None
     provider_audio_seconds: float | None  # what the provider reported (None: nothing)
     provider_session_seconds: float | None
+    # The price fixed at the handshake (None for sessions recorded before prices were).
+    model: str | None = None
+    rate_usd_per_hour: str | None = None
+    basis: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class UsageQueries:
                         sessions.c.closed_by,
                         sessions.c.provider_audio_seconds,
                         sessions.c.provider_session_seconds,
+                        sessions.c.model,
+                        sessions.c.rate_usd_per_hour,
+                        sessions.c.basis,
                     )
                     .where(and_(*conditions))
                     .order_by(sessions.c.started_at.desc(), sessions.c.id.desc())
@@ -94,6 +101,9 @@ class UsageQueries:
                     closed_by=None if r.closed_by is None else ClosedBy(r.closed_by),
                     provider_audio_seconds=r.provider_audio_seconds,
                     provider_session_seconds=r.provider_session_seconds,
+                    model=r.model,
+                    rate_usd_per_hour=r.rate_usd_per_hour,
+                    basis=r.basis,
                 )
                 for r in rows
             ],
