@@ -17,9 +17,12 @@ import time
 from typing import Any
 
 from sttgate.config import Settings
+from sttgate.core.redaction import Redactor
 from sttgate.gateway.logevents import log_event
+from sttgate.providers import names, secret_prefixes
 from sttgate.store import Store
 from sttgate.web.app import bound_port, create_app, default_gateway_id, start_site
+from sttgate.web.logfilter import LogHygiene
 from sttgate.web.services import SERVICES
 
 
@@ -120,9 +123,20 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    """A plain stderr handler when the embedding program (the CLI) configured none."""
+    """A plain stderr handler when the embedding program (the CLI) configured none, and on every root handler the
+    filter that keeps secrets and parser tracebacks out of the log (:class:`~sttgate.web.logfilter.LogHygiene`)."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with contextlib.suppress(ValueError):
         logging.getLogger("sttgate").setLevel(settings.log_level.upper())
+    hygiene = LogHygiene(Redactor(secret_prefixes(), _known_secrets(settings)))
+    for handler in root.handlers:
+        if not any(isinstance(f, LogHygiene) for f in handler.filters):
+            handler.addFilter(hygiene)
+
+
+def _known_secrets(settings: Settings) -> list[str]:
+    """The secrets this process holds, redacted wherever a log line would quote them."""
+    keys = [settings.provider(name).api_key.get_secret_value() for name in names()]
+    return [*keys, settings.demo_api_key.get_secret_value()]

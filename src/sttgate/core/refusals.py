@@ -67,6 +67,17 @@ def invalid_request(message: str) -> Refusal:
     return Refusal(400, "invalid_request", message)
 
 
+def credential_parameter(name: str) -> Refusal:
+    """A forwarded query parameter carries a gateway key or token (``name`` is its decoded name, ``""`` when the name
+    itself is the credential): refused rather than forwarded to the provider, or silently dropped."""
+    which = f"The query parameter {name[:64]!r}" if name else "A query parameter name"
+    return Refusal(
+        400,
+        "invalid_request",
+        f"{which} carries a gateway API key or token; send it only as api_key, token or the Authorization header.",
+    )
+
+
 def invalid_url(code: str, message: str) -> Refusal:
     """A pull task's ``audio_url`` or ``callback_url`` breaks the URL rules (``code`` names which URL)."""
     return Refusal(400, code, message)

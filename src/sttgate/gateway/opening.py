@@ -14,7 +14,7 @@ import aiohttp
 
 from sttgate.core import refusals
 from sttgate.core.outcomes import ClosedBy, SessionKind
-from sttgate.core.params import redact_query
+from sttgate.core.params import credential_parameter, redact_query
 from sttgate.core.refusals import Refusal
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.logevents import log_event
@@ -83,6 +83,10 @@ async def open_stream(
     """
     if manager.draining:
         raise refusals.service_draining()
+    # The client's credential never reaches the provider, under any parameter name (docs/contract.md#forwarding).
+    smuggled = credential_parameter(forwarded)
+    if smuggled is not None:
+        raise refusals.credential_parameter(smuggled)
     # A format whose duration cannot be computed from its bytes (opus, aac…) could not be billed: refuse it.
     if provider.new_meter(forwarded).audio_format is None:
         raise refusals.unsupported_audio_format(provider.metered_formats)

@@ -14,6 +14,7 @@ latter (``%2C`` → ``,``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -23,11 +24,13 @@ from sttgate.core.closing import decide
 from sttgate.core.outcomes import Outcome
 from sttgate.core.params import split_query
 from sttgate.gateway.live import LiveSession
+from sttgate.gateway.logevents import log_event
 from sttgate.gateway.opening import authorize
 from sttgate.gateway.relay import relay
 from sttgate.gateway.upstream import AiohttpLink
 from sttgate.providers import PROVIDERS, Provider
 from sttgate.web.credentials import credential_from_request, raw_query
+from sttgate.web.logfilter import CLIENT_GONE, count_bad_request
 from sttgate.web.services import SERVICES
 
 
@@ -64,9 +67,12 @@ async def accept_and_relay(request: web.Request, live: LiveSession) -> web.Strea
     try:
         try:
             await client.prepare(request)
-        except ConnectionError:
-            live.session.keep(decide(Outcome.CLIENT_LOST).record)  # gone before its 101: aiohttp ignores it
-            raise
+        except ConnectionError as exc:
+            # Gone before its 101: one counted WARNING line (docs/operations.md#logs), not aiohttp's ERROR traceback.
+            live.session.keep(decide(Outcome.CLIENT_LOST).record)
+            count_bad_request(CLIENT_GONE)
+            log_event("client_gone", level=logging.WARNING, session=live.id, error=type(exc).__name__)
+            return client
         await relay(AiohttpLink(client), live)
     finally:
         await asyncio.shield(live.end())
