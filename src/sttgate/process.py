@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from typing import Any
 
@@ -53,6 +54,22 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
     for proc in procs:
         proc.join()
     return 0 if all(proc.exitcode == 0 for proc in procs) else 1
+
+
+def check_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Raise ``OSError`` when ``host:port`` cannot be listened on: a host that does not resolve or is not local, a
+    port in use. Checked before anything starts, so the CLI can say so in one line instead of a worker's traceback.
+
+    With ``reuse_port`` (several workers) a port other ``SO_REUSEPORT`` listeners of this user hold is not "in use".
+    """
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server does
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
 
 
 def _worker_main(settings: Settings, host: str, port: int, index: int) -> None:
