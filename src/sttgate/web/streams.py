@@ -44,11 +44,22 @@ class ClientSocket(web.WebSocketResponse):
 
 
 def setup(app: web.Application) -> None:
-    """Register ``/ws/v2/audio-stream`` and each registered provider's drop-in route (the registry as it is now)."""
-    app.router.add_get("/ws/v2/audio-stream", audio_stream)
+    """Register ``/ws/v2/audio-stream`` and each registered provider's drop-in route (the registry as it is now).
+
+    Only GET upgrades: HEAD (which aiohttp would route to a GET handler) and every other method are answered 405
+    ``method_not_allowed`` before anything else (docs/contract.md#refusals).
+    """
+    paths: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {"/ws/v2/audio-stream": audio_stream}
     for provider in PROVIDERS.values():
         if provider.sdk is not None:
-            app.router.add_get(provider.sdk.stream_path, _provider_stream(provider))
+            paths[provider.sdk.stream_path] = _provider_stream(provider)
+    for path, handler in paths.items():
+        app.router.add_get(path, handler, allow_head=False)
+        app.router.add_route("*", path, _not_get)
+
+
+async def _not_get(request: web.Request) -> web.StreamResponse:
+    raise refusals.method_not_allowed()
 
 
 async def accept_and_relay(request: web.Request, live: LiveSession) -> web.StreamResponse:
