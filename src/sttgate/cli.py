@@ -1,7 +1,9 @@
 """The ``sttgate`` console script: run the gateway, the emulators or the demo, and administer accounts and keys.
 
-Admin commands print a readable form, or with ``--json`` exactly one JSON document on stdout. Errors go to
-stderr with exit code 1 (usage errors: 2). Every admin command migrates the database first, so a fresh file works.
+Admin commands print a readable form, or with ``--json`` exactly one JSON document on stdout, and say on stderr which
+database they used (``sttgate: database sqlite:///./sttgate.db``). Every error is one line on stderr (``error: …``)
+and exit code 1 (usage errors: 2), never a traceback (docs/cli.md#conventions). Admin commands never create a SQLite
+file: ``serve``, ``db upgrade`` and ``demo`` do.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[plain], help="run the gateway (creates/migrates the database)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080; 0 = any free port)")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
     serve.set_defaults(handler=_serve)
 
@@ -123,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     emulate = commands.add_parser("emulate", parents=[plain], help="serve local emulators of every provider")
     emulate.add_argument("--host", default="127.0.0.1")
-    emulate.add_argument("--port", type=int, default=8090)
+    emulate.add_argument("--port", type=int, default=8090, help="listen port (default 8090; 0 = any free port)")
     emulate.set_defaults(handler=_emulate)
 
     commands.add_parser("demo", parents=[plain], help="gateway + emulators + a demo account, offline").set_defaults(
@@ -134,24 +137,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    settings: Settings | None = None
+    # Admin commands say which database they used: after their output, or in their error line.
+    admin = args.handler not in (_serve, _emulate, _demo, _config)
     try:
         settings = _settings(args)
-        return int(args.handler(args, settings))
+        code = int(args.handler(args, settings))
+        if admin:
+            print(f"sttgate: {_used(settings)}", file=sys.stderr)
+        return code
     except CommandError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if admin and settings is not None and not message.startswith("database "):
+            message += f" ({_used(settings)})"
+        _error(message)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (``sttgate accounts list | head``): nothing left to say, and nobody to say it to.
+        # stdout is pointed at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except Exception as exc:  # a bug or an unforeseen environment: still one line, never a traceback
+        _error(f"{type(exc).__name__}: {exc}")
+        return EXIT_ERROR
+
+
+def _error(message: str) -> None:
+    """One line on stderr, whatever the message holds."""
+    line = " ".join(message.split()) or "failed"
+    print(f"error: {line}", file=sys.stderr)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {"database_url": args.database_url} if args.database_url else {}
+    from pydantic import ValidationError
+
+    from sttgate.config import describe_invalid
     from sttgate.core.prices import PriceBookError
 
+    overrides: dict[str, Any] = {"database_url": args.database_url} if args.database_url else {}
+    if args.handler is _serve:  # serve's options are settings too, checked like the environment's
+        given = {name: getattr(args, name) for name in ("host", "port", "workers")}
+        overrides |= {name: value for name, value in given.items() if value is not None}
     try:
         settings = Settings.load(args.config, **overrides)
     except FileNotFoundError as exc:
         raise CommandError(f"config file not found: {exc.filename}") from exc
+    except ValidationError as exc:
+        raise CommandError(f"invalid configuration: {describe_invalid(exc)}") from exc
     except Exception as exc:
         raise CommandError(f"invalid configuration: {exc}") from exc
     try:  # a bad price book is found at start-up, as one line (docs/billing.md#the-price-book)
@@ -180,9 +214,21 @@ def _run(settings: Settings, make: Callable[[], Coroutine[Any, Any, Any]]) -> An
 
 
 def _run_admin(settings: Settings, operation: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Open (and migrate) the store, run one operation (which answers with documents) on it, close it."""
+    """Open (and migrate) an existing store, run one operation (which answers with documents) on it, close it.
+
+    A SQLite file that does not exist is an error, not a new empty database: an admin command run from another
+    directory would otherwise create ``./sttgate.db`` and answer from it as if the accounts had vanished.
+    """
     from sttgate.admin import Admin
     from sttgate.store import Store
+    from sttgate.store.db import sqlite_file
+
+    path = sqlite_file(settings.database_url)
+    if path is not None and not os.path.exists(path):
+        raise CommandError(
+            f"database {_masked_url(settings)} does not exist (create it with `sttgate db upgrade` or `sttgate serve`, "
+            "or name another with --database-url or STTGATE_DATABASE_URL)"
+        )
 
     async def run() -> Any:
         store = await Store.connect(settings.database_url)
@@ -192,6 +238,10 @@ def _run_admin(settings: Settings, operation: Callable[[Any], Awaitable[Any]]) -
             await store.close()
 
     return _run(settings, run)
+
+
+def _used(settings: Settings) -> str:
+    return f"database {_masked_url(settings)}"
 
 
 def _masked_url(settings: Settings) -> str:
@@ -456,26 +506,61 @@ def _toml(document: dict[str, Any]) -> str:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from sttgate.process import serve
+    from sttgate.process import check_listen, serve
     from sttgate.store.db import upgrade
 
-    # Fail early with a readable message when the database cannot be opened or migrated (idempotent).
+    # Fail early with a readable message when the address cannot be listened on, or the database cannot be opened
+    # or migrated (idempotent).
+    where = f"{settings.host}:{settings.port}"
+    try:
+        check_listen(settings.host, settings.port, reuse_port=settings.workers > 1)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
     _run(settings, lambda: upgrade(settings.database_url))
-    return int(
-        serve(
-            settings,
-            host=args.host or settings.host,
-            port=settings.port if args.port is None else args.port,
-            workers=settings.workers if args.workers is None else args.workers,
-        )
-    )
+    print(f"sttgate: {_used(settings)}", file=sys.stderr)
+    try:
+        return int(serve(settings, host=settings.host, port=settings.port, workers=settings.workers))
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
 
 
 def _emulate(args: argparse.Namespace, settings: Settings) -> int:
-    from sttgate.emulators.app import serve
+    from sttgate.emulators.app import EmulatorConfig, serve
+    from sttgate.process import check_listen
 
-    asyncio.run(serve(args.host, args.port))
+    if not 0 <= args.port <= 65535:
+        raise CommandError(f"--port must be 0..65535 (0 = any free port), not {args.port}")
+    try:
+        check_listen(args.host, args.port)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from exc
+    config = EmulatorConfig()
+
+    def ready(_app: Any, port: int) -> None:
+        print(_emulator_banner(config, args.host, port), flush=True)
+
+    asyncio.run(serve(args.host, args.port, config, on_ready=ready))
     return EXIT_OK
+
+
+def _emulator_banner(config: Any, host: str, port: int) -> str:
+    """What ``sttgate emulate`` prints once listening: each provider's URL and the operator keys it accepts, and the
+    environment that points a gateway at them (docs/cli.md, Running)."""
+    from sttgate.emulators.app import EMULATORS
+    from sttgate.providers import PROVIDERS
+
+    lines = [f"provider emulators listening on http://{host}:{port}"]
+    env: list[str] = []
+    for name, emulator in EMULATORS.items():
+        url = f"ws://{host}:{port}{emulator.ws_path}"
+        keys = tuple(getattr(config, f"{name}_api_keys", ()))
+        lines.append(f"  {name}: {url}  operator key: {', '.join(keys) or '(any)'}")
+        if name in PROVIDERS:
+            env.append(f"STTGATE_{name.upper()}_URL={url}")
+            if keys:
+                env.append(f"{PROVIDERS[name].api_key_env}={keys[0]}")
+    lines += ["point a gateway at them with:", "  " + " \\\n  ".join([*env, "sttgate serve"])]
+    return "\n".join(lines)
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -18,7 +18,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -27,6 +27,16 @@ from sttgate.providers import PROVIDERS, ProviderSettings
 
 # The price book shipped with the gateway (docs/billing.md#the-default-book).
 DEFAULT_PRICE_BOOK = Path(__file__).parent / "data" / "prices.toml"
+# Bounds of the settings: wide enough for any real deployment, narrow enough to catch a typo (a port of 70000, a
+# timeout in milliseconds, a negative count) at start-up with a one-line error instead of odd behaviour later.
+_HOUR = 3600.0
+_DAY = 86400.0
+_MAX_FRAME = 1024 * 1024 * 1024
+_MAX_COUNT = 1_000_000
+_MAX_WORKERS = 1024
+# USD per hour of audio: a rate above this is a typo (a price per minute or in cents).
+MAX_RATE_USD_PER_HOUR = Decimal(1000)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _provider_keys(name: str) -> tuple[str, str, str]:
@@ -68,9 +78,12 @@ def _provider_value(key: str, value: Any) -> Any:
         return value if isinstance(value, SecretStr) else SecretStr(str(value))
     if key.startswith("rate_"):
         try:
-            return value if isinstance(value, Decimal) else Decimal(str(value).strip())
+            rate = value if isinstance(value, Decimal) else Decimal(str(value).strip())
         except InvalidOperation:
             raise ValueError(f"{key} must be a decimal number, not {value!r}") from None
+        if not rate.is_finite() or not 0 <= rate <= MAX_RATE_USD_PER_HOUR:
+            raise ValueError(f"{key} must be between 0 and {MAX_RATE_USD_PER_HOUR} USD per hour, not {value!r}")
+        return rate
     if not isinstance(value, str):
         raise ValueError(f"{key} must be a string")
     return value
@@ -81,55 +94,57 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STTGATE_", env_file=".env", extra="allow", populate_by_name=True)
 
     database_url: str = "sqlite:///./sttgate.db"
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = Field("127.0.0.1", min_length=1)
+    # 0 means any free port (tests, and ``serve --port 0`` reports the one it got).
+    port: int = Field(8080, ge=0, le=65535)
 
-    drain_seconds: float = 30.0
+    drain_seconds: float = Field(30.0, ge=0, le=_DAY)
     # No metered client audio for this long closes a session (1008 "idle timeout"); control messages do not count.
-    idle_timeout_seconds: float = 120.0
+    idle_timeout_seconds: float = Field(120.0, gt=0, le=_DAY)
     # A push session open this long is closed (1008 "session time limit"); a token's max_session_seconds may lower it.
-    max_session_seconds: float = Field(default=10800.0, gt=0)
-    upstream_connect_timeout_seconds: float = 10.0
-    max_frame_bytes: int = 4 * 1024 * 1024
+    max_session_seconds: float = Field(10800.0, gt=0, le=_DAY)
+    upstream_connect_timeout_seconds: float = Field(10.0, gt=0, le=_HOUR)
+    max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1, le=_MAX_FRAME)
     # How long to wait for the peer's close reply, and for a provider to end gracefully after its end message
-    # (Terminate / final commit) on every path that closes the provider hop (docs/contract.md#graceful-provider-end).
-    close_timeout_seconds: float = 5.0
-    finish_timeout_seconds: float = 2.0
+    # (Terminate / final commit / CloseStream) on every path that closes the provider hop
+    # (docs/contract.md#graceful-provider-end).
+    close_timeout_seconds: float = Field(5.0, gt=0, le=_HOUR)
+    finish_timeout_seconds: float = Field(2.0, gt=0, le=_HOUR)
     # Admission control: above this many live sessions a process refuses handshakes with 503 (0 = no limit).
-    max_sessions_per_process: int = 0
+    max_sessions_per_process: int = Field(0, ge=0, le=_MAX_COUNT)
     # Per-hop WebSocket ping interval; None disables pings.
-    heartbeat_seconds: float | None = 20.0
+    heartbeat_seconds: float | None = Field(20.0, gt=0, le=_HOUR)
     # Postpaid usage and session totals are written at least this often.
-    ledger_flush_seconds: float = 0.5
+    ledger_flush_seconds: float = Field(0.5, gt=0, le=_HOUR)
     # Live sessions re-read their accounts this often: a switch to prepaid or a withdrawn streaming permission binds
     # them from their next cycle on (docs/billing.md#account-changes).
-    account_refresh_seconds: float = 1.0
+    account_refresh_seconds: float = Field(1.0, gt=0, le=_HOUR)
     # A gateway renews its stream slots this often; a slot not renewed for lease_ttl is free.
-    lease_renew_seconds: float = 10.0
-    lease_ttl_seconds: float = 30.0
+    lease_renew_seconds: float = Field(10.0, gt=0, le=_HOUR)
+    lease_ttl_seconds: float = Field(30.0, gt=0, le=_DAY)
     gateway_id: str = ""
     # Benchmarking only: relay without metering or billing (nothing metered, charged or counted); never in production.
     metering_enabled: bool = True
 
     pull_allow_private: bool = False
     ffmpeg: str = ""
-    pull_source_timeout_seconds: float = 15.0
-    webhook_timeout_seconds: float = 10.0
-    webhook_max_attempts: int = 8
-    webhook_backoff_seconds: float = 0.5
-    webhook_backoff_max_seconds: float = 30.0
-    webhook_queue_max: int = 1000
+    pull_source_timeout_seconds: float = Field(15.0, gt=0, le=_HOUR)
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=_HOUR)
+    webhook_max_attempts: int = Field(8, ge=1, le=100)
+    webhook_backoff_seconds: float = Field(0.5, ge=0, le=_HOUR)
+    webhook_backoff_max_seconds: float = Field(30.0, ge=0, le=_DAY)
+    webhook_queue_max: int = Field(1000, ge=1, le=_MAX_COUNT)
 
     # The price book (docs/billing.md#the-price-book): a TOML file of [prices.<provider>] tables (STTGATE_PRICE_BOOK),
     # and the [prices.*] tables of the --config file; each provider's table replaces the shipped one.
     price_book: str = ""
     prices: dict[str, Any] = {}
 
-    token_max_seconds: int = 600
+    token_max_seconds: int = Field(600, ge=1, le=600)
     demo_page: bool = True
     demo_api_key: SecretStr = SecretStr("")
 
-    workers: int = 1
+    workers: int = Field(1, ge=1, le=_MAX_WORKERS)
     log_level: str = "INFO"
 
     @classmethod
@@ -166,6 +181,22 @@ class Settings(BaseSettings):
             elif key.lower() in known:
                 out[known[key.lower()]] = _provider_value(known[key.lower()], value)
         return out
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.lease_ttl_seconds <= self.lease_renew_seconds:
+            raise ValueError("lease_ttl_seconds must be longer than lease_renew_seconds (a live slot would expire)")
+        if self.webhook_backoff_max_seconds < self.webhook_backoff_seconds:
+            raise ValueError("webhook_backoff_max_seconds must not be below webhook_backoff_seconds")
+        return self
 
     def provider(self, name: str) -> ProviderSettings:
         """The settings of the registered provider ``name`` (``KeyError`` when it is not registered)."""
@@ -260,6 +291,22 @@ def _read_book(path: Path, known: tuple[str, ...]) -> dict[str, ProviderPrices]:
     if "prices" not in data:
         raise PriceBookError(f"price book {path}: no [prices.<provider>] tables")
     return parse_tables(data["prices"], known, f"price book {path}")
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """A settings validation error as one line for an operator: each bad setting with its environment name, what is
+    wrong and the value given (secrets and the database URL are not echoed)."""
+    parts: list[str] = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if not field:
+            parts.append(message)
+            continue
+        secret = field == "database_url" or field.endswith(("_key", "secret"))
+        given = "" if secret else f" (got {repr(item.get('input'))[:60]})"
+        parts.append(f"{field} (STTGATE_{field.upper()}): {message}{given}")
+    return "; ".join(parts)
 
 
 def _mask_url_password(url: str) -> str:

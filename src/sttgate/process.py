@@ -13,13 +13,17 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import time
 from typing import Any
 
 from sttgate.config import Settings
+from sttgate.core.redaction import Redactor
 from sttgate.gateway.logevents import log_event
+from sttgate.providers import names, secret_prefixes
 from sttgate.store import Store
 from sttgate.web.app import bound_port, create_app, default_gateway_id, start_site
+from sttgate.web.logfilter import LogHygiene
 from sttgate.web.services import SERVICES
 
 
@@ -50,6 +54,22 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
     for proc in procs:
         proc.join()
     return 0 if all(proc.exitcode == 0 for proc in procs) else 1
+
+
+def check_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Raise ``OSError`` when ``host:port`` cannot be listened on: a host that does not resolve or is not local, a
+    port in use. Checked before anything starts, so the CLI can say so in one line instead of a worker's traceback.
+
+    With ``reuse_port`` (several workers) a port other ``SO_REUSEPORT`` listeners of this user hold is not "in use".
+    """
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server does
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
 
 
 def _worker_main(settings: Settings, host: str, port: int, index: int) -> None:
@@ -120,9 +140,20 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    """A plain stderr handler when the embedding program (the CLI) configured none."""
+    """A plain stderr handler when the embedding program (the CLI) configured none, and on every root handler the
+    filter that keeps secrets and parser tracebacks out of the log (:class:`~sttgate.web.logfilter.LogHygiene`)."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with contextlib.suppress(ValueError):
         logging.getLogger("sttgate").setLevel(settings.log_level.upper())
+    hygiene = LogHygiene(Redactor(secret_prefixes(), _known_secrets(settings)))
+    for handler in root.handlers:
+        if not any(isinstance(f, LogHygiene) for f in handler.filters):
+            handler.addFilter(hygiene)
+
+
+def _known_secrets(settings: Settings) -> list[str]:
+    """The secrets this process holds, redacted wherever a log line would quote them."""
+    keys = [settings.provider(name).api_key.get_secret_value() for name in names()]
+    return [*keys, settings.demo_api_key.get_secret_value()]

@@ -33,11 +33,25 @@ def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'cli.db'}"
 
 
+async def _create_database(url: str) -> None:
+    store = await Store.connect(url, migrate=True)
+    await store.close()
+
+
 @pytest.fixture
 def run(tmp_path: Path, db_url: str) -> Run:
+    """Runs the console script on ``db_url``, which exists (as after ``sttgate db upgrade``) unless the first command
+    run is ``db …`` itself: admin commands never create a database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STTGATE_", "ELEVENLABS_", "ASSEMBLYAI_"))}
+    first = True
 
     def run(*args: str, extra_env: dict[str, str] | None = None, with_db: bool = True) -> subprocess.CompletedProcess:
+        nonlocal first
+        if first and with_db and args[:1] != ("db",):
+            import asyncio
+
+            asyncio.run(_create_database(db_url))
+        first = False
         argv = [*_command(), *args]
         if with_db:
             argv += ["--database-url", db_url]

@@ -74,7 +74,7 @@ async def test_a_flush_during_a_charge_leaves_that_frame_out():
 
 
 async def test_the_idle_sweep_asks_to_close_with_1008():
-    live, _, manager = make_session(FakeStore(), idle_timeout_seconds=0.0)
+    live, _, manager = make_session(FakeStore(), idle_timeout_seconds=1e-6)  # the smallest valid limit
     await manager.sweep()
     assert live.close_requested.result() == (1008, "idle timeout")
 

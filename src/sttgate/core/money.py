@@ -9,6 +9,10 @@ CYCLE_SECONDS = 5
 _NANO = Decimal("1e-9")
 
 
+# Far above any real amount, and small enough that its nano-dollars fit a 64-bit integer (the database's BIGINT).
+MAX_USD = 10**9
+
+
 def usd_to_nanos(usd: Decimal | str | int) -> int:
     """Parse a USD amount; more than 9 decimals is an error, not a silent rounding."""
     try:
@@ -17,6 +21,8 @@ def usd_to_nanos(usd: Decimal | str | int) -> int:
         raise ValueError(f"not a decimal amount: {usd!r}") from exc
     if not value.is_finite():
         raise ValueError(f"not a finite amount: {usd!r}")
+    if abs(value) >= MAX_USD:
+        raise ValueError(f"amounts must be below {MAX_USD:,} USD: {usd!r}")
     if value.quantize(_NANO) != value:
         raise ValueError(f"amounts have at most 9 decimals: {usd!r}")
     return int(value.scaleb(9))

@@ -130,6 +130,26 @@ def canonical_int(text: str, maximum: int) -> int | None:
     return None
 
 
+def credential_parameter(forwarded: str) -> str | None:
+    """The first forwarded parameter that carries something shaped like a gateway key or token (``sk-mai-…``,
+    ``sttg_…``), whatever its name (``apiKey=sk-mai-…``): its decoded name, or ``""`` when the name itself is the
+    credential; ``None`` when there is none. Such a pair is refused, never forwarded: the client's credential must
+    not reach the provider in any form (docs/contract.md#forwarding)."""
+    for pair in forwarded.split("&"):
+        key, _, value = pair.partition("=")
+        decoded_key = unquote_plus(key)
+        if _contains_credential(decoded_key):
+            return ""
+        if _contains_credential(unquote_plus(value)):
+            return decoded_key
+    return None
+
+
+def _contains_credential(text: str) -> bool:
+    lowered = text.lower()
+    return any(prefix in lowered for prefix in _SECRET_VALUE_PREFIXES)
+
+
 def _looks_like_credential(text: str, prefixes: tuple[str, ...]) -> bool:
     return text.strip().lower().startswith(prefixes)
 

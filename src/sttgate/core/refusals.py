@@ -8,17 +8,21 @@ layer renders any :class:`Refusal` as ``{"error": {"code": ..., "message": ...}}
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass(eq=False)
 class Refusal(Exception):
-    """Not frozen: raising an exception sets ``__traceback__`` on it, which a frozen dataclass forbids."""
+    """Not frozen: raising an exception sets ``__traceback__`` on it, which a frozen dataclass forbids.
+
+    ``headers`` are the few a status requires (``Allow`` on a 405).
+    """
 
     status: int
     code: str
     message: str
+    headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
@@ -86,6 +90,17 @@ def invalid_request(message: str) -> Refusal:
     return Refusal(400, "invalid_request", message)
 
 
+def credential_parameter(name: str) -> Refusal:
+    """A forwarded query parameter carries a gateway key or token (``name`` is its decoded name, ``""`` when the name
+    itself is the credential): refused rather than forwarded to the provider, or silently dropped."""
+    which = f"The query parameter {name[:64]!r}" if name else "A query parameter name"
+    return Refusal(
+        400,
+        "invalid_request",
+        f"{which} carries a gateway API key or token; send it only as api_key, token or the Authorization header.",
+    )
+
+
 def invalid_url(code: str, message: str) -> Refusal:
     """A pull task's ``audio_url`` or ``callback_url`` breaks the URL rules (``code`` names which URL)."""
     return Refusal(400, code, message)
@@ -97,6 +112,14 @@ def task_not_found() -> Refusal:
 
 def invalid_token_type(message: str) -> Refusal:
     return Refusal(422, "invalid_token_type", message)
+
+
+def method_not_allowed() -> Refusal:
+    """Any method but GET on a WebSocket route (HEAD included): refused before anything is read, so it never
+    authenticates, spends a token or opens a provider session."""
+    return Refusal(
+        405, "method_not_allowed", "This endpoint only accepts GET with a WebSocket upgrade.", {"Allow": "GET"}
+    )
 
 
 def upgrade_required() -> Refusal:

@@ -9,7 +9,7 @@ from typing import Any
 log = logging.getLogger("sttgate.gateway")
 
 
-def log_event(event: str, **fields: Any) -> None:
+def format_event(event: str, **fields: Any) -> str:
     """One structured ``key=value`` line; values with spaces or quotes are JSON-quoted."""
     parts = [f"event={event}"]
     for key, value in fields.items():
@@ -17,4 +17,9 @@ def log_event(event: str, **fields: Any) -> None:
         if not text or any(c in text for c in ' "=\n'):
             text = json.dumps(text)
         parts.append(f"{key}={text}")
-    log.info(" ".join(parts))
+    return " ".join(parts)
+
+
+def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    """Log :func:`format_event` on ``sttgate.gateway`` (INFO unless ``level`` says otherwise)."""
+    log.log(level, format_event(event, **fields))

@@ -15,7 +15,7 @@ import aiohttp
 from sttgate.core import refusals
 from sttgate.core.metering import FormatError
 from sttgate.core.outcomes import ClosedBy, SessionKind
-from sttgate.core.params import redact_query
+from sttgate.core.params import credential_parameter, redact_query
 from sttgate.core.prices import Priced, price_session
 from sttgate.core.refusals import Refusal
 from sttgate.gateway.live import LiveSession
@@ -85,6 +85,10 @@ async def open_stream(
     """
     if manager.draining:
         raise refusals.service_draining()
+    # The client's credential never reaches the provider, under any parameter name (docs/contract.md#forwarding).
+    smuggled = credential_parameter(forwarded)
+    if smuggled is not None:
+        raise refusals.credential_parameter(smuggled)
     # The meter reads the declared format exactly as the provider will, or the session is refused (docs/billing.md).
     refused = provider.format_refusal(forwarded)
     if refused is not None:

@@ -25,6 +25,8 @@ from sttgate.store.tables import accounts, api_keys
 KEY_DISPLAY_CHARS = 12
 # Far above any real balance, far below BIGINT overflow.
 MAX_BALANCE_NANOS = 10**18
+# Far above any real limit; it keeps the value inside the column's integer type on every database.
+MAX_STREAMS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -281,8 +283,8 @@ def _check_name(name: str) -> None:
 
 
 def _check_max_streams(max_streams: int) -> None:
-    if max_streams < 0:
-        raise ValueError("max streams must be zero or more")
+    if not 0 <= max_streams <= MAX_STREAMS:
+        raise ValueError(f"max streams must be between 0 and {MAX_STREAMS:,}")
 
 
 def _check_amount(nanos: int, what: str) -> None:

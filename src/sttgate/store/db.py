@@ -43,6 +43,14 @@ def async_url(url: str) -> URL:
     raise ValueError(f"unsupported database URL (use sqlite:///path or postgresql://…): {parsed.drivername}")
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file a ``sqlite:///path`` URL names; ``None`` for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return parsed.database
+
+
 def make_engine(url: str) -> AsyncEngine:
     """An async engine for ``url``, configured for the store's transactions."""
     target = async_url(url)

@@ -27,4 +27,4 @@ async def render_refusals(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except Refusal as refusal:
         request.app[SERVICES].metrics.refusals.labels(refusal.code).inc()
-        return web.json_response(refusal.body(), status=refusal.status, headers=REFUSAL_HEADERS)
+        return web.json_response(refusal.body(), status=refusal.status, headers={**REFUSAL_HEADERS, **refusal.headers})

@@ -39,9 +39,19 @@ async def _principal(request: web.Request) -> Principal:
 
 
 async def _json_body(request: web.Request) -> object:
+    """The whole body as JSON, however it is segmented on the wire, and never more than ``MAX_BODY_BYTES`` of it.
+
+    ``content.read(n)`` answers with what has arrived so far, so it is called until the end of the body (or one
+    byte past the limit): a body that arrives in two TCP segments is read whole, not cut at the first.
+    """
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise invalid_request(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    raw = bytearray()
+    while len(raw) <= MAX_BODY_BYTES:
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_BODY_BYTES:
         raise invalid_request(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
     try:

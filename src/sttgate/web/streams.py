@@ -14,6 +14,7 @@ latter (``%2C`` → ``,``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -23,11 +24,13 @@ from sttgate.core.closing import decide
 from sttgate.core.outcomes import Outcome
 from sttgate.core.params import split_query
 from sttgate.gateway.live import LiveSession
+from sttgate.gateway.logevents import log_event
 from sttgate.gateway.opening import authorize
 from sttgate.gateway.relay import relay
 from sttgate.gateway.upstream import AiohttpLink
 from sttgate.providers import PROVIDERS, Provider
 from sttgate.web.credentials import credential_from_request, raw_query
+from sttgate.web.logfilter import CLIENT_GONE, count_bad_request
 from sttgate.web.services import SERVICES
 
 
@@ -41,11 +44,22 @@ class ClientSocket(web.WebSocketResponse):
 
 
 def setup(app: web.Application) -> None:
-    """Register ``/ws/v2/audio-stream`` and each registered provider's drop-in route (the registry as it is now)."""
-    app.router.add_get("/ws/v2/audio-stream", audio_stream)
+    """Register ``/ws/v2/audio-stream`` and each registered provider's drop-in route (the registry as it is now).
+
+    Only GET upgrades: HEAD (which aiohttp would route to a GET handler) and every other method are answered 405
+    ``method_not_allowed`` before anything else (docs/contract.md#refusals).
+    """
+    paths: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {"/ws/v2/audio-stream": audio_stream}
     for provider in PROVIDERS.values():
         if provider.sdk is not None:
-            app.router.add_get(provider.sdk.stream_path, _provider_stream(provider))
+            paths[provider.sdk.stream_path] = _provider_stream(provider)
+    for path, handler in paths.items():
+        app.router.add_get(path, handler, allow_head=False)
+        app.router.add_route("*", path, _not_get)
+
+
+async def _not_get(request: web.Request) -> web.StreamResponse:
+    raise refusals.method_not_allowed()
 
 
 async def accept_and_relay(
@@ -68,9 +82,12 @@ async def accept_and_relay(
     try:
         try:
             await client.prepare(request)
-        except ConnectionError:
-            live.session.keep(decide(Outcome.CLIENT_LOST).record)  # gone before its 101: aiohttp ignores it
-            raise
+        except ConnectionError as exc:
+            # Gone before its 101: one counted WARNING line (docs/operations.md#logs), not aiohttp's ERROR traceback.
+            live.session.keep(decide(Outcome.CLIENT_LOST).record)
+            count_bad_request(CLIENT_GONE)
+            log_event("client_gone", level=logging.WARNING, session=live.id, error=type(exc).__name__)
+            return client
         live.accept()  # the client has its 101: a session in usage (docs/contract.md#usage)
         await relay(AiohttpLink(client), live)
     finally:
