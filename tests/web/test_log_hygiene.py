@@ -23,7 +23,7 @@ from yarl import URL
 from tests.support.serve import serve_env, serve_processes
 from tests.support.waiting import wait_for
 
-REQUESTS = 300
+REQUESTS = 1000
 DEPARTURES = 20
 
 
