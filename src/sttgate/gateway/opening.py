@@ -8,12 +8,16 @@ Push (``sttgate.web.streams``) and pull (``sttgate.web.pull_api``) both open the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import uuid
+from collections.abc import AsyncIterator
 
 import aiohttp
 
 from sttgate.core import refusals
 from sttgate.core.metering import FormatError
+from sttgate.core.outage import PendingEnd
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.params import redact_query
 from sttgate.core.refusals import Refusal
@@ -22,8 +26,27 @@ from sttgate.gateway.logevents import log_event
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.upstream import AiohttpLink, connect_upstream
 from sttgate.providers import Provider, get_provider, names, secret_prefixes
-from sttgate.store import Principal, SlotOutcome, Store
+from sttgate.store import Principal, SlotOutcome, Store, unavailable
 from sttgate.store.auth import looks_like_token
+
+log = logging.getLogger("sttgate.gateway")
+
+
+@contextlib.asynccontextmanager
+async def database_guard(manager: SessionManager) -> AsyncIterator[None]:
+    """A handshake's database work, bounded by ``database_timeout_seconds``: a database that fails or does not answer
+    in time is 503 ``database_unavailable`` (docs/operations.md#database-outage), not a 500 or a hang."""
+    try:
+        async with asyncio.timeout(manager.settings.database_timeout_seconds):
+            yield
+    except Refusal:
+        raise
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        manager.database_failed()
+        log.warning("event=handshake_database_unavailable error=%s", type(exc).__name__)
+        raise refusals.database_unavailable() from exc
 
 
 async def principal_for(store: Store, key: str | None, token: str | None, provider: str) -> Principal:
@@ -132,15 +155,23 @@ async def _take_slot_and_connect(
     session_id: str,
 ) -> AiohttpLink:
     store = manager.store
-    slot = await store.open_session(
-        session_id=session_id,
-        account_id=principal.account_id,
-        kind=kind,
-        provider=provider.name,
-        gateway_id=manager.gateway_id,
-        min_balance_nanos=manager.price_nanos(provider.name),
-        lease_ttl=manager.settings.lease_ttl_seconds,
-    )
+    try:
+        async with database_guard(manager):
+            slot = await store.open_session(
+                session_id=session_id,
+                account_id=principal.account_id,
+                kind=kind,
+                provider=provider.name,
+                gateway_id=manager.gateway_id,
+                min_balance_nanos=manager.price_nanos(provider.name),
+                lease_ttl=manager.settings.lease_ttl_seconds,
+            )
+    except Refusal as unavailable_db:
+        if isinstance(unavailable_db.__cause__, TimeoutError):
+            # The slot may still have been taken (a write that timed out may commit later): end it once the database
+            # is back, as a refused handshake (no session in usage).
+            manager.keep_end(PendingEnd(session_id, 0.0, 0, 0, None, unavailable_db.code, ClosedBy.GATEWAY))
+        raise
     if slot is SlotOutcome.TOO_MANY_STREAMS:
         raise refusals.too_many_streams()
     if slot is SlotOutcome.INSUFFICIENT_BALANCE:

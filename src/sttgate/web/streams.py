@@ -23,7 +23,7 @@ from sttgate.core.closing import decide
 from sttgate.core.outcomes import Outcome
 from sttgate.core.params import split_query
 from sttgate.gateway.live import LiveSession
-from sttgate.gateway.opening import authorize
+from sttgate.gateway.opening import authorize, database_guard
 from sttgate.gateway.relay import relay
 from sttgate.gateway.upstream import AiohttpLink
 from sttgate.providers import PROVIDERS, Provider
@@ -92,7 +92,8 @@ async def serve_stream(
     svc = request.app[SERVICES]
     if svc.sessions.draining:
         raise refusals.service_draining()
-    principal, provider = await authorize(svc.store, key, token, provider_name)
+    async with database_guard(svc.sessions):
+        principal, provider = await authorize(svc.store, key, token, provider_name)
     if not web.WebSocketResponse().can_prepare(request).ok:
         raise refusals.upgrade_required()
     live = await svc.open_stream(principal, provider, forwarded)
