@@ -9,12 +9,12 @@ from typing import Any
 log = logging.getLogger("sttgate.gateway")
 
 
-def log_event(event: str, **fields: Any) -> None:
-    """One structured ``key=value`` line; values with spaces or quotes are JSON-quoted."""
+def log_event(event: str, *, severity: int = logging.INFO, **fields: Any) -> None:
+    """One structured ``key=value`` line at ``severity``; values with spaces or quotes are JSON-quoted."""
     parts = [f"event={event}"]
     for key, value in fields.items():
         text = "" if value is None else str(value)
         if not text or any(c in text for c in ' "=\n'):
             text = json.dumps(text)
         parts.append(f"{key}={text}")
-    log.info(" ".join(parts))
+    log.log(severity, " ".join(parts))

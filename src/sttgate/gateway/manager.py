@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sttgate.config import Settings
 from sttgate.core import closecodes
@@ -35,6 +35,15 @@ if TYPE_CHECKING:
     from sttgate.store import Store
 
 log = logging.getLogger("sttgate.gateway")
+
+_T = TypeVar("_T")
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """A write that outlived its bound may fail later: its failure was already counted, so do not let asyncio log it
+    as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def first_of(*events: asyncio.Event) -> None:
@@ -71,6 +80,7 @@ class SessionManager:
         self._backoff = Backoff()
         self._retry_wake = asyncio.Event()
         self._retry_lock = asyncio.Lock()
+        self._writing: dict[str, asyncio.Task[Any]] = {}
 
     def accepted(self, live: LiveSession) -> None:
         """``live`` is a session now (its client got its 101); written by the next ledger tick, or at its end."""
@@ -80,8 +90,8 @@ class SessionManager:
         if self._accepted:
             accepted, self._accepted = self._accepted, {}
             try:
-                async with self.database_write():
-                    await self.store.accept_sessions(list(accepted.items()))
+                rows = list(accepted.items())
+                await self.database_write("accept", lambda: self.store.accept_sessions(rows))
             except BaseException:
                 self._accepted = accepted | self._accepted  # written by a later tick
                 raise
@@ -155,17 +165,32 @@ class SessionManager:
 
     # -- database outage (docs/operations.md#database-outage) -------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def database_write(self) -> AsyncIterator[None]:
-        """Bound a database write by ``database_timeout_seconds`` and record its outcome for ``/readyz``."""
+    async def database_write(self, key: str, write: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``write()`` and wait for it at most ``database_timeout_seconds``; record its outcome for ``/readyz``.
+
+        The write runs as a task of its own and is not cancelled at the bound: a driver call cut short still waits
+        for its thread or socket while it cleans up (SQLite's busy timeout is 15 s), which is the hang this bound is
+        for. A write still running under the same ``key`` is not started twice: the call fails at once instead, so
+        periodic work cannot pile up behind a locked database. A write that completes after its bound is harmless:
+        every write here may be repeated (totals only rise, an end is written once).
+        """
+        running = self._writing.get(key)
+        if running is not None and not running.done():
+            self.database_failed()
+            raise TimeoutError(f"the previous {key} write is still running")
+        task: asyncio.Task[_T] = asyncio.ensure_future(write())
+        self._writing[key] = task
+        task.add_done_callback(lambda t: self._writing.pop(key, None) if self._writing.get(key) is t else None)
+        task.add_done_callback(_consume)
         try:
             async with asyncio.timeout(self.settings.database_timeout_seconds):
-                yield
+                result = await asyncio.shield(task)
         except Exception as exc:
             if unavailable(exc):
                 self.database_failed()
             raise
         self.writes.succeeded(time.monotonic())
+        return result
 
     def database_failed(self) -> None:
         """A write (or a handshake's database work) failed because of the database: ``/readyz`` says so."""
@@ -176,27 +201,28 @@ class SessionManager:
         """Whether the database takes writes: the outcome of this process's recent writes, else a write probe."""
         if not self.writes.seen_within(time.monotonic()):
             with contextlib.suppress(Exception):
-                async with self.database_write():
-                    await self.store.probe_write()
+                await self.database_write("probe", self.store.probe_write)
         return self.writes.writable(time.monotonic())
 
     async def _write_end(self, end: PendingEnd) -> None:
-        async with self.database_write():
-            if end.accepted_at is not None:  # accepted since the last tick: a session, written before its end
-                await self.store.accept_sessions([(end.session_id, end.accepted_at)])
-            await self.store.end_session(
-                end.session_id,
-                audio_seconds=end.audio_seconds,
-                cycles=end.cycles,
-                cost_nanos=end.cost_nanos,
-                close_code=end.close_code,
-                close_reason=end.close_reason,
-                closed_by=end.closed_by,
+        await self.database_write(f"end {end.session_id}", lambda: self._end_statements(end))
+
+    async def _end_statements(self, end: PendingEnd) -> None:
+        if end.accepted_at is not None:  # accepted since the last tick: a session, written before its end
+            await self.store.accept_sessions([(end.session_id, end.accepted_at)])
+        await self.store.end_session(
+            end.session_id,
+            audio_seconds=end.audio_seconds,
+            cycles=end.cycles,
+            cost_nanos=end.cost_nanos,
+            close_code=end.close_code,
+            close_reason=end.close_reason,
+            closed_by=end.closed_by,
+        )
+        if end.has_figures:
+            await self.store.record_provider_figures(
+                end.session_id, end.provider_audio_seconds, end.provider_session_seconds
             )
-            if end.has_figures:
-                await self.store.record_provider_figures(
-                    end.session_id, end.provider_audio_seconds, end.provider_session_seconds
-                )
 
     def keep_end(self, end: PendingEnd, exc: BaseException | None = None) -> None:
         """Keep ``end`` until it is written (bounded by ``pending_ends_max``; the oldest beyond it is logged)."""
@@ -217,6 +243,7 @@ class SessionManager:
         self.metrics.ends_given_up.inc()
         log_event(
             "session_end_lost",
+            severity=logging.ERROR,
             why=why,
             session=end.session_id,
             audio_seconds=f"{end.audio_seconds:.3f}",
@@ -308,9 +335,12 @@ class SessionManager:
             await asyncio.sleep(period)
             try:
                 await job()
-            except Exception:
+            except Exception as exc:
                 self.metrics.background_errors.labels(name).inc()
-                log.exception("event=background_error task=%s", name)
+                if unavailable(exc):  # an outage: one line per failure, not a traceback every tick
+                    log.warning("event=background_error task=%s error=%s: %s", name, type(exc).__name__, exc)
+                else:
+                    log.exception("event=background_error task=%s", name)
 
     async def flush(self) -> None:
         """Write the totals of every session that changed since its last write (one batched call).
@@ -325,8 +355,8 @@ class SessionManager:
                 batch.append((live, totals))
         if not batch:
             return
-        async with self.database_write():
-            await self.store.flush_progress([SessionProgress(live.id, *totals) for live, totals in batch])
+        progress = [SessionProgress(live.id, *totals) for live, totals in batch]
+        await self.database_write("flush", lambda: self.store.flush_progress(progress))
         for live, totals in batch:
             live.billing.written(totals)
 
@@ -335,8 +365,8 @@ class SessionManager:
         them, so no reaper may close them as ``gateway_crash`` or free their slot."""
         held = [*self.live, *self.pending.ids()]
         if held:
-            async with self.database_write():
-                await self.store.renew_leases(held, self.settings.lease_ttl_seconds)
+            ttl = self.settings.lease_ttl_seconds
+            await self.database_write("renew", lambda: self.store.renew_leases(held, ttl))
 
     async def reap(self) -> None:
         """Close sessions whose gateway died. Pending ends are written and this process's leases renewed first, so that
@@ -344,8 +374,7 @@ class SessionManager:
         if self.pending:
             await self.retry_pending()
         await self.renew()
-        async with self.database_write():
-            reaped = await self.store.reap_dead_sessions()
+        reaped = await self.database_write("reap", self.store.reap_dead_sessions)
         if reaped:
             log_event("sessions_reaped", count=len(reaped), sessions=",".join(reaped))
 

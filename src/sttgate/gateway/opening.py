@@ -8,10 +8,10 @@ Push (``sttgate.web.streams``) and pull (``sttgate.web.pull_api``) both open the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -31,22 +31,35 @@ from sttgate.store.auth import looks_like_token
 
 log = logging.getLogger("sttgate.gateway")
 
+_T = TypeVar("_T")
 
-@contextlib.asynccontextmanager
-async def database_guard(manager: SessionManager) -> AsyncIterator[None]:
-    """A handshake's database work, bounded by ``database_timeout_seconds``: a database that fails or does not answer
-    in time is 503 ``database_unavailable`` (docs/operations.md#database-outage), not a 500 or a hang."""
+
+async def database_guard(manager: SessionManager, call: Callable[[], Awaitable[_T]]) -> _T:
+    """A handshake's database work, waited for at most ``database_timeout_seconds``: a database that fails or does not
+    answer in time is 503 ``database_unavailable`` (docs/operations.md#database-outage), not a 500 or a hang.
+
+    ``call()`` runs as a task of its own that is not cancelled at the bound (a driver call cut short may wait for its
+    thread in clean-up, which is the hang this is for); refusals it raises pass through."""
+    task = asyncio.ensure_future(call())
     try:
         async with asyncio.timeout(manager.settings.database_timeout_seconds):
-            yield
+            return await asyncio.shield(task)
     except Refusal:
         raise
     except Exception as exc:
         if not unavailable(exc):
             raise
+        if not task.done():
+            task.add_done_callback(_consume)
         manager.database_failed()
         log.warning("event=handshake_database_unavailable error=%s", type(exc).__name__)
         raise refusals.database_unavailable() from exc
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """The outcome of a call that outlived its bound: already answered 503, so only retrieved, never logged."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def principal_for(store: Store, key: str | None, token: str | None, provider: str) -> Principal:
@@ -156,8 +169,9 @@ async def _take_slot_and_connect(
 ) -> AiohttpLink:
     store = manager.store
     try:
-        async with database_guard(manager):
-            slot = await store.open_session(
+        slot = await database_guard(
+            manager,
+            lambda: store.open_session(
                 session_id=session_id,
                 account_id=principal.account_id,
                 kind=kind,
@@ -165,7 +179,8 @@ async def _take_slot_and_connect(
                 gateway_id=manager.gateway_id,
                 min_balance_nanos=manager.price_nanos(provider.name),
                 lease_ttl=manager.settings.lease_ttl_seconds,
-            )
+            ),
+        )
     except Refusal as unavailable_db:
         if isinstance(unavailable_db.__cause__, TimeoutError):
             # The slot may still have been taken (a write that timed out may commit later): end it once the database

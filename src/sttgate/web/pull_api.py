@@ -36,8 +36,8 @@ def success(data: dict[str, object]) -> web.Response:
 
 async def _principal(request: web.Request) -> Principal:
     svc = request.app[SERVICES]
-    async with database_guard(svc.sessions):
-        return await principal_for(svc.store, credential_from_request(request, None), None, "")
+    key = credential_from_request(request, None)
+    return await database_guard(svc.sessions, lambda: principal_for(svc.store, key, None, ""))
 
 
 async def _json_body(request: web.Request) -> object:

@@ -92,8 +92,7 @@ async def serve_stream(
     svc = request.app[SERVICES]
     if svc.sessions.draining:
         raise refusals.service_draining()
-    async with database_guard(svc.sessions):
-        principal, provider = await authorize(svc.store, key, token, provider_name)
+    principal, provider = await database_guard(svc.sessions, lambda: authorize(svc.store, key, token, provider_name))
     if not web.WebSocketResponse().can_prepare(request).ok:
         raise refusals.upgrade_required()
     live = await svc.open_stream(principal, provider, forwarded)
