@@ -239,3 +239,33 @@ async def test_pending_ends_are_logged_with_their_totals_at_shutdown(emulator, t
         await outage.recover()
     finally:
         await store.close()
+
+
+async def test_a_pending_end_keeps_its_lease_and_slot_until_written(emulator, tmp_path):
+    """Only the end's write fails (the rest of the database works): the session's lease keeps being renewed, so no
+    reaper closes it as ``gateway_crash`` and its slot stays taken while this gateway holds its totals."""
+    async with outage_gateway("sqlite-full", emulator, tmp_path) as (gw, store, _):
+        acct = await create_account(store, name="outage", max_streams=1)
+        manager = gw.app[SERVICES].sessions
+        end_session = store.end_session
+
+        async def end_fails(*args: Any, **kwargs: Any) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        store.end_session = end_fails  # type: ignore[method-assign]
+        async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_rate_check=off") as ws:
+            for _ in range(30):
+                await ws.send_bytes(tone(3200))
+            await ws.close()
+        await wait_for(lambda: len(manager.pending) == 1, 5, what="the end kept in memory")
+        await asyncio.sleep(3 * OUTAGE["lease_ttl_seconds"])  # several reaps
+        usage = await Admin(store, names()).usage(acct.id)
+        assert [s["ended_at"] for s in usage["sessions"]] == [None]
+        status, body, _ = await refused_handshake(gw, acct.key)
+        assert (status, body["error"]["code"]) == (429, "too_many_streams")  # its slot is still held
+
+        store.end_session = end_session  # type: ignore[method-assign]
+        await wait_for(lambda: not manager.pending, 20, what="the pending end written")
+        session = (await Admin(store, names()).usage(acct.id))["sessions"][0]
+        assert (session["audio_seconds"], session["closed_by"]) == (3.0, "client")
+        assert session["ended_at"]
