@@ -269,3 +269,18 @@ async def test_a_pending_end_keeps_its_lease_and_slot_until_written(emulator, tm
         session = (await Admin(store, names()).usage(acct.id))["sessions"][0]
         assert (session["audio_seconds"], session["closed_by"]) == (3.0, "client")
         assert session["ended_at"]
+
+
+async def test_other_routes_answer_a_database_failure_with_the_json_refusal(emulator, tmp_path):
+    """Token mints and the usage API have no bounded call of their own: a failing database is still 503 JSON."""
+    async with outage_gateway("sqlite-full", emulator, tmp_path) as (gw, store, outage):
+        acct = await create_account(store, name="outage")
+        await outage.fail()
+        try:
+            async with gw.http.post(
+                f"{gw.http_url}/api/v2/audio-stream/token", headers={"Authorization": f"Bearer {acct.key}"}, json={}
+            ) as resp:
+                assert resp.status == 503
+                assert (await resp.json())["error"]["code"] == "database_unavailable"
+        finally:
+            await outage.recover()
