@@ -122,6 +122,14 @@ class Settings(BaseSettings):
     # A gateway renews its stream slots this often; a slot not renewed for lease_ttl is free.
     lease_renew_seconds: float = Field(10.0, gt=0, le=_HOUR)
     lease_ttl_seconds: float = Field(30.0, gt=0, le=_DAY)
+    # Database outage (docs/operations.md#database-outage): a handshake's database work and each write of a session's
+    # end wait at most this long (503 database_unavailable / kept and retried); /readyz answers 503 while a write
+    # failed within the last database_failure_window_seconds; at most pending_ends_max ended sessions are kept
+    # waiting for their end to be written; at shutdown they are retried for shutdown_write_seconds, then logged.
+    database_timeout_seconds: float = Field(default=3.0, gt=0, le=_HOUR)
+    database_failure_window_seconds: float = Field(default=15.0, gt=0, le=_DAY)
+    pending_ends_max: int = Field(default=10000, ge=1, le=_MAX_COUNT)
+    shutdown_write_seconds: float = Field(default=10.0, ge=0, le=_HOUR)
     gateway_id: str = ""
     # Benchmarking only: relay without metering or billing (nothing metered, charged or counted); never in production.
     metering_enabled: bool = True

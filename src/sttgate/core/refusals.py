@@ -148,6 +148,12 @@ def gateway_overloaded() -> Refusal:
     return Refusal(503, "gateway_overloaded", "The gateway is at its session budget; try again shortly.")
 
 
+def database_unavailable() -> Refusal:
+    """The database did not take the handshake's read or write within ``STTGATE_DATABASE_TIMEOUT_SECONDS``
+    (docs/operations.md#database-outage)."""
+    return Refusal(503, "database_unavailable", "The gateway's database is unavailable; try again shortly.")
+
+
 def demo_not_configured() -> Refusal:
     return Refusal(503, "demo_not_configured", "The demo page has no valid demo API key (STTGATE_DEMO_API_KEY).")
 

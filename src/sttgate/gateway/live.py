@@ -50,7 +50,7 @@ from sttgate.core.prices import Priced
 from sttgate.core.session import Reader, Session, State
 from sttgate.gateway.manager import first_of
 from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
-from sttgate.store.database import utcnow
+from sttgate.store.database import unavailable, utcnow
 
 if TYPE_CHECKING:
     from sttgate.gateway.manager import SessionManager
@@ -226,6 +226,8 @@ class LiveSession:
             paid = await self.manager.store.charge_cycles(self.id, self.account_id, cycles, billing.price_nanos)
         except Exception as exc:
             billing.charge_failed()
+            if unavailable(exc):
+                self.manager.database_failed()
             log.exception("event=charge_failed session=%s account=%s", self.id, self.account_id)
             raise ChargeFailed(str(exc)) from exc
         if billing.settled(paid) is Action.CUT_OFF:

@@ -14,25 +14,36 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sttgate.config import Settings
 from sttgate.core import closecodes
 from sttgate.core.accounts import bind
 from sttgate.core.billing import Totals
 from sttgate.core.money import cycle_price_nanos, format_usd
+from sttgate.core.outage import Backoff, PendingEnd, PendingEnds, WriteHealth
 from sttgate.core.prices import ProviderPrices
 from sttgate.core.reconciliation import audio_mismatch
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.metrics import GatewayMetrics
-from sttgate.store import SessionProgress
+from sttgate.store import NotFoundError, SessionProgress, unavailable
 
 if TYPE_CHECKING:
     from sttgate.gateway.live import LiveSession
     from sttgate.store import Store
 
 log = logging.getLogger("sttgate.gateway")
+
+_T = TypeVar("_T")
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """A write that outlived its bound may fail later: its failure was already counted, so do not let asyncio log it
+    as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def first_of(*events: asyncio.Event) -> None:
@@ -63,6 +74,13 @@ class SessionManager:
         self._drain_cut = asyncio.Event()
         # Sessions accepted since the last ledger tick, with their start (the provider's 101): written in one batch.
         self._accepted: dict[str, datetime] = {}
+        # Database outage: ended sessions not written yet, retried with backoff; recent writes' outcome for /readyz.
+        self.pending = PendingEnds(settings.pending_ends_max)
+        self.writes = WriteHealth(settings.database_failure_window_seconds)
+        self._backoff = Backoff()
+        self._retry_wake = asyncio.Event()
+        self._retry_lock = asyncio.Lock()
+        self._writing: dict[str, asyncio.Task[Any]] = {}
 
     def accepted(self, live: LiveSession) -> None:
         """``live`` is a session now (its client got its 101); written by the next ledger tick, or at its end."""
@@ -72,7 +90,8 @@ class SessionManager:
         if self._accepted:
             accepted, self._accepted = self._accepted, {}
             try:
-                await self.store.accept_sessions(list(accepted.items()))
+                rows = list(accepted.items())
+                await self.database_write("accept", lambda: self.store.accept_sessions(rows))
             except BaseException:
                 self._accepted = accepted | self._accepted  # written by a later tick
                 raise
@@ -93,7 +112,11 @@ class SessionManager:
         self.metrics.sessions_open.labels(live.provider_name).inc()
 
     async def finalize(self, live: LiveSession) -> None:
-        """Last write of a session (called by ``LiveSession.end``, once its outcome is recorded)."""
+        """Last write of a session (called by ``LiveSession.end``, once its outcome is recorded).
+
+        When the database cannot take it, the end is kept in memory and retried until written (its lease renewed
+        meanwhile), so the session's totals are not lost and its client still gets its normal close
+        (docs/operations.md#database-outage)."""
         self.live.pop(live.id, None)
         if not self.live:
             self._empty.set()
@@ -104,23 +127,27 @@ class SessionManager:
         self.metrics.sessions_ended.labels(closed.closed_by, str(closed.code or "")).inc()
         audio = live.audio_seconds
         figures = live.provider_figures()
-        started_at = self._accepted.pop(live.id, None)
+        if figures is not None and audio_mismatch(audio, figures.audio_seconds):
+            self.metrics.reconciliation_mismatches.labels(live.provider_name).inc()
+        end = PendingEnd(
+            live.id,
+            audio_seconds=audio,
+            cycles=live.cycles,
+            cost_nanos=live.cost_nanos,
+            close_code=closed.code,
+            close_reason=closed.reason,
+            closed_by=closed.closed_by,
+            accepted_at=self._accepted.pop(live.id, None),
+            provider_audio_seconds=None if figures is None else figures.audio_seconds,
+            provider_session_seconds=None if figures is None else figures.session_seconds,
+            has_figures=figures is not None,
+        )
         try:
-            if started_at is not None:  # accepted since the last tick: a session, written before its end
-                await self.store.accept_sessions([(live.id, started_at)])
-            await self.store.end_session(
-                live.id,
-                audio_seconds=audio,
-                cycles=live.cycles,
-                cost_nanos=live.cost_nanos,
-                close_code=closed.code,
-                close_reason=closed.reason,
-                closed_by=closed.closed_by,
-            )
-            if figures is not None:
-                if audio_mismatch(audio, figures.audio_seconds):
-                    self.metrics.reconciliation_mismatches.labels(live.provider_name).inc()
-                await self.store.record_provider_figures(live.id, figures.audio_seconds, figures.session_seconds)
+            await self._write_end(end)
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            self.keep_end(end, exc)
         finally:
             log_event(
                 "session_end",
@@ -140,6 +167,146 @@ class SessionManager:
                 provider_audio_seconds=None if figures is None else figures.audio_seconds,
             )
 
+    # -- database outage (docs/operations.md#database-outage) -------------------------------------------------------
+
+    async def database_write(self, key: str, write: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``write()`` and wait for it at most ``database_timeout_seconds``; record its outcome for ``/readyz``.
+
+        The write runs as a task of its own and is not cancelled at the bound: a driver call cut short still waits
+        for its thread or socket while it cleans up (SQLite's busy timeout is 15 s), which is the hang this bound is
+        for. A write still running under the same ``key`` is not started twice: the call fails at once instead, so
+        periodic work cannot pile up behind a locked database. A write that completes after its bound is harmless:
+        every write here may be repeated (totals only rise, an end is written once).
+        """
+        running = self._writing.get(key)
+        if running is not None and not running.done():
+            self.database_failed()
+            raise TimeoutError(f"the previous {key} write is still running")
+        task: asyncio.Task[_T] = asyncio.ensure_future(write())
+        self._writing[key] = task
+        task.add_done_callback(lambda t: self._writing.pop(key, None) if self._writing.get(key) is t else None)
+        task.add_done_callback(_consume)
+        try:
+            async with asyncio.timeout(self.settings.database_timeout_seconds):
+                result = await asyncio.shield(task)
+        except Exception as exc:
+            if unavailable(exc):
+                self.database_failed()
+            raise
+        self.writes.succeeded(time.monotonic())
+        return result
+
+    def database_failed(self) -> None:
+        """A write (or a handshake's database work) failed because of the database: ``/readyz`` says so."""
+        self.writes.failed(time.monotonic())
+        self.metrics.database_write_failures.inc()
+
+    async def writable(self) -> bool:
+        """Whether the database takes writes: the outcome of this process's recent writes, else a write probe."""
+        if not self.writes.seen_within(time.monotonic()):
+            with contextlib.suppress(Exception):
+                await self.database_write("probe", self.store.probe_write)
+        return self.writes.writable(time.monotonic())
+
+    async def _write_end(self, end: PendingEnd) -> None:
+        await self.database_write(f"end {end.session_id}", lambda: self._end_statements(end))
+
+    async def _end_statements(self, end: PendingEnd) -> None:
+        if end.accepted_at is not None:  # accepted since the last tick: a session, written before its end
+            await self.store.accept_sessions([(end.session_id, end.accepted_at)])
+        await self.store.end_session(
+            end.session_id,
+            audio_seconds=end.audio_seconds,
+            cycles=end.cycles,
+            cost_nanos=end.cost_nanos,
+            close_code=end.close_code,
+            close_reason=end.close_reason,
+            closed_by=end.closed_by,
+        )
+        if end.has_figures:
+            await self.store.record_provider_figures(
+                end.session_id, end.provider_audio_seconds, end.provider_session_seconds
+            )
+
+    def keep_end(self, end: PendingEnd, exc: BaseException | None = None) -> None:
+        """Keep ``end`` until it is written (bounded by ``pending_ends_max``; the oldest beyond it is logged)."""
+        given_up = self.pending.add(end)
+        self.metrics.pending_ends.set(len(self.pending))
+        log.warning(
+            "event=session_end_pending session=%s pending=%d error=%s",
+            end.session_id,
+            len(self.pending),
+            type(exc).__name__ if exc is not None else "",
+        )
+        if given_up is not None:
+            self._give_up(given_up, "pending_ends_max")
+        self._retry_wake.set()
+
+    def _give_up(self, end: PendingEnd, why: str) -> None:
+        """An end that will not be written: logged with everything needed to write it by hand."""
+        self.metrics.ends_given_up.inc()
+        log_event(
+            "session_end_lost",
+            level=logging.ERROR,
+            why=why,
+            session=end.session_id,
+            audio_seconds=f"{end.audio_seconds:.3f}",
+            cycles=end.cycles,
+            cost_usd=format_usd(end.cost_nanos),
+            close_code=end.close_code,
+            close_reason=end.close_reason,
+            closed_by=end.closed_by,
+            started_at=None if end.accepted_at is None else end.accepted_at.isoformat(),
+        )
+
+    async def retry_pending(self) -> bool:
+        """Write the pending ends, oldest first; True once none is left, False at the first that fails."""
+        async with self._retry_lock:
+            try:
+                for end in self.pending:
+                    try:
+                        await self._write_end(end)
+                    except NotFoundError:
+                        log.warning("event=session_end_no_row session=%s", end.session_id)
+                    except Exception as exc:
+                        if unavailable(exc):
+                            return False
+                        log.exception("event=session_end_failed session=%s", end.session_id)
+                        self._give_up(end, type(exc).__name__)
+                    else:
+                        log_event("session_end_written", session=end.session_id, late=True)
+                    self.pending.written(end.session_id)
+            finally:
+                self.metrics.pending_ends.set(len(self.pending))
+            return True
+
+    async def _retry_ends(self) -> None:
+        """Retry pending ends with backoff until every one is written."""
+        failures = 0
+        while True:
+            if not self.pending:
+                failures = 0
+                self._retry_wake.clear()
+                await self._retry_wake.wait()
+            await asyncio.sleep(self._backoff.delay(failures + 1))
+            failures = 0 if await self.retry_pending() else failures + 1
+
+    async def _write_pending_at_shutdown(self) -> None:
+        """Retry what is pending for at most ``shutdown_write_seconds``, then log what could not be written."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_write_seconds
+        failures = 0
+        while self.pending and not await self.retry_pending():
+            failures += 1
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(left, self._backoff.delay(failures)))
+        for end in self.pending:
+            self._give_up(end, "shutdown")
+            self.pending.written(end.session_id)
+        self.metrics.pending_ends.set(0)
+
     # -- periodic work --------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -151,24 +318,33 @@ class SessionManager:
             asyncio.create_task(self._every(s.lease_ttl_seconds, self.reap, "reap")),
             asyncio.create_task(self._every(sweep, self.sweep, "sweep")),
             asyncio.create_task(self._every(s.account_refresh_seconds, self.watch_accounts, "accounts")),
+            asyncio.create_task(self._retry_ends()),
         ]
 
     async def stop(self) -> None:
-        """Stop the periodic work and write what is left."""
+        """Stop the periodic work and write what is left: totals of sessions still live, then pending ends (bounded
+        by ``shutdown_write_seconds``; what cannot be written is logged)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("event=final_flush_failed sessions=%d", len(self.live))
+        await self._write_pending_at_shutdown()
 
     async def _every(self, period: float, job: Any, name: str) -> None:
         while True:
             await asyncio.sleep(period)
             try:
                 await job()
-            except Exception:
+            except Exception as exc:
                 self.metrics.background_errors.labels(name).inc()
-                log.exception("event=background_error task=%s", name)
+                if unavailable(exc):  # an outage: one line per failure, not a traceback every tick
+                    log.warning("event=background_error task=%s error=%s: %s", name, type(exc).__name__, exc)
+                else:
+                    log.exception("event=background_error task=%s", name)
 
     async def flush(self) -> None:
         """Write the totals of every session that changed since its last write (one batched call).
@@ -183,16 +359,26 @@ class SessionManager:
                 batch.append((live, totals))
         if not batch:
             return
-        await self.store.flush_progress([SessionProgress(live.id, *totals) for live, totals in batch])
+        progress = [SessionProgress(live.id, *totals) for live, totals in batch]
+        await self.database_write("flush", lambda: self.store.flush_progress(progress))
         for live, totals in batch:
             live.billing.written(totals)
 
     async def renew(self) -> None:
-        if self.live:
-            await self.store.renew_leases(list(self.live), self.settings.lease_ttl_seconds)
+        """Renew the leases of live sessions and of ended ones whose end is not written yet: this process still holds
+        them, so no reaper may close them as ``gateway_crash`` or free their slot."""
+        held = [*self.live, *self.pending.ids()]
+        if held:
+            ttl = self.settings.lease_ttl_seconds
+            await self.database_write("renew", lambda: self.store.renew_leases(held, ttl))
 
     async def reap(self) -> None:
-        reaped = await self.store.reap_dead_sessions()
+        """Close sessions whose gateway died. Pending ends are written and this process's leases renewed first, so that
+        after an outage this reaper does not take its own sessions for dead ones."""
+        if self.pending:
+            await self.retry_pending()
+        await self.renew()
+        reaped = await self.database_write("reap", self.store.reap_dead_sessions)
         if reaped:
             log_event("sessions_reaped", count=len(reaped), sessions=",".join(reaped))
 

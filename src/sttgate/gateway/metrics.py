@@ -74,6 +74,19 @@ class GatewayMetrics:
         self.background_errors = Counter(
             "sttgate_background_errors", "Failures of periodic ledger/lease work, by task.", ["task"], registry=r
         )
+        self.pending_ends = Gauge(
+            "sttgate_pending_session_ends",
+            "Ended sessions whose final totals wait in memory for the database (docs/operations.md#database-outage).",
+            registry=r,
+        )
+        self.ends_given_up = Counter(
+            "sttgate_session_ends_given_up",
+            "Ended sessions whose final totals could not be written and were logged instead (bound or shutdown).",
+            registry=r,
+        )
+        self.database_write_failures = Counter(
+            "sttgate_database_write_failures", "Failed or timed-out database writes of the gateway.", registry=r
+        )
         self.draining = Gauge("sttgate_draining", "1 while the gateway drains for shutdown.", registry=r)
         self._frame_children: dict[str, tuple[Counter, Counter, Counter, Counter]] = {}
 

@@ -8,12 +8,16 @@ Push (``sttgate.web.streams``) and pull (``sttgate.web.pull_api``) both open the
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 
 from sttgate.core import refusals
 from sttgate.core.metering import FormatError
+from sttgate.core.outage import PendingEnd
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.params import credential_parameter, redact_query
 from sttgate.core.prices import Priced, price_session
@@ -23,8 +27,40 @@ from sttgate.gateway.logevents import log_event
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.upstream import AiohttpLink, connect_upstream
 from sttgate.providers import Provider, get_provider, names, secret_prefixes
-from sttgate.store import Principal, SlotOutcome, Store
+from sttgate.store import Principal, SlotOutcome, Store, unavailable
 from sttgate.store.auth import looks_like_token
+
+log = logging.getLogger("sttgate.gateway")
+
+_T = TypeVar("_T")
+
+
+async def database_guard(manager: SessionManager, call: Callable[[], Awaitable[_T]]) -> _T:
+    """A handshake's database work, waited for at most ``database_timeout_seconds``: a database that fails or does not
+    answer in time is 503 ``database_unavailable`` (docs/operations.md#database-outage), not a 500 or a hang.
+
+    ``call()`` runs as a task of its own that is not cancelled at the bound (a driver call cut short may wait for its
+    thread in clean-up, which is the hang this is for); refusals it raises pass through."""
+    task = asyncio.ensure_future(call())
+    try:
+        async with asyncio.timeout(manager.settings.database_timeout_seconds):
+            return await asyncio.shield(task)
+    except Refusal:
+        raise
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        if not task.done():
+            task.add_done_callback(_consume)
+        manager.database_failed()
+        log.warning("event=handshake_database_unavailable error=%s", type(exc).__name__)
+        raise refusals.database_unavailable() from exc
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """The outcome of a call that outlived its bound: already answered 503, so only retrieved, never logged."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def principal_for(store: Store, key: str | None, token: str | None, provider: str) -> Principal:
@@ -145,18 +181,28 @@ async def _take_slot_and_connect(
     price: Priced,
 ) -> AiohttpLink:
     store = manager.store
-    slot = await store.open_session(
-        session_id=session_id,
-        account_id=principal.account_id,
-        kind=kind,
-        provider=provider.name,
-        gateway_id=manager.gateway_id,
-        min_balance_nanos=price.cycle_price_nanos,
-        lease_ttl=manager.settings.lease_ttl_seconds,
-        model=price.model,
-        rate_usd_per_hour=str(price.rate_usd_per_hour),
-        basis=price.basis.value,
-    )
+    try:
+        slot = await database_guard(
+            manager,
+            lambda: store.open_session(
+                session_id=session_id,
+                account_id=principal.account_id,
+                kind=kind,
+                provider=provider.name,
+                gateway_id=manager.gateway_id,
+                min_balance_nanos=price.cycle_price_nanos,
+                lease_ttl=manager.settings.lease_ttl_seconds,
+                model=price.model,
+                rate_usd_per_hour=str(price.rate_usd_per_hour),
+                basis=price.basis.value,
+            ),
+        )
+    except Refusal as unavailable_db:
+        if isinstance(unavailable_db.__cause__, TimeoutError):
+            # The slot may still have been taken (a write that timed out may commit later): end it once the database
+            # is back, as a refused handshake (no session in usage).
+            manager.keep_end(PendingEnd(session_id, 0.0, 0, 0, None, unavailable_db.code, ClosedBy.GATEWAY))
+        raise
     if slot is SlotOutcome.TOO_MANY_STREAMS:
         raise refusals.too_many_streams()
     if slot is SlotOutcome.INSUFFICIENT_BALANCE:

@@ -19,7 +19,7 @@ Split by aggregate, each module one concern:
 
 from sttgate.store.accounts import Account, ApiKey, NewKey
 from sttgate.store.auth import MintedToken, Principal
-from sttgate.store.database import NotFoundError
+from sttgate.store.database import NotFoundError, unavailable
 from sttgate.store.slots import SessionProgress, SlotOutcome
 from sttgate.store.store import Store
 from sttgate.store.usage import Usage, UsageRow
@@ -36,4 +36,5 @@ __all__ = [
     "Store",
     "Usage",
     "UsageRow",
+    "unavailable",
 ]

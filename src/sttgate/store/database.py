@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -27,6 +29,23 @@ ID_CHUNK = 1000
 
 class NotFoundError(LookupError):
     """An account, key or session that does not exist (the CLI prints it and exits 1)."""
+
+
+# What a database that is down, full, locked or refusing connections raises, whichever driver and path (SQLAlchemy
+# wraps driver errors in DBAPIError; the SQLite fast path raises sqlite3's own; a refused connection may surface as
+# OSError; a bounded wait as TimeoutError).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sa_exc.DBAPIError,
+    sa_exc.TimeoutError,
+    sqlite3.Error,
+    OSError,
+    TimeoutError,
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be used (as opposed to a missing row or a programming error)."""
+    return isinstance(exc, UNAVAILABLE)
 
 
 def utcnow() -> datetime:
@@ -76,6 +95,16 @@ class Database:
             log.warning("database ping failed", exc_info=True)
             return False
         return True
+
+    async def probe_write(self) -> None:
+        """Open a write transaction and write nothing: raises when the database refuses connections or writers (a
+        locked SQLite file, a read-only database, a PostgreSQL that refuses the role). A full disk shows only in a
+        write that needs space, so ``/readyz`` also looks at the outcome of the gateway's own recent writes."""
+        async with self.write() as conn:
+            if self.is_sqlite:
+                # BEGIN IMMEDIATE took the write lock already; nothing more to ask.
+                return
+            await conn.execute(text("SELECT txid_current()"))
 
     async def close(self) -> None:
         await self.engine.dispose()

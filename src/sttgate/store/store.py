@@ -72,6 +72,10 @@ class Store:
         """True when the database answers within ``timeout`` (for /readyz); never raises."""
         return await self.database.ping(timeout)
 
+    async def probe_write(self) -> None:
+        """Raise when the database does not take a write transaction now (see :meth:`Database.probe_write`)."""
+        await self.database.probe_write()
+
     async def close(self) -> None:
         """Wait for background writes, then close the fast path's connections and the engine's pool."""
         await self.auth.close()

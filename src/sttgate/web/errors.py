@@ -14,7 +14,8 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sttgate.core.refusals import Refusal
+from sttgate.core.refusals import Refusal, database_unavailable
+from sttgate.store import unavailable
 from sttgate.web.services import SERVICES
 
 REFUSAL_HEADERS = {"Cache-Control": "no-store"}
@@ -26,5 +27,16 @@ async def render_refusals(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await handler(request)
     except Refusal as refusal:
-        request.app[SERVICES].metrics.refusals.labels(refusal.code).inc()
-        return web.json_response(refusal.body(), status=refusal.status, headers={**REFUSAL_HEADERS, **refusal.headers})
+        return _render(request, refusal)
+    except Exception as exc:
+        # A route without a bounded database call of its own (token mints, usage, pull status) still answers a
+        # database outage with the JSON refusal, not a plain-text 500 (docs/operations.md#database-outage).
+        if not unavailable(exc):
+            raise
+        request.app[SERVICES].sessions.database_failed()
+        return _render(request, database_unavailable())
+
+
+def _render(request: web.Request, refusal: Refusal) -> web.StreamResponse:
+    request.app[SERVICES].metrics.refusals.labels(refusal.code).inc()
+    return web.json_response(refusal.body(), status=refusal.status, headers={**REFUSAL_HEADERS, **refusal.headers})

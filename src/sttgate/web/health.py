@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from sttgate.core.outage import Readiness, readiness
 from sttgate.web.services import SERVICES
 
 
@@ -18,10 +19,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for new sessions: the database answers and the gateway is not draining."""
+    """Ready for new sessions: not draining, and the database answers and takes writes (a write failed in the last
+    ``database_failure_window_seconds``, or a write probe that fails, is 503; docs/operations.md#database-outage)."""
     svc = request.app[SERVICES]
-    if svc.sessions.draining:
-        return web.json_response({"status": "draining"}, status=503)
-    if not await svc.store.ping():
-        return web.json_response({"status": "database_unavailable"}, status=503)
-    return web.json_response({"status": "ready"})
+    sessions = svc.sessions
+    writable = not sessions.draining and await sessions.writable()
+    if writable and not await svc.store.ping():
+        writable = False
+    status = readiness(draining=sessions.draining, writable=writable)
+    return web.json_response({"status": status.value}, status=200 if status is Readiness.READY else 503)

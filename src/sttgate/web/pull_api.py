@@ -18,7 +18,7 @@ from aiohttp import web
 
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.refusals import invalid_request, task_not_found
-from sttgate.gateway.opening import principal_for, resolve_provider
+from sttgate.gateway.opening import database_guard, principal_for, resolve_provider
 from sttgate.pull.documents import task_document
 from sttgate.pull.manager import PullManager
 from sttgate.pull.params import encode_params, parse_body, pull_query
@@ -35,7 +35,9 @@ def success(data: dict[str, object]) -> web.Response:
 
 
 async def _principal(request: web.Request) -> Principal:
-    return await principal_for(request.app[SERVICES].store, credential_from_request(request, None), None, "")
+    svc = request.app[SERVICES]
+    key = credential_from_request(request, None)
+    return await database_guard(svc.sessions, lambda: principal_for(svc.store, key, None, ""))
 
 
 async def _json_body(request: web.Request) -> object:

@@ -25,7 +25,7 @@ from sttgate.core.outcomes import Outcome
 from sttgate.core.params import split_query
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.logevents import log_event
-from sttgate.gateway.opening import authorize
+from sttgate.gateway.opening import authorize, database_guard
 from sttgate.gateway.relay import relay
 from sttgate.gateway.upstream import AiohttpLink
 from sttgate.providers import PROVIDERS, Provider
@@ -109,7 +109,7 @@ async def serve_stream(
     svc = request.app[SERVICES]
     if svc.sessions.draining:
         raise refusals.service_draining()
-    principal, provider = await authorize(svc.store, key, token, provider_name)
+    principal, provider = await database_guard(svc.sessions, lambda: authorize(svc.store, key, token, provider_name))
     if not web.WebSocketResponse().can_prepare(request).ok:
         raise refusals.upgrade_required()
     live = await svc.open_stream(principal, provider, forwarded)
