@@ -129,9 +129,10 @@ async def test_a_custom_book_and_the_operator_rate(gateway, account, tmp_path) -
     assert (await gw.emulator.recorder.wait_for_session(provider="assemblyai", since=mark)) is not None
     await stream_assemblyai(gw, acct.key, "sample_rate=16000", 6)  # the default model at STTGATE_RATE_ASSEMBLYAI
     first, second = (await ended_usage(gw, acct.id))["sessions"][:2]
-    # Session basis: recorded, billed by audio (docs/billing.md#session-basis).
-    assert (first["rate_usd_per_hour"], first["basis"], first["cost_usd"]) == ("0.30", "session", "0.000833334")
-    assert (second["model"], second["rate_usd_per_hour"], second["cost_usd"]) == ("whisper-rt", "3", "0")
+    # Session basis (docs/billing.md#session-basis): one cycle each, charged by the clock when accepted, whatever the
+    # audio (6 s sent faster than real time in a session shorter than 5 s; none at all).
+    assert (first["rate_usd_per_hour"], first["basis"], first["cost_usd"]) == ("0.30", "session", "0.000416667")
+    assert (second["model"], second["rate_usd_per_hour"], second["cost_usd"]) == ("whisper-rt", "3", "0.004166667")
 
 
 async def test_the_demo_token_reports_the_default_models_cycle_price(gateway, account, tmp_path) -> None:
@@ -142,3 +143,45 @@ async def test_the_demo_token_reports_the_default_models_cycle_price(gateway, ac
     async with gw.http.post(f"{gw.http_url}/demo/token", json={"provider": "elevenlabs"}) as resp:
         body = await resp.json()
     assert (body["rate_usd_per_hour"], body["cycle_price_usd"]) == ("0.72", "0.001000000")
+
+
+SESSION_BOOK = """
+[prices.assemblyai]
+basis = "session"
+default_model = "universal-streaming-english"
+models = { "universal-streaming-english" = "0.15" }
+deny = ["llm_gateway", "webhook_url"]
+"""
+
+
+async def test_the_session_basis_bills_time_not_audio(gateway, account, tmp_path) -> None:
+    """docs/billing.md#session-basis: 12 s of audio sent at once, then ended: one cycle (the clock's first, charged at
+    acceptance), not the three the audio would open."""
+    (book := tmp_path / "prices.toml").write_text(SESSION_BOOK)
+    gw = await gateway(price_book=str(book))
+    acct = await account(balance_usd="1")
+    await stream_assemblyai(gw, acct.key, "sample_rate=16000", 12)
+    session = (await ended_usage(gw, acct.id))["sessions"][0]
+    assert (session["basis"], session["audio_seconds"], session["billed_seconds"]) == ("session", 12.0, 5)
+    assert session["billed_seconds"] == 5 * max(1, -(-session["session_seconds"] // 5))
+
+
+async def test_the_session_basis_charges_ahead_and_cuts_off_an_unpaid_cycle(gateway, account, tmp_path) -> None:
+    """A balance of one cycle pays the first 5 s of connection, silent or not; the second cycle cannot be paid: 4002
+    at once, before any of its time is used, and the balance is exactly 0."""
+    (book := tmp_path / "prices.toml").write_text(SESSION_BOOK)
+    gw = await gateway(price_book=str(book))
+    acct = await account(balance_usd="0.000208333")  # one cycle at 0.15 USD/h
+    async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_rate_check=off") as ws:
+        store = gw.app[SERVICES].store
+
+        async def charged_ahead() -> bool:
+            return (await Admin(store, names()).usage(acct.id))["balance_usd"] == "0"
+
+        await wait_for(charged_ahead, timeout=3.0)  # cycle 1 at acceptance, not after 5 s
+        while (msg := await ws.receive(timeout=10)).type is WSMsgType.TEXT:
+            pass
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 4002, "insufficient balance")
+    session = (await ended_usage(gw, acct.id))["sessions"][0]
+    assert (session["billed_seconds"], session["cost_usd"], session["closed_by"]) == (5, "0.000208333", "gateway")
+    assert 5.0 <= session["session_seconds"] < 7.0

@@ -394,6 +394,7 @@ async def test_a_task_is_priced_like_a_push_session(pull_gateway, account, store
     ("close", "status"),
     [
         (closecodes.STREAMING_DISABLED, "stopped"),
+        (closecodes.INSUFFICIENT_BALANCE, "insufficient_balance"),  # a session-basis cycle it cannot pay
         (closecodes.IDLE_TIMEOUT, "source_failed"),
         (closecodes.SERVICE_RESTART, "gateway_shutdown"),
     ],

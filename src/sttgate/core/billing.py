@@ -11,16 +11,23 @@ opens none is forwarded at once. One that opens ``n``:
 A frame the meter cannot read (:data:`~sttgate.core.metering.UNMETERABLE`, nothing counted) is refused
 (:attr:`Action.REFUSE`): it is not sent and the session ends with 1008 "unmeterable audio" (docs/billing.md).
 
+With the **session** basis (docs/billing.md#session-basis) audio opens no cycles: the session's clock does. Cycle
+*n+1* is due when the time since the provider's 101 first exceeds *n* × 5 s (cycle 1 when the session is accepted);
+:meth:`Billing.due_by_clock` says how many, :meth:`Billing.clock_opened` charges them ahead (prepaid) or books them
+(postpaid), and a prepaid clock cycle the balance cannot pay cuts the session off (4002).
+
 The periodic ledger flush writes :meth:`Billing.unflushed` totals: never the audio of a frame whose charge is in
 flight (it may yet be refunded), so the totals written never go down.
 """
 
 from __future__ import annotations
 
+import math
 from enum import Enum, auto
 from typing import NamedTuple
 
 from sttgate.core.metering import UNMETERABLE, Meter
+from sttgate.core.money import CYCLE_SECONDS
 
 
 class Action(Enum):
@@ -41,11 +48,23 @@ class Totals(NamedTuple):
 class Billing:
     """The money side of one session: counted cycles and cost, the charge in flight, the cut-off."""
 
-    __slots__ = ("_written", "cost_nanos", "cut_off", "cycles", "meter", "pending", "prepaid", "price_nanos")
+    __slots__ = (
+        "_written",
+        "cost_nanos",
+        "cut_off",
+        "cycles",
+        "meter",
+        "pending",
+        "prepaid",
+        "price_nanos",
+        "session_basis",
+    )
 
-    def __init__(self, meter: Meter, *, prepaid: bool, price_nanos: int) -> None:
+    def __init__(self, meter: Meter, *, prepaid: bool, price_nanos: int, session_basis: bool = False) -> None:
         self.meter = meter
         self.prepaid = prepaid
+        # Cycles follow the session's clock, not its audio (docs/billing.md#session-basis).
+        self.session_basis = session_basis
         self.price_nanos = price_nanos
         self.cycles = 0
         self.cost_nanos = 0
@@ -62,6 +81,8 @@ class Billing:
         """The last metered frame opened ``cycles`` (> 0) new cycles, or was :data:`UNMETERABLE`."""
         if cycles == UNMETERABLE:
             return Action.REFUSE
+        if self.session_basis:  # audio is metered (usage shows it) but the clock opens the cycles
+            return Action.FORWARD
         if self.prepaid:
             self.pending = cycles
             return Action.CHARGE
@@ -89,6 +110,38 @@ class Billing:
         self.meter.refund_last(cycles)
         self.cut_off = True
 
+    # -- the session basis ------------------------------------------------------------------------------------------
+
+    def due_by_clock(self, elapsed_seconds: float) -> int:
+        """Session basis: the cycles the clock has opened ``elapsed_seconds`` after the provider's 101 that are neither
+        booked nor being charged (cycle 1 at once; cycle *n+1* once the time first exceeds *n* × 5 s)."""
+        due = max(1, math.ceil(elapsed_seconds / CYCLE_SECONDS))
+        return max(0, due - self.cycles - self.pending)
+
+    def clock_opened(self, cycles: int) -> Action:
+        """The clock opened ``cycles`` (> 0): prepaid, charge them ahead (report with :meth:`clock_settled`);
+        postpaid, book them."""
+        if self.prepaid:
+            self.pending = cycles
+            return Action.CHARGE
+        self._book(cycles)
+        return Action.FORWARD
+
+    def clock_settled(self, paid: bool) -> Action:
+        """The ledger answered a clock charge: paid → booked; refused → the session is cut off (4002). There is no
+        frame to refund: a clock cycle is time, and the session stops before it runs unpaid."""
+        cycles, self.pending = self.pending, 0
+        if paid:
+            self._book(cycles)
+            return Action.FORWARD
+        self.cut_off = True
+        return Action.CUT_OFF
+
+    def clock_charge_failed(self) -> None:
+        """The ledger failed on a clock charge: nothing booked, the session is cut off (1011)."""
+        self.pending = 0
+        self.cut_off = True
+
     def _book(self, cycles: int) -> None:
         self.cycles += cycles
         self.cost_nanos += cycles * self.price_nanos
@@ -102,7 +155,8 @@ class Billing:
 
     def settled_totals(self) -> Totals:
         """The totals a flush may write now: the audio of a frame whose charge is in flight is left out."""
-        audio = self.meter.audio_seconds_without_last() if self.pending else self.meter.audio_seconds
+        in_flight = self.pending and not self.session_basis  # a clock charge holds back no frame
+        audio = self.meter.audio_seconds_without_last() if in_flight else self.meter.audio_seconds
         return Totals(audio, self.cycles, self.cycles * self.price_nanos)
 
     def unflushed(self) -> Totals | None:

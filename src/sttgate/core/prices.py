@@ -30,8 +30,8 @@ _TABLE_KEYS = frozenset({"basis", "default_model", "models", "addons", "deny", "
 
 
 class Basis(StrEnum):
-    """What a cycle measures: metered audio, or connection time (recorded; billed by audio for now, see
-    docs/billing.md#session-basis)."""
+    """What a cycle measures: metered audio, or connection time since the provider's 101
+    (docs/billing.md#session-basis)."""
 
     AUDIO = "audio"
     SESSION = "session"

@@ -45,8 +45,9 @@ from sttgate.core.closecodes import Close
 from sttgate.core.closing import ABANDONED, provider_ended
 from sttgate.core.idle import IdleWatch, session_time_limit
 from sttgate.core.metering import Meter
+from sttgate.core.money import CYCLE_SECONDS
 from sttgate.core.outcomes import ClosedBy, SessionKind
-from sttgate.core.prices import Priced
+from sttgate.core.prices import Basis, Priced
 from sttgate.core.session import Reader, Session, State
 from sttgate.gateway.manager import first_of
 from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
@@ -61,6 +62,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sttgate.gateway")
 
 _ENDING = State.ENDING
+# A cycle opens once the clock *exceeds* the previous one's end: wake just after it.
+_CLOCK_STEP = 0.001
 
 
 class ChargeFailed(RuntimeError):
@@ -103,9 +106,17 @@ class LiveSession:
         # The price fixed at the handshake (docs/billing.md#the-price-book); the default model's when none was given.
         self.price = price
         self.price_nanos = manager.price_nanos(provider.name) if price is None else price.cycle_price_nanos
-        self.billing = Billing(meter, prepaid=principal.balance_nanos is not None, price_nanos=self.price_nanos)
+        self.billing = Billing(
+            meter,
+            prepaid=principal.balance_nanos is not None,
+            price_nanos=self.price_nanos,
+            session_basis=price is not None and price.basis is Basis.SESSION,
+        )
+        # The session basis's clock (docs/billing.md#session-basis), started once the session is accepted.
+        self._clock: asyncio.Task[None] | None = None
         self.session = Session()
         self.started = time.monotonic()
+        self._clock_origin = asyncio.get_running_loop().time()  # the provider's 101, on the loop's clock
         # Built the moment the provider's 101 arrived: the session's start in usage (docs/contract.md#usage).
         self.opened_at = utcnow()
         self.idle = IdleWatch(manager.settings.idle_timeout_seconds, self.started)
@@ -140,6 +151,34 @@ class LiveSession:
         in one statement, a session's first prepaid charge marks it too, and its end writes it at the latest
         (docs/contract.md#usage)."""
         self.manager.accepted(self)
+        if self.billing.session_basis and self._clock is None:
+            self._clock = asyncio.create_task(self._run_clock())
+
+    async def _run_clock(self) -> None:
+        """Session basis: charge each cycle ahead, when the time since the provider's 101 first enters it; a cycle
+        the balance cannot pay closes the session (4002), a failing ledger too (1011). Audio opens no cycles."""
+        billing = self.billing
+        loop = asyncio.get_running_loop()
+        while not billing.cut_off:
+            opened = billing.due_by_clock(loop.time() - self._clock_origin)
+            if opened and billing.clock_opened(opened) is Action.CHARGE:
+                try:
+                    paid = await self.manager.store.charge_cycles(self.id, self.account_id, opened, billing.price_nanos)
+                except Exception as exc:
+                    billing.clock_charge_failed()
+                    if unavailable(exc):
+                        self.manager.database_failed()
+                    log.exception("event=charge_failed session=%s account=%s", self.id, self.account_id)
+                    self.request_close(*closecodes.BILLING_UNAVAILABLE)
+                    return
+                if billing.clock_settled(paid) is Action.CUT_OFF:
+                    self.request_close(*closecodes.INSUFFICIENT_BALANCE)
+                    return
+            if opened:
+                self.manager.metrics.billed(self.provider_name, opened, opened * billing.price_nanos)
+            # The next cycle opens once the clock first passes the end of the last one charged.
+            next_at = self._clock_origin + billing.cycles * CYCLE_SECONDS
+            await asyncio.sleep(max(0.0, next_at - loop.time()) + _CLOCK_STEP)
 
     # -- outcome -------------------------------------------------------------------------------------------------
 
@@ -397,6 +436,8 @@ class LiveSession:
         self._ended = True
         if self._time_limit is not None:
             self._time_limit.cancel()
+        if self._clock is not None:
+            self._clock.cancel()
         if not self.upstream.closed:
             assert ABANDONED.to_upstream is not None and ABANDONED.graceful
             await self._end_provider(ABANDONED.to_upstream)

@@ -77,6 +77,8 @@ UNMETERABLE = Ending(
 
 def ending_for_gateway_close(code: int, reason: str) -> Ending:
     """The gateway asked the session to close (``LiveSession.close_requested``)."""
+    if (code, reason) == closecodes.INSUFFICIENT_BALANCE:  # a session-basis cycle the balance cannot pay
+        return Ending(TaskStatus.INSUFFICIENT_BALANCE, "the balance cannot pay the next cycle", reason)
     if (code, reason) == closecodes.STREAMING_DISABLED:
         return Ending(TaskStatus.STOPPED, "streaming was disabled for the account", reason)
     if code == closecodes.IDLE_TIMEOUT.code:
