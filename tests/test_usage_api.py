@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from sttgate.admin import Admin
@@ -130,3 +131,89 @@ async def test_bad_windows_are_400_invalid_request(gateway, account) -> None:
 def _sttgate() -> list[str]:
     script = Path(sys.executable).with_name("sttgate")
     return [str(script)] if script.exists() else [sys.executable, "-m", "sttgate"]
+
+
+async def _stream_query(gw, query: str) -> None:
+    """A short session opened with ``query`` (a key or a token), ended by the client."""
+    async with gw.http.ws_connect(gw.ws_url(f"provider=assemblyai&sample_rate=16000&emu_rate_check=off&{query}")) as ws:
+        for _ in range(30):
+            await ws.send_bytes(b"\0" * 3200)
+        await ws.send_str(json.dumps({"type": "Terminate"}))
+        async for _ in ws:
+            pass
+
+
+async def _usage_over_http(gw, key: str, **params: str) -> dict:
+    async with gw.http.get(f"{gw.http_url}/api/v2/usage", params=params, headers={"Authorization": key}) as resp:
+        assert resp.status == 200
+        return await resp.json()
+
+
+async def test_sessions_are_attributed_to_the_key_or_the_tokens_minting_key(gateway, account, store) -> None:
+    """docs/contract.md#usage: a session opened with a key, and one opened with a token that key minted, both carry
+    that key's id; ``key_id`` keeps only that key's sessions, and the per-key documents add up to the account's."""
+    gw = await gateway()
+    acct = await account(balance_usd="0.12")
+    [first] = await store.list_keys(acct.id)
+    second = await store.create_key(acct.id)
+    async with gw.http.post(
+        f"{gw.http_url}/api/v2/audio-stream/token",
+        json={"provider": "assemblyai"},
+        headers={"Authorization": f"Bearer {acct.key}"},
+    ) as resp:
+        assert resp.status == 200
+        token = (await resp.json())["token"]
+    await _stream_query(gw, f"api_key={acct.key}")
+    await _stream_query(gw, f"token={token}")
+    await _stream_query(gw, f"api_key={second.key}")
+
+    everything = await _usage_over_http(gw, acct.key)
+    assert sorted(s["api_key_id"] for s in everything["sessions"]) == sorted([first.id, first.id, second.id])
+    per_key = {k: await _usage_over_http(gw, acct.key, key_id=k) for k in (first.id, second.id)}
+    assert [len(per_key[first.id]["sessions"]), len(per_key[second.id]["sessions"])] == [2, 1]
+    for key_id, doc in per_key.items():
+        assert {s["api_key_id"] for s in doc["sessions"]} == {key_id}
+        assert doc["account_id"] == acct.id and doc["balance_usd"] == everything["balance_usd"]
+    for provider, total in everything["totals"].items():
+        parts = [doc["totals"][provider] for doc in per_key.values()]
+        assert sum(p["sessions"] for p in parts) == total["sessions"]
+        assert sum(p["billed_seconds"] for p in parts) == total["billed_seconds"]
+        assert sum(Decimal(p["cost_usd"]) for p in parts) == Decimal(total["cost_usd"])
+        assert abs(sum(p["audio_seconds"] for p in parts) - total["audio_seconds"]) < 0.01
+    assert everything["totals"]["assemblyai"]["sessions"] == 3 and Decimal(everything["balance_usd"]) < Decimal("0.12")
+
+
+async def test_cli_and_api_filter_by_key_alike(gateway, account, store) -> None:
+    gw = await gateway()
+    acct = await account()
+    other = await account()
+    [key] = await store.list_keys(acct.id)
+    [other_key] = await store.list_keys(other.id)
+    spare = await store.create_key(acct.id)
+    await _stream_query(gw, f"api_key={acct.key}")
+    await _stream_query(gw, f"api_key={other.key}")
+    for key_id, expected in ((key.id, 1), (spare.id, 0), (other_key.id, 0)):
+        over_http = await _usage_over_http(gw, acct.key, key_id=key_id)
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [
+                *_sttgate(),
+                "usage",
+                "--account",
+                acct.id,
+                "--key-id",
+                key_id,
+                "--json",
+                "--database-url",
+                str(store.engine.url),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout) == over_http, key_id
+        # Another account's key gives nothing: never someone else's sessions.
+        assert len(over_http["sessions"]) == over_http["totals"]["assemblyai"]["sessions"] == expected, key_id
+        assert all(s["api_key_id"] == key.id for s in over_http["sessions"])
+    assert over_http["account_id"] == acct.id

@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--account", required=True, metavar="ID")
     usage.add_argument("--since", metavar="T", help="sessions started at or after T (ISO 8601, UTC if no offset)")
     usage.add_argument("--until", metavar="T", help="sessions started before T (a date alone: through that UTC day)")
+    usage.add_argument("--key-id", metavar="KEY_ID", help="only the sessions opened with this key (or its tokens)")
     usage.set_defaults(handler=_usage)
 
     dbp = commands.add_parser("db", help="database maintenance").add_subparsers(
@@ -460,7 +461,7 @@ def _usage(args: argparse.Namespace, settings: Settings) -> int:
         since, until = window(args.since, args.until)
     except InvalidWindow as exc:
         raise CommandError(str(exc)) from None
-    doc = _run_admin(settings, lambda s: s.usage(args.account, since=since, until=until))
+    doc = _run_admin(settings, lambda s: s.usage(args.account, since=since, until=until, key_id=args.key_id))
     return _emit(args, doc, _usage_text)
 
 

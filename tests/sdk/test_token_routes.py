@@ -167,3 +167,25 @@ async def test_a_token_may_cap_the_session_it_opens(env: Env) -> None:
     for cap in (0, 10801, 1.5, "60", True):
         status, body = await _post(env, {"Authorization": env.key}, {"max_session_seconds": cap})
         assert (status, body["error"]["code"]) == (400, "invalid_request")
+
+
+async def test_every_mint_route_records_the_minting_key(env: Env) -> None:
+    """The session a token opens is attributed to the key that minted it (docs/contract.md#usage), whichever route
+    minted it."""
+    [key] = await env.store.list_keys(env.account_id)
+    _, generic = await _post(env, {"Authorization": env.key}, {"provider": "assemblyai"})
+    async with env.http.post(
+        f"{env.url}/elevenlabs/v1/single-use-token/realtime_scribe", headers={"xi-api-key": env.key}
+    ) as resp:
+        elevenlabs = await resp.json()
+    async with env.http.get(
+        f"{env.url}/assemblyai/v3/token", params={"expires_in_seconds": "45"}, headers={"Authorization": env.key}
+    ) as resp:
+        assemblyai = await resp.json()
+    for token, provider in (
+        (generic["token"], "assemblyai"),
+        (elevenlabs["token"], "elevenlabs"),
+        (assemblyai["token"], "assemblyai"),
+    ):
+        principal = await env.store.redeem_token(token, provider)
+        assert principal is not None and principal.key_id == key.id, provider

@@ -54,14 +54,15 @@ def _rows(store: Store, accounts: dict[str, str]) -> dict[str, list[tuple[Any, .
         acct_rows = conn.execute("SELECT id, balance_nanos FROM accounts ORDER BY name").fetchall()
         session_rows = conn.execute(
             "SELECT id, account_id, kind, provider, gateway_id, audio_seconds, cycles, cost_nanos, close_code,"
-            " close_reason, closed_by, started_at, lease_expires_at, ended_at FROM sessions ORDER BY id"
+            " close_reason, closed_by, started_at, lease_expires_at, ended_at, model, rate_usd_per_hour, basis,"
+            " api_key_id FROM sessions ORDER BY id"
         ).fetchall()
     sessions = []
     for row in session_rows:
-        started, lease, ended = row[11:]
+        started, lease, ended = row[11:14]
         assert STORED_TIME.match(started) and STORED_TIME.match(lease)
         assert ended is None or STORED_TIME.match(ended)
-        sessions.append((row[0], names[row[1]], *row[2:11], ended is None, lease > started))
+        sessions.append((row[0], names[row[1]], *row[2:11], ended is None, lease > started, *row[14:]))
     return {"accounts": [(names[a], b) for a, b in acct_rows], "sessions": sessions}
 
 
@@ -98,8 +99,18 @@ async def _open(store: Store, account_id: str, session_id: str, **kwargs: Any) -
 async def test_open_session(pair: tuple[Store, Store]) -> None:
     async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
         return [
-            await _open(store, a["prepaid"], "s1"),
-            await _open(store, a["prepaid"], "s2", kind=SessionKind.PULL, provider="elevenlabs"),
+            await _open(store, a["prepaid"], "s1", api_key_id="key-1"),
+            await _open(
+                store,
+                a["prepaid"],
+                "s2",
+                kind=SessionKind.PULL,
+                provider="elevenlabs",
+                model="scribe_v2_realtime",
+                rate_usd_per_hour="0.39",
+                basis="audio",
+                api_key_id="key-2",
+            ),
             await _open(store, a["prepaid"], "s3"),  # too many streams
             await _open(store, a["poor"], "s4"),  # insufficient balance
             await _open(store, a["postpaid"], "s5", lease_ttl=-1.0),  # expired at once: does not count

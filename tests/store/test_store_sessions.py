@@ -334,6 +334,7 @@ async def test_usage_document(store: Store) -> None:
         "id": sid,
         "kind": "websocket",
         "provider": "assemblyai",
+        "api_key_id": None,
         "started_at": second["started_at"],
         "ended_at": second["ended_at"],
         "audio_seconds": 12.0,

@@ -126,3 +126,12 @@ async def test_racing_redeems_have_exactly_one_winner(db_url: str) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_token_carries_its_minting_key(store: Store) -> None:
+    """The session a token opens is attributed to the key that minted it (docs/contract.md#usage)."""
+    account = await _account(store)
+    key = await store.create_key(account)
+    minted = await store.mint_token(account, 60, "assemblyai", key_id=key.id)
+    principal = await store.redeem_token(minted.token, "assemblyai")
+    assert principal is not None and principal.key_id == key.id and principal.account_id == account

@@ -63,6 +63,7 @@ def usage_document(usage: Usage, providers: Sequence[str]) -> dict[str, Any]:
                 "id": r.id,
                 "kind": r.kind.value,
                 "provider": r.provider,
+                "api_key_id": r.api_key_id,
                 "started_at": isoformat(r.started_at),
                 "ended_at": isoformat(r.ended_at),
                 "audio_seconds": _seconds(r.audio_seconds),

@@ -18,10 +18,15 @@ class Admin:
         self.providers = tuple(providers)
 
     async def usage(
-        self, account_id: str, since: datetime | None = None, until: datetime | None = None
+        self,
+        account_id: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        key_id: str | None = None,
     ) -> dict[str, Any]:
-        """The usage document of sessions that started in ``[since, until)``, newest first."""
-        return usage_document(await self.store.usage(account_id, since, until), self.providers)
+        """The usage document of sessions that started in ``[since, until)``, newest first (only ``key_id``'s with
+        one)."""
+        return usage_document(await self.store.usage(account_id, since, until, key_id), self.providers)
 
     async def create_account(
         self,

@@ -195,6 +195,7 @@ async def _take_slot_and_connect(
                 model=price.model,
                 rate_usd_per_hour=str(price.rate_usd_per_hour),
                 basis=price.basis.value,
+                api_key_id=principal.key_id,
             ),
         )
     except Refusal as unavailable_db:

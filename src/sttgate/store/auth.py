@@ -45,7 +45,8 @@ MAX_SECONDS = 600
 @dataclass(frozen=True)
 class Principal:
     account_id: str
-    key_id: str | None  # None: the caller came with a token
+    # The key that authenticated, or for a token the key that minted it (None: a token minted before 0006).
+    key_id: str | None
     streaming_enabled: bool
     max_streams: int
     balance_nanos: int | None  # None = postpaid
@@ -189,10 +190,12 @@ class Auth:
         provider: str | None = None,
         *,
         max_session_seconds: int | None = None,
+        key_id: str | None = None,
     ) -> MintedToken:
         """Create a token for ``account_id``; the caller has authenticated the account and validated the arguments.
 
-        ``max_session_seconds`` caps the length of the session the token opens (docs/contract.md#tokens)."""
+        ``max_session_seconds`` caps the length of the session the token opens (docs/contract.md#tokens);
+        ``key_id`` is the minting key, to which that session is attributed (docs/contract.md#usage)."""
         if not MIN_SECONDS <= expires_in_seconds <= MAX_SECONDS:
             raise ValueError(f"expires_in_seconds must be {MIN_SECONDS}..{MAX_SECONDS}")
         if max_session_seconds is not None and max_session_seconds < 1:
@@ -208,6 +211,7 @@ class Auth:
                     account_id=account_id,
                     provider=provider,
                     max_session_seconds=max_session_seconds,
+                    api_key_id=key_id,
                     expires_at=expires_at,
                     created_at=now,
                 )
@@ -219,8 +223,8 @@ class Auth:
 
         None when the token is unknown, expired, used, or bound to another provider; a token bound elsewhere is
         left unused (the mistake costs the browser nothing). Exactly one of any number of concurrent redeems of one
-        token wins: the row is claimed by a single conditional UPDATE. The principal has no ``key_id`` and carries
-        the token's session cap.
+        token wins: the row is claimed by a single conditional UPDATE. The principal's ``key_id`` is the key that
+        minted the token, and it carries the token's session cap.
         """
         if not looks_like_token(token):
             return None
@@ -235,7 +239,7 @@ class Auth:
                 or_(t.c.provider.is_(None), t.c.provider == provider),
             )
             .values(used_at=now)
-            .returning(t.c.account_id, t.c.max_session_seconds)
+            .returning(t.c.account_id, t.c.max_session_seconds, t.c.api_key_id)
         )
         async with self._db.write() as conn:
             claimed = (await conn.execute(claim)).one_or_none()
@@ -251,7 +255,7 @@ class Auth:
             ).one()
         return Principal(
             account_id=account_id,
-            key_id=None,
+            key_id=claimed.api_key_id,
             streaming_enabled=bool(account.streaming_enabled),
             max_streams=account.max_streams,
             balance_nanos=account.balance_nanos,

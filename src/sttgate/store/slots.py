@@ -78,12 +78,14 @@ class Slots:
         model: str | None = None,
         rate_usd_per_hour: str | None = None,
         basis: str | None = None,
+        api_key_id: str | None = None,
     ) -> SlotOutcome:
         """Take a stream slot (OPENED), or say why not: too many streams (checked first), or too little balance.
 
         One transaction that holds the account's lock from the count to the insert, so concurrent opens of one
         account (in any process) are serialized and the limit is exact. ``model``, ``rate_usd_per_hour`` (a decimal
-        string) and ``basis`` are the session's price, recorded on its row.
+        string) and ``basis`` are the session's price, recorded on its row; ``api_key_id`` the key that opened it
+        (for a token, the key that minted it; docs/contract.md#usage).
         """
         kind = SessionKind(kind)
         now = utcnow()
@@ -99,6 +101,7 @@ class Slots:
                 now,
                 expires,
                 (model, rate_usd_per_hour, basis),
+                api_key_id,
             )
         live_count = (
             select(func.count())
@@ -141,6 +144,7 @@ class Slots:
                         model=model,
                         rate_usd_per_hour=rate_usd_per_hour,
                         basis=basis,
+                        api_key_id=api_key_id,
                     )
                 )
         return outcome

@@ -120,10 +120,11 @@ class SqliteFastPath:
         now: datetime,
         expires: datetime,
         price: tuple[str | None, str | None, str | None] = (None, None, None),
+        api_key_id: str | None = None,
     ) -> SlotOutcome:
         args = (session_id, account_id, kind.value, provider, gateway_id, min_balance_nanos)
         outcome: SlotOutcome | None = await self._write(
-            _transaction, _open, *args, self._time(now), self._time(expires), price
+            _transaction, _open, *args, self._time(now), self._time(expires), price, api_key_id
         )
         if outcome is None:
             raise NotFoundError(f"no account {account_id}")
@@ -201,6 +202,7 @@ def _open(
     now: Any,
     expires: Any,
     price: tuple[str | None, str | None, str | None],
+    api_key_id: str | None,
 ) -> tuple[bool, SlotOutcome | None]:
     # BEGIN IMMEDIATE serializes writers, so the account and its live count can come in one statement.
     row = conn.execute(
@@ -216,9 +218,9 @@ def _open(
         return False, outcome
     conn.execute(
         "INSERT INTO sessions (id, account_id, kind, provider, gateway_id, started_at, lease_expires_at, audio_seconds,"
-        " cycles, cost_nanos, opening, model, rate_usd_per_hour, basis)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, 0.0, 0, 0, 1, ?, ?, ?)",
-        (session_id, account_id, kind, provider, gateway_id, now, expires, *price),
+        " cycles, cost_nanos, opening, model, rate_usd_per_hour, basis, api_key_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 0.0, 0, 0, 1, ?, ?, ?, ?)",
+        (session_id, account_id, kind, provider, gateway_id, now, expires, *price, api_key_id),
     )
     return True, outcome
 

@@ -121,6 +121,9 @@ sessions = Table(
     Column("model", Text, nullable=True),
     Column("rate_usd_per_hour", String(32), nullable=True),
     Column("basis", String(16), nullable=True),
+    # The API key that opened the session; for a token, the key that minted it (docs/contract.md#usage). Migration
+    # 0006; null for sessions before it. A pull task is attributed through its session (same id).
+    Column("api_key_id", String(36), nullable=True),
     Index(None, "account_id", "ended_at"),
     Index(None, "account_id", "started_at"),
     Index(None, "ended_at", "lease_expires_at"),
@@ -168,5 +171,7 @@ tokens = Table(
     Column("created_at", UTCDateTime, nullable=False),
     # Caps the length of the session the token opens (seconds; None: the gateway's limit only). Migration 0002.
     Column("max_session_seconds", Integer, nullable=True),
+    # The key that minted the token; the session it opens is attributed to it. Migration 0006.
+    Column("api_key_id", String(36), nullable=True),
     UniqueConstraint("token_hash"),
 )

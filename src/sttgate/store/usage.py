@@ -33,6 +33,7 @@ class UsageRow:
     model: str | None = None
     rate_usd_per_hour: str | None = None
     basis: str | None = None
+    api_key_id: str | None = None  # the key that opened it (None for sessions before attribution was recorded)
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,15 @@ class UsageQueries:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    async def usage(self, account_id: str, since: datetime | None = None, until: datetime | None = None) -> Usage:
-        """The account's balance and the sessions that started in ``[since, until)``, newest first.
+    async def usage(
+        self,
+        account_id: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        key_id: str | None = None,
+    ) -> Usage:
+        """The account's balance and the sessions that started in ``[since, until)``, newest first; with ``key_id``
+        only that key's sessions (a key of another account matches none: the account is always a condition).
 
         A row still ``opening`` is a slot held for a handshake that never got its 101 (refused, abandoned, or its
         gateway died first): not a session (docs/contract.md#usage).
@@ -57,6 +65,8 @@ class UsageQueries:
             conditions.append(sessions.c.started_at >= since)
         if until is not None:
             conditions.append(sessions.c.started_at < until)
+        if key_id is not None:
+            conditions.append(sessions.c.api_key_id == key_id)
         async with self._db.reader.connect() as conn:
             account = (await conn.execute(select(accounts.c.balance_nanos).where(accounts.c.id == account_id))).first()
             if account is None:
@@ -79,6 +89,7 @@ class UsageQueries:
                         sessions.c.model,
                         sessions.c.rate_usd_per_hour,
                         sessions.c.basis,
+                        sessions.c.api_key_id,
                     )
                     .where(and_(*conditions))
                     .order_by(sessions.c.started_at.desc(), sessions.c.id.desc())
@@ -104,6 +115,7 @@ class UsageQueries:
                     model=r.model,
                     rate_usd_per_hour=r.rate_usd_per_hour,
                     basis=r.basis,
+                    api_key_id=r.api_key_id,
                 )
                 for r in rows
             ],

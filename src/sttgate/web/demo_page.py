@@ -100,7 +100,7 @@ async def demo_token(request: web.Request) -> web.Response:
         raise demo_not_configured()
     if not principal.streaming_enabled:
         raise streaming_not_enabled()
-    minted = await store.mint_token(principal.account_id, DEMO_TOKEN_SECONDS, provider.name)
+    minted = await store.mint_token(principal.account_id, DEMO_TOKEN_SECONDS, provider.name, key_id=principal.key_id)
     # The page names no model, so its sessions cost the default model's cycle (docs/billing.md#the-price-book).
     rate = svc.sessions.prices(provider.name).default_rate
     return token_response(

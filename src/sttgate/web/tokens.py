@@ -109,7 +109,9 @@ async def mint_token(request: web.Request) -> web.Response:
     seconds = _lifetime(body.get("expires_in_seconds", DEFAULT_TOKEN_SECONDS), svc.settings)
     provider = provider_argument(body.get("provider"))
     cap = _session_cap(body.get("max_session_seconds"), svc.settings)
-    minted = await svc.store.mint_token(principal.account_id, seconds, provider, max_session_seconds=cap)
+    minted = await svc.store.mint_token(
+        principal.account_id, seconds, provider, max_session_seconds=cap, key_id=principal.key_id
+    )
     return token_response(
         {
             "token": minted.token,
@@ -137,7 +139,9 @@ def _provider_mint(provider: Provider, mint: TokenMint) -> Callable[[web.Request
         )
         seconds = mint.seconds(asked)
         cap = mint.session_cap(asked)
-        minted = await svc.store.mint_token(principal.account_id, seconds, provider.name, max_session_seconds=cap)
+        minted = await svc.store.mint_token(
+            principal.account_id, seconds, provider.name, max_session_seconds=cap, key_id=principal.key_id
+        )
         return token_response(mint.body(minted.token, seconds))
 
     return provider_mint

@@ -17,8 +17,8 @@ def setup(app: web.Application) -> None:
 
 
 async def usage(request: web.Request) -> web.Response:
-    """``GET /api/v2/usage[?since=…&until=…]``, the window read as the CLI reads it (:mod:`sttgate.admin.window`);
-    an account that may not stream still sees its usage: only the key matters here."""
+    """``GET /api/v2/usage[?since=…&until=…&key_id=…]``, the window read as the CLI reads it
+    (:mod:`sttgate.admin.window`); an account that may not stream still sees its usage: only the key matters here."""
     store = request.app[SERVICES].store
     key = credential_from_request(request, request.query.get("api_key"))
     if not key:
@@ -31,5 +31,6 @@ async def usage(request: web.Request) -> web.Response:
         since, until = window(request.query.get("since") or None, request.query.get("until") or None)
     except InvalidWindow as exc:
         raise refusals.invalid_request(str(exc)) from None
-    document = await store.usage(principal.account_id, since, until)
+    # ``key_id``: only that key's sessions; always within the caller's account (another account's key: none).
+    document = await store.usage(principal.account_id, since, until, request.query.get("key_id") or None)
     return web.json_response(usage_document(document, names()))
