@@ -150,11 +150,9 @@ async def test_refusals_list_it_and_its_drop_in_route_exists(fakeprov, gateway, 
         assert (await ws.receive_bytes()) == b"\1" * 3200
 
 
-async def test_pull_mode(fakeprov, gateway, emulator, account, media_server, receiver) -> None:
-    gw = await _fake_gateway(gateway, emulator)
-    acct = await account()
-    rec, hook = receiver
-    body = {"audio_url": f"{media_server}/tone3.wav", "provider": "fakeprov", "callback_url": hook}
+async def _pull_until_ended(gw, acct, audio_url: str, hook: str) -> dict:
+    """Start a ``fakeprov`` pull task and return its view once it has ended."""
+    body = {"audio_url": audio_url, "provider": "fakeprov", "callback_url": hook}
     async with gw.http.post(
         f"{gw.http_url}/api/v2/audio-stream/start", json=body, headers={"Authorization": acct.key}
     ) as resp:
@@ -168,7 +166,14 @@ async def test_pull_mode(fakeprov, gateway, emulator, account, media_server, rec
             return (await resp.json())["data"]
 
     await wait_for(lambda: _ended(view), timeout=20.0)
-    view = await view()
+    return await view()
+
+
+async def test_pull_mode(fakeprov, gateway, emulator, account, media_server, receiver) -> None:
+    gw = await _fake_gateway(gateway, emulator)
+    acct = await account()
+    rec, hook = receiver
+    view = await _pull_until_ended(gw, acct, f"{media_server}/tone3.wav", hook)
     assert view["status"] == "source_ended", view
     assert (view["audio_seconds"], view["billed_seconds"]) == (3.0, CYCLE_SECONDS)
     await wait_for(rec.ended)
@@ -204,21 +209,7 @@ async def test_a_pull_frame_the_meter_refuses_ends_the_task_cleanly(
         acct = await account()
         rec, hook = receiver
         mark = emulator.recorder.next_seq
-        body = {"audio_url": f"{media_server}/tone3.wav", "provider": "fakeprov", "callback_url": hook}
-        async with gw.http.post(
-            f"{gw.http_url}/api/v2/audio-stream/start", json=body, headers={"Authorization": acct.key}
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            task_id = (await resp.json())["data"]["task_id"]
-
-        async def view() -> dict:
-            async with gw.http.get(
-                f"{gw.http_url}/api/v2/audio-stream/tasks/{task_id}", headers={"Authorization": acct.key}
-            ) as resp:
-                return (await resp.json())["data"]
-
-        await wait_for(lambda: _ended(view), timeout=20.0)
-        task = await view()
+        task = await _pull_until_ended(gw, acct, f"{media_server}/tone3.wav", hook)
         assert (task["status"], task["last_error"]) == ("source_failed", "unmeterable audio")
         assert (task["audio_seconds"], task["billed_seconds"]) == (1.0, CYCLE_SECONDS)
         session = await emulator.recorder.wait_for_session(provider="assemblyai", since=mark)
