@@ -554,7 +554,7 @@ def _emulator_banner(config: Any, host: str, port: int) -> str:
     env: list[str] = []
     for name, emulator in EMULATORS.items():
         url = f"ws://{host}:{port}{emulator.ws_path}"
-        keys = tuple(getattr(config, f"{name}_api_keys", ()))
+        keys = emulator.api_keys(config)
         lines.append(f"  {name}: {url}  operator key: {', '.join(keys) or '(any)'}")
         if name in PROVIDERS:
             env.append(f"STTGATE_{name.upper()}_URL={url}")

@@ -1,4 +1,5 @@
-"""Fixtures for the emulator tests: ``await emu(**EmulatorConfig overrides)`` starts the emulator app on an
+"""Fixtures for the emulator tests: ``await emu(**EmulatorConfig overrides)`` (an override named after a provider is
+that emulator's options, e.g. ``deepgram=DeepgramOptions(max_concurrent=2)``) starts the emulator app on an
 ephemeral loopback port and returns an :class:`~tests.support.emulator_client.Emu` with an aiohttp client session."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sttgate.emulators.app import EmulatorConfig
+from sttgate.emulators.app import EMULATORS, EmulatorConfig
 from tests.support.emulator import running_emulator
 from tests.support.emulator_client import Emu
 
@@ -20,7 +21,8 @@ async def emu() -> AsyncIterator[Callable[..., Awaitable[Emu]]]:
     async with AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> Emu:
-            config = EmulatorConfig(**overrides)
+            providers = {name: overrides.pop(name) for name in list(overrides) if name in EMULATORS}
+            config = EmulatorConfig(**overrides, providers=providers)
             server = await stack.enter_async_context(running_emulator(config, shutdown_timeout=1.0))
             http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             stack.push_async_callback(http.close)

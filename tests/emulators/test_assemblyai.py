@@ -10,7 +10,7 @@ import uuid
 
 from aiohttp import WSMsgType
 
-from sttgate.emulators.app import EmulatorConfig
+from sttgate.emulators.assemblyai import AssemblyAIOptions
 from sttgate.emulators.transcriber import pcm16_to_mulaw
 from tests.support.emulator_client import (
     AAI_KEY,
@@ -85,7 +85,7 @@ async def test_2_bearer_is_not_the_documented_form(emu):
     ws = await e.aai(key=f"Bearer {AAI_KEY}")
     msgs, closed = await recv_until_closed(ws)
     assert msgs[0]["error_code"] == 1008 and closed.code == 1008
-    e2 = await emu(assemblyai_accept_bearer=True)
+    e2 = await emu(assemblyai=AssemblyAIOptions(accept_bearer=True))
     ws = await e2.aai(key=f"Bearer {AAI_KEY}")
     await begun(ws)
     await ws.close()
@@ -187,7 +187,7 @@ async def test_4_begin_expires_at_follows_token_cap(emu):
 
 
 async def test_4_begin_delay(emu):
-    e = await emu(assemblyai_begin_delay_seconds=0.2)
+    e = await emu(assemblyai=AssemblyAIOptions(begin_delay_seconds=0.2))
     t = time.monotonic()
     ws = await e.aai()
     connected = time.monotonic() - t
@@ -260,7 +260,7 @@ async def test_5_rate_check_off_and_paced_audio_pass(emu):
     msgs, closed = await recv_until_closed(ws)
     assert msgs[-1]["type"] == "Termination" and msgs[-1]["audio_duration_seconds"] == 10
     # paced within tolerance: 0.5 s of audio per 0.4 s of wall time, with the burst slack
-    e2 = await emu(assemblyai_rate_burst_seconds=0.6)
+    e2 = await emu(assemblyai=AssemblyAIOptions(rate_burst_seconds=0.6))
     ws = await e2.aai()
     await begun(ws)
     for _ in range(4):
@@ -414,8 +414,8 @@ async def test_8_termination_has_integer_durations(emu):
 
 
 async def test_9_session_cap(emu):
-    e = await emu(assemblyai_max_session_seconds=0.3)
-    assert EmulatorConfig().assemblyai_max_session_seconds == 10800
+    e = await emu(assemblyai=AssemblyAIOptions(max_session_seconds=0.3))
+    assert AssemblyAIOptions().max_session_seconds == 10800
     ws = await e.aai()
     begin = await begun(ws)
     assert begin["expires_at"] - time.time() <= 1.5
@@ -492,7 +492,7 @@ async def test_10_legacy_codes(emu):
     await ws.send_bytes(silence(0.01))
     msgs, closed = await recv_until_closed(ws)
     assert msgs[-1]["error_code"] == 3005 and closed.code == 3005
-    e2 = await emu(legacy_codes=True)
+    e2 = await emu(assemblyai=AssemblyAIOptions(legacy_codes=True))
     ws = await e2.aai(AAI_QUERY + "&emu_error=3009")
     msgs, closed = await recv_until_closed(ws)
     assert msgs[-1]["error_code"] == 1008 and (closed.code, closed.reason) == (1008, GENERIC)
@@ -525,7 +525,7 @@ async def test_11_tokens_are_single_use_unless_configured(emu):
     ws = await e.aai(key=body["token"])
     msgs, closed = await recv_until_closed(ws)
     assert msgs[0]["error_code"] == 1008 and closed.code == 1008
-    e2 = await emu(assemblyai_single_use_tokens=False)
+    e2 = await emu(assemblyai=AssemblyAIOptions(single_use_tokens=False))
     _, body = await mint(e2)
     for _ in range(2):
         ws = await e2.aai(key=body["token"])

@@ -8,7 +8,7 @@ import uuid
 import aiohttp
 import pytest
 
-from sttgate.emulators.deepgram import ALAW_TO_LINEAR, NET0001, alaw_encode
+from sttgate.emulators.deepgram import ALAW_TO_LINEAR, NET0001, DeepgramOptions, alaw_encode
 from sttgate.emulators.transcriber import pcm16_to_mulaw
 from tests.support.emulator_client import Closed, assert_silent, frames, recv, recv_json, recv_until, silence, tone
 
@@ -140,7 +140,7 @@ async def test_3_invalid_parameters_are_400(emu, query):
 
 
 async def test_3_concurrency_limit_is_429(emu):
-    e = await emu(deepgram_max_concurrent=2)
+    e = await emu(deepgram=DeepgramOptions(max_concurrent=2))
     open_ = [await connect(e), await connect(e)]
     status, body, _ = await refused(e)
     assert status == 429 and body["err_code"] == "TOO_MANY_REQUESTS"
@@ -226,7 +226,7 @@ async def test_5_empty_frames_are_ignored_or_close_in_legacy_mode(emu):
     await ws.send_bytes(b"")
     await assert_silent(ws)
     await ws.close()
-    e = await emu(deepgram_empty_frame_closes=True)
+    e = await emu(deepgram=DeepgramOptions(empty_frame_closes=True))
     ws = await connect(e)
     await ws.send_bytes(b"")
     m = await recv_json(ws)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+from sttgate.emulators.elevenlabs import ElevenLabsOptions
 from sttgate.emulators.transcriber import pcm16_to_mulaw
 from tests.support.emulator_client import (
     EL_KEY,
@@ -237,7 +238,7 @@ async def test_6_partials_are_cumulative_and_driven_by_voiced_audio(emu):
 
 
 async def test_6_partials_can_be_held_until_enough_audio(emu):
-    e = await emu(elevenlabs_partial_min_audio_seconds=2.0)
+    e = await emu(elevenlabs=ElevenLabsOptions(partial_min_audio_seconds=2.0))
     ws = await e.el()
     await started(ws)
     await ws.send_str(el_chunk(tone(0.9)))
@@ -328,7 +329,7 @@ async def test_8_vad_auto_commits_after_silence(emu):
 
 
 async def test_8_manual_mode_auto_commits_uncommitted_audio(emu):
-    e = await emu(elevenlabs_auto_commit_seconds=1.0)
+    e = await emu(elevenlabs=ElevenLabsOptions(auto_commit_seconds=1.0))
     ws = await e.el()
     await started(ws)
     for f in frames(silence(0.7) + tone(0.3)):
@@ -378,7 +379,7 @@ async def test_9_client_close_just_closes(emu):
 
 
 async def test_10_idle_without_audio_sends_insufficient_audio_activity_and_closes(emu):
-    e = await emu(elevenlabs_idle_timeout_seconds=0.3)
+    e = await emu(elevenlabs=ElevenLabsOptions(idle_timeout_seconds=0.3))
     ws = await e.el()
     await started(ws)
     await ws.send_str(el_chunk(silence(0.1)))  # audio (even silent) keeps it alive
@@ -393,9 +394,8 @@ async def test_10_idle_without_audio_sends_insufficient_audio_activity_and_close
 
 async def test_10_idle_default_is_15_seconds_and_knob_overrides(emu):
     e = await emu()
-    from sttgate.emulators.app import EmulatorConfig
 
-    assert EmulatorConfig().elevenlabs_idle_timeout_seconds == 15.0
+    assert ElevenLabsOptions().idle_timeout_seconds == 15.0
     ws = await e.el(EL_QUERY + "&emu_idle_timeout_seconds=0.2")
     await started(ws)
     msgs, closed = await recv_until_closed(ws)
@@ -448,7 +448,7 @@ async def test_11_any_error_type_at_any_time_with_configurable_close(emu):
 
 
 async def test_12_empty_commit_for_silence_and_echo_partial(emu):
-    e = await emu(elevenlabs_echo_partial_after_commit=True)
+    e = await emu(elevenlabs=ElevenLabsOptions(echo_partial_after_commit=True))
     ws = await e.el()
     await started(ws)
     await ws.send_str(el_chunk(silence(0.5), commit=True))
@@ -489,10 +489,9 @@ async def test_13_token_endpoint(emu):
 
 
 async def test_13_tokens_expire(emu):
-    e = await emu(elevenlabs_token_ttl_seconds=0.05)
-    from sttgate.emulators.app import EmulatorConfig
+    e = await emu(elevenlabs=ElevenLabsOptions(token_ttl_seconds=0.05))
 
-    assert EmulatorConfig().elevenlabs_token_ttl_seconds == 900.0
+    assert ElevenLabsOptions().token_ttl_seconds == 900.0
     async with e.http.post(e.http_url("/v1/single-use-token/realtime_scribe"), headers={"xi-api-key": EL_KEY}) as r:
         token = (await r.json())["token"]
     import asyncio

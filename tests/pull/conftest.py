@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from sttgate.emulators.assemblyai import AssemblyAIOptions
 from sttgate.pull.ffmpeg import default_ffmpeg
 from sttgate.store import Store
 from tests.support.emulator import emulator_config, running_emulator
@@ -89,7 +90,7 @@ async def pull_gateway(store: Store) -> AsyncIterator[Callable[..., Awaitable[Pu
     async with AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> PullGateway:
-            config = emulator_config(assemblyai_rate_tolerance=1.0, assemblyai_rate_burst_seconds=0.5)
+            config = emulator_config(assemblyai=AssemblyAIOptions(rate_tolerance=1.0, rate_burst_seconds=0.5))
             emulator = await stack.enter_async_context(running_emulator(config))
             pull = {"pull_allow_private": True, "webhook_backoff_seconds": 0.05, "webhook_backoff_max_seconds": 0.2}
             settings = gateway_settings(emulator, gateway_id=f"pull-test-{next(numbers)}", **{**pull, **overrides})

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -54,9 +55,13 @@ def upstream_env(base: str, keys: Mapping[str, str] = OPERATOR_KEYS) -> dict[str
 
 
 def emulator_config(keys: Mapping[str, str] = OPERATOR_KEYS, **overrides: Any) -> EmulatorConfig:
-    """An emulator accepting ``keys`` (one per provider), with other ``EmulatorConfig`` fields overridden."""
-    accepted = {f"{name}_api_keys": (keys[name],) for name in provider_names()}
-    return EmulatorConfig(**{**accepted, **overrides})
+    """An emulator accepting ``keys`` (one per provider), with ``EmulatorConfig`` fields overridden; an override named
+    after a provider is that emulator's options (e.g. ``assemblyai=AssemblyAIOptions(rate_tolerance=1.0)``)."""
+    providers: dict[str, Any] = {}
+    for name in provider_names():
+        options = overrides.pop(name, None) or EMULATORS[name].options()
+        providers[name] = dataclasses.replace(options, api_keys=(keys[name],))
+    return EmulatorConfig(**overrides, providers=providers)
 
 
 @dataclass

@@ -18,7 +18,8 @@ One aiohttp application serves every provider on one port, at their real paths:
 ================================================  ===============================================
 
 API keys: ``emulator-elevenlabs-key``, ``emulator-assemblyai-key`` and ``emulator-deepgram-key`` unless
-:class:`EmulatorConfig` says otherwise. Each provider's behaviour, and the guesses made where its protocol document
+an emulator's options say otherwise (each module's ``…Options``, given in
+:attr:`EmulatorConfig.providers`). Each provider's behaviour, and the guesses made where its protocol document
 is silent, are described in :mod:`.elevenlabs`, :mod:`.assemblyai` and :mod:`.deepgram`; the word generator in
 :mod:`.transcriber` (one word per 0.3 s of voiced audio, NATO alphabet in order: ``alpha bravo charlie …``).
 
@@ -46,7 +47,7 @@ HTTP 400 ``{"error": {"code": "invalid_emulator_parameter", …}}``. Booleans: `
     The session is recorded with ``closed_by="refused"``.
 ``emu_start_delay_ms=N``
     Wait N ms after the 101 before ``session_started`` / ``Begin`` (frames received meanwhile are
-    processed afterwards). AssemblyAI's default is ``EmulatorConfig.assemblyai_begin_delay_seconds``.
+    processed afterwards). AssemblyAI's default is ``AssemblyAIOptions.begin_delay_seconds``.
 ``emu_close_after_frames=N`` / ``emu_close_after_seconds=S``
     Close after the N-th data frame has been handled (N=0: right after the start message) or S seconds
     after the 101, with ``emu_close_code`` (default 1000) and ``emu_close_reason`` (default ``""``).
@@ -104,13 +105,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from aiohttp import web
 
 from .assemblyai import ASSEMBLYAI
-from .base import BaseSession, Emulator
+from .base import BaseSession, Emulator, OptionsT
 from .deepgram import DEEPGRAM
 from .elevenlabs import ELEVENLABS
 from .recorder import RECORDER, Recorder
@@ -125,15 +126,9 @@ log = logging.getLogger("sttgate.emulators")
 class EmulatorConfig:
     """Settings of the emulator app. Every timeout is in seconds; ``None`` disables it."""
 
-    # Accepted API keys per provider (any iterable of strings, or one string; kept as a tuple).
-    elevenlabs_api_keys: tuple[str, ...] = ("emulator-elevenlabs-key",)
-    assemblyai_api_keys: tuple[str, ...] = ("emulator-assemblyai-key",)
-    deepgram_api_keys: tuple[str, ...] = ("emulator-deepgram-key",)
-
-    # Both providers.
+    # Every emulator.
     fault_injection: bool = True  # honour emu_* query parameters
     handshake_delay_seconds: float = 0.0  # added before every 101 (the real AssemblyAI takes ~0.6 s)
-    legacy_codes: bool = False  # AssemblyAI pre-2026-02 close codes (see emu_legacy_codes)
     voice_threshold: float = 0.01  # RMS (fraction of full scale, ~-40 dBFS) above which audio is voiced
     word_seconds: float = 0.3  # voiced audio per generated word
     max_msg_size: int = 16 * 1024 * 1024  # larger frames are closed with 1009 by aiohttp
@@ -144,50 +139,20 @@ class EmulatorConfig:
     record_max_total_frames: int = 1_000_000  # frames and audio chunks kept over all sessions
     record_max_total_payload_bytes: int = 256 * 1024 * 1024  # payload bytes kept over all sessions
 
-    # ElevenLabs.
-    elevenlabs_idle_timeout_seconds: float | None = 15.0  # no audio → insufficient_audio_activity + close
-    elevenlabs_auto_commit_seconds: float = 90.0  # manual mode: uncommitted audio that forces a commit
-    elevenlabs_min_commit_seconds: float = 0.3  # less uncommitted audio → commit_throttled
-    elevenlabs_partial_min_audio_seconds: float = 0.0  # hold partials until this much audio (real: ~2 s)
-    elevenlabs_close_on_commit_throttled: bool = False
-    elevenlabs_echo_partial_after_commit: bool = False  # the observed "echo" partial after a commit
-    elevenlabs_error_close_code: int = 1000
-    elevenlabs_token_ttl_seconds: float = 900.0
-    elevenlabs_max_session_seconds: float | None = None  # session_time_limit_exceeded
+    # Each emulator's own settings by provider name (its module's options dataclass, e.g.
+    # ``DeepgramOptions(max_concurrent=2)``); an emulator not named here runs with its defaults.
+    providers: dict[str, Any] = field(default_factory=dict)
 
-    # AssemblyAI.
-    assemblyai_begin_delay_seconds: float = 0.0  # the real service sends Begin ~0.66 s after the 101
-    assemblyai_rate_check: bool = True  # 3007 when audio arrives faster than real time
-    assemblyai_rate_tolerance: float = 1.25  # audio allowed per second of wall time...
-    assemblyai_rate_burst_seconds: float = 2.0  # ...plus this much slack
-    assemblyai_min_chunk_ms: float = 50.0
-    assemblyai_max_chunk_ms: float = 1000.0
-    assemblyai_max_session_seconds: float = 10800.0  # 3 h cap (a token may lower it)
-    assemblyai_single_use_tokens: bool = True
-    assemblyai_detailed_close_reasons: bool = True  # 300x closes carry the Error text as reason
-    assemblyai_accept_bearer: bool = False  # accept "Authorization: Bearer <key>" too
-    assemblyai_inactivity_timeout_seconds: float | None = None  # when the client sets none (real: none)
-
-    # Deepgram (see .deepgram).
-    deepgram_idle_timeout_seconds: float | None = 10.0  # no client frame → Metadata + close 1011 NET-0001
-    deepgram_max_concurrent: int = 50  # open sessions per credential; more → HTTP 429
-    deepgram_pacing: str = "ignore"  # "close": audio above 1.25x real time (+2 s) → close 1011
-    deepgram_empty_frame_closes: bool = False  # legacy: a zero-length binary frame is CloseStream
-
-    def __post_init__(self) -> None:
-        if isinstance(self.elevenlabs_api_keys, str):
-            self.elevenlabs_api_keys = (self.elevenlabs_api_keys,)
-        if isinstance(self.assemblyai_api_keys, str):
-            self.assemblyai_api_keys = (self.assemblyai_api_keys,)
-        if isinstance(self.deepgram_api_keys, str):
-            self.deepgram_api_keys = (self.deepgram_api_keys,)
-        self.elevenlabs_api_keys = tuple(self.elevenlabs_api_keys)
-        self.assemblyai_api_keys = tuple(self.assemblyai_api_keys)
-        self.deepgram_api_keys = tuple(self.deepgram_api_keys)
+    def options(self, emulator: Emulator[OptionsT]) -> OptionsT:
+        """``emulator``'s settings: those given in ``providers``, else its defaults (kept, so later reads agree)."""
+        found = self.providers.get(emulator.name)
+        if found is None:
+            found = self.providers[emulator.name] = emulator.options()
+        return cast(OptionsT, found)
 
 
 # The emulated providers, one line each, by the provider's name in the gateway.
-EMULATORS: dict[str, Emulator] = {emulator.name: emulator for emulator in (ELEVENLABS, ASSEMBLYAI, DEEPGRAM)}
+EMULATORS: dict[str, Emulator[Any]] = {emulator.name: emulator for emulator in (ELEVENLABS, ASSEMBLYAI, DEEPGRAM)}
 
 CONFIG: web.AppKey[EmulatorConfig] = web.AppKey("sttgate_emulator_config", EmulatorConfig)
 TOKENS: web.AppKey[TokenStore] = web.AppKey("sttgate_emulator_tokens", TokenStore)
@@ -202,7 +167,7 @@ def _session_handler(cls: type[BaseSession]) -> Callable[[web.Request], Any]:
     return handler
 
 
-def _token_handler(emulator: Emulator) -> Callable[[web.Request], Any]:
+def _token_handler(emulator: Emulator[Any]) -> Callable[[web.Request], Any]:
     async def handler(request: web.Request) -> web.Response:
         return await emulator.token(request, request.app[CONFIG], request.app[TOKENS])
 

@@ -3,13 +3,13 @@
 Choices where the protocol document leaves a gap (each is a guess, kept in one place here):
 
 - **Temporary tokens are single-use** (the docs say so; a live probe saw reuse accepted). A gateway must
-  not rely on reuse. ``EmulatorConfig.assemblyai_single_use_tokens=False`` allows reuse until expiry.
+  not rely on reuse. ``AssemblyAIOptions(single_use_tokens=False)`` allows reuse until expiry.
 - Auth: the ``Authorization`` header (raw API key or temporary token) wins over ``?token=``; ``?token=``
-  takes only temporary tokens; ``Bearer`` is not stripped (``assemblyai_accept_bearer`` enables it).
+  takes only temporary tokens; ``Bearer`` is not stripped (``accept_bearer`` enables it).
 - Close reasons: 1008 closes with ``"See Error message for details"`` (observed); 3005–3009 close with
-  the Error text itself (the docs' "Reason" column; ``assemblyai_detailed_close_reasons=False`` uses the
+  the Error text itself (the docs' "Reason" column; ``detailed_close_reasons=False`` uses the
   generic text for those too).
-- Legacy mode (``legacy_codes`` / ``emu_legacy_codes=1``): 3006/3007/3008 become 3005 and 3009 becomes
+- Legacy mode (``AssemblyAIOptions.legacy_codes`` / ``emu_legacy_codes=1``): 3006/3007/3008 become 3005 and 3009 becomes
   1008, in both the ``error_code`` and the close code, as before 2026-02.
 - ``inactivity_timeout`` (no data frame of any kind for N s; KeepAlive counts): the turn is flushed,
   ``Termination`` is sent, and the socket closes 1000 "Session Ended".
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .base import BaseSession, Emulator
+from .base import BaseSession, Emulator, accepted_keys
 from .transcriber import MULAW, PCM16, AudioFormat, SpeechTracker, Word
 
 if TYPE_CHECKING:
@@ -237,11 +237,34 @@ def _formatted(text: str) -> str:
     return text[0].upper() + text[1:] + "."
 
 
+@dataclass
+class AssemblyAIOptions:
+    """This emulator's settings (``EmulatorConfig.providers["assemblyai"]``). Timeouts in seconds; ``None`` disables."""
+
+    api_keys: tuple[str, ...] = ("emulator-assemblyai-key",)  # the operator keys accepted (Authorization)
+    begin_delay_seconds: float = 0.0  # the real service sends Begin ~0.66 s after the 101
+    rate_check: bool = True  # 3007 when audio arrives faster than real time
+    rate_tolerance: float = 1.25  # audio allowed per second of wall time...
+    rate_burst_seconds: float = 2.0  # ...plus this much slack
+    min_chunk_ms: float = 50.0
+    max_chunk_ms: float = 1000.0
+    max_session_seconds: float = 10800.0  # 3 h cap (a token may lower it)
+    single_use_tokens: bool = True
+    detailed_close_reasons: bool = True  # 300x closes carry the Error text as reason
+    accept_bearer: bool = False  # accept "Authorization: Bearer <key>" too
+    inactivity_timeout_seconds: float | None = None  # when the client sets none (real: none)
+    legacy_codes: bool = False  # pre-2026-02 close codes (see emu_legacy_codes)
+
+    def __post_init__(self) -> None:
+        self.api_keys = accepted_keys(self.api_keys)
+
+
 class AssemblyAISession(BaseSession):
     provider = "assemblyai"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.options = self.config.options(ASSEMBLYAI)
         self.p: Params | None = None
         self.tracker: SpeechTracker | None = None
         self.auth_problem = "Invalid API key"
@@ -266,7 +289,7 @@ class AssemblyAISession(BaseSession):
         if close_code is None:
             close_code = code
         if reason is None:
-            detailed = self.config.assemblyai_detailed_close_reasons and close_code != 1008
+            detailed = self.options.detailed_close_reasons and close_code != 1008
             reason = text if detailed else GENERIC_REASON
         await self.close(close_code, reason)
 
@@ -290,7 +313,6 @@ class AssemblyAISession(BaseSession):
     # --- start --------------------------------------------------------------------------------------
 
     async def authenticate(self) -> bool:
-        cfg = self.config
         header = self.request.headers.get("Authorization")
         token = self.param("token")
         ok = False
@@ -298,9 +320,9 @@ class AssemblyAISession(BaseSession):
             self.auth_problem = "Missing Authorization header"
         elif header is not None:
             cred = header.strip()
-            if cfg.assemblyai_accept_bearer and cred[:7].lower() == "bearer ":
+            if self.options.accept_bearer and cred[:7].lower() == "bearer ":
                 cred = cred[7:].strip()
-            if cred and cred in cfg.assemblyai_api_keys:
+            if cred and cred in self.options.api_keys:
                 ok = True
             else:
                 tok = self.tokens.consume("assemblyai", cred)
@@ -318,8 +340,8 @@ class AssemblyAISession(BaseSession):
 
     async def start(self) -> bool:
         cfg, f = self.config, self.faults
-        self.legacy = f.legacy_codes if f.legacy_codes is not None else cfg.legacy_codes
-        self.rate_check = f.rate_check if f.rate_check is not None else cfg.assemblyai_rate_check
+        self.legacy = f.legacy_codes if f.legacy_codes is not None else self.options.legacy_codes
+        self.rate_check = f.rate_check if f.rate_check is not None else self.options.rate_check
         if not await self.authenticate():
             await self.send_auth_error()
             return False
@@ -333,10 +355,10 @@ class AssemblyAISession(BaseSession):
             await self.fatal(3006, f"User Input Validation Error: {exc}")
             return False
         self.tracker = SpeechTracker(p.fmt, threshold=cfg.voice_threshold, word_seconds=cfg.word_seconds)
-        delay = f.start_delay_ms / 1000.0 if f.start_delay_ms is not None else cfg.assemblyai_begin_delay_seconds
+        delay = f.start_delay_ms / 1000.0 if f.start_delay_ms is not None else self.options.begin_delay_seconds
         if delay > 0:
             await asyncio.sleep(delay)
-        cap = float(cfg.assemblyai_max_session_seconds)
+        cap = float(self.options.max_session_seconds)
         if self.token_cap is not None:
             cap = min(cap, float(self.token_cap))
         if f.max_session_seconds is not None:
@@ -359,7 +381,7 @@ class AssemblyAISession(BaseSession):
         elif p.inactivity_timeout is not None:
             self.inactivity = float(p.inactivity_timeout)
         else:
-            self.inactivity = cfg.assemblyai_inactivity_timeout_seconds
+            self.inactivity = self.options.inactivity_timeout_seconds
         if self.inactivity:
             self.set_timer("inactivity", self.inactivity, self._on_inactive)
         if immediate_error:
@@ -392,23 +414,23 @@ class AssemblyAISession(BaseSession):
             self.set_timer("inactivity", self.inactivity, self._on_inactive)
         if self.terminating:
             return
-        p, cfg = self.p, self.config
+        p = self.p
         assert p is not None and self.record is not None
         fmt = p.fmt
         seconds = fmt.seconds(len(data))
         self.record.add_audio(len(data), seconds)
         ms = seconds * 1000.0
-        if ms < cfg.assemblyai_min_chunk_ms - 1e-6 or ms > cfg.assemblyai_max_chunk_ms + 1e-6:
+        if ms < self.options.min_chunk_ms - 1e-6 or ms > self.options.max_chunk_ms + 1e-6:
             await self.fatal(
                 3007,
                 f"Input Duration Error: Input Duration Violation: {ms:.1f} ms. "
-                f"Expected between {cfg.assemblyai_min_chunk_ms:g} and {cfg.assemblyai_max_chunk_ms:g} ms",
+                f"Expected between {self.options.min_chunk_ms:g} and {self.options.max_chunk_ms:g} ms",
             )
             return
         self.audio_seconds += seconds
         if self.rate_check:
             elapsed = self.loop.time() - self.t0
-            if self.audio_seconds > cfg.assemblyai_rate_tolerance * elapsed + cfg.assemblyai_rate_burst_seconds:
+            if self.audio_seconds > self.options.rate_tolerance * elapsed + self.options.rate_burst_seconds:
                 received = f"{self.audio_seconds:.2f}"
                 await self.fatal(
                     3007, f"Audio Transmission Rate Exceeded: Received {received} sec. audio in {elapsed:.2f} sec"
@@ -640,12 +662,13 @@ class AssemblyAISession(BaseSession):
 
 async def _token(request: web.Request, cfg: EmulatorConfig, tokens: TokenStore) -> web.Response:
     """``GET /v3/token?expires_in_seconds=N`` (key in ``Authorization``)."""
+    options = cfg.options(ASSEMBLYAI)
     key = request.headers.get("Authorization")
-    if key is not None and cfg.assemblyai_accept_bearer and key[:7].lower() == "bearer ":
+    if key is not None and options.accept_bearer and key[:7].lower() == "bearer ":
         key = key[7:]
     if key is None:
         return web.json_response({"error": "Missing Authorization header"}, status=401)
-    if key.strip() not in cfg.assemblyai_api_keys:
+    if key.strip() not in options.api_keys:
         return web.json_response({"error": "Invalid API key"}, status=401)
 
     def int_param(name: str, lo: int, hi: int, default: int | None) -> int | str:
@@ -668,18 +691,16 @@ async def _token(request: web.Request, cfg: EmulatorConfig, tokens: TokenStore) 
     cap = int_param("max_session_duration_seconds", 60, 10800, 10800)
     if isinstance(cap, str):
         return web.json_response({"error": cap}, status=400)
-    tok = tokens.mint(
-        "assemblyai", expires, single_use=cfg.assemblyai_single_use_tokens, max_session_duration_seconds=cap
-    )
+    tok = tokens.mint("assemblyai", expires, single_use=options.single_use_tokens, max_session_duration_seconds=cap)
     return web.json_response({"token": tok.value, "expires_in_seconds": expires})
 
 
-ASSEMBLYAI = Emulator(
+ASSEMBLYAI: Emulator[AssemblyAIOptions] = Emulator(
     name="assemblyai",
     session=AssemblyAISession,
     ws_paths=("/v3/ws",),
     token_method="GET",
     token_path="/v3/token",
+    options=AssemblyAIOptions,
     token=_token,
-    api_keys=lambda config: config.assemblyai_api_keys,
 )

@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 from aiohttp import WSMsgType, web
@@ -398,18 +398,37 @@ class BaseSession:
 TokenHandler = Callable[[web.Request, "EmulatorConfig", TokenStore], Awaitable[web.Response]]
 
 
+class EmulatorOptions(Protocol):
+    """What every emulator's options dataclass has: the operator keys it accepts."""
+
+    api_keys: tuple[str, ...]
+
+
+OptionsT = TypeVar("OptionsT", bound=EmulatorOptions)
+
+
+def accepted_keys(keys: str | Iterable[str]) -> tuple[str, ...]:
+    """Operator keys as given in an emulator's options (one string or any iterable of them), as a tuple."""
+    return (keys,) if isinstance(keys, str) else tuple(keys)
+
+
 @dataclass(frozen=True)
-class Emulator:
+class Emulator(Generic[OptionsT]):
     """One emulated provider: what :func:`sttgate.emulators.app.create_app` serves for it, and what a gateway
-    pointed at it needs (its WebSocket path and accepted keys). One per provider module, registered in ``app``."""
+    pointed at it needs (its WebSocket path and accepted keys). One per provider module, registered in ``app``;
+    its settings are the module's own ``options`` dataclass (every field defaulted, ``api_keys`` among them)."""
 
     name: str  # the provider's name in the gateway (``?provider=``)
     session: type[BaseSession]
     ws_paths: tuple[str, ...]  # the first is the one a gateway connects to; each also under any path prefix
     token_method: str
     token_path: str  # also served under any path prefix
+    options: Callable[[], OptionsT]  # the module's options dataclass, called for its defaults
     token: TokenHandler
-    api_keys: Callable[[EmulatorConfig], tuple[str, ...]]
+
+    def api_keys(self, config: EmulatorConfig) -> tuple[str, ...]:
+        """The operator keys this emulator accepts under ``config``."""
+        return config.options(self).api_keys
 
     @property
     def ws_path(self) -> str:

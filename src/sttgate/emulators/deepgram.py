@@ -8,14 +8,14 @@ What it does (the numbers are the observable behaviours an emulator of this prot
    any case), or ``Sec-WebSocket-Protocol: token, <key>`` / ``bearer, <jwt>`` (the first offered protocol is then
    echoed). A failure is HTTP 401 with ``dg-error: Invalid credentials.`` and the legacy error body; no upgrade.
 3. Handshake refusals: ``emu_handshake_status=402|403|429|…`` with Deepgram's error codes; 429 when the key already
-   has ``deepgram_max_concurrent`` (50) open sessions; 400 for invalid parameters (unknown ``model``, ``encoding``
-   without ``sample_rate``, ``keywords`` with a Nova-3 model, ``diarize_model=v2``, a bad ``language``…).
+   has ``DeepgramOptions.max_concurrent`` (50) open sessions; 400 for invalid parameters (unknown ``model``,
+   ``encoding`` without ``sample_rate``, ``keywords`` with a Nova-3 model, ``diarize_model=v2``, a bad ``language``…).
 4. The query: booleans in any case, repeated keys kept, ``endpointing`` an integer or ``false``; defaults
    ``channels=1``, ``endpointing=10``. Unknown keys are ignored.
 5. Binary frames are audio: ``linear16``/``linear32``/``mulaw``/``alaw`` timed as bytes ÷ (rate × channels × bytes
    per sample) and transcribed; container audio (no ``encoding``) is decoded when it is a PCM WAV file, closed
    **1008** ``DATA-0000`` when it is no known container; compressed encodings are accepted but count no audio.
-   Zero-length frames are ignored (``deepgram_empty_frame_closes``: treated as ``CloseStream``, the legacy way).
+   Zero-length frames are ignored (``DeepgramOptions.empty_frame_closes``: treated as ``CloseStream``, the legacy way).
 6. Text frames: ``KeepAlive`` (no reply), ``Finalize`` (a final ``Results`` with ``from_finalize: true`` when audio
    is pending), ``CloseStream`` (final ``Results``, ``Metadata``, close 1000), ``Configure`` (``ConfigureSuccess``
    / ``ConfigureFailure``); anything else gets ``Error`` ``SchemaError`` and the session stays open.
@@ -29,9 +29,9 @@ What it does (the numbers are the observable behaviours an emulator of this prot
 9. ``Metadata`` exactly once before the emulator closes: ``transaction_key "deprecated"``, ``request_id``,
    ``sha256 "incomplete"``, ISO ``created``, ``duration`` = seconds of audio received, ``channels``, and
    ``models``/``model_info`` only when audio was processed.
-10. No client frame for ``deepgram_idle_timeout_seconds`` (10 s; ``emu_idle_timeout_seconds``) → ``Metadata``, then
-    close **1011** with the live NET-0001 sentence.
-11. Pacing: ``deepgram_pacing`` ``"ignore"`` (default) or ``"close"`` (``emu_rate_check=on``): audio faster than
+10. No client frame for ``DeepgramOptions.idle_timeout_seconds`` (10 s; ``emu_idle_timeout_seconds``) →
+    ``Metadata``, then close **1011** with the live NET-0001 sentence.
+11. Pacing: ``DeepgramOptions.pacing`` ``"ignore"`` (default) or ``"close"`` (``emu_rate_check=on``): audio faster than
     1.25× real time plus 2 s closes 1011 ``NET-0000``.
 12. ``/v2/listen`` (Flux) is out of scope: not served.
 13. ``POST /v1/auth/grant`` (``Authorization: Token <key>``, optional ``{"ttl_seconds": 1..3600}``, default 30) →
@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .base import BaseSession, Emulator
+from .base import BaseSession, Emulator, accepted_keys
 from .transcriber import PCM16, ULAW_TO_LINEAR, AudioFormat, SpeechTracker, Word
 
 if TYPE_CHECKING:
@@ -254,12 +254,27 @@ class Channel:
     last_word_end: float | None = None  # end of the last finalized word of an utterance not yet ended
 
 
+@dataclass
+class DeepgramOptions:
+    """This emulator's settings (``EmulatorConfig.providers["deepgram"]``). Timeouts in seconds; ``None`` disables."""
+
+    api_keys: tuple[str, ...] = ("emulator-deepgram-key",)  # the operator keys accepted (Authorization: Token)
+    idle_timeout_seconds: float | None = 10.0  # no client frame → Metadata + close 1011 NET-0001
+    max_concurrent: int = 50  # open sessions per credential; more → HTTP 429
+    pacing: str = "ignore"  # "close": audio above 1.25x real time (+2 s) → close 1011
+    empty_frame_closes: bool = False  # legacy: a zero-length binary frame is CloseStream
+
+    def __post_init__(self) -> None:
+        self.api_keys = accepted_keys(self.api_keys)
+
+
 class DeepgramSession(BaseSession):
     provider = PROVIDER
     protocols = ("token", "bearer")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.options = self.config.options(DEEPGRAM)
         self.request_id = str(uuid.uuid4())
         self.created = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self.p = Params()
@@ -290,7 +305,7 @@ class DeepgramSession(BaseSession):
         ws.headers["dg-request-id"] = self.request_id
         if not await self.authenticate():
             return self.refusal_response(401, None)
-        if self._key_sessions() >= self.config.deepgram_max_concurrent:
+        if self._key_sessions() >= self.options.max_concurrent:
             return self.refusal_response(429, None)
         try:
             self.p = parse_params(self.params)
@@ -316,7 +331,7 @@ class DeepgramSession(BaseSession):
         elif len(offered) >= 2 and offered[0].lower() in ("token", "bearer"):
             self.credential = offered[1] or None
         cred = self.credential
-        ok = bool(cred) and (cred in self.config.deepgram_api_keys or self.tokens.consume(PROVIDER, cred) is not None)
+        ok = bool(cred) and (cred in self.options.api_keys or self.tokens.consume(PROVIDER, cred) is not None)
         self.authenticated = ok
         assert self.record is not None
         self.record.authenticated = ok
@@ -326,7 +341,7 @@ class DeepgramSession(BaseSession):
         await self.close(1008, INVALID_CREDENTIALS)
 
     async def start(self) -> bool:
-        cfg, f, p = self.config, self.faults, self.p
+        f, p = self.faults, self.p
         assert self.record is not None
         self.record.id = self.request_id
         model = p.model or "nova-3"
@@ -340,10 +355,10 @@ class DeepgramSession(BaseSession):
             self.container = True
         else:
             self.compressed = True
-        self.idle = f.idle_timeout_seconds if f.idle_timeout_seconds is not None else cfg.deepgram_idle_timeout_seconds
+        self.idle = f.idle_timeout_seconds if f.idle_timeout_seconds is not None else self.options.idle_timeout_seconds
         if self.idle:
             self.set_timer("idle", self.idle, self._on_idle)
-        self.pacing = f.rate_check if f.rate_check is not None else cfg.deepgram_pacing == "close"
+        self.pacing = f.rate_check if f.rate_check is not None else self.options.pacing == "close"
         immediate = f.error is not None and f.error_after_frames is None and f.error_after_seconds is None
         if immediate:
             await self.inject_error()
@@ -466,7 +481,7 @@ class DeepgramSession(BaseSession):
     async def on_binary(self, data: bytes) -> None:
         self._activity()
         if not data:
-            if self.config.deepgram_empty_frame_closes:
+            if self.options.empty_frame_closes:
                 await self.close_stream()
             return
         if self.ending:
@@ -651,8 +666,9 @@ def _legacy_error(status: int, code: str, message: str) -> web.Response:
 
 async def _grant(request: web.Request, cfg: EmulatorConfig, tokens: TokenStore) -> web.Response:
     """``POST /v1/auth/grant`` (``Authorization: Token <key>``, optional ``{"ttl_seconds": N}``)."""
+    options = cfg.options(DEEPGRAM)
     key = _scheme_credential(request.headers.get("Authorization", ""))
-    if key is None or key not in cfg.deepgram_api_keys:
+    if key is None or key not in options.api_keys:
         return _legacy_error(401, "INVALID_AUTH", INVALID_CREDENTIALS)
     raw = await request.read()
     try:
@@ -668,12 +684,12 @@ async def _grant(request: web.Request, cfg: EmulatorConfig, tokens: TokenStore) 
     return web.json_response({"access_token": token.value, "expires_in": ttl})
 
 
-DEEPGRAM = Emulator(
+DEEPGRAM: Emulator[DeepgramOptions] = Emulator(
     name=PROVIDER,
     session=DeepgramSession,
     ws_paths=("/v1/listen",),
     token_method="POST",
     token_path="/v1/auth/grant",
+    options=DeepgramOptions,
     token=_grant,
-    api_keys=lambda config: config.deepgram_api_keys,
 )

@@ -2,10 +2,10 @@
 
 Choices where the protocol document leaves a gap (each is a guess, kept in one place here):
 
-- Every close the emulator originates is code 1000 (``EmulatorConfig.elevenlabs_error_close_code``).
+- Every close the emulator originates is code 1000 (``ElevenLabsOptions.error_close_code``).
   The reason is ``""`` after ``auth_error`` (observed), and otherwise the error's ``message_type``
   (``"commit_throttled"`` is observed; ``"invalid_request"``, ``"insufficient_audio_activity"``… follow it).
-- ``commit_throttled`` is non-fatal by default (``elevenlabs_close_on_commit_throttled`` or
+- ``commit_throttled`` is non-fatal by default (``ElevenLabsOptions.close_on_commit_throttled`` or
   ``emu_commit_throttled_close=1`` closes 1000 "commit_throttled" as one observation did).
 - ``input_error`` is never fatal. Binary frames and a ``previous_text`` after the first chunk are answered
   with ``input_error``; such a chunk's audio is not transcribed (it is still recorded as received).
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .base import BaseSession, Emulator
+from .base import BaseSession, Emulator, accepted_keys
 from .transcriber import MULAW, PCM16, AudioFormat, SpeechTracker, Word
 
 if TYPE_CHECKING:
@@ -232,11 +232,31 @@ def parse_params(params: dict[str, list[str]]) -> Params:
     return p
 
 
+@dataclass
+class ElevenLabsOptions:
+    """This emulator's settings (``EmulatorConfig.providers["elevenlabs"]``). Timeouts in seconds; ``None`` disables."""
+
+    api_keys: tuple[str, ...] = ("emulator-elevenlabs-key",)  # the operator keys accepted (xi-api-key)
+    idle_timeout_seconds: float | None = 15.0  # no audio → insufficient_audio_activity + close
+    auto_commit_seconds: float = 90.0  # manual mode: uncommitted audio that forces a commit
+    min_commit_seconds: float = 0.3  # less uncommitted audio → commit_throttled
+    partial_min_audio_seconds: float = 0.0  # hold partials until this much audio (real: ~2 s)
+    close_on_commit_throttled: bool = False
+    echo_partial_after_commit: bool = False  # the observed "echo" partial after a commit
+    error_close_code: int = 1000
+    token_ttl_seconds: float = 900.0
+    max_session_seconds: float | None = None  # session_time_limit_exceeded
+
+    def __post_init__(self) -> None:
+        self.api_keys = accepted_keys(self.api_keys)
+
+
 class ElevenLabsSession(BaseSession):
     provider = "elevenlabs"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.options = self.config.options(ELEVENLABS)
         self.p: Params | None = None
         self.tracker: SpeechTracker | None = None
         self.session_id: str | None = None
@@ -254,14 +274,14 @@ class ElevenLabsSession(BaseSession):
             ok = self.tokens.consume("elevenlabs", token, token_type="realtime_scribe") is not None
         else:
             key = self.request.headers.get("xi-api-key")
-            ok = key is not None and key in self.config.elevenlabs_api_keys
+            ok = key is not None and key in self.options.api_keys
         assert self.record is not None
         self.record.authenticated = ok
         return ok
 
     async def send_auth_error(self) -> None:
         await self.send_json({"message_type": "auth_error", "error": AUTH_ERROR_TEXT})
-        await self.close(self.config.elevenlabs_error_close_code, "")
+        await self.close(self.options.error_close_code, "")
 
     async def start(self) -> bool:
         if not await self.authenticate():
@@ -288,15 +308,11 @@ class ElevenLabsSession(BaseSession):
         await self.send_json(
             {"message_type": "session_started", "session_id": self.session_id, "config": p.config_echo()}
         )
-        idle = (
-            f.idle_timeout_seconds
-            if f.idle_timeout_seconds is not None
-            else self.config.elevenlabs_idle_timeout_seconds
-        )
+        idle = f.idle_timeout_seconds if f.idle_timeout_seconds is not None else self.options.idle_timeout_seconds
         self.idle_timeout = idle
         if idle:
             self.set_timer("idle", idle, self._on_idle)
-        cap = f.max_session_seconds if f.max_session_seconds is not None else self.config.elevenlabs_max_session_seconds
+        cap = f.max_session_seconds if f.max_session_seconds is not None else self.options.max_session_seconds
         if cap:
             self.set_deadline("time_limit", self.t0 + cap, self._on_time_limit)
         if immediate_error:
@@ -311,7 +327,7 @@ class ElevenLabsSession(BaseSession):
         await self.send_json({"message_type": message_type, "error": text})
         if fatal:
             if code is None:
-                code = self.config.elevenlabs_error_close_code
+                code = self.options.error_close_code
             if reason is None:
                 reason = "" if message_type == "auth_error" else message_type
             await self.close(code, reason)
@@ -386,7 +402,7 @@ class ElevenLabsSession(BaseSession):
             await self._commit(manual=True)
 
     async def _process(self, raw: bytes, fmt: AudioFormat) -> None:
-        tracker, p, cfg = self.tracker, self.p, self.config
+        tracker, p = self.tracker, self.p
         assert tracker is not None and p is not None
         tracker.set_format(fmt)
         vad = p.vad
@@ -395,7 +411,7 @@ class ElevenLabsSession(BaseSession):
         auto_commit = (
             self.faults.auto_commit_seconds
             if self.faults.auto_commit_seconds is not None
-            else cfg.elevenlabs_auto_commit_seconds
+            else self.options.auto_commit_seconds
         ) - 1e-9
         for blk in tracker.feed(raw):
             self.seg_audio += blk.seconds
@@ -403,7 +419,7 @@ class ElevenLabsSession(BaseSession):
                 self.seg_voiced += blk.seconds
             if blk.word is not None:
                 self.seg_words.append(blk.word)
-                if tracker.audio_seconds >= cfg.elevenlabs_partial_min_audio_seconds:
+                if tracker.audio_seconds >= self.options.partial_min_audio_seconds:
                     await self.send_json({"message_type": "partial_transcript", "text": self._text()})
             if self.closed:
                 return
@@ -417,16 +433,15 @@ class ElevenLabsSession(BaseSession):
         return " ".join(w.text for w in self.seg_words)
 
     async def _commit(self, *, manual: bool) -> None:
-        cfg = self.config
         assert self.tracker is not None and self.p is not None
-        if manual and self.seg_audio < cfg.elevenlabs_min_commit_seconds - 1e-9:
+        if manual and self.seg_audio < self.options.min_commit_seconds - 1e-9:
             text = (
                 f"Commit request ignored: only {self.seg_audio:.2f}s of uncommitted audio. "
-                f"You need at least {cfg.elevenlabs_min_commit_seconds:g}s of uncommitted audio before committing."
+                f"You need at least {self.options.min_commit_seconds:g}s of uncommitted audio before committing."
             )
             close = self.faults.commit_throttled_close
             if close is None:
-                close = cfg.elevenlabs_close_on_commit_throttled
+                close = self.options.close_on_commit_throttled
             await self.send_error("commit_throttled", text, fatal=close, reason="commit_throttled")
             return
         word = self.tracker.flush()
@@ -447,7 +462,7 @@ class ElevenLabsSession(BaseSession):
                     "words": self._timestamps(words),
                 }
             )
-        if cfg.elevenlabs_echo_partial_after_commit and text:
+        if self.options.echo_partial_after_commit and text:
             await self.send_json({"message_type": "partial_transcript", "text": text})
 
     @staticmethod
@@ -472,12 +487,13 @@ class ElevenLabsSession(BaseSession):
 
 async def _token(request: web.Request, cfg: EmulatorConfig, tokens: TokenStore) -> web.Response:
     """``POST /v1/single-use-token/{token_type}`` (key in ``xi-api-key``)."""
+    options = cfg.options(ELEVENLABS)
     key = request.headers.get("xi-api-key")
     if key is None:
         return web.json_response(
             {"detail": {"status": "needs_authorization", "message": "Missing xi-api-key header."}}, status=401
         )
-    if key not in cfg.elevenlabs_api_keys:
+    if key not in options.api_keys:
         return web.json_response({"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}, status=401)
     token_type = request.match_info["token_type"]
     if token_type not in TOKEN_TYPES:
@@ -494,16 +510,16 @@ async def _token(request: web.Request, cfg: EmulatorConfig, tokens: TokenStore) 
             },
             status=422,
         )
-    tok = tokens.mint("elevenlabs", cfg.elevenlabs_token_ttl_seconds, single_use=True, token_type=token_type)
+    tok = tokens.mint("elevenlabs", options.token_ttl_seconds, single_use=True, token_type=token_type)
     return web.json_response({"token": tok.value})
 
 
-ELEVENLABS = Emulator(
+ELEVENLABS: Emulator[ElevenLabsOptions] = Emulator(
     name="elevenlabs",
     session=ElevenLabsSession,
     ws_paths=("/v1/speech-to-text/realtime", "/v1/speech-to-text/realtime-beta"),
     token_method="POST",
     token_path="/v1/single-use-token/{token_type}",
+    options=ElevenLabsOptions,
     token=_token,
-    api_keys=lambda config: config.elevenlabs_api_keys,
 )
