@@ -7,11 +7,14 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from sttgate.pull.webhooks import (
@@ -23,9 +26,11 @@ from sttgate.pull.webhooks import (
     ended_body,
     message_body,
     sign,
+    standard_headers,
     standard_webhooks_secret,
     verify,
     webhook_client,
+    webhook_id,
 )
 from tests.support.servers import serve_app
 from tests.support.waiting import wait_for
@@ -79,6 +84,27 @@ def test_an_old_url_safe_secret_is_respelled_for_the_libraries() -> None:
     old = "whsec_" + base64.urlsafe_b64encode(key).decode().rstrip("=")
     assert "-" in old and "_" in old
     assert standard_webhooks_secret(old) == "whsec_" + base64.b64encode(key).decode()
+
+
+@given(
+    key=st.binary(min_size=1, max_size=64),
+    url_safe=st.booleans(),
+    seq=st.integers(min_value=1, max_value=10**9),
+    text=st.text(max_size=200),
+)
+def test_the_library_verifies_every_signature_in_either_spelling(
+    key: bytes, url_safe: bool, seq: int, text: str
+) -> None:
+    """Any key, spelled the current or the old way, any body: a Standard Webhooks library given the secret's
+    library spelling verifies the headers, and refuses them for another body."""
+    encode = base64.urlsafe_b64encode if url_safe else base64.b64encode
+    secret = "whsec_" + encode(key).decode().rstrip("=" if url_safe else "")
+    library_secret = standard_webhooks_secret(secret)
+    body = message_body("t", seq, "deepgram", json.dumps({"transcript": text}, ensure_ascii=False))
+    headers = standard_headers(Webhook(library_secret), webhook_id("t", seq), int(time.time()), body)
+    assert Webhook(library_secret).verify(body, headers)["seq"] == seq
+    with pytest.raises(WebhookVerificationError):
+        Webhook(library_secret).verify(body + b" ", headers)
 
 
 @pytest.mark.parametrize("secret", ["whsec_", "whsec_not base64!"])
