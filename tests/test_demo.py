@@ -15,6 +15,7 @@ def test_demo_streams_every_provider_and_prints_the_bill(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
+    assert "demo page http://127.0.0.1:" in out  # the page is off by default, on for the demo's own gateway
     transcripts = out[out.index("transcripts:") : out.index("usage (what the customer is billed):")]
     for provider in ("assemblyai", "elevenlabs", "deepgram"):
         line = next(ln for ln in transcripts.splitlines() if ln.strip().startswith(provider))

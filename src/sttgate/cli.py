@@ -427,8 +427,18 @@ def _accounts_update(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _accounts_webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
+    from sttgate.pull.webhooks import standard_webhooks_secret
+
     secret = _run_admin(settings, lambda a: a.store.webhook_secret(args.account_id, rotate=args.rotate))
-    return _emit(args, {"webhook_secret": secret}, lambda d: d["webhook_secret"])
+    document = {"webhook_secret": secret, "standard_webhooks_secret": standard_webhooks_secret(secret)}
+    return _emit(args, document, _webhook_secret_text)
+
+
+def _webhook_secret_text(document: dict[str, str]) -> str:
+    """The secret alone; a secret made before Standard Webhooks signing also shows its library spelling."""
+    if document["standard_webhooks_secret"] == document["webhook_secret"]:
+        return document["webhook_secret"]
+    return f"{document['webhook_secret']}\nStandard Webhooks libraries: {document['standard_webhooks_secret']}"
 
 
 def _keys_create(args: argparse.Namespace, settings: Settings) -> int:

@@ -149,8 +149,17 @@ class Settings(BaseSettings):
     prices: dict[str, Any] = {}
 
     token_max_seconds: int = Field(600, ge=1, le=600)
-    demo_page: bool = True
+    # The demo page (docs/contract.md#demo-page) is off unless turned on. Its token mint spends the demo key's account,
+    # which must be prepaid (its balance caps the spending); each client address may mint demo_token_burst tokens at
+    # once and demo_tokens_per_minute after that; each session a demo token opens lasts at most
+    # demo_max_session_seconds. Behind a reverse proxy, demo_client_address_header names the header in which the
+    # proxy puts the client's address (its last value is used); empty: the TCP peer's address.
+    demo_page: bool = False
     demo_api_key: SecretStr = SecretStr("")
+    demo_tokens_per_minute: float = Field(6.0, gt=0, le=_MAX_COUNT)
+    demo_token_burst: int = Field(3, ge=1, le=_MAX_COUNT)
+    demo_max_session_seconds: int = Field(300, ge=1, le=int(_DAY))
+    demo_client_address_header: str = ""
 
     workers: int = Field(1, ge=1, le=_MAX_WORKERS)
     log_level: str = "INFO"

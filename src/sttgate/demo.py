@@ -3,7 +3,8 @@
 It starts the provider emulators and a gateway on free loopback ports with a temporary SQLite database, creates a
 prepaid demo account and key, streams the bundled speech sample through every registered provider that has an
 emulator, at real time (all at once) and in that provider's own framing, prints the transcripts as they arrive, and
-ends with the account's usage: what a customer would be billed.
+ends with the account's usage: what a customer would be billed. Its gateway serves the demo page (off by default
+elsewhere) with the demo key, on loopback only, for as long as the demo runs.
 """
 
 from __future__ import annotations
@@ -128,17 +129,20 @@ async def run(settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="sttgate-demo-") as tmp:
         emulators, emu_port = await _start(create_emulator_app(emulator_config))
         store = await Store.connect(f"sqlite:///{Path(tmp) / 'demo.db'}")
-        upstreams: dict[str, Any] = {}
-        for provider in providers:
-            emulator = EMULATORS[provider.name]
-            upstreams[f"{provider.name}_url"] = f"ws://127.0.0.1:{emu_port}{emulator.ws_path}"
-            upstreams[f"{provider.name}_api_key"] = SecretStr(emulator.api_keys(emulator_config)[0])
-        gateway_settings = type(settings).model_validate({**settings.model_dump(), **upstreams})
-        gateway, gw_port = await _start(create_gateway_app(gateway_settings, store=store))
+        gateway: web.AppRunner | None = None
         try:
             account = await store.create_account(name="demo", balance_nanos=usd_to_nanos(DEMO_BALANCE_USD))
             key = (await store.create_key(account.id)).key
+            # The gateway: providers at the emulators, and the page on with the demo key (loopback only).
+            overrides: dict[str, Any] = {"demo_page": True, "demo_api_key": SecretStr(key)}
+            for provider in providers:
+                emulator = EMULATORS[provider.name]
+                overrides[f"{provider.name}_url"] = f"ws://127.0.0.1:{emu_port}{emulator.ws_path}"
+                overrides[f"{provider.name}_api_key"] = SecretStr(emulator.api_keys(emulator_config)[0])
+            gateway_settings = type(settings).model_validate({**settings.model_dump(), **overrides})
+            gateway, gw_port = await _start(create_gateway_app(gateway_settings, store=store))
             print(f"gateway on 127.0.0.1:{gw_port}, emulators on 127.0.0.1:{emu_port}")
+            print(f"demo page http://127.0.0.1:{gw_port}/demo/ (while the demo runs)")
             print(f"demo account {account.id} (prepaid {DEMO_BALANCE_USD} USD), key {key[:12]}…")
             print(f"streaming {len(pcm) / 2 / rate:.2f} s of speech to {len(providers)} providers at real time\n")
             async with aiohttp.ClientSession() as http:
@@ -148,7 +152,8 @@ async def run(settings: Settings) -> int:
             await _settle(store, account.id, len(providers))
             usage = usage_document(await store.usage(account.id), names())
         finally:
-            await gateway.cleanup()
+            if gateway is not None:
+                await gateway.cleanup()
             await emulators.cleanup()
             await store.close()
     print("\ntranscripts:")

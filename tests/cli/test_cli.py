@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -158,6 +159,10 @@ def test_webhook_secret(run: Run) -> None:
     rotated = ok_json(run("accounts", "webhook-secret", aid, "--rotate", "--json"))["webhook_secret"]
     assert rotated != first
     assert run("accounts", "webhook-secret", aid).stdout.strip() == rotated
+    # A new secret is already a Standard Webhooks secret: the same string serves both signatures.
+    document = ok_json(run("accounts", "webhook-secret", aid, "--json"))
+    assert document["standard_webhooks_secret"] == document["webhook_secret"] == rotated
+    assert rotated.startswith("whsec_") and len(base64.b64decode(rotated[6:], validate=True)) == 32
 
 
 def test_usage_document(run: Run) -> None:

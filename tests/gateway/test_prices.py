@@ -138,8 +138,8 @@ async def test_a_custom_book_and_the_operator_rate(gateway, account, tmp_path) -
 async def test_the_demo_token_reports_the_default_models_cycle_price(gateway, account, tmp_path) -> None:
     book = tmp_path / "prices.toml"
     book.write_text('[prices.elevenlabs]\ndefault_model = "a"\nmodels = { a = "0.72", b = "9" }\n')
-    acct = await account()
-    gw = await gateway(price_book=str(book), demo_api_key=acct.key)
+    acct = await account(balance_usd="1")
+    gw = await gateway(price_book=str(book), demo_page=True, demo_api_key=acct.key)
     async with gw.http.post(f"{gw.http_url}/demo/token", json={"provider": "elevenlabs"}) as resp:
         body = await resp.json()
     assert (body["rate_usd_per_hour"], body["cycle_price_usd"]) == ("0.72", "0.001000000")

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
+from standardwebhooks import Webhook
 
 from sttgate.admin import Admin
 from sttgate.core import closecodes
@@ -107,6 +108,7 @@ async def test_source_to_webhooks(
     assert accepted[-1]["data"] == {"status": "source_ended", "reason": "the source ended"}
     for body_bytes, headers, _, _ in rec.posts:
         assert verify(secret, body_bytes, headers[SIGNATURE_HEADER])
+        Webhook(secret).verify(body_bytes, headers)  # the account's secret, as shown, in a Standard Webhooks library
     session = await gw.recorder.wait_for_session(provider=provider, since=mark)
     await session.wait_ended()
     # Every provider message reached the webhook verbatim, in order, and there were transcripts among them.

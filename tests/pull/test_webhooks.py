@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from sttgate.pull.webhooks import (
     SIGNATURE_HEADER,
@@ -21,13 +26,16 @@ from sttgate.pull.webhooks import (
     ended_body,
     message_body,
     sign,
+    standard_headers,
+    standard_webhooks_secret,
     verify,
     webhook_client,
+    webhook_id,
 )
 from tests.support.servers import serve_app
 from tests.support.waiting import wait_for
 
-SECRET = "whsec_test"
+SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 FAST = WebhookPolicy(timeout=5.0, max_attempts=5, backoff=0.01, backoff_max=0.05, queue_max=1000)
 
 
@@ -65,6 +73,44 @@ def test_signature_is_hmac_sha256_hex_of_the_body() -> None:
     assert verify(SECRET, body, signature)
     assert not verify(SECRET, body + b" ", signature)
     assert not verify("other", body, signature)
+
+
+def test_a_standard_secret_is_its_own_library_spelling() -> None:
+    assert standard_webhooks_secret(SECRET) == SECRET
+
+
+def test_an_old_url_safe_secret_is_respelled_for_the_libraries() -> None:
+    key = bytes([0xFB, 0xFF, 0xBF] * 10 + [1, 2])  # encodes with '-' and '_' in the URL-safe alphabet
+    old = "whsec_" + base64.urlsafe_b64encode(key).decode().rstrip("=")
+    assert "-" in old and "_" in old
+    assert standard_webhooks_secret(old) == "whsec_" + base64.b64encode(key).decode()
+
+
+@given(
+    key=st.binary(min_size=1, max_size=64),
+    url_safe=st.booleans(),
+    seq=st.integers(min_value=1, max_value=10**9),
+    text=st.text(max_size=200),
+)
+def test_the_library_verifies_every_signature_in_either_spelling(
+    key: bytes, url_safe: bool, seq: int, text: str
+) -> None:
+    """Any key, spelled the current or the old way, any body: a Standard Webhooks library given the secret's
+    library spelling verifies the headers, and refuses them for another body."""
+    encode = base64.urlsafe_b64encode if url_safe else base64.b64encode
+    secret = "whsec_" + encode(key).decode().rstrip("=" if url_safe else "")
+    library_secret = standard_webhooks_secret(secret)
+    body = message_body("t", seq, "deepgram", json.dumps({"transcript": text}, ensure_ascii=False))
+    headers = standard_headers(Webhook(library_secret), webhook_id("t", seq), int(time.time()), body)
+    assert Webhook(library_secret).verify(body, headers)["seq"] == seq
+    with pytest.raises(WebhookVerificationError):
+        Webhook(library_secret).verify(body + b" ", headers)
+
+
+@pytest.mark.parametrize("secret", ["whsec_", "whsec_not base64!"])
+def test_a_secret_that_is_not_base64_is_refused(secret: str) -> None:
+    with pytest.raises(ValueError):
+        standard_webhooks_secret(secret)
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:
@@ -109,7 +155,7 @@ async def client():
     await session.close()
 
 
-def deliverer(client, url: str, policy: WebhookPolicy = FAST, attempts: list[Attempt] | None = None):
+def deliverer(client, url: str, policy: WebhookPolicy = FAST, attempts: list[Attempt] | None = None, **options):
     async def record(attempt: Attempt) -> None:
         if attempts is not None:
             attempts.append(attempt)
@@ -122,6 +168,7 @@ def deliverer(client, url: str, policy: WebhookPolicy = FAST, attempts: list[Att
         client=client,
         policy=policy,
         recorder=record,
+        **options,
     )
     d.start()
     return d
@@ -141,9 +188,12 @@ async def test_messages_arrive_in_order_signed_then_one_ended(receiver, client) 
     assert [e["data"] for e in accepted[:-1]] == [json.loads(t) for t in texts]
     assert accepted[-1]["event"] == "ended"
     assert accepted[-1]["data"] == {"status": "source_ended", "reason": "the source ended"}
+    library = Webhook(SECRET)
     for body, headers, _ in rec.posts:
         assert verify(SECRET, body, headers[SIGNATURE_HEADER])
+        assert library.verify(body, headers) == json.loads(body)
         assert headers["Content-Type"] == "application/json"
+    assert len({headers["webhook-id"] for _, headers, _ in rec.posts}) == len(rec.posts)
     assert d.ended_delivered and d.dropped == 0
 
 
@@ -172,6 +222,29 @@ async def test_a_500_is_retried_with_backoff_and_the_message_accepted_once(recei
         (1, 4, 200),
     ]
     assert attempts[0].error == "HTTP 500" and attempts[3].error is None
+    # Every attempt verifies with a Standard Webhooks library; the retries of one event carry its one webhook-id.
+    library = Webhook(SECRET)
+    for body, headers, _ in rec.posts:
+        library.verify(body, headers)
+    ids = [headers["webhook-id"] for _, headers, _ in rec.posts]
+    assert ids[:4] == [ids[0]] * 4 and len(set(ids)) == 3
+
+
+async def test_each_attempt_is_stamped_with_its_own_time_under_the_same_id(receiver, client) -> None:
+    rec, url = receiver
+    rec.script = [503]
+    now = iter([1_700_000_000.9, 1_700_000_042.2])
+    d = deliverer(client, url, clock=lambda: next(now))
+    d.end("stopped", None)
+    assert await d.wait_done(10)
+    (first_body, first, _), (second_body, second, _) = rec.posts
+    assert first_body == second_body
+    assert first["webhook-id"] == second["webhook-id"] == "task-1:1"
+    assert (first["webhook-timestamp"], second["webhook-timestamp"]) == ("1700000000", "1700000042")
+    assert first["webhook-signature"] != second["webhook-signature"]
+    # What a receiver does to refuse a replay: an old timestamp fails verification whatever the signature.
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(SECRET).verify(second_body, second)
 
 
 async def test_a_final_4xx_is_not_retried(receiver, client) -> None:

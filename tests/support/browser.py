@@ -22,6 +22,9 @@ import aiohttp
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 LAUNCH_TIMEOUT = 30.0
+# A name Chromium resolves to loopback but does not count as local: a page loaded from it over plain HTTP is not a
+# secure context, as for a visitor on another machine (tests stay on 127.0.0.1).
+INSECURE_HOST = "insecure.test"
 # Upper bound for anything we wait on in the page; a wait ends as soon as its condition holds.
 PAGE_TIMEOUT = 60.0
 
@@ -183,6 +186,7 @@ async def launch_browser(chromium: str, fake_microphone: Path, profile: Path) ->
         f"--user-data-dir={profile}",
         "--remote-debugging-address=127.0.0.1",
         "--remote-debugging-port=0",
+        f"--host-resolver-rules=MAP {INSECURE_HOST} 127.0.0.1",
         "about:blank",
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,

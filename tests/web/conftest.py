@@ -18,18 +18,20 @@ from tests.support.gateway import AccountGateway, gateway_settings, running_gate
 
 @pytest.fixture
 async def page_gateway(store: Store) -> AsyncIterator[Callable[..., Awaitable[AccountGateway]]]:
-    """Factory: ``await page_gateway(upstream="ws://…", balance_nanos=None, **settings)``.
+    """Factory: ``await page_gateway(upstream="ws://…", balance_nanos=10**9, **settings)``.
 
-    ``upstream`` serves every provider's path (``tests.support.emulator.EMULATOR_PATHS``); the demo key is a real
-    key of a fresh account unless ``demo_api_key`` is given.
+    ``upstream`` serves every provider's path (``tests.support.emulator.EMULATOR_PATHS``); the page is on, and the
+    demo key is a real key of a fresh prepaid account (1 USD unless ``balance_nanos`` is given; ``None`` makes it
+    postpaid) unless ``demo_api_key`` is given.
     """
     async with AsyncExitStack() as stack:
 
         async def start(
-            *, upstream: str = "ws://127.0.0.1:9", balance_nanos: int | None = None, **overrides: Any
+            *, upstream: str = "ws://127.0.0.1:9", balance_nanos: int | None = 10**9, **overrides: Any
         ) -> AccountGateway:
             account = await create_account(store, name="demo", balance_nanos=balance_nanos)
             overrides.setdefault("demo_api_key", account.key)
+            overrides.setdefault("demo_page", True)
             settings = gateway_settings(upstream, gateway_id="page-tests", **overrides)
             running = await stack.enter_async_context(running_gateway(settings, store))
             return AccountGateway(running.http_url, store, settings, account.id, account.key)

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from sttgate.admin import Admin
-from sttgate.core.money import format_usd
+from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.emulators.transcriber import WORDS
 from sttgate.providers import names
-from tests.support.browser import PAGE_TIMEOUT, Browser, Page
+from tests.support.browser import INSECURE_HOST, PAGE_TIMEOUT, Browser, Page
 from tests.support.emulator import EmulatorServer
 from tests.support.gateway import AccountGateway
 
@@ -90,13 +90,86 @@ async def test_page_transcribes_the_microphone(
         shutil.copyfile(shot, DOCS_SCREENSHOT)
 
 
+async def _start_and_fail(page: Page, reason: str) -> str:
+    """Press Start and wait for the page to explain why it cannot go on; returns what it says."""
+    await page.evaluate("document.getElementById('start').click()", user_gesture=True)
+    await page.wait_for(f"{STATUS} === 'error'", f"the page to say {reason}")
+    assert await page.evaluate("document.getElementById('error').dataset.reason") == reason
+    assert not await page.evaluate("document.getElementById('start').disabled")
+    return str(await page.evaluate("document.getElementById('error').textContent"))
+
+
 async def test_page_shows_a_refusal(page_gateway: Callable[..., Awaitable[AccountGateway]], browser: Browser) -> None:
-    """A prepaid demo account without money: the gateway refuses the upgrade (402) and the page says so."""
+    """The provider cannot be reached: the gateway refuses the upgrade and the page says so."""
+    gw = await page_gateway()  # its providers at 127.0.0.1:9, where nothing listens
+    page = await browser.new_page()
+    await page.navigate(f"{gw.url}/demo/")
+    assert "refused" in await _start_and_fail(page, "error")
+
+
+async def test_page_says_the_demo_balance_is_spent(
+    page_gateway: Callable[..., Awaitable[AccountGateway]], browser: Browser
+) -> None:
+    """A prepaid demo account without money: the token is refused (402) and the page says why, in words."""
     gw = await page_gateway(balance_nanos=0)
     page = await browser.new_page()
     await page.navigate(f"{gw.url}/demo/")
-    await page.evaluate("document.getElementById('start').click()", user_gesture=True)
-    await page.wait_for(f"{STATUS} === 'error'", "the refusal")
-    assert "refused" in await page.evaluate("document.getElementById('error').textContent")
-    assert not await page.evaluate("document.getElementById('start').disabled")
+    assert "demo balance is spent" in await _start_and_fail(page, "balance_spent")
     assert (await Admin(gw.store, names()).usage(gw.account_id))["sessions"] == []
+
+
+async def test_page_says_when_the_balance_runs_out_during_a_session(
+    emulator: EmulatorServer, page_gateway: Callable[..., Awaitable[AccountGateway]], browser: Browser
+) -> None:
+    """One cycle's money: the first 5 s stream, the next cycle cannot be paid, the gateway closes 4002."""
+    gw = await page_gateway(upstream=emulator.base, balance_nanos=cycle_price_nanos("0.15"), rate_assemblyai="0.15")
+    page = await browser.new_page()
+    await page.navigate(f"{gw.url}/demo/")
+    await page.evaluate("document.getElementById('provider').value = 'assemblyai'")
+    await page.evaluate("document.getElementById('start').click()", user_gesture=True)
+    await page.wait_for(f"{STATUS} === 'live'", "the session to start")
+    await page.wait_for("document.getElementById('error').dataset.reason === 'balance_spent'", "the 4002 close")
+    text = await page.evaluate("document.getElementById('error').textContent")
+    assert "demo balance is spent" in text and "4002" in text
+    session = await _ended_session(gw)
+    assert (session["close_code"], session["billed_seconds"]) == (4002, 5)
+
+
+async def test_page_says_when_a_session_reaches_the_demo_limit(
+    emulator: EmulatorServer, page_gateway: Callable[..., Awaitable[AccountGateway]], browser: Browser
+) -> None:
+    gw = await page_gateway(upstream=emulator.base, demo_max_session_seconds=2)
+    page = await browser.new_page()
+    await page.navigate(f"{gw.url}/demo/")
+    await page.evaluate("document.getElementById('start').click()", user_gesture=True)
+    await page.wait_for(f"{STATUS} === 'live'", "the session to start")
+    assert await page.evaluate("document.getElementById('limit').textContent") == "2 s"
+    await page.wait_for("document.getElementById('error').dataset.reason === 'session_limit'", "the limit")
+    assert "limit of 2 s" in await page.evaluate("document.getElementById('error').textContent")
+    session = await _ended_session(gw)
+    assert (session["close_code"], session["closed_by"]) == (1008, "gateway")
+
+
+async def test_page_says_when_it_started_too_many_sessions(
+    page_gateway: Callable[..., Awaitable[AccountGateway]], browser: Browser
+) -> None:
+    gw = await page_gateway(demo_token_burst=1, demo_tokens_per_minute=1)
+    page = await browser.new_page()
+    await page.navigate(f"{gw.url}/demo/")
+    await _start_and_fail(page, "error")  # the one token of the burst (its provider is unreachable)
+    assert "try again in 60 s" in await _start_and_fail(page, "rate_limited")
+
+
+async def test_page_over_plain_http_from_another_host_says_the_microphone_needs_https(
+    page_gateway: Callable[..., Awaitable[AccountGateway]], browser: Browser, tmp_path: Path
+) -> None:
+    """Not a secure context: the browser gives no microphone, so the page says so instead of failing silently."""
+    gw = await page_gateway()
+    page = await browser.new_page()
+    await page.navigate(gw.url.replace("127.0.0.1", INSECURE_HOST) + "/demo/")
+    await page.wait_for("document.getElementById('error').dataset.reason === 'insecure_context'", "the message")
+    text = await page.evaluate("document.getElementById('error').textContent")
+    assert "secure context" in text and "HTTPS" in text and INSECURE_HOST in text
+    assert await page.evaluate("document.getElementById('start').disabled")
+    assert await page.evaluate(STATUS) == "unavailable"
+    (tmp_path / "demo-page-insecure.png").write_bytes(await page.screenshot())

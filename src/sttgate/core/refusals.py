@@ -137,6 +137,16 @@ def insufficient_balance() -> Refusal:
     return Refusal(402, "insufficient_balance", "The account balance cannot pay for one 5-second cycle.")
 
 
+def rate_limited(retry_after_seconds: int) -> Refusal:
+    """Too many requests from one client address to a route anyone may call (the demo page's token mint)."""
+    return Refusal(
+        429,
+        "rate_limited",
+        f"Too many requests from this address; try again in {retry_after_seconds} s.",
+        {"Retry-After": str(retry_after_seconds)},
+    )
+
+
 # -- this gateway (503) --------------------------------------------------------------------------------------------
 
 
@@ -156,6 +166,13 @@ def database_unavailable() -> Refusal:
 
 def demo_not_configured() -> Refusal:
     return Refusal(503, "demo_not_configured", "The demo page has no valid demo API key (STTGATE_DEMO_API_KEY).")
+
+
+def demo_account_postpaid() -> Refusal:
+    """The demo key's account is postpaid: nothing would cap what anyone who opens the page spends."""
+    return Refusal(
+        503, "demo_not_configured", "The demo account must be prepaid: its balance caps what the demo page can spend."
+    )
 
 
 # -- the provider (4xx passthrough, 502, 504) ----------------------------------------------------------------------

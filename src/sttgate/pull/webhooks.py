@@ -7,32 +7,43 @@ exponential backoff; while it is retried, later messages wait behind it, and whe
 waiting ``message`` is dropped and counted (the gap shows in ``seq``). The final ``ended`` event is never dropped
 and is posted exactly once per task, after every message before it.
 
-The envelope, signature and backoff arithmetic are plain functions, tested directly.
+Every attempt is signed twice under the account's webhook secret: ``X-Sttgate-Signature`` (HMAC-SHA256 of the body,
+keyed by the secret's text) and the Standard Webhooks headers ``webhook-id`` (the same on every attempt of one event),
+``webhook-timestamp`` (this attempt's time) and ``webhook-signature`` (keyed by the bytes the secret's base64 part
+decodes to), so a receiver can refuse replays with any Standard Webhooks library (docs/pull.md#signatures).
+
+The envelope, signatures and backoff arithmetic are plain functions, tested directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from standardwebhooks import Webhook
 
 from sttgate.pull.urlsafety import address_allowed
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Sttgate-Signature"
+SECRET_PREFIX = "whsec_"
 USER_AGENT = "sttgate-webhooks/1"
 EVENT_MESSAGE = "message"
 EVENT_ENDED = "ended"
@@ -49,6 +60,39 @@ def sign(secret: str | bytes, body: bytes) -> str:
 def verify(secret: str | bytes, body: bytes, header: str) -> bool:
     """What a receiver does: recompute and compare in constant time."""
     return hmac.compare_digest(sign(secret, body), header)
+
+
+def standard_webhooks_secret(secret: str) -> str:
+    """The account's secret as a Standard Webhooks library takes it: ``whsec_`` and the key in standard base64.
+
+    Secrets are ``whsec_`` + base64 of 32 random bytes. Those made since Standard Webhooks signing came are in the
+    standard alphabet and are returned unchanged; older ones used the URL-safe alphabet without padding, which some
+    libraries decode to other bytes (or refuse), so they are re-encoded: the same key bytes, spelled the standard way.
+    """
+    body = secret.removeprefix(SECRET_PREFIX)
+    standard = body.replace("-", "+").replace("_", "/")
+    try:
+        key = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except binascii.Error as exc:
+        raise ValueError("the webhook secret is not whsec_ followed by base64") from exc
+    if not key:
+        raise ValueError("the webhook secret is empty")
+    return SECRET_PREFIX + base64.b64encode(key).decode()
+
+
+def webhook_id(task_id: str, seq: int) -> str:
+    """``webhook-id``: one event of one task; every retry of that event carries the same id."""
+    return f"{task_id}:{seq}"
+
+
+def standard_headers(signer: Webhook, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three Standard Webhooks headers for one attempt (``timestamp`` in whole seconds since the epoch)."""
+    when = datetime.fromtimestamp(timestamp, tz=UTC)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signer.sign(msg_id=msg_id, timestamp=when, data=body.decode()),
+    }
 
 
 def _head(task_id: str, seq: int, provider: str, event: str) -> str:
@@ -164,15 +208,18 @@ class WebhookDeliverer:
         policy: WebhookPolicy,
         recorder: AttemptRecorder | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.task_id = task_id
         self.provider = provider
         self.callback_url = callback_url
         self.secret = secret
+        self.signer = Webhook(standard_webhooks_secret(secret))
         self.client = client
         self.policy = policy
         self.recorder = recorder
         self.sleep = sleep
+        self.clock = clock
         self.seq = 0
         self.dropped = 0
         self.delivered = 0
@@ -273,8 +320,10 @@ class WebhookDeliverer:
             "X-Sttgate-Seq": str(delivery.seq),
             "X-Sttgate-Event": delivery.event,
         }
+        msg_id = webhook_id(self.task_id, delivery.seq)
         for attempt in range(1, attempts + 1):
-            status, error = await self._post(delivery.body, headers)
+            stamped = headers | standard_headers(self.signer, msg_id, int(self.clock()), delivery.body)
+            status, error = await self._post(delivery.body, stamped)
             await self._record(Attempt(self.task_id, delivery.seq, attempt, status, error))
             if status is not None and 200 <= status < 300:
                 self._degraded = False

@@ -6,6 +6,7 @@ serves are built from these rows in :mod:`sttgate.admin`.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import uuid
 from collections.abc import Collection
@@ -274,7 +275,8 @@ def _key(row: Row[Any]) -> ApiKey:
 
 
 def _new_webhook_secret() -> str:
-    return "whsec_" + secrets.token_urlsafe(32)
+    """``whsec_`` + standard base64 of 32 random bytes: a Standard Webhooks secret as is (docs/pull.md#signatures)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def _check_name(name: str) -> None:

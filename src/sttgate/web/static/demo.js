@@ -4,6 +4,10 @@
 // connects to the provider-shaped route with ?token=..., speaking that provider's own protocol, so the same code
 // works against the provider directly if you swap the URL and token source.
 //
+// What can go wrong is said on the page in words (docs/contract.md#demo-page): no secure context (the browser gives
+// no microphone to a page served over plain HTTP from another machine), the demo balance spent (402 at the token,
+// 4002 during a session), the session limit reached, too many sessions from one address (429).
+//
 // Running cost: computed here from the audio actually sent and the cycle price the backend reports, with the
 // gateway's own rule (each started 5 s of audio is one cycle, SDK §4), in integer nano-dollars.
 
@@ -53,7 +57,9 @@ class Session {
     setStatus("connecting", "getting a token…");
     const grant = await this.fetchToken();
     this.cyclePriceNanos = usdToNanos(grant.cycle_price_usd);
+    this.limitSeconds = grant.max_session_seconds;
     $("rate").textContent = `$${grant.rate_usd_per_hour}/h`;
+    $("limit").textContent = `${grant.max_session_seconds} s`;
     renderCost(this);
 
     const url = new URL(this.provider.path, new URL("..", location.href));
@@ -91,8 +97,8 @@ class Session {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ provider: this.providerName }),
     });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.error ? body.error.message : `token request failed (${response.status})`);
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw tokenRefusal(response, body);
     return body;
   }
 
@@ -112,7 +118,7 @@ class Session {
   }
 
   onClose(event) {
-    if (event.code !== 1000 && !this.stopping) showError(`connection closed: ${event.code} ${event.reason}`);
+    if (event.code !== 1000 && !this.stopping) showError(closeMessage(event, this.limitSeconds), closeReason(event));
     this.markEnded();
     this.release();
     setStatus(event.code === 1000 || this.stopping ? "ended" : "error", event.code === 1000 ? "ended" : "closed");
@@ -143,6 +149,55 @@ class Session {
   }
 }
 
+// An error the page explains itself; `reason` is a stable word for it (also on #error as data-reason).
+class PageError extends Error {
+  constructor(message, reason) {
+    super(message);
+    this.reason = reason;
+  }
+}
+
+function tokenRefusal(response, body) {
+  const code = body.error ? body.error.code : "";
+  if (code === "insufficient_balance") {
+    return new PageError(
+      "The demo balance is spent: the demo account cannot pay for another session until the operator tops it up.",
+      "balance_spent",
+    );
+  }
+  if (code === "rate_limited") {
+    const wait = response.headers.get("Retry-After");
+    return new PageError(`Too many sessions started from your address; try again in ${wait || "a few"} s.`, code);
+  }
+  return new PageError(body.error ? body.error.message : `token request failed (${response.status})`, code || "error");
+}
+
+function closeReason(event) {
+  if (event.code === 4002) return "balance_spent";
+  if (event.code === 1008 && event.reason === "session time limit") return "session_limit";
+  return "closed";
+}
+
+function closeMessage(event, limitSeconds) {
+  const reason = closeReason(event);
+  if (reason === "balance_spent") {
+    return `The demo balance is spent: the gateway ended the session (${event.code} ${event.reason}).`;
+  }
+  if (reason === "session_limit") {
+    return `The demo session reached its limit of ${limitSeconds} s and was ended; press Start for a new one.`;
+  }
+  return `connection closed: ${event.code} ${event.reason}`;
+}
+
+// getUserMedia exists only in a secure context: HTTPS, or http://localhost / 127.0.0.1 on the visitor's own machine.
+function insecureContextMessage() {
+  return (
+    `The microphone needs a secure context, and this page was loaded over plain HTTP from ${location.host}. ` +
+    "Open it over HTTPS (put the gateway behind a TLS proxy), or on the gateway's own machine at " +
+    "http://localhost or http://127.0.0.1."
+  );
+}
+
 function setStatus(state, text) {
   const status = $("status");
   status.dataset.state = state;
@@ -165,10 +220,11 @@ function showText({ kind, key, text }) {
   if (kind === "final" && !text) line.remove();
 }
 
-function showError(text) {
+function showError(text, reason = "error") {
   const box = $("error");
   box.hidden = false;
   box.textContent = text;
+  box.dataset.reason = reason;
 }
 
 function renderCost(session) {
@@ -191,9 +247,15 @@ $("start").addEventListener("click", async () => {
     await session.start();
   } catch (err) {
     session.release();
-    showError(err.message || String(err));
+    showError(err.message || String(err), err.reason);
     setStatus("error", "error");
   }
 });
 
 $("stop").addEventListener("click", () => session && session.stop());
+
+if (!window.isSecureContext || !navigator.mediaDevices) {
+  showError(insecureContextMessage(), "insecure_context");
+  setStatus("unavailable", "no microphone");
+  $("start").disabled = true;
+}
