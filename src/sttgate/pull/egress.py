@@ -9,7 +9,7 @@ again) and pipes bytes both ways. Plain HTTP requests are rewritten to origin fo
 each proxied connection carries exactly one request to the host that was checked.
 
 Used only when private addresses are refused (the default); with ``STTGATE_PULL_ALLOW_PRIVATE=1`` there is nothing
-to enforce and FFmpeg connects directly.
+to enforce and FFmpeg connects directly. RTSP and RTMP(S) go through :mod:`sttgate.pull.relay` instead.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from sttgate.pull.urlsafety import address_allowed
+from sttgate.pull.urlsafety import AddressPolicy, address_allowed
 
 log = logging.getLogger("sttgate.pull")
 
@@ -30,8 +29,6 @@ HEAD_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 PIPE_CHUNK = 64 * 1024
 _HOP_HEADERS = frozenset({"connection", "proxy-connection", "proxy-authorization", "keep-alive"})
-
-Policy = Callable[[str, int], bool]
 
 
 class Refused(Exception):
@@ -75,8 +72,10 @@ def rewrite_head(head: bytes, path: str) -> bytes:
 class EgressGuard:
     """The proxy server; ``proxy_url`` goes into FFmpeg's ``http_proxy``."""
 
-    def __init__(self, *, allow_private: bool = False, policy: Policy | None = None) -> None:
-        self.policy: Policy = policy or (lambda address, _port: address_allowed(address, allow_private=allow_private))
+    def __init__(self, *, allow_private: bool = False, policy: AddressPolicy | None = None) -> None:
+        self.policy: AddressPolicy = policy or (
+            lambda address, _port: address_allowed(address, allow_private=allow_private)
+        )
         self.refused: list[str] = []
         self.allowed: list[str] = []
         self._server: asyncio.Server | None = None

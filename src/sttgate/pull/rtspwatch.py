@@ -1,0 +1,178 @@
+"""What an RTSP server's bytes mean to FFmpeg, read before FFmpeg reads them (docs/pull.md#url-safety).
+
+FFmpeg's RTSP demuxer follows a ``3xx`` answer to whatever host its ``Location`` names, by opening a new connection
+that the gateway never checked. The source relay (:mod:`sttgate.pull.relay`) therefore passes the server's side of
+an RTSP connection through :class:`RtspServerStream`, which refuses any message that could redirect FFmpeg before a
+byte of it reaches FFmpeg.
+
+Sans-I/O: bytes in, bytes safe to pass out (or :class:`RtspRefused`). The framing copies FFmpeg's own reader
+(``ff_rtsp_read_reply``), so that both see the same messages: lines end at ``\\n``, every ``\\r`` is dropped, a line
+is a C string (cut at the first NUL, and at 4095 bytes), an empty line ends a head, a ``$`` at the start of a line
+is an interleaved frame (``$``, channel, 16-bit length, payload) and is passed as is, and a head's last
+``Content-Length:`` (``strtol``, case-insensitive name) says how many body bytes follow. To leave no room for a
+difference between the two readers, every text line is judged, the body's lines as well as the head's: a line that
+is a status line with a 3xx code, or a ``Location:`` header, refuses the connection. Legitimate RTSP bodies (SDP,
+``GET_PARAMETER`` text) contain neither.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+# FFmpeg reads a line into a 4096-byte buffer (MAX_URL_SIZE) and drops what does not fit.
+LINE_KEEP = 4095
+# Longest text line held while waiting for its end; longer means a hostile or broken server.
+LINE_LIMIT = 64 * 1024
+# RTSP bodies are SDP or parameter text: kilobytes. Larger is refused rather than passed unjudged.
+BODY_LIMIT = 1024 * 1024
+
+_STRTOL = re.compile(rb"[ \t\n\v\f\r]*([+-]?)([0-9]*)")
+
+
+class RtspRefused(Exception):
+    """The server sent something FFmpeg must not see; the relay closes both sides."""
+
+
+def _c_string(raw: bytes) -> bytes:
+    """A received line as FFmpeg holds it: ``\\r`` dropped, cut at 4095 bytes, then cut at the first NUL."""
+    return raw.replace(b"\r", b"")[:LINE_KEEP].split(b"\0", 1)[0]
+
+
+def _strtol(text: bytes) -> int:
+    """C ``strtol(text, NULL, 10)`` on the start of ``text`` (0 when there is no number)."""
+    match = _STRTOL.match(text)
+    assert match is not None
+    sign, digits = match.groups()
+    if not digits:
+        return 0
+    value = int(digits)
+    return -value if sign == b"-" else value
+
+
+def status_code(line: bytes) -> int | None:
+    """The status of a response line as FFmpeg reads it (first word ``RTSP/…``, then ``atoi`` of the second)."""
+    words = line.split()
+    if not words or not words[0].startswith(b"RTSP/"):
+        return None
+    return _strtol(words[1]) if len(words) > 1 else 0
+
+
+def line_problem(line: bytes) -> str | None:
+    """Why this text line of an RTSP server must not reach FFmpeg, or None. ``line`` is as :func:`_c_string` makes
+    it."""
+    code = status_code(line)
+    if code is not None and 300 <= code < 400:
+        return f"RTSP redirect refused ({line[:200].decode('latin-1')!r})"
+    if line[:9].lower() == b"location:":
+        return f"RTSP Location header refused ({line[:200].decode('latin-1')!r})"
+    return None
+
+
+def content_length(line: bytes) -> int | None:
+    """The value of a ``Content-Length:`` line as FFmpeg reads it, or None for any other line."""
+    if line[:15].lower() != b"content-length:":
+        return None
+    return _strtol(line[15:])
+
+
+class _State(enum.Enum):
+    LINE_START = enum.auto()  # at the start of a line (of a head, or between messages)
+    LINE = enum.auto()  # inside a text line
+    FRAME_HEADER = enum.auto()  # inside the 4-byte header of an interleaved frame
+    FRAME = enum.auto()  # inside an interleaved frame's payload
+    BODY = enum.auto()  # inside a message body (judged line by line too)
+
+
+class RtspServerStream:
+    """The server-to-FFmpeg half of one RTSP connection: feed it what the server sent, forward what it returns."""
+
+    def __init__(self) -> None:
+        self._state = _State.LINE_START
+        self._pending = bytearray()  # bytes of the current line or frame header not yet judged
+        self._remaining = 0  # payload bytes left in the current frame, or body bytes left in the current message
+        self._in_head = False
+        self._head_length = 0  # the current head's Content-Length (its last one)
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes of ``data`` that may go to FFmpeg now; a line is held until it is whole and judged.
+
+        Raises :class:`RtspRefused` on a redirect, a ``Location``, an oversized line or body.
+        """
+        out = bytearray()
+        view = memoryview(data)
+        i = 0
+        while i < len(view):
+            state = self._state
+            if state is _State.FRAME:
+                n = min(self._remaining, len(view) - i)
+                out += view[i : i + n]
+                i += n
+                self._remaining -= n
+                if self._remaining == 0:
+                    self._state = _State.LINE_START
+            elif state is _State.FRAME_HEADER:
+                self._pending.append(view[i])
+                i += 1
+                if len(self._pending) == 4:
+                    out += self._pending
+                    self._remaining = int.from_bytes(self._pending[2:4], "big")
+                    self._pending.clear()
+                    self._state = _State.FRAME if self._remaining else _State.LINE_START
+            elif state is _State.LINE_START and view[i] == 0x24:  # "$": a frame, also inside a head
+                self._state = _State.FRAME_HEADER
+            else:
+                i = self._take_line(view, i, out)
+        return bytes(out)
+
+    def _take_line(self, view: memoryview, i: int, out: bytearray) -> int:
+        """Read up to the end of a text line (of a head or a body); judge it once whole. Returns the new index."""
+        in_body = self._state is _State.BODY
+        end = len(view)
+        if in_body:
+            end = min(end, i + self._remaining)
+        newline = bytes(view[i:end]).find(b"\n")
+        stop = end if newline < 0 else i + newline + 1
+        self._pending += view[i:stop]
+        if in_body:
+            self._remaining -= stop - i
+        if len(self._pending) > LINE_LIMIT:
+            raise RtspRefused("RTSP line longer than the relay accepts")
+        body_done = in_body and self._remaining == 0
+        if newline < 0 and not body_done:
+            if not in_body:
+                self._state = _State.LINE
+            return stop
+        line = _c_string(bytes(self._pending).rstrip(b"\n"))
+        problem = line_problem(line)
+        if problem is not None:
+            raise RtspRefused(problem)
+        out += self._pending
+        self._pending.clear()
+        if in_body:
+            if body_done:
+                self._state = _State.LINE_START
+            return stop
+        self._head_line(line)
+        return stop
+
+    def _head_line(self, line: bytes) -> None:
+        """A whole line outside a body: a head's first, middle or last (empty) line."""
+        if not line:
+            if self._in_head:
+                self._in_head = False
+                body = self._head_length
+                self._head_length = 0
+                if body > BODY_LIMIT:
+                    raise RtspRefused(f"RTSP body of {body} bytes refused")
+                if body > 0:
+                    self._remaining = body
+                    self._state = _State.BODY
+                    return
+            self._state = _State.LINE_START
+            return
+        self._in_head = True
+        length = content_length(line)
+        if length is not None:
+            self._head_length = length
+        self._state = _State.LINE_START
