@@ -2,7 +2,8 @@
 
 No RTSP server package could be had from the registries this project uses (mediamtx is a separate binary; the
 GStreamer RTSP server is a library), so the tests speak the few requests FFmpeg sends: OPTIONS, DESCRIBE, SETUP
-(interleaved only, which is all the gateway asks for), PLAY, GET_PARAMETER, TEARDOWN.
+(interleaved only, which is all the gateway asks for), PLAY, GET_PARAMETER, TEARDOWN. With ``redirect_to`` it is a
+hostile server instead: it answers DESCRIBE with ``302`` and that ``Location``.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ def tone_packet(start: int) -> bytes:
 
 
 class RtspServer:
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, host: str = "127.0.0.1", redirect_to: str | None = None) -> None:
         self.seconds = seconds
+        self.host = host
+        self.redirect_to = redirect_to
         self.server: asyncio.Server | None = None
         self.port = 0
         self.requests: list[str] = []
         self._streams: set[asyncio.Task[None]] = set()
 
     async def start(self) -> str:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._client, self.host, 0)
         self.port = self.server.sockets[0].getsockname()[1]
-        return f"rtsp://127.0.0.1:{self.port}/tone"
+        return f"rtsp://{self.host}:{self.port}/tone"
 
     async def close(self) -> None:
         assert self.server
@@ -58,6 +61,10 @@ class RtspServer:
                 extra, body = "", b""
                 if method == "OPTIONS":
                     extra = "Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER\r\n"
+                elif method == "DESCRIBE" and self.redirect_to is not None:
+                    writer.write(f"RTSP/1.0 302 Found\r\nCSeq: {cseq}\r\nLocation: {self.redirect_to}\r\n\r\n".encode())
+                    await writer.drain()
+                    continue
                 elif method == "DESCRIBE":
                     body = (
                         b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=tone\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"

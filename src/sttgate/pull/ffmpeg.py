@@ -173,9 +173,9 @@ class FFmpegSource:
         return self.process.pid if self.process else None
 
     def stderr_tail(self) -> str:
-        """FFmpeg's last error lines, after what the relay refused (FFmpeg itself only sees a connection cut)."""
-        refused = [f"refused by the source relay: {why}" for why in self.relay.refused] if self.relay else []
-        return "\n".join([*refused, *self._stderr])
+        """FFmpeg's last error lines, after the relay's problems (FFmpeg itself only sees a connection cut)."""
+        relayed = [f"source relay: {problem}" for problem in self.relay.problems] if self.relay else []
+        return "\n".join([*relayed, *self._stderr])
 
     async def start(self) -> None:
         """Start FFmpeg (after its relay); a binary that cannot be started is a failed source, not an exception."""

@@ -113,6 +113,8 @@ class SourceRelay:
         self.tls = tls if tls is not None or target.scheme != "rtmps" else ssl.create_default_context()
         self.refused: list[str] = []
         self.connected: list[str] = []
+        # What went wrong, for the task's last_error: FFmpeg itself only sees a connection that was cut.
+        self.problems: list[str] = []
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self._sock.bind(("127.0.0.1", 0))
@@ -197,6 +199,7 @@ class SourceRelay:
             self.connected.append(f"{address}:{target.port}")
             return upstream
         log.warning("event=pull_relay_connect_failed host=%r errors=%r", target.host, errors)
+        self.problems.append(f"cannot connect to {target.host}:{target.port} ({'; '.join(errors)})")
         return None
 
     async def _pipe_down(
@@ -224,6 +227,7 @@ class SourceRelay:
 
     def _refuse(self, why: str) -> None:
         self.refused.append(why)
+        self.problems.append(f"refused: {why}")
         log.warning("event=pull_relay_refused reason=%r", why)
 
 

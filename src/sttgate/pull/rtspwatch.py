@@ -8,8 +8,9 @@ byte of it reaches FFmpeg.
 Sans-I/O: bytes in, bytes safe to pass out (or :class:`RtspRefused`). The framing copies FFmpeg's own reader
 (``ff_rtsp_read_reply``), so that both see the same messages: lines end at ``\\n``, every ``\\r`` is dropped, a line
 is a C string (cut at the first NUL, and at 4095 bytes), an empty line ends a head, a ``$`` at the start of a line
-is an interleaved frame (``$``, channel, 16-bit length, payload) and is passed as is, and a head's last
-``Content-Length:`` (``strtol``, case-insensitive name) says how many body bytes follow. To leave no room for a
+is an interleaved frame (``$``, channel, 16-bit length, payload) and is passed as is, and the last
+``Content-Length:`` among a head's lines after its first (``strtol``, case-insensitive name) says how many body
+bytes follow. To leave no room for a
 difference between the two readers, every text line is judged, the body's lines as well as the head's: a line that
 is a status line with a 3xx code, or a ``Location:`` header, refuses the connection. Legitimate RTSP bodies (SDP,
 ``GET_PARAMETER`` text) contain neither.
@@ -91,7 +92,7 @@ class RtspServerStream:
         self._state = _State.LINE_START
         self._pending = bytearray()  # bytes of the current line or frame header not yet judged
         self._remaining = 0  # payload bytes left in the current frame, or body bytes left in the current message
-        self._in_head = False
+        self._in_head = False  # the current head's first line has been read
         self._head_length = 0  # the current head's Content-Length (its last one)
 
     def feed(self, data: bytes) -> bytes:
@@ -171,8 +172,9 @@ class RtspServerStream:
                     return
             self._state = _State.LINE_START
             return
+        if self._in_head:  # FFmpeg reads headers from the second line on; the first is only a status or request
+            length = content_length(line)
+            if length is not None:
+                self._head_length = length
         self._in_head = True
-        length = content_length(line)
-        if length is not None:
-            self._head_length = length
         self._state = _State.LINE_START
