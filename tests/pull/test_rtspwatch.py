@@ -82,6 +82,8 @@ def test_however_the_network_cuts_it_the_session_passes_whole(cuts: list[int]) -
         b"RTSP/1.0 200 OK\r\nContent-Length: 60\r\n\r\nRTSP/1.0 302 Found\r\nLocation: rtsp://10.0.0.1/\r\n\r\n",
         b"RTSP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % (BODY_LIMIT + 1),
         b"RTSP/1.0 200 OK\r\nX: " + b"a" * 70_000,
+        b"\n" * 300,  # endless empty lines, or header lines: cut off early
+        b"RTSP/1.0 200 OK\r\n" + b"X: y\r\n" * 300,
     ],
 )
 def test_a_redirect_never_reaches_ffmpeg(hostile: bytes) -> None:

@@ -10,10 +10,11 @@ Sans-I/O: bytes in, bytes safe to pass out (or :class:`RtspRefused`). The framin
 is a C string (cut at the first NUL, and at 4095 bytes), an empty line ends a head, a ``$`` at the start of a line
 is an interleaved frame (``$``, channel, 16-bit length, payload) and is passed as is, and the last
 ``Content-Length:`` among a head's lines after its first (``strtol``, case-insensitive name) says how many body
-bytes follow. To leave no room for a
-difference between the two readers, every text line is judged, the body's lines as well as the head's: a line that
-is a status line with a 3xx code, or a ``Location:`` header, refuses the connection. Legitimate RTSP bodies (SDP,
-``GET_PARAMETER`` text) contain neither.
+bytes follow. To leave no room for a difference between the two readers, every text line is judged, the body's
+lines as well as the head's: a head line that is a status line with a 3xx code, or a ``Location:`` header, refuses
+the connection, and so does a body line that starts like any status line or like a ``Location:`` header. Legitimate
+RTSP bodies (SDP, ``GET_PARAMETER`` text) contain neither. Heads are bounded (a server sending endless header lines
+is cut off), and bodies are judged a block at a time, so a hostile server costs the event loop little per byte.
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ import re
 
 # FFmpeg reads a line into a 4096-byte buffer (MAX_URL_SIZE) and drops what does not fit.
 LINE_KEEP = 4095
-# Longest text line held while waiting for its end; longer means a hostile or broken server.
+# Longest text line held while waiting for its end, and most head text (empty lines before it included) per message;
+# longer means a hostile or broken server.
 LINE_LIMIT = 64 * 1024
+HEAD_LIMIT = 64 * 1024
+HEAD_LINES = 256  # lines per head, empty ones before it included (real heads have a dozen)
 # RTSP bodies are SDP or parameter text: kilobytes. Larger is refused rather than passed unjudged.
 BODY_LIMIT = 1024 * 1024
 
 _STRTOL = re.compile(rb"[ \t\n\v\f\r]*([+-]?)([0-9]*)")
+# A body line (``\r`` already dropped) that starts like a status line or a Location header, in any case.
+_BODY_DANGER = re.compile(rb"(?:^|\n)[ \t\n\v\f]*(?:RTSP/|location:)", re.IGNORECASE)
 
 
 class RtspRefused(Exception):
@@ -60,13 +66,15 @@ def status_code(line: bytes) -> int | None:
 
 
 def line_problem(line: bytes) -> str | None:
-    """Why this text line of an RTSP server must not reach FFmpeg, or None. ``line`` is as :func:`_c_string` makes
+    """Why this head line of an RTSP server must not reach FFmpeg, or None. ``line`` is as :func:`_c_string` makes
     it."""
+    if line[:9].lower() == b"location:":
+        return f"RTSP Location header refused ({line[:200].decode('latin-1')!r})"
+    if b"RTSP/" not in line[:64]:
+        return None
     code = status_code(line)
     if code is not None and 300 <= code < 400:
         return f"RTSP redirect refused ({line[:200].decode('latin-1')!r})"
-    if line[:9].lower() == b"location:":
-        return f"RTSP Location header refused ({line[:200].decode('latin-1')!r})"
     return None
 
 
@@ -94,6 +102,8 @@ class RtspServerStream:
         self._remaining = 0  # payload bytes left in the current frame, or body bytes left in the current message
         self._in_head = False  # the current head's first line has been read
         self._head_length = 0  # the current head's Content-Length (its last one)
+        self._head_text = 0  # bytes of head text read since the last whole head
+        self._head_lines = 0  # and lines
 
     def feed(self, data: bytes) -> bytes:
         """The bytes of ``data`` that may go to FFmpeg now; a line is held until it is whole and judged.
@@ -101,67 +111,85 @@ class RtspServerStream:
         Raises :class:`RtspRefused` on a redirect, a ``Location``, an oversized line or body.
         """
         out = bytearray()
-        view = memoryview(data)
         i = 0
-        while i < len(view):
+        while i < len(data):
             state = self._state
             if state is _State.FRAME:
-                n = min(self._remaining, len(view) - i)
-                out += view[i : i + n]
+                n = min(self._remaining, len(data) - i)
+                out += data[i : i + n]
                 i += n
                 self._remaining -= n
                 if self._remaining == 0:
                     self._state = _State.LINE_START
             elif state is _State.FRAME_HEADER:
-                self._pending.append(view[i])
+                self._pending.append(data[i])
                 i += 1
                 if len(self._pending) == 4:
                     out += self._pending
                     self._remaining = int.from_bytes(self._pending[2:4], "big")
                     self._pending.clear()
                     self._state = _State.FRAME if self._remaining else _State.LINE_START
-            elif state is _State.LINE_START and view[i] == 0x24:  # "$": a frame, also inside a head
+            elif state is _State.LINE_START and data[i] == 0x24:  # "$": a frame, also inside a head
                 self._state = _State.FRAME_HEADER
+            elif state is _State.BODY:
+                i = self._take_body(data, i, out)
             else:
-                i = self._take_line(view, i, out)
+                i = self._take_line(data, i, out)
         return bytes(out)
 
-    def _take_line(self, view: memoryview, i: int, out: bytearray) -> int:
-        """Read up to the end of a text line (of a head or a body); judge it once whole. Returns the new index."""
-        in_body = self._state is _State.BODY
-        end = len(view)
-        if in_body:
-            end = min(end, i + self._remaining)
-        newline = bytes(view[i:end]).find(b"\n")
-        stop = end if newline < 0 else i + newline + 1
-        self._pending += view[i:stop]
-        if in_body:
-            self._remaining -= stop - i
-        if len(self._pending) > LINE_LIMIT:
-            raise RtspRefused("RTSP line longer than the relay accepts")
-        body_done = in_body and self._remaining == 0
-        if newline < 0 and not body_done:
-            if not in_body:
-                self._state = _State.LINE
+    def _take_line(self, data: bytes, i: int, out: bytearray) -> int:
+        """Read up to the end of a head's text line; judge it once whole. Returns the new index."""
+        newline = data.find(b"\n", i)
+        stop = len(data) if newline < 0 else newline + 1
+        self._pending += data[i:stop]
+        self._head_text += stop - i
+        if self._head_text > HEAD_LIMIT:
+            raise RtspRefused("RTSP message head longer than the relay accepts")
+        if newline < 0:
+            self._state = _State.LINE
             return stop
-        line = _c_string(bytes(self._pending).rstrip(b"\n"))
+        line = _c_string(bytes(self._pending[:-1]))
         problem = line_problem(line)
         if problem is not None:
             raise RtspRefused(problem)
+        self._head_lines += 1
+        if self._head_lines > HEAD_LINES:
+            raise RtspRefused("RTSP message head longer than the relay accepts")
         out += self._pending
         self._pending.clear()
-        if in_body:
-            if body_done:
-                self._state = _State.LINE_START
-            return stop
         self._head_line(line)
         return stop
+
+    def _take_body(self, data: bytes, i: int, out: bytearray) -> int:
+        """Read body bytes; pass every whole line (and the body's last bytes) once judged. Returns the new index."""
+        end = min(len(data), i + self._remaining)
+        self._remaining -= end - i
+        if self._remaining == 0:
+            cut = end
+        else:
+            last = data.rfind(b"\n", i, end)
+            cut = last + 1 if last >= 0 else i
+        if cut == i and self._remaining:
+            self._pending += data[i:end]
+            block = b""
+        else:
+            block = bytes(self._pending) + data[i:cut]
+            self._pending = bytearray(data[cut:end])
+        if len(self._pending) > LINE_LIMIT:
+            raise RtspRefused("RTSP line longer than the relay accepts")
+        if _BODY_DANGER.search(block.replace(b"\r", b"")):
+            raise RtspRefused("RTSP body with a status line or a Location refused")
+        out += block
+        if self._remaining == 0:
+            self._state = _State.LINE_START
+        return end
 
     def _head_line(self, line: bytes) -> None:
         """A whole line outside a body: a head's first, middle or last (empty) line."""
         if not line:
             if self._in_head:
                 self._in_head = False
+                self._head_text = self._head_lines = 0
                 body = self._head_length
                 self._head_length = 0
                 if body > BODY_LIMIT:
