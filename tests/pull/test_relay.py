@@ -50,13 +50,79 @@ def checked(url: str, port: int, *addresses: str, host: str = "cam.example") -> 
         ("/app/instance/stream", "app/instance"),
         ("/app/mp4:dir/file", "app"),
         ("/ondemand/clip", "ondemand"),
-        ("/vod/x?slist=a/b&c", "vod/x"),
+        ("/vod/x?slist=a/b&c", "vod/x?slist=a/b&c"),
         ("/live", "live"),
         ("", ""),
     ],
 )
 def test_the_rtmp_application_is_split_as_ffmpeg_splits_it(path: str, app: str) -> None:
     assert rtmp_app(path) == app
+
+
+async def tcurl_sent(ffmpeg: str, options: tuple[str, ...], url: str) -> str:
+    """The ``tcUrl`` FFmpeg puts in its RTMP ``connect``, read by a listener at ``url``'s port that plays the
+    handshake (an S1 of version 0, which FFmpeg does not verify) and then reads the AMF command."""
+    sent: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readexactly(1537)
+            writer.write(b"\x03" + bytes(2 * 1536))
+            await reader.readexactly(1536)  # C2
+            data = b""
+            while (value := amf_string(dechunk(data), b"tcUrl")) is None and (chunk := await reader.read(4096)):
+                data += chunk
+            sent.set_result(value or "")
+        writer.close()
+
+    server = await asyncio.start_server(client, "127.0.0.1", int(url.split(":")[2].split("/")[0]))
+    argv = [ffmpeg, "-nostdin", "-loglevel", "quiet", "-rw_timeout", "5000000", *options, "-i", url]
+    proc = await asyncio.create_subprocess_exec(*argv, "-f", "null", "-")
+    try:
+        data = await asyncio.wait_for(sent, 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        server.close()
+        await server.wait_closed()
+    return data
+
+
+def dechunk(data: bytes, size: int = 128) -> bytes:
+    """The payload of FFmpeg's first RTMP message (its ``connect``): a 12-byte header, then chunks of 128 bytes,
+    each after the first behind a 1-byte header."""
+    payload, at = bytearray(data[12 : 12 + size]), 12 + size
+    while at < len(data):
+        payload += data[at + 1 : at + 1 + size]
+        at += 1 + size
+    return bytes(payload)
+
+
+def amf_string(data: bytes, name: bytes) -> str | None:
+    """The AMF0 string property ``name`` in ``data`` once all of it has arrived."""
+    at = data.find(name + b"\x02")
+    if at < 0 or len(data) < at + len(name) + 3:
+        return None
+    start = at + len(name) + 3
+    end = start + int.from_bytes(data[start - 2 : start], "big")
+    return data[start:end].decode() if len(data) >= end else None
+
+
+@pytest.mark.parametrize(
+    "path", ["/live/key", "/app/inst/key", "/live/key?token=a/b", "/vod/x?slist=a/b&c", "/app/" + "i" * 150 + "/key"]
+)
+async def test_through_the_relay_ffmpeg_sends_the_tcurl_it_would_have_sent(ffmpeg_exe: str, path: str) -> None:
+    """The same tcUrl either way: FFmpeg connected to the URL itself, or given the relay's URL and ``-rtmp_tcurl``."""
+    listener = Canary()
+    port = await listener.start()
+    await listener.close()  # a free port, for both runs
+    direct = f"rtmp://127.0.0.1:{port}{path}"
+    relayed = relayed_input(checked(direct, port, "127.0.0.1"), port)
+    assert relayed.url == direct  # the "relay" is the same listener here: only the options differ
+    own = await tcurl_sent(ffmpeg_exe, (), direct)
+    assert own == await tcurl_sent(ffmpeg_exe, relayed.options, relayed.url)
+    assert own == relayed.options[1] == f"rtmp://127.0.0.1:{port}/{rtmp_app(path)}"
 
 
 def test_what_ffmpeg_is_given_instead_of_the_url() -> None:

@@ -69,11 +69,12 @@ def rtmp_app(path: str) -> str:
     """The RTMP application FFmpeg takes from a URL's path (``rtmp_open`` in FFmpeg's ``rtmpproto.c``).
 
     ``/live/stream`` → ``live``; ``/app/instance/stream`` → ``app/instance``; ``/ondemand/x`` → ``ondemand``;
-    ``/app/mp4:dir/file`` → ``app``; with ``?…slist=`` in the query, everything before the ``?``.
+    ``/app/mp4:dir/file`` → ``app``; with ``slist=`` in the query, the whole path. The query counts as path: FFmpeg
+    looks for ``/`` in it too (tests/pull/test_relay.py compares with what FFmpeg itself sends).
     """
     qmark = path.find("?")
     if qmark >= 0 and "slist=" in path[qmark:]:
-        return path[1:qmark]
+        return path[1:]
     if path.startswith("/ondemand/"):
         return "ondemand"
     rest = path[1:] if path else path
