@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from urllib.parse import urlsplit
 
-from sttgate.pull.urlsafety import AddressPolicy, address_allowed
+from sttgate.pull.urlsafety import AddressPolicy, Resolver, address_allowed, system_resolver
 
 log = logging.getLogger("sttgate.pull")
 
@@ -72,10 +71,13 @@ def rewrite_head(head: bytes, path: str) -> bytes:
 class EgressGuard:
     """The proxy server; ``proxy_url`` goes into FFmpeg's ``http_proxy``."""
 
-    def __init__(self, *, allow_private: bool = False, policy: AddressPolicy | None = None) -> None:
+    def __init__(
+        self, *, allow_private: bool = False, policy: AddressPolicy | None = None, resolver: Resolver | None = None
+    ) -> None:
         self.policy: AddressPolicy = policy or (
             lambda address, _port: address_allowed(address, allow_private=allow_private)
         )
+        self.resolver: Resolver = resolver or system_resolver
         self.refused: list[str] = []
         self.allowed: list[str] = []
         self._server: asyncio.Server | None = None
@@ -147,12 +149,10 @@ class EgressGuard:
                 await up_writer.wait_closed()
 
     async def _checked_address(self, host: str, port: int) -> str:
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = await self.resolver(host, port)
         except (OSError, UnicodeError) as exc:
             raise Refused(f"cannot resolve {host}: {exc}") from None
-        addresses = [str(info[4][0]) for info in infos]
         for address in addresses:
             if not self.policy(address, port):
                 raise Refused(f"{host}:{port} resolves to {address}, which pull sources may not reach")

@@ -69,7 +69,7 @@ class PullManager:
 
     async def start(self) -> None:
         self.client = webhook_client(allow_private=self.settings.pull_allow_private)
-        self.egress = EgressGuard(policy=self._source_allows)
+        self.egress = EgressGuard(policy=self._source_allows, resolver=lambda host, port: self.resolver(host, port))
         await self.egress.start()
         self.attempts.start()
         self._poll = asyncio.create_task(self._poll_stops(), name="pull-stop-poll")

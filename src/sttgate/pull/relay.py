@@ -106,12 +106,13 @@ class SourceRelay:
     """One task's relay. The listening socket exists from construction (FFmpeg's arguments need its port);
     :meth:`start` serves it, :meth:`close` ends it and every connection through it."""
 
-    def __init__(self, target: CheckedUrl, policy: AddressPolicy, *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, target: CheckedUrl, policy: AddressPolicy) -> None:
         if target.scheme not in RELAYED_SCHEMES:
             raise ValueError(f"no relay for {target.scheme}")
         self.target = target
         self.policy = policy
-        self.tls = tls if tls is not None or target.scheme != "rtmps" else ssl.create_default_context()
+        # RTMPS: the system's trust store, with host name checks (SSL_CERT_FILE / SSL_CERT_DIR honoured).
+        self.tls = ssl.create_default_context() if target.scheme == "rtmps" else None
         self.refused: list[str] = []
         self.connected: list[str] = []
         # What went wrong, for the task's last_error: FFmpeg itself only sees a connection that was cut.
