@@ -30,7 +30,7 @@ from sttgate.pull.relay import SourceRelay, relayed_input, rtmp_app
 from sttgate.pull.urlsafety import CheckedUrl
 from tests.support.canary import Canary
 from tests.support.pull import rtmp_publisher
-from tests.support.rtsp import RtspServer
+from tests.support.rtsp import REDIRECTS, RtspServer
 from tests.support.tcpproxy import TcpProxy
 from tests.support.tls import self_signed_certificate
 
@@ -174,10 +174,11 @@ async def decode_alone(ffmpeg: str, url: str) -> FFmpegSource:
     return src
 
 
-async def test_control_ffmpeg_alone_follows_an_rtsp_redirect_to_loopback(ffmpeg_exe: str) -> None:
+@pytest.mark.parametrize("form", sorted(REDIRECTS))
+async def test_control_ffmpeg_alone_follows_an_rtsp_redirect_to_loopback(ffmpeg_exe: str, form: str) -> None:
     canary = Canary()
     canary_port = await canary.start()
-    hostile = RtspServer(1.0, redirect_to=f"rtsp://127.0.0.1:{canary_port}/tone")
+    hostile = RtspServer(1.0, redirect_to=f"rtsp://127.0.0.1:{canary_port}/tone", redirect=form)
     url = await hostile.start()
     async with started(hostile, canary):
         await decode_alone(ffmpeg_exe, url)
@@ -217,10 +218,11 @@ async def run_task(gw, account, hook: str, audio_url: str) -> dict:
     return await gw.wait_status(acct.key, body["data"]["task_id"])
 
 
-async def test_an_rtsp_redirect_to_loopback_never_connects(pull_gateway, account, receiver) -> None:
+@pytest.mark.parametrize("form", sorted(REDIRECTS))
+async def test_an_rtsp_redirect_to_loopback_never_connects(pull_gateway, account, receiver, form: str) -> None:
     canary = Canary()
     canary_port = await canary.start()
-    hostile = RtspServer(1.0, redirect_to=f"rtsp://127.0.0.1:{canary_port}/tone")
+    hostile = RtspServer(1.0, redirect_to=f"rtsp://127.0.0.1:{canary_port}/tone", redirect=form)
     url = await hostile.start()
     async with started(hostile, canary):
         gw = await guarded_gateway(pull_gateway, lambda a, p: (a, p) == ("127.0.0.1", hostile.port))

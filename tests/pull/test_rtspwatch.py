@@ -78,6 +78,9 @@ def test_however_the_network_cuts_it_the_session_passes_whole(cuts: list[int]) -
         b"RTSP/1.0 200 OK\r\nCSeq: 2\r\n" + frame(b"rtp") + b"Location: rtsp://10.0.0.1/\r\n\r\n",
         b"RTSP/1.0 200 OK\r\nCSeq: 2\r\n" + frame(b"rtp") + b"RTSP/1.0 302 Found\r\n\r\n",
         b"RTSP/1.0 3\r02 Found\r\n\r\n",  # FFmpeg drops every \r: this is a 302 to it
+        b" " * 100 + b"RTSP/1.0 \t\v302 Found\r\n\r\n",  # spaces before the first word, and inside atoi's
+        # "\r" is dropped before FFmpeg looks for "$": a frame (here empty), then a 302 and a Location, to FFmpeg.
+        b"\r\r$\x00\x00\x00RTSP/1.0 302 Found\r\n\r$\x00\x00\x01XLocation: rtsp://127.0.0.1/\r\n\r\n",
         # A body FFmpeg might frame differently still has its lines judged.
         b"RTSP/1.0 200 OK\r\nContent-Length: 60\r\n\r\nRTSP/1.0 302 Found\r\nLocation: rtsp://10.0.0.1/\r\n\r\n",
         b"RTSP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % (BODY_LIMIT + 1),

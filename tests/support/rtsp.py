@@ -3,7 +3,8 @@
 No RTSP server package could be had from the registries this project uses (mediamtx is a separate binary; the
 GStreamer RTSP server is a library), so the tests speak the few requests FFmpeg sends: OPTIONS, DESCRIBE, SETUP
 (interleaved only, which is all the gateway asks for), PLAY, GET_PARAMETER, TEARDOWN. With ``redirect_to`` it is a
-hostile server instead: it answers DESCRIBE with ``302`` and that ``Location``.
+hostile server instead: it answers DESCRIBE with ``302`` and that ``Location``, in one of the :data:`REDIRECTS` forms
+(each of which FFmpeg 9 follows: tests/pull/test_relay.py shows it).
 """
 
 from __future__ import annotations
@@ -11,6 +12,14 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
+
+# A 302 as FFmpeg's RTSP reader understands it: plainly, and disguised (spaces before the status line, a \v inside
+# it; an empty interleaved frame after "\r" at the start of a line, which FFmpeg skips before reading the line).
+REDIRECTS = {
+    "plain": "RTSP/1.0 302 Found\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n",
+    "spaced": " " * 100 + "RTSP/1.0 \t\v302 Found\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n",
+    "framed": "\r$\0\0\0RTSP/1.0 302 Found\r\nCSeq: {cseq}\r\n\r$\0\0\1XLocation: {location}\r\n\r\n",
+}
 
 SAMPLE_RATE = 16000
 PACKET_SAMPLES = 320  # 20 ms
@@ -22,10 +31,13 @@ def tone_packet(start: int) -> bytes:
 
 
 class RtspServer:
-    def __init__(self, seconds: float, *, host: str = "127.0.0.1", redirect_to: str | None = None) -> None:
+    def __init__(
+        self, seconds: float, *, host: str = "127.0.0.1", redirect_to: str | None = None, redirect: str = "plain"
+    ) -> None:
         self.seconds = seconds
         self.host = host
         self.redirect_to = redirect_to
+        self.redirect = REDIRECTS[redirect]
         self.server: asyncio.Server | None = None
         self.port = 0
         self.requests: list[str] = []
@@ -62,7 +74,7 @@ class RtspServer:
                 if method == "OPTIONS":
                     extra = "Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER\r\n"
                 elif method == "DESCRIBE" and self.redirect_to is not None:
-                    writer.write(f"RTSP/1.0 302 Found\r\nCSeq: {cseq}\r\nLocation: {self.redirect_to}\r\n\r\n".encode())
+                    writer.write(self.redirect.format(cseq=cseq, location=self.redirect_to).encode("latin-1"))
                     await writer.drain()
                     continue
                 elif method == "DESCRIBE":

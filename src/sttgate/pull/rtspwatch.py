@@ -70,7 +70,7 @@ def line_problem(line: bytes) -> str | None:
     it."""
     if line[:9].lower() == b"location:":
         return f"RTSP Location header refused ({line[:200].decode('latin-1')!r})"
-    if b"RTSP/" not in line[:64]:
+    if b"RTSP/" not in line:  # FFmpeg skips any run of spaces before the status line's first word
         return None
     code = status_code(line)
     if code is not None and 300 <= code < 400:
@@ -139,6 +139,16 @@ class RtspServerStream:
 
     def _take_line(self, data: bytes, i: int, out: bytearray) -> int:
         """Read up to the end of a head's text line; judge it once whole. Returns the new index."""
+        if not self._pending.strip(b"\r"):
+            # FFmpeg drops "\r" as it reads, so a "$" after nothing but "\r" still starts a line: it is a frame.
+            j = i
+            while j < len(data) and data[j] == 0x0D:
+                j += 1
+            if j < len(data) and data[j] == 0x24:
+                out += self._pending + data[i:j]
+                self._pending.clear()
+                self._state = _State.FRAME_HEADER
+                return j
         newline = data.find(b"\n", i)
         stop = len(data) if newline < 0 else newline + 1
         self._pending += data[i:stop]
