@@ -79,6 +79,8 @@ def test_however_the_network_cuts_it_the_session_passes_whole(cuts: list[int]) -
         b"RTSP/1.0 200 OK\r\nCSeq: 2\r\n" + frame(b"rtp") + b"RTSP/1.0 302 Found\r\n\r\n",
         b"RTSP/1.0 3\r02 Found\r\n\r\n",  # FFmpeg drops every \r: this is a 302 to it
         b" " * 100 + b"RTSP/1.0 \t\v302 Found\r\n\r\n",  # spaces before the first word, and inside atoi's
+        b"RTSP/1.0 4294967598 Found\r\n\r\n",  # 2**32 + 302: FFmpeg's int holds 302
+        b"RTSP/1.0 " + b"\v" * 1020 + b"3029 Found\r\n\r\n",  # FFmpeg keeps 1023 bytes of the word: "\v…302"
         # "\r" is dropped before FFmpeg looks for "$": a frame (here empty), then a 302 and a Location, to FFmpeg.
         b"\r\r$\x00\x00\x00RTSP/1.0 302 Found\r\n\r$\x00\x00\x01XLocation: rtsp://127.0.0.1/\r\n\r\n",
         # A body FFmpeg might frame differently still has its lines judged.
@@ -111,6 +113,10 @@ def test_a_line_is_held_until_it_is_whole() -> None:
 def test_what_ffmpeg_reads_from_a_line() -> None:
     assert status_code(b"RTSP/1.0 302 Found") == 302
     assert status_code(b"RTSP/1.0 302abc") == 302
+    assert status_code(b"RTSP/1.0\t302") == 302
+    assert status_code(b"RTSP/1.0\v302") == 0  # \v does not end FFmpeg's first word
+    assert status_code(b"RTSP/1.0 -4294966994") == 302
+    assert status_code(b"RTSP/1.0 99999999999999999999999") == -1  # strtol's LONG_MAX, as an int
     assert status_code(b"RTSP/1.0") == 0
     assert status_code(b"CSeq: 302") is None
     assert status_code(b"ANNOUNCE rtsp://x RTSP/1.0") is None

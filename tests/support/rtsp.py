@@ -14,11 +14,13 @@ import math
 import struct
 
 # A 302 as FFmpeg's RTSP reader understands it: plainly, and disguised (spaces before the status line, a \v inside
-# it; an empty interleaved frame after "\r" at the start of a line, which FFmpeg skips before reading the line).
+# it; an empty interleaved frame after "\r" at the start of a line, which FFmpeg skips before reading the line; a
+# status that FFmpeg's 32-bit int wraps to 302).
 REDIRECTS = {
     "plain": "RTSP/1.0 302 Found\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n",
     "spaced": " " * 100 + "RTSP/1.0 \t\v302 Found\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n",
     "framed": "\r$\0\0\0RTSP/1.0 302 Found\r\nCSeq: {cseq}\r\n\r$\0\0\1XLocation: {location}\r\n\r\n",
+    "wrapped": "RTSP/1.0 4294967598 Found\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n",  # 2**32 + 302
 }
 
 SAMPLE_RATE = 16000

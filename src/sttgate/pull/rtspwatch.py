@@ -46,23 +46,30 @@ def _c_string(raw: bytes) -> bytes:
     return raw.replace(b"\r", b"")[:LINE_KEEP].split(b"\0", 1)[0]
 
 
-def _strtol(text: bytes) -> int:
-    """C ``strtol(text, NULL, 10)`` on the start of ``text`` (0 when there is no number)."""
+def _c_int(text: bytes) -> int:
+    """C ``(int) strtol(text, NULL, 10)`` (what ``atoi`` is, and what FFmpeg stores in its ``int`` fields): leading
+    white space, a sign, digits; clamped to a 64-bit long, then cut to 32 bits. 0 when there is no number."""
     match = _STRTOL.match(text)
     assert match is not None
     sign, digits = match.groups()
-    if not digits:
-        return 0
-    value = int(digits)
-    return -value if sign == b"-" else value
+    value = int(digits) if digits else 0
+    value = max(-(2**63), min(2**63 - 1, -value if sign == b"-" else value))
+    return (value + 2**31) % 2**32 - 2**31
+
+
+def _word(text: bytes) -> tuple[bytes, bytes]:
+    """FFmpeg's ``get_word`` into a 1024-byte buffer: skip spaces, tabs and newlines, then up to the next one."""
+    text = text.lstrip(b" \t\n")
+    end = min((i for i in (text.find(c) for c in (b" ", b"\t", b"\n")) if i >= 0), default=len(text))
+    return text[:end][:1023], text[end:]
 
 
 def status_code(line: bytes) -> int | None:
     """The status of a response line as FFmpeg reads it (first word ``RTSP/…``, then ``atoi`` of the second)."""
-    words = line.split()
-    if not words or not words[0].startswith(b"RTSP/"):
+    first, rest = _word(line)
+    if not first.startswith(b"RTSP/"):
         return None
-    return _strtol(words[1]) if len(words) > 1 else 0
+    return _c_int(_word(rest)[0])
 
 
 def line_problem(line: bytes) -> str | None:
@@ -82,7 +89,7 @@ def content_length(line: bytes) -> int | None:
     """The value of a ``Content-Length:`` line as FFmpeg reads it, or None for any other line."""
     if line[:15].lower() != b"content-length:":
         return None
-    return _strtol(line[15:])
+    return _c_int(line[15:])
 
 
 class _State(enum.Enum):
