@@ -37,8 +37,6 @@ log = logging.getLogger("sttgate.pull")
 RELAYED_SCHEMES = ("rtsp", "rtmp", "rtmps")
 CONNECT_TIMEOUT_SECONDS = 10.0
 PIPE_CHUNK = 64 * 1024
-# FFmpeg's RTMP client defaults: the port always appears in the tcUrl it builds.
-_RTMP_PORTS = {"rtmp": 1935, "rtmps": 443}
 
 
 @dataclass(frozen=True)
@@ -92,13 +90,14 @@ def relayed_input(target: CheckedUrl, relay_port: int) -> RelayedInput:
     """FFmpeg's input when it must reach ``target`` through a relay on ``127.0.0.1:relay_port``.
 
     The path, query and credentials stay as the customer wrote them. RTMPS becomes RTMP (the relay adds the TLS).
-    RTMP(S) keeps the original host and port in its ``tcUrl``.
+    RTMP(S) keeps the original host and port in its ``tcUrl`` (FFmpeg writes the port even when the URL has none;
+    the check's default ports are FFmpeg's).
     """
     scheme, userinfo, host, rest = _split_authority(target.url)
     relay = f"{userinfo}127.0.0.1:{relay_port}"
     if scheme == "rtsp":
         return RelayedInput(f"rtsp://{relay}{rest}", "rtsp")
-    tcurl = f"{scheme}://{host}:{target.port or _RTMP_PORTS[scheme]}/{rtmp_app(rest)}"
+    tcurl = f"{scheme}://{host}:{target.port}/{rtmp_app(rest)}"
     return RelayedInput(f"rtmp://{relay}{rest}", "rtmp", ("-rtmp_tcurl", tcurl))
 
 
