@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sttgate.pull.rtspwatch import (
@@ -139,3 +140,101 @@ def test_messages_are_framed_as_ffmpeg_frames_them() -> None:
     data = b"RTSP/1.0 200 OK\r\nContent-Length: 4\r\n\r\n" + frame(b"\nLocation: x\r\n")
     with pytest.raises(RtspRefused):
         RtspServerStream().feed(data)
+
+
+LIBC = ctypes.CDLL(None)
+LIBC.strtol.restype = ctypes.c_long
+LIBC.strtol.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+
+
+def c_int_of(text: bytes) -> int:
+    """``(int) strtol(text, NULL, 10)`` by the C library itself (``atoi`` is the same)."""
+    return ctypes.c_int(LIBC.strtol(text, None, 10)).value
+
+
+def ffmpeg_word(text: bytes) -> tuple[bytes, bytes]:
+    """``get_word`` of FFmpeg's rtsp.c: skip SPACE_CHARS, copy up to the next one into a 1024-byte buffer."""
+    i = 0
+    while i < len(text) and text[i : i + 1] in (b" ", b"\t", b"\r", b"\n"):
+        i += 1
+    j = i
+    while j < len(text) and text[j : j + 1] not in (b" ", b"\t", b"\r", b"\n"):
+        j += 1
+    return text[i:j][:1023], text[j:]
+
+
+def ffmpeg_replies(data: bytes) -> list[tuple[int | None, bytes]]:
+    """``(status, Location)`` of each reply FFmpeg 9 reads from ``data`` while it connects: a line-by-line
+    transcription of ``ff_rtsp_read_reply`` (``return_on_interleaved_data`` 0), ``ff_rtsp_skip_packet`` and the
+    lines of ``ff_rtsp_parse_line`` that matter, with the C library's ``strtol``; kept apart from the watch's own
+    code so that each checks the other."""
+    pos = 0
+    replies: list[tuple[int | None, bytes]] = []
+
+    def read(n: int) -> bytes | None:
+        nonlocal pos
+        chunk = data[pos : pos + n]
+        pos += n
+        return chunk if len(chunk) == n else None
+
+    while True:
+        status, location, length, line_count = None, b"", 0, 0
+        while True:
+            buf = bytearray()
+            while (ch := read(1)) != b"\n":
+                if ch is None:
+                    return replies
+                if ch == b"$" and not buf:
+                    header = read(3)
+                    if header is None or read(int.from_bytes(header[1:], "big")) is None:
+                        return replies
+                elif ch != b"\r" and len(buf) < 4095:
+                    buf += ch
+            line = bytes(buf).split(b"\0", 1)[0]
+            if not line:
+                break
+            if line_count == 0:
+                first, rest = ffmpeg_word(line)
+                status = c_int_of(ffmpeg_word(rest)[0]) if first.startswith(b"RTSP/") else None
+            elif line[:15].lower() == b"content-length:":
+                length = c_int_of(line[15:])
+            elif line[:9].lower() == b"location:":
+                location = line[9:].lstrip(b" \t\n")
+            line_count += 1
+        if length > 0 and read(length) is None:
+            return replies
+        replies.append((status, location))
+
+
+# Server output built like messages, with the noise FFmpeg's reader treats specially ("\r", frames, NUL) put at the
+# start of lines, where it changes what FFmpeg reads.
+NOISE = [b"\r", b"$\x00\x00\x00", b"$\x00\x00\x04abcd", b"\x00", b" ", b"\v"]
+LINES = [
+    b"RTSP/1.0 200 OK",
+    b"RTSP/1.0 302 Found",
+    b"RTSP/1.0 4294967598 X",
+    b"  RTSP/1.0\t301",
+    b"CSeq: 1",
+    b"Location: rtsp://10.0.0.1/",
+    b"Content-Length: 4",
+    b"Content-Length: 40",
+    b"abcd",
+]
+noise = st.lists(st.sampled_from(NOISE), max_size=3).map(b"".join)
+line = st.tuples(noise, st.sampled_from(LINES), st.sampled_from([b"\r\n", b"\n"])).map(b"".join)
+message = st.tuples(
+    st.lists(line, min_size=1, max_size=5).map(b"".join),
+    st.sampled_from([b"\r\n", b"\n", b"\x00\n", b"\r$\x00\x00\x00\n"]),
+    st.sampled_from([b"", b"abcd", b"abcd" * 10]),
+).map(b"".join)
+
+
+@settings(max_examples=500)
+@given(st.lists(message, max_size=4).map(b"".join), st.lists(st.integers(min_value=0, max_value=600)))
+def test_whatever_ffmpeg_would_read_as_a_redirect_is_refused(data: bytes, cuts: list[int]) -> None:
+    redirect = any((300 <= (status or 0) < 400) or location for status, location in ffmpeg_replies(data))
+    try:
+        feed_in_pieces(data, [c for c in cuts if c <= len(data)])
+    except RtspRefused:
+        return
+    assert not redirect, ffmpeg_replies(data)
