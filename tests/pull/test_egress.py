@@ -180,25 +180,39 @@ async def test_https_goes_through_connect_and_is_checked(ffmpeg_exe: str, media_
         await runner.cleanup()
 
 
-async def test_the_manager_sends_http_sources_through_the_guard_when_private_is_refused(store) -> None:
+async def test_the_manager_guards_each_scheme_when_private_is_refused(store) -> None:
+    """HTTP(S) through the egress guard; RTSP, RTMP and RTMPS through a relay of their own, pinned to the checked
+    address (RTMPS opened as RTMP, the relay adding the TLS); nothing of the sort with private addresses allowed."""
+
     def checked(url: str) -> CheckedUrl:
         scheme = url.split(":", 1)[0]
-        return CheckedUrl(url=url, scheme=scheme, host="example.com", port=0, addresses=("93.184.216.34",))
+        return CheckedUrl(url=url, scheme=scheme, host="example.com", port=1935, addresses=("93.184.216.34",))
 
     guarded_manager = PullManager(Settings(pull_allow_private=False), store)
     open_manager = PullManager(Settings(pull_allow_private=True), store)
     await guarded_manager.start()
     await open_manager.start()
+    sources = []
     try:
-        assert guarded_manager.egress is not None and open_manager.egress is None
+        assert guarded_manager.egress is not None
         proxy = guarded_manager.egress.proxy_url
         for url in ("http://example.com/a.m3u8", "https://example.com/a.m3u8"):
-            env = guarded_manager.source_for(checked(url)).env or {}
-            assert env["http_proxy"] == proxy
+            sources.append(src := guarded_manager.source_for(checked(url)))
+            env = src.env or {}
+            assert env["http_proxy"] == proxy and src.relay is None
             assert not {k for k in env if k.lower() in ("no_proxy", "https_proxy", "all_proxy")}
-        for url in ("rtmp://example.com/live/x", "rtsp://example.com/cam"):
-            assert (guarded_manager.source_for(checked(url)).env or {}).get("http_proxy") != proxy
-        assert (open_manager.source_for(checked("http://example.com/a.wav")).env or {}).get("http_proxy") != proxy
+        for url in ("rtmp://example.com/live/x", "rtmps://example.com/live/x", "rtsp://example.com/cam"):
+            sources.append(src := guarded_manager.source_for(checked(url)))
+            assert src.relay is not None and (src.env or {}).get("http_proxy") != proxy
+            assert "example.com" not in src.argv[src.argv.index("-i") + 1]
+            assert f"127.0.0.1:{src.relay.port}" in src.argv[src.argv.index("-i") + 1]
+            assert "tls" not in src.argv[src.argv.index("-protocol_whitelist") + 1]
+        for url in ("http://example.com/a.wav", "rtsp://example.com/cam", "rtmps://example.com/live/x"):
+            sources.append(src := open_manager.source_for(checked(url)))
+            assert src.relay is None and (src.env or {}).get("http_proxy") is None
+            assert src.argv[src.argv.index("-i") + 1] == url
     finally:
+        for src in sources:
+            await src.close()
         await guarded_manager.close()
         await open_manager.close()

@@ -7,9 +7,6 @@ import contextlib
 import itertools
 import json
 import math
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
@@ -23,49 +20,10 @@ from sttgate.pull.tasks import ending_for_gateway_close
 from sttgate.pull.webhooks import SIGNATURE_HEADER, Attempt, verify
 from sttgate.store.tasks import CRASHED, AttemptLog
 from sttgate.web.services import SERVICES
-from tests.support.pull import ffmpeg_children
+from tests.support.pull import ffmpeg_children, rtmp_publisher
 from tests.support.rtsp import RtspServer
 from tests.support.servers import serve_app
 from tests.support.waiting import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def listening(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port, read from /proc (a probe connection would be the RTMP
-    server's one client)."""
-    with open("/proc/net/tcp") as fh:
-        next(fh)
-        for line in fh:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A" and int(local.split(":")[1], 16) == port:
-                return True
-    return False
-
-
-@asynccontextmanager
-async def rtmp_publisher(ffmpeg: str, seconds: int) -> AsyncIterator[str]:
-    """FFmpeg as a one-client RTMP server publishing a live tone (real time, AAC in FLV)."""
-    port = free_port()
-    url = f"rtmp://127.0.0.1:{port}/live/stream"
-    proc = await asyncio.create_subprocess_exec(
-        *(ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-re"),
-        *("-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac"),
-        *("-f", "flv", "-listen", "1", url),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        await wait_for(lambda: listening(port) or proc.returncode is not None)
-        yield url
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 @pytest.mark.parametrize("provider", ["assemblyai", "elevenlabs", "deepgram"])

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
+import socket
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +21,7 @@ from sttgate.pull.manager import PullManager
 from sttgate.web.services import SERVICES
 from tests.support.emulator import EmulatorServer
 from tests.support.gateway import RunningApp
+from tests.support.waiting import wait_for
 
 
 def ffmpeg_children() -> list[tuple[int, str]]:
@@ -36,6 +41,48 @@ def ffmpeg_children() -> list[tuple[int, str]]:
         if int(ppid) == me and "ffmpeg" in comm:
             found.append((int(entry), state))
     return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def listening(host: str, port: int) -> bool:
+    """Whether something listens on host:port (IPv4), read from /proc (a probe connection would be the RTMP
+    server's one client)."""
+    wanted = f"{int(ipaddress.IPv4Address(host).packed[::-1].hex(), 16):08X}:{port:04X}"
+    with open("/proc/net/tcp") as fh:
+        next(fh)
+        for line in fh:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and local == wanted:
+                return True
+    return False
+
+
+@asynccontextmanager
+async def rtmp_publisher(
+    ffmpeg: str, seconds: int, *, host: str = "127.0.0.1", port: int | None = None
+) -> AsyncIterator[str]:
+    """FFmpeg as a one-client RTMP server publishing a live tone (real time, AAC in FLV) on host:port."""
+    port = port or free_port(host)
+    url = f"rtmp://{host}:{port}/live/stream"
+    proc = await asyncio.create_subprocess_exec(
+        *(ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-re"),
+        *("-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac"),
+        *("-f", "flv", "-listen", "1", url),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_for(lambda: listening(host, port) or proc.returncode is not None)
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
 
 def make_media(ffmpeg: str, *args: str) -> None:

@@ -2,7 +2,9 @@
 
 No RTSP server package could be had from the registries this project uses (mediamtx is a separate binary; the
 GStreamer RTSP server is a library), so the tests speak the few requests FFmpeg sends: OPTIONS, DESCRIBE, SETUP
-(interleaved only, which is all the gateway asks for), PLAY, GET_PARAMETER, TEARDOWN.
+(interleaved only, which is all the gateway asks for), PLAY, GET_PARAMETER, TEARDOWN. With ``redirect_to`` it is a
+hostile server instead: it answers DESCRIBE with ``302`` and that ``Location``, in one of the :data:`REDIRECTS` forms
+(each of which FFmpeg 9 follows: tests/pull/test_relay.py shows it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,16 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
+
+# A 302 as FFmpeg's RTSP reader understands it: plainly, and disguised (spaces before the status line, a \v inside
+# it; an empty interleaved frame after "\r" at the start of a line, which FFmpeg skips before reading the line; a
+# status that FFmpeg's 32-bit int wraps to 302).
+REDIRECTS = {
+    "plain": "RTSP/1.0 302 Found\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n",
+    "spaced": " " * 100 + "RTSP/1.0 \t\v302 Found\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n",
+    "framed": "\r$\0\0\0RTSP/1.0 302 Found\r\nCSeq: {cseq}\r\n\r$\0\0\1XLocation: {location}\r\n\r\n",
+    "wrapped": "RTSP/1.0 4294967598 Found\r\nCSeq: {cseq}\r\nLocation: {location}\r\n\r\n",  # 2**32 + 302
+}
 
 SAMPLE_RATE = 16000
 PACKET_SAMPLES = 320  # 20 ms
@@ -21,17 +33,22 @@ def tone_packet(start: int) -> bytes:
 
 
 class RtspServer:
-    def __init__(self, seconds: float) -> None:
+    def __init__(
+        self, seconds: float, *, host: str = "127.0.0.1", redirect_to: str | None = None, redirect: str = "plain"
+    ) -> None:
         self.seconds = seconds
+        self.host = host
+        self.redirect_to = redirect_to
+        self.redirect = REDIRECTS[redirect]
         self.server: asyncio.Server | None = None
         self.port = 0
         self.requests: list[str] = []
         self._streams: set[asyncio.Task[None]] = set()
 
     async def start(self) -> str:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._client, self.host, 0)
         self.port = self.server.sockets[0].getsockname()[1]
-        return f"rtsp://127.0.0.1:{self.port}/tone"
+        return f"rtsp://{self.host}:{self.port}/tone"
 
     async def close(self) -> None:
         assert self.server
@@ -58,6 +75,10 @@ class RtspServer:
                 extra, body = "", b""
                 if method == "OPTIONS":
                     extra = "Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER\r\n"
+                elif method == "DESCRIBE" and self.redirect_to is not None:
+                    writer.write(self.redirect.format(cseq=cseq, location=self.redirect_to).encode("latin-1"))
+                    await writer.drain()
+                    continue
                 elif method == "DESCRIBE":
                     body = (
                         b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=tone\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"

@@ -9,7 +9,7 @@ again) and pipes bytes both ways. Plain HTTP requests are rewritten to origin fo
 each proxied connection carries exactly one request to the host that was checked.
 
 Used only when private addresses are refused (the default); with ``STTGATE_PULL_ALLOW_PRIVATE=1`` there is nothing
-to enforce and FFmpeg connects directly.
+to enforce and FFmpeg connects directly. RTSP and RTMP(S) go through :mod:`sttgate.pull.relay` instead.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from sttgate.pull.urlsafety import address_allowed
+from sttgate.pull.urlsafety import AddressPolicy, Resolver, address_allowed, system_resolver
 
 log = logging.getLogger("sttgate.pull")
 
@@ -30,8 +28,6 @@ HEAD_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 PIPE_CHUNK = 64 * 1024
 _HOP_HEADERS = frozenset({"connection", "proxy-connection", "proxy-authorization", "keep-alive"})
-
-Policy = Callable[[str, int], bool]
 
 
 class Refused(Exception):
@@ -75,8 +71,13 @@ def rewrite_head(head: bytes, path: str) -> bytes:
 class EgressGuard:
     """The proxy server; ``proxy_url`` goes into FFmpeg's ``http_proxy``."""
 
-    def __init__(self, *, allow_private: bool = False, policy: Policy | None = None) -> None:
-        self.policy: Policy = policy or (lambda address, _port: address_allowed(address, allow_private=allow_private))
+    def __init__(
+        self, *, allow_private: bool = False, policy: AddressPolicy | None = None, resolver: Resolver | None = None
+    ) -> None:
+        self.policy: AddressPolicy = policy or (
+            lambda address, _port: address_allowed(address, allow_private=allow_private)
+        )
+        self.resolver: Resolver = resolver or system_resolver
         self.refused: list[str] = []
         self.allowed: list[str] = []
         self._server: asyncio.Server | None = None
@@ -148,12 +149,10 @@ class EgressGuard:
                 await up_writer.wait_closed()
 
     async def _checked_address(self, host: str, port: int) -> str:
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = await self.resolver(host, port)
         except (OSError, UnicodeError) as exc:
             raise Refused(f"cannot resolve {host}: {exc}") from None
-        addresses = [str(info[4][0]) for info in infos]
         for address in addresses:
             if not self.policy(address, port):
                 raise Refused(f"{host}:{port} resolves to {address}, which pull sources may not reach")

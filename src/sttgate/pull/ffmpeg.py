@@ -5,7 +5,8 @@ them no faster than real time (providers refuse audio sent faster; a file or a r
 faster). The pacing arithmetic is :class:`Pacer`, pure and tested on its own; the argument list is
 :func:`ffmpeg_argv`, also pure. :class:`FFmpegSource` is the thin process shell around them: it keeps FFmpeg's last
 stderr lines as the error, tells a source that ended (EOF, exit 0) from one that failed (non-zero exit, or no audio
-for the source timeout), and always reaps the process: terminate, kill after a grace period, wait.
+for the source timeout), and always reaps the process: terminate, kill after a grace period, wait. An RTSP or
+RTMP(S) source may come with its :class:`~sttgate.pull.relay.SourceRelay`, which lives exactly as long as FFmpeg.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from sttgate.core.outcomes import TaskStatus
+from sttgate.pull.relay import SourceRelay
 from sttgate.pull.urlsafety import protocol_whitelist
 
 SAMPLE_RATE = 16_000
@@ -76,8 +78,12 @@ class Pacer:
         return max(0.0, due - now)
 
 
-def ffmpeg_argv(ffmpeg: str, url: str, scheme: str, *, io_timeout_seconds: float) -> list[str]:
-    """FFmpeg's arguments: decode ``url`` to s16le/16 kHz/mono on stdout, opening nothing but the scheme's stack."""
+def ffmpeg_argv(
+    ffmpeg: str, url: str, scheme: str, *, io_timeout_seconds: float, options: Sequence[str] = ()
+) -> list[str]:
+    """FFmpeg's arguments: decode ``url`` to s16le/16 kHz/mono on stdout, opening nothing but the scheme's stack.
+
+    ``options`` are more input options (the relay's ``-rtmp_tcurl``)."""
     micros = str(max(1, int(io_timeout_seconds * 1_000_000)))
     scheme = scheme.lower()
     argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error"]
@@ -93,7 +99,7 @@ def ffmpeg_argv(ffmpeg: str, url: str, scheme: str, *, io_timeout_seconds: float
     elif scheme == "rtsp":
         # Interleaved over the one TCP connection: no UDP ports opened towards a host nobody checked.
         argv += ["-rtsp_transport", "tcp", "-timeout", micros]
-    argv += ["-i", url, "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE)]
+    argv += [*options, "-i", url, "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE)]
     argv += ["-acodec", "pcm_s16le", "-f", "s16le", "-flush_packets", "1", "pipe:1"]
     return argv
 
@@ -146,8 +152,10 @@ class FFmpegSource:
         pacer: Pacer | None = None,
         env: dict[str, str] | None = None,
         clock: Callable[[], float] | None = None,
+        relay: SourceRelay | None = None,
     ) -> None:
         self.argv = argv
+        self.relay = relay
         self.source_timeout = source_timeout
         self.pacer = pacer
         self.env = env
@@ -165,11 +173,15 @@ class FFmpegSource:
         return self.process.pid if self.process else None
 
     def stderr_tail(self) -> str:
-        return "\n".join(self._stderr)
+        """FFmpeg's last error lines, after the relay's problems (FFmpeg itself only sees a connection cut)."""
+        relayed = [f"source relay: {problem}" for problem in self.relay.problems] if self.relay else []
+        return "\n".join([*relayed, *self._stderr])
 
     async def start(self) -> None:
-        """Start FFmpeg; a binary that cannot be started is a failed source, not an exception."""
+        """Start FFmpeg (after its relay); a binary that cannot be started is a failed source, not an exception."""
         try:
+            if self.relay is not None:
+                await self.relay.start()
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -180,6 +192,8 @@ class FFmpegSource:
             )
         except OSError as exc:
             self.outcome = SourceOutcome(SOURCE_FAILED, f"FFmpeg could not be started: {exc}")
+            if self.relay is not None:
+                await self.relay.close()
             return
         self._stderr_task = asyncio.create_task(self._read_stderr())
 
@@ -258,6 +272,8 @@ class FFmpegSource:
         The reaping is shielded: a caller cancelled half-way (shutdown) still leaves no process and no zombie.
         """
         if self.process is None:
+            if self.relay is not None:
+                await self.relay.close()
             return
         if self._close_task is None:
             self._close_task = asyncio.ensure_future(self._close(self.process, grace))
@@ -277,6 +293,8 @@ class FFmpegSource:
         await process.wait()
         await drain
         await self._drain_stderr()
+        if self.relay is not None:
+            await self.relay.close()
 
     async def _discard_stdout(self, process: asyncio.subprocess.Process) -> None:
         self._closing = True

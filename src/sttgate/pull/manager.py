@@ -3,6 +3,11 @@
 One :class:`PullManager` per gateway app (created by :func:`sttgate.web.pull_api.setup`). Tasks run in this process;
 the database is how other gateways reach them (a stop received elsewhere sets ``stop_requested``, which this
 manager polls every ``STOP_POLL_SECONDS``).
+
+The manager also owns where sources may connect: :attr:`PullManager.source_policy` (None when
+``STTGATE_PULL_ALLOW_PRIVATE=1``: anywhere) and :attr:`PullManager.resolver`. The start check of ``audio_url``, the
+egress guard (HTTP, HTTPS) and each task's source relay (RTSP, RTMP, RTMPS) all use these two, so a test that
+replaces them (one loopback address playing a public one, a resolver that lies) exercises the real enforcement.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from sttgate.core.outcomes import TaskStatus
 from sttgate.gateway.logevents import log_event
 from sttgate.pull.egress import EgressGuard
 from sttgate.pull.ffmpeg import FFmpegSource, Pacer, default_ffmpeg, ffmpeg_argv, ffmpeg_env
+from sttgate.pull.relay import RELAYED_SCHEMES, SourceRelay
 from sttgate.pull.tasks import Ending, PullTask
-from sttgate.pull.urlsafety import CheckedUrl
+from sttgate.pull.urlsafety import AddressPolicy, CheckedUrl, Resolver, check_audio_url, public_only, system_resolver
 from sttgate.pull.webhooks import WebhookDeliverer, WebhookPolicy, webhook_client
 from sttgate.store.database import utcnow
 from sttgate.store.tasks import CRASHED, AttemptLog
@@ -56,26 +62,52 @@ class PullManager:
         self.attempts = AttemptLog(store.tasks)
         self.client: aiohttp.ClientSession | None = None
         self.egress: EgressGuard | None = None
+        self.source_policy: AddressPolicy | None = None if settings.pull_allow_private else public_only
+        self.resolver: Resolver = system_resolver
         self._poll: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
 
     async def start(self) -> None:
         self.client = webhook_client(allow_private=self.settings.pull_allow_private)
-        if not self.settings.pull_allow_private:
-            self.egress = EgressGuard(allow_private=False)
-            await self.egress.start()
+        self.egress = EgressGuard(policy=self._source_allows, resolver=lambda host, port: self.resolver(host, port))
+        await self.egress.start()
         self.attempts.start()
         self._poll = asyncio.create_task(self._poll_stops(), name="pull-stop-poll")
 
+    def _source_allows(self, address: str, port: int) -> bool:
+        return self.source_policy is None or self.source_policy(address, port)
+
+    async def check_source(self, audio_url: object) -> CheckedUrl:
+        """The start check of ``audio_url`` (400 ``invalid_audio_url``), under this manager's policy and resolver."""
+        return await check_audio_url(
+            audio_url,
+            allow_private=self.source_policy is None,
+            resolver=self.resolver,
+            policy=self.source_policy,
+        )
+
     def source_for(self, audio: CheckedUrl) -> FFmpegSource:
-        """FFmpeg for a checked URL; HTTP(S) goes through the egress guard when private addresses are refused."""
+        """FFmpeg for a checked URL. When private addresses are refused, HTTP(S) goes through the egress guard and
+        RTSP/RTMP(S) through a relay of its own, pinned to the addresses the check resolved."""
         timeout = self.settings.pull_source_timeout_seconds
-        proxy = self.egress.proxy_url if self.egress is not None and audio.scheme in ("http", "https") else None
+        guarded = self.source_policy is not None
+        proxy = None
+        relay = None
+        url, scheme = audio.url, audio.scheme
+        options: tuple[str, ...] = ()
+        if guarded and audio.scheme in ("http", "https"):
+            assert self.egress is not None, "PullManager.start() was not awaited"
+            proxy = self.egress.proxy_url
+        elif guarded and audio.scheme in RELAYED_SCHEMES:
+            relay = SourceRelay(audio, self._source_allows)
+            relayed = relay.ffmpeg_input()
+            url, scheme, options = relayed.url, relayed.scheme, relayed.options
         return FFmpegSource(
-            ffmpeg_argv(self.ffmpeg, audio.url, audio.scheme, io_timeout_seconds=timeout),
+            ffmpeg_argv(self.ffmpeg, url, scheme, io_timeout_seconds=timeout, options=options),
             source_timeout=timeout,
             pacer=Pacer(),
             env=ffmpeg_env(proxy),
+            relay=relay,
         )
 
     def launch(self, *, task_id: str, live: LiveSession, audio: CheckedUrl, callback_url: str, secret: str) -> PullTask:

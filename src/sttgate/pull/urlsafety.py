@@ -4,8 +4,9 @@ The gateway fetches URLs that a customer chose, from inside the operator's netwo
 read the gateway's own files (``file:``), its metadata service (169.254.169.254) or any private service next to it.
 So before FFmpeg sees a URL: only network schemes, and no loopback, link-local, private, unspecified, multicast or
 reserved address for any name the host resolves to, unless the operator allows private addresses. What FFmpeg then
-opens by itself (HLS segments, redirects) is held to the same rules by :func:`protocol_whitelist` and by the egress
-guard of :mod:`sttgate.pull.egress`.
+opens by itself (HLS segments, redirects, a second resolution of the name) is held to the same rules by
+:func:`protocol_whitelist`, by the egress guard of :mod:`sttgate.pull.egress` (HTTP, HTTPS) and by the source relay
+of :mod:`sttgate.pull.relay` (RTSP, RTMP, RTMPS).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ MAX_URL_LENGTH = 4096
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+# Whether a pull task may connect to this address and port. The gateway's own rule is :func:`public_only`; tests
+# substitute one that treats a single loopback address or port as "public".
+AddressPolicy = Callable[[str, int], bool]
 
 
 def address_problem(address: IPAddress) -> str | None:
@@ -57,6 +61,11 @@ def address_allowed(address: str, *, allow_private: bool) -> bool:
         return address_problem(ipaddress.ip_address(address.split("%", 1)[0])) is None
     except ValueError:
         return False
+
+
+def public_only(address: str, _port: int) -> bool:
+    """The gateway's :data:`AddressPolicy` when private addresses are refused: public unicast addresses, any port."""
+    return address_allowed(address, allow_private=False)
 
 
 @dataclass(frozen=True)
@@ -109,8 +118,12 @@ async def check_url(
     what: str,
     allow_private: bool,
     resolver: Resolver | None = None,
+    policy: AddressPolicy | None = None,
 ) -> CheckedUrl:
-    """Apply the scheme rule, then the address rule to every address the host resolves to."""
+    """Apply the scheme rule, then the address rule to every address the host resolves to.
+
+    ``policy``, when given, replaces the rule that ``allow_private`` selects.
+    """
     parts = parse_url(url, schemes, code, what)
     assert isinstance(url, str) and parts.hostname
     scheme = parts.scheme.lower()
@@ -129,7 +142,12 @@ async def check_url(
             raise invalid_url(code, f"{what}: the host '{host}' cannot be resolved ({exc}).") from None
         if not addresses:
             raise invalid_url(code, f"{what}: the host '{host}' has no address.")
-    if not allow_private:
+    if policy is not None:
+        for address in addresses:
+            if not policy(address, port):
+                why = address_problem(ipaddress.ip_address(address.split("%", 1)[0])) or "refused"
+                raise invalid_url(code, f"{what} points at a {why} address ({address}:{port}).")
+    elif not allow_private:
         for address in addresses:
             problem = address_problem(ipaddress.ip_address(address.split("%", 1)[0]))
             if problem:
@@ -140,7 +158,9 @@ async def check_url(
     return CheckedUrl(url=url, scheme=scheme, host=host, port=port, addresses=tuple(addresses))
 
 
-async def check_audio_url(url: object, *, allow_private: bool, resolver: Resolver | None = None) -> CheckedUrl:
+async def check_audio_url(
+    url: object, *, allow_private: bool, resolver: Resolver | None = None, policy: AddressPolicy | None = None
+) -> CheckedUrl:
     """Refuse an ``audio_url`` FFmpeg must not open: 400 ``invalid_audio_url``."""
     return await check_url(
         url,
@@ -149,6 +169,7 @@ async def check_audio_url(url: object, *, allow_private: bool, resolver: Resolve
         what="audio_url",
         allow_private=allow_private,
         resolver=resolver,
+        policy=policy,
     )
 
 
@@ -166,7 +187,8 @@ async def check_callback_url(url: object, *, allow_private: bool, resolver: Reso
 
 # What FFmpeg may open, per source scheme: the scheme's own stack and nothing else. ``file``, ``data``,
 # ``concat``, ``subfile``, ``pipe`` and every other local or indirect protocol are absent, and the whitelist is
-# inherited by everything the demuxer opens on its own (HLS variants, segments, keys, concat entries).
+# inherited by everything the demuxer opens on its own (HLS variants, segments, keys, concat entries). Through the
+# source relay, an rtmps source is opened as rtmp (the relay adds the TLS).
 _WHITELISTS = {
     "http": "http,https,tcp,tls,crypto,httpproxy",
     "https": "http,https,tcp,tls,crypto,httpproxy",

@@ -22,7 +22,7 @@ from sttgate.gateway.opening import database_guard, principal_for, resolve_provi
 from sttgate.pull.documents import task_document
 from sttgate.pull.manager import PullManager
 from sttgate.pull.params import encode_params, parse_body, pull_query
-from sttgate.pull.urlsafety import check_audio_url, check_callback_url
+from sttgate.pull.urlsafety import check_callback_url
 from sttgate.store import Principal
 from sttgate.web.credentials import credential_from_request
 from sttgate.web.services import SERVICES
@@ -69,7 +69,7 @@ async def start_task(request: web.Request) -> web.Response:
     principal = await _principal(request)
     body = parse_body(await _json_body(request))
     provider = resolve_provider(body.provider)
-    audio = await check_audio_url(body.audio_url, allow_private=settings.pull_allow_private)
+    audio = await svc.pull.check_source(body.audio_url)
     callback = await check_callback_url(body.callback_url, allow_private=settings.pull_allow_private)
     forwarded = pull_query(provider, encode_params(body.params))
     task_id = str(uuid.uuid4())
