@@ -130,7 +130,9 @@ class Settings(BaseSettings):
     database_failure_window_seconds: float = Field(default=15.0, gt=0, le=_DAY)
     pending_ends_max: int = Field(default=10000, ge=1, le=_MAX_COUNT)
     shutdown_write_seconds: float = Field(default=10.0, ge=0, le=_HOUR)
-    gateway_id: str = ""
+    # This gateway's name in the store (default hostname:port); each start adds "/worker#<random>" to it, so that it
+    # fits the column (128) with room to spare.
+    gateway_id: str = Field("", max_length=96)
     # Benchmarking only: relay without metering or billing (nothing metered, charged or counted); never in production.
     metering_enabled: bool = True
 

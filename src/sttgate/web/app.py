@@ -5,6 +5,7 @@ Processes (workers, signals, drain) are :mod:`sttgate.process`; this module only
 
 from __future__ import annotations
 
+import secrets
 import socket
 from collections.abc import AsyncIterator
 
@@ -23,10 +24,20 @@ from sttgate.web.errors import render_refusals
 from sttgate.web.services import SERVICES, Services
 
 
-def default_gateway_id(settings: Settings, port: int | None = None, worker: int | None = None) -> str:
-    """``settings.gateway_id`` or ``hostname:port`` (plus ``/worker`` when several processes share the port)."""
+def new_start_id() -> str:
+    """A fresh random id for one start of the gateway (8 hex digits): part of every gateway id of that start."""
+    return secrets.token_hex(4)
+
+
+def default_gateway_id(
+    settings: Settings, port: int | None = None, worker: int | None = None, start: str | None = None
+) -> str:
+    """``settings.gateway_id`` or ``hostname:port``, plus ``/worker`` when several processes share the port, plus
+    ``#start``: the id of this start (a new one unless given), so that no two processes, even a second ``serve`` on
+    the same port or a restart, ever share a gateway id (docs/operations.md#process-identity)."""
     base = settings.gateway_id or f"{socket.gethostname()}:{port if port is not None else settings.port}"
-    return base if worker is None else f"{base}/{worker}"
+    named = base if worker is None else f"{base}/{worker}"
+    return f"{named}#{start or new_start_id()}"
 
 
 def create_app(settings: Settings, *, store: Store | None = None, gateway_id: str | None = None) -> web.Application:
