@@ -25,6 +25,7 @@ from sttgate.gateway.logevents import log_event
 from sttgate.providers import names, secret_prefixes
 from sttgate.store import Store
 from sttgate.web.app import bound_port, create_app, default_gateway_id, new_start_id, start_site
+from sttgate.web.connections import raise_descriptor_limit
 from sttgate.web.logfilter import LogHygiene
 from sttgate.web.services import SERVICES
 
@@ -108,6 +109,7 @@ async def _prepare_database(settings: Settings) -> None:
 
 
 async def _serve_async(settings: Settings, host: str, port: int, identity: _Identity, reuse_port: bool) -> int:
+    descriptors = raise_descriptor_limit()  # before the app derives its connection cap from it
     store = await Store.connect(settings.database_url, migrate=False)
     gateway_id = default_gateway_id(settings, port, identity.index, identity.start)
     # Sessions whose lease expired are over (their cycles stay billed). Only those: a session another live process
@@ -130,7 +132,15 @@ async def _serve_async(settings: Settings, host: str, port: int, identity: _Iden
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
     orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if identity.index is not None else None
-    log_event("gateway_listening", gateway=gateway_id, host=host, port=bound_port(runner), pid=os.getpid())
+    log_event(
+        "gateway_listening",
+        gateway=gateway_id,
+        host=host,
+        port=bound_port(runner),
+        pid=os.getpid(),
+        max_connections=app[SERVICES].connections.cap,
+        descriptors=descriptors,
+    )
     await stop.wait()
     if orphan_watch is not None:
         orphan_watch.cancel()

@@ -20,6 +20,7 @@ from sttgate.gateway.upstream import HandshakeResponse, UpstreamSocket
 from sttgate.store import Store
 from sttgate.web import demo_page, health, metrics, pull_api, streams, tokens, usage
 from sttgate.web.access_log import RedactingAccessLogger
+from sttgate.web.connections import ConnectionLimit, LimitedSite, connection_cap, descriptor_limit
 from sttgate.web.errors import render_refusals
 from sttgate.web.services import SERVICES, Services
 
@@ -45,8 +46,10 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
 
     Its :class:`~sttgate.web.services.Services` are ``app[SERVICES]``, complete once the app has started.
     """
-    app = web.Application(middlewares=[render_refusals])
-    svc = Services(settings, GatewayMetrics(), gateway_id or default_gateway_id(settings))
+    gateway_metrics = GatewayMetrics()
+    connections = ConnectionLimit(connection_cap(settings.max_connections, descriptor_limit()), gateway_metrics)
+    app = web.Application(middlewares=[connections.busy_while_handled, render_refusals])
+    svc = Services(settings, gateway_metrics, gateway_id or default_gateway_id(settings), connections)
     app[SERVICES] = svc
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -88,10 +91,23 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
 
 
 async def start_site(app: web.Application, host: str, port: int, *, reuse_port: bool = False) -> web.AppRunner:
-    """Run ``app`` on ``host:port`` (0 = any free port) with the redacting access log; returns the runner."""
+    """Run ``app`` on ``host:port`` (0 = any free port) with the redacting access log and the bounds of
+    docs/operations.md#connections; returns the runner."""
+    svc = app[SERVICES]
+    settings = svc.settings
     runner = web.AppRunner(app, handle_signals=False, access_log_class=RedactingAccessLogger)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    assert runner.server is not None
+    factory = svc.connections.protocol_factory(
+        runner.server,
+        access_log_class=RedactingAccessLogger,
+        # aiohttp's keep-alive timer runs from the start of a connection: it is the request-head timeout.
+        keepalive_timeout=settings.request_head_timeout_seconds,
+        max_line_size=settings.max_header_field_bytes,
+        max_field_size=settings.max_header_field_bytes,
+        max_headers=settings.max_headers,
+    )
+    site = LimitedSite(runner, host, port, factory, reuse_port=reuse_port)
     await site.start()
     return runner
 
