@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import resource
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -78,8 +78,7 @@ class _Refused(asyncio.Protocol):
     """A connection over the cap: closed as soon as it is accepted, nothing read."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.abort()
+        cast(asyncio.Transport, transport).abort()  # uvloop's transports are not asyncio.Transport subclasses
 
 
 class GatewayRequestHandler(web.RequestHandler):
