@@ -130,9 +130,12 @@ async def test_a_second_instance_on_the_same_port_leaves_the_first_ones_sessions
             assert_too_many_streams(await raw_upgrade(port, query))
 
             await ws.close()
-            _, ended, _, closed_by = await wait_for(
-                lambda: _ended(row), 15, 0.05, "the session's end written by the first instance"
-            )
+
+            async def ended_row() -> tuple[str, object, object, str | None] | None:
+                current = await row()
+                return current if current[1] is not None else None
+
+            _, _, _, closed_by = await wait_for(ended_row, 15, 0.05, "the session's end written by the first instance")
             assert closed_by == "client"
             taken = await raw_upgrade(port, query)  # the slot is free again
             assert taken.status == 101
@@ -141,8 +144,3 @@ async def test_a_second_instance_on_the_same_port_leaves_the_first_ones_sessions
             assert await first.wait() == 0
     finally:
         await store.close()
-
-
-async def _ended(row):  # type: ignore[no-untyped-def]
-    current = await row()
-    return current if current[1] is not None else None
