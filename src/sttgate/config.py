@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     # (docs/contract.md#graceful-provider-end).
     close_timeout_seconds: float = Field(5.0, gt=0, le=_HOUR)
     finish_timeout_seconds: float = Field(2.0, gt=0, le=_HOUR)
+    # Connections (docs/operations.md#connections): a connection that has not sent a complete request head this long
+    # after opening (or after its previous answer) is closed; at most max_connections are open (0 = as many as the
+    # file-descriptor limit allows, and never more); the request line and each header at most max_header_field_bytes,
+    # at most max_headers headers.
+    request_head_timeout_seconds: float = Field(10.0, gt=0, le=_HOUR)
+    max_connections: int = Field(0, ge=0, le=_MAX_COUNT)
+    max_header_field_bytes: int = Field(8190, ge=1024, le=65536)
+    max_headers: int = Field(40, ge=8, le=128)
     # Admission control: above this many live sessions a process refuses handshakes with 503 (0 = no limit).
     max_sessions_per_process: int = Field(0, ge=0, le=_MAX_COUNT)
     # Per-hop WebSocket ping interval; None disables pings.
@@ -130,7 +138,9 @@ class Settings(BaseSettings):
     database_failure_window_seconds: float = Field(default=15.0, gt=0, le=_DAY)
     pending_ends_max: int = Field(default=10000, ge=1, le=_MAX_COUNT)
     shutdown_write_seconds: float = Field(default=10.0, ge=0, le=_HOUR)
-    gateway_id: str = ""
+    # This gateway's name in the store (default hostname:port); each start adds "/worker#<random>" to it, so that it
+    # fits the column (128) with room to spare.
+    gateway_id: str = Field("", max_length=96)
     # Benchmarking only: relay without metering or billing (nothing metered, charged or counted); never in production.
     metering_enabled: bool = True
 

@@ -2,7 +2,8 @@
 processes until SIGTERM/SIGINT, then drains (docs/operations.md#shutdown-sigterm).
 
 Here: logging set-up, migrating once before workers start, workers sharing one port (``SO_REUSEPORT``) with the
-parent forwarding signals, reaping the sessions a crashed predecessor left open, the orphan watch and uvloop.
+parent forwarding signals, each start's own gateway ids, reaping at start-up the sessions whose lease expired, the
+orphan watch and uvloop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from sttgate.config import Settings
@@ -22,7 +24,8 @@ from sttgate.core.redaction import Redactor
 from sttgate.gateway.logevents import log_event
 from sttgate.providers import names, secret_prefixes
 from sttgate.store import Store
-from sttgate.web.app import bound_port, create_app, default_gateway_id, start_site
+from sttgate.web.app import bound_port, create_app, default_gateway_id, new_start_id, start_site
+from sttgate.web.connections import raise_descriptor_limit
 from sttgate.web.logfilter import LogHygiene
 from sttgate.web.services import SERVICES
 
@@ -34,11 +37,14 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
     """
     _configure_logging(settings)
     asyncio.run(_prepare_database(settings))
+    start = new_start_id()  # shared by this start's workers: their ids differ by index, and from any other start's
     if workers <= 1:
-        return _run_worker(settings, host, port, None, False)
+        return _run_worker(settings, host, port, _Identity(None, start), False)
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker_main, args=(settings, host, port, index), name=f"sttgate-worker-{index}")
+        ctx.Process(
+            target=_worker_main, args=(settings, host, port, _Identity(index, start)), name=f"sttgate-worker-{index}"
+        )
         for index in range(workers)
     ]
     for proc in procs:
@@ -72,20 +78,28 @@ def check_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
             sock.bind(address)
 
 
-def _worker_main(settings: Settings, host: str, port: int, index: int) -> None:
+@dataclass(frozen=True)
+class _Identity:
+    """Which process of which start: the worker index (None for a single process) and the start's random id."""
+
+    index: int | None
+    start: str
+
+
+def _worker_main(settings: Settings, host: str, port: int, identity: _Identity) -> None:
     # Signals come from the parent only: a terminal's Ctrl-C to the whole group would otherwise arrive twice
     # (directly and forwarded), and a second signal cuts the drain short.
     os.setpgrp()
     _configure_logging(settings)
-    raise SystemExit(_run_worker(settings, host, port, index, True))
+    raise SystemExit(_run_worker(settings, host, port, identity, True))
 
 
-def _run_worker(settings: Settings, host: str, port: int, index: int | None, reuse_port: bool) -> int:
+def _run_worker(settings: Settings, host: str, port: int, identity: _Identity, reuse_port: bool) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        return asyncio.run(_serve_async(settings, host, port, index, reuse_port))
-    return uvloop.run(_serve_async(settings, host, port, index, reuse_port))
+        return asyncio.run(_serve_async(settings, host, port, identity, reuse_port))
+    return uvloop.run(_serve_async(settings, host, port, identity, reuse_port))
 
 
 async def _prepare_database(settings: Settings) -> None:
@@ -94,11 +108,13 @@ async def _prepare_database(settings: Settings) -> None:
     await store.close()
 
 
-async def _serve_async(settings: Settings, host: str, port: int, index: int | None, reuse_port: bool) -> int:
+async def _serve_async(settings: Settings, host: str, port: int, identity: _Identity, reuse_port: bool) -> int:
+    descriptors = raise_descriptor_limit()  # before the app derives its connection cap from it
     store = await Store.connect(settings.database_url, migrate=False)
-    gateway_id = default_gateway_id(settings, port, index)
-    # Sessions this gateway id left open when it last died are over: close them (their cycles stay billed).
-    reaped = await store.reap_dead_sessions(gateway_id=gateway_id)
+    gateway_id = default_gateway_id(settings, port, identity.index, identity.start)
+    # Sessions whose lease expired are over (their cycles stay billed). Only those: a session another live process
+    # renews (an instance still running on this port, during a restart) is not this process's to close.
+    reaped = await store.reap_dead_sessions()
     if reaped:
         log_event("sessions_reaped_at_startup", gateway=gateway_id, count=len(reaped))
     app = create_app(settings, store=store, gateway_id=gateway_id)
@@ -115,8 +131,16 @@ async def _serve_async(settings: Settings, host: str, port: int, index: int | No
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
-    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if index is not None else None
-    log_event("gateway_listening", gateway=gateway_id, host=host, port=bound_port(runner), pid=os.getpid())
+    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if identity.index is not None else None
+    log_event(
+        "gateway_listening",
+        gateway=gateway_id,
+        host=host,
+        port=bound_port(runner),
+        pid=os.getpid(),
+        max_connections=app[SERVICES].connections.cap,
+        descriptors=descriptors,
+    )
     await stop.wait()
     if orphan_watch is not None:
         orphan_watch.cancel()

@@ -84,7 +84,9 @@ async def test_sigterm_drains_then_closes_with_1012_and_exits_zero(serve, accoun
 
 async def test_restart_after_a_crash_closes_the_dead_sessions_as_gateway_crash(serve, account, store):
     acct = await account(balance_usd="1")
-    sp, port = await serve()
+    # A short lease: the killed process's session is dead 2 s after its last renewal.
+    short_lease = {"STTGATE_LEASE_TTL_SECONDS": "2", "STTGATE_LEASE_RENEW_SECONDS": "0.5"}
+    sp, port = await serve(**short_lease)
     url = URL(
         f"http://127.0.0.1:{port}/ws/v2/audio-stream?provider=assemblyai&api_key={acct.key}"
         "&sample_rate=16000&emu_echo=1",
@@ -104,10 +106,17 @@ async def test_restart_after_a_crash_closes_the_dead_sessions_as_gateway_crash(s
         sp.proc.kill()
         await sp.wait()
         await ws.close()
-    restarted, _ = await serve()
+    # The restarted process has an identity of its own: it closes the dead session once its lease expired (at
+    # start-up or by its reaper), never sooner (docs/operations.md#process-identity).
+    restarted, _ = await serve(**short_lease)
+
+    async def closed():
+        session = (await Admin(store, names()).usage(acct.id))["sessions"][0]
+        return session if session["ended_at"] is not None else None
+
+    session = await wait_for(closed, timeout=15, interval=0.1, what="the dead session closed")
     usage = await Admin(store, names()).usage(acct.id)
-    session = usage["sessions"][0]
-    assert session["closed_by"] == "gateway_crash" and session["ended_at"] is not None
+    assert session["closed_by"] == "gateway_crash"
     assert (session["billed_seconds"], session["cost_usd"]) == (10, "0.000416666")
     assert usage["balance_usd"] == "0.999583334"
     restarted.proc.send_signal(signal.SIGTERM)

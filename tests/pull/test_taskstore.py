@@ -32,15 +32,15 @@ async def any_store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[S
             await store.close()
 
 
-async def new_task(store: Store, account_id: str, task_id: str, gateway: str = "gw-1") -> None:
+async def new_task(store: Store, account_id: str, task_id: str, lease_ttl: float = 30) -> None:
     await store.open_session(
         session_id=task_id,
         account_id=account_id,
         kind="pull",
         provider="assemblyai",
-        gateway_id=gateway,
+        gateway_id="gw-1",
         min_balance_nanos=0,
-        lease_ttl=30,
+        lease_ttl=lease_ttl,
     )
     await store.tasks.insert_task(
         task_id=task_id,
@@ -91,9 +91,9 @@ async def test_task_lifecycle_rows(any_store: Store) -> None:
 async def test_crashed_tasks_are_claimed_once(any_store: Store) -> None:
     store = any_store
     owner = (await store.create_account(name="owner")).id
-    await new_task(store, owner, "dead", gateway="dead-gw")
-    await new_task(store, owner, "alive", gateway="live-gw")
-    assert await store.reap_dead_sessions(gateway_id="dead-gw") == ["dead"]
+    await new_task(store, owner, "dead", lease_ttl=-1)  # its gateway stopped renewing the lease
+    await new_task(store, owner, "alive")
+    assert await store.reap_dead_sessions() == ["dead"]
     since = utcnow() - timedelta(hours=1)
     claimed = await store.tasks.claim_crashed(since=since)
     assert [(c.id, c.provider, c.callback_url) for c in claimed] == [("dead", "assemblyai", "https://hooks.example/x")]

@@ -168,9 +168,9 @@ async def test_end_session(pair: tuple[Store, Store]) -> None:
 
     async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
         await _open(store, a["prepaid"], "s1")
-        await _open(store, a["prepaid"], "s2", gateway_id="gw-dead")
+        await _open(store, a["prepaid"], "s2", gateway_id="gw-dead", lease_ttl=-1.0)
         await store.flush_progress([SessionProgress("s1", 9.0, 3, 3 * PRICE)])
-        reaped = await store.reap_dead_sessions(gateway_id="gw-dead")
+        reaped = await store.reap_dead_sessions()
         return [
             reaped,
             await end(store, "s1", ClosedBy.GATEWAY, 4002),  # never lowers cycles or cost; audio is final

@@ -65,13 +65,17 @@ class ServeProcess:
 
 @asynccontextmanager
 async def serve_processes() -> AsyncIterator[Callable[..., Awaitable[ServeProcess]]]:
-    """Yields ``await spawn(*cli_args, env=..., cwd=..., name="")``, which returns once the process listens.
+    """Yields ``await spawn(*cli_args, env=..., cwd=..., name="", preexec_fn=None)``, which returns once the process
+    listens.
 
-    ``env`` is added to this process's environment. Every process still running at the end is killed and reaped.
+    ``env`` is added to this process's environment; ``preexec_fn`` runs in the child before ``sttgate`` (resource
+    limits). Every process still running at the end is killed and reaped.
     """
     procs: list[ServeProcess] = []
 
-    async def spawn(*args: str, env: dict[str, str], cwd: Path, name: str = "") -> ServeProcess:
+    async def spawn(
+        *args: str, env: dict[str, str], cwd: Path, name: str = "", preexec_fn: Callable[[], None] | None = None
+    ) -> ServeProcess:
         proc = await asyncio.create_subprocess_exec(
             *SERVE,
             *args,
@@ -80,6 +84,7 @@ async def serve_processes() -> AsyncIterator[Callable[..., Awaitable[ServeProces
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=preexec_fn,
         )
         sp = ServeProcess(name, proc)
         procs.append(sp)

@@ -88,6 +88,18 @@ class GatewayMetrics:
             "sttgate_database_write_failures", "Failed or timed-out database writes of the gateway.", registry=r
         )
         self.draining = Gauge("sttgate_draining", "1 while the gateway drains for shutdown.", registry=r)
+        self.connections_open = Gauge(
+            "sttgate_connections_open", "Open client connections of the public listener.", registry=r
+        )
+        self.connection_limit = Gauge(
+            "sttgate_connection_limit", "The cap on open client connections (operations.md#connections).", registry=r
+        )
+        self.connections_shed = Counter(
+            "sttgate_connections_shed",
+            "Connections closed at the cap: an idle one pushed out for a new one (idle_closed), or the new one.",
+            ["why"],
+            registry=r,
+        )
         self._frame_children: dict[str, tuple[Counter, Counter, Counter, Counter]] = {}
 
     def render(self) -> tuple[bytes, str]:

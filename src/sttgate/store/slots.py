@@ -310,20 +310,18 @@ class Slots:
             result = await conn.execute(stmt, {"p_audio": audio_seconds, "p_cycles": cycles, "p_cost": cost_nanos})
         return bool(result.rowcount == 1)
 
-    async def reap_dead_sessions(self, *, gateway_id: str | None = None) -> list[str]:
-        """Close as ``gateway_crash`` the open sessions whose lease expired (and, at start-up, this gateway's own).
+    async def reap_dead_sessions(self) -> list[str]:
+        """Close as ``gateway_crash`` the open sessions whose lease expired, and only those: a session whose lease
+        is renewed belongs to a live gateway, whichever it is.
 
         Cycles and cost already written are kept. Their pull tasks end as ``gateway_shutdown``. Safe to run on
         every gateway at once: each session is closed by exactly one of them.
         """
         now = utcnow()
-        dead = sessions.c.lease_expires_at <= now
-        if gateway_id is not None:
-            dead = or_(dead, sessions.c.gateway_id == gateway_id)
         async with self._db.write() as conn:
             result = await conn.execute(
                 update(sessions)
-                .where(sessions.c.ended_at.is_(None), dead)
+                .where(sessions.c.ended_at.is_(None), sessions.c.lease_expires_at <= now)
                 .values(ended_at=now, closed_by=ClosedBy.GATEWAY_CRASH.value)
                 .returning(sessions.c.id)
             )

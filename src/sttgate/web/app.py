@@ -5,6 +5,7 @@ Processes (workers, signals, drain) are :mod:`sttgate.process`; this module only
 
 from __future__ import annotations
 
+import secrets
 import socket
 from collections.abc import AsyncIterator
 
@@ -19,14 +20,25 @@ from sttgate.gateway.upstream import HandshakeResponse, UpstreamSocket
 from sttgate.store import Store
 from sttgate.web import demo_page, health, metrics, pull_api, streams, tokens, usage
 from sttgate.web.access_log import RedactingAccessLogger
+from sttgate.web.connections import ConnectionLimit, LimitedSite, connection_cap, descriptor_limit
 from sttgate.web.errors import render_refusals
 from sttgate.web.services import SERVICES, Services
 
 
-def default_gateway_id(settings: Settings, port: int | None = None, worker: int | None = None) -> str:
-    """``settings.gateway_id`` or ``hostname:port`` (plus ``/worker`` when several processes share the port)."""
+def new_start_id() -> str:
+    """A fresh random id for one start of the gateway (8 hex digits): part of every gateway id of that start."""
+    return secrets.token_hex(4)
+
+
+def default_gateway_id(
+    settings: Settings, port: int | None = None, worker: int | None = None, start: str | None = None
+) -> str:
+    """``settings.gateway_id`` or ``hostname:port``, plus ``/worker`` when several processes share the port, plus
+    ``#start``: the id of this start (a new one unless given), so that no two processes, even a second ``serve`` on
+    the same port or a restart, ever share a gateway id (docs/operations.md#process-identity)."""
     base = settings.gateway_id or f"{socket.gethostname()}:{port if port is not None else settings.port}"
-    return base if worker is None else f"{base}/{worker}"
+    named = base if worker is None else f"{base}/{worker}"
+    return f"{named}#{start or new_start_id()}"
 
 
 def create_app(settings: Settings, *, store: Store | None = None, gateway_id: str | None = None) -> web.Application:
@@ -34,8 +46,10 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
 
     Its :class:`~sttgate.web.services.Services` are ``app[SERVICES]``, complete once the app has started.
     """
-    app = web.Application(middlewares=[render_refusals])
-    svc = Services(settings, GatewayMetrics(), gateway_id or default_gateway_id(settings))
+    gateway_metrics = GatewayMetrics()
+    connections = ConnectionLimit(connection_cap(settings.max_connections, descriptor_limit()), gateway_metrics)
+    app = web.Application(middlewares=[connections.busy_while_handled, render_refusals])
+    svc = Services(settings, gateway_metrics, gateway_id or default_gateway_id(settings), connections)
     app[SERVICES] = svc
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -77,10 +91,23 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
 
 
 async def start_site(app: web.Application, host: str, port: int, *, reuse_port: bool = False) -> web.AppRunner:
-    """Run ``app`` on ``host:port`` (0 = any free port) with the redacting access log; returns the runner."""
+    """Run ``app`` on ``host:port`` (0 = any free port) with the redacting access log and the bounds of
+    docs/operations.md#connections; returns the runner."""
+    svc = app[SERVICES]
+    settings = svc.settings
     runner = web.AppRunner(app, handle_signals=False, access_log_class=RedactingAccessLogger)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    assert runner.server is not None
+    factory = svc.connections.protocol_factory(
+        runner.server,
+        access_log_class=RedactingAccessLogger,
+        # aiohttp's keep-alive timer runs from the start of a connection: it is the request-head timeout.
+        keepalive_timeout=settings.request_head_timeout_seconds,
+        max_line_size=settings.max_header_field_bytes,
+        max_field_size=settings.max_header_field_bytes,
+        max_headers=settings.max_headers,
+    )
+    site = LimitedSite(runner, host, port, factory, reuse_port=reuse_port)
     await site.start()
     return runner
 

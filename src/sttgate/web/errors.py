@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from sttgate.core.refusals import Refusal, database_unavailable
 from sttgate.store import unavailable
+from sttgate.web.connections import forget_tracebacks
 from sttgate.web.services import SERVICES
 
 REFUSAL_HEADERS = {"Cache-Control": "no-store"}
@@ -27,6 +28,9 @@ async def render_refusals(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await handler(request)
     except Refusal as refusal:
+        # A refusal is an answer, not an error: its traceback's frames hold the request (headers and all) and, through
+        # a task that raised it, the refusal itself, a cycle only the rare full collection would free.
+        forget_tracebacks(refusal)
         return _render(request, refusal)
     except Exception as exc:
         # A route without a bounded database call of its own (token mints, usage, pull status) still answers a

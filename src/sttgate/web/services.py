@@ -23,6 +23,7 @@ from sttgate.gateway.opening import open_stream
 from sttgate.providers import Provider
 from sttgate.pull.manager import PullManager
 from sttgate.store import Principal, Store
+from sttgate.web.connections import ConnectionLimit
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Services:
     settings: Settings
     metrics: GatewayMetrics
     gateway_id: str
+    connections: ConnectionLimit
     _store: Store | None = field(default=None, init=False, repr=False)
     _sessions: SessionManager | None = field(default=None, init=False, repr=False)
     _upstream_http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
