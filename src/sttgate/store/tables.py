@@ -80,9 +80,9 @@ accounts = Table(
     Column("webhook_url", Text, nullable=True),
     Column("low_balance_nanos", BigInteger, nullable=True),
     Column("monthly_budget_nanos", BigInteger, nullable=True),
-    # How many times the balance crossed below ``low_balance_nanos`` (numbers the ``balance.low`` events), and whether
-    # ``balance.exhausted`` was posted since the last cycle the balance paid (once per exhaustion).
-    Column("low_balance_seq", Integer, nullable=False, server_default="0"),
+    # Numbers the account's balance events (``balance.low``, ``balance.exhausted``: their stable ids), and whether
+    # ``balance.exhausted`` was recorded since the last cycle the balance paid (once per exhaustion).
+    Column("balance_event_seq", Integer, nullable=False, server_default="0"),
     Column("balance_exhausted", Boolean, nullable=False, server_default=false()),
     CheckConstraint("balance_nanos IS NULL OR balance_nanos >= 0", name="ck_accounts_balance_not_negative"),
     CheckConstraint("max_streams >= 0", name="ck_accounts_max_streams_not_negative"),

@@ -2,7 +2,7 @@
 
 Keys get a name, an expiry, their own stream limit and a provider allow-list. Accounts get a webhook URL for account
 events, a low-balance threshold and a monthly budget (nano-dollars, like the balance), the latch that posts
-``balance.exhausted`` once per exhaustion and the sequence that numbers ``balance.low`` crossings. ``account_events``
+``balance.exhausted`` once per exhaustion and the sequence that numbers balance events. ``account_events``
 is the outbox of account events, each row written by the transaction that observed the occurrence.
 
 Revision ID: 0007
@@ -39,7 +39,7 @@ def upgrade() -> None:
         for name, type_ in _ACCOUNT_COLUMNS:
             if name not in present:
                 batch.add_column(sa.Column(name, type_, nullable=True))
-        batch.add_column(sa.Column("low_balance_seq", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("balance_event_seq", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("balance_exhausted", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_index("ix_sessions_api_key_id_ended_at", "sessions", ["api_key_id", "ended_at"])
     op.create_table(
@@ -57,7 +57,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_account_events"),
         sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name="fk_account_events_account_id_accounts"),
     )
-    op.create_index("ix_account_events_delivered_at_next_attempt_at", "account_events", ["delivered_at", "next_attempt_at"])
+    op.create_index(
+        "ix_account_events_delivered_at_next_attempt_at", "account_events", ["delivered_at", "next_attempt_at"]
+    )
 
 
 def downgrade() -> None:
@@ -66,7 +68,7 @@ def downgrade() -> None:
     op.drop_index("ix_sessions_api_key_id_ended_at", "sessions")
     with op.batch_alter_table("accounts") as batch:
         batch.drop_column("balance_exhausted")
-        batch.drop_column("low_balance_seq")
+        batch.drop_column("balance_event_seq")
         for name, _ in reversed(_ACCOUNT_COLUMNS):
             batch.drop_column(name)
     with op.batch_alter_table("api_keys") as batch:
