@@ -28,19 +28,21 @@ _ACCOUNT_COLUMNS = (
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("api_keys") as batch:
-        batch.add_column(sa.Column("name", sa.Text(), nullable=True))
-        batch.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("max_streams", sa.Integer(), nullable=True))
-        batch.add_column(sa.Column("providers", sa.Text(), nullable=True))
+    # Plain ADD COLUMN on both databases (a SQLite batch would copy ``accounts``, which other tables reference).
+    op.add_column("api_keys", sa.Column("name", sa.Text(), nullable=True))
+    op.add_column("api_keys", sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("api_keys", sa.Column("max_streams", sa.Integer(), nullable=True))
+    op.add_column("api_keys", sa.Column("providers", sa.Text(), nullable=True))
     # The account fields another change may have added already (the admin API's): added only when absent.
     present = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("accounts")}
-    with op.batch_alter_table("accounts") as batch:
-        for name, type_ in _ACCOUNT_COLUMNS:
-            if name not in present:
-                batch.add_column(sa.Column(name, type_, nullable=True))
-        batch.add_column(sa.Column("balance_event_seq", sa.Integer(), nullable=False, server_default="0"))
-        batch.add_column(sa.Column("balance_exhausted", sa.Boolean(), nullable=False, server_default=sa.false()))
+    for name, type_ in _ACCOUNT_COLUMNS:
+        if name not in present:
+            op.add_column("accounts", sa.Column(name, type_, nullable=True))
+    op.add_column("accounts", sa.Column("balance_event_seq", sa.Integer(), nullable=False, server_default="0"))
+    op.add_column(
+        "accounts",
+        sa.Column("balance_exhausted", sa.Boolean(create_constraint=False), nullable=False, server_default=sa.false()),
+    )
     op.create_index("ix_sessions_api_key_id_ended_at", "sessions", ["api_key_id", "ended_at"])
     op.create_table(
         "account_events",
@@ -66,11 +68,7 @@ def downgrade() -> None:
     op.drop_index("ix_account_events_delivered_at_next_attempt_at", "account_events")
     op.drop_table("account_events")
     op.drop_index("ix_sessions_api_key_id_ended_at", "sessions")
-    with op.batch_alter_table("accounts") as batch:
-        batch.drop_column("balance_exhausted")
-        batch.drop_column("balance_event_seq")
-        for name, _ in reversed(_ACCOUNT_COLUMNS):
-            batch.drop_column(name)
-    with op.batch_alter_table("api_keys") as batch:
-        for name in ("providers", "max_streams", "expires_at", "name"):
-            batch.drop_column(name)
+    for name in ("balance_exhausted", "balance_event_seq", *(n for n, _ in reversed(_ACCOUNT_COLUMNS))):
+        op.drop_column("accounts", name)
+    for name in ("providers", "max_streams", "expires_at", "name"):
+        op.drop_column("api_keys", name)
