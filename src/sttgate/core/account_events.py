@@ -53,8 +53,3 @@ def body(event_id: str, kind: EventType, at: datetime, data: dict[str, Any]) -> 
     return json.dumps(
         {"id": event_id, "type": str(kind), "timestamp": at.isoformat(), "data": data}, separators=(",", ":")
     )
-
-
-def backoff_seconds(attempts: int, base: float, cap: float) -> float:
-    """How long a delivery that failed ``attempts`` times waits before the next try (exponential, capped)."""
-    return float(min(cap, base * 2 ** max(0, attempts - 1)))
