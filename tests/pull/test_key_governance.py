@@ -38,3 +38,21 @@ async def test_a_keys_max_streams_counts_its_pull_tasks(pull_gateway, account, s
     finally:
         assert (await gw.stop(key, task_id))[0] == 200
         assert (await gw.wait_status(key, task_id))["status"] == "stopped"
+
+
+async def test_a_task_ends_budget_exceeded_at_its_next_cycle_past_the_budget(
+    pull_gateway, account, store, receiver, media_server
+) -> None:
+    """docs/billing.md#budgets: a pull task's next cycle past the month's budget is not sent; the task ends
+    ``budget_exceeded`` after a graceful provider end (4002 ``budget exceeded``)."""
+    gw = await pull_gateway(account_refresh_seconds=0.05)
+    acct = await account()
+    await store.update_account(acct.id, monthly_budget_nanos=208_333)  # one AssemblyAI cycle
+    _, hook = receiver
+    status, answer = await gw.start(acct.key, body(audio_url=f"{media_server}/tone60.wav", callback_url=hook))
+    assert status == 200, answer
+    ended = await gw.wait_status(acct.key, answer["data"]["task_id"], timeout=30)
+    assert ended["status"] == "budget_exceeded", ended
+    assert ended["billed_seconds"] == 5
+    (session,) = (await store.usage(acct.id)).sessions
+    assert (session.cycles, session.close_code) == (1, 4002)

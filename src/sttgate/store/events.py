@@ -199,16 +199,18 @@ class AccountEvents:
         e = account_events
         due = (
             select(e.c.id)
+            .join(accounts, accounts.c.id == e.c.account_id)
             .where(
                 e.c.delivered_at.is_(None),
                 e.c.next_attempt_at <= now,
                 or_(e.c.claimed_until.is_(None), e.c.claimed_until <= now),
+                accounts.c.webhook_url.is_not(None),  # a URL removed since: kept, posted if one is set again
             )
             .order_by(e.c.created_at, e.c.id)
             .limit(limit)
         )
         if not self._db.is_sqlite:
-            due = due.with_for_update(skip_locked=True)
+            due = due.with_for_update(skip_locked=True, of=e)
         async with self._db.write() as conn:
             ids = [r.id for r in await conn.execute(due)]
             if not ids:
