@@ -436,6 +436,8 @@ class SessionManager:
         """Record the budget thresholds reached that this process has not recorded yet (another gateway may have: the
         event's id is the occurrence, so it is recorded once)."""
         month = budget.month_label(now)
+        if any(m != month for _, m, _ in self._thresholds_recorded):  # a new month: last month's are done
+            self._thresholds_recorded = {t for t in self._thresholds_recorded if t[1] == month}
         due: dict[str, MonthSpend] = {}
         for account_id, spend in self._spend.items():
             passed = budget.thresholds_passed(spend.budget_nanos, spend.month_cost_nanos)
