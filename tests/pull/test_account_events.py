@@ -17,7 +17,7 @@ async def test_a_key_expiring_within_7_days_is_posted_once_signed(gateway, accou
     await store.update_account(acct.id, webhook_url=hook)
     soon = await store.create_key(acct.id, KeyOptions(name="ci", expires_in_seconds=2 * 86400))
     await store.create_key(acct.id, KeyOptions(expires_in_seconds=8 * 86400))  # not yet
-    await gateway(pull_allow_private=True, account_events_poll_seconds=0.02, webhook_backoff_seconds=0.02)
+    gw = await gateway(pull_allow_private=True, account_events_poll_seconds=0.02, webhook_backoff_seconds=0.02)
 
     async def delivered():
         events = await store.events.list_events(acct.id)
@@ -37,3 +37,7 @@ async def test_a_key_expiring_within_7_days_is_posted_once_signed(gateway, accou
     )
     assert verify(await store.webhook_secret(acct.id), second, headers[SIGNATURE_HEADER])
     assert headers["X-Sttgate-Event-Id"] == event["id"] and headers["X-Sttgate-Event"] == "key.expiring"
+    async with gw.http.get(f"{gw.http_url}/metrics") as resp:
+        exposition = await resp.text()
+    assert 'sttgate_account_event_posts_total{outcome="failed"} 1.0' in exposition
+    assert 'sttgate_account_event_posts_total{outcome="delivered"} 1.0' in exposition

@@ -20,6 +20,7 @@ import time
 import aiohttp
 
 from sttgate.config import Settings
+from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.pull.webhooks import SIGNATURE_HEADER, backoff_delay, sign, webhook_client
 from sttgate.store import Store
 from sttgate.store.database import unavailable, utcnow
@@ -47,14 +48,13 @@ def signed_headers(event: PendingEvent) -> dict[str, str]:
 class AccountEventPoster:
     """This gateway's share of account-event delivery (see the module's docstring)."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, metrics: GatewayMetrics) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics
         self.client: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_key_scan = -KEY_SCAN_SECONDS
-        self.delivered = 0
-        self.failed = 0
 
     async def start(self) -> None:
         self.client = webhook_client(allow_private=self.settings.pull_allow_private)
@@ -112,10 +112,10 @@ class AccountEventPoster:
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         if error is None:
-            self.delivered += 1
+            self.metrics.account_event_posts.labels("delivered").inc()
             await self.store.events.delivered(event.id)
             return
-        self.failed += 1
+        self.metrics.account_event_posts.labels("failed").inc()
         s = self.settings
         delay = backoff_delay(event.attempts + 1, s.webhook_backoff_seconds, s.webhook_backoff_max_seconds)
         log.warning("event=account_event_failed id=%s attempt=%d error=%s", event.id, event.attempts + 1, error)

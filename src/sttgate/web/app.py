@@ -66,7 +66,7 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
         await svc.sessions.close_all(*closecodes.SERVICE_RESTART)
 
     async def account_events(app: web.Application) -> AsyncIterator[None]:
-        poster = AccountEventPoster(settings, svc.store)
+        poster = AccountEventPoster(settings, svc.store, svc.metrics)
         await poster.start()
         try:
             yield
