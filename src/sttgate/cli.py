@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kcreate = keys.add_parser("create", parents=[admin], help="create a key (shown once)")
     kcreate.add_argument("--account", required=True, metavar="ID")
+    kcreate.add_argument("--name", metavar="N", help="a label for the key")
+    kcreate.add_argument("--expires-in", type=int, metavar="SECONDS", help="the key is refused after this many seconds")
+    kcreate.add_argument(
+        "--max-streams", type=int, metavar="K", help="open sessions/tasks of this key, within the account's"
+    )
+    kcreate.add_argument("--providers", metavar="A,B", help="the only providers the key may open (comma-separated)")
     kcreate.set_defaults(handler=_keys_create)
     klist = keys.add_parser("list", parents=[admin], help="list an account's keys")
     klist.add_argument("--account", required=True, metavar="ID")
@@ -325,8 +331,21 @@ def _keys_text(items: list[dict[str, Any]]) -> str:
     if not items:
         return "no keys"
     return _table(
-        ["ID", "PREFIX", "CREATED", "LAST USED", "REVOKED"],
-        [[k["id"], k["prefix"] + "…", k["created_at"], k["last_used_at"], k["revoked_at"]] for k in items],
+        ["ID", "PREFIX", "NAME", "PROVIDERS", "MAX STREAMS", "EXPIRES", "CREATED", "LAST USED", "REVOKED"],
+        [
+            [
+                k["id"],
+                k["prefix"] + "…",
+                k["name"],
+                _providers_text(k["providers"]),
+                k["max_streams"],
+                k["expires_at"],
+                k["created_at"],
+                k["last_used_at"],
+                k["revoked_at"],
+            ]
+            for k in items
+        ],
     )
 
 
@@ -442,17 +461,36 @@ def _webhook_secret_text(document: dict[str, str]) -> str:
 
 
 def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
-    created = _run_admin(settings, lambda s: s.create_key(args.account))
+    from sttgate.store.accounts import KeyOptions
+
+    providers = None if args.providers is None else tuple(p.strip() for p in args.providers.split(",") if p.strip())
+    options = KeyOptions(
+        name=args.name, expires_in_seconds=args.expires_in, max_streams=args.max_streams, providers=providers
+    )
+    created = _run_admin(settings, lambda s: s.create_key(args.account, options))
     return _emit(
         args,
         created,
         lambda k: (
             f"{k['key']}\n\nThis is the only time the key is shown; store it now.\n"
             + _pairs(
-                [("id", k["id"]), ("prefix", k["prefix"]), ("account", k["account_id"]), ("created", k["created_at"])]
+                [
+                    ("id", k["id"]),
+                    ("prefix", k["prefix"]),
+                    ("account", k["account_id"]),
+                    ("name", k["name"]),
+                    ("expires", k["expires_at"]),
+                    ("max streams", k["max_streams"]),
+                    ("providers", _providers_text(k["providers"])),
+                    ("created", k["created_at"]),
+                ]
             )
         ),
     )
+
+
+def _providers_text(providers: list[str] | None) -> str:
+    return "all" if providers is None else ",".join(providers)
 
 
 def _keys_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(0.5, ge=0, le=_HOUR)
     webhook_backoff_max_seconds: float = Field(30.0, ge=0, le=_DAY)
     webhook_queue_max: int = Field(1000, ge=1, le=_MAX_COUNT)
+    # Account events (docs/contract.md#account-events): each gateway looks for events to post this often (they are
+    # signed and retried like pull webhooks, with the webhook_* timeout and backoff).
+    account_events_poll_seconds: float = Field(1.0, gt=0, le=_HOUR)
 
     # The price book (docs/billing.md#the-price-book): a TOML file of [prices.<provider>] tables (STTGATE_PRICE_BOOK),
     # and the [prices.*] tables of the --config file; each provider's table replaces the shipped one.

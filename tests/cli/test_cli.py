@@ -402,3 +402,50 @@ def test_a_bad_price_book_is_a_one_line_error(run: Run, tmp_path: Path, text: st
         result = run(*command, with_db=False, extra_env={"STTGATE_PRICE_BOOK": str(book)})
         assert result.returncode == 1 and result.stdout == ""
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_keys_create_with_governance_fields(run: Run) -> None:
+    aid = ok_json(run("accounts", "create", "--name", "X", "--json"))["id"]
+    created = ok_json(
+        run(
+            "keys",
+            "create",
+            "--account",
+            aid,
+            "--name",
+            "backend",
+            "--expires-in",
+            "3600",
+            "--max-streams",
+            "2",
+            "--providers",
+            "assemblyai,elevenlabs",
+            "--json",
+        )
+    )
+    assert created["name"] == "backend" and created["max_streams"] == 2
+    assert created["providers"] == ["assemblyai", "elevenlabs"]
+    assert created["expires_at"] > created["created_at"]
+    listed = ok_json(run("keys", "list", "--account", aid, "--json"))
+    assert [(k["name"], k["max_streams"], k["providers"], k["expires_at"]) for k in listed] == [
+        ("backend", 2, ["assemblyai", "elevenlabs"], created["expires_at"])
+    ]
+    plain = ok_json(run("keys", "create", "--account", aid, "--json"))
+    assert (plain["name"], plain["expires_at"], plain["max_streams"], plain["providers"]) == (None, None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--providers", "assemblyai,nope", "unknown provider 'nope'"),
+        ("--providers", ",", "at least one provider"),
+        ("--expires-in", "0", "lifetime"),
+        ("--max-streams", "-1", "max streams"),
+        ("--name", " ", "name"),
+    ],
+)
+def test_keys_create_refuses_bad_options_in_one_line(run: Run, option: str, value: str, message: str) -> None:
+    aid = ok_json(run("accounts", "create", "--name", "X", "--json"))["id"]
+    stderr = fails(run("keys", "create", "--account", aid, option, value, "--json"))
+    assert stderr.startswith("error: ") and message in stderr and stderr.count("\n") == 1
+    assert ok_json(run("keys", "list", "--account", aid, "--json")) == []

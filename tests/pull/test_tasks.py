@@ -355,6 +355,7 @@ async def test_a_task_is_priced_like_a_push_session(pull_gateway, account, store
     [
         (closecodes.STREAMING_DISABLED, "stopped"),
         (closecodes.INSUFFICIENT_BALANCE, "insufficient_balance"),  # a session-basis cycle it cannot pay
+        (closecodes.BUDGET_EXCEEDED, "budget_exceeded"),  # a session-basis cycle past the monthly budget
         (closecodes.IDLE_TIMEOUT, "source_failed"),
         (closecodes.SERVICE_RESTART, "gateway_shutdown"),
     ],

@@ -7,6 +7,7 @@ fresh SQLite file; outcomes, raised errors and every written column (stored text
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -51,7 +52,10 @@ def _rows(store: Store, accounts: dict[str, str]) -> dict[str, list[tuple[Any, .
     assert path is not None
     with contextlib.closing(sqlite3.connect(path)) as conn:
         names = {v: k for k, v in accounts.items()}
-        acct_rows = conn.execute("SELECT id, balance_nanos FROM accounts ORDER BY name").fetchall()
+        acct_rows = conn.execute(
+            "SELECT id, balance_nanos, balance_event_seq, balance_exhausted FROM accounts ORDER BY name"
+        ).fetchall()
+        event_rows = conn.execute("SELECT id, account_id, type, payload FROM account_events ORDER BY id").fetchall()
         session_rows = conn.execute(
             "SELECT id, account_id, kind, provider, gateway_id, audio_seconds, cycles, cost_nanos, close_code,"
             " close_reason, closed_by, started_at, lease_expires_at, ended_at, model, rate_usd_per_hour, basis,"
@@ -63,7 +67,12 @@ def _rows(store: Store, accounts: dict[str, str]) -> dict[str, list[tuple[Any, .
         assert STORED_TIME.match(started) and STORED_TIME.match(lease)
         assert ended is None or STORED_TIME.match(ended)
         sessions.append((row[0], names[row[1]], *row[2:11], ended is None, lease > started, *row[14:]))
-    return {"accounts": [(names[a], b) for a, b in acct_rows], "sessions": sessions}
+    events = []
+    for event_id, account_id, kind, payload in event_rows:
+        doc = json.loads(payload)
+        assert doc["id"] == event_id and doc["type"] == kind
+        events.append((event_id.replace(account_id, names[account_id]), kind, doc["data"] | {"account_id": None}))
+    return {"accounts": [(names[a], *rest) for a, *rest in acct_rows], "sessions": sessions, "events": events}
 
 
 Scenario = Callable[[Store, dict[str, str]], Awaitable[list[Any]]]
@@ -120,6 +129,67 @@ async def test_open_session(pair: tuple[Store, Store]) -> None:
         ]
 
     await _both(pair, scenario)
+
+
+async def test_key_limits_budgets_and_balance_events(pair: tuple[Store, Store]) -> None:
+    """The key's own stream limit, the month's budget, and the balance events the slot and charge transactions
+    record (docs/contract.md#account-events), the same on both implementations."""
+
+    async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
+        for name in ("prepaid", "poor"):
+            await store.update_account(a[name], webhook_url="http://127.0.0.1:9/events", low_balance_nanos=2 * PRICE)
+        await store.update_account(a["postpaid"], monthly_budget_nanos=2 * PRICE)
+        out = [
+            await _open(store, a["prepaid"], "s1", api_key_id="k1", key_max_streams=1),
+            await _open(store, a["prepaid"], "s2", api_key_id="k1", key_max_streams=1),  # the key's limit
+            await _open(store, a["prepaid"], "s3", api_key_id="k2", key_max_streams=1),  # another key: opens
+            await _outcome(store.charge_cycles("s1", a["prepaid"], 1, PRICE)),  # 3 → 2 cycles: not below low
+            await _outcome(store.charge_cycles("s1", a["prepaid"], 1, PRICE)),  # 2 → 1: balance.low
+            await _outcome(store.charge_cycles("s3", a["prepaid"], 1, PRICE)),  # 1 → 0: still low, no new event
+            await _outcome(store.charge_cycles("s3", a["prepaid"], 1, PRICE)),  # refused: balance.exhausted
+            await _outcome(store.charge_cycles("s1", a["prepaid"], 1, PRICE)),  # refused again: latched
+            await _open(store, a["poor"], "s4"),  # 402: balance.exhausted of "poor"
+            await _open(store, a["poor"], "s5"),  # 402 again: latched
+            await _open(store, a["postpaid"], "s6"),
+        ]
+        await store.flush_progress([SessionProgress("s6", 10.0, 2, 2 * PRICE)])
+        await store.end_session(
+            "s6",
+            audio_seconds=10.0,
+            cycles=2,
+            cost_nanos=2 * PRICE,
+            close_code=1000,
+            close_reason="",
+            closed_by="client",
+        )
+        out.append(await _open(store, a["postpaid"], "s7"))  # the month's budget is reached: 402
+        await store.update_account(a["prepaid"], top_up_nanos=5 * PRICE)
+        out.append(await _outcome(store.charge_cycles("s1", a["prepaid"], 1, PRICE)))  # paid: the latch opens
+        out.append(await _outcome(store.charge_cycles("s1", a["prepaid"], 4, PRICE)))  # 4 → 0: balance.low again
+        out.append(await _outcome(store.charge_cycles("s1", a["prepaid"], 1, PRICE)))  # balance.exhausted again
+        return out
+
+    await _both(pair, scenario)
+    fast, _ = pair
+    by_name = {a.name: a.id for a in await fast.list_accounts()}
+    listed = await fast.events.list_events(by_name["prepaid"])
+    assert [(e["id"].split(":", 2)[::2], e["data"].get("reason")) for e in listed] == [
+        (["balance.low", "1"], None),
+        (["balance.exhausted", "2"], "session_cut_off"),
+        (["balance.low", "3"], None),
+        (["balance.exhausted", "4"], "session_cut_off"),
+    ]
+    assert listed[0]["data"] == {
+        "account_id": by_name["prepaid"],
+        "balance_usd": "0.000208333",
+        "low_balance_usd": "0.000416666",
+        "session_id": "s1",
+    }
+    poor = await fast.events.list_events(by_name["poor"])
+    assert [(e["type"], e["data"]["reason"], e["data"]["session_id"]) for e in poor] == [
+        ("balance.exhausted", "handshake_refused", "s4")
+    ]
+    assert await fast.events.list_events(by_name["postpaid"]) == []  # no webhook URL: no events
 
 
 async def test_charge_cycles(pair: tuple[Store, Store]) -> None:

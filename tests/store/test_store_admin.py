@@ -15,7 +15,7 @@ from sttgate.store.db import current_revision, head_revision, make_engine, upgra
 async def test_migrations_are_idempotent(db_url: str) -> None:
     await upgrade(db_url)
     await upgrade(db_url)
-    assert await current_revision(db_url) == head_revision() == "0006"
+    assert await current_revision(db_url) == head_revision() == "0007"
 
 
 async def test_ping(store: Store) -> None:
@@ -34,6 +34,9 @@ async def test_create_and_read_accounts(store: Store, admin: Admin) -> None:
         "streaming_enabled",
         "max_streams",
         "balance_usd",
+        "webhook_url",
+        "low_balance_usd",
+        "monthly_budget_usd",
         "created_at",
         "updated_at",
     }
@@ -117,7 +120,17 @@ async def test_keys_authenticate_list_and_revoke(store: Store, admin: Admin) -> 
     assert (principal.max_streams, principal.balance_nanos, principal.streaming_enabled) == (3, 42, True)
 
     (listed,) = await admin.list_keys(acct["id"])
-    assert set(listed) == {"id", "prefix", "created_at", "last_used_at", "revoked_at"}
+    assert set(listed) == {
+        "id",
+        "prefix",
+        "name",
+        "expires_at",
+        "max_streams",
+        "providers",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    }
     assert (listed["id"], listed["prefix"], listed["created_at"]) == (
         created["id"],
         created["prefix"],

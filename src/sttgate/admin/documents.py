@@ -90,6 +90,9 @@ def account_view(account: Account) -> dict[str, Any]:
         "streaming_enabled": account.streaming_enabled,
         "max_streams": account.max_streams,
         "balance_usd": format_usd(account.balance_nanos),
+        "webhook_url": account.webhook_url,
+        "low_balance_usd": format_usd(account.low_balance_nanos),
+        "monthly_budget_usd": format_usd(account.monthly_budget_nanos),
         "created_at": isoformat(account.created_at),
         "updated_at": isoformat(account.updated_at),
     }
@@ -100,6 +103,10 @@ def key_view(key: ApiKey) -> dict[str, Any]:
     return {
         "id": key.id,
         "prefix": key.prefix,
+        "name": key.name,
+        "expires_at": isoformat(key.expires_at),
+        "max_streams": key.max_streams,
+        "providers": None if key.providers is None else list(key.providers),
         "created_at": isoformat(key.created_at),
         "last_used_at": isoformat(key.last_used_at),
         "revoked_at": isoformat(key.revoked_at),
@@ -113,5 +120,9 @@ def new_key_view(key: NewKey) -> dict[str, Any]:
         "key": key.key,
         "prefix": key.prefix,
         "account_id": key.account_id,
+        "name": key.name,
+        "expires_at": isoformat(key.expires_at),
+        "max_streams": key.max_streams,
+        "providers": None if key.providers is None else list(key.providers),
         "created_at": isoformat(key.created_at),
     }

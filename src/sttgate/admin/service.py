@@ -8,6 +8,7 @@ from typing import Any
 
 from sttgate.admin.documents import account_view, key_view, new_key_view, usage_document
 from sttgate.store import Store
+from sttgate.store.accounts import KeyOptions
 
 
 class Admin:
@@ -72,8 +73,8 @@ class Admin:
             )
         )
 
-    async def create_key(self, account_id: str) -> dict[str, Any]:
-        return new_key_view(await self.store.create_key(account_id))
+    async def create_key(self, account_id: str, options: KeyOptions | None = None) -> dict[str, Any]:
+        return new_key_view(await self.store.create_key(account_id, options))
 
     async def list_keys(self, account_id: str) -> list[dict[str, Any]]:
         return [key_view(k) for k in await self.store.list_keys(account_id)]

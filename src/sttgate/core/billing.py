@@ -8,6 +8,11 @@ opens none is forwarded at once. One that opens ``n``:
   :meth:`Billing.settled` (paid: forward; refused: the frame's audio is refunded to the meter and the session is cut
   off, 4002) or :meth:`Billing.charge_failed` (the ledger failed: refunded, cut off, 1011). No unpaid audio is sent.
 
+With a monthly budget (docs/billing.md#budgets) a cycle is opened only while the account's spending this month has
+not reached it (:class:`~sttgate.core.budget.BudgetWatch`, kept current by the shell): a cycle that would open past it
+cuts the session off instead (:attr:`Action.CUT_OFF` with :attr:`Billing.over_budget`; 4002 "budget exceeded"), its
+frame not sent and its audio refunded.
+
 A frame the meter cannot read (:data:`~sttgate.core.metering.UNMETERABLE`, nothing counted) is refused
 (:attr:`Action.REFUSE`): it is not sent and the session ends with 1008 "unmeterable audio" (docs/billing.md).
 
@@ -26,6 +31,7 @@ import math
 from enum import Enum, auto
 from typing import NamedTuple
 
+from sttgate.core.budget import BudgetWatch
 from sttgate.core.metering import UNMETERABLE, Meter
 from sttgate.core.money import CYCLE_SECONDS
 
@@ -33,7 +39,7 @@ from sttgate.core.money import CYCLE_SECONDS
 class Action(Enum):
     FORWARD = auto()  # send the frame (nothing to pay, or paid)
     CHARGE = auto()  # debit ``Billing.pending`` cycles at the ledger, then report ``settled``/``charge_failed``
-    CUT_OFF = auto()  # the balance cannot pay: do not send; the session ends (4002)
+    CUT_OFF = auto()  # the balance cannot pay, or the budget is reached: do not send; the session ends (4002)
     REFUSE = auto()  # the meter cannot read the frame as the provider will: do not send; the session ends (1008)
 
 
@@ -50,10 +56,12 @@ class Billing:
 
     __slots__ = (
         "_written",
+        "budget",
         "cost_nanos",
         "cut_off",
         "cycles",
         "meter",
+        "over_budget",
         "pending",
         "prepaid",
         "price_nanos",
@@ -71,6 +79,9 @@ class Billing:
         # Cycles whose prepaid charge is in flight (0: none): the last metered frame may yet be refunded.
         self.pending = 0
         self.cut_off = False
+        # The account's monthly budget as the shell last saw it, and whether it is what cut the session off.
+        self.budget = BudgetWatch()
+        self.over_budget = False
         self._written: tuple[float, int] = (0.0, 0)
 
     @property
@@ -83,6 +94,9 @@ class Billing:
             return Action.REFUSE
         if self.session_basis:  # audio is metered (usage shows it) but the clock opens the cycles
             return Action.FORWARD
+        if self.budget.reached(self.cost_nanos):
+            self.meter.refund_last(cycles)
+            return self._stop_for_budget()
         if self.prepaid:
             self.pending = cycles
             return Action.CHARGE
@@ -120,7 +134,9 @@ class Billing:
 
     def clock_opened(self, cycles: int) -> Action:
         """The clock opened ``cycles`` (> 0): prepaid, charge them ahead (report with :meth:`clock_settled`);
-        postpaid, book them."""
+        postpaid, book them; with the month's budget reached, cut off."""
+        if self.budget.reached(self.cost_nanos):
+            return self._stop_for_budget()
         if self.prepaid:
             self.pending = cycles
             return Action.CHARGE
@@ -141,6 +157,11 @@ class Billing:
         """The ledger failed on a clock charge: nothing booked, the session is cut off (1011)."""
         self.pending = 0
         self.cut_off = True
+
+    def _stop_for_budget(self) -> Action:
+        self.cut_off = True
+        self.over_budget = True
+        return Action.CUT_OFF
 
     def _book(self, cycles: int) -> None:
         self.cycles += cycles

@@ -20,6 +20,8 @@ class Close(NamedTuple):
 
 # Gateway-originated closes (docs/contract.md#gateway-close-codes).
 INSUFFICIENT_BALANCE = Close(4002, "insufficient balance")
+# This month's cost reached the account's monthly budget (docs/billing.md#budgets).
+BUDGET_EXCEEDED = Close(4002, "budget exceeded")
 SERVICE_RESTART = Close(1012, "service restart")
 UPSTREAM_LOST = Close(1014, "upstream connection lost")
 MESSAGE_TOO_BIG = Close(1009, "message too big")

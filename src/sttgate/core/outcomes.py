@@ -43,6 +43,7 @@ class TaskStatus(StrEnum):
     SOURCE_FAILED = "source_failed"
     PROVIDER_CLOSED = "provider_closed"
     INSUFFICIENT_BALANCE = "insufficient_balance"
+    BUDGET_EXCEEDED = "budget_exceeded"
     GATEWAY_SHUTDOWN = "gateway_shutdown"
 
 

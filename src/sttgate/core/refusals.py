@@ -47,6 +47,15 @@ def streaming_not_enabled() -> Refusal:
     return Refusal(403, "streaming_not_enabled", "Streaming is not enabled for this account.")
 
 
+def provider_not_allowed(provider: str, allowed: Sequence[str]) -> Refusal:
+    """The key's provider allow-list (docs/contract.md#keys) excludes ``provider``; ``allowed`` is the list."""
+    return Refusal(
+        403,
+        "provider_not_allowed",
+        f"This API key may not open {provider} sessions; it is limited to: {', '.join(allowed)}.",
+    )
+
+
 # -- the request (400, 404, 422, 426) -------------------------------------------------------------------------------
 
 
@@ -133,6 +142,11 @@ def too_many_streams() -> Refusal:
     return Refusal(429, "too_many_streams", "The account already has its maximum number of open streams.")
 
 
+def key_too_many_streams() -> Refusal:
+    """The key's own stream limit (docs/contract.md#keys) is reached, while the account's may not be."""
+    return Refusal(429, "too_many_streams", "This API key already has its maximum number of open streams.")
+
+
 def insufficient_balance() -> Refusal:
     return Refusal(402, "insufficient_balance", "The account balance cannot pay for one 5-second cycle.")
 
@@ -145,6 +159,11 @@ def rate_limited(retry_after_seconds: int) -> Refusal:
         f"Too many requests from this address; try again in {retry_after_seconds} s.",
         {"Retry-After": str(retry_after_seconds)},
     )
+
+
+def budget_exceeded() -> Refusal:
+    """This calendar month's (UTC) cost has reached the account's monthly budget (docs/billing.md#budgets)."""
+    return Refusal(402, "budget_exceeded", "The account has reached its monthly budget.")
 
 
 # -- this gateway (503) --------------------------------------------------------------------------------------------

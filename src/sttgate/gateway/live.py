@@ -161,7 +161,11 @@ class LiveSession:
         loop = asyncio.get_running_loop()
         while not billing.cut_off:
             opened = billing.due_by_clock(loop.time() - self._clock_origin)
-            if opened and billing.clock_opened(opened) is Action.CHARGE:
+            action = billing.clock_opened(opened) if opened else Action.FORWARD
+            if action is Action.CUT_OFF:
+                self.request_close(*closecodes.BUDGET_EXCEEDED)
+                return
+            if action is Action.CHARGE:
                 try:
                     paid = await self.manager.store.charge_cycles(self.id, self.account_id, opened, billing.price_nanos)
                 except Exception as exc:
@@ -227,6 +231,11 @@ class LiveSession:
         return self.billing.cut_off
 
     @property
+    def cut_off_close(self) -> Close:
+        """The close of a cut-off session: 4002, for the balance or for the monthly budget."""
+        return closecodes.BUDGET_EXCEEDED if self.billing.over_budget else closecodes.INSUFFICIENT_BALANCE
+
+    @property
     def audio_seconds(self) -> float:
         return self.meter.audio_seconds
 
@@ -254,12 +263,15 @@ class LiveSession:
             return True
         if action is Action.REFUSE:
             raise UnmeterableFrame
-        return False
+        return False  # CHARGE: pay() debits it; CUT_OFF (the budget): pay() says no
 
     async def pay(self) -> bool:
         """Debit the cycles the admitted frame opened; False (cut off, the frame must not be sent) if the balance
-        cannot pay. Raises :class:`ChargeFailed` when the ledger fails."""
+        cannot pay or the month's budget is reached (:attr:`cut_off_close` says which). Raises :class:`ChargeFailed`
+        when the ledger fails."""
         billing = self.billing
+        if billing.cut_off:
+            return False
         cycles, amount = billing.pending, billing.charge_nanos
         try:
             paid = await self.manager.store.charge_cycles(self.id, self.account_id, cycles, billing.price_nanos)

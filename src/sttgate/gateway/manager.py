@@ -3,6 +3,9 @@
 It writes the totals that changed every ``ledger_flush_seconds`` (the rule of what may be written is
 :meth:`sttgate.core.billing.Billing.unflushed`), renews slot leases, reaps sessions of dead gateways, closes idle
 sessions (:class:`sttgate.core.idle.IdleWatch`: no metered client audio for the idle limit), and drains at shutdown.
+Every ``account_refresh_seconds`` it reads its sessions' accounts, their monthly budgets and this month's spending
+(one read each), so that each session's :class:`~sttgate.core.budget.BudgetWatch` stays current without a database
+call on the frame path, and records the ``budget.threshold`` events that spending has reached.
 Every close it asks for ends the provider session gracefully (:mod:`sttgate.core.closing`). Prepaid cycles are
 debited by the session itself, one ``charge_cycles`` call per new 5-second cycle, before the audio that opens it is
 forwarded.
@@ -19,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sttgate.config import Settings
-from sttgate.core import closecodes
+from sttgate.core import budget, closecodes
 from sttgate.core.accounts import bind
 from sttgate.core.billing import Totals
 from sttgate.core.money import cycle_price_nanos, format_usd
@@ -29,6 +32,8 @@ from sttgate.core.reconciliation import audio_mismatch
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.store import NotFoundError, SessionProgress, unavailable
+from sttgate.store.database import utcnow
+from sttgate.store.events import MonthSpend
 
 if TYPE_CHECKING:
     from sttgate.gateway.live import LiveSession
@@ -81,6 +86,11 @@ class SessionManager:
         self._retry_wake = asyncio.Event()
         self._retry_lock = asyncio.Lock()
         self._writing: dict[str, asyncio.Task[Any]] = {}
+        # The budgeted accounts of live sessions and their spending this month, as last read; accounts whose session
+        # ended since (their final cost may pass a threshold); the thresholds this process has recorded.
+        self._spend: dict[str, MonthSpend] = {}
+        self._ended_accounts: set[str] = set()
+        self._thresholds_recorded: set[tuple[str, str, int]] = set()
 
     def accepted(self, live: LiveSession) -> None:
         """``live`` is a session now (its client got its 101); written by the next ledger tick, or at its end."""
@@ -109,6 +119,7 @@ class SessionManager:
     def register(self, live: LiveSession) -> None:
         self.live[live.id] = live
         self._empty.clear()
+        self._watch_budget(live)
         self.metrics.sessions_open.labels(live.provider_name).inc()
 
     async def finalize(self, live: LiveSession) -> None:
@@ -118,6 +129,7 @@ class SessionManager:
         meanwhile), so the session's totals are not lost and its client still gets its normal close
         (docs/operations.md#database-outage)."""
         self.live.pop(live.id, None)
+        self._ended_accounts.add(live.account_id)
         if not self.live:
             self._empty.set()
         closed = live.session.closed
@@ -391,11 +403,18 @@ class SessionManager:
                 live.request_close(*closecodes.IDLE_TIMEOUT)
 
     async def watch_accounts(self) -> None:
-        """Bind live sessions to their accounts as they are now (docs/billing.md#account-changes): one read for all."""
-        if not self.live:
+        """Bind live sessions to their accounts as they are now (docs/billing.md#account-changes) and to their monthly
+        budgets (docs/billing.md#budgets): one read of the accounts, one of this month's spending; then record the
+        budget thresholds reached (docs/contract.md#account-events)."""
+        ended, self._ended_accounts = self._ended_accounts, set()
+        live_accounts = {live.account_id for live in self.live.values()}
+        if not live_accounts and not ended:
             return
-        states = await self.store.account_states({live.account_id for live in self.live.values()})
+        now = utcnow()
+        states = await self.store.account_states(live_accounts) if live_accounts else {}
+        self._spend = await self.store.events.month_spend(sorted(live_accounts | ended), now)
         for live in list(self.live.values()):
+            self._watch_budget(live)
             state = states.get(live.account_id)
             if state is None:
                 continue
@@ -403,6 +422,33 @@ class SessionManager:
             live.billing.rebill(binding.prepaid)
             if binding.close is not None:
                 live.request_close(*binding.close)
+        await self._record_thresholds(now)
+
+    def _watch_budget(self, live: LiveSession) -> None:
+        """Give ``live`` its account's budget and this month's spending as last read (none: no budget)."""
+        spend = self._spend.get(live.account_id)
+        if spend is None:
+            live.billing.budget.refresh(None, 0, 0)
+        else:
+            live.billing.budget.refresh(spend.budget_nanos, spend.month_cost_nanos, live.cost_nanos)
+
+    async def _record_thresholds(self, now: datetime) -> None:
+        """Record the budget thresholds reached that this process has not recorded yet (another gateway may have: the
+        event's id is the occurrence, so it is recorded once)."""
+        month = budget.month_label(now)
+        if any(m != month for _, m, _ in self._thresholds_recorded):  # a new month: last month's are done
+            self._thresholds_recorded = {t for t in self._thresholds_recorded if t[1] == month}
+        due: dict[str, MonthSpend] = {}
+        for account_id, spend in self._spend.items():
+            passed = budget.thresholds_passed(spend.budget_nanos, spend.month_cost_nanos)
+            if any((account_id, month, p) not in self._thresholds_recorded for p in passed):
+                due[account_id] = spend
+        if not due:
+            return
+        await self.database_write("thresholds", lambda: self.store.events.record_budget_thresholds(due, now))
+        for account_id, spend in due.items():
+            for p in budget.thresholds_passed(spend.budget_nanos, spend.month_cost_nanos):
+                self._thresholds_recorded.add((account_id, month, p))
 
     # -- shutdown -------------------------------------------------------------------------------------------------
 

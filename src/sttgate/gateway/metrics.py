@@ -87,6 +87,12 @@ class GatewayMetrics:
         self.database_write_failures = Counter(
             "sttgate_database_write_failures", "Failed or timed-out database writes of the gateway.", registry=r
         )
+        self.account_event_posts = Counter(
+            "sttgate_account_event_posts",
+            "Account-event posts to accounts' webhook URLs, by outcome (delivered, failed: retried later).",
+            ["outcome"],
+            registry=r,
+        )
         self.draining = Gauge("sttgate_draining", "1 while the gateway drains for shutdown.", registry=r)
         self.connections_open = Gauge(
             "sttgate_connections_open", "Open client connections of the public listener.", registry=r

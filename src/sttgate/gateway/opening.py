@@ -34,6 +34,14 @@ log = logging.getLogger("sttgate.gateway")
 
 _T = TypeVar("_T")
 
+# Why a slot was not taken → the handshake's refusal (docs/contract.md#refusals).
+_SLOT_REFUSALS: dict[SlotOutcome, Callable[[], Refusal]] = {
+    SlotOutcome.TOO_MANY_STREAMS: refusals.too_many_streams,
+    SlotOutcome.KEY_TOO_MANY_STREAMS: refusals.key_too_many_streams,
+    SlotOutcome.INSUFFICIENT_BALANCE: refusals.insufficient_balance,
+    SlotOutcome.BUDGET_EXCEEDED: refusals.budget_exceeded,
+}
+
 
 async def database_guard(manager: SessionManager, call: Callable[[], Awaitable[_T]]) -> _T:
     """A handshake's database work, waited for at most ``database_timeout_seconds``: a database that fails or does not
@@ -83,15 +91,20 @@ async def principal_for(store: Store, key: str | None, token: str | None, provid
 async def authorize(
     store: Store, key: str | None, token: str | None, provider_name: str | None
 ) -> tuple[Principal, Provider]:
-    """Credential then provider, in the order of docs/contract.md#refusals (401, 403, 400); a token is single-use,
-    so a request whose provider is missing or invalid is refused (400) before its token is spent."""
+    """Credential then provider, in the order of docs/contract.md#refusals (401, 403, 400, then the key's provider
+    allow-list, 403); a token is single-use, so a request whose provider is missing or invalid is refused (400) before
+    its token is spent. A token minted by a key limited to other providers is spent by the refusal, as by a session."""
     if key and looks_like_token(key):
         key, token = None, key
     if token and not key:
         provider = resolve_provider(provider_name)
-        return await principal_for(store, None, token, provider.name), provider
-    principal = await principal_for(store, key, None, "")
-    return principal, resolve_provider(provider_name)
+        principal = await principal_for(store, None, token, provider.name)
+    else:
+        principal = await principal_for(store, key, None, "")
+        provider = resolve_provider(provider_name)
+    if not principal.allows(provider.name):
+        raise refusals.provider_not_allowed(provider.name, principal.key_providers or ())
+    return principal, provider
 
 
 def resolve_provider(name: str | None) -> Provider:
@@ -196,6 +209,7 @@ async def _take_slot_and_connect(
                 rate_usd_per_hour=str(price.rate_usd_per_hour),
                 basis=price.basis.value,
                 api_key_id=principal.key_id,
+                key_max_streams=principal.key_max_streams,
             ),
         )
     except Refusal as unavailable_db:
@@ -204,10 +218,8 @@ async def _take_slot_and_connect(
             # is back, as a refused handshake (no session in usage).
             manager.keep_end(PendingEnd(session_id, 0.0, 0, 0, None, unavailable_db.code, ClosedBy.GATEWAY))
         raise
-    if slot is SlotOutcome.TOO_MANY_STREAMS:
-        raise refusals.too_many_streams()
-    if slot is SlotOutcome.INSUFFICIENT_BALANCE:
-        raise refusals.insufficient_balance()
+    if slot is not SlotOutcome.OPENED:
+        raise _SLOT_REFUSALS[slot]()
     try:
         return await connect_upstream(http, manager.settings, manager.metrics, provider, forwarded)
     except BaseException as exc:

@@ -48,7 +48,7 @@ async def _client_to_upstream(client: ClientLink, live: LiveSession) -> Verdict:
             data = frame[1]
             try:
                 if not admit(data, kind) and not await live.pay():
-                    return Outcome.CUT_OFF, *closecodes.INSUFFICIENT_BALANCE
+                    return Outcome.CUT_OFF, *live.cut_off_close
                 await send(data, kind)
             except ChargeFailed:
                 return Outcome.CUT_OFF, *closecodes.BILLING_UNAVAILABLE

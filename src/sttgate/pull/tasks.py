@@ -13,6 +13,7 @@ status                 cause                                                  pr
 ``source_failed``      FFmpeg failed, or no audio for the source timeout      graceful end, 1000, client
 ``provider_closed``    the provider closed the session                        its own code, upstream
 ``insufficient_balance``  a prepaid balance cannot pay the next cycle         graceful end, 4002, gateway
+``budget_exceeded``    the account's monthly budget is reached                graceful end, 4002, gateway
 ``gateway_shutdown``   the gateway stops (drain over, or runner clean-up)     graceful end, 1012, gateway
 ``source_failed``      the meter cannot read a frame the gateway framed       graceful end, 1008, gateway
                        (docs/billing.md#strict-metering; not expected)
@@ -53,6 +54,7 @@ _SESSION_CLOSE: dict[TaskStatus, tuple[Close, ClosedBy]] = {
     TaskStatus.SOURCE_ENDED: (Close(1000, "source ended"), ClosedBy.CLIENT),
     TaskStatus.SOURCE_FAILED: (Close(1000, "source failed"), ClosedBy.CLIENT),
     TaskStatus.INSUFFICIENT_BALANCE: (closecodes.INSUFFICIENT_BALANCE, ClosedBy.GATEWAY),
+    TaskStatus.BUDGET_EXCEEDED: (closecodes.BUDGET_EXCEEDED, ClosedBy.GATEWAY),
     TaskStatus.GATEWAY_SHUTDOWN: (closecodes.SERVICE_RESTART, ClosedBy.GATEWAY),
 }
 
@@ -79,6 +81,8 @@ def ending_for_gateway_close(code: int, reason: str) -> Ending:
     """The gateway asked the session to close (``LiveSession.close_requested``)."""
     if (code, reason) == closecodes.INSUFFICIENT_BALANCE:  # a session-basis cycle the balance cannot pay
         return Ending(TaskStatus.INSUFFICIENT_BALANCE, "the balance cannot pay the next cycle", reason)
+    if (code, reason) == closecodes.BUDGET_EXCEEDED:  # a session-basis cycle past the monthly budget
+        return Ending(TaskStatus.BUDGET_EXCEEDED, "the account reached its monthly budget", reason)
     if (code, reason) == closecodes.STREAMING_DISABLED:
         return Ending(TaskStatus.STOPPED, "streaming was disabled for the account", reason)
     if code == closecodes.IDLE_TIMEOUT.code:
@@ -226,6 +230,8 @@ class PullTask:
                 except (ConnectionError, RuntimeError):
                     return self._provider_closed()
                 if not sent:
+                    if self.live.billing.over_budget:
+                        return Ending(TaskStatus.BUDGET_EXCEEDED, "the account reached its monthly budget")
                     return Ending(TaskStatus.INSUFFICIENT_BALANCE, "the balance cannot pay the next 5-second cycle")
         finally:
             with contextlib.suppress(RuntimeError):

@@ -11,7 +11,7 @@ import secrets
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -19,6 +19,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sttgate.core.accounts import AccountState
+from sttgate.core.keys import parse_providers, stored_providers
+from sttgate.providers import get_provider, names
 from sttgate.store.auth import KEY_PREFIX
 from sttgate.store.database import Database, NotFoundError, chunks, hash_secret, utcnow
 from sttgate.store.tables import accounts, api_keys
@@ -28,6 +30,10 @@ KEY_DISPLAY_CHARS = 12
 MAX_BALANCE_NANOS = 10**18
 # Far above any real limit; it keeps the value inside the column's integer type on every database.
 MAX_STREAMS = 1_000_000
+# A key's lifetime: up to 100 years (keeps the expiry a valid datetime).
+MAX_KEY_LIFETIME_SECONDS = 100 * 366 * 86400
+# The optional account fields an update may remove.
+_CLEARABLE = frozenset({"webhook_url", "low_balance_nanos", "monthly_budget_nanos"})
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,10 @@ class Account:
     balance_nanos: int | None  # None = postpaid
     created_at: datetime
     updated_at: datetime
+    # docs/contract.md#account-events and docs/billing.md#budgets (None: not set).
+    webhook_url: str | None = None
+    low_balance_nanos: int | None = None
+    monthly_budget_nanos: int | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,22 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    # docs/contract.md#keys (None: not set; providers None: every provider).
+    name: str | None = None
+    expires_at: datetime | None = None
+    max_streams: int | None = None
+    providers: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class KeyOptions:
+    """The optional fields of a new key (docs/contract.md#keys): a label, a lifetime in seconds, a stream limit of its
+    own (within the account's), the providers it may open."""
+
+    name: str | None = None
+    expires_in_seconds: int | None = None
+    max_streams: int | None = None
+    providers: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,10 @@ class NewKey:
     prefix: str
     account_id: str
     created_at: datetime
+    name: str | None = None
+    expires_at: datetime | None = None
+    max_streams: int | None = None
+    providers: tuple[str, ...] | None = None
 
 
 class Accounts:
@@ -135,8 +165,15 @@ class Accounts:
         set_balance_nanos: int | None = None,
         top_up_nanos: int | None = None,
         postpaid: bool = False,
+        webhook_url: str | None = None,
+        low_balance_nanos: int | None = None,
+        monthly_budget_nanos: int | None = None,
+        clear: Collection[str] = (),
     ) -> Account:
-        """Change an account; a top-up adds to the balance atomically (safe while sessions are being charged)."""
+        """Change an account; a top-up adds to the balance atomically (safe while sessions are being charged).
+
+        ``webhook_url``, ``low_balance_nanos`` and ``monthly_budget_nanos`` set those fields; naming one in ``clear``
+        removes it (docs/contract.md#account-events, docs/billing.md#budgets)."""
         if sum((set_balance_nanos is not None, top_up_nanos is not None, postpaid)) > 1:
             raise ValueError("choose one of: set the balance, top up, or make the account postpaid")
         values: dict[str, Any] = {}
@@ -158,6 +195,18 @@ class Accounts:
             values["balance_nanos"] = accounts.c.balance_nanos + top_up_nanos
         if postpaid:
             values["balance_nanos"] = None
+        if webhook_url is not None:
+            if not webhook_url.startswith(("http://", "https://")):
+                raise ValueError("the webhook URL must be an http:// or https:// URL")
+            values["webhook_url"] = webhook_url
+        for field, nanos in (("low_balance_nanos", low_balance_nanos), ("monthly_budget_nanos", monthly_budget_nanos)):
+            if nanos is not None:
+                _check_amount(nanos, field.removesuffix("_nanos").replace("_", " "))
+                values[field] = nanos
+        for field in clear:
+            if field not in _CLEARABLE:
+                raise ValueError(f"cannot clear {field}")
+            values[field] = None
         async with self._db.write() as conn:
             current = (
                 await conn.execute(
@@ -194,11 +243,18 @@ class Accounts:
             raise NotFoundError(f"no account {account_id}")
         return str(row.webhook_secret)
 
-    async def create_key(self, account_id: str) -> NewKey:
-        """A new key; the only time its secret is returned (only its hash is stored)."""
+    async def create_key(self, account_id: str, options: KeyOptions | None = None) -> NewKey:
+        """A new key; the only time its secret is returned (only its hash is stored). ``options``: its name, expiry,
+        stream limit and provider allow-list (docs/contract.md#keys); a provider that is not registered is refused
+        (ValueError), as is an empty allow-list."""
+        opts = options or KeyOptions()
+        _check_key_options(opts)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = str(uuid.uuid4())
         now = utcnow()
+        expires_at = None if opts.expires_in_seconds is None else now + timedelta(seconds=opts.expires_in_seconds)
+        providers = None if opts.providers is None else tuple(dict.fromkeys(opts.providers))
+        name = None if opts.name is None else opts.name.strip()
         async with self._db.write() as conn:
             await _require_account(conn, account_id)
             await conn.execute(
@@ -208,9 +264,23 @@ class Accounts:
                     key_hash=hash_secret(key),
                     prefix=key[:KEY_DISPLAY_CHARS],
                     created_at=now,
+                    name=name,
+                    expires_at=expires_at,
+                    max_streams=opts.max_streams,
+                    providers=stored_providers(providers),
                 )
             )
-        return NewKey(id=key_id, key=key, prefix=key[:KEY_DISPLAY_CHARS], account_id=account_id, created_at=now)
+        return NewKey(
+            id=key_id,
+            key=key,
+            prefix=key[:KEY_DISPLAY_CHARS],
+            account_id=account_id,
+            created_at=now,
+            name=name,
+            expires_at=expires_at,
+            max_streams=opts.max_streams,
+            providers=providers,
+        )
 
     async def list_keys(self, account_id: str) -> list[ApiKey]:
         async with self._db.reader.connect() as conn:
@@ -260,6 +330,9 @@ def _account(row: Row[Any]) -> Account:
         balance_nanos=row.balance_nanos,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        webhook_url=row.webhook_url,
+        low_balance_nanos=row.low_balance_nanos,
+        monthly_budget_nanos=row.monthly_budget_nanos,
     )
 
 
@@ -271,6 +344,10 @@ def _key(row: Row[Any]) -> ApiKey:
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
+        name=row.name,
+        expires_at=row.expires_at,
+        max_streams=row.max_streams,
+        providers=parse_providers(row.providers),
     )
 
 
@@ -282,6 +359,21 @@ def _new_webhook_secret() -> str:
 def _check_name(name: str) -> None:
     if not name or not name.strip():
         raise ValueError("the account name must not be empty")
+
+
+def _check_key_options(opts: KeyOptions) -> None:
+    if opts.name is not None and not opts.name.strip():
+        raise ValueError("the key name must not be empty")
+    if opts.expires_in_seconds is not None and not 1 <= opts.expires_in_seconds <= MAX_KEY_LIFETIME_SECONDS:
+        raise ValueError(f"the key's lifetime must be between 1 and {MAX_KEY_LIFETIME_SECONDS:,} seconds")
+    if opts.max_streams is not None:
+        _check_max_streams(opts.max_streams)
+    if opts.providers is not None:
+        if not opts.providers:
+            raise ValueError("the provider allow-list must name at least one provider")
+        unknown = [p for p in opts.providers if get_provider(p) is None]
+        if unknown:
+            raise ValueError(f"unknown provider {unknown[0]!r}; valid providers: {', '.join(names())}")
 
 
 def _check_max_streams(max_streams: int) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy import insert as sa_insert
 
+from sttgate.core.keys import allows, expired, parse_providers
 from sttgate.store.database import Database, hash_secret
 from sttgate.store.tables import accounts, api_keys
 from sttgate.store.tables import tokens as tokens_table
@@ -52,6 +53,13 @@ class Principal:
     balance_nanos: int | None  # None = postpaid
     # The cap on the session's length carried by the token that opened it (None: only the gateway's limit).
     max_session_seconds: int | None = None
+    # The key's own stream limit and provider allow-list (docs/contract.md#keys; None: none of its own).
+    key_max_streams: int | None = None
+    key_providers: tuple[str, ...] | None = None
+
+    def allows(self, provider: str) -> bool:
+        """Whether the key may open a session with ``provider`` (403 ``provider_not_allowed`` otherwise)."""
+        return allows(self.key_providers, provider)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,9 @@ class AuthRow:
     streaming_enabled: bool
     max_streams: int
     balance_nanos: int | None
+    expires_at: datetime | None = None
+    key_max_streams: int | None = None
+    key_providers: str | None = None  # as stored: comma-separated, None = every provider
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,9 @@ AUTH_QUERY = (
         accounts.c.streaming_enabled,
         accounts.c.max_streams,
         accounts.c.balance_nanos,
+        api_keys.c.expires_at,
+        api_keys.c.max_streams.label("key_max_streams"),
+        api_keys.c.providers.label("key_providers"),
     )
     .join(accounts, accounts.c.id == api_keys.c.account_id)
     .where(api_keys.c.key_hash == bindparam("key_hash"))
@@ -132,10 +146,13 @@ class Auth:
             streaming_enabled=bool(row.streaming_enabled),
             max_streams=row.max_streams,
             balance_nanos=row.balance_nanos,
+            expires_at=row.expires_at,
+            key_max_streams=row.key_max_streams,
+            key_providers=row.key_providers,
         )
 
     async def authenticate(self, api_key: str) -> Principal | None:
-        """The account behind a key, or None for an unknown, revoked or malformed key.
+        """The account behind a key, or None for an unknown, revoked, expired or malformed key.
 
         Known and unknown keys cost the same single indexed query on the hash; the secret itself is never
         compared, its hash is (in constant time).
@@ -146,6 +163,8 @@ class Auth:
         row = await (self._fast.authenticate(digest) if self._fast is not None else self.lookup_key(digest))
         if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked:
             return None
+        if expired(row.expires_at, utcnow()):
+            return None
         self._touch_key(row.key_id, row.last_used_at)
         return Principal(
             account_id=row.account_id,
@@ -153,6 +172,8 @@ class Auth:
             streaming_enabled=row.streaming_enabled,
             max_streams=row.max_streams,
             balance_nanos=row.balance_nanos,
+            key_max_streams=row.key_max_streams,
+            key_providers=parse_providers(row.key_providers),
         )
 
     def _touch_key(self, key_id: str, last_used_at: datetime | None) -> None:
@@ -222,14 +243,25 @@ class Auth:
         """Use ``token`` for a session with ``provider``: the token's account, or None (401 ``invalid_token``).
 
         None when the token is unknown, expired, used, or bound to another provider; a token bound elsewhere is
-        left unused (the mistake costs the browser nothing). Exactly one of any number of concurrent redeems of one
-        token wins: the row is claimed by a single conditional UPDATE. The principal's ``key_id`` is the key that
-        minted the token, and it carries the token's session cap.
+        left unused (the mistake costs the browser nothing). A token outlives nothing: one whose minting key has been
+        revoked or has expired since is refused too, and left unused (docs/contract.md#keys). Exactly one of any
+        number of concurrent redeems of one token wins: the row is claimed by a single conditional UPDATE. The
+        principal's ``key_id`` is the key that minted the token; it carries the token's session cap and the key's
+        stream limit and provider allow-list.
         """
         if not looks_like_token(token):
             return None
         now = utcnow()
         t = tokens_table
+        key_valid = (
+            select(api_keys.c.id)
+            .where(
+                api_keys.c.id == t.c.api_key_id,
+                api_keys.c.revoked_at.is_(None),
+                or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now),
+            )
+            .exists()
+        )
         claim = (
             update(t)
             .where(
@@ -237,6 +269,7 @@ class Auth:
                 t.c.used_at.is_(None),
                 t.c.expires_at > now,
                 or_(t.c.provider.is_(None), t.c.provider == provider),
+                or_(t.c.api_key_id.is_(None), key_valid),
             )
             .values(used_at=now)
             .returning(t.c.account_id, t.c.max_session_seconds, t.c.api_key_id)
@@ -253,6 +286,13 @@ class Auth:
                     )
                 )
             ).one()
+            key = None
+            if claimed.api_key_id is not None:
+                key = (
+                    await conn.execute(
+                        select(api_keys.c.max_streams, api_keys.c.providers).where(api_keys.c.id == claimed.api_key_id)
+                    )
+                ).first()
         return Principal(
             account_id=account_id,
             key_id=claimed.api_key_id,
@@ -260,6 +300,8 @@ class Auth:
             max_streams=account.max_streams,
             balance_nanos=account.balance_nanos,
             max_session_seconds=claimed.max_session_seconds,
+            key_max_streams=None if key is None else key.max_streams,
+            key_providers=None if key is None else parse_providers(key.providers),
         )
 
     async def close(self) -> None:

@@ -17,8 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Float, Integer, bindparam, case, func, insert, literal, or_, select, update
 
+from sttgate.core.account_events import EventType, crossed_low
+from sttgate.core.budget import month_start
+from sttgate.core.budget import reached as budget_reached
+from sttgate.core.keys import within_key_limit
 from sttgate.core.outcomes import ClosedBy, SessionKind, TaskStatus
 from sttgate.store.database import Database, NotFoundError, chunks, utcnow
+from sttgate.store.events import balance_low_data, exhausted_data, record_balance_event
 from sttgate.store.tables import UTCDateTime, accounts, sessions, tasks
 
 if TYPE_CHECKING:
@@ -32,7 +37,23 @@ class SlotOutcome(Enum):
 
     OPENED = "opened"
     TOO_MANY_STREAMS = "too_many_streams"
+    KEY_TOO_MANY_STREAMS = "key_too_many_streams"  # the key's own limit (docs/contract.md#keys)
     INSUFFICIENT_BALANCE = "insufficient_balance"
+    BUDGET_EXCEEDED = "budget_exceeded"  # this month's cost has reached the budget (docs/billing.md#budgets)
+
+
+@dataclass(frozen=True)
+class SlotFigures:
+    """What the slot rule reads, in the account's locked transaction: the account's and the key's open sessions and
+    limits, the balance, and this month's cost against the budget (the cost is read only when there is a budget)."""
+
+    live: int
+    max_streams: int
+    key_live: int = 0
+    key_max_streams: int | None = None
+    balance_nanos: int | None = None  # None = postpaid
+    budget_nanos: int | None = None
+    month_cost_nanos: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,12 +70,17 @@ def monotone(column: Any, param: str, type_: Any) -> Any:
     return case((column < value, value), else_=column)
 
 
-def decide_open(live: int, max_streams: int, balance_nanos: int | None, min_balance_nanos: int) -> SlotOutcome:
-    """The slot rule, shared by both implementations: the stream limit is checked first, then the balance."""
-    if live >= max_streams:
+def decide_open(figures: SlotFigures, min_balance_nanos: int) -> SlotOutcome:
+    """The slot rule, shared by both implementations, in the order of docs/contract.md#refusals: the account's stream
+    limit, the key's, then the balance, then the month's budget."""
+    if figures.live >= figures.max_streams:
         return SlotOutcome.TOO_MANY_STREAMS
-    if balance_nanos is not None and balance_nanos < min_balance_nanos:
+    if not within_key_limit(figures.key_live, figures.key_max_streams):
+        return SlotOutcome.KEY_TOO_MANY_STREAMS
+    if figures.balance_nanos is not None and figures.balance_nanos < min_balance_nanos:
         return SlotOutcome.INSUFFICIENT_BALANCE
+    if budget_reached(figures.budget_nanos, figures.month_cost_nanos):
+        return SlotOutcome.BUDGET_EXCEEDED
     return SlotOutcome.OPENED
 
 
@@ -79,13 +105,16 @@ class Slots:
         rate_usd_per_hour: str | None = None,
         basis: str | None = None,
         api_key_id: str | None = None,
+        key_max_streams: int | None = None,
     ) -> SlotOutcome:
-        """Take a stream slot (OPENED), or say why not: too many streams (checked first), or too little balance.
+        """Take a stream slot (OPENED), or say why not (:func:`decide_open`): too many streams for the account or for
+        the key (``key_max_streams``, the key's own limit), too little balance, or a monthly budget reached.
 
         One transaction that holds the account's lock from the count to the insert, so concurrent opens of one
-        account (in any process) are serialized and the limit is exact. ``model``, ``rate_usd_per_hour`` (a decimal
-        string) and ``basis`` are the session's price, recorded on its row; ``api_key_id`` the key that opened it
-        (for a token, the key that minted it; docs/contract.md#usage).
+        account (in any process) are serialized and both limits are exact. A refusal for the balance records the
+        account's ``balance.exhausted`` event in the same transaction (docs/contract.md#account-events).
+        ``model``, ``rate_usd_per_hour`` (a decimal string) and ``basis`` are the session's price, recorded on its
+        row; ``api_key_id`` the key that opened it (for a token, the key that minted it; docs/contract.md#usage).
         """
         kind = SessionKind(kind)
         now = utcnow()
@@ -102,31 +131,55 @@ class Slots:
                 expires,
                 (model, rate_usd_per_hour, basis),
                 api_key_id,
+                key_max_streams,
+                month_start(now),
             )
-        live_count = (
-            select(func.count())
-            .select_from(sessions)
-            .where(
-                sessions.c.account_id == account_id,
-                sessions.c.ended_at.is_(None),
-                sessions.c.lease_expires_at > now,
+
+        def live_count(*where: Any) -> Any:
+            return (
+                select(func.count())
+                .select_from(sessions)
+                .where(*where, sessions.c.ended_at.is_(None), sessions.c.lease_expires_at > now)
             )
-            .scalar_subquery()
-        )
+
         async with self._db.write() as conn:
             # PostgreSQL: the count must be read after the account's row lock is held (a statement's snapshot
             # predates the lock wait), so two statements.
             account = (
                 await conn.execute(
-                    select(accounts.c.max_streams, accounts.c.balance_nanos)
+                    select(accounts.c.max_streams, accounts.c.balance_nanos, accounts.c.monthly_budget_nanos)
                     .where(accounts.c.id == account_id)
                     .with_for_update()
                 )
             ).first()
             if account is None:
                 raise NotFoundError(f"no account {account_id}")
-            live = (await conn.execute(select(live_count))).scalar_one()
-            outcome = decide_open(live, account.max_streams, account.balance_nanos, min_balance_nanos)
+            live = (await conn.execute(live_count(sessions.c.account_id == account_id))).scalar_one()
+            key_live = 0
+            if key_max_streams is not None and api_key_id is not None:
+                key_live = (await conn.execute(live_count(sessions.c.api_key_id == api_key_id))).scalar_one()
+            month_cost = 0
+            if account.monthly_budget_nanos is not None:
+                month_cost = (
+                    await conn.execute(
+                        select(func.coalesce(func.sum(sessions.c.cost_nanos), 0)).where(
+                            sessions.c.account_id == account_id, sessions.c.started_at >= month_start(now)
+                        )
+                    )
+                ).scalar_one()
+            figures = SlotFigures(
+                live,
+                account.max_streams,
+                key_live,
+                key_max_streams,
+                account.balance_nanos,
+                account.monthly_budget_nanos,
+                int(month_cost),
+            )
+            outcome = decide_open(figures, min_balance_nanos)
+            if outcome is SlotOutcome.INSUFFICIENT_BALANCE:
+                data = exhausted_data(account.balance_nanos, "handshake_refused", session_id)
+                await record_balance_event(conn, account_id, EventType.BALANCE_EXHAUSTED, data, latch=True)
             if outcome is SlotOutcome.OPENED:
                 await conn.execute(
                     insert(sessions).values(
@@ -173,6 +226,11 @@ class Slots:
         The debit is a conditional UPDATE (``balance >= amount``), so racing sessions of one account never take
         the balance below zero, and the session's cycles and cost move in the same transaction. Postpaid
         accounts are not written here (flush_progress records their cycles): True.
+
+        The same transaction records the account events it observes (docs/contract.md#account-events): the debit that
+        takes the balance below ``low_balance_usd`` records ``balance.low``; a refusal records ``balance.exhausted``
+        (once, until a cycle is paid again). Only the transaction that made the change sees it, so each occurrence is
+        recorded once however many gateways charge the account.
         """
         if cycles < 0 or price_nanos < 0:
             raise ValueError("cycles and price must not be negative")
@@ -181,12 +239,15 @@ class Slots:
             # Once per prepaid cycle of every live session: one trip instead of about 13.
             return await self._fast.charge_cycles(session_id, account_id, cycles, amount)
         async with self._db.write() as conn:
-            debited = await conn.execute(
-                update(accounts)
-                .where(accounts.c.id == account_id, accounts.c.balance_nanos >= amount)
-                .values(balance_nanos=accounts.c.balance_nanos - amount)
-            )
-            if debited.rowcount == 1:
+            debited = (
+                await conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id, accounts.c.balance_nanos >= amount)
+                    .values(balance_nanos=accounts.c.balance_nanos - amount, balance_exhausted=False)
+                    .returning(accounts.c.balance_nanos, accounts.c.low_balance_nanos)
+                )
+            ).first()
+            if debited is not None:
                 recorded = await conn.execute(
                     update(sessions)
                     .where(sessions.c.id == session_id, sessions.c.account_id == account_id)
@@ -194,11 +255,19 @@ class Slots:
                 )
                 if recorded.rowcount != 1:
                     raise NotFoundError(f"no session {session_id} of account {account_id}")
+                after, low = debited.balance_nanos, debited.low_balance_nanos
+                if crossed_low(low, after + amount, after):
+                    data = balance_low_data(after, low, session_id)
+                    await record_balance_event(conn, account_id, EventType.BALANCE_LOW, data)
                 return True
             balance = (await conn.execute(select(accounts.c.balance_nanos).where(accounts.c.id == account_id))).first()
             if balance is None:
                 raise NotFoundError(f"no account {account_id}")
-            return balance.balance_nanos is None
+            if balance.balance_nanos is None:
+                return True
+            data = exhausted_data(balance.balance_nanos, "session_cut_off", session_id)
+            await record_balance_event(conn, account_id, EventType.BALANCE_EXHAUSTED, data, latch=True)
+            return False
 
     async def flush_progress(self, updates: Sequence[SessionProgress]) -> None:
         """Write absolute session totals in one batched transaction; a total never goes backwards."""

@@ -19,11 +19,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Dialect
 
+from sttgate.core.account_events import EventType, balance_event_id, body, crossed_low
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.store import db
 from sttgate.store.auth import AuthRow
-from sttgate.store.database import Database, NotFoundError
-from sttgate.store.slots import SessionProgress, SlotOutcome, decide_open
+from sttgate.store.database import Database, NotFoundError, utcnow
+from sttgate.store.events import balance_low_data, exhausted_data
+from sttgate.store.slots import SessionProgress, SlotFigures, SlotOutcome, decide_open
 from sttgate.store.tables import UTCDateTime
 
 T = TypeVar("T")
@@ -97,7 +99,8 @@ class SqliteFastPath:
         row = await self._reader.run(_auth, digest)
         if row is None:
             return None
-        key_id, key_hash, revoked_at, last_used_at, account_id, streaming_enabled, max_streams, balance = row
+        key_id, key_hash, revoked_at, last_used_at, account_id, streaming_enabled, max_streams, balance = row[:8]
+        expires_at, key_max_streams, key_providers = row[8:]
         return AuthRow(
             key_id=key_id,
             key_hash=key_hash,
@@ -107,6 +110,9 @@ class SqliteFastPath:
             streaming_enabled=bool(streaming_enabled),
             max_streams=max_streams,
             balance_nanos=balance,
+            expires_at=None if self._read_time is None else self._read_time(expires_at),
+            key_max_streams=key_max_streams,
+            key_providers=key_providers,
         )
 
     async def open_session(
@@ -121,17 +127,22 @@ class SqliteFastPath:
         expires: datetime,
         price: tuple[str | None, str | None, str | None] = (None, None, None),
         api_key_id: str | None = None,
+        key_max_streams: int | None = None,
+        month: datetime | None = None,
     ) -> SlotOutcome:
         args = (session_id, account_id, kind.value, provider, gateway_id, min_balance_nanos)
-        outcome: SlotOutcome | None = await self._write(
-            _transaction, _open, *args, self._time(now), self._time(expires), price, api_key_id
-        )
+        key = (api_key_id, key_max_streams)
+        times = (self._time(now), self._time(expires), self._time(month or now), now)
+        outcome: SlotOutcome | None = await self._write(_transaction, _open, *args, times, price, key)
         if outcome is None:
             raise NotFoundError(f"no account {account_id}")
         return outcome
 
     async def charge_cycles(self, session_id: str, account_id: str, cycles: int, amount: int) -> bool:
-        outcome: bool | str | None = await self._write(_transaction, _charge, session_id, account_id, cycles, amount)
+        now = utcnow()
+        outcome: bool | str | None = await self._write(
+            _transaction, _charge, session_id, account_id, cycles, amount, (self._time(now), now)
+        )
         if outcome is None:
             raise NotFoundError(f"no account {account_id}")
         if outcome == "session":
@@ -184,7 +195,8 @@ def _auth(conn: sqlite3.Connection, digest: str) -> tuple[Any, ...] | None:
     """``auth.AUTH_QUERY`` (autocommit: one statement reads one consistent snapshot)."""
     row: tuple[Any, ...] | None = conn.execute(
         "SELECT api_keys.id, api_keys.key_hash, api_keys.revoked_at, api_keys.last_used_at, accounts.id,"
-        " accounts.streaming_enabled, accounts.max_streams, accounts.balance_nanos"
+        " accounts.streaming_enabled, accounts.max_streams, accounts.balance_nanos,"
+        " api_keys.expires_at, api_keys.max_streams, api_keys.providers"
         " FROM api_keys JOIN accounts ON accounts.id = api_keys.account_id WHERE api_keys.key_hash = ?",
         (digest,),
     ).fetchone()
@@ -199,21 +211,32 @@ def _open(
     provider: str,
     gateway_id: str,
     min_balance_nanos: int,
-    now: Any,
-    expires: Any,
+    times: tuple[Any, Any, Any, datetime],
     price: tuple[str | None, str | None, str | None],
-    api_key_id: str | None,
+    key: tuple[str | None, int | None],
 ) -> tuple[bool, SlotOutcome | None]:
-    # BEGIN IMMEDIATE serializes writers, so the account and its live count can come in one statement.
+    now, expires, month, aware_now = times
+    api_key_id, key_max_streams = key
+    # BEGIN IMMEDIATE serializes writers, so the account and its live counts can come in one statement.
     row = conn.execute(
-        "SELECT max_streams, balance_nanos, (SELECT count(*) FROM sessions WHERE account_id = ? AND ended_at IS NULL"
-        " AND lease_expires_at > ?) FROM accounts WHERE id = ?",
-        (account_id, now, account_id),
+        "SELECT max_streams, balance_nanos, monthly_budget_nanos,"
+        " (SELECT count(*) FROM sessions WHERE account_id = ?1 AND ended_at IS NULL AND lease_expires_at > ?2),"
+        " CASE WHEN ?4 IS NULL THEN 0 ELSE (SELECT count(*) FROM sessions WHERE api_key_id = ?4 AND ended_at IS NULL"
+        " AND lease_expires_at > ?2) END,"
+        " CASE WHEN monthly_budget_nanos IS NULL THEN 0 ELSE (SELECT coalesce(sum(cost_nanos), 0) FROM sessions"
+        " WHERE account_id = ?1 AND started_at >= ?3) END"
+        " FROM accounts WHERE id = ?1",
+        (account_id, now, month, api_key_id if key_max_streams is not None else None),
     ).fetchone()
     if row is None:
         return False, None
-    max_streams, balance, live = row
-    outcome = decide_open(live, max_streams, balance, min_balance_nanos)
+    max_streams, balance, budget, live, key_live, month_cost = row
+    figures = SlotFigures(live, max_streams, key_live, key_max_streams, balance, budget, month_cost)
+    outcome = decide_open(figures, min_balance_nanos)
+    if outcome is SlotOutcome.INSUFFICIENT_BALANCE:
+        data = exhausted_data(balance, "handshake_refused", session_id)
+        recorded = _balance_event(conn, account_id, EventType.BALANCE_EXHAUSTED, data, aware_now, now, latch=True)
+        return recorded, outcome
     if outcome is not SlotOutcome.OPENED:
         return False, outcome
     conn.execute(
@@ -226,14 +249,16 @@ def _open(
 
 
 def _charge(
-    conn: sqlite3.Connection, session_id: str, account_id: str, cycles: int, amount: int
+    conn: sqlite3.Connection, session_id: str, account_id: str, cycles: int, amount: int, now: tuple[Any, datetime]
 ) -> tuple[bool, bool | str | None]:
-    """The result; None for no account, "session" for no session (rolled back)."""
+    """The result; None for no account, "session" for no session (rolled back). Records the account events the
+    charge observes, as ``Slots.charge_cycles`` does."""
     debited = conn.execute(
-        "UPDATE accounts SET balance_nanos = balance_nanos - ? WHERE id = ? AND balance_nanos >= ?",
-        (amount, account_id, amount),
-    ).rowcount
-    if debited == 1:
+        "UPDATE accounts SET balance_nanos = balance_nanos - ?1, balance_exhausted = 0"
+        " WHERE id = ?2 AND balance_nanos >= ?1 RETURNING balance_nanos, low_balance_nanos",
+        (amount, account_id),
+    ).fetchall()
+    if debited:
         recorded = conn.execute(
             "UPDATE sessions SET cycles = cycles + ?, cost_nanos = cost_nanos + ?, opening = 0"
             " WHERE id = ? AND account_id = ?",
@@ -241,9 +266,54 @@ def _charge(
         ).rowcount
         if recorded != 1:
             return False, "session"
+        after, low = debited[0]
+        if crossed_low(low, after + amount, after):
+            data = balance_low_data(after, low, session_id)
+            _balance_event(conn, account_id, EventType.BALANCE_LOW, data, now[1], now[0])
         return True, True
     row = conn.execute("SELECT balance_nanos FROM accounts WHERE id = ?", (account_id,)).fetchone()
-    return True, None if row is None else row[0] is None
+    if row is None:
+        return True, None
+    if row[0] is None:
+        return True, True
+    data = exhausted_data(row[0], "session_cut_off", session_id)
+    _balance_event(conn, account_id, EventType.BALANCE_EXHAUSTED, data, now[1], now[0], latch=True)
+    return True, False
+
+
+def _balance_event(
+    conn: sqlite3.Connection,
+    account_id: str,
+    kind: EventType,
+    data: dict[str, Any],
+    at: datetime,
+    stored_at: Any,
+    *,
+    latch: bool = False,
+) -> bool:
+    """``events.record_balance_event``: True when an event was recorded."""
+    latched = (", balance_exhausted = 1", " AND balance_exhausted = 0") if latch else ("", "")
+    row = conn.execute(
+        f"UPDATE accounts SET balance_event_seq = balance_event_seq + 1{latched[0]}"
+        f" WHERE id = ? AND webhook_url IS NOT NULL{latched[1]} RETURNING balance_event_seq",
+        (account_id,),
+    ).fetchall()
+    if not row:
+        return False
+    event_id = balance_event_id(kind, account_id, row[0][0])
+    conn.execute(
+        "INSERT OR IGNORE INTO account_events (id, account_id, type, payload, created_at, next_attempt_at, attempts)"
+        " VALUES (?, ?, ?, ?, ?, ?, 0)",
+        (
+            event_id,
+            account_id,
+            str(kind),
+            body(event_id, kind, at, {"account_id": account_id, **data}),
+            stored_at,
+            stored_at,
+        ),
+    )
+    return True
 
 
 _FLUSH_SQL = (

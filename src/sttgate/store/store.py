@@ -8,6 +8,7 @@ from sttgate.store import db
 from sttgate.store.accounts import Accounts
 from sttgate.store.auth import Auth
 from sttgate.store.database import Database
+from sttgate.store.events import AccountEvents
 from sttgate.store.slots import Slots
 from sttgate.store.sqlite_fast import SqliteFastPath
 from sttgate.store.tasks import Tasks
@@ -17,7 +18,7 @@ from sttgate.store.usage import UsageQueries
 class Store:
     """Async access to the database; one instance per process, shared by all sessions.
 
-    The aggregates are attributes (``auth``, ``slots``, ``accounts``, ``usage_queries``, ``tasks``); their
+    The aggregates are attributes (``auth``, ``slots``, ``accounts``, ``usage_queries``, ``tasks``, ``events``); their
     operations are also exposed flat (``store.open_session(...)``, ``store.create_account(...)``) as the
     aggregates' own bound methods, so call sites stay short. ``fast_path=False`` turns the SQLite single-trip path
     off (the equivalence tests compare both).
@@ -32,6 +33,7 @@ class Store:
         self.accounts = Accounts(self.database)
         self.usage_queries = UsageQueries(self.database)
         self.tasks = Tasks(self.database)
+        self.events = AccountEvents(self.database)
 
         self.authenticate = self.auth.authenticate
         self.mint_token = self.auth.mint_token

@@ -75,6 +75,15 @@ accounts = Table(
     Column("webhook_secret", String(128), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Migration 0007 (docs/contract.md#account-events, docs/billing.md#budgets): where account events are posted, the
+    # balance below which ``balance.low`` is posted, and the spending cap per calendar month (UTC), nano-dollars.
+    Column("webhook_url", Text, nullable=True),
+    Column("low_balance_nanos", BigInteger, nullable=True),
+    Column("monthly_budget_nanos", BigInteger, nullable=True),
+    # Numbers the account's balance events (``balance.low``, ``balance.exhausted``: their stable ids), and whether
+    # ``balance.exhausted`` was recorded since the last cycle the balance paid (once per exhaustion).
+    Column("balance_event_seq", Integer, nullable=False, server_default="0"),
+    Column("balance_exhausted", Boolean, nullable=False, server_default=false()),
     CheckConstraint("balance_nanos IS NULL OR balance_nanos >= 0", name="ck_accounts_balance_not_negative"),
     CheckConstraint("max_streams >= 0", name="ck_accounts_max_streams_not_negative"),
 )
@@ -89,6 +98,12 @@ api_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_used_at", UTCDateTime, nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
+    # Migration 0007 (docs/contract.md#keys): a label; an expiry (refused like a revoked key once past); a stream
+    # limit of the key's own within the account's; the providers it may open, comma-separated (null: all).
+    Column("name", Text, nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("max_streams", Integer, nullable=True),
+    Column("providers", Text, nullable=True),
     UniqueConstraint("key_hash"),
 )
 
@@ -127,6 +142,7 @@ sessions = Table(
     Index(None, "account_id", "ended_at"),
     Index(None, "account_id", "started_at"),
     Index(None, "ended_at", "lease_expires_at"),
+    Index(None, "api_key_id", "ended_at"),
 )
 
 tasks = Table(
@@ -174,4 +190,23 @@ tokens = Table(
     # The key that minted the token; the session it opens is attributed to it. Migration 0006.
     Column("api_key_id", String(36), nullable=True),
     UniqueConstraint("token_hash"),
+)
+
+# The outbox of account events (docs/contract.md#account-events): each row is written by the transaction that observed
+# the occurrence, under its stable id (the primary key, so a second writer of the same occurrence writes nothing), and
+# posted by whichever gateway claims it (``claimed_until``), retried with backoff until delivered. Migration 0007.
+account_events = Table(
+    "account_events",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("account_id", String(36), ForeignKey("accounts.id"), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("claimed_until", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index(None, "delivered_at", "next_attempt_at"),
 )

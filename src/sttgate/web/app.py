@@ -17,6 +17,7 @@ from sttgate.core import closecodes
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.upstream import HandshakeResponse, UpstreamSocket
+from sttgate.pull.account_events import AccountEventPoster
 from sttgate.store import Store
 from sttgate.web import demo_page, health, metrics, pull_api, streams, tokens, usage
 from sttgate.web.access_log import RedactingAccessLogger
@@ -78,7 +79,16 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
         # Runner clean-up without a drain (tests, a second signal): end live sessions now, with 1012.
         await svc.sessions.close_all(*closecodes.SERVICE_RESTART)
 
+    async def account_events(app: web.Application) -> AsyncIterator[None]:
+        poster = AccountEventPoster(settings, svc.store, svc.metrics)
+        await poster.start()
+        try:
+            yield
+        finally:
+            await poster.close()
+
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(account_events)
     app.on_shutdown.append(close_sessions)
     streams.setup(app)
     health.setup(app)

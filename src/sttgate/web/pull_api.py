@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sttgate.core.outcomes import ClosedBy, SessionKind
-from sttgate.core.refusals import invalid_request, task_not_found
+from sttgate.core.refusals import invalid_request, provider_not_allowed, task_not_found
 from sttgate.gateway.opening import database_guard, principal_for, resolve_provider
 from sttgate.pull.documents import task_document
 from sttgate.pull.manager import PullManager
@@ -69,6 +69,8 @@ async def start_task(request: web.Request) -> web.Response:
     principal = await _principal(request)
     body = parse_body(await _json_body(request))
     provider = resolve_provider(body.provider)
+    if not principal.allows(provider.name):
+        raise provider_not_allowed(provider.name, principal.key_providers or ())
     audio = await svc.pull.check_source(body.audio_url)
     callback = await check_callback_url(body.callback_url, allow_private=settings.pull_allow_private)
     forwarded = pull_query(provider, encode_params(body.params))

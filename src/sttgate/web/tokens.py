@@ -19,6 +19,7 @@ from sttgate.core.refusals import (
     invalid_provider,
     invalid_request,
     missing_api_key,
+    provider_not_allowed,
     streaming_not_enabled,
 )
 from sttgate.providers import PROVIDERS, Provider, get_provider, names
@@ -101,6 +102,13 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _check_allowed(principal: Principal, provider: str) -> None:
+    """A token for a provider the key may not open is refused at once (403 ``provider_not_allowed``), rather than
+    minted to be refused at the handshake (docs/contract.md#keys)."""
+    if not principal.allows(provider):
+        raise provider_not_allowed(provider, principal.key_providers or ())
+
+
 async def mint_token(request: web.Request) -> web.Response:
     """``POST /api/v2/audio-stream/token``: the gateway's own token mint (key in ``Authorization``)."""
     svc = request.app[SERVICES]
@@ -108,6 +116,8 @@ async def mint_token(request: web.Request) -> web.Response:
     body = await json_object(request)
     seconds = _lifetime(body.get("expires_in_seconds", DEFAULT_TOKEN_SECONDS), svc.settings)
     provider = provider_argument(body.get("provider"))
+    if provider is not None:
+        _check_allowed(principal, provider)
     cap = _session_cap(body.get("max_session_seconds"), svc.settings)
     minted = await svc.store.mint_token(
         principal.account_id, seconds, provider, max_session_seconds=cap, key_id=principal.key_id
@@ -130,6 +140,7 @@ def _provider_mint(provider: Provider, mint: TokenMint) -> Callable[[web.Request
         svc = request.app[SERVICES]
         settings = svc.settings
         principal = await _authenticate(svc.store, mint.key(request.headers))
+        _check_allowed(principal, provider.name)
         asked = MintRequest(
             path_params=request.match_info,
             query=request.query,
