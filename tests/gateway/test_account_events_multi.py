@@ -9,6 +9,7 @@ import json
 
 import aiohttp
 from aiohttp import web
+from standardwebhooks import Webhook
 
 from sttgate.pull.webhooks import SIGNATURE_HEADER, verify
 from sttgate.store import Store
@@ -71,4 +72,5 @@ async def test_a_balance_crossing_low_is_posted_once_with_two_gateways(serve, cu
     assert sum(status == 500 for _, _, status in posts) == 1  # and the one failed attempt
     for body, headers, _, _ in receiver.posts:
         assert verify(secret, body, headers[SIGNATURE_HEADER])
+        assert Webhook(secret).verify(body, headers)["id"] == headers["webhook-id"] == json.loads(body)["id"]
         assert headers["X-Sttgate-Event-Id"] == json.loads(body)["id"]

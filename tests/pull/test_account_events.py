@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from standardwebhooks import Webhook
+
 from sttgate.pull.webhooks import SIGNATURE_HEADER, verify
 from sttgate.store.accounts import KeyOptions
 from tests.support.waiting import wait_for
@@ -35,7 +37,10 @@ async def test_a_key_expiring_within_7_days_is_posted_once_signed(gateway, accou
         soon.id,
         "ci",
     )
-    assert verify(await store.webhook_secret(acct.id), second, headers[SIGNATURE_HEADER])
+    secret = await store.webhook_secret(acct.id)
+    assert verify(secret, second, headers[SIGNATURE_HEADER])
+    assert Webhook(secret).verify(second, headers)["id"] == event["id"]  # any Standard Webhooks library
+    assert headers["webhook-id"] == event["id"]
     assert headers["X-Sttgate-Event-Id"] == event["id"] and headers["X-Sttgate-Event"] == "key.expiring"
     async with gw.http.get(f"{gw.http_url}/metrics") as resp:
         exposition = await resp.text()

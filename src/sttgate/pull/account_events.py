@@ -2,11 +2,12 @@
 
 The events are rows of the store's outbox (:mod:`sttgate.store.events`), written where each occurrence was observed.
 Every gateway runs one :class:`AccountEventPoster`: every ``account_events_poll_seconds`` it claims the due events
-(no other gateway posts them while claimed), posts each, signed like a pull task's webhooks with the account's webhook
-secret (:func:`sttgate.pull.webhooks.sign`, through the same address-checked client), and marks it delivered, or due
-again after a backoff (``webhook_backoff_seconds`` doubling up to ``webhook_backoff_max_seconds``). A delivery that
-fails is retried until it succeeds; a receiver that answers 2xx but a retry follows (a gateway crashed between the
-post and the mark) sees the same event id again. Once a minute it also records ``key.expiring`` for keys that expire
+(no other gateway posts them while claimed), posts each through the pull webhooks' address-checked client, signed
+like them with the account's webhook secret (``X-Sttgate-Signature`` and the Standard Webhooks headers with the
+event's id as ``webhook-id``, :mod:`sttgate.pull.webhooks`), and marks it delivered, or due again after a backoff
+(``webhook_backoff_seconds`` doubling up to ``webhook_backoff_max_seconds``). A delivery that fails is retried until
+it succeeds; a receiver that answers 2xx but a retry follows (a gateway crashed between the post and the mark) sees the
+same event id again. Once a minute it also records ``key.expiring`` for keys that expire
 within 7 days.
 """
 
@@ -18,10 +19,18 @@ import logging
 import time
 
 import aiohttp
+from standardwebhooks import Webhook
 
 from sttgate.config import Settings
 from sttgate.gateway.metrics import GatewayMetrics
-from sttgate.pull.webhooks import SIGNATURE_HEADER, backoff_delay, sign, webhook_client
+from sttgate.pull.webhooks import (
+    SIGNATURE_HEADER,
+    backoff_delay,
+    sign,
+    standard_headers,
+    standard_webhooks_secret,
+    webhook_client,
+)
 from sttgate.store import Store
 from sttgate.store.database import unavailable, utcnow
 from sttgate.store.events import PendingEvent
@@ -35,13 +44,18 @@ BATCH = 50
 KEY_SCAN_SECONDS = 60.0
 
 
-def signed_headers(event: PendingEvent) -> dict[str, str]:
-    """The headers of an event's post: its signature over the exact body, its stable id and its type."""
+def signed_headers(event: PendingEvent, timestamp: int) -> dict[str, str]:
+    """The headers of one attempt to post an event: its signature over the exact body both ways (``X-Sttgate-Signature``
+    and the Standard Webhooks headers, whose ``webhook-id`` is the event's stable id, the same on every retry), its id
+    and its type. ``timestamp`` is the attempt's, in whole seconds since the epoch."""
+    body = event.body.encode()
+    signer = Webhook(standard_webhooks_secret(event.secret))
     return {
         "Content-Type": "application/json",
-        SIGNATURE_HEADER: sign(event.secret, event.body.encode()),
+        SIGNATURE_HEADER: sign(event.secret, body),
         EVENT_ID_HEADER: event.id,
         EVENT_TYPE_HEADER: event.type,
+        **standard_headers(signer, event.id, timestamp, body),
     }
 
 
@@ -100,7 +114,7 @@ class AccountEventPoster:
             async with self.client.post(
                 event.url,
                 data=event.body.encode(),
-                headers=signed_headers(event),
+                headers=signed_headers(event, int(time.time())),
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.settings.webhook_timeout_seconds),
             ) as response:
