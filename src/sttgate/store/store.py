@@ -6,8 +6,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sttgate.store import db
 from sttgate.store.accounts import Accounts
+from sttgate.store.admin_tokens import AdminTokens
 from sttgate.store.auth import Auth
 from sttgate.store.database import Database
+from sttgate.store.operator_sessions import OperatorSessions
 from sttgate.store.slots import Slots
 from sttgate.store.sqlite_fast import SqliteFastPath
 from sttgate.store.tasks import Tasks
@@ -17,7 +19,8 @@ from sttgate.store.usage import UsageQueries
 class Store:
     """Async access to the database; one instance per process, shared by all sessions.
 
-    The aggregates are attributes (``auth``, ``slots``, ``accounts``, ``usage_queries``, ``tasks``); their
+    The aggregates are attributes (``auth``, ``slots``, ``accounts``, ``usage_queries``, ``tasks``,
+    ``admin_tokens``, ``operator_sessions``); their
     operations are also exposed flat (``store.open_session(...)``, ``store.create_account(...)``) as the
     aggregates' own bound methods, so call sites stay short. ``fast_path=False`` turns the SQLite single-trip path
     off (the equivalence tests compare both).
@@ -32,6 +35,8 @@ class Store:
         self.accounts = Accounts(self.database)
         self.usage_queries = UsageQueries(self.database)
         self.tasks = Tasks(self.database)
+        self.admin_tokens = AdminTokens(self.database)
+        self.operator_sessions = OperatorSessions(self.database)
 
         self.authenticate = self.auth.authenticate
         self.mint_token = self.auth.mint_token
@@ -55,6 +60,7 @@ class Store:
         self.create_key = self.accounts.create_key
         self.list_keys = self.accounts.list_keys
         self.revoke_key = self.accounts.revoke_key
+        self.credit = self.accounts.credit
 
         self.usage = self.usage_queries.usage
 
