@@ -230,7 +230,7 @@ async def test_keys_create_list_revoke(api: AdminApi, store: Store) -> None:
     status, revoked = await api.call("DELETE", f"/keys/{key['id']}")
     assert status == 200 and revoked["revoked_at"] is not None
     assert (await store.authenticate(key["key"])) is None
-    status, body = await api.call("DELETE", "/keys/none")
+    status, _body = await api.call("DELETE", "/keys/none")
     assert status == 404
 
 
