@@ -279,7 +279,7 @@ class Accounts:
                     raise ConflictError("the account is postpaid: it has no balance to credit")
                 balance = current.balance_nanos + amount_nanos
                 if balance > MAX_BALANCE_NANOS:
-                    raise ValueError("the balance would exceed the largest supported amount")
+                    raise ConflictError("the balance would exceed the largest supported amount")
                 made = Credit(
                     id=str(uuid.uuid4()),
                     account_id=account_id,

@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 from sttgate.core import refusals
 from sttgate.core.refusals import Refusal
 from sttgate.store import AdminTokenCheck, unavailable
-from sttgate.web.admin_api.openapi import OPERATIONS, PREFIX
+from sttgate.web.admin_api.openapi import OPERATIONS, PREFIX, Operation
 from sttgate.web.admin_api.routes import HANDLERS
 from sttgate.web.errors import REFUSAL_HEADERS, refusal_response
 from sttgate.web.services import SERVICES
@@ -28,8 +28,25 @@ def add_admin_api_routes(app: web.Application) -> None:
     """Mount the admin API under ``/admin/v1`` on ``app`` (before it starts)."""
     api = web.Application(middlewares=[_answer_json, _require_admin_token])
     for op in OPERATIONS:
-        api.router.add_route(op.method, op.path, HANDLERS[op.operation_id])
+        api.router.add_route(op.method, op.path, _parameters_checked(op, HANDLERS[op.operation_id]))
     app.add_subapp(PREFIX, api)
+
+
+def _parameters_checked(op: Operation, handler: Handler) -> Handler:
+    """``handler`` behind the parameter rules every operation shares: only the query parameters the operation
+    documents (a misspelt filter must not silently list everything), and no NUL in any parameter (PostgreSQL cannot
+    compare text holding one; the OpenAPI document's patterns exclude it)."""
+    documented = frozenset(p.name for p in op.params if p.where == "query")
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        unknown = sorted(set(request.query) - documented)
+        if unknown:
+            raise refusals.invalid_request(f"Unknown query parameter {unknown[0]!r}.")
+        if any("\x00" in value for value in (*request.match_info.values(), *request.query.values())):
+            raise refusals.invalid_request("Path and query parameters may not contain NUL characters.")
+        return await handler(request)
+
+    return checked
 
 
 @web.middleware

@@ -17,6 +17,7 @@ from pydantic.json_schema import models_json_schema
 
 from sttgate import __version__
 from sttgate.web.admin_api import schemas
+from sttgate.web.admin_api.schemas import NO_NUL
 
 PREFIX = "/admin/v1"
 _REF = "#/components/schemas/{model}"
@@ -55,7 +56,7 @@ class Operation:
         return PREFIX + self.path
 
 
-_ID = {"type": "string", "minLength": 1}
+_ID = {"type": "string", "minLength": 1, "pattern": NO_NUL}
 _LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Items per page.")
 
 
@@ -64,7 +65,7 @@ def _path(name: str, what: str) -> Param:
 
 
 def _query(name: str, description: str) -> Param:
-    return Param(name, "query", {"type": "string"}, description)
+    return Param(name, "query", {"type": "string", "pattern": NO_NUL}, description)
 
 
 ACCOUNT_ID = _path("account_id", "account")
@@ -90,7 +91,7 @@ OPERATIONS: tuple[Operation, ...] = (
         (400,),
         params=(
             _query("external_id", "Only the account with this external id."),
-            _query("cursor", "The `next_cursor` of the previous page."),
+            _query("cursor", "The `next_cursor` of the previous page (400 if it names no account)."),
             _LIMIT,
         ),
     ),
@@ -177,7 +178,11 @@ OPERATIONS: tuple[Operation, ...] = (
         params=(
             ACCOUNT_ID,
             _query("since", "Sessions started at or after this ISO 8601 time (a date alone: its 00:00 UTC)."),
-            _query("until", "Sessions started before this ISO 8601 time (a date alone: through that UTC day)."),
+            _query(
+                "until",
+                "Sessions started before this ISO 8601 time (a date alone: through that UTC day); after `since` "
+                "(400 otherwise, or when either cannot be read).",
+            ),
             _query("key_id", "Only the sessions opened with this key (or tokens it minted)."),
         ),
     ),
@@ -197,7 +202,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 "`true`: only the sessions running now, on any gateway.",
             ),
             _query("account_id", "Only this account's sessions."),
-            _query("cursor", "The `next_cursor` of the previous page."),
+            _query("cursor", "The `next_cursor` of the previous page (400 if it names no session)."),
             _LIMIT,
         ),
     ),

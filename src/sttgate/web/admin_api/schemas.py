@@ -11,9 +11,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from sttgate.store.accounts import MAX_EXTERNAL_ID_CHARS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_STREAMS, MAX_WEBHOOK_URL_CHARS
+
+# Text may not hold NUL characters: PostgreSQL cannot store them (a NUL would otherwise be a database error).
+NO_NUL = r"^[^\x00]*$"
+
+
+def _integral(value: object) -> object:
+    """JSON Schema's ``integer`` includes ``5.0``; strict validation would refuse it, so an integral float becomes
+    an int here (``true``, strings and fractions stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
 
 # A USD amount: digits, optionally a point and at most 9 decimals (the gateway counts nano-dollars); below 10^9 USD.
 Usd = Annotated[
@@ -24,12 +36,32 @@ Usd = Annotated[
         examples=["10.00"],
     ),
 ]
-Name = Annotated[str, Field(min_length=1, pattern=r"\S", description="A label; not blank.")]
+
+
+def _not_zero(value: str) -> str:
+    if not value.strip("0."):
+        raise ValueError("must be more than zero")
+    return value
+
+
+# A credit: a USD amount above zero.
+PositiveUsd = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]{1,9}(\.[0-9]{1,9})?$",
+        description="A USD amount above zero as a decimal string, at most 9 decimals.",
+        examples=["10.00"],
+        json_schema_extra={"not": {"pattern": r"^[0.]*$"}},
+    ),
+    AfterValidator(_not_zero),
+]
+Name = Annotated[str, Field(min_length=1, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$", description="A label; not blank.")]
 ExternalId = Annotated[
     str,
     Field(
         min_length=1,
         max_length=MAX_EXTERNAL_ID_CHARS,
+        pattern=NO_NUL,
         description="The operator's own id for this customer in its billing system; unique across accounts.",
     ),
 ]
@@ -37,11 +69,13 @@ WebhookUrl = Annotated[
     str,
     Field(
         max_length=MAX_WEBHOOK_URL_CHARS,
-        pattern=r"^https?://[^\s/?#@]+([/?#]\S*)?$",
+        pattern=r"^https?://[^\s\x00/?#@]+([/?#][^\s\x00]*)?$",
         description="An absolute http or https URL where the account's events are posted.",
     ),
 ]
-MaxStreams = Annotated[int, Field(ge=0, le=MAX_STREAMS, description="Concurrent streams plus pull tasks.")]
+MaxStreams = Annotated[
+    int, Field(ge=0, le=MAX_STREAMS, description="Concurrent streams plus pull tasks."), BeforeValidator(_integral)
+]
 
 _REQUEST = ConfigDict(extra="forbid", strict=True)
 _RESPONSE = ConfigDict(extra="forbid")
@@ -84,12 +118,13 @@ class AccountUpdate(BaseModel):
 class CreditCreate(BaseModel):
     model_config = _REQUEST
 
-    amount_usd: Usd
+    amount_usd: PositiveUsd
     idempotency_key: Annotated[
         str,
         Field(
             min_length=1,
             max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+            pattern=NO_NUL,
             description="Unique per credit of this account: the same key again credits nothing and answers the "
             "first credit.",
         ),
