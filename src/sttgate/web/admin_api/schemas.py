@@ -13,7 +13,13 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from sttgate.store.accounts import MAX_EXTERNAL_ID_CHARS, MAX_IDEMPOTENCY_KEY_CHARS, MAX_STREAMS, MAX_WEBHOOK_URL_CHARS
+from sttgate.store.accounts import (
+    MAX_EXTERNAL_ID_CHARS,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_STREAMS,
+    MAX_WEBHOOK_URL_CHARS,
+    WEBHOOK_URL_PATTERN,
+)
 
 # Text may not hold NUL characters: PostgreSQL cannot store them (a NUL would otherwise be a database error).
 NO_NUL = r"^[^\x00]*$"
@@ -69,7 +75,7 @@ WebhookUrl = Annotated[
     str,
     Field(
         max_length=MAX_WEBHOOK_URL_CHARS,
-        pattern=r"^https?://[^\s\x00/?#@]+([/?#][^\s\x00]*)?$",
+        pattern=WEBHOOK_URL_PATTERN,
         description="An absolute http or https URL where the account's events are posted.",
     ),
 ]
