@@ -136,6 +136,8 @@ sessions = Table(
     Index(None, "account_id", "ended_at"),
     Index(None, "account_id", "started_at"),
     Index(None, "ended_at", "lease_expires_at"),
+    # The admin API's session list across accounts, newest first (migration 0007).
+    Index(None, "started_at"),
 )
 
 tasks = Table(

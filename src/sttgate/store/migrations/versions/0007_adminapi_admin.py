@@ -52,10 +52,12 @@ def upgrade() -> None:
     with op.batch_alter_table("sessions") as batch:
         batch.add_column(sa.Column("close_requested_at", TS, nullable=True))
         batch.create_index("ix_sessions_close_requested_at", ["close_requested_at"])
+        batch.create_index("ix_sessions_started_at", ["started_at"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("sessions") as batch:
+        batch.drop_index("ix_sessions_started_at")
         batch.drop_index("ix_sessions_close_requested_at")
         batch.drop_column("close_requested_at")
     with op.batch_alter_table("accounts") as batch:
