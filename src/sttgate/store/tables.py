@@ -77,12 +77,15 @@ accounts = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     # Revision-2 account fields (docs/contract.md#accounts), migration 0007: the operator's own id for the customer
     # (unique when set), where account events go, the low-balance threshold and the monthly budget (nano-dollars).
-    Column("external_id", Text, nullable=True, unique=True),
+    Column("external_id", Text, nullable=True),
     Column("webhook_url", Text, nullable=True),
     Column("low_balance_nanos", BigInteger, nullable=True),
     Column("monthly_budget_nanos", BigInteger, nullable=True),
     CheckConstraint("balance_nanos IS NULL OR balance_nanos >= 0", name="ck_accounts_balance_not_negative"),
     CheckConstraint("max_streams >= 0", name="ck_accounts_max_streams_not_negative"),
+    # A unique index rather than a constraint: SQLite can add one without rebuilding the table (a rebuild of a table
+    # other rows reference fails with foreign keys on). NULLs do not collide.
+    Index("uq_accounts_external_id", "external_id", unique=True),
 )
 
 api_keys = Table(

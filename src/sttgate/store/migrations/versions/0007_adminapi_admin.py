@@ -43,28 +43,25 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name="fk_credits_account_id_accounts"),
         sa.UniqueConstraint("account_id", "idempotency_key", name="uq_credits_account_id_idempotency_key"),
     )
-    with op.batch_alter_table("accounts") as batch:
-        batch.add_column(sa.Column("external_id", sa.Text(), nullable=True))
-        batch.add_column(sa.Column("webhook_url", sa.Text(), nullable=True))
-        batch.add_column(sa.Column("low_balance_nanos", sa.BigInteger(), nullable=True))
-        batch.add_column(sa.Column("monthly_budget_nanos", sa.BigInteger(), nullable=True))
-        batch.create_unique_constraint("uq_accounts_external_id", ["external_id"])
-    with op.batch_alter_table("sessions") as batch:
-        batch.add_column(sa.Column("close_requested_at", TS, nullable=True))
-        batch.create_index("ix_sessions_close_requested_at", ["close_requested_at"])
-        batch.create_index("ix_sessions_started_at", ["started_at"])
+    # Plain ALTER TABLE ADD COLUMN and CREATE INDEX on both backends: nothing here may make SQLite rebuild a table
+    # (rebuilding ``accounts`` fails once other rows reference it, with foreign keys on).
+    op.add_column("accounts", sa.Column("external_id", sa.Text(), nullable=True))
+    op.add_column("accounts", sa.Column("webhook_url", sa.Text(), nullable=True))
+    op.add_column("accounts", sa.Column("low_balance_nanos", sa.BigInteger(), nullable=True))
+    op.add_column("accounts", sa.Column("monthly_budget_nanos", sa.BigInteger(), nullable=True))
+    op.create_index("uq_accounts_external_id", "accounts", ["external_id"], unique=True)
+    op.add_column("sessions", sa.Column("close_requested_at", TS, nullable=True))
+    op.create_index("ix_sessions_close_requested_at", "sessions", ["close_requested_at"])
+    op.create_index("ix_sessions_started_at", "sessions", ["started_at"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("sessions") as batch:
-        batch.drop_index("ix_sessions_started_at")
-        batch.drop_index("ix_sessions_close_requested_at")
-        batch.drop_column("close_requested_at")
-    with op.batch_alter_table("accounts") as batch:
-        batch.drop_constraint("uq_accounts_external_id", type_="unique")
-        batch.drop_column("monthly_budget_nanos")
-        batch.drop_column("low_balance_nanos")
-        batch.drop_column("webhook_url")
-        batch.drop_column("external_id")
+    op.drop_index("ix_sessions_started_at", "sessions")
+    op.drop_index("ix_sessions_close_requested_at", "sessions")
+    op.drop_index("uq_accounts_external_id", "accounts")
+    # ALTER TABLE DROP COLUMN (SQLite 3.35+), not a batch rebuild, for the same reason as above.
+    op.drop_column("sessions", "close_requested_at")
+    for column in ("monthly_budget_nanos", "low_balance_nanos", "webhook_url", "external_id"):
+        op.drop_column("accounts", column)
     op.drop_table("credits")
     op.drop_table("admin_tokens")
