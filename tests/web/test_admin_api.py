@@ -255,3 +255,10 @@ async def test_sessions_query_parameters_are_checked(api: AdminApi) -> None:
         assert_error(body, "invalid_request")
     status, body = await api.call("POST", "/sessions/none/close")
     assert status == 404
+
+
+async def test_a_body_too_large_is_refused_unread(api: AdminApi) -> None:
+    status, answer = await api.call("POST", "/accounts", json={"name": "x" * 70_000})
+    assert status == 400
+    assert_error(answer, "invalid_request")
+    assert "larger than" in answer["error"]["message"]

@@ -60,6 +60,8 @@ async def _answer_json(request: web.Request, handler: Handler) -> web.StreamResp
         return refusal_response(refusals.admin_method_not_allowed(", ".join(sorted(exc.allowed_methods))))
     except web.HTTPNotFound:
         return refusal_response(refusals.not_found("No such admin API path."))
+    except web.HTTPException as exc:  # e.g. 413 for a body beyond aiohttp's client_max_size
+        return refusal_response(Refusal(exc.status, "invalid_request", f"{exc.reason}."))
     except Exception as exc:
         if not unavailable(exc):
             raise

@@ -54,7 +54,8 @@ def _sentence(exc: Exception) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def json(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def answer(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A document as the JSON answer."""
     return web.json_response(document, status=status, headers=headers)
 
 
@@ -123,7 +124,7 @@ async def create_account(request: web.Request) -> web.Response:
             monthly_budget_nanos=_nanos(given.monthly_budget_usd),
         )
     )
-    return json(document, 201)
+    return answer(document, 201)
 
 
 async def list_accounts(request: web.Request) -> web.Response:
@@ -132,7 +133,7 @@ async def list_accounts(request: web.Request) -> web.Response:
             external_id=request.query.get("external_id"), cursor=request.query.get("cursor"), limit=_limit(request)
         )
     )
-    return json(document)
+    return answer(document)
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -140,7 +141,7 @@ async def get_account(request: web.Request) -> web.Response:
     document = await call(admin(request).get_account(account_id))
     if document is None:
         raise refusals.not_found(f"No account {account_id}.")
-    return json(document)
+    return answer(document)
 
 
 async def update_account(request: web.Request) -> web.Response:
@@ -166,7 +167,7 @@ async def update_account(request: web.Request) -> web.Response:
             **balance,
         )
     )
-    return json(document)
+    return answer(document)
 
 
 async def create_credit(request: web.Request) -> web.Response:
@@ -175,7 +176,7 @@ async def create_credit(request: web.Request) -> web.Response:
     document, replayed = await call(
         admin(request).credit(request.match_info["account_id"], amount, given.idempotency_key)
     )
-    return json(document, headers={"Idempotent-Replayed": "true" if replayed else "false"})
+    return answer(document, headers={"Idempotent-Replayed": "true" if replayed else "false"})
 
 
 # -- keys -----------------------------------------------------------------------------------------------------------
@@ -183,15 +184,15 @@ async def create_credit(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     await body(request, schemas.KeyCreate, required=False)
-    return json(await call(admin(request).create_key(request.match_info["account_id"])), 201)
+    return answer(await call(admin(request).create_key(request.match_info["account_id"])), 201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    return json(await call(admin(request).list_keys(request.match_info["account_id"])))
+    return answer(await call(admin(request).list_keys(request.match_info["account_id"])))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    return json(await call(admin(request).revoke_key(request.match_info["key_id"])))
+    return answer(await call(admin(request).revoke_key(request.match_info["key_id"])))
 
 
 # -- usage and sessions ---------------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ async def get_usage(request: web.Request) -> web.Response:
             request.match_info["account_id"], since=since, until=until, key_id=request.query.get("key_id") or None
         )
     )
-    return json(document)
+    return answer(document)
 
 
 async def list_sessions(request: web.Request) -> web.Response:
@@ -219,20 +220,20 @@ async def list_sessions(request: web.Request) -> web.Response:
             limit=_limit(request),
         )
     )
-    return json(document)
+    return answer(document)
 
 
 async def get_session(request: web.Request) -> web.Response:
-    return json(await call(admin(request).get_session(request.match_info["session_id"])))
+    return answer(await call(admin(request).get_session(request.match_info["session_id"])))
 
 
 async def close_session(request: web.Request) -> web.Response:
     """Recorded in the database; the gateway running the session polls for it (docs/admin-api.md#close-a-session)."""
-    return json(await call(admin(request).close_session(request.match_info["session_id"])), 202)
+    return answer(await call(admin(request).close_session(request.match_info["session_id"])), 202)
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return json(openapi.document())
+    return answer(openapi.document())
 
 
 HANDLERS: dict[str, Handler] = {
