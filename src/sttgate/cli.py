@@ -1,4 +1,5 @@
-"""The ``sttgate`` console script: run the gateway, the emulators or the demo, and administer accounts and keys.
+"""The ``sttgate`` console script: run the gateway, the emulators or the demo, and administer accounts, keys and
+admin tokens.
 
 Admin commands print a readable form, or with ``--json`` exactly one JSON document on stdout, and say on stderr which
 database they used (``sttgate: database sqlite:///./sttgate.db``). Every error is one line on stderr (``error: …``)
@@ -73,8 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--max-streams", type=int, default=5, help="concurrent streams and pull tasks (default 5)")
     create.add_argument("--balance", metavar="USD", help="prepaid balance in USD; omit for a postpaid account")
     create.add_argument("--no-streaming", dest="streaming", action="store_false", help="create it unable to stream")
+    _account_fields(create, clearable=False)
     create.set_defaults(handler=_accounts_create)
-    acc.add_parser("list", parents=[admin], help="list accounts").set_defaults(handler=_accounts_list)
+    alist = acc.add_parser("list", parents=[admin], help="list accounts")
+    alist.add_argument("--external-id", metavar="X", help="only the account with this external id")
+    alist.set_defaults(handler=_accounts_list)
     show = acc.add_parser("show", parents=[admin], help="show one account")
     show.add_argument("account_id", metavar="ID")
     show.set_defaults(handler=_accounts_show)
@@ -87,7 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     money.add_argument("--balance", metavar="USD", help="set the prepaid balance (makes the account prepaid)")
     money.add_argument("--top-up", metavar="USD", help="add to the prepaid balance (atomic)")
     money.add_argument("--postpaid", action="store_true", help="make the account postpaid (no balance)")
+    _account_fields(upd, clearable=True)
     upd.set_defaults(handler=_accounts_update)
+    credit = acc.add_parser("credit", parents=[admin], help="top up a prepaid balance once per idempotency key")
+    credit.add_argument("account_id", metavar="ID")
+    credit.add_argument("--amount", required=True, metavar="USD", help="the amount to add")
+    credit.add_argument(
+        "--idempotency-key", required=True, metavar="K", help="the same key again credits nothing (prints the first)"
+    )
+    credit.set_defaults(handler=_accounts_credit)
     secret = acc.add_parser("webhook-secret", parents=[admin], help="show the key that signs the account's webhooks")
     secret.add_argument("account_id", metavar="ID")
     secret.add_argument("--rotate", action="store_true", help="replace it with a new one")
@@ -111,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     krevoke = keys.add_parser("revoke", parents=[admin], help="revoke a key")
     krevoke.add_argument("key_id", metavar="KEY_ID")
     krevoke.set_defaults(handler=_keys_revoke)
+
+    tokens = commands.add_parser("admin-tokens", help="manage admin API tokens").add_subparsers(
+        dest="admin_tokens_command", metavar="ACTION", required=True
+    )
+    tcreate = tokens.add_parser("create", parents=[admin], help="create an admin token (shown once)")
+    tcreate.add_argument("--name", required=True, help="what or who the token is for")
+    tcreate.set_defaults(handler=_admin_tokens_create)
+    tokens.add_parser("list", parents=[admin], help="list admin tokens").set_defaults(handler=_admin_tokens_list)
+    trevoke = tokens.add_parser("revoke", parents=[admin], help="revoke an admin token")
+    trevoke.add_argument("token_id", metavar="ID")
+    trevoke.set_defaults(handler=_admin_tokens_revoke)
 
     usage = commands.add_parser("usage", parents=[admin], help="an account's usage document")
     usage.add_argument("--account", required=True, metavar="ID")
@@ -140,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_demo
     )
     return parser
+
+
+def _account_fields(parser: argparse.ArgumentParser, *, clearable: bool) -> None:
+    """The revision-2 account fields (docs/cli.md#accounts); on ``update`` an empty value clears one."""
+    clear = " (an empty value clears it)" if clearable else ""
+    parser.add_argument("--external-id", metavar="X", help=f"your id for this customer, unique{clear}")
+    parser.add_argument("--webhook-url", metavar="URL", help=f"where account events are posted{clear}")
+    parser.add_argument("--low-balance", metavar="USD", help=f"threshold of the balance.low event{clear}")
+    parser.add_argument("--monthly-budget", metavar="USD", help=f"spending cap per calendar month, UTC{clear}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,10 +341,18 @@ def _account_text(a: dict[str, Any]) -> str:
             ("streaming", _yes_no(a["streaming_enabled"])),
             ("max streams", a["max_streams"]),
             ("balance", _balance(a)),
+            ("external id", a["external_id"]),
+            ("webhook url", a["webhook_url"]),
+            ("low balance", _usd(a["low_balance_usd"])),
+            ("monthly budget", _usd(a["monthly_budget_usd"])),
             ("created", a["created_at"]),
             ("updated", a["updated_at"]),
         ]
     )
+
+
+def _usd(amount: str | None) -> str | None:
+    return None if amount is None else f"{amount} USD"
 
 
 def _accounts_text(items: list[dict[str, Any]]) -> str:
@@ -407,17 +447,43 @@ def _usage_text(doc: dict[str, Any]) -> str:
 
 def _accounts_create(args: argparse.Namespace, settings: Settings) -> int:
     balance = _nanos(args.balance, "--balance")
+    low_balance = _nanos(args.low_balance, "--low-balance")
+    budget = _nanos(args.monthly_budget, "--monthly-budget")
     account = _run_admin(
         settings,
         lambda s: s.create_account(
-            name=args.name, max_streams=args.max_streams, balance_nanos=balance, streaming_enabled=args.streaming
+            name=args.name,
+            max_streams=args.max_streams,
+            balance_nanos=balance,
+            streaming_enabled=args.streaming,
+            external_id=args.external_id,
+            webhook_url=args.webhook_url,
+            low_balance_nanos=low_balance,
+            monthly_budget_nanos=budget,
         ),
     )
     return _emit(args, account, _account_text)
 
 
 def _accounts_list(args: argparse.Namespace, settings: Settings) -> int:
-    return _emit(args, _run_admin(settings, lambda s: s.list_accounts()), _accounts_text)
+    return _emit(args, _run_admin(settings, lambda s: s.list_accounts(external_id=args.external_id)), _accounts_text)
+
+
+def _cleared_text(value: str | None) -> Any:
+    """An optional field of ``update``: not given → kept, empty → cleared, else the value."""
+    from sttgate.store import KEEP
+
+    if value is None:
+        return KEEP
+    return value.strip() or None
+
+
+def _cleared_nanos(value: str | None, what: str) -> Any:
+    from sttgate.store import KEEP
+
+    if value is None:
+        return KEEP
+    return _nanos(value, what) if value.strip() else None
 
 
 def _accounts_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -440,9 +506,36 @@ def _accounts_update(args: argparse.Namespace, settings: Settings) -> int:
             set_balance_nanos=balance,
             top_up_nanos=top_up,
             postpaid=args.postpaid,
+            external_id=_cleared_text(args.external_id),
+            webhook_url=_cleared_text(args.webhook_url),
+            low_balance_nanos=_cleared_nanos(args.low_balance, "--low-balance"),
+            monthly_budget_nanos=_cleared_nanos(args.monthly_budget, "--monthly-budget"),
         ),
     )
     return _emit(args, account, _account_text)
+
+
+def _accounts_credit(args: argparse.Namespace, settings: Settings) -> int:
+    amount = _nanos(args.amount, "--amount")
+    assert amount is not None
+    credit, replayed = _run_admin(settings, lambda s: s.credit(args.account_id, amount, args.idempotency_key))
+    return _emit(
+        args,
+        credit,
+        lambda c: (
+            ("already credited with this idempotency key; nothing added\n" if replayed else "")
+            + _pairs(
+                [
+                    ("credit", c["id"]),
+                    ("account", c["account_id"]),
+                    ("amount", f"{c['amount_usd']} USD"),
+                    ("balance after", f"{c['balance_usd']} USD"),
+                    ("idempotency key", c["idempotency_key"]),
+                    ("created", c["created_at"]),
+                ]
+            )
+        ),
+    )
 
 
 def _accounts_webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
@@ -500,6 +593,38 @@ def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
 def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     key = _run_admin(settings, lambda s: s.revoke_key(args.key_id))
     return _emit(args, key, lambda k: f"key {k['id']} ({k['prefix']}…) revoked at {k['revoked_at']}")
+
+
+def _admin_tokens_create(args: argparse.Namespace, settings: Settings) -> int:
+    created = _run_admin(settings, lambda s: s.create_admin_token(args.name))
+    return _emit(
+        args,
+        created,
+        lambda t: (
+            f"{t['token']}\n\nThis is the only time the admin token is shown; store it now.\n"
+            + _pairs([("id", t["id"]), ("name", t["name"]), ("prefix", t["prefix"]), ("created", t["created_at"])])
+        ),
+    )
+
+
+def _admin_tokens_list(args: argparse.Namespace, settings: Settings) -> int:
+    def text(items: list[dict[str, Any]]) -> str:
+        if not items:
+            return "no admin tokens"
+        return _table(
+            ["ID", "NAME", "PREFIX", "CREATED", "LAST USED", "REVOKED"],
+            [
+                [t["id"], t["name"], t["prefix"] + "…", t["created_at"], t["last_used_at"], t["revoked_at"]]
+                for t in items
+            ],
+        )
+
+    return _emit(args, _run_admin(settings, lambda s: s.list_admin_tokens()), text)
+
+
+def _admin_tokens_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    token = _run_admin(settings, lambda s: s.revoke_admin_token(args.token_id))
+    return _emit(args, token, lambda t: f"admin token {t['id']} ({t['prefix']}…) revoked at {t['revoked_at']}")
 
 
 def _usage(args: argparse.Namespace, settings: Settings) -> int:

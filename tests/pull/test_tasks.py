@@ -358,6 +358,7 @@ async def test_a_task_is_priced_like_a_push_session(pull_gateway, account, store
         (closecodes.BUDGET_EXCEEDED, "budget_exceeded"),  # a session-basis cycle past the monthly budget
         (closecodes.IDLE_TIMEOUT, "source_failed"),
         (closecodes.SERVICE_RESTART, "gateway_shutdown"),
+        (closecodes.CLOSED_BY_OPERATOR, "stopped"),  # docs/admin-api.md#close-a-session
     ],
 )
 def test_how_a_pull_task_ends_when_the_gateway_closes_its_session(close: closecodes.Close, status: str) -> None:

@@ -15,7 +15,7 @@ from sttgate.store.db import current_revision, head_revision, make_engine, upgra
 async def test_migrations_are_idempotent(db_url: str) -> None:
     await upgrade(db_url)
     await upgrade(db_url)
-    assert await current_revision(db_url) == head_revision() == "0007"
+    assert await current_revision(db_url) == head_revision() == "0008"
 
 
 async def test_ping(store: Store) -> None:
@@ -34,12 +34,15 @@ async def test_create_and_read_accounts(store: Store, admin: Admin) -> None:
         "streaming_enabled",
         "max_streams",
         "balance_usd",
+        "external_id",
         "webhook_url",
         "low_balance_usd",
         "monthly_budget_usd",
         "created_at",
         "updated_at",
     }
+    assert postpaid["external_id"] is postpaid["webhook_url"] is None
+    assert postpaid["low_balance_usd"] is postpaid["monthly_budget_usd"] is None
     assert postpaid["created_at"].endswith("Z")
     assert datetime.fromisoformat(postpaid["created_at"]).utcoffset().total_seconds() == 0
 

@@ -31,6 +31,8 @@ UNMETERABLE_AUDIO = Close(1008, "unmeterable audio")
 SESSION_TIME_LIMIT = Close(1008, "session time limit")
 # The account's streaming permission was withdrawn while the session ran (docs/contract.md#gateway-close-codes).
 STREAMING_DISABLED = Close(1008, "streaming disabled")
+# An operator ended the session through the admin API (docs/admin-api.md#close-a-session).
+CLOSED_BY_OPERATOR = Close(1008, "closed by operator")
 # The ledger could not take a prepaid charge: the frame was not forwarded.
 BILLING_UNAVAILABLE = Close(1011, "billing unavailable")
 # The relay could not finish closing both sides in time.

@@ -56,6 +56,21 @@ def provider_not_allowed(provider: str, allowed: Sequence[str]) -> Refusal:
     )
 
 
+# -- the admin API's credentials (docs/admin-api.md#authentication) ----------------------------------------------
+
+
+def missing_admin_token() -> Refusal:
+    return Refusal(401, "missing_admin_token", "An admin token is required (Authorization: Bearer sta_...).")
+
+
+def invalid_admin_token() -> Refusal:
+    return Refusal(401, "invalid_admin_token", "The admin token is not valid.")
+
+
+def admin_token_revoked() -> Refusal:
+    return Refusal(403, "admin_token_revoked", "The admin token has been revoked.")
+
+
 # -- the request (400, 404, 422, 426) -------------------------------------------------------------------------------
 
 
@@ -117,6 +132,21 @@ def invalid_url(code: str, message: str) -> Refusal:
 
 def task_not_found() -> Refusal:
     return Refusal(404, "task_not_found", "No such task for this account.")
+
+
+def not_found(message: str) -> Refusal:
+    """An admin API path, or the account, key or session it names, that does not exist."""
+    return Refusal(404, "not_found", message)
+
+
+def conflict(message: str) -> Refusal:
+    """An admin change the current state refuses (docs/admin-api.md#errors): an external id already taken, an
+    idempotency key reused with another amount, a postpaid account credited, a session no longer live."""
+    return Refusal(409, "conflict", message)
+
+
+def admin_method_not_allowed(allowed: str) -> Refusal:
+    return Refusal(405, "method_not_allowed", f"This path accepts {allowed}.", {"Allow": allowed})
 
 
 def invalid_token_type(message: str) -> Refusal:

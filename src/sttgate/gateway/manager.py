@@ -2,7 +2,9 @@
 
 It writes the totals that changed every ``ledger_flush_seconds`` (the rule of what may be written is
 :meth:`sttgate.core.billing.Billing.unflushed`), renews slot leases, reaps sessions of dead gateways, closes idle
-sessions (:class:`sttgate.core.idle.IdleWatch`: no metered client audio for the idle limit), and drains at shutdown.
+sessions (:class:`sttgate.core.idle.IdleWatch`: no metered client audio for the idle limit), closes the sessions an
+operator asked to close through the admin API on any gateway (polled every ``CLOSE_POLL_SECONDS``), and drains at
+shutdown.
 Every ``account_refresh_seconds`` it reads its sessions' accounts, their monthly budgets and this month's spending
 (one read each), so that each session's :class:`~sttgate.core.budget.BudgetWatch` stays current without a database
 call on the frame path, and records the ``budget.threshold`` events that spending has reached.
@@ -42,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("sttgate.gateway")
 
 _T = TypeVar("_T")
+
+# An operator's close request, made on any gateway, reaches the one running the session within this; with the
+# graceful end that follows, the session ends within 1 s (docs/admin-api.md#close-a-session).
+CLOSE_POLL_SECONDS = 0.5
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -330,6 +336,7 @@ class SessionManager:
             asyncio.create_task(self._every(s.lease_ttl_seconds, self.reap, "reap")),
             asyncio.create_task(self._every(sweep, self.sweep, "sweep")),
             asyncio.create_task(self._every(s.account_refresh_seconds, self.watch_accounts, "accounts")),
+            asyncio.create_task(self._every(CLOSE_POLL_SECONDS, self.close_requested, "close_requests")),
             asyncio.create_task(self._retry_ends()),
         ]
 
@@ -449,6 +456,23 @@ class SessionManager:
         for account_id, spend in due.items():
             for p in budget.thresholds_passed(spend.budget_nanos, spend.month_cost_nanos):
                 self._thresholds_recorded.add((account_id, month, p))
+
+    async def close_requested(self) -> None:
+        """End the live sessions an operator asked to close (docs/admin-api.md#close-a-session): one indexed read of
+        the requests not yet served, whichever gateway received them."""
+        if not self.live:
+            return
+        for session_id in await self.store.operator_sessions.close_requests():
+            self.close_by_operator(session_id)
+
+    def close_by_operator(self, session_id: str) -> bool:
+        """Ask this process's session ``session_id`` to end with 1008 "closed by operator" (the provider ends
+        gracefully first); False when it does not run here."""
+        live = self.live.get(session_id)
+        if live is None:
+            return False
+        live.request_close(*closecodes.CLOSED_BY_OPERATOR)
+        return True
 
     # -- shutdown -------------------------------------------------------------------------------------------------
 

@@ -85,6 +85,8 @@ def ending_for_gateway_close(code: int, reason: str) -> Ending:
         return Ending(TaskStatus.BUDGET_EXCEEDED, "the account reached its monthly budget", reason)
     if (code, reason) == closecodes.STREAMING_DISABLED:
         return Ending(TaskStatus.STOPPED, "streaming was disabled for the account", reason)
+    if (code, reason) == closecodes.CLOSED_BY_OPERATOR:  # docs/admin-api.md#close-a-session
+        return Ending(TaskStatus.STOPPED, "an operator closed the session", reason)
     if code == closecodes.IDLE_TIMEOUT.code:
         return Ending(TaskStatus.SOURCE_FAILED, "no audio was sent for the idle timeout", reason)
     return Ending(TaskStatus.GATEWAY_SHUTDOWN, "the gateway is shutting down")

@@ -8,8 +8,9 @@ Split by aggregate, each module one concern:
 - ``db``: engines, drivers, migrations; ``database``: the shared handle (engine, read-only reader, the SQLite write
   lock, ``write()``);
 - ``auth``: keys (authenticate) and gateway tokens (mint, redeem); ``slots``: stream slots and the ledger (open →
-  ``SlotOutcome``, charge, flush, renew, end, reap); ``accounts``: accounts and keys admin; ``usage``: usage rows;
-  ``tasks``: pull task rows;
+  ``SlotOutcome``, charge, flush, renew, end, reap); ``accounts``: accounts and keys admin, idempotent credits;
+  ``usage``: usage rows; ``tasks``: pull task rows; ``admin_tokens``: the admin API's credentials;
+  ``operator_sessions``: every gateway's sessions as the operator sees them, and close requests;
 - ``sqlite_fast``: SQLite's single-trip implementation of the hot statements (authenticate, open, charge, flush,
   end), equivalence-tested against the portable SQLAlchemy Core ones.
 
@@ -17,19 +18,29 @@ Split by aggregate, each module one concern:
 ``store.authenticate(...)``), which are the aggregates' bound methods; pull code uses ``store.tasks``.
 """
 
-from sttgate.store.accounts import Account, ApiKey, NewKey
+from sttgate.store.accounts import KEEP, Account, ApiKey, Credit, Keep, NewKey
+from sttgate.store.admin_tokens import AdminToken, AdminTokenCheck, NewAdminToken
 from sttgate.store.auth import MintedToken, Principal
-from sttgate.store.database import NotFoundError, unavailable
+from sttgate.store.database import ConflictError, NotFoundError, unavailable
+from sttgate.store.operator_sessions import OperatorSession
 from sttgate.store.slots import SessionProgress, SlotOutcome
 from sttgate.store.store import Store
 from sttgate.store.usage import Usage, UsageRow
 
 __all__ = [
+    "KEEP",
     "Account",
+    "AdminToken",
+    "AdminTokenCheck",
     "ApiKey",
+    "ConflictError",
+    "Credit",
+    "Keep",
     "MintedToken",
+    "NewAdminToken",
     "NewKey",
     "NotFoundError",
+    "OperatorSession",
     "Principal",
     "SessionProgress",
     "SlotOutcome",

@@ -7,23 +7,26 @@ serves are built from these rows in :mod:`sttgate.admin`.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from enum import Enum
+from typing import Any, Final
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sttgate.core.accounts import AccountState
 from sttgate.core.keys import parse_providers, stored_providers
 from sttgate.providers import get_provider, names
 from sttgate.store.auth import KEY_PREFIX
-from sttgate.store.database import Database, NotFoundError, chunks, hash_secret, utcnow
-from sttgate.store.tables import accounts, api_keys
+from sttgate.store.database import ConflictError, Database, NotFoundError, chunks, hash_secret, utcnow
+from sttgate.store.tables import accounts, api_keys, credits
 
 KEY_DISPLAY_CHARS = 12
 # Far above any real balance, far below BIGINT overflow.
@@ -32,8 +35,22 @@ MAX_BALANCE_NANOS = 10**18
 MAX_STREAMS = 1_000_000
 # A key's lifetime: up to 100 years (keeps the expiry a valid datetime).
 MAX_KEY_LIFETIME_SECONDS = 100 * 366 * 86400
-# The optional account fields an update may remove.
-_CLEARABLE = frozenset({"webhook_url", "low_balance_nanos", "monthly_budget_nanos"})
+MAX_EXTERNAL_ID_CHARS = 255
+MAX_WEBHOOK_URL_CHARS = 2048
+# An absolute http(s) URL: a DNS name or bracketed IPv6 address, an optional port, then printable ASCII (anything
+# else percent-encoded). The admin API's OpenAPI document publishes this same pattern.
+WEBHOOK_URL_PATTERN = r"^https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#][!-~]*)?$"
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_PAGE = 1000
+
+
+class Keep(Enum):
+    """An optional account field left as it is by an update (``None`` clears it)."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
 
 
 @dataclass(frozen=True)
@@ -45,10 +62,25 @@ class Account:
     balance_nanos: int | None  # None = postpaid
     created_at: datetime
     updated_at: datetime
-    # docs/contract.md#account-events and docs/billing.md#budgets (None: not set).
+    # Revision-2 fields (docs/contract.md#accounts); None = not set.
+    external_id: str | None = None
     webhook_url: str | None = None
     low_balance_nanos: int | None = None
     monthly_budget_nanos: int | None = None
+
+
+@dataclass(frozen=True)
+class Credit:
+    """A credit posted with an idempotency key; ``balance_nanos`` is the balance right after it. ``replayed``: this
+    call credited nothing, it found the credit an earlier call with the same key made."""
+
+    id: str
+    account_id: str
+    idempotency_key: str
+    amount_nanos: int
+    balance_nanos: int
+    created_at: datetime
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,31 +139,61 @@ class Accounts:
         max_streams: int = 5,
         balance_nanos: int | None = None,
         streaming_enabled: bool = True,
+        external_id: str | None = None,
+        webhook_url: str | None = None,
+        low_balance_nanos: int | None = None,
+        monthly_budget_nanos: int | None = None,
     ) -> Account:
         _check_name(name)
         _check_max_streams(max_streams)
         if balance_nanos is not None:
             _check_amount(balance_nanos, "balance")
+        optional = _optional_fields(external_id, webhook_url, low_balance_nanos, monthly_budget_nanos)
         now = utcnow()
         account_id = str(uuid.uuid4())
-        async with self._db.write() as conn:
-            await conn.execute(
-                insert(accounts).values(
-                    id=account_id,
-                    name=name.strip(),
-                    streaming_enabled=streaming_enabled,
-                    max_streams=max_streams,
-                    balance_nanos=balance_nanos,
-                    webhook_secret=_new_webhook_secret(),
-                    created_at=now,
-                    updated_at=now,
+        try:
+            async with self._db.write() as conn:
+                await conn.execute(
+                    insert(accounts).values(
+                        id=account_id,
+                        name=name.strip(),
+                        streaming_enabled=streaming_enabled,
+                        max_streams=max_streams,
+                        balance_nanos=balance_nanos,
+                        webhook_secret=_new_webhook_secret(),
+                        created_at=now,
+                        updated_at=now,
+                        **optional,
+                    )
                 )
-            )
-            return await _read_account(conn, account_id)
+                return await _read_account(conn, account_id)
+        except IntegrityError as exc:
+            raise _external_id_taken(external_id) from exc
 
-    async def list_accounts(self) -> list[Account]:
+    async def list_accounts(
+        self, *, external_id: str | None = None, after: str | None = None, limit: int | None = None
+    ) -> list[Account]:
+        """Accounts oldest first; ``external_id``: only the account with that id; ``after``: those that come after
+        that account (a page's cursor); ``limit``: at most that many."""
+        query = select(accounts).order_by(accounts.c.created_at, accounts.c.id)
+        if external_id is not None:
+            query = query.where(accounts.c.external_id == external_id)
+        if limit is not None:
+            if not 1 <= limit <= MAX_PAGE:
+                raise ValueError(f"limit must be 1..{MAX_PAGE}")
+            query = query.limit(limit)
         async with self._db.reader.connect() as conn:
-            rows = (await conn.execute(select(accounts).order_by(accounts.c.created_at, accounts.c.id))).all()
+            if after is not None:
+                last = (await conn.execute(select(accounts.c.created_at).where(accounts.c.id == after))).first()
+                if last is None:
+                    raise ValueError(f"the cursor {after!r} names no account")
+                query = query.where(
+                    or_(
+                        accounts.c.created_at > last.created_at,
+                        and_(accounts.c.created_at == last.created_at, accounts.c.id > after),
+                    )
+                )
+            rows = (await conn.execute(query)).all()
         return [_account(r) for r in rows]
 
     async def account_states(self, account_ids: Collection[str]) -> dict[str, AccountState]:
@@ -165,15 +227,13 @@ class Accounts:
         set_balance_nanos: int | None = None,
         top_up_nanos: int | None = None,
         postpaid: bool = False,
-        webhook_url: str | None = None,
-        low_balance_nanos: int | None = None,
-        monthly_budget_nanos: int | None = None,
-        clear: Collection[str] = (),
+        external_id: str | Keep | None = KEEP,
+        webhook_url: str | Keep | None = KEEP,
+        low_balance_nanos: int | Keep | None = KEEP,
+        monthly_budget_nanos: int | Keep | None = KEEP,
     ) -> Account:
-        """Change an account; a top-up adds to the balance atomically (safe while sessions are being charged).
-
-        ``webhook_url``, ``low_balance_nanos`` and ``monthly_budget_nanos`` set those fields; naming one in ``clear``
-        removes it (docs/contract.md#account-events, docs/billing.md#budgets)."""
+        """Change an account; a top-up adds to the balance atomically (safe while sessions are being charged). The
+        revision-2 fields are kept unless given; ``None`` clears one."""
         if sum((set_balance_nanos is not None, top_up_nanos is not None, postpaid)) > 1:
             raise ValueError("choose one of: set the balance, top up, or make the account postpaid")
         values: dict[str, Any] = {}
@@ -195,35 +255,91 @@ class Accounts:
             values["balance_nanos"] = accounts.c.balance_nanos + top_up_nanos
         if postpaid:
             values["balance_nanos"] = None
-        if webhook_url is not None:
-            if not webhook_url.startswith(("http://", "https://")):
-                raise ValueError("the webhook URL must be an http:// or https:// URL")
-            values["webhook_url"] = webhook_url
-        for field, nanos in (("low_balance_nanos", low_balance_nanos), ("monthly_budget_nanos", monthly_budget_nanos)):
-            if nanos is not None:
-                _check_amount(nanos, field.removesuffix("_nanos").replace("_", " "))
-                values[field] = nanos
-        for field in clear:
-            if field not in _CLEARABLE:
-                raise ValueError(f"cannot clear {field}")
-            values[field] = None
-        async with self._db.write() as conn:
-            current = (
-                await conn.execute(
-                    select(accounts.c.balance_nanos).where(accounts.c.id == account_id).with_for_update()
-                )
-            ).first()
-            if current is None:
-                raise NotFoundError(f"no account {account_id}")
-            if top_up_nanos is not None:
+        values |= _optional_fields(external_id, webhook_url, low_balance_nanos, monthly_budget_nanos)
+        try:
+            async with self._db.write() as conn:
+                current = (
+                    await conn.execute(
+                        select(accounts.c.balance_nanos).where(accounts.c.id == account_id).with_for_update()
+                    )
+                ).first()
+                if current is None:
+                    raise NotFoundError(f"no account {account_id}")
+                if top_up_nanos is not None:
+                    if current.balance_nanos is None:
+                        raise ValueError("the account is postpaid and has no balance to top up; set one with --balance")
+                    if current.balance_nanos + top_up_nanos > MAX_BALANCE_NANOS:
+                        raise ValueError("the balance would exceed the largest supported amount")
+                if values:
+                    values["updated_at"] = utcnow()
+                    await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+                return await _read_account(conn, account_id)
+        except IntegrityError as exc:
+            raise _external_id_taken(values.get("external_id")) from exc
+
+    async def credit(self, account_id: str, amount_nanos: int, idempotency_key: str) -> Credit:
+        """Add ``amount_nanos`` to a prepaid balance once per ``idempotency_key`` (docs/admin-api.md#credits).
+
+        The credit row and the balance change are one transaction that first locks the account row (PostgreSQL
+        ``FOR UPDATE``, SQLite ``BEGIN IMMEDIATE``), so concurrent posts of one key, on any number of gateways, queue
+        there and the later ones find the first one's row; the unique constraint on (account, key) is the backstop
+        that makes a second credit impossible even so. A repeat answers the first credit, ``replayed``; a repeat
+        with another amount is a :class:`ConflictError`.
+        """
+        _check_amount(amount_nanos, "amount")
+        if amount_nanos == 0:
+            raise ValueError("a credit must be more than zero")
+        if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise ValueError(f"the idempotency key must be 1..{MAX_IDEMPOTENCY_KEY_CHARS} characters")
+        try:
+            async with self._db.write() as conn:
+                current = (
+                    await conn.execute(
+                        select(accounts.c.balance_nanos).where(accounts.c.id == account_id).with_for_update()
+                    )
+                ).first()
+                if current is None:
+                    raise NotFoundError(f"no account {account_id}")
+                earlier = await _find_credit(conn, account_id, idempotency_key)
+                if earlier is not None:
+                    return _replay(earlier, amount_nanos)
                 if current.balance_nanos is None:
-                    raise ValueError("the account is postpaid and has no balance to top up; set one with --balance")
-                if current.balance_nanos + top_up_nanos > MAX_BALANCE_NANOS:
-                    raise ValueError("the balance would exceed the largest supported amount")
-            if values:
-                values["updated_at"] = utcnow()
-                await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
-            return await _read_account(conn, account_id)
+                    raise ConflictError("the account is postpaid: it has no balance to credit")
+                balance = current.balance_nanos + amount_nanos
+                if balance > MAX_BALANCE_NANOS:
+                    raise ConflictError("the balance would exceed the largest supported amount")
+                made = Credit(
+                    id=str(uuid.uuid4()),
+                    account_id=account_id,
+                    idempotency_key=idempotency_key,
+                    amount_nanos=amount_nanos,
+                    balance_nanos=balance,
+                    created_at=utcnow(),
+                )
+                await conn.execute(
+                    insert(credits).values(
+                        id=made.id,
+                        account_id=account_id,
+                        idempotency_key=idempotency_key,
+                        amount_nanos=amount_nanos,
+                        balance_nanos=balance,
+                        created_at=made.created_at,
+                    )
+                )
+                await conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id)
+                    .values(balance_nanos=accounts.c.balance_nanos + amount_nanos, updated_at=made.created_at)
+                )
+                return made
+        except IntegrityError:
+            # Another transaction inserted the key between our read and our insert (the lock makes this unlikely,
+            # the constraint makes it harmless): this one rolled back and credited nothing.
+            async with self._db.reader.connect() as conn:
+                earlier = await _find_credit(conn, account_id, idempotency_key)
+            if earlier is None:
+                raise
+            return _replay(earlier, amount_nanos)
 
     async def webhook_secret(self, account_id: str, *, rotate: bool = False) -> str:
         """The key that signs the account's webhooks (docs/pull.md#webhooks); ``rotate`` replaces it."""
@@ -308,6 +424,70 @@ class Accounts:
         return _key(row)
 
 
+async def _find_credit(conn: AsyncConnection, account_id: str, idempotency_key: str) -> Credit | None:
+    row = (
+        await conn.execute(
+            select(credits).where(credits.c.account_id == account_id, credits.c.idempotency_key == idempotency_key)
+        )
+    ).first()
+    if row is None:
+        return None
+    return Credit(
+        id=row.id,
+        account_id=row.account_id,
+        idempotency_key=row.idempotency_key,
+        amount_nanos=row.amount_nanos,
+        balance_nanos=row.balance_nanos,
+        created_at=row.created_at,
+        replayed=True,
+    )
+
+
+def _replay(earlier: Credit, amount_nanos: int) -> Credit:
+    if earlier.amount_nanos != amount_nanos:
+        raise ConflictError("the idempotency key was already used for a credit of another amount")
+    return earlier
+
+
+def _external_id_taken(external_id: object) -> ConflictError:
+    return ConflictError(f"the external id {external_id!r} is already used by another account")
+
+
+def _optional_fields(
+    external_id: str | Keep | None,
+    webhook_url: str | Keep | None,
+    low_balance_nanos: int | Keep | None,
+    monthly_budget_nanos: int | Keep | None,
+) -> dict[str, Any]:
+    """The revision-2 fields given (``KEEP`` ones left out), checked."""
+    values: dict[str, Any] = {}
+    if not isinstance(external_id, Keep):
+        if external_id is not None and not 1 <= len(external_id) <= MAX_EXTERNAL_ID_CHARS:
+            raise ValueError(f"the external id must be 1..{MAX_EXTERNAL_ID_CHARS} characters")
+        values["external_id"] = external_id
+    if not isinstance(webhook_url, Keep):
+        if webhook_url is not None:
+            _check_webhook_url(webhook_url)
+        values["webhook_url"] = webhook_url
+    if not isinstance(low_balance_nanos, Keep):
+        if low_balance_nanos is not None:
+            _check_amount(low_balance_nanos, "low-balance threshold")
+        values["low_balance_nanos"] = low_balance_nanos
+    if not isinstance(monthly_budget_nanos, Keep):
+        if monthly_budget_nanos is not None:
+            _check_amount(monthly_budget_nanos, "monthly budget")
+        values["monthly_budget_nanos"] = monthly_budget_nanos
+    return values
+
+
+def _check_webhook_url(url: str) -> None:
+    """Its form only; where it may point is checked when events are delivered."""
+    if len(url) > MAX_WEBHOOK_URL_CHARS or re.fullmatch(WEBHOOK_URL_PATTERN, url) is None:
+        raise ValueError(
+            f"the webhook URL must be an absolute http or https URL of at most {MAX_WEBHOOK_URL_CHARS} characters"
+        )
+
+
 async def _read_account(conn: AsyncConnection, account_id: str) -> Account:
     row = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
     if row is None:
@@ -330,6 +510,7 @@ def _account(row: Row[Any]) -> Account:
         balance_nanos=row.balance_nanos,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        external_id=row.external_id,
         webhook_url=row.webhook_url,
         low_balance_nanos=row.low_balance_nanos,
         monthly_budget_nanos=row.monthly_budget_nanos,

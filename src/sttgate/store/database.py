@@ -31,6 +31,11 @@ class NotFoundError(LookupError):
     """An account, key or session that does not exist (the CLI prints it and exits 1)."""
 
 
+class ConflictError(ValueError):
+    """A change the current state refuses: a unique value taken, an idempotency key reused with other values, a
+    postpaid account credited, a session that is no longer live (the admin API answers 409; the CLI prints it)."""
+
+
 # What a database that is down, full, locked or refusing connections raises, whichever driver and path (SQLAlchemy
 # wraps driver errors in DBAPIError; the SQLite fast path raises sqlite3's own; a refused connection may surface as
 # OSError; a bounded wait as TimeoutError).

@@ -6,9 +6,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sttgate.store import db
 from sttgate.store.accounts import Accounts
+from sttgate.store.admin_tokens import AdminTokens
 from sttgate.store.auth import Auth
 from sttgate.store.database import Database
 from sttgate.store.events import AccountEvents
+from sttgate.store.operator_sessions import OperatorSessions
 from sttgate.store.slots import Slots
 from sttgate.store.sqlite_fast import SqliteFastPath
 from sttgate.store.tasks import Tasks
@@ -18,7 +20,8 @@ from sttgate.store.usage import UsageQueries
 class Store:
     """Async access to the database; one instance per process, shared by all sessions.
 
-    The aggregates are attributes (``auth``, ``slots``, ``accounts``, ``usage_queries``, ``tasks``, ``events``); their
+    The aggregates are attributes (``auth``, ``slots``, ``accounts``, ``usage_queries``, ``tasks``, ``events``,
+    ``admin_tokens``, ``operator_sessions``); their
     operations are also exposed flat (``store.open_session(...)``, ``store.create_account(...)``) as the
     aggregates' own bound methods, so call sites stay short. ``fast_path=False`` turns the SQLite single-trip path
     off (the equivalence tests compare both).
@@ -34,6 +37,8 @@ class Store:
         self.usage_queries = UsageQueries(self.database)
         self.tasks = Tasks(self.database)
         self.events = AccountEvents(self.database)
+        self.admin_tokens = AdminTokens(self.database)
+        self.operator_sessions = OperatorSessions(self.database)
 
         self.authenticate = self.auth.authenticate
         self.mint_token = self.auth.mint_token
@@ -57,6 +62,7 @@ class Store:
         self.create_key = self.accounts.create_key
         self.list_keys = self.accounts.list_keys
         self.revoke_key = self.accounts.revoke_key
+        self.credit = self.accounts.credit
 
         self.usage = self.usage_queries.usage
 

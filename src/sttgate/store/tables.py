@@ -75,8 +75,11 @@ accounts = Table(
     Column("webhook_secret", String(128), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    # Migration 0007 (docs/contract.md#account-events, docs/billing.md#budgets): where account events are posted, the
-    # balance below which ``balance.low`` is posted, and the spending cap per calendar month (UTC), nano-dollars.
+    # Revision-2 account fields (docs/contract.md#accounts), migrations 0007 and 0008: the operator's own id for the
+    # customer (unique when set), where account events are posted (docs/contract.md#account-events), the balance
+    # below which ``balance.low`` is posted, and the spending cap per calendar month (UTC, docs/billing.md#budgets),
+    # in nano-dollars.
+    Column("external_id", Text, nullable=True),
     Column("webhook_url", Text, nullable=True),
     Column("low_balance_nanos", BigInteger, nullable=True),
     Column("monthly_budget_nanos", BigInteger, nullable=True),
@@ -86,6 +89,9 @@ accounts = Table(
     Column("balance_exhausted", Boolean, nullable=False, server_default=false()),
     CheckConstraint("balance_nanos IS NULL OR balance_nanos >= 0", name="ck_accounts_balance_not_negative"),
     CheckConstraint("max_streams >= 0", name="ck_accounts_max_streams_not_negative"),
+    # A unique index rather than a constraint: SQLite can add one without rebuilding the table (a rebuild of a table
+    # other rows reference fails with foreign keys on). NULLs do not collide.
+    Index("uq_accounts_external_id", "external_id", unique=True),
 )
 
 api_keys = Table(
@@ -139,10 +145,15 @@ sessions = Table(
     # The API key that opened the session; for a token, the key that minted it (docs/contract.md#usage). Migration
     # 0006; null for sessions before it. A pull task is attributed through its session (same id).
     Column("api_key_id", String(36), nullable=True),
+    # An operator asked for the session to end (docs/admin-api.md#close-a-session); the gateway running it polls for
+    # this and ends it with 1008 "closed by operator". Migration 0007.
+    Column("close_requested_at", UTCDateTime, nullable=True, index=True),
     Index(None, "account_id", "ended_at"),
     Index(None, "account_id", "started_at"),
     Index(None, "ended_at", "lease_expires_at"),
     Index(None, "api_key_id", "ended_at"),
+    # The admin API's session list across accounts, newest first (migration 0007).
+    Index(None, "started_at"),
 )
 
 tasks = Table(
@@ -209,4 +220,33 @@ account_events = Table(
     Column("delivered_at", UTCDateTime, nullable=True),
     Column("last_error", Text, nullable=True),
     Index(None, "delivered_at", "next_attempt_at"),
+)
+
+# Operator credentials for the admin API (docs/admin-api.md#authentication), stored only as their SHA-256.
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("token_hash", String(64), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    UniqueConstraint("token_hash"),
+)
+
+# Every credit posted through the admin API, once per (account, idempotency key): the unique constraint is what
+# makes a repeated or concurrent post credit nothing more (docs/admin-api.md#credits). ``balance_nanos`` is the
+# balance right after this credit, so a repeat answers exactly what the first post answered.
+credits = Table(
+    "credits",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_id", String(36), ForeignKey("accounts.id"), nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("amount_nanos", BigInteger, nullable=False),
+    Column("balance_nanos", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("account_id", "idempotency_key"),
 )

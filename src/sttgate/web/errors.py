@@ -43,4 +43,10 @@ async def render_refusals(request: web.Request, handler: Handler) -> web.StreamR
 
 def _render(request: web.Request, refusal: Refusal) -> web.StreamResponse:
     request.app[SERVICES].metrics.refusals.labels(refusal.code).inc()
+    return refusal_response(refusal)
+
+
+def refusal_response(refusal: Refusal) -> web.Response:
+    """``refusal`` as its status and JSON error body, not counted (the admin API renders its own refusals so that
+    the handshake refusal metric stays about handshakes)."""
     return web.json_response(refusal.body(), status=refusal.status, headers={**REFUSAL_HEADERS, **refusal.headers})

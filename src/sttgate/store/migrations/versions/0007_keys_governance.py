@@ -33,11 +33,8 @@ def upgrade() -> None:
     op.add_column("api_keys", sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
     op.add_column("api_keys", sa.Column("max_streams", sa.Integer(), nullable=True))
     op.add_column("api_keys", sa.Column("providers", sa.Text(), nullable=True))
-    # The account fields another change may have added already (the admin API's): added only when absent.
-    present = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("accounts")}
     for name, type_ in _ACCOUNT_COLUMNS:
-        if name not in present:
-            op.add_column("accounts", sa.Column(name, type_, nullable=True))
+        op.add_column("accounts", sa.Column(name, type_, nullable=True))
     op.add_column("accounts", sa.Column("balance_event_seq", sa.Integer(), nullable=False, server_default="0"))
     op.add_column(
         "accounts",
