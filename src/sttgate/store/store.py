@@ -8,6 +8,7 @@ from sttgate.store import db
 from sttgate.store.accounts import Accounts
 from sttgate.store.auth import Auth
 from sttgate.store.database import Database
+from sttgate.store.outbox import Outbox
 from sttgate.store.slots import Slots
 from sttgate.store.sqlite_fast import SqliteFastPath
 from sttgate.store.tasks import Tasks
@@ -26,9 +27,10 @@ class Store:
     def __init__(self, engine: AsyncEngine, *, fast_path: bool = True) -> None:
         self.database = Database(engine)
         self.engine = engine
-        self._fast = SqliteFastPath.for_database(self.database) if fast_path else None
+        self.outbox = Outbox(self.database)
+        self._fast = SqliteFastPath.for_database(self.database, self.outbox) if fast_path else None
         self.auth = Auth(self.database, self._fast)
-        self.slots = Slots(self.database, self._fast)
+        self.slots = Slots(self.database, self._fast, self.outbox)
         self.accounts = Accounts(self.database)
         self.usage_queries = UsageQueries(self.database)
         self.tasks = Tasks(self.database)
