@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from sttgate.core.money import CYCLE_SECONDS, format_usd
+from sttgate.core.money import format_usd
 
 # The CloudEvents ``type`` of a charged cycle.
 CYCLE_EVENT_TYPE = "sttgate.cycle"
@@ -84,7 +84,6 @@ class UsageEvent:
 
     def stripe_value(self, value: StripeValue) -> int:
         return self.seconds if value is StripeValue.SECONDS else self.price_nanos
-
 
 
 @dataclass(frozen=True)

@@ -164,8 +164,9 @@ class Outbox:
                 .values(lease_owner=None, lease_expires_at=None)
             )
 
-    async def pending(self, sink: str, limit: int) -> list[UsageEvent]:
-        """The next ``limit`` events ``sink`` has to send, oldest first, with the account's current external id."""
+    async def pending(self, sink: str, limit: int, *, linked_only: bool = False) -> list[UsageEvent]:
+        """The next ``limit`` events ``sink`` has to send, oldest first, with the account's current external id;
+        ``linked_only``: only those of accounts that have one (the others wait, pending, until they do)."""
         o = usage_outbox.c
         query = (
             select(*usage_outbox.c, accounts.c.external_id)
@@ -178,6 +179,8 @@ class Outbox:
             .order_by(export_pending.c.seq)
             .limit(limit)
         )
+        if linked_only:
+            query = query.where(accounts.c.external_id.is_not(None))
         async with self._db.reader.connect() as conn:
             result = await conn.execute(query)
             return [
@@ -328,4 +331,3 @@ def sqlite_record(conn: sqlite3.Connection, before: dict[str, _Before], now: Any
                 f"INSERT INTO export_pending (sink, seq) SELECT ?, seq FROM usage_outbox WHERE id IN ({marks})",
                 (sink, *chunk),
             )
-

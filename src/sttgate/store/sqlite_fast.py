@@ -138,7 +138,9 @@ class SqliteFastPath:
         return outcome
 
     async def charge_cycles(self, session_id: str, account_id: str, cycles: int, amount: int) -> bool:
-        outcome: bool | str | None = await self._write_recording([session_id], _charge, session_id, account_id, cycles, amount)
+        outcome: bool | str | None = await self._write_recording(
+            [session_id], _charge, session_id, account_id, cycles, amount
+        )
         if outcome is None:
             raise NotFoundError(f"no account {account_id}")
         if outcome == "session":
