@@ -26,6 +26,7 @@ from sttgate.store import Store
 from sttgate.store.tables import accounts
 from tests.support.emulator import EmulatorServer
 from tests.support.export_sinks import CloudEventsReceiver, StripeRecorder, export_config, export_sinks
+from tests.support.postgres import fresh_schema
 from tests.support.serve import STTGATE, ServeProcess, serve_env, serve_processes
 from tests.support.waiting import wait_for
 
@@ -222,3 +223,47 @@ async def _scenario(
     assert by_name["meter"]["sent_total"] >= len(expected) and by_name["meter"]["last_error"] == "HTTP 500 from " + (
         receiver.url
     )
+
+
+async def test_two_gateways_on_postgresql_send_each_event_once(emulator: EmulatorServer, tmp_path: Path) -> None:
+    """Two gateways on one PostgreSQL database, the same sinks: one holds each sink's lease (FOR UPDATE SKIP
+    LOCKED), so every cycle of the sessions on both arrives exactly once, and the holder's shutdown hands over."""
+    async with fresh_schema("sttgate_export") as url:
+        store = await Store.connect(url, migrate=True)
+        try:
+            async with export_sinks() as (receiver, recorder), serve_processes() as spawn:
+                account = await store.create_account(name="postpaid", max_streams=10)
+                await _set_external_id(store, account.id, "cus_both")
+                key = (await store.create_key(account.id)).key
+                config = tmp_path / "sttgate.toml"
+                config.write_text(export_config(receiver, recorder))
+                gateways = [
+                    await spawn(
+                        "--config",
+                        str(config),
+                        env={**serve_env(emulator, url, f"gw-{name}"), "STTGATE_EXPORT_POLL_SECONDS": "0.05"},
+                        cwd=tmp_path,
+                        name=name,
+                    )
+                    for name in ("a", "b")
+                ]
+                query = f"provider=assemblyai&api_key={key}&sample_rate=16000&encoding=pcm_s16le&emu_rate_check=off"
+                async with aiohttp.ClientSession() as http:
+                    sockets = [await http.ws_connect(gw.ws_url(query)) for gw in gateways * 2]
+                    codes = await asyncio.gather(*(stream(ws, 2 * FRAMES_PER_CYCLE + 5) for ws in sockets))
+                assert codes == [1000] * 4
+
+                sessions = await _sessions(store, [account.id])
+                expected = {f"{sid}:{c}" for sid, (_, cycles, _, _) in sessions.items() for c in range(1, cycles + 1)}
+                assert len(expected) == 4 * 3
+                await wait_for(lambda: set(receiver.ids) == expected, 30, 0.05, "every cycle at the receiver")
+                await wait_for(lambda: set(recorder.ids) == expected, 30, 0.05, "every cycle at the recorder")
+                for gw in gateways:
+                    gw.proc.send_signal(signal.SIGTERM)
+                    assert await gw.wait(30) == 0
+            for sink in (receiver, recorder):
+                assert sink.problems == []
+                assert sorted(sink.ids) == sorted(expected)  # each exactly once
+                _assert_in_order_per_session(sink.ids)
+        finally:
+            await store.close()
