@@ -70,7 +70,8 @@ def test_sinks_are_shown_with_their_keys_masked(capsys: pytest.CaptureFixture[st
         ('[[export]]\nname = "x"\ntype = "cloudevents"\nurl = "http://h"\nretries = 3\n', "table 1 retries: Extra"),
         (CE + CE, "[[export]] sink names must be unique"),
         (
-            '[[export]]\nname = "x"\ntype = "cloudevents"\nurl = "http://h"\ntimeout_seconds = 40\napi_key="sekrit-1234"\n',
+            '[[export]]\nname = "x"\ntype = "cloudevents"\nurl = "http://h"\n'
+            'timeout_seconds = 40\napi_key="sekrit-1234"\n',
             "timeout_seconds must be below export_lease_seconds",
         ),
     ],
