@@ -176,6 +176,25 @@ async def _scenario(
         await wait_for(lambda: set(receiver.ids) == expected, 30, 0.05, "every cycle at the CloudEvents receiver")
         await wait_for(lambda: set(recorder.ids) == expected, 30, 0.05, "every cycle at the Stripe recorder")
 
+        # The restarted gateway's metrics: events accepted, failed sends, and the lag back to 0 once caught up.
+        async def metrics() -> dict[str, float]:
+            async with http.get(f"http://127.0.0.1:{gateway.port}/metrics") as response:
+                text = await response.text()
+            return {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("sttgate_export_")
+            }
+
+        async def caught_up() -> dict[str, float] | None:
+            values = await metrics()
+            return values if values.get('sttgate_export_lag_seconds{sink="meter"}') == 0.0 else None
+
+        values = await wait_for(caught_up, 10, 0.05, "the lag gauge back to 0")
+        assert values['sttgate_export_events_total{sink="meter"}'] >= 1
+        assert values['sttgate_export_failures_total{sink="meter"}'] >= 3
+        assert values['sttgate_export_failures_total{sink="stripe"}'] >= 1
+
     gateway.proc.send_signal(signal.SIGTERM)
     assert await gateway.wait(30) == 0
 

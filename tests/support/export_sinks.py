@@ -56,6 +56,7 @@ class CloudEventsReceiver:
 class StripeRecorder:
     api_base: str = ""
     failing: bool = False
+    fail_after: int | None = None  # accept this many more calls, then start failing
     calls: list[dict[str, str]] = field(default_factory=list)  # accepted form bodies, in arrival order
     refused: int = 0
     problems: list[str] = field(default_factory=list)
@@ -76,6 +77,8 @@ class StripeRecorder:
         if set(form) != expected or not form["timestamp"].isdigit() or not form["payload[value]"].isdigit():
             self.problems.append(f"form {form}")
             return web.json_response({"error": {"type": "invalid_request_error", "message": "bad"}}, status=400)
+        if self.fail_after is not None:
+            self.failing, self.fail_after = self.fail_after <= 0, None if self.fail_after <= 0 else self.fail_after - 1
         if self.failing:
             self.refused += 1
             return web.json_response({"error": {"type": "api_error", "message": "down"}}, status=500)
