@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 
 from sttgate.core.outcomes import ClosedBy, SessionKind
-from sttgate.store import SessionProgress, Store
+from sttgate.store import NotFoundError, SessionProgress, Store
 from sttgate.store.database import utcnow
 from sttgate.store.tables import accounts
 
@@ -74,6 +75,16 @@ async def test_each_charged_cycle_is_one_event_and_a_refused_charge_none(store: 
     assert first.subject == prepaid.id and first.charged_at.tzinfo is not None
     usages = [await store.usage(account.id) for account in (prepaid, postpaid)]
     assert sum(row.cycles for usage in usages for row in usage.sessions) == len(events)
+
+
+async def test_a_charge_rolled_back_leaves_no_event(store: Store) -> None:
+    """The debit succeeds but the session row is missing: the transaction (debit and events) is rolled back."""
+    await store.outbox.register_sinks(["ce"])
+    account = await store.create_account(name="prepaid", balance_nanos=3 * PRICE)
+    with pytest.raises(NotFoundError):
+        await store.charge_cycles("no-such-session", account.id, 1, PRICE)
+    assert await store.outbox.pending("ce", 10) == []
+    assert (await store.usage(account.id)).balance_nanos == 3 * PRICE
 
 
 async def test_the_external_id_is_read_when_the_event_is_sent(store: Store) -> None:

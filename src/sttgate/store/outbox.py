@@ -135,14 +135,13 @@ class Outbox:
     async def claim(self, sink: str, owner: str, ttl: float) -> bool:
         """Take (or renew) ``sink``'s lease for ``owner``; False while another exporter holds it."""
         now = utcnow()
+        lease = select(export_sinks.c.lease_owner, export_sinks.c.lease_expires_at).where(export_sinks.c.name == sink)
+        async with self._db.reader.connect() as conn:
+            seen = (await conn.execute(lease)).first()
+        if seen is not None and seen.lease_owner not in (None, owner) and seen.lease_expires_at > now:
+            return False  # held elsewhere: no write transaction for the processes that wait
         async with self._db.write() as conn:
-            row = (
-                await conn.execute(
-                    select(export_sinks.c.lease_owner, export_sinks.c.lease_expires_at)
-                    .where(export_sinks.c.name == sink)
-                    .with_for_update(skip_locked=True)
-                )
-            ).first()
+            row = (await conn.execute(lease.with_for_update(skip_locked=True))).first()
             if row is None:  # locked by another gateway's claim right now (or not registered)
                 return False
             held = row.lease_owner not in (None, owner) and row.lease_expires_at is not None
