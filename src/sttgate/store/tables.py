@@ -181,7 +181,8 @@ tokens = Table(
 
 # The usage outbox (docs/export.md): one row per charged cycle, inserted in the transaction that charges it (a prepaid
 # debit, a postpaid ledger write, a session's end). Kept after delivery: it is what ``sttgate export replay`` re-sends.
-# ``seq`` orders the rows (within a session, cycle order); ``id`` is "<session_id>:<cycle>". Migration 0007.
+# ``seq`` orders the rows (within a session, cycle order); ``id`` is "<session_id>:<cycle>". No index on
+# ``charged_at``: only a replay reads by it, and each index is one more b-tree written with every cycle. Migration 0007.
 usage_outbox = Table(
     "usage_outbox",
     metadata,
@@ -198,16 +199,17 @@ usage_outbox = Table(
     Column("price_nanos", BigInteger, nullable=False),
     Column("charged_at", UTCDateTime, nullable=False),
     UniqueConstraint("id"),
-    Index(None, "charged_at"),
 )
 
 # What each configured sink has still to send: one row per (sink, outbox row), inserted with the outbox row (for the
-# sinks configured then) or by a replay, deleted once the sink accepted it. Migration 0007.
+# sinks configured then) or by a replay, deleted once the sink accepted it. Written with every charged cycle, so
+# SQLite keeps it as its primary key alone (WITHOUT ROWID: one b-tree, not two). Migration 0007.
 export_pending = Table(
     "export_pending",
     metadata,
     Column("sink", String(64), primary_key=True),
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    sqlite_with_rowid=False,
 )
 
 # One row per sink: the lease that lets exactly one exporter (of all gateways on the database) send its events, and

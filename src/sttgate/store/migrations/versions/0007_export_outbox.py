@@ -41,12 +41,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", name="pk_usage_outbox"),
         sa.UniqueConstraint("id", name="uq_usage_outbox_id"),
     )
-    op.create_index("ix_usage_outbox_charged_at", "usage_outbox", ["charged_at"])
     op.create_table(
         "export_pending",
         sa.Column("sink", sa.String(64), nullable=False),
         sa.Column("seq", _SEQ, nullable=False),
         sa.PrimaryKeyConstraint("sink", "seq", name="pk_export_pending"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "export_sinks",
@@ -64,6 +64,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("export_sinks")
     op.drop_table("export_pending")
-    op.drop_index("ix_usage_outbox_charged_at", table_name="usage_outbox")
     op.drop_table("usage_outbox")
     op.execute("ALTER TABLE accounts DROP COLUMN external_id")
