@@ -11,6 +11,7 @@ Per-provider settings are derived from the provider registry (:mod:`sttgate.prov
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from collections.abc import Mapping
@@ -127,6 +128,8 @@ class ExportSink(BaseModel):
             raise ValueError(f"export sink {self.name!r}: a cloudevents sink needs url")
         if self.type is SinkType.STRIPE and not self.api_key.get_secret_value():
             raise ValueError(f"export sink {self.name!r}: a stripe sink needs api_key")
+        if self.type is SinkType.STRIPE and importlib.util.find_spec("stripe") is None:
+            raise ValueError(f"export sink {self.name!r} needs the stripe library: pip install 'sttgate[stripe]'")
         if self.backoff_max_seconds < self.backoff_seconds:
             raise ValueError(f"export sink {self.name!r}: backoff_max_seconds must not be below backoff_seconds")
         return self
