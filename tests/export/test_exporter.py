@@ -3,11 +3,15 @@ first event not accepted, and holds back only the events of an account that has 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from sqlalchemy import update
+from yarl import URL
 
 from sttgate.config import ExportSink, Settings
 from sttgate.core.outcomes import SessionKind
@@ -15,7 +19,10 @@ from sttgate.export.exporter import Exporter
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.store import SessionProgress, Store
 from sttgate.store.tables import accounts
+from tests.support.emulator import EmulatorServer
 from tests.support.export_sinks import STRIPE_KEY, export_sinks
+from tests.support.gateway import gateway_settings, running_gateway
+from tests.support.servers import serve_app
 from tests.support.waiting import wait_for
 
 PRICE = 208_333
@@ -97,3 +104,46 @@ async def test_a_stripe_batch_resumes_after_the_last_accepted_event(store: Store
     assert recorder.ids == [f"linked:{c}" for c in range(1, 6)]  # each once, in order, resumed at linked:3
     [status] = await store.outbox.status(["stripe"])
     assert status.pending == 2  # the unlinked account's events wait for its external_id
+
+
+async def test_a_sink_that_never_answers_does_not_delay_a_session(store: Store, emulator: EmulatorServer) -> None:
+    """The collector accepts the connection and then says nothing: a prepaid session streams, is charged cycle by
+    cycle and ends normally meanwhile; its events wait, pending, and go out once the collector answers."""
+    answer = asyncio.Event()
+    seen = asyncio.Event()
+
+    async def stalled(request: web.Request) -> web.Response:
+        seen.set()
+        await answer.wait()
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/events", stalled)
+    async with serve_app(app) as base:
+        sink = {"name": "meter", "type": "cloudevents", "url": f"{base}/events", "timeout_seconds": 20}
+        settings = gateway_settings(emulator, export=[ExportSink(**sink)], export_poll_seconds=0.02)
+        account = await store.create_account(name="prepaid", balance_nanos=10 * PRICE)
+        key = (await store.create_key(account.id)).key
+        async with running_gateway(settings, store) as gateway, aiohttp.ClientSession() as http:
+            await _account_with_cycles(store, "earlier", 1, None)  # something for the collector to stall on
+            await asyncio.wait_for(seen.wait(), 10)
+            query = f"provider=assemblyai&api_key={key}&sample_rate=16000&encoding=pcm_s16le&emu_rate_check=off"
+            url = URL(f"{gateway.http_url}/ws/v2/audio-stream?{query}", encoded=True)
+            async with http.ws_connect(url) as ws:
+                for _ in range(3 * 50):
+                    await ws.send_bytes(b"\x00" * 3200)
+                await ws.send_str('{"type": "Terminate"}')
+                async for _ in ws:
+                    pass
+                assert ws.close_code == 1000
+            [session] = (await store.usage(account.id)).sessions
+            assert session.cycles == 3 and session.ended_at is not None
+            [status] = await store.outbox.status(["meter"])
+            assert status.pending == 4 and status.sent_total == 0  # nothing accepted yet: the sink still stalls
+            answer.set()
+            await wait_for(lambda: _sent(store, 4), what="every event accepted once the collector answers")
+
+
+async def _sent(store: Store, n: int) -> bool:
+    [status] = await store.outbox.status(["meter"])
+    return status.pending == 0 and status.sent_total == n
