@@ -141,3 +141,12 @@ def test_status_and_replay(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert code == 1 and "no [[export]] sink named 'nope'" in err and err.count("\n") == 1
     code, _, err = _run(capsys, *base, "export", "replay", "--sink", "meter", "--since", "yesterday")
     assert code == 1 and err.startswith("error: --since:") and err.count("\n") == 1
+
+
+def test_sink_keys_are_among_the_secrets_logs_never_show(tmp_path: Path) -> None:
+    from sttgate.config import Settings
+    from sttgate.process import _known_secrets
+
+    (tmp_path / "gw.toml").write_text(CE + STRIPE)
+    secrets = _known_secrets(Settings.load(tmp_path / "gw.toml"))
+    assert {"ce-secret-token-0001", "sk_live_secret_value_9876"} <= set(secrets)
