@@ -9,7 +9,8 @@ Split by aggregate, each module one concern:
   lock, ``write()``);
 - ``auth``: keys (authenticate) and gateway tokens (mint, redeem); ``slots``: stream slots and the ledger (open →
   ``SlotOutcome``, charge, flush, renew, end, reap); ``accounts``: accounts and keys admin; ``usage``: usage rows;
-  ``tasks``: pull task rows;
+  ``tasks``: pull task rows; ``outbox``: the usage outbox (one event per charged cycle, written inside the ledger's
+  transactions) and each export sink's queue and lease;
 - ``sqlite_fast``: SQLite's single-trip implementation of the hot statements (authenticate, open, charge, flush,
   end), equivalence-tested against the portable SQLAlchemy Core ones.
 

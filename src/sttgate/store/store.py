@@ -18,7 +18,7 @@ from sttgate.store.usage import UsageQueries
 class Store:
     """Async access to the database; one instance per process, shared by all sessions.
 
-    The aggregates are attributes (``auth``, ``slots``, ``accounts``, ``usage_queries``, ``tasks``); their
+    The aggregates are attributes (``auth``, ``slots``, ``accounts``, ``usage_queries``, ``tasks``, ``outbox``); their
     operations are also exposed flat (``store.open_session(...)``, ``store.create_account(...)``) as the
     aggregates' own bound methods, so call sites stay short. ``fast_path=False`` turns the SQLite single-trip path
     off (the equivalence tests compare both).
