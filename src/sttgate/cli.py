@@ -142,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--key-id", metavar="KEY_ID", help="only the sessions opened with this key (or its tokens)")
     usage.set_defaults(handler=_usage)
 
+    exp = commands.add_parser("export", help="usage export to the [[export]] sinks").add_subparsers(
+        dest="export_command", metavar="ACTION", required=True
+    )
+    exp.add_parser(
+        "status", parents=[admin], help="each sink's pending events, lag, last success and last error"
+    ).set_defaults(handler=_export_status)
+    replay = exp.add_parser("replay", parents=[admin], help="send a sink's events again (same ids)")
+    replay.add_argument("--sink", required=True, metavar="NAME", help="an [[export]] sink of the config file")
+    replay.add_argument("--since", required=True, metavar="T", help="events charged at or after T (ISO 8601)")
+    replay.set_defaults(handler=_export_replay)
+
     dbp = commands.add_parser("db", help="database maintenance").add_subparsers(
         dest="db_command", metavar="ACTION", required=True
     )
@@ -636,6 +647,56 @@ def _usage(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(str(exc)) from None
     doc = _run_admin(settings, lambda s: s.usage(args.account, since=since, until=until, key_id=args.key_id))
     return _emit(args, doc, _usage_text)
+
+
+def _export_status(args: argparse.Namespace, settings: Settings) -> int:
+    from sttgate.admin.export import status_document
+
+    configured = {sink.name: sink.type.value for sink in settings.export}
+    doc = _run_admin(settings, lambda a: status_document(a.store, configured))
+    return _emit(args, doc, _export_status_text)
+
+
+def _export_status_text(doc: dict[str, Any]) -> str:
+    if not doc["sinks"]:
+        return "no export sinks (configure [[export]] tables in the --config file)"
+    return _table(
+        ["SINK", "TYPE", "PENDING", "LAG S", "SENT", "LAST SUCCESS", "LAST ERROR", "HELD BY"],
+        [
+            [
+                s["name"],
+                s["type"] or "not configured",
+                s["pending"],
+                s["lag_seconds"],
+                s["sent_total"],
+                s["last_success_at"],
+                None if s["last_error"] is None else f"{s['last_error_at']} {s['last_error']}",
+                s["lease_owner"],
+            ]
+            for s in doc["sinks"]
+        ],
+    )
+
+
+def _export_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from sttgate.admin.window import InvalidWindow, moment
+
+    if args.sink not in {sink.name for sink in settings.export}:
+        raise CommandError(f"no [[export]] sink named {args.sink!r} in the configuration")
+    try:
+        since = moment(args.since, end=False)
+    except InvalidWindow as exc:
+        raise CommandError(f"--since: {exc}") from None
+    queued = _run_admin(settings, lambda a: a.store.outbox.replay(args.sink, since))
+    doc = {"sink": args.sink, "since": since.isoformat().replace("+00:00", "Z"), "queued": queued}
+    return _emit(
+        args,
+        doc,
+        lambda d: (
+            f"{d['queued']} events charged since {d['since']} queued again for {d['sink']} "
+            "(a running gateway sends them, with their original ids)"
+        ),
+    )
 
 
 def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:

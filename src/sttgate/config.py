@@ -11,6 +11,7 @@ Per-provider settings are derived from the provider registry (:mod:`sttgate.prov
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from collections.abc import Mapping
@@ -18,11 +19,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sttgate.core.prices import PriceBook, PriceBookError, ProviderPrices, parse_tables
+from sttgate.core.usage_events import SinkType, StripeValue
 from sttgate.providers import PROVIDERS, ProviderSettings
 
 # The price book shipped with the gateway (docs/billing.md#the-default-book).
@@ -87,6 +89,58 @@ def _provider_value(key: str, value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError(f"{key} must be a string")
     return value
+
+
+class ExportSink(BaseModel):
+    """One ``[[export]]`` table of the ``--config`` file: where usage events go (docs/export.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    type: SinkType
+    # cloudevents: the collector's URL (required); api_key, when set, is sent as ``Authorization: Bearer``.
+    url: str = ""
+    # stripe: the API's base URL (Stripe's own by default; a local recorder in tests) and the secret key (required).
+    api_base: str = "https://api.stripe.com"
+    api_key: SecretStr = SecretStr("")
+    # cloudevents: the ``source`` of every event (the deployment).
+    source: str = Field("sttgate", min_length=1)
+    # stripe: the meter's event name, and what ``payload[value]`` counts (seconds, or the price in nano-dollars).
+    event_name: str = Field("sttgate_usage", min_length=1, max_length=100)
+    value: StripeValue = StripeValue.SECONDS
+    # Events per request (cloudevents) or per round of calls (stripe).
+    batch_size: int = Field(100, ge=1, le=1000)
+    timeout_seconds: float = Field(10.0, gt=0, le=_HOUR)
+    # After a failure: wait between half and all of backoff × 2^(failures-1), at most backoff_max (jitter).
+    backoff_seconds: float = Field(1.0, gt=0, le=_HOUR)
+    backoff_max_seconds: float = Field(60.0, gt=0, le=_DAY)
+
+    @field_validator("url", "api_base")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> ExportSink:
+        if self.type is SinkType.CLOUDEVENTS and not self.url:
+            raise ValueError(f"export sink {self.name!r}: a cloudevents sink needs url")
+        if self.type is SinkType.STRIPE and not self.api_key.get_secret_value():
+            raise ValueError(f"export sink {self.name!r}: a stripe sink needs api_key")
+        if self.type is SinkType.STRIPE and importlib.util.find_spec("stripe") is None:
+            raise ValueError(f"export sink {self.name!r} needs the stripe library: pip install 'sttgate[stripe]'")
+        if self.backoff_max_seconds < self.backoff_seconds:
+            raise ValueError(f"export sink {self.name!r}: backoff_max_seconds must not be below backoff_seconds")
+        return self
+
+    def masked(self) -> dict[str, Any]:
+        """This sink for ``sttgate config``: the API key masked, only the fields its type uses."""
+        out = self.model_dump(mode="json")
+        secret = self.api_key.get_secret_value()
+        out["api_key"] = _mask_secret(secret)
+        unused = ("api_base", "event_name", "value") if self.type is SinkType.CLOUDEVENTS else ("url", "source")
+        return {k: v for k, v in out.items() if k not in unused}
 
 
 class Settings(BaseSettings):
@@ -174,6 +228,12 @@ class Settings(BaseSettings):
     demo_max_session_seconds: int = Field(300, ge=1, le=int(_DAY))
     demo_client_address_header: str = ""
 
+    # Usage export (docs/export.md): the [[export]] tables of the --config file; every gateway on a database should
+    # list the same sinks. Exporters look for new events this often, and hold a sink's lease this long per renewal.
+    export: list[ExportSink] = []
+    export_poll_seconds: float = Field(1.0, gt=0, le=_HOUR)
+    export_lease_seconds: float = Field(30.0, gt=0, le=_DAY)
+
     workers: int = Field(1, ge=1, le=_MAX_WORKERS)
     log_level: str = "INFO"
 
@@ -226,6 +286,12 @@ class Settings(BaseSettings):
             raise ValueError("lease_ttl_seconds must be longer than lease_renew_seconds (a live slot would expire)")
         if self.webhook_backoff_max_seconds < self.webhook_backoff_seconds:
             raise ValueError("webhook_backoff_max_seconds must not be below webhook_backoff_seconds")
+        names = [sink.name for sink in self.export]
+        if len(set(names)) != len(names):
+            raise ValueError(f"[[export]] sink names must be unique, got {', '.join(names)}")
+        for sink in self.export:
+            if sink.timeout_seconds >= self.export_lease_seconds:
+                raise ValueError(f"export sink {sink.name!r}: timeout_seconds must be below export_lease_seconds")
         return self
 
     def provider(self, name: str) -> ProviderSettings:
@@ -299,8 +365,9 @@ class Settings(BaseSettings):
                 values.update(self.provider_items())
         for name, value in values.items():
             if isinstance(value, SecretStr):
-                secret = value.get_secret_value()
-                value = "****" + secret[-4:] if len(secret) > 8 else ("****" if secret else "")
+                value = _mask_secret(value.get_secret_value())
+            elif name == "export":
+                value = [sink.masked() for sink in self.export]
             elif name == "database_url":
                 value = _mask_url_password(str(value))
             elif isinstance(value, Decimal):
@@ -333,10 +400,19 @@ def describe_invalid(error: ValidationError) -> str:
         if not field:
             parts.append(message)
             continue
+        loc = item["loc"]
+        if loc[0] == "export" and len(loc) > 1 and isinstance(loc[1], int):  # never echoed: it may hold a key
+            key = ".".join(str(part) for part in loc[2:])
+            parts.append(f"[[export]] table {loc[1] + 1}{' ' + key if key else ''}: {message}")
+            continue
         secret = field == "database_url" or field.endswith(("_key", "secret"))
         given = "" if secret else f" (got {repr(item.get('input'))[:60]})"
         parts.append(f"{field} (STTGATE_{field.upper()}): {message}{given}")
     return "; ".join(parts)
+
+
+def _mask_secret(secret: str) -> str:
+    return "****" + secret[-4:] if len(secret) > 8 else ("****" if secret else "")
 
 
 def _mask_url_password(url: str) -> str:

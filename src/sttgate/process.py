@@ -180,4 +180,5 @@ def _configure_logging(settings: Settings) -> None:
 def _known_secrets(settings: Settings) -> list[str]:
     """The secrets this process holds, redacted wherever a log line would quote them."""
     keys = [settings.provider(name).api_key.get_secret_value() for name in names()]
-    return [*keys, settings.demo_api_key.get_secret_value()]
+    sinks = [sink.api_key.get_secret_value() for sink in settings.export]  # usage export (docs/export.md)
+    return [*keys, *sinks, settings.demo_api_key.get_secret_value()]

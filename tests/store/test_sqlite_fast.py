@@ -33,6 +33,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
     portable = await Store.connect(portable_url, fast_path=False)
     try:
         assert fast._fast is not None and portable._fast is None
+        for store in (fast, portable):  # every charged cycle is pending for each configured sink (docs/export.md)
+            store.outbox.sinks = ("sink-a", "sink-b")
         yield fast, portable
     finally:
         await fast.close()
@@ -61,6 +63,11 @@ def _rows(store: Store, accounts: dict[str, str]) -> dict[str, list[tuple[Any, .
             " close_reason, closed_by, started_at, lease_expires_at, ended_at, model, rate_usd_per_hour, basis,"
             " api_key_id FROM sessions ORDER BY id"
         ).fetchall()
+        outbox_rows = conn.execute(
+            "SELECT seq, id, session_id, cycle, account_id, api_key_id, provider, model, basis, seconds, price_nanos,"
+            " charged_at FROM usage_outbox ORDER BY seq"
+        ).fetchall()
+        pending = conn.execute("SELECT sink, seq FROM export_pending ORDER BY sink, seq").fetchall()
     sessions = []
     for row in session_rows:
         started, lease, ended = row[11:14]
@@ -72,7 +79,17 @@ def _rows(store: Store, accounts: dict[str, str]) -> dict[str, list[tuple[Any, .
         doc = json.loads(payload)
         assert doc["id"] == event_id and doc["type"] == kind
         events.append((event_id.replace(account_id, names[account_id]), kind, doc["data"] | {"account_id": None}))
-    return {"accounts": [(names[a], *rest) for a, *rest in acct_rows], "sessions": sessions, "events": events}
+    outbox = []
+    for row in outbox_rows:
+        assert STORED_TIME.match(row[11])
+        outbox.append((*row[:4], names[row[4]], *row[5:11]))
+    return {
+        "accounts": [(names[a], *rest) for a, *rest in acct_rows],
+        "sessions": sessions,
+        "events": events,
+        "outbox": outbox,
+        "pending": pending,
+    }
 
 
 Scenario = Callable[[Store, dict[str, str]], Awaitable[list[Any]]]

@@ -106,6 +106,19 @@ class GatewayMetrics:
             ["why"],
             registry=r,
         )
+        # Usage export (docs/export.md), by [[export]] sink; updated by the process holding the sink's lease.
+        self.export_lag = Gauge(
+            "sttgate_export_lag_seconds",
+            "Age of the oldest usage event the sink has not accepted yet (0: none pending).",
+            ["sink"],
+            registry=r,
+        )
+        self.export_failures = Counter(
+            "sttgate_export_failures", "Failed sends of usage events to the sink.", ["sink"], registry=r
+        )
+        self.export_events = Counter(
+            "sttgate_export_events", "Usage events the sink accepted (re-sends counted again).", ["sink"], registry=r
+        )
         self._frame_children: dict[str, tuple[Counter, Counter, Counter, Counter]] = {}
 
     def render(self) -> tuple[bytes, str]:

@@ -11,6 +11,8 @@ Split by aggregate, each module one concern:
   ``SlotOutcome``, charge, flush, renew, end, reap); ``accounts``: accounts and keys admin, idempotent credits;
   ``usage``: usage rows; ``tasks``: pull task rows; ``admin_tokens``: the admin API's credentials;
   ``operator_sessions``: every gateway's sessions as the operator sees them, and close requests;
+  ``outbox``: the usage outbox (one event per charged cycle, written inside the ledger's transactions) and each
+  export sink's queue and lease;
 - ``sqlite_fast``: SQLite's single-trip implementation of the hot statements (authenticate, open, charge, flush,
   end), equivalence-tested against the portable SQLAlchemy Core ones.
 

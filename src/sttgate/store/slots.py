@@ -27,6 +27,7 @@ from sttgate.store.events import balance_low_data, exhausted_data, record_balanc
 from sttgate.store.tables import UTCDateTime, accounts, sessions, tasks
 
 if TYPE_CHECKING:
+    from sttgate.store.outbox import Outbox
     from sttgate.store.sqlite_fast import SqliteFastPath
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,11 @@ def decide_open(figures: SlotFigures, min_balance_nanos: int) -> SlotOutcome:
 class Slots:
     """Open, charge, flush, renew, end and reap sessions."""
 
-    def __init__(self, database: Database, fast: SqliteFastPath | None) -> None:
+    def __init__(self, database: Database, fast: SqliteFastPath | None, outbox: Outbox) -> None:
         self._db = database
         self._fast = fast
+        # Every statement that can raise a session's cycles runs in ``outbox.recording`` (docs/export.md).
+        self._outbox = outbox
 
     async def open_session(
         self,
@@ -238,7 +241,7 @@ class Slots:
         if self._fast is not None:
             # Once per prepaid cycle of every live session: one trip instead of about 13.
             return await self._fast.charge_cycles(session_id, account_id, cycles, amount)
-        async with self._db.write() as conn:
+        async with self._db.write() as conn, self._outbox.recording(conn, [session_id]):
             debited = (
                 await conn.execute(
                     update(accounts)
@@ -289,7 +292,7 @@ class Slots:
             {"p_id": u.session_id, "p_audio": float(u.audio_seconds), "p_cycles": u.cycles, "p_cost": u.cost_nanos}
             for u in updates
         ]
-        async with self._db.write() as conn:
+        async with self._db.write() as conn, self._outbox.recording(conn, [u.session_id for u in updates]):
             await conn.execute(stmt, params)
 
     async def renew_leases(self, session_ids: Sequence[str], lease_ttl: float) -> None:
@@ -375,7 +378,7 @@ class Slots:
                 closed_by=case((still_open, closed_by.value), else_=sessions.c.closed_by),
             )
         )
-        async with self._db.write() as conn:
+        async with self._db.write() as conn, self._outbox.recording(conn, [session_id]):
             result = await conn.execute(stmt, {"p_audio": audio_seconds, "p_cycles": cycles, "p_cost": cost_nanos})
         return bool(result.rowcount == 1)
 

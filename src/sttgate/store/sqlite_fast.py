@@ -25,6 +25,7 @@ from sttgate.store import db
 from sttgate.store.auth import AuthRow
 from sttgate.store.database import Database, NotFoundError, utcnow
 from sttgate.store.events import balance_low_data, exhausted_data
+from sttgate.store.outbox import Outbox, sqlite_before, sqlite_record
 from sttgate.store.slots import SessionProgress, SlotFigures, SlotOutcome, decide_open
 from sttgate.store.tables import UTCDateTime
 
@@ -68,7 +69,8 @@ class _Worker:
 class SqliteFastPath:
     """The single-trip implementations; same arguments and results as their portable counterparts."""
 
-    def __init__(self, path: str, dialect: Dialect, write_lock: asyncio.Lock) -> None:
+    def __init__(self, path: str, dialect: Dialect, write_lock: asyncio.Lock, outbox: Outbox) -> None:
+        self._outbox = outbox
         self._reader = _Worker(path, "sttgate-sqlite-read")
         self._writer = _Worker(path, "sttgate-sqlite-write")
         self._write_lock = write_lock
@@ -77,7 +79,7 @@ class SqliteFastPath:
         self._read_time: Callable[[Any], datetime | None] | None = impl.result_processor(dialect, None)
 
     @classmethod
-    def for_database(cls, database: Database) -> SqliteFastPath | None:
+    def for_database(cls, database: Database, outbox: Outbox) -> SqliteFastPath | None:
         """The fast path for a SQLite file; None for PostgreSQL (and for an in-memory database, which a second
         connection would not share)."""
         if database.write_lock is None:
@@ -85,7 +87,7 @@ class SqliteFastPath:
         path = database.engine.url.database
         if not path or path == ":memory:" or path.startswith("file:"):
             return None
-        return cls(path, database.engine.dialect, database.write_lock)
+        return cls(path, database.engine.dialect, database.write_lock, outbox)
 
     def _time(self, value: datetime) -> Any:
         """A timestamp as the SQLite columns store it (``UTCDateTime``'s bind processing)."""
@@ -94,6 +96,11 @@ class SqliteFastPath:
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._write_lock:
             return await self._writer.run(fn, *args)
+
+    async def _write_recording(self, session_ids: Sequence[str], body: Callable[..., tuple[bool, T]], *args: Any) -> T:
+        """``body`` in a transaction that also records the cycles it adds to ``session_ids`` in the usage outbox."""
+        recording = (session_ids, self._time(utcnow()), self._outbox.sinks)
+        return await self._write(_transaction, _recording, recording, body, *args)
 
     async def authenticate(self, digest: str) -> AuthRow | None:
         row = await self._reader.run(_auth, digest)
@@ -140,8 +147,8 @@ class SqliteFastPath:
 
     async def charge_cycles(self, session_id: str, account_id: str, cycles: int, amount: int) -> bool:
         now = utcnow()
-        outcome: bool | str | None = await self._write(
-            _transaction, _charge, session_id, account_id, cycles, amount, (self._time(now), now)
+        outcome: bool | str | None = await self._write_recording(
+            [session_id], _charge, session_id, account_id, cycles, amount, (self._time(now), now)
         )
         if outcome is None:
             raise NotFoundError(f"no account {account_id}")
@@ -151,7 +158,7 @@ class SqliteFastPath:
 
     async def flush_progress(self, updates: Sequence[SessionProgress]) -> None:
         rows = [(float(u.audio_seconds), u.cycles, u.cost_nanos, u.session_id) for u in updates]
-        await self._write(_transaction, _flush, rows)
+        await self._write_recording([u.session_id for u in updates], _flush, rows)
 
     async def end_session(
         self,
@@ -165,7 +172,7 @@ class SqliteFastPath:
         closed_by: ClosedBy,
     ) -> bool:
         values = (audio_seconds, cycles, cost_nanos, self._time(now), close_code, close_reason, closed_by.value)
-        found: bool = await self._write(_transaction, _end, session_id, values)
+        found: bool = await self._write_recording([session_id], _end, session_id, values)
         return found
 
     async def close(self) -> None:
@@ -189,6 +196,21 @@ def _transaction(conn: sqlite3.Connection, body: Callable[..., tuple[bool, T]], 
             conn.execute("ROLLBACK")
         raise
     return result
+
+
+def _recording(
+    conn: sqlite3.Connection,
+    recording: tuple[Sequence[str], Any, Sequence[str]],
+    body: Callable[..., tuple[bool, T]],
+    *args: Any,
+) -> tuple[bool, T]:
+    """``body`` plus the usage events of the cycles it adds (``outbox.Outbox.recording`` on this path)."""
+    session_ids, now, sinks = recording
+    before = sqlite_before(conn, session_ids)
+    commit, result = body(conn, *args)
+    if commit:
+        sqlite_record(conn, before, now, sinks)
+    return commit, result
 
 
 def _auth(conn: sqlite3.Connection, digest: str) -> tuple[Any, ...] | None:

@@ -11,6 +11,7 @@ from sttgate.store.auth import Auth
 from sttgate.store.database import Database
 from sttgate.store.events import AccountEvents
 from sttgate.store.operator_sessions import OperatorSessions
+from sttgate.store.outbox import Outbox
 from sttgate.store.slots import Slots
 from sttgate.store.sqlite_fast import SqliteFastPath
 from sttgate.store.tasks import Tasks
@@ -21,7 +22,7 @@ class Store:
     """Async access to the database; one instance per process, shared by all sessions.
 
     The aggregates are attributes (``auth``, ``slots``, ``accounts``, ``usage_queries``, ``tasks``, ``events``,
-    ``admin_tokens``, ``operator_sessions``); their
+    ``admin_tokens``, ``operator_sessions``, ``outbox``); their
     operations are also exposed flat (``store.open_session(...)``, ``store.create_account(...)``) as the
     aggregates' own bound methods, so call sites stay short. ``fast_path=False`` turns the SQLite single-trip path
     off (the equivalence tests compare both).
@@ -30,9 +31,10 @@ class Store:
     def __init__(self, engine: AsyncEngine, *, fast_path: bool = True) -> None:
         self.database = Database(engine)
         self.engine = engine
-        self._fast = SqliteFastPath.for_database(self.database) if fast_path else None
+        self.outbox = Outbox(self.database)
+        self._fast = SqliteFastPath.for_database(self.database, self.outbox) if fast_path else None
         self.auth = Auth(self.database, self._fast)
-        self.slots = Slots(self.database, self._fast)
+        self.slots = Slots(self.database, self._fast, self.outbox)
         self.accounts = Accounts(self.database)
         self.usage_queries = UsageQueries(self.database)
         self.tasks = Tasks(self.database)

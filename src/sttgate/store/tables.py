@@ -250,3 +250,50 @@ credits = Table(
     Column("created_at", UTCDateTime, nullable=False),
     UniqueConstraint("account_id", "idempotency_key"),
 )
+
+# The usage outbox (docs/export.md): one row per charged cycle, inserted in the transaction that charges it (a prepaid
+# debit, a postpaid ledger write, a session's end). Kept after delivery: it is what ``sttgate export replay`` re-sends.
+# ``seq`` orders the rows (within a session, cycle order); ``id`` is "<session_id>:<cycle>". No index on
+# ``charged_at``: only a replay reads by it, and each index is one more b-tree written with every cycle. Migration 0007.
+usage_outbox = Table(
+    "usage_outbox",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False),
+    Column("session_id", String(36), nullable=False),
+    Column("cycle", Integer, nullable=False),
+    Column("account_id", String(36), nullable=False),
+    Column("api_key_id", String(36), nullable=True),
+    Column("provider", String(32), nullable=False),
+    Column("model", Text, nullable=True),
+    Column("basis", String(16), nullable=True),
+    Column("seconds", Integer, nullable=False),
+    Column("price_nanos", BigInteger, nullable=False),
+    Column("charged_at", UTCDateTime, nullable=False),
+    UniqueConstraint("id"),
+)
+
+# What each configured sink has still to send: one row per (sink, outbox row), inserted with the outbox row (for the
+# sinks configured then) or by a replay, deleted once the sink accepted it. Written with every charged cycle, so
+# SQLite keeps it as its primary key alone (WITHOUT ROWID: one b-tree, not two). Migration 0007.
+export_pending = Table(
+    "export_pending",
+    metadata,
+    Column("sink", String(64), primary_key=True),
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    sqlite_with_rowid=False,
+)
+
+# One row per sink: the lease that lets exactly one exporter (of all gateways on the database) send its events, and
+# the delivery status ``sttgate export status`` shows. Migration 0007.
+export_sinks = Table(
+    "export_sinks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("lease_owner", String(128), nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("last_success_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", UTCDateTime, nullable=True),
+    Column("sent_total", BigInteger, nullable=False, default=0),
+)

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from sttgate.config import Settings
 from sttgate.core import closecodes
+from sttgate.export.exporter import Exporter
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.upstream import HandshakeResponse, UpstreamSocket
@@ -67,10 +68,14 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
         manager = SessionManager(settings, svc.store, svc.metrics, svc.gateway_id)
         svc.sessions = manager
         await manager.start()
+        exporter = Exporter(settings, svc.store, svc.metrics, svc.gateway_id)
+        await exporter.start()
         try:
             yield
         finally:
             await manager.stop()
+            # After the ledger's last writes: their events go out too, as far as the sinks answer.
+            await exporter.stop(settings.shutdown_write_seconds)
             await svc.upstream_http.close()
             if own_store:
                 await svc.store.close()
