@@ -131,7 +131,15 @@ async def _scenario(
     post_key = (await store.create_key(postpaid.id)).key
     config = tmp_path / "sttgate.toml"
     config.write_text(export_config(receiver, recorder))
-    env = {**serve_env(emulator, url, "gw-export"), "STTGATE_EXPORT_POLL_SECONDS": "0.05"}
+    # Each start is a new gateway identity (docs/operations.md#process-identity): the restarted gateway takes over the
+    # sinks' leases and closes the dead session only once the killed one's leases expire, so they are short here.
+    env = {
+        **serve_env(emulator, url, "gw-export"),
+        "STTGATE_EXPORT_POLL_SECONDS": "0.05",
+        "STTGATE_EXPORT_LEASE_SECONDS": "2",
+        "STTGATE_LEASE_TTL_SECONDS": "2",
+        "STTGATE_LEASE_RENEW_SECONDS": "0.5",
+    }
 
     def query(key: str) -> str:
         return f"provider=assemblyai&api_key={key}&sample_rate=16000&encoding=pcm_s16le&emu_rate_check=off"
@@ -163,7 +171,8 @@ async def _scenario(
         assert await gateway.wait() == -signal.SIGKILL
         await ws.close()
 
-        # Restarted (it closes its dead session as gateway_crash); the sinks stay down a little longer.
+        # Restarted (it closes its dead session as gateway_crash once that lease expired); the sinks stay down a
+        # little longer.
         gateway = await start()
         refused = receiver.refused
         await wait_for(lambda: receiver.refused > refused + 2, 15, 0.05, "the restarted gateway retried the sink")

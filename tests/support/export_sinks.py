@@ -115,7 +115,8 @@ async def export_sinks() -> AsyncIterator[tuple[CloudEventsReceiver, StripeRecor
 
 
 def export_config(receiver: CloudEventsReceiver, recorder: StripeRecorder) -> str:
-    """The ``[[export]]`` tables of a gateway's ``--config`` file for both sinks (short backoff for tests)."""
+    """The ``[[export]]`` tables of a gateway's ``--config`` file for both sinks (short backoff and send timeout for
+    tests: the timeout must stay below the sinks' lease, which a test may shorten)."""
     return f"""
 [[export]]
 name = "meter"
@@ -123,6 +124,7 @@ type = "cloudevents"
 url = "{receiver.url}"
 source = "sttgate-test"
 batch_size = 7
+timeout_seconds = 1
 backoff_seconds = 0.05
 backoff_max_seconds = 0.3
 
@@ -133,6 +135,7 @@ api_base = "{recorder.api_base}"
 api_key = "{STRIPE_KEY}"
 event_name = "stt_seconds"
 batch_size = 5
+timeout_seconds = 1
 backoff_seconds = 0.05
 backoff_max_seconds = 0.3
 """
