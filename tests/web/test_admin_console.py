@@ -11,8 +11,11 @@ import json
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
+from sqlalchemy import insert
 from yarl import URL
 
 from sttgate.config import Settings
 from sttgate.providers import get_provider
 from sttgate.store import Store
+from sttgate.store.database import utcnow
+from sttgate.store.tables import sessions
 from sttgate.web.admin_api import add_admin_api_routes
 from sttgate.web.admin_console import CONSOLE_CSP, CONSOLE_FILES, add_admin_console_routes
 from sttgate.web.app import create_app, start_site
@@ -48,6 +54,15 @@ class Console:
     @property
     def url(self) -> str:
         return f"{self.running.http_url}/admin/"
+
+    async def call(self, method: str, path: str) -> tuple[int, Any]:
+        """``(status, JSON body)`` of one admin API call with the console's token."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, f"{self.running.http_url}/admin/v1{path}", headers=headers) as response,
+        ):
+            return response.status, await response.json()
 
 
 async def running_console(settings: Settings, store: Store) -> AsyncIterator[Console]:
@@ -111,6 +126,55 @@ async def stream_until_closed(ws: aiohttp.ClientWebSocketResponse) -> tuple[list
         await asyncio.gather(sender, return_exceptions=True)
 
 
+def daily(usage: dict[str, Any], series_of: Callable[[dict[str, Any]], str]) -> dict[tuple[str, str], float]:
+    """The oracle for a chart by day of cost: ``(series, UTC day) → USD`` summed over the usage document."""
+    totals: dict[tuple[str, str], float] = defaultdict(float)
+    for s in usage["sessions"]:
+        totals[(series_of(s), s["started_at"][:10])] += float(s["cost_usd"])
+    return dict(totals)
+
+
+async def chart_bars(page: Page, chart: str) -> dict[tuple[str, str], float]:
+    """The bars the console drew: ``(series, UTC day of the bucket) → value``."""
+    bars = await page.evaluate(
+        f"[...document.querySelectorAll('#{chart} rect.bar')]"
+        ".map(r => [r.dataset.series, r.dataset.bucket.slice(0, 10), Number(r.dataset.value)])"
+    )
+    assert len({(series, day) for series, day, _ in bars}) == len(bars), "one segment per series and bucket"
+    return {(series, day): value for series, day, value in bars}
+
+
+async def seed_history(store: Store, account_id: str, key_ids: list[str]) -> None:
+    """30 ended sessions over the past 20 days: one to three a day, on each provider and each of ``key_ids``."""
+    now = utcnow()
+    async with store.database.write() as conn:
+        n = 0
+        for day in range(1, 21):
+            for j in range(day % 3 + 1 if n < 30 else 0):
+                n += 1
+                cycles = (day + j) % 4 + 1
+                started = now - timedelta(days=day, minutes=7 * j)
+                await conn.execute(
+                    insert(sessions).values(
+                        id=str(uuid.uuid4()),
+                        account_id=account_id,
+                        kind="websocket",
+                        provider=("assemblyai", "elevenlabs", "deepgram")[(day + j) % 3],
+                        gateway_id="elsewhere",
+                        started_at=started,
+                        ended_at=started + timedelta(seconds=5 * cycles),
+                        lease_expires_at=started + timedelta(seconds=5 * cycles),
+                        audio_seconds=5.0 * cycles - 0.5,
+                        cycles=cycles,
+                        cost_nanos=cycles * 208_333,
+                        close_code=1000,
+                        closed_by="client",
+                        api_key_id=key_ids[(day + j) % len(key_ids)],
+                    )
+                )
+    assert n == 30
+
+
 async def test_console_end_to_end(console: Console, browser: Browser, store: Store, tmp_path: Path) -> None:
     page = await browser.new_page()
 
@@ -146,6 +210,10 @@ async def test_console_end_to_end(console: Console, browser: Browser, store: Sto
     await page.wait_for("document.querySelectorAll('#keys tbody tr').length === 1", "the key listed")
     assert await store.authenticate(secret) is not None
 
+    # A history for the charts: sessions of past days on this key and on a second one.
+    key_id = await page.evaluate("document.getElementById('new-key').dataset.keyId")
+    await seed_history(store, account_id, [key_id, (await store.create_key(account_id)).id])
+
     # A live session with that key, seen on the console, closed from it.
     url = URL(f"{console.running.http_url}/ws/v2/audio-stream?{QUERY}&api_key={secret}", encoded=True)
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
@@ -172,24 +240,26 @@ async def test_console_end_to_end(console: Console, browser: Browser, store: Sto
         assert messages and assemblyai.is_end_ack(json.dumps(messages[-1]), "sample_rate=16000"), messages[-3:]
     await page.wait_for(f'!document.querySelector("{session_row}")', "the session gone from the live list")
 
-    # The usage charts, per provider and per key.
+    # The usage charts, per provider and per key: each day's bar is the sum of the sessions that started that day.
     await click(page, "#usage-refresh")
-    await page.wait_for("document.getElementById('usage-summary').dataset.sessions === '1'", "the usage document")
-    bars = await page.evaluate(
-        "[...document.querySelectorAll('.chart')].map(f => [f.id, [...f.querySelectorAll('rect.bar')]"
-        ".map(r => [r.dataset.series, Number(r.dataset.value)])])"
+    await page.wait_for("document.getElementById('usage-summary').dataset.sessions === '31'", "the usage document")
+    status, usage = await console.call("GET", f"/accounts/{account_id}/usage")
+    assert status == 200 and len(usage["sessions"]) == 31, usage
+    labels = await page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#keys tbody tr')]"
+        ".map(tr => [tr.dataset.keyId, tr.querySelector('code').textContent]))"
     )
-    prefix = await page.evaluate("document.querySelector('#keys tbody tr code').textContent")
-    assert dict(bars) == {
-        "chart-provider": [["assemblyai", pytest.approx(bars[0][1][0][1])]],
-        "chart-key": [[prefix, bars[0][1][0][1]]],
-    }, bars
-    assert bars[0][1][0][1] > 0
+    assert await chart_bars(page, "chart-provider") == pytest.approx(daily(usage, lambda s: s["provider"]))
+    assert await chart_bars(page, "chart-key") == pytest.approx(daily(usage, lambda s: labels[s["api_key_id"]]))
     await page.evaluate(
         "document.getElementById('usage-measure').value = 'sessions'; "
         "document.getElementById('usage-measure').dispatchEvent(new Event('change'))"
     )
-    await page.wait_for("document.querySelector('#chart-key rect.bar')?.dataset.value === '1'", "a session count")
+    await page.wait_for(
+        "document.querySelector('#chart-key rect.bar title').textContent.includes('sessions')", "the session counts"
+    )
+    counts = await chart_bars(page, "chart-provider")
+    assert sum(counts.values()) == 31
     (tmp_path / "admin-console-usage.png").write_bytes(await page.screenshot())
 
     # Revoke: two clicks; the key is refused from then on.

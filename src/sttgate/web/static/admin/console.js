@@ -319,7 +319,14 @@ function wire() {
     $("new-key-secret").textContent = "";
   });
   for (const id of ["usage-window", "usage-measure"]) $(id).addEventListener("change", action(loadUsage));
-  $("usage-refresh").addEventListener("click", action(loadUsage));
+  // The keys too: the chart by key names them.
+  $("usage-refresh").addEventListener(
+    "click",
+    action(async () => {
+      await loadKeys();
+      await loadUsage();
+    }),
+  );
   $("sessions-refresh").addEventListener("click", action(loadSessions));
   $("sessions-next").addEventListener(
     "click",
