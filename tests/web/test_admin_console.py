@@ -345,3 +345,43 @@ async def test_the_page_is_served_with_its_csp_and_no_inline_code(console: Conso
         text = (resources.files("sttgate.web") / "static" / "admin" / name).read_text()
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, name
         assert "innerHTML" not in text and "eval(" not in text, name
+
+
+async def test_sessions_fall_in_the_utc_hour_or_day_they_started(console: Console, browser: Browser) -> None:
+    """chart.js's bucketing, in the browser: a window of whole UTC hours (days) ending with the current one, bounds
+    included at the start and excluded at the end, like the API's ``[since, until)``; series largest first."""
+    page = await browser.new_page()
+    await page.navigate(console.url)
+    result = await page.evaluate(
+        """(async () => {
+          const chart = await import("./static/chart.js");
+          const sessions = [
+            {started_at: "2026-11-27T17:59:59.999Z", provider: "early", cost_usd: "1"},
+            {started_at: "2026-11-27T18:00:00Z", provider: "a", cost_usd: "0.5"},
+            {started_at: "2026-11-29T17:00:00.000001Z", provider: "a", cost_usd: "0.25"},
+            {started_at: "2026-11-29T17:59:59.999Z", provider: "b", cost_usd: "2"},
+            {started_at: "2026-11-29T18:00:00Z", provider: "late", cost_usd: "4"},
+          ];
+          const picture = (name) => {
+            const window = chart.buckets(name, new Date("2026-11-29T17:30:00Z"));
+            const data = chart.bucketSessions(sessions, window, (s) => s.provider, chart.MEASURES.cost);
+            return {
+              start: window.start.toISOString(), end: window.end.toISOString(), count: window.count,
+              series: data.series.map((s) => [s.name, s.values.flatMap((v, i) => (v ? [[i, v]] : []))]),
+            };
+          };
+          return {hours: picture("hours"), days: picture("days")};
+        })()"""
+    )
+    assert result["hours"] == {
+        "start": "2026-11-27T18:00:00.000Z",
+        "end": "2026-11-29T18:00:00.000Z",
+        "count": 48,
+        "series": [["b", [[47, 2]]], ["a", [[0, 0.5], [47, 0.25]]]],
+    }
+    assert result["days"] == {
+        "start": "2026-10-31T00:00:00.000Z",
+        "end": "2026-11-30T00:00:00.000Z",
+        "count": 30,
+        "series": [["late", [[29, 4]]], ["b", [[29, 2]]], ["early", [[27, 1]]], ["a", [[27, 0.5], [29, 0.25]]]],
+    }
