@@ -296,11 +296,14 @@ async def test_accounts_are_paged(console: Console, browser: Browser, store: Sto
     )
     assert second == ["customer 25", "customer 26"]
     assert await page.evaluate("document.getElementById('accounts-next').disabled")
+    page_1 = f"document.getElementById('accounts-page').textContent === 'page 1' && {names}"
+    await click(page, "#accounts-previous")
+    assert await page.wait_for(page_1, "page 1") == first
+    await click(page, "#accounts-next")
+    await page.wait_for("document.getElementById('accounts-page').textContent === 'page 2'", "page 2 again")
     await click(page, "#accounts-first")
-    assert (
-        await page.wait_for(f"document.getElementById('accounts-page').textContent === 'page 1' && {names}", "page 1")
-        == first
-    )
+    assert await page.wait_for(page_1, "page 1 again") == first
+    assert await page.evaluate("document.getElementById('accounts-previous').disabled")
 
 
 async def test_a_revoked_admin_token_signs_the_console_out(console: Console, browser: Browser, store: Store) -> None:

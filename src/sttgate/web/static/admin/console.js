@@ -126,6 +126,7 @@ async function loadAccounts() {
   const pageNumber = state.accountCursors.length;
   $("accounts-page").textContent = `page ${pageNumber}`;
   $("accounts-first").disabled = pageNumber === 1;
+  $("accounts-previous").disabled = pageNumber === 1;
   $("accounts-next").disabled = page.next_cursor === null;
   $("accounts-next").dataset.cursor = page.next_cursor ?? "";
 }
@@ -254,6 +255,18 @@ async function loadUsage() {
 
 // -- live sessions -----------------------------------------------------------------------------------------------
 
+// The names of accounts not seen yet (not on the accounts page shown), fetched once each in the background; the
+// next refresh of the list shows them.
+function learnAccountNames(ids) {
+  for (const id of new Set(ids)) {
+    if (state.accountNames.has(id)) continue;
+    state.accountNames.set(id, null);
+    call("GET", `/accounts/${encodeURIComponent(id)}`)
+      .then((account) => state.accountNames.set(id, account.name))
+      .catch(() => state.accountNames.delete(id));
+  }
+}
+
 async function loadSessions() {
   const page = await call("GET", "/sessions", { query: { live: "true", limit: SESSIONS_PAGE, cursor: state.sessionsCursor } });
   const rows = page.data.map((session) => {
@@ -282,6 +295,7 @@ async function loadSessions() {
     );
   });
   $("sessions").tBodies[0].replaceChildren(...rows);
+  learnAccountNames(page.data.map((session) => session.account_id));
   $("sessions-empty").hidden = rows.length > 0;
   $("sessions-first").disabled = state.sessionsCursor === null;
   $("sessions-next").disabled = page.next_cursor === null;
@@ -298,6 +312,13 @@ function wire() {
     "click",
     action(async () => {
       state.accountCursors.push($("accounts-next").dataset.cursor);
+      await loadAccounts();
+    }),
+  );
+  $("accounts-previous").addEventListener(
+    "click",
+    action(async () => {
+      if (state.accountCursors.length > 1) state.accountCursors.pop();
       await loadAccounts();
     }),
   );
