@@ -42,6 +42,10 @@ from tests.support.gateway import RunningApp, gateway_settings
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "admin-console.png"
 FRAME = b"\x00" * 3200  # 100 ms of pcm_s16le at 16 kHz
 QUERY = "provider=assemblyai&sample_rate=16000&emu_rate_check=off"
+# Run in the page before its own scripts: records what its Content-Security-Policy blocked, if anything.
+WATCH_CSP = """window.cspViolations = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));"""
 assemblyai = get_provider("assemblyai")
 assert assemblyai is not None
 
@@ -177,6 +181,7 @@ async def seed_history(store: Store, account_id: str, key_ids: list[str]) -> Non
 
 async def test_console_end_to_end(console: Console, browser: Browser, store: Store, tmp_path: Path) -> None:
     page = await browser.new_page()
+    await page.send("Page.addScriptToEvaluateOnNewDocument", source=WATCH_CSP)
 
     # A wrong token: the API's refusal, and nothing kept.
     await sign_in(page, console, "sta_not-a-token")
@@ -267,6 +272,10 @@ async def test_console_end_to_end(console: Console, browser: Browser, store: Sto
     await click(page, "#keys button.revoke")
     await page.wait_for("document.querySelector('#keys tbody tr.revoked')", "the key revoked")
     assert await store.authenticate(secret) is None
+
+    # All of it within the page's CSP, without an error.
+    assert await page.evaluate("window.cspViolations") == []
+    assert not [line for line in page.console if line.startswith(("exception", "console.error"))], page.console
 
     # The token outlives a reload of the tab; signing out forgets it.
     await page.navigate(console.url)
