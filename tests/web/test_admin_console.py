@@ -349,7 +349,7 @@ async def test_the_page_is_served_with_its_csp_and_no_inline_code(console: Conso
         async with http.get(f"{base}/admin/v1/accounts") as response:
             assert response.status == 401 and (await response.json())["error"]["code"] == "missing_admin_token"
 
-    assert {"api.js", "chart.js", "console.css", "console.js", "format.js"} <= CONSOLE_FILES
+    assert {"api.js", "chart.js", "console.css", "console.js", "format.js", "schema-form.js"} <= CONSOLE_FILES
     scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", page, re.S)
     assert scripts == [""], "scripts are files of this origin, never inline"
     assert not re.search(r"\sstyle=|\son[a-z]+=", page)
@@ -396,4 +396,61 @@ async def test_sessions_fall_in_the_utc_hour_or_day_they_started(console: Consol
         "end": "2026-11-30T00:00:00.000Z",
         "count": 30,
         "series": [["late", [[29, 4]]], ["b", [[29, 2]]], ["early", [[27, 1]]], ["a", [[27, 0.5], [29, 0.25]]]],
+    }
+
+
+async def test_the_new_key_form_asks_for_the_options_the_api_documents(console: Console, browser: Browser) -> None:
+    """schema-form.js, in the browser: a request body's schema (as openapi.json has it) → inputs → a typed body,
+    empty fields left out; what a form cannot express is not asked for."""
+    page = await browser.new_page()
+    await page.navigate(console.url)
+    result = await page.evaluate(
+        """(async () => {
+          const { fieldsOf, inputsFor, bodyOf } = await import("./static/schema-form.js");
+          const schema = {properties: {
+            name: {type: "string", title: "Name"},
+            expires_in_seconds: {anyOf: [{type: "integer", minimum: 1}, {type: "null"}], title: "Expires In Seconds"},
+            max_streams: {anyOf: [{type: "integer"}, {type: "null"}]},
+            providers: {anyOf: [{type: "array", items: {type: "string"}}, {type: "null"}]},
+            test_mode: {type: "boolean"},
+            metadata: {type: "object"},
+            either: {anyOf: [{type: "string"}, {type: "integer"}]},
+          }};
+          const fields = fieldsOf(schema);
+          const form = document.createElement("form");
+          form.append(...inputsFor(fields));
+          const fill = (values) => {
+            form.reset();
+            for (const [name, value] of Object.entries(values)) {
+              if (typeof value === "boolean") form.elements[name].checked = value;
+              else form.elements[name].value = value;
+            }
+            return bodyOf(form, fields);
+          };
+          return {
+            fields: fields.map((f) => [f.name, f.type]),
+            full: fill({name: " web ", expires_in_seconds: "3600", max_streams: "1",
+                        providers: "assemblyai, deepgram,", test_mode: true}),
+            empty: fill({}),
+            none: fieldsOf({description: "No fields yet", properties: {}}).length + fieldsOf(undefined).length,
+          };
+        })()"""
+    )
+    assert result == {
+        "fields": [
+            ["name", "string"],
+            ["expires_in_seconds", "integer"],
+            ["max_streams", "integer"],
+            ["providers", "list"],
+            ["test_mode", "boolean"],
+        ],
+        "full": {
+            "name": "web",
+            "expires_in_seconds": 3600,
+            "max_streams": 1,
+            "providers": ["assemblyai", "deepgram"],
+            "test_mode": True,
+        },
+        "empty": {},
+        "none": 0,
     }

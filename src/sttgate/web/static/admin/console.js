@@ -4,6 +4,7 @@
 import { ApiError, call, token } from "./api.js";
 import { barChart, bucketSessions, buckets, legend, MEASURES } from "./chart.js";
 import { el, shortId, time, usd } from "./format.js";
+import { bodyOf, fieldsOf, inputsFor } from "./schema-form.js";
 
 const ACCOUNTS_PAGE = 25;
 const SESSIONS_PAGE = 50;
@@ -17,6 +18,7 @@ const state = {
   sessionsCursor: null,
   account: null, // the account shown in detail
   keys: [],
+  keyFields: [], // the options of a new key, from the API's OpenAPI document
   sessionsTimer: null,
 };
 
@@ -96,7 +98,7 @@ async function showConsole() {
   $("sign-out").hidden = false;
   document.body.dataset.view = "console";
   state.accountCursors = [null];
-  await Promise.all([loadAccounts().catch(showError), loadSessions().catch(showError)]);
+  await Promise.all([loadAccounts().catch(showError), loadSessions().catch(showError), loadKeyFields().catch(showError)]);
   state.sessionsTimer = setInterval(() => loadSessions().catch(showError), SESSIONS_REFRESH_MS);
 }
 
@@ -180,6 +182,14 @@ async function showAccount(id) {
   $("account-section").scrollIntoView({ block: "start" });
 }
 
+// A key's own limits, where the API has them: its providers and its stream limit.
+function keyLimits(key) {
+  const limits = [];
+  if (Array.isArray(key.providers)) limits.push(key.providers.join(", "));
+  if (typeof key.max_streams === "number") limits.push(`${key.max_streams} streams`);
+  return limits.length ? limits.join(" · ") : "—";
+}
+
 async function loadKeys() {
   const keys = await call("GET", `/accounts/${encodeURIComponent(state.account.id)}/keys`);
   state.keys = keys;
@@ -206,6 +216,8 @@ async function loadKeys() {
       el("td", {}, key.name ?? "—"),
       el("td", {}, time(key.created_at)),
       el("td", {}, time(key.last_used_at)),
+      el("td", {}, time(key.expires_at)),
+      el("td", {}, keyLimits(key)),
       el("td", {}, time(key.revoked_at)),
       el("td", {}, revoke),
     );
@@ -213,8 +225,22 @@ async function loadKeys() {
   $("keys").tBodies[0].replaceChildren(...rows);
 }
 
-async function createKey() {
-  const created = await call("POST", `/accounts/${encodeURIComponent(state.account.id)}/keys`, { body: {} });
+// The new-key form asks for the options createKey's request body documents (none, on an API without any).
+async function loadKeyFields() {
+  const openapi = await call("GET", "/openapi.json");
+  const operation = Object.values(openapi.paths)
+    .flatMap((path) => Object.values(path))
+    .find((op) => op.operationId === "createKey");
+  const ref = operation?.requestBody?.content?.["application/json"]?.schema?.$ref ?? "";
+  state.keyFields = fieldsOf(openapi.components?.schemas?.[ref.split("/").at(-1)]);
+  $("create-key-form").replaceChildren(...inputsFor(state.keyFields), $("create-key"));
+}
+
+async function createKey(event) {
+  const form = event.target;
+  const body = bodyOf(form, state.keyFields);
+  const created = await call("POST", `/accounts/${encodeURIComponent(state.account.id)}/keys`, { body });
+  form.reset();
   $("new-key-secret").textContent = created.key;
   $("new-key").dataset.keyId = created.id;
   $("new-key").hidden = false;
@@ -334,7 +360,7 @@ function wire() {
     state.account = null;
     $("account-section").hidden = true;
   });
-  $("create-key").addEventListener("click", action(createKey));
+  $("create-key-form").addEventListener("submit", action(createKey));
   $("new-key-done").addEventListener("click", () => {
     $("new-key").hidden = true;
     $("new-key-secret").textContent = "";
