@@ -14,6 +14,7 @@ import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -69,6 +70,7 @@ class Console:
             return response.status, await response.json()
 
 
+@asynccontextmanager
 async def running_console(settings: Settings, store: Store) -> AsyncIterator[Console]:
     """A gateway app with the admin API and the console mounted, as the admin listener serves them."""
     app = create_app(settings, store=store)
@@ -83,7 +85,7 @@ async def running_console(settings: Settings, store: Store) -> AsyncIterator[Con
 
 @pytest.fixture
 async def console(store: Store, emulator: EmulatorServer) -> AsyncIterator[Console]:
-    async for running in running_console(gateway_settings(emulator, gateway_id="console-gw"), store):
+    async with running_console(gateway_settings(emulator, gateway_id="console-gw"), store) as running:
         yield running
 
 
