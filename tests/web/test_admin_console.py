@@ -279,11 +279,21 @@ async def test_console_end_to_end(console: Console, browser: Browser, store: Sto
     assert await page.evaluate("window.cspViolations") == []
     assert not [line for line in page.console if line.startswith(("exception", "console.error"))], page.console
 
-    # The token outlives a reload of the tab; signing out forgets it.
+    # Signing out forgets the token and leaves nothing of the console in the page, the key's secret least of all.
+    assert await page.evaluate("document.getElementById('new-key-secret').textContent") == secret
+    await click(page, "#sign-out")
+    assert await page.evaluate("sessionStorage.length") == 0
+    assert await page.evaluate(
+        f"!document.documentElement.outerHTML.includes({json.dumps(secret)}) && "
+        "document.querySelectorAll('#sessions tbody tr, #accounts tbody tr, #keys tbody tr').length === 0"
+    )
+
+    # The token outlives a reload of the tab, until signing out.
+    await fill(page, "sign-in", {"token": console.token})
+    await page.wait_for("document.body.dataset.view === 'console'", "the console again")
     await page.navigate(console.url)
     await page.wait_for("document.body.dataset.view === 'console'", "the console after a reload")
     await click(page, "#sign-out")
-    assert await page.evaluate("sessionStorage.length") == 0
     await page.navigate(console.url)
     await page.wait_for("document.body.dataset.view === 'sign-in'", "the sign-in form after signing out")
 

@@ -82,7 +82,11 @@ function signOut(reason) {
   token.clear();
   clearInterval(state.sessionsTimer);
   state.sessionsTimer = null;
-  state.account = null;
+  // Nothing of the signed-in view stays in the page, least of all a new key's secret.
+  closeAccount();
+  for (const id of ["sessions", "accounts"]) $(id).tBodies[0].replaceChildren();
+  state.accountNames.clear();
+  clearError();
   $("console-view").hidden = true;
   $("sign-out").hidden = true;
   $("sign-in-view").hidden = false;
@@ -99,6 +103,8 @@ async function showConsole() {
   document.body.dataset.view = "console";
   state.accountCursors = [null];
   await Promise.all([loadAccounts().catch(showError), loadSessions().catch(showError), loadKeyFields().catch(showError)]);
+  if (token.get() === null) return; // the token was refused meanwhile: signed out
+  clearInterval(state.sessionsTimer);
   state.sessionsTimer = setInterval(() => loadSessions().catch(showError), SESSIONS_REFRESH_MS);
 }
 
@@ -133,7 +139,7 @@ async function loadAccounts() {
   $("accounts-next").dataset.cursor = page.next_cursor ?? "";
 }
 
-function optionalUsd(value) {
+function optionalText(value) {
   const text = value.trim();
   return text === "" ? undefined : text;
 }
@@ -145,7 +151,7 @@ async function createAccount(event) {
   const maxStreams = fields.get("max_streams").trim();
   if (maxStreams !== "") body.max_streams = Number(maxStreams);
   for (const name of ["balance_usd", "monthly_budget_usd", "low_balance_usd", "external_id"]) {
-    const value = optionalUsd(fields.get(name));
+    const value = optionalText(fields.get(name));
     if (value !== undefined) body[name] = value;
   }
   const account = await call("POST", "/accounts", { body });
@@ -175,8 +181,7 @@ async function showAccount(id) {
   $("account-fields").replaceChildren(...fields.flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]));
   $("account-section").hidden = false;
   $("account-section").dataset.accountId = account.id;
-  $("new-key").hidden = true;
-  $("new-key-secret").textContent = "";
+  forgetNewKey();
   await loadKeys();
   await loadUsage();
   $("account-section").scrollIntoView({ block: "start" });
@@ -188,6 +193,20 @@ function keyLimits(key) {
   if (Array.isArray(key.providers)) limits.push(key.providers.join(", "));
   if (typeof key.max_streams === "number") limits.push(`${key.max_streams} streams`);
   return limits.length ? limits.join(" · ") : "—";
+}
+
+function forgetNewKey() {
+  $("new-key").hidden = true;
+  $("new-key-secret").textContent = "";
+}
+
+function closeAccount() {
+  state.account = null;
+  forgetNewKey();
+  $("account-section").hidden = true;
+  delete $("account-section").dataset.accountId;
+  $("keys").tBodies[0].replaceChildren();
+  for (const plot of document.querySelectorAll(".chart .plot")) plot.replaceChildren();
 }
 
 async function loadKeys() {
@@ -356,15 +375,9 @@ function wire() {
     }),
   );
   $("create-account").addEventListener("submit", action(createAccount));
-  $("account-close").addEventListener("click", () => {
-    state.account = null;
-    $("account-section").hidden = true;
-  });
+  $("account-close").addEventListener("click", closeAccount);
   $("create-key-form").addEventListener("submit", action(createKey));
-  $("new-key-done").addEventListener("click", () => {
-    $("new-key").hidden = true;
-    $("new-key-secret").textContent = "";
-  });
+  $("new-key-done").addEventListener("click", forgetNewKey);
   for (const id of ["usage-window", "usage-measure"]) $(id).addEventListener("change", action(loadUsage));
   // The keys too: the chart by key names them.
   $("usage-refresh").addEventListener(
