@@ -387,10 +387,10 @@ async def test_sessions_fall_in_the_utc_hour_or_day_they_started(console: Consol
             {started_at: "2026-11-29T18:00:00Z", provider: "late", cost_usd: "4"},
           ];
           const picture = (name) => {
-            const window = chart.buckets(name, new Date("2026-11-29T17:30:00Z"));
-            const data = chart.bucketSessions(sessions, window, (s) => s.provider, chart.MEASURES.cost);
+            const span = chart.buckets(name, new Date("2026-11-29T17:30:00Z"));
+            const data = chart.bucketSessions(sessions, span, (s) => s.provider, chart.MEASURES.cost);
             return {
-              start: window.start.toISOString(), end: window.end.toISOString(), count: window.count,
+              start: span.start.toISOString(), end: span.end.toISOString(), count: span.count,
               series: data.series.map((s) => [s.name, s.values.flatMap((v, i) => (v ? [[i, v]] : []))]),
             };
           };

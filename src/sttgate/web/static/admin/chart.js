@@ -30,19 +30,19 @@ export function buckets(windowName, now = new Date()) {
 
 // {series: [{name, values: [per bucket]}], totals: [per bucket]} for `sessions`, grouped by `seriesOf(session)`.
 // Sessions outside the window are left out. Series are ordered by their total, largest first.
-export function bucketSessions(sessions, window, seriesOf, measure) {
+export function bucketSessions(sessions, span, seriesOf, measure) {
   const bySeries = new Map();
   for (const session of sessions) {
     const at = Date.parse(session.started_at);
-    const index = Math.floor((at - window.start.getTime()) / window.unit);
-    if (!(index >= 0 && index < window.count)) continue;
+    const index = Math.floor((at - span.start.getTime()) / span.unit);
+    if (!(index >= 0 && index < span.count)) continue;
     const name = seriesOf(session);
-    if (!bySeries.has(name)) bySeries.set(name, new Array(window.count).fill(0));
+    if (!bySeries.has(name)) bySeries.set(name, new Array(span.count).fill(0));
     bySeries.get(name)[index] += measure.value(session);
   }
   const series = [...bySeries].map(([name, values]) => ({ name, values, total: values.reduce((a, b) => a + b, 0) }));
   series.sort((a, b) => b.total - a.total || a.name.localeCompare(b.name));
-  const totals = new Array(window.count).fill(0);
+  const totals = new Array(span.count).fill(0);
   for (const s of series) s.values.forEach((v, i) => (totals[i] += v));
   return { series, totals };
 }
@@ -67,7 +67,7 @@ function number(value) {
 
 // An <svg> of stacked bars, one bar per bucket, one colour per series, with a legend; each bar segment has a
 // <title> (the browser's tooltip) and data-series / data-value attributes.
-export function barChart(data, window, measure) {
+export function barChart(data, span, measure) {
   const width = 880;
   const height = 220;
   const left = 56;
@@ -77,24 +77,24 @@ export function barChart(data, window, measure) {
   const plotHeight = height - top - bottom;
   const max = Math.max(0, ...data.totals);
   const scale = max > 0 ? plotHeight / max : 0;
-  const step = plotWidth / window.count;
+  const step = plotWidth / span.count;
   const barWidth = Math.max(1, step * 0.8);
 
   const root = svg("svg", {
     viewBox: `0 0 ${width} ${height}`,
     class: "bars",
     role: "img",
-    "aria-label": `${measure.label} per ${window.unit === HOUR_MS ? "hour" : "day"}`,
+    "aria-label": `${measure.label} per ${span.unit === HOUR_MS ? "hour" : "day"}`,
   });
   root.append(svg("line", { x1: left, x2: width - 8, y1: top + plotHeight, y2: top + plotHeight, class: "axis" }));
   root.append(svg("text", { x: left - 6, y: top + 10, class: "tick end" }, number(max)));
   root.append(svg("text", { x: left - 6, y: top + plotHeight, class: "tick end" }, "0"));
   root.append(svg("text", { x: 4, y: top + plotHeight / 2, class: "tick" }, measure.label));
 
-  const labelEvery = Math.ceil(window.count / 12);
-  for (let i = 0; i < window.count; i++) {
+  const labelEvery = Math.ceil(span.count / 12);
+  for (let i = 0; i < span.count; i++) {
     const x = left + i * step + (step - barWidth) / 2;
-    const bucketStart = new Date(window.start.getTime() + i * window.unit);
+    const bucketStart = new Date(span.start.getTime() + i * span.unit);
     let y = top + plotHeight;
     data.series.forEach((series, s) => {
       const value = series.values[i];
@@ -111,11 +111,11 @@ export function barChart(data, window, measure) {
         "data-value": String(value),
         "data-bucket": bucketStart.toISOString(),
       });
-      rect.append(svg("title", {}, `${series.name}, ${label(bucketStart, window.unit)}: ${number(value)} ${measure.label}`));
+      rect.append(svg("title", {}, `${series.name}, ${label(bucketStart, span.unit)}: ${number(value)} ${measure.label}`));
       root.append(rect);
     });
     if (i % labelEvery === 0) {
-      root.append(svg("text", { x: (x + barWidth / 2).toFixed(1), y: height - 6, class: "tick middle" }, label(bucketStart, window.unit)));
+      root.append(svg("text", { x: (x + barWidth / 2).toFixed(1), y: height - 6, class: "tick middle" }, label(bucketStart, span.unit)));
     }
   }
   return root;

@@ -275,10 +275,10 @@ function keyLabel(id) {
 
 async function loadUsage() {
   const account = state.account;
-  const window = buckets($("usage-window").value);
+  const span = buckets($("usage-window").value);
   const measure = MEASURES[$("usage-measure").value];
   const usage = await call("GET", `/accounts/${encodeURIComponent(account.id)}/usage`, {
-    query: { since: window.start.toISOString(), until: window.end.toISOString() },
+    query: { since: span.start.toISOString(), until: span.end.toISOString() },
   });
   if (state.account !== account) return; // another account was opened meanwhile
   const charts = [
@@ -286,14 +286,13 @@ async function loadUsage() {
     ["chart-key", (s) => keyLabel(s.api_key_id)],
   ];
   for (const [id, seriesOf] of charts) {
-    const data = bucketSessions(usage.sessions, window, seriesOf, measure);
+    const data = bucketSessions(usage.sessions, span, seriesOf, measure);
     const plot = $(id).querySelector(".plot");
-    plot.replaceChildren(barChart(data, window, measure), legend(data, measure));
-    $(id).dataset.series = data.series.map((s) => s.name).join("\n");
+    plot.replaceChildren(barChart(data, span, measure), legend(data, measure));
   }
   const cost = Object.values(usage.totals).reduce((sum, t) => sum + Number(t.cost_usd), 0);
   $("usage-summary").textContent =
-    `${usage.sessions.length} session${usage.sessions.length === 1 ? "" : "s"} from ${time(window.start.toISOString())} to ${time(window.end.toISOString())} UTC, ` +
+    `${usage.sessions.length} session${usage.sessions.length === 1 ? "" : "s"} from ${time(span.start.toISOString())} to ${time(span.end.toISOString())} UTC, ` +
     `about ${Number(cost.toPrecision(6))} USD; balance ${usage.balance_usd === null ? "postpaid" : usd(usage.balance_usd)} USD.`;
   $("usage-summary").dataset.sessions = String(usage.sessions.length);
 }
