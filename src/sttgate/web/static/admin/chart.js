@@ -111,11 +111,13 @@ export function barChart(data, span, measure) {
         "data-value": String(value),
         "data-bucket": bucketStart.toISOString(),
       });
-      rect.append(svg("title", {}, `${series.name}, ${label(bucketStart, span.unit)}: ${number(value)} ${measure.label}`));
+      const tip = `${series.name}, ${label(bucketStart, span.unit)}: ${number(value)} ${measure.label}`;
+      rect.append(svg("title", {}, tip));
       root.append(rect);
     });
     if (i % labelEvery === 0) {
-      root.append(svg("text", { x: (x + barWidth / 2).toFixed(1), y: height - 6, class: "tick middle" }, label(bucketStart, span.unit)));
+      const at = { x: (x + barWidth / 2).toFixed(1), y: height - 6, class: "tick middle" };
+      root.append(svg("text", at, label(bucketStart, span.unit)));
     }
   }
   return root;

@@ -102,7 +102,7 @@ async function showConsole() {
   $("sign-out").hidden = false;
   document.body.dataset.view = "console";
   state.accountCursors = [null];
-  await Promise.all([loadAccounts().catch(showError), loadSessions().catch(showError), loadKeyFields().catch(showError)]);
+  await Promise.all([loadAccounts(), loadSessions(), loadKeyFields()].map((load) => load.catch(showError)));
   if (token.get() === null) return; // the token was refused meanwhile: signed out
   clearInterval(state.sessionsTimer);
   state.sessionsTimer = setInterval(() => loadSessions().catch(showError), SESSIONS_REFRESH_MS);
@@ -214,7 +214,8 @@ async function loadKeys() {
   state.keys = keys;
   const rows = keys.map((key) => {
     // Two clicks: the first arms the button ("Confirm revoke"), the second revokes (no modal dialog).
-    const revoke = el("button", { type: "button", class: "danger revoke", disabled: key.revoked_at !== null }, "Revoke");
+    const revoked = key.revoked_at !== null;
+    const revoke = el("button", { type: "button", class: "danger revoke", disabled: revoked }, "Revoke");
     revoke.addEventListener(
       "click",
       action(async () => {
@@ -291,9 +292,11 @@ async function loadUsage() {
     plot.replaceChildren(barChart(data, span, measure), legend(data, measure));
   }
   const cost = Object.values(usage.totals).reduce((sum, t) => sum + Number(t.cost_usd), 0);
+  const count = usage.sessions.length;
+  const balance = usage.balance_usd === null ? "postpaid" : `${usd(usage.balance_usd)} USD`;
   $("usage-summary").textContent =
-    `${usage.sessions.length} session${usage.sessions.length === 1 ? "" : "s"} from ${time(span.start.toISOString())} to ${time(span.end.toISOString())} UTC, ` +
-    `about ${Number(cost.toPrecision(6))} USD; balance ${usage.balance_usd === null ? "postpaid" : usd(usage.balance_usd)} USD.`;
+    `${count} session${count === 1 ? "" : "s"} from ${time(span.start.toISOString())} to ` +
+    `${time(span.end.toISOString())} UTC, about ${Number(cost.toPrecision(6))} USD; balance ${balance}.`;
   $("usage-summary").dataset.sessions = String(usage.sessions.length);
 }
 
@@ -311,11 +314,17 @@ function learnAccountNames(ids) {
   }
 }
 
+function accountName(id) {
+  return state.accountNames.get(id) ?? shortId(id);
+}
+
 async function loadSessions() {
-  const page = await call("GET", "/sessions", { query: { live: "true", limit: SESSIONS_PAGE, cursor: state.sessionsCursor } });
+  const query = { live: "true", limit: SESSIONS_PAGE, cursor: state.sessionsCursor };
+  const page = await call("GET", "/sessions", { query });
   const rows = page.data.map((session) => {
     const closing = session.close_requested_at !== null;
-    const close = el("button", { type: "button", class: "danger close", disabled: closing }, closing ? "Closing…" : "Close");
+    const close = el("button", { type: "button", class: "danger close", disabled: closing });
+    close.textContent = closing ? "Closing…" : "Close";
     close.addEventListener(
       "click",
       action(async () => {
@@ -329,7 +338,7 @@ async function loadSessions() {
       "tr",
       { dataset: { sessionId: session.id } },
       el("td", { title: session.id }, el("code", {}, shortId(session.id))),
-      el("td", { title: session.account_id }, state.accountNames.get(session.account_id) ?? shortId(session.account_id)),
+      el("td", { title: session.account_id }, accountName(session.account_id)),
       el("td", {}, session.provider),
       el("td", {}, session.gateway_id ?? "—"),
       el("td", {}, time(session.started_at)),
