@@ -305,7 +305,7 @@ async def test_console_end_to_end(console: Console, browser: Browser, store: Sto
 
 async def test_accounts_are_paged(console: Console, browser: Browser, store: Store) -> None:
     for n in range(27):
-        await create_account(store, name=f"customer {n:02}", balance_nanos=n * 10**9)
+        await create_account(store, name=f"customer {n:02}", balance_nanos=n * 10**9, external_id=f"cus_{n:02}")
     page = await browser.new_page()
     await sign_in(page, console, console.token)
     names = "[...document.querySelectorAll('#accounts tbody tr td:first-child')].map(td => td.textContent)"
@@ -325,6 +325,15 @@ async def test_accounts_are_paged(console: Console, browser: Browser, store: Sto
     await click(page, "#accounts-first")
     assert await page.wait_for(page_1, "page 1 again") == first
     assert await page.evaluate("document.getElementById('accounts-previous').disabled")
+
+    # One customer, by the operator's id for it.
+    await fill(page, "find-account", {"external_id": "cus_26"})
+    assert await page.wait_for(
+        f"document.getElementById('accounts-page').textContent.includes('cus_26') && {names}", "the account found"
+    ) == ["customer 26"]
+    assert await page.evaluate("document.getElementById('accounts-next').disabled")
+    await click(page, "#accounts-all")
+    assert await page.wait_for(page_1, "all accounts again") == first
 
 
 async def test_a_revoked_admin_token_signs_the_console_out(console: Console, browser: Browser, store: Store) -> None:

@@ -14,6 +14,7 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   accountCursors: [null], // the cursor of each page seen so far; the last is the page shown
+  externalId: "", // the accounts list's filter, when not empty
   accountNames: new Map(), // id -> name, for the sessions table
   sessionsCursor: null,
   account: null, // the account shown in detail
@@ -86,6 +87,8 @@ function signOut(reason) {
   closeAccount();
   for (const id of ["sessions", "accounts"]) $(id).tBodies[0].replaceChildren();
   state.accountNames.clear();
+  state.externalId = "";
+  $("find-account").elements.external_id.value = "";
   clearError();
   $("console-view").hidden = true;
   $("sign-out").hidden = true;
@@ -112,7 +115,8 @@ async function showConsole() {
 
 async function loadAccounts() {
   const cursor = state.accountCursors.at(-1);
-  const page = await call("GET", "/accounts", { query: { limit: ACCOUNTS_PAGE, cursor } });
+  const query = { limit: ACCOUNTS_PAGE, cursor, external_id: state.externalId };
+  const page = await call("GET", "/accounts", { query });
   const rows = page.data.map((account) => {
     state.accountNames.set(account.id, account.name);
     const open = el("button", { type: "button", class: "link", dataset: { accountId: account.id } }, account.name);
@@ -132,7 +136,8 @@ async function loadAccounts() {
   });
   $("accounts").tBodies[0].replaceChildren(...rows);
   const pageNumber = state.accountCursors.length;
-  $("accounts-page").textContent = `page ${pageNumber}`;
+  const filter = state.externalId ? ` of the accounts with external id “${state.externalId}”` : "";
+  $("accounts-page").textContent = `page ${pageNumber}${filter}`;
   $("accounts-first").disabled = pageNumber === 1;
   $("accounts-previous").disabled = pageNumber === 1;
   $("accounts-next").disabled = page.next_cursor === null;
@@ -383,6 +388,23 @@ function wire() {
     }),
   );
   $("create-account").addEventListener("submit", action(createAccount));
+  $("find-account").addEventListener(
+    "submit",
+    action(async (event) => {
+      state.externalId = event.target.elements.external_id.value.trim();
+      state.accountCursors = [null];
+      await loadAccounts();
+    }),
+  );
+  $("accounts-all").addEventListener(
+    "click",
+    action(async () => {
+      $("find-account").elements.external_id.value = "";
+      state.externalId = "";
+      state.accountCursors = [null];
+      await loadAccounts();
+    }),
+  );
   $("account-close").addEventListener("click", closeAccount);
   $("create-key-form").addEventListener("submit", action(createKey));
   $("new-key-done").addEventListener("click", forgetNewKey);
