@@ -513,10 +513,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # Fail early with a readable message when the address cannot be listened on, or the database cannot be opened
     # or migrated (idempotent).
     where = f"{settings.host}:{settings.port}"
-    try:
-        check_listen(settings.host, settings.port, reuse_port=settings.workers > 1)
-    except OSError as exc:
-        raise CommandError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    listeners = [(settings.host, settings.port, where)]
+    if settings.admin_port:  # the admin listener (docs/operations.md#the-admin-listener)
+        admin = f"{settings.admin_host}:{settings.admin_port} (the admin listener; STTGATE_ADMIN_PORT=0 turns it off)"
+        listeners.append((settings.admin_host, settings.admin_port, admin))
+    for host, port, what in listeners:
+        try:
+            check_listen(host, port, reuse_port=settings.workers > 1)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {what}: {exc.strerror or exc}") from exc
     _run(settings, lambda: upgrade(settings.database_url))
     print(f"sttgate: {_used(settings)}", file=sys.stderr)
     try:

@@ -22,6 +22,7 @@ from sttgate.core.redaction import Redactor
 from sttgate.gateway.logevents import log_event
 from sttgate.providers import names, secret_prefixes
 from sttgate.store import Store
+from sttgate.web.admin_app import build_admin_app
 from sttgate.web.app import bound_port, create_app, default_gateway_id, start_site
 from sttgate.web.logfilter import LogHygiene
 from sttgate.web.services import SERVICES
@@ -104,6 +105,12 @@ async def _serve_async(settings: Settings, host: str, port: int, index: int | No
     app = create_app(settings, store=store, gateway_id=gateway_id)
     runner = await start_site(app, host, port, reuse_port=reuse_port)
     sessions = app[SERVICES].sessions
+    # Every worker serves the admin listener too, on the same port (SO_REUSEPORT like the public one): any of them
+    # answers a scrape with all workers' metrics (docs/operations.md#several-workers).
+    admin_runner = None
+    if settings.admin_port:
+        admin_app = build_admin_app(app[SERVICES])
+        admin_runner = await start_site(admin_app, settings.admin_host, settings.admin_port, reuse_port=reuse_port)
     stop = asyncio.Event()
 
     def on_signal() -> None:
@@ -117,11 +124,15 @@ async def _serve_async(settings: Settings, host: str, port: int, index: int | No
         loop.add_signal_handler(signum, on_signal)
     orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if index is not None else None
     log_event("gateway_listening", gateway=gateway_id, host=host, port=bound_port(runner), pid=os.getpid())
+    if admin_runner is not None:
+        log_event("admin_listening", gateway=gateway_id, host=settings.admin_host, port=bound_port(admin_runner))
     await stop.wait()
     if orphan_watch is not None:
         orphan_watch.cancel()
     started = time.monotonic()
     await sessions.drain(settings.drain_seconds)
+    if admin_runner is not None:  # it only borrows the public app's services
+        await admin_runner.cleanup()
     await runner.cleanup()
     await store.close()
     log_event("gateway_stopped", gateway=gateway_id, shutdown_seconds=f"{time.monotonic() - started:.3f}")
