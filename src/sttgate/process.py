@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 from sttgate.config import Settings
 from sttgate.core.redaction import Redactor
 from sttgate.gateway.logevents import log_event
+from sttgate.gateway.metrics import register_worker, shared_directory, worker_exited
 from sttgate.providers import names, secret_prefixes
 from sttgate.store import Store
 from sttgate.web.admin_app import build_admin_app
@@ -37,24 +39,36 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
     asyncio.run(_prepare_database(settings))
     if workers <= 1:
         return _run_worker(settings, host, port, None, False)
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker_main, args=(settings, host, port, index), name=f"sttgate-worker-{index}")
-        for index in range(workers)
-    ]
-    for proc in procs:
-        proc.start()
-
-    def forward(signum: int, _frame: Any) -> None:
+    # One scrape of any worker reports them all: prometheus-client's multiprocess mode, in a directory of this start.
+    with shared_directory() as metrics_dir:
+        ctx = multiprocessing.get_context("spawn")
+        procs = [
+            ctx.Process(target=_worker_main, args=(settings, host, port, index), name=f"sttgate-worker-{index}")
+            for index in range(workers)
+        ]
         for proc in procs:
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signum)
+            proc.start()
+            register_worker(metrics_dir, _pid(proc))
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for proc in procs:
-        proc.join()
+        def forward(signum: int, _frame: Any) -> None:
+            for proc in procs:
+                if proc.pid is not None and proc.is_alive():
+                    os.kill(proc.pid, signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        running = {proc.sentinel: proc for proc in procs}
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                proc = running.pop(cast(int, sentinel))
+                proc.join()
+                worker_exited(metrics_dir, _pid(proc))  # its open sessions no longer count
     return 0 if all(proc.exitcode == 0 for proc in procs) else 1
+
+
+def _pid(proc: multiprocessing.process.BaseProcess) -> int:
+    assert proc.pid is not None, "a started process has a pid"
+    return proc.pid
 
 
 def check_listen(host: str, port: int, *, reuse_port: bool = False) -> None:

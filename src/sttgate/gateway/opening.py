@@ -161,6 +161,8 @@ async def open_stream(
         "session_start",
         session=session_id,
         account=principal.account_id,
+        key=principal.key_id,
+        gateway=manager.gateway_id,
         provider=provider.name,
         kind=kind,
         query=redact_query(forwarded, secret_prefixes()),
