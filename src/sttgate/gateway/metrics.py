@@ -100,6 +100,12 @@ class GatewayMetrics:
             buckets=_CONNECT_BUCKETS,
             registry=r,
         )
+        self.upstream_connect_failures = Counter(
+            "sttgate_upstream_connect_failures",
+            "Provider connections that failed, by reason (dns, refused, tls, status, timeout, network).",
+            ["provider", "reason"],
+            registry=r,
+        )
         self.upstream_auth_errors = Counter(
             "sttgate_upstream_auth_errors",
             "Provider sessions whose first message refused the operator's credentials or account, in-band.",

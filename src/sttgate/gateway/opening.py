@@ -211,7 +211,9 @@ async def _take_slot_and_connect(
     if slot is SlotOutcome.INSUFFICIENT_BALANCE:
         raise refusals.insufficient_balance()
     try:
-        return await connect_upstream(http, manager.settings, manager.metrics, provider, forwarded)
+        return await connect_upstream(
+            http, manager.settings, manager.metrics, provider, forwarded, session_id=session_id
+        )
     except BaseException as exc:
         refusal = exc if isinstance(exc, Refusal) else None
         await asyncio.shield(
