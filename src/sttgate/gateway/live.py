@@ -93,6 +93,7 @@ class LiveSession:
         self.manager = manager
         self.id = session_id
         self.account_id = principal.account_id
+        self.key_id = principal.key_id
         self.provider = provider
         self.provider_name = provider.name
         self.kind = kind
