@@ -507,7 +507,8 @@ def _toml(document: dict[str, Any]) -> str:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from sttgate.process import check_listen, serve
+    from sttgate.gateway.logevents import log_event
+    from sttgate.process import check_listen, configure_logging, serve
     from sttgate.store.db import upgrade
 
     # Fail early with a readable message when the address cannot be listened on, or the database cannot be opened
@@ -523,7 +524,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as exc:
             raise CommandError(f"cannot listen on {what}: {exc.strerror or exc}") from exc
     _run(settings, lambda: upgrade(settings.database_url))
-    print(f"sttgate: {_used(settings)}", file=sys.stderr)
+    configure_logging(settings)
+    if settings.log_format == "json":  # stderr is then JSON lines only (docs/operations.md#logs)
+        log_event("database_used", database=_masked_url(settings))
+    else:
+        print(f"sttgate: {_used(settings)}", file=sys.stderr)
     try:
         return int(serve(settings, host=settings.host, port=settings.port, workers=settings.workers))
     except OSError as exc:

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from sttgate.config import Settings
 from sttgate.core.redaction import Redactor
-from sttgate.gateway.logevents import log_event
+from sttgate.gateway.logevents import TEXT_FORMAT, JsonFormatter, log_event
 from sttgate.gateway.metrics import register_worker, shared_directory, worker_exited
 from sttgate.providers import names, secret_prefixes
 from sttgate.store import Store
@@ -35,7 +35,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
 
     ``workers > 1`` runs that many processes on one port (``SO_REUSEPORT``); the parent forwards signals.
     """
-    _configure_logging(settings)
+    configure_logging(settings)
     asyncio.run(_prepare_database(settings))
     if workers <= 1:
         return _run_worker(settings, host, port, None, False)
@@ -91,7 +91,7 @@ def _worker_main(settings: Settings, host: str, port: int, index: int) -> None:
     # Signals come from the parent only: a terminal's Ctrl-C to the whole group would otherwise arrive twice
     # (directly and forwarded), and a second signal cuts the drain short.
     os.setpgrp()
-    _configure_logging(settings)
+    configure_logging(settings)
     raise SystemExit(_run_worker(settings, host, port, index, True))
 
 
@@ -164,12 +164,16 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
     stop.set()
 
 
-def _configure_logging(settings: Settings) -> None:
+def configure_logging(settings: Settings) -> None:
     """A plain stderr handler when the embedding program (the CLI) configured none, and on every root handler the
-    filter that keeps secrets and parser tracebacks out of the log (:class:`~sttgate.web.logfilter.LogHygiene`)."""
+    filter that keeps secrets and parser tracebacks out of the log (:class:`~sttgate.web.logfilter.LogHygiene`) and,
+    with ``STTGATE_LOG_FORMAT=json``, the JSON formatter."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.basicConfig(level=settings.log_level.upper(), format=TEXT_FORMAT)
+    if settings.log_format == "json":  # every record of every logger, one JSON object per line
+        for handler in root.handlers:
+            handler.setFormatter(JsonFormatter())
     with contextlib.suppress(ValueError):
         logging.getLogger("sttgate").setLevel(settings.log_level.upper())
     hygiene = LogHygiene(Redactor(secret_prefixes(), _known_secrets(settings)))

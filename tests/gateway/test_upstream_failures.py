@@ -45,4 +45,3 @@ async def test_a_failed_upstream_connection_is_one_warning_with_its_reason(
     async with gw.http.get(f"{gw.admin_url}/metrics") as resp:
         metrics = await resp.text()
     assert f'sttgate_upstream_connect_failures_total{{provider="assemblyai",reason="{reason}"}} 1.0' in metrics
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -29,6 +30,15 @@ def serve_env(emulator: EmulatorServer, database_url: str, gateway_id: str) -> d
     }
 
 
+def _listening(line: str) -> tuple[str, int]:
+    """``(event, port)`` of a ``gateway_listening`` / ``admin_listening`` line, as text or JSON; else ``("", 0)``."""
+    if line.startswith("{"):  # STTGATE_LOG_FORMAT=json
+        doc = json.loads(line)
+        return (doc["event"], int(doc["port"])) if doc.get("event", "").endswith("_listening") else ("", 0)
+    match = re.search(r"event=(gateway_listening|admin_listening) .*port=(\d+)", line)
+    return (match.group(1), int(match.group(2))) if match else ("", 0)
+
+
 def free_port() -> int:
     """A port free right now on 127.0.0.1 (for a listener whose port 0 means something else than "any")."""
     with socket.socket() as sock:
@@ -53,12 +63,11 @@ class ServeProcess:
         async for raw in self.proc.stderr:
             line = raw.decode(errors="replace")
             self.lines.append(line)
-            match = re.search(r"event=gateway_listening .*port=(\d+)", line)
-            if match and not self.port_found.done():
-                self.port_found.set_result(int(match.group(1)))
-            admin = re.search(r"event=admin_listening .*port=(\d+)", line)
-            if admin:
-                self.admin_ports.add(int(admin.group(1)))
+            event, port = _listening(line)
+            if event == "gateway_listening" and not self.port_found.done():
+                self.port_found.set_result(port)
+            if event == "admin_listening":
+                self.admin_ports.add(port)
         if not self.port_found.done():
             self.port_found.set_exception(RuntimeError(f"serve {self.name} exited:\n" + self.log))
 
