@@ -508,6 +508,7 @@ def _toml(document: dict[str, Any]) -> str:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from sttgate.gateway.logevents import log_event
+    from sttgate.gateway.tracing import check_available as check_tracing
     from sttgate.process import check_listen, configure_logging, serve
     from sttgate.store.db import upgrade
 
@@ -523,6 +524,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             check_listen(host, port, reuse_port=settings.workers > 1)
         except OSError as exc:
             raise CommandError(f"cannot listen on {what}: {exc.strerror or exc}") from exc
+    try:
+        check_tracing()  # OTEL_EXPORTER_OTLP_ENDPOINT without the otel extra (docs/operations.md#tracing)
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from exc
     _run(settings, lambda: upgrade(settings.database_url))
     configure_logging(settings)
     if settings.log_format == "json":  # stderr is then JSON lines only (docs/operations.md#logs)

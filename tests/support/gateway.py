@@ -15,6 +15,7 @@ from yarl import URL
 from sttgate.admin import Admin
 from sttgate.config import Settings
 from sttgate.emulators.recorder import Recorder
+from sttgate.gateway.tracing import Tracing
 from sttgate.providers import names
 from sttgate.store import Store
 from sttgate.web.admin_app import build_admin_app
@@ -67,10 +68,12 @@ class RunningApp:
 
 
 @asynccontextmanager
-async def running_gateway(settings: Settings, store: Store | None = None) -> AsyncIterator[RunningApp]:
+async def running_gateway(
+    settings: Settings, store: Store | None = None, *, tracing: Tracing | None = None
+) -> AsyncIterator[RunningApp]:
     """The gateway app of ``settings`` on the shared ``store`` (else its own database) on a free port, and its admin
-    listener (``/metrics``) on another, as ``sttgate serve`` runs them."""
-    app = create_app(settings, store=store)
+    listener (``/metrics``) on another, as ``sttgate serve`` runs them; sessions traced with ``tracing`` if given."""
+    app = create_app(settings, store=store, tracing=tracing)
     runner = await start_site(app, "127.0.0.1", 0)
     try:
         admin_runner = await start_site(build_admin_app(app[SERVICES]), "127.0.0.1", 0)

@@ -129,6 +129,16 @@ class SessionManager:
         figures = live.provider_figures()
         if figures is not None and audio_mismatch(audio, figures.audio_seconds):
             self.metrics.reconciliation_mismatches.labels(live.provider_name).inc()
+        if live.trace is not None:
+            live.trace.event(
+                "close",
+                code=closed.code or 0,
+                reason=closed.reason,
+                closed_by=str(closed.closed_by),
+                audio_seconds=audio,
+                cycles=live.cycles,
+                cost_usd=format_usd(live.cost_nanos),
+            )
         end = PendingEnd(
             live.id,
             audio_seconds=audio,

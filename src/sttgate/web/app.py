@@ -15,6 +15,7 @@ from sttgate.config import Settings
 from sttgate.core import closecodes
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
+from sttgate.gateway.tracing import Tracing
 from sttgate.gateway.upstream import HandshakeResponse, UpstreamSocket
 from sttgate.store import Store
 from sttgate.web import demo_page, health, metrics, pull_api, streams, tokens, usage
@@ -29,13 +30,17 @@ def default_gateway_id(settings: Settings, port: int | None = None, worker: int 
     return base if worker is None else f"{base}/{worker}"
 
 
-def create_app(settings: Settings, *, store: Store | None = None, gateway_id: str | None = None) -> web.Application:
-    """The gateway app. Opens (and migrates) the database on start-up unless ``store`` is given.
+def create_app(
+    settings: Settings, *, store: Store | None = None, gateway_id: str | None = None, tracing: Tracing | None = None
+) -> web.Application:
+    """The gateway app. Opens (and migrates) the database on start-up unless ``store`` is given. Sessions are traced
+    with ``tracing``, else as the environment says (``OTEL_EXPORTER_OTLP_ENDPOINT``; docs/operations.md#tracing).
 
     Its :class:`~sttgate.web.services.Services` are ``app[SERVICES]``, complete once the app has started.
     """
     app = web.Application(middlewares=[render_refusals])
     svc = Services(settings, GatewayMetrics(), gateway_id or default_gateway_id(settings))
+    svc.tracing = tracing if tracing is not None else Tracing.from_environment()
     app[SERVICES] = svc
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ from sttgate.gateway.live import LiveSession
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.opening import open_stream
+from sttgate.gateway.tracing import Tracing
 from sttgate.providers import Provider
 from sttgate.pull.manager import PullManager
 from sttgate.store import Principal, Store
@@ -32,6 +33,7 @@ class Services:
     settings: Settings
     metrics: GatewayMetrics
     gateway_id: str
+    tracing: Tracing | None = None  # OpenTelemetry, when configured (docs/operations.md#tracing)
     _store: Store | None = field(default=None, init=False, repr=False)
     _sessions: SessionManager | None = field(default=None, init=False, repr=False)
     _upstream_http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
