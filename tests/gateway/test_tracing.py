@@ -106,3 +106,14 @@ def test_nothing_of_opentelemetry_is_imported_without_the_endpoint(tmp_path) -> 
 def test_the_endpoint_makes_a_tracer(monkeypatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     assert isinstance(Tracing.from_environment(), Tracing)
+
+
+def test_the_endpoint_without_the_extra_is_a_start_up_error(monkeypatch) -> None:
+    from sttgate.gateway import tracing
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setattr(tracing.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"pip install 'sttgate\[otel\]'"):
+        tracing.check_available()
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    tracing.check_available()  # nothing asked, nothing needed
