@@ -95,8 +95,9 @@ class LiveSession:
         self.id = session_id
         self.account_id = principal.account_id
         self.key_id = principal.key_id
-        # The session's trace when tracing is on (docs/operations.md#tracing): a cycle event per charged batch.
-        self.trace = tracing.current()
+        # The session's trace when tracing is on (docs/operations.md#tracing): a cycle event per charged batch; the
+        # session manager ends it with the close event.
+        self.trace = tracing.take()
         self.provider = provider
         self.provider_name = provider.name
         self.kind = kind

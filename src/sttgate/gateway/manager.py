@@ -178,6 +178,8 @@ class SessionManager:
                 frames_down=live.frames_down,
                 provider_audio_seconds=None if figures is None else figures.audio_seconds,
             )
+            if live.trace is not None:  # its end recorded (or kept for later): the session's trace is complete
+                live.trace.end()
 
     # -- database outage (docs/operations.md#database-outage) -------------------------------------------------------
 

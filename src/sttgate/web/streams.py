@@ -27,6 +27,7 @@ from sttgate.gateway.live import LiveSession
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.opening import authorize, database_guard
 from sttgate.gateway.relay import relay
+from sttgate.gateway.tracing import handshake
 from sttgate.gateway.tracing import span as tracing_span
 from sttgate.gateway.upstream import AiohttpLink
 from sttgate.providers import PROVIDERS, Provider
@@ -110,9 +111,8 @@ async def serve_stream(
 
     With tracing on, the whole of it is the session's trace (docs/operations.md#tracing)."""
     tracing = request.app[SERVICES].tracing
-    if tracing is None:
-        return await _serve_stream(request, provider_name, key, token, forwarded, protocols)
-    with tracing.session(request.headers, route=request.path):
+    trace = None if tracing is None else tracing.begin(request.headers, route=request.path)
+    with handshake(trace):
         return await _serve_stream(request, provider_name, key, token, forwarded, protocols)
 
 
