@@ -3,11 +3,15 @@ DNS, refused, TLS, status, timeout."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import socket
+import ssl
 
 import pytest
 
+from sttgate.gateway.upstream import ConnectFailure, connect_failure
 from tests.support.upgrade import handshake
 
 # reason: (settings overrides, with {closed} and {emulator} ports; extra query; the client's status and code)
@@ -45,3 +49,19 @@ async def test_a_failed_upstream_connection_is_one_warning_with_its_reason(
     async with gw.http.get(f"{gw.admin_url}/metrics") as resp:
         metrics = await resp.text()
     assert f'sttgate_upstream_connect_failures_total{{provider="assemblyai",reason="{reason}"}} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), ConnectFailure.DNS),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), ConnectFailure.REFUSED),
+        (ssl.SSLCertVerificationError("certificate verify failed"), ConnectFailure.TLS),
+        (TimeoutError(), ConnectFailure.TIMEOUT),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), ConnectFailure.NETWORK),
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), ConnectFailure.NETWORK),
+    ],
+)
+def test_plain_socket_errors_have_their_reason_too(exc: BaseException, reason: ConnectFailure) -> None:
+    """What a connect made without aiohttp (``asyncio.open_connection``) raises is classified alike."""
+    assert connect_failure(exc) is reason

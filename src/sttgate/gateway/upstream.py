@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -196,12 +197,13 @@ class ConnectFailure(StrEnum):
 
 
 def connect_failure(exc: BaseException) -> ConnectFailure:
-    """The reason an upstream connect raised ``exc`` (a timeout, an aiohttp client error or an ``OSError``)."""
+    """The reason an upstream connect raised ``exc`` (a timeout, an aiohttp client error or an ``OSError``, e.g. of
+    ``asyncio.open_connection``)."""
     if isinstance(exc, TimeoutError):  # ours, or aiohttp's socket connect/read timeouts
         return ConnectFailure.TIMEOUT
     if isinstance(exc, aiohttp.WSServerHandshakeError):
         return ConnectFailure.STATUS
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
         return ConnectFailure.DNS
     if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
         return ConnectFailure.TLS
@@ -243,21 +245,9 @@ async def connect_upstream(
             )
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         refusal = _refusal(exc, holder.body)
-        reason = connect_failure(exc)
-        metrics.upstream_connect_failures.labels(provider.name, reason.value).inc()
-        status = {"status": exc.status} if isinstance(exc, aiohttp.WSServerHandshakeError) else {}
-        log_event(
-            "upstream_connect_failed",
-            level=logging.WARNING,
-            session=session_id,
-            provider=provider.name,
-            reason=reason.value,
-            **status,
-            upstream=url.with_query(None),  # the client's parameters are no business of this line
-            error=type(exc).__name__,
-            detail=_detail(exc, holder.body),
-            refusal=refusal.code,
-            seconds=f"{time.monotonic() - started:.3f}",
+        status = exc.status if isinstance(exc, aiohttp.WSServerHandshakeError) else None
+        report_connect_failure(
+            metrics, provider.name, session_id, url, exc, refusal, started, status=status, body=holder.body
         )
         raise refusal from None
     finally:
@@ -266,13 +256,47 @@ async def connect_upstream(
     return AiohttpLink(upstream)
 
 
+def report_connect_failure(
+    metrics: GatewayMetrics,
+    provider: str,
+    session_id: str,
+    url: URL,
+    exc: BaseException,
+    refusal: Refusal,
+    started: float,
+    *,
+    status: int | None = None,
+    body: bytes = b"",
+) -> None:
+    """The one WARNING line (``event=upstream_connect_failed``) and count of a failed provider connection: ``exc``
+    what failed (its reason by :func:`connect_failure`, or ``status`` when the provider answered another status than
+    101, with its ``body``), ``refusal`` what the client gets, ``started`` the attempt's ``time.monotonic()``."""
+    reason = ConnectFailure.STATUS if status is not None else connect_failure(exc)
+    metrics.upstream_connect_failures.labels(provider, reason.value).inc()
+    log_event(
+        "upstream_connect_failed",
+        level=logging.WARNING,
+        session=session_id,
+        provider=provider,
+        reason=reason.value,
+        **({} if status is None else {"status": status}),
+        upstream=url.with_query(None),  # the client's parameters are no business of this line
+        error=type(exc).__name__,
+        detail=_detail(exc, body),
+        refusal=refusal.code,
+        seconds=f"{time.monotonic() - started:.3f}",
+    )
+
+
 # How much of an error (or of the provider's refusal body) the log line quotes.
 _DETAIL_MAX = 200
 
 
 def _detail(exc: BaseException, body: bytes) -> str:
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
-        text = body.decode("utf-8", "replace") or exc.message
+    if body:
+        text = body.decode("utf-8", "replace")
+    elif isinstance(exc, aiohttp.WSServerHandshakeError):
+        text = exc.message
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(text.split())[:_DETAIL_MAX]
