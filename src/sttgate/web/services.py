@@ -1,9 +1,9 @@
 """The one object a handler needs: everything the gateway app shares, stored under one application key.
 
 Handlers fetch it once (``svc = request.app[SERVICES]``) instead of looking up each part under a key of its own.
-Settings, metrics and the gateway id exist from :func:`~sttgate.web.app.create_app` on; the store, the session
-manager, the upstream HTTP session and the pull manager exist once the app has started (its clean-up contexts set
-them), and reading one earlier is a programming error.
+Settings, metrics, the gateway id and tracing (None when off) exist from :func:`~sttgate.web.app.create_app` on;
+the store, the session manager, the upstream HTTP session and the pull manager exist once the app has started (its
+clean-up contexts set them), and reading one earlier is a programming error.
 """
 
 from __future__ import annotations
