@@ -81,6 +81,6 @@ async def gateway(emulator: EmulatorServer, store: Store) -> AsyncIterator[Calla
             running = await stack.enter_async_context(running_gateway(gateway_settings(emulator, **overrides), store))
             http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             stack.push_async_callback(http.close)
-            return Gateway(running.app, running.port, running.settings, emulator, http)
+            return Gateway(running.app, running.port, running.settings, emulator, http, running.admin_url)
 
         yield start

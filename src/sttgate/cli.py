@@ -741,18 +741,33 @@ def _toml(document: dict[str, Any]) -> str:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from sttgate.process import check_listen, serve
+    from sttgate.gateway.logevents import log_event
+    from sttgate.gateway.tracing import check_available as check_tracing
+    from sttgate.process import check_listen, configure_logging, serve
     from sttgate.store.db import upgrade
 
     # Fail early with a readable message when the address cannot be listened on, or the database cannot be opened
     # or migrated (idempotent).
     where = f"{settings.host}:{settings.port}"
+    listeners = [(settings.host, settings.port, where)]
+    if settings.admin_port:  # the admin listener (docs/operations.md#the-admin-listener)
+        admin = f"{settings.admin_host}:{settings.admin_port} (the admin listener; STTGATE_ADMIN_PORT=0 turns it off)"
+        listeners.append((settings.admin_host, settings.admin_port, admin))
+    for host, port, what in listeners:
+        try:
+            check_listen(host, port, reuse_port=settings.workers > 1)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {what}: {exc.strerror or exc}") from exc
     try:
-        check_listen(settings.host, settings.port, reuse_port=settings.workers > 1)
-    except OSError as exc:
-        raise CommandError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        check_tracing()  # OTEL_EXPORTER_OTLP_ENDPOINT without the otel extra (docs/operations.md#tracing)
+    except RuntimeError as exc:
+        raise CommandError(str(exc)) from exc
     _run(settings, lambda: upgrade(settings.database_url))
-    print(f"sttgate: {_used(settings)}", file=sys.stderr)
+    configure_logging(settings)
+    if settings.log_format == "json":  # stderr is then JSON lines only (docs/operations.md#logs)
+        log_event("database_used", database=_masked_url(settings))
+    else:
+        print(f"sttgate: {_used(settings)}", file=sys.stderr)
     try:
         return int(serve(settings, host=settings.host, port=settings.port, workers=settings.workers))
     except OSError as exc:

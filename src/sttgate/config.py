@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", min_length=1)
     # 0 means any free port (tests, and ``serve --port 0`` reports the one it got).
     port: int = Field(8080, ge=0, le=65535)
+    # The admin listener (docs/operations.md#the-admin-listener): /metrics, the admin API and console; port 0 turns
+    # it off. /metrics is on the public listener too only with public_metrics.
+    admin_host: str = Field("127.0.0.1", min_length=1)
+    admin_port: int = Field(8081, ge=0, le=65535)
+    public_metrics: bool = False
 
     drain_seconds: float = Field(30.0, ge=0, le=_DAY)
     # No metered client audio for this long closes a session (1008 "idle timeout"); control messages do not count.
@@ -236,6 +241,8 @@ class Settings(BaseSettings):
 
     workers: int = Field(1, ge=1, le=_MAX_WORKERS)
     log_level: str = "INFO"
+    # text: one "time level logger message" line per record; json: one JSON object per line (docs/operations.md#logs).
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def settings_customise_sources(
@@ -284,6 +291,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.lease_ttl_seconds <= self.lease_renew_seconds:
             raise ValueError("lease_ttl_seconds must be longer than lease_renew_seconds (a live slot would expire)")
+        if self.admin_port and self.admin_port == self.port:
+            raise ValueError("admin_port must differ from port (or be 0: no admin listener)")
         if self.webhook_backoff_max_seconds < self.webhook_backoff_seconds:
             raise ValueError("webhook_backoff_max_seconds must not be below webhook_backoff_seconds")
         names = [sink.name for sink in self.export]
@@ -361,7 +370,7 @@ class Settings(BaseSettings):
         values: dict[str, Any] = {}
         for name in type(self).model_fields:
             values[name] = getattr(self, name)
-            if name == "port":  # the providers' settings come right after the listening address
+            if name == "public_metrics":  # the providers' settings come right after the listening addresses
                 values.update(self.provider_items())
         for name, value in values.items():
             if isinstance(value, SecretStr):

@@ -3,7 +3,7 @@ processes until SIGTERM/SIGINT, then drains (docs/operations.md#shutdown-sigterm
 
 Here: logging set-up, migrating once before workers start, workers sharing one port (``SO_REUSEPORT``) with the
 parent forwarding signals, each start's own gateway ids, reaping at start-up the sessions whose lease expired, the
-orphan watch and uvloop.
+orphan watch, the admin listener (docs/operations.md#admin-listener) and uvloop.
 """
 
 from __future__ import annotations
@@ -12,18 +12,21 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sttgate.config import Settings
 from sttgate.core.redaction import Redactor
-from sttgate.gateway.logevents import log_event
+from sttgate.gateway.logevents import TEXT_FORMAT, JsonFormatter, log_event
+from sttgate.gateway.metrics import register_worker, shared_directory, worker_exited
 from sttgate.providers import names, secret_prefixes
 from sttgate.store import Store
+from sttgate.web.admin_app import build_admin_app
 from sttgate.web.app import bound_port, create_app, default_gateway_id, new_start_id, start_site
 from sttgate.web.connections import raise_descriptor_limit
 from sttgate.web.logfilter import LogHygiene
@@ -35,31 +38,45 @@ def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> int:
 
     ``workers > 1`` runs that many processes on one port (``SO_REUSEPORT``); the parent forwards signals.
     """
-    _configure_logging(settings)
+    configure_logging(settings)
     asyncio.run(_prepare_database(settings))
     start = new_start_id()  # shared by this start's workers: their ids differ by index, and from any other start's
     if workers <= 1:
         return _run_worker(settings, host, port, _Identity(None, start), False)
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(
-            target=_worker_main, args=(settings, host, port, _Identity(index, start)), name=f"sttgate-worker-{index}"
-        )
-        for index in range(workers)
-    ]
-    for proc in procs:
-        proc.start()
-
-    def forward(signum: int, _frame: Any) -> None:
+    # One scrape of any worker reports them all: prometheus-client's multiprocess mode, in a directory of this start.
+    with shared_directory() as metrics_dir:
+        ctx = multiprocessing.get_context("spawn")
+        procs = [
+            ctx.Process(
+                target=_worker_main,
+                args=(settings, host, port, _Identity(index, start)),
+                name=f"sttgate-worker-{index}",
+            )
+            for index in range(workers)
+        ]
         for proc in procs:
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signum)
+            proc.start()
+            register_worker(metrics_dir, _pid(proc))
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for proc in procs:
-        proc.join()
+        def forward(signum: int, _frame: Any) -> None:
+            for proc in procs:
+                if proc.pid is not None and proc.is_alive():
+                    os.kill(proc.pid, signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        running = {proc.sentinel: proc for proc in procs}
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                proc = running.pop(cast(int, sentinel))
+                proc.join()
+                worker_exited(metrics_dir, _pid(proc))  # its open sessions no longer count
     return 0 if all(proc.exitcode == 0 for proc in procs) else 1
+
+
+def _pid(proc: multiprocessing.process.BaseProcess) -> int:
+    assert proc.pid is not None, "a started process has a pid"
+    return proc.pid
 
 
 def check_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
@@ -90,7 +107,7 @@ def _worker_main(settings: Settings, host: str, port: int, identity: _Identity) 
     # Signals come from the parent only: a terminal's Ctrl-C to the whole group would otherwise arrive twice
     # (directly and forwarded), and a second signal cuts the drain short.
     os.setpgrp()
-    _configure_logging(settings)
+    configure_logging(settings)
     raise SystemExit(_run_worker(settings, host, port, identity, True))
 
 
@@ -120,6 +137,12 @@ async def _serve_async(settings: Settings, host: str, port: int, identity: _Iden
     app = create_app(settings, store=store, gateway_id=gateway_id)
     runner = await start_site(app, host, port, reuse_port=reuse_port)
     sessions = app[SERVICES].sessions
+    # Every worker serves the admin listener too, on the same port (SO_REUSEPORT like the public one): any of them
+    # answers a scrape with all workers' metrics (docs/operations.md#several-workers).
+    admin_runner = None
+    if settings.admin_port:
+        admin_app = build_admin_app(app[SERVICES])
+        admin_runner = await start_site(admin_app, settings.admin_host, settings.admin_port, reuse_port=reuse_port)
     stop = asyncio.Event()
 
     def on_signal() -> None:
@@ -141,11 +164,15 @@ async def _serve_async(settings: Settings, host: str, port: int, identity: _Iden
         max_connections=app[SERVICES].connections.cap,
         descriptors=descriptors,
     )
+    if admin_runner is not None:
+        log_event("admin_listening", gateway=gateway_id, host=settings.admin_host, port=bound_port(admin_runner))
     await stop.wait()
     if orphan_watch is not None:
         orphan_watch.cancel()
     started = time.monotonic()
     await sessions.drain(settings.drain_seconds)
+    if admin_runner is not None:  # it only borrows the public app's services
+        await admin_runner.cleanup()
     await runner.cleanup()
     await store.close()
     log_event("gateway_stopped", gateway=gateway_id, shutdown_seconds=f"{time.monotonic() - started:.3f}")
@@ -163,12 +190,16 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
     stop.set()
 
 
-def _configure_logging(settings: Settings) -> None:
+def configure_logging(settings: Settings) -> None:
     """A plain stderr handler when the embedding program (the CLI) configured none, and on every root handler the
-    filter that keeps secrets and parser tracebacks out of the log (:class:`~sttgate.web.logfilter.LogHygiene`)."""
+    filter that keeps secrets and parser tracebacks out of the log (:class:`~sttgate.web.logfilter.LogHygiene`) and,
+    with ``STTGATE_LOG_FORMAT=json``, the JSON formatter."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.basicConfig(level=settings.log_level.upper(), format=TEXT_FORMAT)
+    if settings.log_format == "json":  # every record of every logger, one JSON object per line
+        for handler in root.handlers:
+            handler.setFormatter(JsonFormatter())
     with contextlib.suppress(ValueError):
         logging.getLogger("sttgate").setLevel(settings.log_level.upper())
     hygiene = LogHygiene(Redactor(secret_prefixes(), _known_secrets(settings)))

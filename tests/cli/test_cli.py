@@ -316,6 +316,7 @@ def test_serve_and_emulate_run_until_signalled(
 ) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STTGATE_")}
+    env["STTGATE_ADMIN_PORT"] = str(_free_port())  # serve's admin listener: not on the shared default 8081
     with subprocess.Popen(
         [*_command(), command, "--port", str(port), "--database-url", db_url],
         cwd=tmp_path,

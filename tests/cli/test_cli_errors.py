@@ -47,6 +47,9 @@ def existing_db(tmp_path: Path) -> str:
 
 CASES = {
     "port in use": (["serve", "--port", "{busy}"], {}, "Address already in use"),
+    "admin port in use": (["serve", "--port", "0"], {"STTGATE_ADMIN_PORT": "{busy}"}, "(the admin listener;"),
+    "admin port is the port": (["serve", "--port", "9000"], {"STTGATE_ADMIN_PORT": "9000"}, "admin_port must differ"),
+    "log format": (["serve", "--port", "0"], {"STTGATE_LOG_FORMAT": "xml"}, "STTGATE_LOG_FORMAT"),
     "bad host": (["serve", "--host", "999.1.1.1", "--port", "0"], {}, "cannot listen on 999.1.1.1"),
     "host not local": (["serve", "--host", "192.0.2.1", "--port", "0"], {}, "cannot listen on 192.0.2.1"),
     "port out of range": (["serve", "--port", "70000"], {}, "STTGATE_PORT"),
@@ -66,6 +69,7 @@ CASES = {
 def test_each_error_is_one_line_and_a_non_zero_exit(case: str, busy_port: int, existing_db: str, tmp_path: Path):
     args, env, needle = CASES[case]
     argv = [STTGATE, *(a.format(busy=busy_port) for a in args), "--database-url", existing_db]
+    env = {name: value.format(busy=busy_port) for name, value in env.items()}
     result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env={**CLEAN_ENV, **env}, timeout=60)
     assert result.returncode == 1, result.stderr
     lines = result.stderr.splitlines()

@@ -133,7 +133,7 @@ async def outage_gateway(kind: str, emulator, tmp_path) -> AsyncIterator[tuple[G
 async def _gateway(emulator, store: Store) -> AsyncIterator[Gateway]:
     settings = gateway_settings(emulator, **OUTAGE)
     async with running_gateway(settings, store) as running, aiohttp.ClientSession() as http:
-        yield Gateway(running.app, running.port, settings, emulator, http)
+        yield Gateway(running.app, running.port, settings, emulator, http, running.admin_url)
 
 
 async def readyz(gw: Gateway) -> int:
@@ -224,7 +224,7 @@ async def test_pending_ends_are_logged_with_their_totals_at_shutdown(emulator, t
         outage = DiskFull(store)
         settings = gateway_settings(emulator, **OUTAGE, shutdown_write_seconds=1.0)
         async with running_gateway(settings, store) as running, aiohttp.ClientSession() as http:
-            gw = Gateway(running.app, running.port, settings, emulator, http)
+            gw = Gateway(running.app, running.port, settings, emulator, http, running.admin_url)
             async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_rate_check=off") as ws:
                 for _ in range(60):
                     await ws.send_bytes(tone(3200))

@@ -278,7 +278,7 @@ async def test_provider_auth_error_in_band_is_relayed_and_counted(gateway, accou
         assert first["message_type"] == "auth_error"
         msg = await ws.receive(timeout=5)
         assert msg.type is WSMsgType.CLOSE
-    async with gw.http.get(f"{gw.http_url}/metrics") as resp:
+    async with gw.http.get(f"{gw.admin_url}/metrics") as resp:
         text = await resp.text()
     assert 'sttgate_upstream_auth_errors_total{provider="elevenlabs"} 1.0' in text
     assert "event=upstream_auth_error" in caplog.text

@@ -134,12 +134,12 @@ async def test_health_ready_and_metrics(gateway, account):
     async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_rate_check=off") as ws:
         for _ in range(60):
             await ws.send_bytes(b"\x00" * 3200)
-        async with gw.http.get(f"{gw.http_url}/metrics") as resp:
+        async with gw.http.get(f"{gw.admin_url}/metrics") as resp:
             live = await resp.text()
         assert 'sttgate_sessions_open{provider="assemblyai"} 1.0' in live
 
     async def ended_metrics():
-        async with gw.http.get(f"{gw.http_url}/metrics") as resp:
+        async with gw.http.get(f"{gw.admin_url}/metrics") as resp:
             text = await resp.text()
         return text if 'sttgate_sessions_ended_total{closed_by="client",code="1000"} 1.0' in text else None
 

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from sttgate.emulators.assemblyai import AssemblyAIOptions
+from sttgate.gateway.tracing import Tracing
 from sttgate.pull.ffmpeg import default_ffmpeg
 from sttgate.store import Store
 from tests.support.emulator import emulator_config, running_emulator
@@ -84,17 +85,18 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 
 @pytest.fixture
 async def pull_gateway(store: Store) -> AsyncIterator[Callable[..., Awaitable[PullGateway]]]:
-    """Factory: ``await pull_gateway(**settings_overrides)``: emulators (strict AssemblyAI real-time check) and a
-    gateway with pull mode on the shared store. Private addresses are allowed unless overridden."""
+    """Factory: ``await pull_gateway(tracing=None, **settings_overrides)``: emulators (strict AssemblyAI real-time
+    check) and a gateway with pull mode on the shared store (sessions traced with ``tracing`` if given). Private
+    addresses are allowed unless overridden."""
     numbers = itertools.count(1)
     async with AsyncExitStack() as stack:
 
-        async def start(**overrides: Any) -> PullGateway:
+        async def start(tracing: Tracing | None = None, **overrides: Any) -> PullGateway:
             config = emulator_config(assemblyai=AssemblyAIOptions(rate_tolerance=1.0, rate_burst_seconds=0.5))
             emulator = await stack.enter_async_context(running_emulator(config))
             pull = {"pull_allow_private": True, "webhook_backoff_seconds": 0.05, "webhook_backoff_max_seconds": 0.2}
             settings = gateway_settings(emulator, gateway_id=f"pull-test-{next(numbers)}", **{**pull, **overrides})
-            running = await stack.enter_async_context(running_gateway(settings, store))
+            running = await stack.enter_async_context(running_gateway(settings, store, tracing=tracing))
             http = aiohttp.ClientSession()
             stack.push_async_callback(http.close)
             return PullGateway(running, emulator, http, running.http_url)

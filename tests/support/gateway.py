@@ -15,9 +15,12 @@ from yarl import URL
 from sttgate.admin import Admin
 from sttgate.config import Settings
 from sttgate.emulators.recorder import Recorder
+from sttgate.gateway.tracing import Tracing
 from sttgate.providers import names
 from sttgate.store import Store
+from sttgate.web.admin_app import build_admin_app
 from sttgate.web.app import bound_port, create_app, start_site
+from sttgate.web.services import SERVICES
 from tests.support.emulator import OPERATOR_KEYS, EmulatorServer, upstream_settings
 from tests.support.waiting import wait_for
 
@@ -43,11 +46,13 @@ def gateway_settings(
 
 @dataclass
 class RunningApp:
-    """A gateway app being served: its runner (``runner.cleanup()`` stops it as the end of a process would)."""
+    """A gateway app being served: its runner (``runner.cleanup()`` stops it as the end of a process would) and its
+    admin listener's."""
 
     app: web.Application
     runner: web.AppRunner
     settings: Settings
+    admin_runner: web.AppRunner
 
     @property
     def port(self) -> int:
@@ -57,15 +62,28 @@ class RunningApp:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{bound_port(self.admin_runner)}"
+
 
 @asynccontextmanager
-async def running_gateway(settings: Settings, store: Store | None = None) -> AsyncIterator[RunningApp]:
-    """The gateway app of ``settings`` on the shared ``store`` (else its own database) on a free port."""
-    app = create_app(settings, store=store)
+async def running_gateway(
+    settings: Settings, store: Store | None = None, *, tracing: Tracing | None = None
+) -> AsyncIterator[RunningApp]:
+    """The gateway app of ``settings`` on the shared ``store`` (else its own database) on a free port, and its admin
+    listener (``/metrics``) on another, as ``sttgate serve`` runs them; sessions traced with ``tracing`` if given."""
+    app = create_app(settings, store=store, tracing=tracing)
     runner = await start_site(app, "127.0.0.1", 0)
     try:
-        yield RunningApp(app, runner, settings)
+        admin_runner = await start_site(build_admin_app(app[SERVICES]), "127.0.0.1", 0)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    try:
+        yield RunningApp(app, runner, settings, admin_runner)
     finally:
+        await admin_runner.cleanup()
         await runner.cleanup()
 
 
@@ -78,6 +96,7 @@ class Gateway:
     settings: Settings
     emulator: EmulatorServer
     http: aiohttp.ClientSession
+    admin_url: str  # the admin listener (/metrics): http://127.0.0.1:PORT
 
     @property
     def http_url(self) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +30,22 @@ def serve_env(emulator: EmulatorServer, database_url: str, gateway_id: str) -> d
     }
 
 
+def _listening(line: str) -> tuple[str, int]:
+    """``(event, port)`` of a ``gateway_listening`` / ``admin_listening`` line, as text or JSON; else ``("", 0)``."""
+    if line.startswith("{"):  # STTGATE_LOG_FORMAT=json
+        doc = json.loads(line)
+        return (doc["event"], int(doc["port"])) if doc.get("event", "").endswith("_listening") else ("", 0)
+    match = re.search(r"event=(gateway_listening|admin_listening) .*port=(\d+)", line)
+    return (match.group(1), int(match.group(2))) if match else ("", 0)
+
+
+def free_port() -> int:
+    """A port free right now on 127.0.0.1 (for a listener whose port 0 means something else than "any")."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class ServeProcess:
     """A ``sttgate serve`` subprocess; its stderr is collected so the pipe never fills."""
 
@@ -37,6 +55,7 @@ class ServeProcess:
         self.lines: list[str] = []
         self.port = 0
         self.port_found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.admin_ports: set[int] = set()  # from each worker's event=admin_listening line
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -44,15 +63,22 @@ class ServeProcess:
         async for raw in self.proc.stderr:
             line = raw.decode(errors="replace")
             self.lines.append(line)
-            match = re.search(r"event=gateway_listening .*port=(\d+)", line)
-            if match and not self.port_found.done():
-                self.port_found.set_result(int(match.group(1)))
+            event, port = _listening(line)
+            if event == "gateway_listening" and not self.port_found.done():
+                self.port_found.set_result(port)
+            if event == "admin_listening":
+                self.admin_ports.add(port)
         if not self.port_found.done():
             self.port_found.set_exception(RuntimeError(f"serve {self.name} exited:\n" + self.log))
 
     @property
     def log(self) -> str:
         return "".join(self.lines)
+
+    @property
+    def admin_url(self) -> str:
+        (port,) = self.admin_ports
+        return f"http://127.0.0.1:{port}"
 
     def ws_url(self, query: str) -> URL:
         return URL(f"http://127.0.0.1:{self.port}/ws/v2/audio-stream?{query}", encoded=True)
@@ -65,21 +91,29 @@ class ServeProcess:
 
 @asynccontextmanager
 async def serve_processes() -> AsyncIterator[Callable[..., Awaitable[ServeProcess]]]:
-    """Yields ``await spawn(*cli_args, env=..., cwd=..., name="", preexec_fn=None)``, which returns once the process
-    listens.
+    """Yields ``await spawn(*cli_args, env=..., cwd=..., name="", admin=False, preexec_fn=None)``, which returns once
+    the process listens.
 
     ``env`` is added to this process's environment; ``preexec_fn`` runs in the child before ``sttgate`` (resource
-    limits). Every process still running at the end is killed and reaped.
+    limits). The admin listener is off unless ``admin`` (then on a free port: ``ServeProcess.admin_url``) or ``env``
+    sets ``STTGATE_ADMIN_PORT``: its default port, 8081, is not the test's to take. Every process still running at the
+    end is killed and reaped.
     """
     procs: list[ServeProcess] = []
 
     async def spawn(
-        *args: str, env: dict[str, str], cwd: Path, name: str = "", preexec_fn: Callable[[], None] | None = None
+        *args: str,
+        env: dict[str, str],
+        cwd: Path,
+        name: str = "",
+        admin: bool = False,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> ServeProcess:
+        admin_port = str(free_port()) if admin else "0"
         proc = await asyncio.create_subprocess_exec(
             *SERVE,
             *args,
-            env={**os.environ, **env},
+            env={**os.environ, "STTGATE_ADMIN_PORT": admin_port, **env},
             cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,

@@ -29,7 +29,7 @@ async def test_every_route_renders_and_counts_a_refusal_the_same_way(gateway) ->
             assert resp.headers["Cache-Control"] == "no-store", path
             assert resp.content_type == "application/json", path
             assert (await resp.json())["error"]["code"] == "missing_api_key", path
-    async with gw.http.get(f"{gw.http_url}/metrics") as resp:
+    async with gw.http.get(f"{gw.admin_url}/metrics") as resp:
         assert refusal_count(await resp.text(), "missing_api_key") == len(requests)
 
 
@@ -37,5 +37,5 @@ async def test_a_route_that_is_not_there_is_not_a_refusal(gateway) -> None:
     gw = await gateway()
     async with gw.http.get(f"{gw.http_url}/no/such/route") as resp:
         assert resp.status == 404
-    async with gw.http.get(f"{gw.http_url}/metrics") as resp:
+    async with gw.http.get(f"{gw.admin_url}/metrics") as resp:
         assert "sttgate_handshake_refusals_total{" not in await resp.text()

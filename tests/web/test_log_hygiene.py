@@ -93,7 +93,7 @@ async def test_fuzzing_leaves_no_secret_and_no_traceback_in_the_log(emulator, ac
     acct = await account(max_streams=1000)
     env = serve_env(emulator, f"sqlite:///{tmp_path / 'sttgate.db'}", "log-hygiene")
     async with serve_processes() as spawn:
-        sp = await spawn(env=env, cwd=tmp_path)
+        sp = await spawn(env=env, cwd=tmp_path, admin=True)
         base = f"http://127.0.0.1:{sp.port}"
         async with (
             aiohttp.ClientSession() as http,
@@ -125,12 +125,12 @@ async def test_fuzzing_leaves_no_secret_and_no_traceback_in_the_log(emulator, ac
                 assert resp.status == 200
 
             async def all_departures_counted() -> bool:
-                async with http.get(f"{base}/metrics") as resp:
+                async with http.get(f"{sp.admin_url}/metrics") as resp:
                     text = await resp.text()
                 return f'sttgate_bad_requests_total{{kind="client_gone"}} {DEPARTURES}.0' in text
 
             await wait_for(all_departures_counted, timeout=10)
-            async with http.get(f"{base}/metrics") as resp:
+            async with http.get(f"{sp.admin_url}/metrics") as resp:
                 metrics = await resp.text()
             url = URL(f"{base}/ws/v2/audio-stream?provider=assemblyai&api_key={acct.key}&emu_echo=1", encoded=True)
             async with http.ws_connect(url) as ws:

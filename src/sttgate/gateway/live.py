@@ -45,10 +45,11 @@ from sttgate.core.closecodes import Close
 from sttgate.core.closing import ABANDONED, provider_ended
 from sttgate.core.idle import IdleWatch, session_time_limit
 from sttgate.core.metering import Meter
-from sttgate.core.money import CYCLE_SECONDS
+from sttgate.core.money import CYCLE_SECONDS, format_usd
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.prices import Basis, Priced
 from sttgate.core.session import Reader, Session, State
+from sttgate.gateway import tracing
 from sttgate.gateway.manager import first_of
 from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
 from sttgate.store.database import unavailable, utcnow
@@ -93,6 +94,10 @@ class LiveSession:
         self.manager = manager
         self.id = session_id
         self.account_id = principal.account_id
+        self.key_id = principal.key_id
+        # The session's trace when tracing is on (docs/operations.md#tracing): a cycle event per charged batch; the
+        # session manager ends it with the close event.
+        self.trace = tracing.take()
         self.provider = provider
         self.provider_name = provider.name
         self.kind = kind
@@ -179,7 +184,7 @@ class LiveSession:
                     self.request_close(*closecodes.INSUFFICIENT_BALANCE)
                     return
             if opened:
-                self.manager.metrics.billed(self.provider_name, opened, opened * billing.price_nanos)
+                self._billed(opened, opened * billing.price_nanos)
             # The next cycle opens once the clock first passes the end of the last one charged.
             next_at = self._clock_origin + billing.cycles * CYCLE_SECONDS
             await asyncio.sleep(max(0.0, next_at - loop.time()) + _CLOCK_STEP)
@@ -259,11 +264,17 @@ class LiveSession:
         billing = self.billing
         action = billing.opened(opened)
         if action is Action.FORWARD:
-            self.manager.metrics.billed(self.provider_name, opened, opened * billing.price_nanos)
+            self._billed(opened, opened * billing.price_nanos)
             return True
         if action is Action.REFUSE:
             raise UnmeterableFrame
         return False  # CHARGE: pay() debits it; CUT_OFF (the budget): pay() says no
+
+    def _billed(self, cycles: int, cost_nanos: int) -> None:
+        """Cycles charged (or, postpaid, counted): metrics, and the trace's cycle event. Once per 5 s of audio."""
+        self.manager.metrics.billed(self.provider_name, cycles, cost_nanos)
+        if self.trace is not None:
+            self.trace.event("cycle", opened=cycles, cycles=self.cycles, cost_usd=format_usd(cost_nanos))
 
     async def pay(self) -> bool:
         """Debit the cycles the admitted frame opened; False (cut off, the frame must not be sent) if the balance
@@ -283,7 +294,7 @@ class LiveSession:
             raise ChargeFailed(str(exc)) from exc
         if billing.settled(paid) is Action.CUT_OFF:
             return False
-        self.manager.metrics.billed(self.provider_name, cycles, amount)
+        self._billed(cycles, amount)
         return True
 
     async def forward(self, data: bytes, kind: int) -> bool:

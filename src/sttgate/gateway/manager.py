@@ -147,6 +147,16 @@ class SessionManager:
         figures = live.provider_figures()
         if figures is not None and audio_mismatch(audio, figures.audio_seconds):
             self.metrics.reconciliation_mismatches.labels(live.provider_name).inc()
+        if live.trace is not None:
+            live.trace.event(
+                "close",
+                code=closed.code or 0,
+                reason=closed.reason,
+                closed_by=str(closed.closed_by),
+                audio_seconds=audio,
+                cycles=live.cycles,
+                cost_usd=format_usd(live.cost_nanos),
+            )
         end = PendingEnd(
             live.id,
             audio_seconds=audio,
@@ -171,7 +181,9 @@ class SessionManager:
                 "session_end",
                 session=live.id,
                 account=live.account_id,
+                key=live.key_id,
                 provider=live.provider_name,
+                model=(live.price.model if live.price is not None else None) or "",
                 kind=live.kind,
                 audio_seconds=f"{audio:.3f}",
                 cycles=live.cycles,
@@ -184,6 +196,8 @@ class SessionManager:
                 frames_down=live.frames_down,
                 provider_audio_seconds=None if figures is None else figures.audio_seconds,
             )
+            if live.trace is not None:  # its end recorded (or kept for later): the session's trace is complete
+                live.trace.end()
 
     # -- database outage (docs/operations.md#database-outage) -------------------------------------------------------
 

@@ -22,6 +22,7 @@ from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.params import credential_parameter, redact_query
 from sttgate.core.prices import Priced, price_session
 from sttgate.core.refusals import Refusal
+from sttgate.gateway import tracing
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.manager import SessionManager
@@ -170,10 +171,16 @@ async def open_stream(
         price=price,
     )
     manager.register(live)
+    if live.trace is not None:
+        live.trace.set(
+            session=session_id, account=principal.account_id, provider=provider.name, model=price.model or ""
+        )
     log_event(
         "session_start",
         session=session_id,
         account=principal.account_id,
+        key=principal.key_id,
+        gateway=manager.gateway_id,
         provider=provider.name,
         kind=kind,
         query=redact_query(forwarded, secret_prefixes()),
@@ -195,23 +202,24 @@ async def _take_slot_and_connect(
 ) -> AiohttpLink:
     store = manager.store
     try:
-        slot = await database_guard(
-            manager,
-            lambda: store.open_session(
-                session_id=session_id,
-                account_id=principal.account_id,
-                kind=kind,
-                provider=provider.name,
-                gateway_id=manager.gateway_id,
-                min_balance_nanos=price.cycle_price_nanos,
-                lease_ttl=manager.settings.lease_ttl_seconds,
-                model=price.model,
-                rate_usd_per_hour=str(price.rate_usd_per_hour),
-                basis=price.basis.value,
-                api_key_id=principal.key_id,
-                key_max_streams=principal.key_max_streams,
-            ),
-        )
+        with tracing.span("slot"):
+            slot = await database_guard(
+                manager,
+                lambda: store.open_session(
+                    session_id=session_id,
+                    account_id=principal.account_id,
+                    kind=kind,
+                    provider=provider.name,
+                    gateway_id=manager.gateway_id,
+                    min_balance_nanos=price.cycle_price_nanos,
+                    lease_ttl=manager.settings.lease_ttl_seconds,
+                    model=price.model,
+                    rate_usd_per_hour=str(price.rate_usd_per_hour),
+                    basis=price.basis.value,
+                    api_key_id=principal.key_id,
+                    key_max_streams=principal.key_max_streams,
+                ),
+            )
     except Refusal as unavailable_db:
         if isinstance(unavailable_db.__cause__, TimeoutError):
             # The slot may still have been taken (a write that timed out may commit later): end it once the database
@@ -221,7 +229,10 @@ async def _take_slot_and_connect(
     if slot is not SlotOutcome.OPENED:
         raise _SLOT_REFUSALS[slot]()
     try:
-        return await connect_upstream(http, manager.settings, manager.metrics, provider, forwarded)
+        with tracing.span("upstream_connect"):
+            return await connect_upstream(
+                http, manager.settings, manager.metrics, provider, forwarded, session_id=session_id
+            )
     except BaseException as exc:
         refusal = exc if isinstance(exc, Refusal) else None
         await asyncio.shield(

@@ -6,16 +6,19 @@ and reason. :class:`AiohttpLink` puts either aiohttp socket behind it; tests put
 would bring its own link.
 
 Also here: opening the provider's socket (:func:`connect_upstream`), which turns every provider failure into a
-:class:`~sttgate.core.refusals.Refusal` (502/504, or the provider's own 4xx quoted).
+:class:`~sttgate.core.refusals.Refusal` (502/504, or the provider's own 4xx quoted) and logs its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Protocol, cast
 
 import aiohttp
@@ -25,6 +28,7 @@ from yarl import URL
 from sttgate.config import Settings
 from sttgate.core import closecodes, refusals
 from sttgate.core.refusals import Refusal
+from sttgate.gateway.logevents import log_event
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.providers import Provider
 
@@ -181,11 +185,45 @@ class HandshakeResponse(ClientResponse):
         return response
 
 
+class ConnectFailure(StrEnum):
+    """Why a provider connection failed: the ``reason`` of its log line and metric (docs/operations.md#logs)."""
+
+    DNS = "dns"  # the provider's host name did not resolve
+    REFUSED = "refused"  # nothing listens there (connection refused)
+    TLS = "tls"  # the TLS handshake failed (certificate, protocol)
+    STATUS = "status"  # the provider answered the upgrade with another status than 101
+    TIMEOUT = "timeout"  # no 101 within the connect timeout
+    NETWORK = "network"  # any other socket error: unreachable, reset, closed before answering
+
+
+def connect_failure(exc: BaseException) -> ConnectFailure:
+    """The reason an upstream connect raised ``exc`` (a timeout, an aiohttp client error or an ``OSError``, e.g. of
+    ``asyncio.open_connection``)."""
+    if isinstance(exc, TimeoutError):  # ours, or aiohttp's socket connect/read timeouts
+        return ConnectFailure.TIMEOUT
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return ConnectFailure.STATUS
+    if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
+        return ConnectFailure.DNS
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return ConnectFailure.TLS
+    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(os_error, ConnectionRefusedError):
+        return ConnectFailure.REFUSED
+    return ConnectFailure.NETWORK
+
+
 async def connect_upstream(
-    http: aiohttp.ClientSession, settings: Settings, metrics: GatewayMetrics, provider: Provider, forwarded: str
+    http: aiohttp.ClientSession,
+    settings: Settings,
+    metrics: GatewayMetrics,
+    provider: Provider,
+    forwarded: str,
+    *,
+    session_id: str = "",
 ) -> AiohttpLink:
     """Open the provider's WebSocket over ``http`` with the operator's credential only; provider failures become
-    refusals."""
+    refusals, each logged once at WARNING with its reason (``event=upstream_connect_failed``) and counted."""
     provider_settings = settings.provider(provider.name)
     # encoded=True: the client's query goes out byte for byte, never re-quoted.
     url = URL(provider.upstream_url(provider_settings.url, forwarded), encoded=True)
@@ -205,16 +243,71 @@ async def connect_upstream(
                 decode_text=False,
                 timeout=ClientWSTimeout(ws_receive=None, ws_close=settings.close_timeout_seconds),
             )
-    except TimeoutError:
-        raise refusals.upstream_timeout() from None
-    except aiohttp.WSServerHandshakeError as exc:
-        raise _classify(exc.status, holder.body) from None
-    except (aiohttp.ClientError, OSError):
-        raise refusals.upstream_unavailable() from None
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        refusal = _refusal(exc, holder.body)
+        status = exc.status if isinstance(exc, aiohttp.WSServerHandshakeError) else None
+        report_connect_failure(
+            metrics, provider.name, session_id, url, exc, refusal, started, status=status, body=holder.body
+        )
+        raise refusal from None
     finally:
         _REFUSAL_BODY.reset(reset)
     metrics.upstream_connect.labels(provider.name).observe(time.monotonic() - started)
     return AiohttpLink(upstream)
+
+
+def report_connect_failure(
+    metrics: GatewayMetrics,
+    provider: str,
+    session_id: str,
+    url: URL,
+    exc: BaseException,
+    refusal: Refusal,
+    started: float,
+    *,
+    status: int | None = None,
+    body: bytes = b"",
+) -> None:
+    """The one WARNING line (``event=upstream_connect_failed``) and count of a failed provider connection: ``exc``
+    what failed (its reason by :func:`connect_failure`, or ``status`` when the provider answered another status than
+    101, with its ``body``), ``refusal`` what the client gets, ``started`` the attempt's ``time.monotonic()``."""
+    reason = ConnectFailure.STATUS if status is not None else connect_failure(exc)
+    metrics.upstream_connect_failures.labels(provider, reason.value).inc()
+    log_event(
+        "upstream_connect_failed",
+        level=logging.WARNING,
+        session=session_id,
+        provider=provider,
+        reason=reason.value,
+        **({} if status is None else {"status": status}),
+        upstream=url.with_query(None),  # the client's parameters are no business of this line
+        error=type(exc).__name__,
+        detail=_detail(exc, body),
+        refusal=refusal.code,
+        seconds=f"{time.monotonic() - started:.3f}",
+    )
+
+
+# How much of an error (or of the provider's refusal body) the log line quotes.
+_DETAIL_MAX = 200
+
+
+def _detail(exc: BaseException, body: bytes) -> str:
+    if body:
+        text = body.decode("utf-8", "replace")
+    elif isinstance(exc, aiohttp.WSServerHandshakeError):
+        text = exc.message
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:_DETAIL_MAX]
+
+
+def _refusal(exc: BaseException, body: bytes) -> Refusal:
+    if isinstance(exc, TimeoutError):
+        return refusals.upstream_timeout()
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return _classify(exc.status, body)
+    return refusals.upstream_unavailable()
 
 
 def _classify(status: int, body: bytes) -> Refusal:

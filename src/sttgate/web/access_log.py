@@ -6,6 +6,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from sttgate.core.params import redact_query
+from sttgate.gateway.logevents import FIELDS
 from sttgate.providers import secret_prefixes
 
 
@@ -15,4 +16,19 @@ class RedactingAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         path, _, query = request.raw_path.partition("?")
         target = path + ("?" + redact_query(query, secret_prefixes()) if query else "")
-        self.logger.info('%s "%s %s" %s %.3f', request.remote, request.method, target, response.status, elapsed)
+        fields = {
+            "remote": request.remote,
+            "method": request.method,
+            "path": target,
+            "status": response.status,
+            "seconds": round(elapsed, 6),
+        }
+        self.logger.info(
+            '%s "%s %s" %s %.3f',
+            request.remote,
+            request.method,
+            target,
+            response.status,
+            elapsed,
+            extra={FIELDS: fields},  # the JSON format's keys (docs/operations.md#logs)
+        )

@@ -17,6 +17,7 @@ from sttgate.core import closecodes
 from sttgate.export.exporter import Exporter
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
+from sttgate.gateway.tracing import Tracing
 from sttgate.gateway.upstream import HandshakeResponse, UpstreamSocket
 from sttgate.pull.account_events import AccountEventPoster
 from sttgate.store import Store
@@ -43,8 +44,11 @@ def default_gateway_id(
     return f"{named}#{start or new_start_id()}"
 
 
-def create_app(settings: Settings, *, store: Store | None = None, gateway_id: str | None = None) -> web.Application:
-    """The gateway app. Opens (and migrates) the database on start-up unless ``store`` is given.
+def create_app(
+    settings: Settings, *, store: Store | None = None, gateway_id: str | None = None, tracing: Tracing | None = None
+) -> web.Application:
+    """The gateway app. Opens (and migrates) the database on start-up unless ``store`` is given. Sessions are traced
+    with ``tracing``, else as the environment says (``OTEL_EXPORTER_OTLP_ENDPOINT``; docs/operations.md#tracing).
 
     Its :class:`~sttgate.web.services.Services` are ``app[SERVICES]``, complete once the app has started.
     """
@@ -52,6 +56,7 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
     connections = ConnectionLimit(connection_cap(settings.max_connections, descriptor_limit()), gateway_metrics)
     app = web.Application(middlewares=[connections.busy_while_handled, render_refusals])
     svc = Services(settings, gateway_metrics, gateway_id or default_gateway_id(settings), connections)
+    svc.tracing = tracing if tracing is not None else Tracing.from_environment()
     app[SERVICES] = svc
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -97,7 +102,8 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
     app.on_shutdown.append(close_sessions)
     streams.setup(app)
     health.setup(app)
-    metrics.setup(app)
+    if settings.public_metrics:  # else on the admin listener only (sttgate.web.admin_app)
+        metrics.setup(app)
     usage.setup(app)
     tokens.setup(app)
     demo_page.setup(app)

@@ -8,19 +8,21 @@ every logger (aiohttp's included) once they are about to be written:
   answer becomes ONE ``WARNING`` line (``event=malformed_request`` / ``event=client_gone``) without traceback, and
   is counted in ``sttgate_bad_requests_total{kind}``: anyone can send these, so they must not flood the log with
   ERROR tracebacks, and aiohttp's traceback quotes the whole request line or header, credentials included;
-- every record's message, traceback and stack are passed through a :class:`~sttgate.core.redaction.Redactor`.
+- every record's message, traceback and stack, and the structured fields the JSON format writes, are passed through
+  a :class:`~sttgate.core.redaction.Redactor`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter
 
 from sttgate.core.redaction import Redactor
-from sttgate.gateway.logevents import format_event
+from sttgate.gateway.logevents import EVENT, FIELDS, format_event
 
 # Counted per process, whatever app the connection belonged to; /metrics adds this registry to the app's own.
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -74,6 +76,9 @@ class LogHygiene(logging.Filter):
             message = f"{record.msg!s} {record.args!r}"
         record.msg = self._redact(message)
         record.args = None
+        fields = getattr(record, FIELDS, None)
+        if isinstance(fields, dict):  # what the JSON format writes instead of the message
+            setattr(record, FIELDS, {key: self._redact_value(value) for key, value in fields.items()})
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
@@ -83,20 +88,27 @@ class LogHygiene(logging.Filter):
             record.stack_info = self._redact(record.stack_info)
         return True
 
+    def _redact_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self._redact(str(value))
+
     def _demote(self, record: logging.LogRecord) -> None:
         exc = record.exc_info[1] if record.exc_info else None
         if not (record.name.startswith("aiohttp.") and str(record.msg).startswith(_AIOHTTP_ERROR)):
             return
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        fields: dict[str, Any] = {"remote": remote, "error": type(exc).__name__}
         if isinstance(exc, HttpProcessingError):
-            kind = MALFORMED
-            line = format_event("malformed_request", remote=remote, error=type(exc).__name__, reason=parser_reason(exc))
+            kind, event = MALFORMED, "malformed_request"
+            fields["reason"] = parser_reason(exc)
         elif isinstance(exc, ConnectionError):
-            kind = CLIENT_GONE
-            line = format_event("client_gone", remote=remote, error=type(exc).__name__)
+            kind, event = CLIENT_GONE, "client_gone"
         else:
             return
         self._count(kind)
-        record.msg, record.args = line, None
+        record.msg, record.args = format_event(event, **fields), None
+        setattr(record, EVENT, event)
+        setattr(record, FIELDS, fields)
         record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         record.exc_info, record.exc_text = None, None

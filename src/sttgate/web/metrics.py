@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import generate_latest
 
 from sttgate.web import logfilter
 from sttgate.web.services import SERVICES
@@ -15,12 +14,12 @@ def setup(app: web.Application) -> None:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition (the app's collectors, then the process's own); live sessions' frame counters are caught
-    up first."""
+    """Prometheus exposition (the app's collectors, then the process's own; with several workers, all of theirs);
+    this process's live sessions' frame counters are caught up first (the other workers' sweeps do theirs)."""
     svc = request.app[SERVICES]
     registry = svc.metrics
     for live in list(svc.sessions.live.values()):
         registry.absorb(live)
-    body, content_type = registry.render()
-    body += generate_latest(logfilter.REGISTRY)  # per process: parser refusals and early departures
+    # Per process, outside the app: parser refusals and early departures.
+    body, content_type = registry.render(also=[logfilter.REGISTRY])
     return web.Response(body=body, headers={"Content-Type": content_type})

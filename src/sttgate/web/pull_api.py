@@ -19,6 +19,8 @@ from aiohttp import web
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.refusals import invalid_request, provider_not_allowed, task_not_found
 from sttgate.gateway.opening import database_guard, principal_for, resolve_provider
+from sttgate.gateway.tracing import handshake
+from sttgate.gateway.tracing import span as tracing_span
 from sttgate.pull.documents import task_document
 from sttgate.pull.manager import PullManager
 from sttgate.pull.params import encode_params, parse_body, pull_query
@@ -63,10 +65,18 @@ async def _json_body(request: web.Request) -> object:
 
 
 async def start_task(request: web.Request) -> web.Response:
-    """``POST /api/v2/audio-stream/start``: open the provider session, start FFmpeg, answer the task id."""
+    """``POST /api/v2/audio-stream/start``: open the provider session, start FFmpeg, answer the task id. With tracing
+    on, the task's session is one trace from this request to its end (docs/operations.md#tracing)."""
+    tracing = request.app[SERVICES].tracing
+    with handshake(None if tracing is None else tracing.begin(request.headers, route=request.path)):
+        return await _start_task(request)
+
+
+async def _start_task(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     settings = svc.settings
-    principal = await _principal(request)
+    with tracing_span("authenticate"):
+        principal = await _principal(request)
     body = parse_body(await _json_body(request))
     provider = resolve_provider(body.provider)
     if not principal.allows(provider.name):

@@ -1,9 +1,9 @@
 """The one object a handler needs: everything the gateway app shares, stored under one application key.
 
 Handlers fetch it once (``svc = request.app[SERVICES]``) instead of looking up each part under a key of its own.
-Settings, metrics and the gateway id exist from :func:`~sttgate.web.app.create_app` on; the store, the session
-manager, the upstream HTTP session and the pull manager exist once the app has started (its clean-up contexts set
-them), and reading one earlier is a programming error.
+Settings, metrics, the gateway id and tracing (None when off) exist from :func:`~sttgate.web.app.create_app` on;
+the store, the session manager, the upstream HTTP session and the pull manager exist once the app has started (its
+clean-up contexts set them), and reading one earlier is a programming error.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sttgate.gateway.live import LiveSession
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.opening import open_stream
+from sttgate.gateway.tracing import Tracing
 from sttgate.providers import Provider
 from sttgate.pull.manager import PullManager
 from sttgate.store import Principal, Store
@@ -34,6 +35,7 @@ class Services:
     metrics: GatewayMetrics
     gateway_id: str
     connections: ConnectionLimit
+    tracing: Tracing | None = None  # OpenTelemetry, when configured (docs/operations.md#tracing)
     _store: Store | None = field(default=None, init=False, repr=False)
     _sessions: SessionManager | None = field(default=None, init=False, repr=False)
     _upstream_http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)

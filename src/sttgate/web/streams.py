@@ -27,6 +27,8 @@ from sttgate.gateway.live import LiveSession
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.opening import authorize, database_guard
 from sttgate.gateway.relay import relay
+from sttgate.gateway.tracing import handshake
+from sttgate.gateway.tracing import span as tracing_span
 from sttgate.gateway.upstream import AiohttpLink
 from sttgate.providers import PROVIDERS, Provider
 from sttgate.web.credentials import credential_from_request, raw_query
@@ -105,11 +107,30 @@ async def serve_stream(
     protocols: tuple[str, ...] = (),
 ) -> web.StreamResponse:
     """Everything after reading the request: refusals raised (rendered by the middleware), else the accepted and
-    relayed session. ``protocols`` are the subprotocols a provider's SDK may offer (``SdkShape.subprotocols``)."""
+    relayed session. ``protocols`` are the subprotocols a provider's SDK may offer (``SdkShape.subprotocols``).
+
+    With tracing on, the whole of it is the session's trace (docs/operations.md#tracing)."""
+    tracing = request.app[SERVICES].tracing
+    trace = None if tracing is None else tracing.begin(request.headers, route=request.path)
+    with handshake(trace):
+        return await _serve_stream(request, provider_name, key, token, forwarded, protocols)
+
+
+async def _serve_stream(
+    request: web.Request,
+    provider_name: str | None,
+    key: str | None,
+    token: str | None,
+    forwarded: str,
+    protocols: tuple[str, ...],
+) -> web.StreamResponse:
     svc = request.app[SERVICES]
     if svc.sessions.draining:
         raise refusals.service_draining()
-    principal, provider = await database_guard(svc.sessions, lambda: authorize(svc.store, key, token, provider_name))
+    with tracing_span("authenticate"):
+        principal, provider = await database_guard(
+            svc.sessions, lambda: authorize(svc.store, key, token, provider_name)
+        )
     if not web.WebSocketResponse().can_prepare(request).ok:
         raise refusals.upgrade_required()
     live = await svc.open_stream(principal, provider, forwarded)
