@@ -35,6 +35,29 @@ async def test_public_metrics_puts_them_on_the_public_listener_too(gateway) -> N
             assert "sttgate_sessions_open" in await resp.text()
 
 
+async def test_the_admin_listener_serves_the_admin_api_and_console(gateway, store) -> None:
+    """The admin API and the console are on the admin listener (docs/admin-api.md), never on the public one."""
+    gw = await gateway()
+    token = (await store.admin_tokens.create("listener-test")).token
+    async with gw.http.get(f"{gw.admin_url}/admin/v1/openapi.json") as resp:
+        assert resp.status == 200 and (await resp.json())["openapi"].startswith("3.1")
+    async with gw.http.get(f"{gw.admin_url}/admin/v1/accounts") as resp:
+        assert resp.status == 401 and (await resp.json())["error"]["code"] == "missing_admin_token"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with gw.http.post(
+        f"{gw.admin_url}/admin/v1/accounts", json={"name": "via listener"}, headers=headers
+    ) as resp:
+        assert resp.status == 201
+        created = await resp.json()
+    async with gw.http.get(f"{gw.admin_url}/admin/v1/accounts/{created['id']}", headers=headers) as resp:
+        assert resp.status == 200 and (await resp.json())["name"] == "via listener"
+    async with gw.http.get(f"{gw.admin_url}/admin/") as resp:
+        assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
+    for path in ("/admin/v1/openapi.json", "/admin/v1/accounts", "/admin/"):
+        async with gw.http.get(f"{gw.http_url}{path}", headers=headers) as resp:
+            assert resp.status == 404, path
+
+
 def test_the_admin_port_may_not_be_the_public_port() -> None:
     with pytest.raises(ValidationError, match="admin_port must differ from port"):
         Settings(port=9000, admin_port=9000)
