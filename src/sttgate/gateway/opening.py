@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from sttgate.config import DataPlane
 from sttgate.core import refusals
 from sttgate.core.metering import FormatError
 from sttgate.core.outage import PendingEnd
@@ -25,7 +26,8 @@ from sttgate.core.refusals import Refusal
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.manager import SessionManager
-from sttgate.gateway.upstream import AiohttpLink, connect_upstream
+from sttgate.gateway.upstream import UpstreamLink, connect_upstream
+from sttgate.gateway.wsclient import connect_provider, upstream_ssl_context
 from sttgate.providers import Provider, get_provider, names, secret_prefixes
 from sttgate.store import Principal, SlotOutcome, Store, unavailable
 from sttgate.store.auth import looks_like_token
@@ -179,7 +181,7 @@ async def _take_slot_and_connect(
     kind: SessionKind,
     session_id: str,
     price: Priced,
-) -> AiohttpLink:
+) -> UpstreamLink:
     store = manager.store
     try:
         slot = await database_guard(
@@ -208,8 +210,12 @@ async def _take_slot_and_connect(
         raise refusals.too_many_streams()
     if slot is SlotOutcome.INSUFFICIENT_BALANCE:
         raise refusals.insufficient_balance()
+    settings = manager.settings
     try:
-        return await connect_upstream(http, manager.settings, manager.metrics, provider, forwarded)
+        if settings.data_plane is DataPlane.AIOHTTP:
+            return await connect_upstream(http, settings, manager.metrics, provider, forwarded)
+        context = upstream_ssl_context(settings.upstream_ca_file)
+        return await connect_provider(settings, manager.metrics, provider, forwarded, context)
     except BaseException as exc:
         refusal = exc if isinstance(exc, Refusal) else None
         await asyncio.shield(

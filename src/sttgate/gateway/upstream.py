@@ -208,7 +208,7 @@ async def connect_upstream(
     except TimeoutError:
         raise refusals.upstream_timeout() from None
     except aiohttp.WSServerHandshakeError as exc:
-        raise _classify(exc.status, holder.body) from None
+        raise classify(exc.status, holder.body) from None
     except (aiohttp.ClientError, OSError):
         raise refusals.upstream_unavailable() from None
     finally:
@@ -217,7 +217,8 @@ async def connect_upstream(
     return AiohttpLink(upstream)
 
 
-def _classify(status: int, body: bytes) -> Refusal:
+def classify(status: int, body: bytes) -> Refusal:
+    """A provider's refusal of the upgrade as the client's: 401/403 its credential, other 4xx quoted, else 502."""
     if status in (401, 403):
         return refusals.upstream_auth_failed()
     if 400 <= status < 500:

@@ -5,6 +5,7 @@ Processes (workers, signals, drain) are :mod:`sttgate.process`; this module only
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 
@@ -63,6 +64,9 @@ def create_app(settings: Settings, *, store: Store | None = None, gateway_id: st
     async def close_sessions(app: web.Application) -> None:
         # Runner clean-up without a drain (tests, a second signal): end live sessions now, with 1012.
         await svc.sessions.close_all(*closecodes.SERVICE_RESTART)
+        if svc.relays:
+            # Each relay ends its session first, then finishes its close handshakes (bounded by its own timeouts).
+            await asyncio.wait(set(svc.relays))
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_sessions)
