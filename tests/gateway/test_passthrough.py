@@ -214,3 +214,24 @@ async def test_an_untrusted_wss_certificate_is_a_502(tls_emulator, store, accoun
     async with running_gateway(settings, store) as running:
         sock = await raw_upgrade(running.port, query(acct.key))
     assert (sock.status, sock.body["error"]["code"]) == (502, "upstream_unavailable")
+
+
+async def test_the_aiohttp_data_plane_kept_for_comparison_still_relays_byte_exact(gateway, account):
+    gw = await gateway(data_plane="aiohttp")
+    acct = await account()
+    frames = random_frames(random.Random(17), 200)
+    async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:
+
+        async def send():
+            for frame in frames:
+                if isinstance(frame, bytes):
+                    await ws.send_bytes(frame)
+                else:
+                    await ws.send_str(frame)
+
+        sender = asyncio.create_task(send())
+        received = [(await ws.receive(timeout=10)).data for _ in frames]
+        await sender
+    assert received == frames
+    session = await last_session(gw, acct.id)
+    assert (session["close_code"], session["closed_by"]) == (1000, "client")

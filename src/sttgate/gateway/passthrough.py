@@ -274,21 +274,31 @@ class ProviderToClient(_Direction):
         self.client.boundary()
 
 
-async def relay(client: FrameSocket, live: LiveSession, early: bytes = b"") -> None:
-    """Relay ``client`` (a hop whose transport was just handed over; ``early``: its bytes the HTTP layer had already
-    read) and the provider hop of ``live`` until both are closed; the outcome is recorded on ``live``."""
-    upstream = live.upstream
-    assert isinstance(upstream, FrameSocket)
-    inbound = ClientToProvider(client, upstream, live)
-    outbound = ProviderToClient(client, upstream, live)
-    live.attach_reader()
-    client.forwarder = upstream
-    upstream.forwarder = client
-    client.sink = inbound
-    outbound.replay(upstream.take_over(outbound))
-    client.feed(early)
-    try:
-        await conclude(client, live, inbound.verdict, outbound.verdict)
-    finally:
-        client.release()
-        upstream.release()
+class Relay:
+    """Both hops of one session wired for forwarding. Made synchronously right after the client's 101 (before the
+    loop can deliver a byte of the client's to anyone else); :meth:`run` then waits for the end."""
+
+    def __init__(self, client: FrameSocket, live: LiveSession, early: bytes = b"") -> None:
+        """``client``: the hop whose transport was just handed over; ``early``: its bytes the HTTP layer had already
+        read. The provider's messages that arrived before now are forwarded first."""
+        upstream = live.upstream
+        assert isinstance(upstream, FrameSocket)
+        self.client = client
+        self.upstream = upstream
+        self.live = live
+        self.inbound = ClientToProvider(client, upstream, live)
+        self.outbound = ProviderToClient(client, upstream, live)
+        live.attach_reader()
+        client.forwarder = upstream
+        upstream.forwarder = client
+        client.sink = self.inbound
+        self.outbound.replay(upstream.take_over(self.outbound))
+        client.feed(early)
+
+    async def run(self) -> None:
+        """Relay until both hops are closed; the outcome is recorded on the session."""
+        try:
+            await conclude(self.client, self.live, self.inbound.verdict, self.outbound.verdict)
+        finally:
+            self.client.release()
+            self.upstream.release()

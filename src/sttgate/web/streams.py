@@ -180,13 +180,15 @@ def _hand_over(request: web.Request, live: LiveSession, protocols: tuple[str, ..
     handler.transport = None
     handler.connection_lost(None)
     live.accept()  # the client has its 101: a session in usage (docs/contract.md#usage)
-    _track(svc, asyncio.ensure_future(_relay(client, live, bytes(early.data))))
+    # Wired now, not in the task: the client may send the moment it has its 101.
+    relay = passthrough.Relay(client, live, bytes(early.data))
+    _track(svc, asyncio.ensure_future(_relay(relay, live)))
     return HandedOver()
 
 
-async def _relay(client: FrameSocket, live: LiveSession, early: bytes) -> None:
+async def _relay(relay: passthrough.Relay, live: LiveSession) -> None:
     try:
-        await passthrough.relay(client, live, early)
+        await relay.run()
     finally:
         await asyncio.shield(live.end())
 
