@@ -73,6 +73,7 @@ MAX_CONTROL_PAYLOAD: Final = 125
 _OPCODES: Final = frozenset(int(op) for op in Opcode)
 _HEADER, _PASS, _HOLD_CONTROL, _HOLD_TEXT = range(4)  # what the scanner is reading
 _BROKEN, _HELD, _PASSED = range(3)  # how a header was taken
+_DATA = Event.DATA
 
 
 class FrameHeader(NamedTuple):
@@ -159,14 +160,22 @@ class FrameScanner:
         while pos < end:
             mode = self._mode
             if mode == _PASS:
-                take = min(self._remaining, end - pos)
-                self._remaining -= take
-                last = self._remaining == 0
-                events.append((Event.DATA, view[pos if start < 0 else start : pos + take], last))
-                pos += take
-                start = -1
-                if last:
+                remaining = self._remaining
+                if remaining <= end - pos:  # the frame ends in this read
+                    stop = pos + remaining
+                    self._remaining = 0
                     self._mode = _HEADER
+                    last = True
+                else:
+                    stop = end
+                    self._remaining = remaining - (end - pos)
+                    last = False
+                if start <= 0 and stop == end and (start == 0 or pos == 0):
+                    events.append((_DATA, data, last))  # the whole read is this frame's: no slice
+                else:
+                    events.append((_DATA, view[pos if start < 0 else start : stop], last))
+                pos = stop
+                start = -1
                 continue
             if mode != _HEADER:
                 take = min(self._remaining, end - pos)
