@@ -316,3 +316,21 @@ def test_the_fallback_unmask_is_its_own_inverse():
     assert data != original
     xor_unmask(b"\x00\xff\x10\x01", data)
     assert data == original
+
+
+@settings(max_examples=200)
+@given(st.booleans(), st.booleans(), st.data())
+def test_frame_aligned_reads_match_the_reference(masked, broken, data):
+    """One read per frame (the usual case on the audio path, which the scanner takes a shorter way)."""
+    frames = data.draw(streams(masked))
+    code = None
+    if broken:
+        bad, code = data.draw(violations(masked))
+        frames = [f for f in frames if f.opcode != Opcode.CLOSE] + bad
+    got, forwarded = scan([f.encode() for f in frames], masked=masked)
+    wire = b"".join(f.encode() for f in frames)
+    assert got == reference(wire, masked=masked)
+    if code is None:
+        assert forwarded == data_bytes(frames)
+    else:
+        assert got[-1] == ("error", code)

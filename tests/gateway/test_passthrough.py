@@ -18,6 +18,9 @@ from aiohttp import WSMsgType, web
 
 from sttgate.core.frames import Opcode, close_payload, encode_frame
 from sttgate.emulators.app import create_app as create_emulator
+from sttgate.gateway.framesocket import FrameSocket
+from sttgate.gateway.upstream import FrameKind
+from sttgate.gateway.wsclient import accept_key, open_websocket
 from sttgate.web.app import bound_port
 from tests.gateway.test_relay import last_session, random_frames
 from tests.support.emulator import EmulatorServer, emulator_config
@@ -235,3 +238,41 @@ async def test_the_aiohttp_data_plane_kept_for_comparison_still_relays_byte_exac
     assert received == frames
     session = await last_session(gw, acct.id)
     assert (session["close_code"], session["closed_by"]) == (1000, "client")
+
+
+async def test_the_providers_first_frame_right_behind_its_101_is_kept():
+    """A provider may send its first message in the same read as its 101: the handshake hands it over."""
+    heads: list[bytes] = []
+    done = asyncio.Event()
+
+    async def provider(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head)
+        key = next(
+            line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.startswith(b"Sec-WebSocket-Key")
+        )
+        answer = (
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept_key(key.decode())}\r\n\r\n"
+        )
+        writer.write(answer.encode() + encode_frame(Opcode.TEXT, b'{"type":"Begin"}'))
+        await done.wait()
+        writer.close()
+
+    server = await asyncio.start_server(provider, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sock = await open_websocket(
+            f"ws://127.0.0.1:{port}/v3/ws?x=a+b&y=%2C",
+            {"Authorization": "operator-key"},
+            ssl_context=None,
+            socket=lambda: FrameSocket(client_side=True, max_size=1000, close_timeout=1.0),
+        )
+        assert await sock.receive() == (FrameKind.TEXT, b'{"type":"Begin"}', None)
+        assert heads[0].startswith(b"GET /v3/ws?x=a+b&y=%2C HTTP/1.1\r\n")  # the query byte for byte
+        assert b"\r\nAuthorization: operator-key\r\n" in heads[0]
+        sock.abort()
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()

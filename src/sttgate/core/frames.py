@@ -74,6 +74,7 @@ _OPCODES: Final = frozenset(int(op) for op in Opcode)
 _HEADER, _PASS, _HOLD_CONTROL, _HOLD_TEXT = range(4)  # what the scanner is reading
 _BROKEN, _HELD, _PASSED = range(3)  # how a header was taken
 _DATA = Event.DATA
+_HEADER_EVENT = Event.HEADER
 
 
 class FrameHeader(NamedTuple):
@@ -153,6 +154,28 @@ class FrameScanner:
         events: list[ScanEvent] = []
         if self._done:
             return events
+        if self._mode == _HEADER and not self._head and self._message_size < 0:
+            # The usual read: exactly one whole, unfragmented binary frame (audio). Same rules, fewer steps.
+            end = len(data)
+            if end > 6 and data[0] == 0x82:
+                b1 = data[1]
+                length = b1 & 0x7F
+                masked = b1 >= 0x80
+                if length < 126 and masked == self._masked:
+                    size = 6 if masked else 2
+                    if size + length == end and length <= self._max_size:
+                        mask = data[2:6] if masked else None
+                        events.append((_HEADER_EVENT, FrameHeader(2, True, 0, mask, length, data[:size]), None))
+                        events.append((_DATA, data, True))
+                        return events
+                elif length == 126 and masked == self._masked:
+                    size = 8 if masked else 4
+                    length = (data[2] << 8) | data[3]
+                    if size + length == end and 126 <= length <= self._max_size:
+                        mask = data[4:8] if masked else None
+                        events.append((_HEADER_EVENT, FrameHeader(2, True, 0, mask, length, data[:size]), None))
+                        events.append((_DATA, data, True))
+                        return events
         view = memoryview(data)
         pos = 0
         end = len(data)

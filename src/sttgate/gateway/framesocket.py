@@ -22,7 +22,6 @@ import asyncio
 import collections
 import contextlib
 import os
-from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from sttgate.core import closecodes
@@ -71,10 +70,6 @@ class Sink(Protocol):
         """The hop ended (its close frame, a protocol error, a lost connection); called once."""
         ...
 
-    def boundary(self) -> None:
-        """The forwarded stream into the other hop reached a frame boundary: frames waiting there may go."""
-        ...
-
 
 class FrameSocket(asyncio.Protocol):
     """One hop. ``client_side``: this end is the WebSocket client (the provider hop: frames sent masked, received
@@ -91,7 +86,6 @@ class FrameSocket(asyncio.Protocol):
     ) -> None:
         self.client_side = client_side
         self.scanner = FrameScanner(masked=not client_side, max_size=max_size, surface_text=True, unmask=unmask)
-        self._max_size = max_size
         self._unmask = unmask
         self._close_timeout = close_timeout
         self._heartbeat = heartbeat
@@ -438,6 +432,3 @@ class FrameSocket(asyncio.Protocol):
             self._ping_out = True
             self.write_own(self._frame(Opcode.PING, b""))
         self._beat = asyncio.get_running_loop().call_later(heartbeat, self._tick)
-
-
-Factory = Callable[[], FrameSocket]

@@ -205,9 +205,6 @@ class ClientToProvider(_Direction):
             self.decide(Outcome.CLIENT_LOST, closecodes.ABNORMAL, "")
         self._stopped = True
 
-    def boundary(self) -> None:
-        self.upstream.boundary()
-
 
 class ProviderToClient(_Direction):
     """The provider hop's frames: accounted on the session, forwarded unchanged into the client's transport."""
@@ -269,9 +266,6 @@ class ProviderToClient(_Direction):
             self.decide(Outcome.UPSTREAM_ERROR, code, "")
         else:
             self.decide(Outcome.UPSTREAM_LOST, closecodes.ABNORMAL, "")
-
-    def boundary(self) -> None:
-        self.client.boundary()
 
 
 class Relay:
