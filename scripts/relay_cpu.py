@@ -22,10 +22,11 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sttgate.store import Store  # noqa: E402
-from tests.support.accounts import create_account  # noqa: E402
-from tests.support.emulator import running_emulator  # noqa: E402
-from tests.support.serve import serve_env, serve_processes  # noqa: E402
+from tests.support.accounts import create_account
+from tests.support.emulator import running_emulator
+from tests.support.serve import serve_env, serve_processes
+
+from sttgate.store import Store
 
 FRAME = b"\x00" * 3200
 
