@@ -276,3 +276,21 @@ async def test_the_providers_first_frame_right_behind_its_101_is_kept():
         done.set()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_client_that_half_closes_after_its_close_frame_still_gets_the_echo(gateway, account):
+    gw = await gateway()
+    acct = await account()
+    sock = await raw_upgrade(gw.port, query(acct.key))
+    assert sock.reader is not None and sock.writer is not None
+    try:
+        sock.writer.write(masked(Opcode.CLOSE, close_payload(4000, "done")))
+        sock.writer.write_eof()  # nothing more from the client: its sending half is closed
+        code, reason, _ = await read_until_close(sock.reader)
+        assert (code, reason) == (4000, "done")
+        async with asyncio.timeout(10):
+            assert await sock.reader.read() == b""  # then the gateway closes the connection
+    finally:
+        sock.abort()
+    session = await last_session(gw, acct.id)
+    assert (session["close_code"], session["closed_by"]) == (4000, "client")
