@@ -16,6 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,15 @@ _MAX_WORKERS = 1024
 # USD per hour of audio: a rate above this is a typo (a price per minute or in cents).
 MAX_RATE_USD_PER_HOUR = Decimal(1000)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class DataPlane(StrEnum):
+    """How push sessions move frames (docs/configuration.md#data-plane)."""
+
+    # Frame bytes forwarded unchanged between the two sockets, only headers read (the production data plane).
+    PASSTHROUGH = "passthrough"
+    # aiohttp reads, unmasks and re-frames every frame: kept only to compare the two in benchmarks.
+    AIOHTTP = "aiohttp"
 
 
 def _provider_keys(name: str) -> tuple[str, str, str]:
@@ -181,6 +191,10 @@ class Settings(BaseSettings):
     max_sessions_per_process: int = Field(0, ge=0, le=_MAX_COUNT)
     # Per-hop WebSocket ping interval; None disables pings.
     heartbeat_seconds: float | None = Field(20.0, gt=0, le=_HOUR)
+    # How push sessions move frames; "aiohttp" only to compare in benchmarks (docs/configuration.md#data-plane).
+    data_plane: DataPlane = DataPlane.PASSTHROUGH
+    # Extra CA certificates (PEM) trusted for wss:// provider URLs, on top of the system's (a private provider, tests).
+    upstream_ca_file: Path | None = None
     # Postpaid usage and session totals are written at least this often.
     ledger_flush_seconds: float = Field(0.5, gt=0, le=_HOUR)
     # Live sessions re-read their accounts this often: a switch to prepaid or a withdrawn streaming permission binds

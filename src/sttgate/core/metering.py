@@ -98,6 +98,11 @@ class Meter:
         """Meter one binary frame; return the number of new cycles it opens, or :data:`UNMETERABLE`."""
         return 0
 
+    def binary_size(self, size: int) -> int:
+        """Meter one binary frame known only by its payload size (a relay that forwards frames without reading them
+        meters from the header); as :meth:`binary`. Meters that must read a binary frame's bytes do not have it."""
+        return 0
+
     def text(self, data: str) -> int:
         """Meter one text frame; return the number of new cycles it opens, or :data:`UNMETERABLE`."""
         return 0
@@ -163,6 +168,13 @@ class BinaryMeter(Meter):
         if total <= self._limit:
             return 0
         return self._open(len(data))
+
+    def binary_size(self, size: int) -> int:
+        total = self._units + size
+        self._units = total
+        if total <= self._limit:
+            return 0
+        return self._open(size)
 
 
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

@@ -106,6 +106,8 @@ class LiveSession:
         self.meter = meter = provider.new_meter(forwarded) if manager.settings.metering_enabled else Meter()
         # Bound methods looked up once; None = this frame kind is never metered (no call on the frame path).
         self._meter_binary = meter.binary if type(meter).binary is not Meter.binary else None
+        # The passthrough relay meters binary frames from their headers (the payload is never assembled).
+        self._meter_size = meter.binary_size if type(meter).binary_size is not Meter.binary_size else None
         # Only meters that read text frames get them decoded; text of binary-audio providers is never decoded.
         self._meter_text = meter.text if type(meter).text is not Meter.text else None
         # The price fixed at the handshake (docs/billing.md#the-price-book); the default model's when none was given.
@@ -261,6 +263,19 @@ class LiveSession:
             return True
         if not opened:
             return True
+        return self._opened(opened)
+
+    def admit_size(self, size: int) -> bool:
+        """:meth:`admit` for a binary frame known by its payload size only (the passthrough relay's header)."""
+        meter = self._meter_size
+        if meter is None:
+            return True
+        opened = meter(size)
+        if not opened:
+            return True
+        return self._opened(opened)
+
+    def _opened(self, opened: int) -> bool:
         billing = self.billing
         action = billing.opened(opened)
         if action is Action.FORWARD:
@@ -337,6 +352,16 @@ class LiveSession:
         else:
             session.upstream_ended()
             self._upstream_done.set()
+            self._check_end()
+
+    def received_binary(self, size: int) -> None:
+        """:meth:`received` for a binary provider frame the passthrough relay forwards unread (only its size)."""
+        self.frames_down += 1
+        self.bytes_down += size
+        session = self.session
+        if not session.first_seen:
+            session.first_message()
+        if session.state is _ENDING:
             self._check_end()
 
     def _check_end(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from sttgate.config import DataPlane
 from sttgate.core import refusals
 from sttgate.core.metering import FormatError
 from sttgate.core.outage import PendingEnd
@@ -26,7 +27,8 @@ from sttgate.gateway import tracing
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.manager import SessionManager
-from sttgate.gateway.upstream import AiohttpLink, connect_upstream
+from sttgate.gateway.upstream import UpstreamLink, connect_upstream
+from sttgate.gateway.wsclient import connect_provider, upstream_ssl_context
 from sttgate.providers import Provider, get_provider, names, secret_prefixes
 from sttgate.store import Principal, SlotOutcome, Store, unavailable
 from sttgate.store.auth import looks_like_token
@@ -199,7 +201,7 @@ async def _take_slot_and_connect(
     kind: SessionKind,
     session_id: str,
     price: Priced,
-) -> AiohttpLink:
+) -> UpstreamLink:
     store = manager.store
     try:
         with tracing.span("slot"):
@@ -228,10 +230,16 @@ async def _take_slot_and_connect(
         raise
     if slot is not SlotOutcome.OPENED:
         raise _SLOT_REFUSALS[slot]()
+    settings = manager.settings
     try:
         with tracing.span("upstream_connect"):
-            return await connect_upstream(
-                http, manager.settings, manager.metrics, provider, forwarded, session_id=session_id
+            if settings.data_plane is DataPlane.AIOHTTP:
+                return await connect_upstream(
+                    http, settings, manager.metrics, provider, forwarded, session_id=session_id
+                )
+            context = upstream_ssl_context(settings.upstream_ca_file)
+            return await connect_provider(
+                settings, manager.metrics, provider, forwarded, context, session_id=session_id
             )
     except BaseException as exc:
         refusal = exc if isinstance(exc, Refusal) else None

@@ -110,6 +110,14 @@ async def relay(client: ClientLink, live: LiveSession) -> None:
     live.attach_reader()
     inbound = asyncio.create_task(_client_to_upstream(client, live))
     outbound = asyncio.create_task(_upstream_to_client(client, live))
+    await conclude(client, live, inbound, outbound)
+
+
+async def conclude(
+    client: ClientLink, live: LiveSession, inbound: asyncio.Future[Verdict], outbound: asyncio.Future[Verdict]
+) -> None:
+    """Wait for the first meaningful verdict of either direction (or a close the gateway requested), perform the
+    close decision, and wind both directions down. Any data plane's relay ends here, so every one closes alike."""
     try:
         verdict = await _first_verdict(inbound, outbound, live.close_requested)
         await _conclude(decide(*verdict), client, live)
@@ -125,7 +133,7 @@ async def relay(client: ClientLink, live: LiveSession) -> None:
 
 
 async def _first_verdict(
-    inbound: asyncio.Task[Verdict], outbound: asyncio.Task[Verdict], requested: asyncio.Future[tuple[int, str]]
+    inbound: asyncio.Future[Verdict], outbound: asyncio.Future[Verdict], requested: asyncio.Future[tuple[int, str]]
 ) -> Verdict:
     """The first meaningful verdict; a failed send defers to the other direction, which sees why (bounded)."""
     pending: set[asyncio.Future[object]] = {inbound, outbound, requested}  # type: ignore[arg-type]

@@ -306,11 +306,12 @@ def _refusal(exc: BaseException, body: bytes) -> Refusal:
     if isinstance(exc, TimeoutError):
         return refusals.upstream_timeout()
     if isinstance(exc, aiohttp.WSServerHandshakeError):
-        return _classify(exc.status, body)
+        return classify(exc.status, body)
     return refusals.upstream_unavailable()
 
 
-def _classify(status: int, body: bytes) -> Refusal:
+def classify(status: int, body: bytes) -> Refusal:
+    """A provider's refusal of the upgrade as the client's: 401/403 its credential, other 4xx quoted, else 502."""
     if status in (401, 403):
         return refusals.upstream_auth_failed()
     if 400 <= status < 500:

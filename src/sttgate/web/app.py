@@ -5,6 +5,7 @@ Processes (workers, signals, drain) are :mod:`sttgate.process`; this module only
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -88,6 +89,9 @@ def create_app(
     async def close_sessions(app: web.Application) -> None:
         # Runner clean-up without a drain (tests, a second signal): end live sessions now, with 1012.
         await svc.sessions.close_all(*closecodes.SERVICE_RESTART)
+        if svc.relays:
+            # Each relay ends its session first, then finishes its close handshakes (bounded by its own timeouts).
+            await asyncio.wait(set(svc.relays))
 
     async def account_events(app: web.Application) -> AsyncIterator[None]:
         poster = AccountEventPoster(settings, svc.store, svc.metrics)

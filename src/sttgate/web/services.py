@@ -8,6 +8,7 @@ clean-up contexts set them), and reading one earlier is a programming error.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -40,6 +41,8 @@ class Services:
     _sessions: SessionManager | None = field(default=None, init=False, repr=False)
     _upstream_http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
     _pull: PullManager | None = field(default=None, init=False, repr=False)
+    # Passthrough relays run as tasks of their own (the socket is theirs, not the handler's); shut-down waits for them.
+    relays: set[asyncio.Future[None]] = field(default_factory=set, init=False, repr=False)
 
     @property
     def store(self) -> Store:

@@ -17,23 +17,26 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from sttgate.core import closecodes, refusals
 from sttgate.core.closing import decide
 from sttgate.core.outcomes import Outcome
 from sttgate.core.params import split_query
+from sttgate.gateway import passthrough
+from sttgate.gateway.framesocket import FrameSocket
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.opening import authorize, database_guard
-from sttgate.gateway.relay import relay
+from sttgate.gateway.relay import relay as aiohttp_relay
 from sttgate.gateway.tracing import handshake
 from sttgate.gateway.tracing import span as tracing_span
 from sttgate.gateway.upstream import AiohttpLink
+from sttgate.gateway.wsclient import accept_key
 from sttgate.providers import PROVIDERS, Provider
 from sttgate.web.credentials import credential_from_request, raw_query
 from sttgate.web.logfilter import CLIENT_GONE, count_bad_request
-from sttgate.web.services import SERVICES
+from sttgate.web.services import SERVICES, Services
 
 
 class ClientSocket(web.WebSocketResponse):
@@ -68,7 +71,10 @@ async def accept_and_relay(
     request: web.Request, live: LiveSession, protocols: tuple[str, ...] = ()
 ) -> web.StreamResponse:
     """Accept the client's upgrade (101 with ``X-Session-Id``, and the first of ``protocols`` the client offered),
-    relay until both hops close, record the end."""
+    relay until both hops close, record the end. The passthrough data plane hands the socket to its relay and returns
+    at once (the relay runs as a task of its own); the aiohttp one relays within the handler."""
+    if isinstance(live.upstream, FrameSocket):
+        return _hand_over(request, live, protocols)
     settings = request.app[SERVICES].settings
     client = ClientSocket(
         compress=False,
@@ -85,16 +91,114 @@ async def accept_and_relay(
         try:
             await client.prepare(request)
         except ConnectionError as exc:
-            # Gone before its 101: one counted WARNING line (docs/operations.md#logs), not aiohttp's ERROR traceback.
-            live.session.keep(decide(Outcome.CLIENT_LOST).record)
-            count_bad_request(CLIENT_GONE)
-            log_event("client_gone", level=logging.WARNING, session=live.id, error=type(exc).__name__)
+            _client_gone(live, exc)
             return client
         live.accept()  # the client has its 101: a session in usage (docs/contract.md#usage)
-        await relay(AiohttpLink(client), live)
+        await aiohttp_relay(AiohttpLink(client), live)
     finally:
         await asyncio.shield(live.end())
     return client
+
+
+def _client_gone(live: LiveSession, exc: BaseException) -> None:
+    """Gone before its 101: one counted WARNING line (docs/operations.md#logs), not aiohttp's ERROR traceback."""
+    live.session.keep(decide(Outcome.CLIENT_LOST).record)
+    count_bad_request(CLIENT_GONE)
+    log_event("client_gone", level=logging.WARNING, session=live.id, error=type(exc).__name__)
+
+
+class _EarlyBytes:
+    """Takes, as aiohttp's parser of an upgraded connection, the bytes it read behind the upgrade request (a client
+    may send its first frames right behind it) until the socket is handed over: none is lost."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.data += data
+        return False, b""
+
+    def feed_eof(self) -> None:
+        pass
+
+
+class HandedOver(web.StreamResponse):
+    """What the handler returns once the relay owns the socket: aiohttp writes nothing for it (the 101 went out with
+    the hand-over) and only logs the request."""
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+def _handshake(request: web.Request, live: LiveSession, protocols: tuple[str, ...]) -> bytes:
+    """The 101 for the client's upgrade (checked by ``can_prepare`` already): RFC 6455 §4.2.2, no extension."""
+    offered = [p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",")]
+    chosen = next((p for p in offered if p and p in protocols), None)
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: upgrade",
+        f"Sec-WebSocket-Accept: {accept_key(request.headers[hdrs.SEC_WEBSOCKET_KEY])}",
+        f"X-Session-Id: {live.id}",
+    ]
+    if chosen:
+        lines.append(f"Sec-WebSocket-Protocol: {chosen}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _hand_over(request: web.Request, live: LiveSession, protocols: tuple[str, ...]) -> web.StreamResponse:
+    """Send the 101 and hand the client's socket to the passthrough relay, releasing aiohttp's hold on it.
+
+    aiohttp's own WebSocket does the same first step (``set_parser``: the bytes read behind the upgrade request go to
+    the parser given, here :class:`_EarlyBytes`). Then the transport gets the relay's protocol, and aiohttp is told
+    the connection is gone with its transport reference cleared first, so it drops its bookkeeping (its connection
+    list, keep-alive timer, handler) without closing the socket: neither this handler's end nor a server shutdown
+    writes into the stream or closes it (a shutdown ends live sessions with 1012 close frames through the relay)."""
+    svc = request.app[SERVICES]
+    settings = svc.settings
+    handler = request.protocol
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        _client_gone(live, ConnectionResetError("the client left before its 101"))
+        _track(svc, asyncio.ensure_future(asyncio.shield(live.end())))
+        return HandedOver()
+    early = _EarlyBytes()
+    handler.set_parser(early)  # type: ignore[arg-type]
+    transport.write(_handshake(request, live, protocols))
+    client = FrameSocket(
+        client_side=False,
+        max_size=settings.max_frame_bytes,
+        close_timeout=settings.close_timeout_seconds,
+        heartbeat=settings.heartbeat_seconds,
+    )
+    transport.set_protocol(client)
+    client.connection_made(transport)  # (``request.transport`` is typed as a base transport; it is a stream one)
+    handler.transport = None
+    handler.connection_lost(None)
+    live.accept()  # the client has its 101: a session in usage (docs/contract.md#usage)
+    # Wired now, not in the task: the client may send the moment it has its 101.
+    relay = passthrough.Relay(client, live, bytes(early.data))
+    _track(svc, asyncio.ensure_future(_relay(relay, live)))
+    return HandedOver()
+
+
+async def _relay(relay: passthrough.Relay, live: LiveSession) -> None:
+    try:
+        await relay.run()
+    finally:
+        await asyncio.shield(live.end())
+
+
+def _track(svc: Services, task: asyncio.Future[None]) -> None:
+    """Keep a relay task referenced until it ends; the app's shut-down waits for the rest."""
+    svc.relays.add(task)
+    task.add_done_callback(svc.relays.discard)
 
 
 async def serve_stream(
