@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.frames import Opcode as WsOpcode
 from websockets.protocol import CLIENT, SERVER, Protocol
@@ -165,7 +165,7 @@ def data_bytes(frames: list[Wire]) -> bytes:
     return b"".join(f.encode() for f in frames if not f.control)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), st.data())
 def test_valid_streams_match_the_reference_cut_anywhere(masked, data):
     frames = data.draw(streams(masked))
@@ -176,7 +176,7 @@ def test_valid_streams_match_the_reference_cut_anywhere(masked, data):
     assert forwarded == data_bytes(frames)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), st.data())
 def test_surfaced_text_messages_come_whole_and_unmasked(masked, data):
     frames = data.draw(streams(masked))
@@ -235,7 +235,7 @@ def violations(masked: bool) -> st.SearchStrategy[tuple[list[Wire], int]]:
     )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), st.booleans(), st.data())
 def test_each_broken_rule_ends_the_scan_with_the_reference_code(masked, surface_text, data):
     before = data.draw(streams(masked).map(lambda fs: [f for f in fs if f.opcode != Opcode.CLOSE]))
@@ -318,7 +318,7 @@ def test_the_fallback_unmask_is_its_own_inverse():
     assert data == original
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), st.booleans(), st.data())
 def test_frame_aligned_reads_match_the_reference(masked, broken, data):
     """One read per frame (the usual case on the audio path, which the scanner takes a shorter way)."""

@@ -182,7 +182,7 @@ class ClientToProvider(_Direction):
             held, self._held = self._held or [], None
             size, text = self._pending
             if paid is None or not paid:
-                close = closecodes.BILLING_UNAVAILABLE if paid is None else closecodes.INSUFFICIENT_BALANCE
+                close = closecodes.BILLING_UNAVAILABLE if paid is None else live.cut_off_close
                 self._dropping = text is None  # the rest of the unpaid binary frame is not forwarded
                 self._stop(Outcome.CUT_OFF, *close)
             else:
