@@ -93,7 +93,7 @@ async def test_a_session_on_gateway_a_is_closed_through_the_api_of_gateway_b(
                 try:
                     session = await live_session(b, customer.id)
                     assert session["id"] == ws._response.headers["X-Session-Id"]
-                    assert (session["gateway_id"], session["live"]) == ("gateway-a", True)
+                    assert session["gateway_id"].startswith("gateway-a#") and session["live"]  # A, this start of it
                     (messages, close), seconds = await close_through(b, ws, session["id"])
                 finally:
                     audio.cancel()

@@ -33,7 +33,8 @@ def value(metrics: str, sample: str) -> float | None:
 
 
 def workers_of_sessions(sp: ServeProcess) -> Counter[str]:
-    return Counter(re.findall(r"event=session_start .*gateway=(\S+)", sp.log))
+    """Sessions per worker (``metrics/0``, ``metrics/1``: the gateway id without this start's ``#<start>``)."""
+    return Counter(re.findall(r"event=session_start .*gateway=([^\s#]+)", sp.log))
 
 
 async def test_one_scrape_reports_every_worker(emulator, account, tmp_path: Path) -> None:
@@ -46,8 +47,9 @@ async def test_one_scrape_reports_every_worker(emulator, account, tmp_path: Path
     async with serve_processes() as spawn, aiohttp.ClientSession() as http:
         sp = await spawn("--workers", "2", "--port", str(free_port()), env=env, cwd=tmp_path, admin=True)
         await wait_for(lambda: sp.log.count("event=admin_listening") == 2, timeout=30, what="both workers listening")
-        # gateway id (metrics/0, metrics/1) -> pid, from each worker's own line
-        pids = {gw: int(pid) for gw, pid in re.findall(r"event=gateway_listening gateway=(\S+) .*pid=(\d+)", sp.log)}
+        # worker (metrics/0, metrics/1: the gateway id without "#<start>") -> pid, from each worker's own line
+        listening = re.findall(r"event=gateway_listening gateway=([^\s#]+)\S* .*pid=(\d+)", sp.log)
+        pids = {gw: int(pid) for gw, pid in listening}
         assert len(pids) == 2
         url = URL(
             f"http://127.0.0.1:{sp.port}/ws/v2/audio-stream?provider=assemblyai&api_key={acct.key}&emu_echo=1",

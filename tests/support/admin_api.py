@@ -1,5 +1,5 @@
-"""A gateway app with the admin API mounted (``sttgate.web.admin_api``) on an ephemeral loopback port, and an admin
-token to call it with."""
+"""A gateway app and its admin listener, which serves the admin API (``sttgate.web.admin_api``), on ephemeral loopback
+ports, and an admin token to call it with."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import aiohttp
 
 from sttgate.config import Settings
 from sttgate.store import Store
-from sttgate.web.admin_api import add_admin_api_routes
-from sttgate.web.app import create_app, start_site
-from tests.support.gateway import RunningApp
+from tests.support.gateway import RunningApp, running_gateway
 
 
 @dataclass
@@ -27,7 +25,7 @@ class AdminApi:
 
     @property
     def base(self) -> str:
-        return f"{self.running.http_url}/admin/v1"
+        return f"{self.running.admin_url}/admin/v1"
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -45,13 +43,8 @@ class AdminApi:
 
 @asynccontextmanager
 async def running_admin_api(settings: Settings, store: Store) -> AsyncIterator[AdminApi]:
-    """The gateway app of ``settings`` on ``store`` with the admin API mounted, served on a free port."""
-    app = create_app(settings, store=store)
-    add_admin_api_routes(app)
-    runner = await start_site(app, "127.0.0.1", 0)
-    token = (await store.admin_tokens.create("tests")).token
-    try:
+    """The gateway app of ``settings`` on ``store`` and its admin listener (the admin API), each on a free port."""
+    async with running_gateway(settings, store) as running:
+        token = (await store.admin_tokens.create("tests")).token
         async with aiohttp.ClientSession() as http:
-            yield AdminApi(RunningApp(app, runner, settings), token, http)
-    finally:
-        await runner.cleanup()
+            yield AdminApi(running, token, http)

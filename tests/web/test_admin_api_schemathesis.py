@@ -90,7 +90,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             async with running_admin_api(settings_, store) as api:
                 done = asyncio.Event()
                 stop.append((asyncio.get_running_loop(), done))
-                found.append(Live(api.running.http_url, api.token, account_id, key_id, session_id))
+                found.append(Live(api.running.admin_url, api.token, account_id, key_id, session_id))
                 ready.set()
                 await done.wait()
         finally:

@@ -32,13 +32,11 @@ from sttgate.providers import get_provider
 from sttgate.store import Store
 from sttgate.store.database import utcnow
 from sttgate.store.tables import sessions
-from sttgate.web.admin_api import add_admin_api_routes
-from sttgate.web.admin_console import CONSOLE_CSP, CONSOLE_FILES, add_admin_console_routes
-from sttgate.web.app import create_app, start_site
+from sttgate.web.admin_console import CONSOLE_CSP, CONSOLE_FILES
 from tests.support.accounts import create_account
 from tests.support.browser import Browser, Page
 from tests.support.emulator import EmulatorServer
-from tests.support.gateway import RunningApp, gateway_settings
+from tests.support.gateway import RunningApp, gateway_settings, running_gateway
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "admin-console.png"
 FRAME = b"\x00" * 3200  # 100 ms of pcm_s16le at 16 kHz
@@ -58,29 +56,23 @@ class Console:
 
     @property
     def url(self) -> str:
-        return f"{self.running.http_url}/admin/"
+        return f"{self.running.admin_url}/admin/"
 
     async def call(self, method: str, path: str) -> tuple[int, Any]:
         """``(status, JSON body)`` of one admin API call with the console's token."""
         headers = {"Authorization": f"Bearer {self.token}"}
         async with (
             aiohttp.ClientSession() as http,
-            http.request(method, f"{self.running.http_url}/admin/v1{path}", headers=headers) as response,
+            http.request(method, f"{self.running.admin_url}/admin/v1{path}", headers=headers) as response,
         ):
             return response.status, await response.json()
 
 
 @asynccontextmanager
 async def running_console(settings: Settings, store: Store) -> AsyncIterator[Console]:
-    """A gateway app with the admin API and the console mounted, as the admin listener serves them."""
-    app = create_app(settings, store=store)
-    add_admin_api_routes(app)
-    add_admin_console_routes(app)
-    runner = await start_site(app, "127.0.0.1", 0)
-    try:
-        yield Console(RunningApp(app, runner, settings), (await store.admin_tokens.create("console")).token)
-    finally:
-        await runner.cleanup()
+    """A gateway app and its admin listener, which serves the admin API and the console."""
+    async with running_gateway(settings, store) as running:
+        yield Console(running, (await store.admin_tokens.create("console")).token)
 
 
 @pytest.fixture
@@ -352,7 +344,7 @@ async def test_a_revoked_admin_token_signs_the_console_out(console: Console, bro
 
 
 async def test_the_page_is_served_with_its_csp_and_no_inline_code(console: Console) -> None:
-    base = console.running.http_url
+    base = console.running.admin_url
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/admin", allow_redirects=False) as response:
             assert response.status == 308 and response.headers["Location"] == "admin/"
