@@ -15,8 +15,10 @@ import pytest
 from aiohttp import WSMsgType
 from yarl import URL
 
+from sttgate.web.services import SERVICES
 from tests.support.emulator import EmulatorServer
 from tests.support.serve import ServeProcess, serve_env, serve_processes
+from tests.support.waiting import wait_for
 
 DESCRIPTORS = 1024
 IDLE = 2000
@@ -180,3 +182,24 @@ async def test_requests_with_megabyte_headers_do_not_grow_memory(serve):
     grown = rss_bytes(sp.proc.pid) - before
     assert grown < 50 * MB, f"RSS grew by {grown / MB:.0f} MB"
     await healthz(sp.port)
+
+
+async def test_a_session_counts_against_the_cap_while_the_relay_holds_its_socket(gateway, account) -> None:
+    """The passthrough data plane takes a session's socket away from aiohttp; it still holds a descriptor, so it still
+    counts as an open connection (``sttgate_connections_open``) until its relay is done with it."""
+    gw = await gateway()
+    acct = await account()
+
+    async def open_connections() -> float:
+        async with gw.http.get(f"{gw.admin_url}/metrics") as resp:
+            text = await resp.text()
+        line = next(ln for ln in text.splitlines() if ln.startswith("sttgate_connections_open "))
+        return float(line.split()[1])
+
+    limit = gw.app[SERVICES].connections
+    before = await open_connections()  # the scrape's own kept-alive connection, if counted
+    async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:
+        await ws.send_bytes(b"\x00" * 320)
+        assert (await ws.receive(timeout=5)).data == b"\x00" * 320
+        assert await open_connections() == before + 1  # the session, though aiohttp no longer holds it
+    await wait_for(lambda: limit.count == before, what="the relay released the connection")

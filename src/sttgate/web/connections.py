@@ -115,14 +115,40 @@ class GatewayRequestHandler(web.RequestHandler):
 
 class ConnectionLimit:
     """The cap on open connections of one process, and the connections that are idle (no request in progress),
-    oldest first: the ones pushed out at the cap."""
+    oldest first: the ones pushed out at the cap. A connection the passthrough data plane took over from aiohttp (a
+    WebSocket session) still counts until its relay ends (:meth:`hand_over`)."""
 
     def __init__(self, cap: int, metrics: GatewayMetrics) -> None:
         self.cap = cap
         self._metrics = metrics
         self._open: set[GatewayRequestHandler] = set()
         self._idle: dict[GatewayRequestHandler, None] = {}
+        self._handed_over = 0
         metrics.connection_limit.set(cap)
+
+    @property
+    def count(self) -> int:
+        """Open connections: aiohttp's and the handed-over sessions'."""
+        return len(self._open) + self._handed_over
+
+    def hand_over(self, protocol: object) -> Callable[[], None]:
+        """``protocol``'s connection leaves aiohttp for a relay of its own: it keeps counting (never pushed out) until
+        the returned function is called, once, when that relay is done with the socket."""
+        if not isinstance(protocol, GatewayRequestHandler) or protocol not in self._open:
+            return lambda: None  # not one of this limit's connections (a listener without the cap)
+        self._open.discard(protocol)
+        self._idle.pop(protocol, None)
+        self._handed_over += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._handed_over -= 1
+                self._metrics.connections_open.set(self.count)
+
+        return release
 
     def protocol_factory(self, server: web.Server, **handler_args: Any) -> Callable[[], asyncio.BaseProtocol]:
         """The listener's protocol factory: a :class:`GatewayRequestHandler` of ``server`` for each accepted
@@ -130,13 +156,13 @@ class ConnectionLimit:
         loop = asyncio.get_running_loop()
 
         def accept() -> asyncio.BaseProtocol:
-            if len(self._open) >= self.cap and not self._push_out_idle():
+            if self.count >= self.cap and not self._push_out_idle():
                 self._metrics.connections_shed.labels("refused").inc()
                 return _Refused()
             handler = GatewayRequestHandler(self, server, loop=loop, **handler_args)
             self._open.add(handler)
             self._idle[handler] = None
-            self._metrics.connections_open.set(len(self._open))
+            self._metrics.connections_open.set(self.count)
             return handler
 
         return accept
@@ -154,7 +180,7 @@ class ConnectionLimit:
     def closed(self, handler: GatewayRequestHandler) -> None:
         self._open.discard(handler)
         self._idle.pop(handler, None)
-        self._metrics.connections_open.set(len(self._open))
+        self._metrics.connections_open.set(self.count)
 
     @web.middleware
     async def busy_while_handled(self, request: web.Request, handler: Handler) -> web.StreamResponse:

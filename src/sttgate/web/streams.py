@@ -179,19 +179,21 @@ def _hand_over(request: web.Request, live: LiveSession, protocols: tuple[str, ..
     )
     transport.set_protocol(client)
     client.connection_made(transport)  # (``request.transport`` is typed as a base transport; it is a stream one)
+    release = svc.connections.hand_over(handler)  # it still holds a descriptor: counted until the relay ends
     handler.transport = None
     handler.connection_lost(None)
     live.accept()  # the client has its 101: a session in usage (docs/contract.md#usage)
     # Wired now, not in the task: the client may send the moment it has its 101.
     relay = passthrough.Relay(client, live, bytes(early.data))
-    _track(svc, asyncio.ensure_future(_relay(relay, live)))
+    _track(svc, asyncio.ensure_future(_relay(relay, live, release)))
     return HandedOver()
 
 
-async def _relay(relay: passthrough.Relay, live: LiveSession) -> None:
+async def _relay(relay: passthrough.Relay, live: LiveSession, release: Callable[[], None]) -> None:
     try:
         await relay.run()
     finally:
+        release()
         await asyncio.shield(live.end())
 
 
