@@ -145,7 +145,7 @@ async def _scenario(
         return f"provider=assemblyai&api_key={key}&sample_rate=16000&encoding=pcm_s16le&emu_rate_check=off"
 
     async def start() -> ServeProcess:
-        process: ServeProcess = await spawn("--config", str(config), env=env, cwd=tmp_path)
+        process: ServeProcess = await spawn("--config", str(config), env=env, cwd=tmp_path, admin=True)
         return process
 
     gateway = await start()
@@ -180,6 +180,12 @@ async def _scenario(
         assert later == 1000
         receiver.failing = recorder.failing = False
 
+        async def crashed_session_reaped() -> bool:
+            ended = await _sessions(store, [postpaid.id])
+            return any(by == "gateway_crash" for *_, by in ended.values())
+
+        # The killed gateway's session is closed once its lease expired (a restart is a new gateway identity).
+        await wait_for(crashed_session_reaped, 15, 0.05, "the killed gateway's session closed as gateway_crash")
         sessions = await _sessions(store, [prepaid.id, postpaid.id])
         expected = {f"{sid}:{c}" for sid, (_, cycles, _, _) in sessions.items() for c in range(1, cycles + 1)}
         await wait_for(lambda: set(receiver.ids) == expected, 30, 0.05, "every cycle at the CloudEvents receiver")
@@ -187,7 +193,7 @@ async def _scenario(
 
         # The restarted gateway's metrics: events accepted, failed sends, and the lag back to 0 once caught up.
         async def metrics() -> dict[str, float]:
-            async with http.get(f"http://127.0.0.1:{gateway.port}/metrics") as response:
+            async with http.get(f"{gateway.admin_url}/metrics") as response:
                 text = await response.text()
             return {
                 line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])

@@ -42,7 +42,7 @@ async def test_a_key_expiring_within_7_days_is_posted_once_signed(gateway, accou
     assert Webhook(secret).verify(second, headers)["id"] == event["id"]  # any Standard Webhooks library
     assert headers["webhook-id"] == event["id"]
     assert headers["X-Sttgate-Event-Id"] == event["id"] and headers["X-Sttgate-Event"] == "key.expiring"
-    async with gw.http.get(f"{gw.http_url}/metrics") as resp:
+    async with gw.http.get(f"{gw.admin_url}/metrics") as resp:
         exposition = await resp.text()
     assert 'sttgate_account_event_posts_total{outcome="failed"} 1.0' in exposition
     assert 'sttgate_account_event_posts_total{outcome="delivered"} 1.0' in exposition
