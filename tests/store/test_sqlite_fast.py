@@ -86,7 +86,7 @@ def _rows(store: Store, accounts: dict[str, str]) -> dict[str, list[tuple[Any, .
     return {
         "accounts": [(names[a], *rest) for a, *rest in acct_rows],
         "sessions": sessions,
-        "events": events,
+        "events": sorted(events, key=lambda event: event[0]),  # by id with the names in: the uuids differ per store
         "outbox": outbox,
         "pending": pending,
     }
