@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sttgate.admin import Admin
 from sttgate.providers import names
 from sttgate.store.tables import sessions
+from sttgate.web.services import SERVICES
 from tests.support.emulator import OPERATOR_KEYS
 from tests.support.gateway import gateway_settings
 from tests.support.upgrade import handshake
@@ -273,3 +274,22 @@ async def test_single_use_token_in_the_query(gateway, account, store):
     assert (status, error(body)[0]) == (401, "invalid_token")
     status, body, _ = await handshake(gw.ws_url("provider=assemblyai&token=sttg_unknown"))
     assert (status, error(body)[0]) == (401, "invalid_token")
+
+
+async def test_a_process_at_its_admission_limit_answers_503_until_a_session_ends(gateway, account):
+    """Admission control (docs/operations.md#running): at ``STTGATE_MAX_SESSIONS_PER_PROCESS`` live sessions a process
+    refuses the next handshake with 503 ``gateway_overloaded`` before any provider is contacted; once one ends, the
+    next is admitted."""
+    gw = await gateway(max_sessions_per_process=1)
+    acct = await account(max_streams=5)
+    mark = gw.emulator.recorder.next_seq
+    async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:
+        await ws.send_bytes(b"\x00" * 320)
+        assert (await ws.receive(timeout=5)).data == b"\x00" * 320
+        status, body, _ = await handshake(gw.ws_url(f"provider=assemblyai&api_key={acct.key}"))
+        assert (status, error(body)[0]) == (503, "gateway_overloaded")
+        assert len(gw.emulator.recorder.find(since=mark)) == 1  # the refused one never reached the provider
+    await wait_for(lambda: not gw.app[SERVICES].sessions.live, what="the first session ended")
+    async with gw.connect("assemblyai", acct.key, "emu_echo=1") as ws:
+        await ws.send_bytes(b"\x00" * 320)
+        assert (await ws.receive(timeout=5)).data == b"\x00" * 320
