@@ -16,11 +16,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, false, or_, select, update
 from sqlalchemy.engine import Row
 
-from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.store.accounts import MAX_PAGE
 from sttgate.store.database import ConflictError, Database, NotFoundError, utcnow
 from sttgate.store.tables import sessions
-from sttgate.store.usage import UsageRow
+from sttgate.store.usage import UsageRow, usage_row
 
 
 @dataclass(frozen=True)
@@ -115,24 +114,7 @@ class OperatorSessions:
 
 def _session(r: Row[Any], now: datetime) -> OperatorSession:
     return OperatorSession(
-        row=UsageRow(
-            id=r.id,
-            kind=SessionKind(r.kind),
-            provider=r.provider,
-            started_at=r.started_at,
-            ended_at=r.ended_at,
-            audio_seconds=float(r.audio_seconds),
-            cycles=r.cycles,
-            cost_nanos=r.cost_nanos,
-            close_code=r.close_code,
-            closed_by=None if r.closed_by is None else ClosedBy(r.closed_by),
-            provider_audio_seconds=r.provider_audio_seconds,
-            provider_session_seconds=r.provider_session_seconds,
-            model=r.model,
-            rate_usd_per_hour=r.rate_usd_per_hour,
-            basis=r.basis,
-            api_key_id=r.api_key_id,
-        ),
+        row=usage_row(r),
         account_id=r.account_id,
         gateway_id=r.gateway_id,
         live=r.ended_at is None and r.lease_expires_at > now,

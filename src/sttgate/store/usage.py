@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, false, select
+from sqlalchemy.engine import Row
 
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.store.database import Database, NotFoundError
@@ -98,25 +100,27 @@ class UsageQueries:
         return Usage(
             account_id=account_id,
             balance_nanos=account.balance_nanos,
-            sessions=[
-                UsageRow(
-                    id=r.id,
-                    kind=SessionKind(r.kind),
-                    provider=r.provider,
-                    started_at=r.started_at,
-                    ended_at=r.ended_at,
-                    audio_seconds=float(r.audio_seconds),
-                    cycles=r.cycles,
-                    cost_nanos=r.cost_nanos,
-                    close_code=r.close_code,
-                    closed_by=None if r.closed_by is None else ClosedBy(r.closed_by),
-                    provider_audio_seconds=r.provider_audio_seconds,
-                    provider_session_seconds=r.provider_session_seconds,
-                    model=r.model,
-                    rate_usd_per_hour=r.rate_usd_per_hour,
-                    basis=r.basis,
-                    api_key_id=r.api_key_id,
-                )
-                for r in rows
-            ],
+            sessions=[usage_row(r) for r in rows],
         )
+
+
+def usage_row(r: Row[*tuple[Any, ...]]) -> UsageRow:
+    """A session row read with the usage columns, as the usage document's session (also the operator's view of it)."""
+    return UsageRow(
+        id=r.id,
+        kind=SessionKind(r.kind),
+        provider=r.provider,
+        started_at=r.started_at,
+        ended_at=r.ended_at,
+        audio_seconds=float(r.audio_seconds),
+        cycles=r.cycles,
+        cost_nanos=r.cost_nanos,
+        close_code=r.close_code,
+        closed_by=None if r.closed_by is None else ClosedBy(r.closed_by),
+        provider_audio_seconds=r.provider_audio_seconds,
+        provider_session_seconds=r.provider_session_seconds,
+        model=r.model,
+        rate_usd_per_hour=r.rate_usd_per_hour,
+        basis=r.basis,
+        api_key_id=r.api_key_id,
+    )
