@@ -148,6 +148,10 @@ sessions = Table(
     # An operator asked for the session to end (docs/admin-api.md#close-a-session); the gateway running it polls for
     # this and ends it with 1008 "closed by operator". Migration 0007.
     Column("close_requested_at", UTCDateTime, nullable=True, index=True),
+    # Cycles debited from a prepaid balance ahead of opening them, and their amount (docs/billing.md#holds); refunded
+    # at the end less what the session opened. Migration 0010.
+    Column("held_cycles", Integer, nullable=False, server_default="0"),
+    Column("held_nanos", BigInteger, nullable=False, server_default="0"),
     Index(None, "account_id", "ended_at"),
     Index(None, "account_id", "started_at"),
     Index(None, "ended_at", "lease_expires_at"),
