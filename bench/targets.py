@@ -245,8 +245,12 @@ class Sttgate(Target):
         cpus: set[int] | None = None,
         prepaid: bool = True,
         extra_env: dict[str, str] | None = None,
+        admission_limit: int = 0,
     ) -> None:
         self.name = name
+        # STTGATE_MAX_SESSIONS_PER_PROCESS: 0 (off) to step past the gateway's default limit and find its knee; the
+        # overload mode sets it to measure what the limit protects.
+        self.admission_limit = admission_limit
         self.prepaid = prepaid
         self.extra_env = extra_env or {}
         self.base_url = ""
@@ -268,6 +272,7 @@ class Sttgate(Target):
             STTGATE_DRAIN_SECONDS="1",
             STTGATE_LOG_LEVEL="WARNING",
             STTGATE_DEMO_PAGE="false",
+            STTGATE_MAX_SESSIONS_PER_PROCESS=str(self.admission_limit),
         )
         if not self.metering:
             env[METERING_SWITCH] = "false"
@@ -317,6 +322,7 @@ class Sttgate(Target):
             "workers": str(self.workers),
             "metering": "on" if self.metering else "off",
             "account": "prepaid" if self.prepaid else "postpaid",
+            "admission_limit": str(self.admission_limit or "off"),
         }
 
     @staticmethod

@@ -40,6 +40,14 @@ _MAX_WORKERS = 1024
 # USD per hour of audio: a rate above this is a typo (a price per minute or in cents).
 MAX_RATE_USD_PER_HOUR = Decimal(1000)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_MAX_SESSIONS_PER_PROCESS = 1000
+"""Admission control's default (``STTGATE_MAX_SESSIONS_PER_PROCESS``; docs/configuration.md#admission-control).
+
+A process over its capacity queues frames into seconds of latency instead of shedding load, so it refuses the session
+past this many with 503 ``gateway_overloaded``. The value is set from the measured capacity of one process under the
+standard load (docs/benchmarks.md: streams before p99 added latency passes 5 ms, and the overload row of its targets
+table), to be revised with each full benchmark run.
+"""
 
 
 class DataPlane(StrEnum):
@@ -187,8 +195,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(0, ge=0, le=_MAX_COUNT)
     max_header_field_bytes: int = Field(8190, ge=1024, le=65536)
     max_headers: int = Field(40, ge=8, le=128)
-    # Admission control: above this many live sessions a process refuses handshakes with 503 (0 = no limit).
-    max_sessions_per_process: int = Field(0, ge=0, le=_MAX_COUNT)
+    # Admission control: at this many live or opening sessions (push and pull alike) a process refuses new ones with
+    # 503 gateway_overloaded (0 = no limit).
+    max_sessions_per_process: int = Field(DEFAULT_MAX_SESSIONS_PER_PROCESS, ge=0, le=_MAX_COUNT)
     # Per-hop WebSocket ping interval; None disables pings.
     heartbeat_seconds: float | None = Field(20.0, gt=0, le=_HOUR)
     # How push sessions move frames; "aiohttp" only to compare in benchmarks (docs/configuration.md#data-plane).

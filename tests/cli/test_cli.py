@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from sttgate.config import DEFAULT_MAX_SESSIONS_PER_PROCESS
 from sttgate.store import Store
 from sttgate.store.db import head_revision
 
@@ -274,6 +275,15 @@ def test_config_file_and_global_options_before_the_command(run: Run, tmp_path: P
     config = ok_json(run("--json", "--config", "gw.toml", "--database-url", db_url, "config", with_db=False))
     assert (config["port"], config["drain_seconds"], config["database_url"]) == (9999, 5.0, db_url)
     assert "not found" in fails(run("--config", "nope.toml", "config", with_db=False))
+
+
+def test_admission_control_is_on_by_default_and_can_be_turned_off(run: Run) -> None:
+    """docs/configuration.md#admission-control: each process admits at most the default number of sessions unless the
+    operator says otherwise (0 = no limit)."""
+    assert ok_json(run("config", "--json", with_db=False))["max_sessions_per_process"] == 1000
+    assert DEFAULT_MAX_SESSIONS_PER_PROCESS == 1000
+    off = run("config", "--json", with_db=False, extra_env={"STTGATE_MAX_SESSIONS_PER_PROCESS": "0"})
+    assert ok_json(off)["max_sessions_per_process"] == 0
 
 
 def test_db_upgrade_on_a_fresh_file(run: Run, tmp_path: Path) -> None:

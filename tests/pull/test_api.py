@@ -3,6 +3,7 @@ FFmpeg."""
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from tests.support.pull import ffmpeg_children
@@ -107,3 +108,29 @@ async def test_a_task_belongs_to_its_account(pull_gateway, account, receiver, me
     assert (await gw.task(owner.key, "no-such-task"))[0] == 404
     assert (await gw.stop(owner.key, task_id))[0] == 200
     assert (await gw.wait_status(owner.key, task_id))["status"] == "stopped"
+
+
+async def test_pull_tasks_and_push_sessions_share_the_admission_limit(
+    pull_gateway, account, receiver, media_server
+) -> None:
+    """docs/configuration.md#admission-control: a running pull task is one of the process's sessions; at the limit the
+    next task and the next WebSocket are both 503 ``gateway_overloaded``, and a task is admitted again once it ends."""
+    gw = await pull_gateway(max_sessions_per_process=1)
+    acct = await account(max_streams=5)
+    _, hook = receiver
+    task = body(audio_url=f"{media_server}/tone60.wav", callback_url=hook)
+    status, answer = await gw.start(acct.key, task)
+    assert status == 200, answer
+    task_id = answer["data"]["task_id"]
+    status, answer = await gw.start(acct.key, task)
+    assert (status, error(answer)) == (503, "gateway_overloaded")
+    push = gw.base.replace("http://", "ws://") + "/ws/v2/audio-stream?provider=assemblyai"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await gw.http.ws_connect(push, headers={"Authorization": acct.key})
+    assert refused.value.status == 503
+    assert (await gw.stop(acct.key, task_id))[0] == 200
+    assert (await gw.wait_status(acct.key, task_id))["status"] == "stopped"
+    status, answer = await gw.start(acct.key, task)
+    assert status == 200, answer
+    assert (await gw.stop(acct.key, answer["data"]["task_id"]))[0] == 200
+    assert (await gw.wait_status(acct.key, answer["data"]["task_id"]))["status"] == "stopped"

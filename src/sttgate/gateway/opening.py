@@ -151,8 +151,9 @@ async def open_stream(
     # the default model joins the forwarded query when the client named none (docs/billing.md#the-price-book).
     price = price_session(manager.prices(provider.name), provider.model_param, forwarded)
     forwarded = price.forwarded_with_default_model
-    # Admission control (docs/operations.md#running): an overloaded relay buffers instead of shedding load, so
-    # refuse clearly.
+    # Admission control (docs/configuration.md#admission-control): an overloaded relay buffers instead of shedding
+    # load, so refuse clearly. Push sessions and pull tasks both come through here and count alike: each holds a
+    # provider socket and relays on this process's event loop.
     budget = manager.settings.max_sessions_per_process
     if budget and len(manager.live) + manager.opening >= budget:
         raise refusals.gateway_overloaded()
