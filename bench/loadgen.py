@@ -158,13 +158,17 @@ class LoadWorker:
         await asyncio.gather(*tasks)
         return {"open": self.count, "errors": dict(self.errors)}
 
-    async def cmd_measure(self, seconds: float) -> dict[str, Any]:
-        """Record round trips, frames and ticker lateness for ``seconds``."""
+    async def cmd_measure(self, seconds: float, excess: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record round trips, frames and ticker lateness for ``seconds``; with ``excess`` (``url``, ``headers``,
+        ``n``, ``rate``), meanwhile try to open ``n`` more sessions, which an admission limit should refuse."""
         self._reset()
         self.recording = True
+        attempts = asyncio.create_task(self._excess(**excess)) if excess else None
         await asyncio.sleep(seconds)
+        extra = await attempts if attempts else None
         self.recording = False
         return {
+            "excess": extra,
             "open": self.count,
             "sent": self.sent,
             "received": self.received,
@@ -174,6 +178,42 @@ class LoadWorker:
             "lateness_ms": self.lateness_ms.tobytes(),
             "errors": dict(self.errors),
         }
+
+    async def _excess(self, url: str, headers: dict[str, str], n: int, rate: float) -> dict[str, Any]:
+        """Open ``n`` sessions at ``rate`` per second and time each answer (TCP connect to the status line); a session
+        admitted (101) is closed at once: it is only counted."""
+        refused_ms = array("d")
+        outcome: Counter[str] = Counter()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def attempt() -> None:
+            t0 = time.perf_counter()
+            try:
+                stream = await self._connect(url, headers)
+            except HandshakeFailed as exc:
+                if exc.status == 503:
+                    refused_ms.append((time.perf_counter() - t0) * 1000.0)
+                outcome[_error_name(exc)] += 1
+                outcome["gateway_overloaded"] += b"gateway_overloaded" in exc.body
+                return
+            except Exception as exc:
+                outcome[_error_name(exc)] += 1
+                return
+            outcome["admitted"] += 1
+            try:
+                await stream.close()
+            except TimeoutError:
+                outcome["close_timeout"] += 1
+
+        tasks = []
+        for i in range(n):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(attempt()))
+        await asyncio.gather(*tasks)
+        return {"attempts": n, "refused_ms": refused_ms.tobytes(), "outcome": dict(outcome)}
 
     async def cmd_handshake(
         self, url: str, headers: dict[str, str], seconds: float, concurrency: int

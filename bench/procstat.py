@@ -75,6 +75,22 @@ def sample(roots: list[int]) -> Sample:
     return Sample(sum(cpu_seconds(p) for p in pids), sum(rss_bytes(p) for p in pids))
 
 
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each of ``pids`` (no children), for :func:`cpu_since`."""
+    return {p: cpu_seconds(p) for p in pids}
+
+
+def cpu_since(before: dict[int, float]) -> float:
+    """CPU seconds used since ``before`` by the processes still running: one that ended meanwhile (a PostgreSQL
+    backend of another client) would otherwise count its whole past as negative."""
+    total = 0.0
+    for pid, cpu in before.items():
+        now = cpu_seconds(pid)
+        if now >= cpu:
+            total += now - cpu
+    return total
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, over all cores; includes other tenants."""
     with open("/proc/stat") as fh:

@@ -27,10 +27,19 @@ from typing import Any
 
 import aiohttp
 
-from bench import procstat, report
+from bench import procstat, report, spy
 from bench.loadgen import worker_main
 from bench.pull import run_pull
-from bench.targets import Direct, Nginx, Sttgate, Target, TargetUnavailable, Upstream, postgres_reachable
+from bench.targets import (
+    Direct,
+    Nginx,
+    Sttgate,
+    Target,
+    TargetUnavailable,
+    Upstream,
+    pinned,
+    postgres_reachable,
+)
 from bench.upstream import raise_nofile
 from bench.wire import ECHO_EVERY
 
@@ -50,6 +59,8 @@ class Plan:
     reference_step: int  # the step the single-step modes run (CPU per frame, metering overhead)
     pull_steps: list[int] = field(default_factory=list)  # concurrent pull tasks
     modes: list[str] = field(default_factory=list)
+    # The overload mode's admission limit L (it opens L streams, then tries L more); None: the reference step.
+    overload_limit: int | None = None
 
 
 QUICK = Plan(
@@ -61,7 +72,7 @@ QUICK = Plan(
     handshake_concurrency=4,
     reference_step=20,
     pull_steps=[2],
-    modes=["direct", "nginx", "sttgate"],
+    modes=["direct", "nginx", "sttgate", "sttgate-overload"],
 )
 FULL = Plan(
     steps=[1, 100, 500, 1000, 1500, 2000],
@@ -72,12 +83,24 @@ FULL = Plan(
     handshake_concurrency=32,
     reference_step=1000,
     pull_steps=[5, 20, 50],
-    modes=["direct", "nginx", "sttgate", "sttgate-nometer", "sttgate-pg", "sttgate-2w", "sttgate-pull"],
+    modes=[
+        "direct",
+        "nginx",
+        "sttgate",
+        "sttgate-pg",
+        "sttgate-nometer",
+        "sttgate-overload",
+        "sttgate-2w",
+        "sttgate-pull",
+    ],
 )
 ALL_MODES = FULL.modes
+# The modes --profile samples at the reference step (one gateway process per database).
+PROFILED_MODES = ("sttgate", "sttgate-pg")
 # A step is "saturated" (and the mode stops stepping) past this p99 round trip or below this delivery ratio.
 SATURATED_P99_MS = 1000.0
 MIN_DELIVERY = 0.9
+MIN_ECHOES_FOR_DELIVERY = 50
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -154,8 +177,10 @@ def measure_step(
     n: int,
     baseline_rss: int,
     harness_pinned: bool,
+    excess: int = 0,
 ) -> dict[str, Any]:
-    """Bring the open streams to ``n``, let them settle, then measure one window."""
+    """Bring the open streams to ``n``, let them settle, then measure one window; with ``excess``, try to open that
+    many more sessions during the window, spread evenly over it (what an admission limit should refuse)."""
     ramp_timeout = 60 + n / plan.ramp_rate * 2
     opened = gens.call(
         "target",
@@ -170,13 +195,18 @@ def measure_step(
     # inside the gateway and is part of the relay's CPU.
     db_pids = procstat.pids_named("postgres") if str(getattr(target, "database_url", "")).startswith("postgres") else []
     relay0, up0, gen0 = procstat.sample(target.pids), procstat.sample(upstream.pids), procstat.sample(gens.pids)
-    db0 = procstat.sample(db_pids)
+    db0 = procstat.cpu_by_pid(db_pids)
     busy0, total0 = procstat.machine_busy()
     t0 = time.monotonic()
-    results = gens.call("measure", [{"seconds": plan.window}] * len(gens.conns), plan.window + 60)
+    per_worker: list[dict[str, Any]] = [{"seconds": plan.window} for _ in gens.conns]
+    if excess:
+        spread = 0.9 * plan.window
+        for kwargs, k in zip(per_worker, gens.split(excess), strict=True):
+            kwargs["excess"] = {"url": target.url, "headers": target.headers, "n": k, "rate": max(k, 1) / spread}
+    results = gens.call("measure", per_worker, plan.window + 60)
     elapsed = time.monotonic() - t0
     relay1, up1, gen1 = procstat.sample(target.pids), procstat.sample(upstream.pids), procstat.sample(gens.pids)
-    db1 = procstat.sample(db_pids)
+    db_cpu = procstat.cpu_since(db0)
     busy1, total1 = procstat.machine_busy()
     ncpu = os.cpu_count() or 1
     machine_busy = (busy1 - busy0) / (total1 - total0) * 100 * ncpu if total1 > total0 else None
@@ -204,7 +234,8 @@ def measure_step(
         "relay_rss_kb_per_stream": round((relay1.rss - baseline_rss) / n / 1024, 1)
         if target.pids and n >= 100
         else None,
-        "database_cpu_percent": round((db1.cpu - db0.cpu) / elapsed * 100, 1) if db_pids else None,
+        "database_cpu_percent": round(db_cpu / elapsed * 100, 1) if db_pids else None,
+        "database_cpu_us_per_frame": round(db_cpu / frames * 1e6, 2) if db_pids and frames else None,
         "upstream_cpu_percent": round((up1.cpu - up0.cpu) / elapsed * 100, 1),
         "generator_cpu_percent": round((gen1.cpu - gen0.cpu) / elapsed * 100, 1),
         "machine_busy_percent": round(machine_busy, 1) if machine_busy is not None else None,
@@ -215,14 +246,27 @@ def measure_step(
         "generator_max_write_buffer_bytes": max(r["max_write_buffer"] for r in results),
         "errors": _merge_errors(results),
     }
+    if excess:
+        refused = _floats([r["excess"]["refused_ms"] for r in results])
+        step["excess"] = {
+            "attempts": sum(r["excess"]["attempts"] for r in results),
+            "attempts_per_second": round(excess / (0.9 * plan.window), 1),
+            "outcome": _merge_errors([{"errors": r["excess"]["outcome"]} for r in results]),
+            "refused_503": len(refused),
+            "time_to_503_ms": {
+                q: round(v, 2) if (v := percentile(refused, p)) is not None else None
+                for q, p in (("p50", 50), ("p99", 99), ("max", 100))
+            },
+        }
     p99 = step["rtt_ms"]["p99"]
     harness = step["upstream_cpu_percent"] + step["generator_cpu_percent"]
     # The harness has one core when pinned (the machine otherwise); past 85 % of it, or with the whole machine
     # over 95 % busy, latency is the machine's, not the relay's.
     step["machine_bound"] = bool(harness > 85 * (1 if harness_pinned else ncpu) or (machine_busy or 0) > 95 * ncpu)
-    step["saturated"] = bool(
-        step["open"] < 0.98 * n or (step["delivery"] or 0) < MIN_DELIVERY or p99 is None or p99 > SATURATED_P99_MS
-    )
+    # A window of a few frames can end between a frame and its echo: below MIN_ECHOES_FOR_DELIVERY expected echoes
+    # (1 stream in a 1.5 s --quick window: 6), a missing one is the window's edge, not the relay.
+    short_of_echoes = (step["delivery"] or 0) < MIN_DELIVERY and sent >= MIN_ECHOES_FOR_DELIVERY * ECHO_EVERY
+    step["saturated"] = bool(step["open"] < 0.98 * n or short_of_echoes or p99 is None or p99 > SATURATED_P99_MS)
     return step
 
 
@@ -252,8 +296,25 @@ def measure_handshakes(target: Target, gens: Generators, plan: Plan, concurrency
     }
 
 
-def run_mode(target: Target, gens: Generators, upstream: Upstream, plan: Plan, steps: list[int]) -> dict[str, Any]:
-    """One relay: warm up, step the streams, then the handshake figures; always stops what it started."""
+@dataclass
+class Profiling:
+    """``--profile``: where the samples go, and how py-spy runs (on the load generators' core)."""
+
+    directory: Path
+    native: bool
+    cpus: set[int] | None
+
+
+def run_mode(
+    target: Target,
+    gens: Generators,
+    upstream: Upstream,
+    plan: Plan,
+    steps: list[int],
+    profiling: Profiling | None = None,
+) -> dict[str, Any]:
+    """One relay: warm up, step the streams, then the handshake figures; always stops what it started. With
+    ``profiling``, an extra window at the reference step is sampled with py-spy (after the measured one)."""
     out: dict[str, Any] = {"name": target.name, "steps": [], "handshake": None}
     started = time.monotonic()
     try:
@@ -272,6 +333,8 @@ def run_mode(target: Target, gens: Generators, upstream: Upstream, plan: Plan, s
             step = measure_step(target, gens, upstream, plan, n, baseline.rss, gens.cpu is not None)
             out["steps"].append(step)
             print(_step_line(target.name, step), flush=True)
+            if profiling and n == plan.reference_step and target.pids:
+                out["profile"] = {"streams": n, **profile_window(target, plan, profiling)}
             if step["saturated"]:
                 break
         gens.call("close_all", [{}] * len(gens.conns), 120)
@@ -285,6 +348,52 @@ def run_mode(target: Target, gens: Generators, upstream: Upstream, plan: Plan, s
         out["unavailable"] = str(exc)
         print(f"{target.name}: not measured: {exc}", flush=True)
     except Exception as exc:  # one broken relay must not lose the other modes' figures
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"{target.name}: failed: {out['error']}", flush=True)
+    finally:
+        try:
+            gens.call("close_all", [{}] * len(gens.conns), 120)
+        finally:
+            target.stop()
+    out["wall_seconds"] = round(time.monotonic() - started, 1)
+    return out
+
+
+def profile_window(target: Target, plan: Plan, profiling: Profiling) -> dict[str, Any]:
+    """Sample the gateway for one window under the load already running."""
+    profiling.directory.mkdir(parents=True, exist_ok=True)
+    raw = profiling.directory / f"{target.name}.pyspy.txt"
+    prof = spy.record(target.pids[0], plan.window, raw, profiling.native, pinned(profiling.cpus))
+    print(f"{target.name:>16} profile: {prof.get('unavailable') or prof.get('groups')}", flush=True)
+    return {**prof, "raw": str(raw) if raw.exists() else None}
+
+
+def run_overload_mode(target: Target, gens: Generators, upstream: Upstream, plan: Plan, limit: int) -> dict[str, Any]:
+    """A gateway started with admission limit ``limit``: ``limit`` standard streams measured alone, then measured
+    again while as many more sessions are tried (2× the admitted load); always stops what it started."""
+    out: dict[str, Any] = {"name": target.name, "steps": [], "handshake": None}
+    started = time.monotonic()
+    try:
+        target.start()
+        out["info"] = dict(target.info)
+        gens.call(
+            "handshake",
+            [{"url": target.url, "headers": target.headers, "seconds": 0.5, "concurrency": 2}] * len(gens.conns),
+            60,
+        )
+        time.sleep(0.5)
+        baseline = procstat.sample(target.pids)
+        pinned = gens.cpu is not None
+        before = measure_step(target, gens, upstream, plan, limit, baseline.rss, pinned)
+        print(_step_line(f"{target.name} alone", before), flush=True)
+        during = measure_step(target, gens, upstream, plan, limit, baseline.rss, pinned, excess=limit)
+        print(_step_line(f"{target.name} +{limit}", during), flush=True)
+        print(f"{target.name:>16} excess: {during['excess']}", flush=True)
+        out["overload"] = {"limit": limit, "before": before, "during": during}
+    except TargetUnavailable as exc:
+        out["unavailable"] = str(exc)
+        print(f"{target.name}: not measured: {exc}", flush=True)
+    except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
         print(f"{target.name}: failed: {out['error']}", flush=True)
     finally:
@@ -334,7 +443,12 @@ def _handshake_line(name: str, h: dict[str, Any]) -> str:
 
 
 def build_target(
-    mode: str, upstream: Upstream, relay_cpus: set[int] | None, pg_url: str, prepaid: bool = True
+    mode: str,
+    upstream: Upstream,
+    relay_cpus: set[int] | None,
+    pg_url: str,
+    prepaid: bool = True,
+    overload_limit: int = 0,
 ) -> Target:
     """The relay for a mode name."""
     if mode == "direct":
@@ -349,6 +463,8 @@ def build_target(
         if reason := postgres_reachable(pg_url):
             raise TargetUnavailable(reason)
         return Sttgate(upstream, mode, database_url=pg_url, cpus=relay_cpus, prepaid=prepaid)
+    if mode == "sttgate-overload":
+        return Sttgate(upstream, mode, cpus=relay_cpus, prepaid=prepaid, admission_limit=overload_limit)
     if mode == "sttgate-2w":
         return Sttgate(upstream, mode, workers=2, cpus=None, prepaid=prepaid)
     if mode == "sttgate-pull":
@@ -359,13 +475,11 @@ def build_target(
 
 
 def mode_steps(mode: str, plan: Plan) -> list[int]:
-    """Full stepping for the three references; the variants only at the steps they are compared on."""
-    if mode in ("direct", "nginx", "sttgate"):
+    """Full stepping for the references and for both databases; the variants only at the steps they are compared on."""
+    if mode in ("direct", "nginx", "sttgate", "sttgate-pg"):
         return plan.steps
     if mode == "sttgate-nometer":
         return [plan.reference_step]
-    if mode == "sttgate-pg":
-        return sorted({plan.steps[0], plan.reference_step})
     return sorted({plan.reference_step, plan.steps[-1]})
 
 
@@ -413,7 +527,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin relay to CPU 0 and load to CPU 1")
     parser.add_argument("--pg-url", default=os.environ.get("STTGATE_BENCH_PG_URL", DEFAULT_PG_URL))
     parser.add_argument("--postpaid", action="store_true", help="bench account postpaid (default: prepaid)")
+    parser.add_argument(
+        "--overload-limit", type=int, help="admission limit L of the overload mode (default: the reference step)"
+    )
     parser.add_argument("--docs", type=Path, help="rewrite the generated section of this Markdown file")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"sample {' and '.join(PROFILED_MODES)} with py-spy for one more window at the reference step",
+    )
+    parser.add_argument(
+        "--profile-python-only",
+        action="store_true",
+        help="py-spy without --native (C and kernel time then counts for the Python function calling it)",
+    )
     args = parser.parse_args(argv)
 
     base = FULL if args.full else QUICK
@@ -425,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         plan.reference_step = max((s for s in plan.steps if s <= plan.reference_step), default=plan.steps[0])
     if args.window:
         plan.window = args.window
+    plan.overload_limit = args.overload_limit or plan.reference_step
     for mode in plan.modes:
         if mode not in ALL_MODES:
             parser.error(f"unknown mode {mode!r}")
@@ -445,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "modes": {},
     }
+    profiling = (
+        Profiling(args.out / "profiles", not args.profile_python_only, {load_cpu} if load_cpu is not None else None)
+        if args.profile
+        else None
+    )
     upstream = Upstream(procs=args.upstreams, cpus={load_cpu} if load_cpu is not None else None)
     gens = Generators(args.generators, load_cpu)
     started = time.monotonic()
@@ -452,7 +585,14 @@ def main(argv: list[str] | None = None) -> int:
         upstream.start()
         for mode in plan.modes:
             try:
-                target = build_target(mode, upstream, relay_cpus, args.pg_url, prepaid=not args.postpaid)
+                target = build_target(
+                    mode,
+                    upstream,
+                    relay_cpus,
+                    args.pg_url,
+                    prepaid=not args.postpaid,
+                    overload_limit=plan.overload_limit,
+                )
             except TargetUnavailable as exc:
                 results["modes"][mode] = {"name": mode, "unavailable": str(exc), "steps": [], "handshake": None}
                 print(f"{mode}: not measured: {exc}", flush=True)
@@ -460,7 +600,14 @@ def main(argv: list[str] | None = None) -> int:
             if mode == "sttgate-pull":
                 results["pull"] = run_pull_mode(target, plan, {load_cpu} if load_cpu is not None else None)
                 continue
-            results["modes"][mode] = run_mode(target, gens, upstream, plan, mode_steps(mode, plan))
+            if mode == "sttgate-overload":
+                results["modes"][mode] = run_overload_mode(target, gens, upstream, plan, plan.overload_limit)
+            else:
+                results["modes"][mode] = run_mode(
+                    target, gens, upstream, plan, mode_steps(mode, plan), profiling if mode in PROFILED_MODES else None
+                )
+                if "profile" in results["modes"][mode]:
+                    results.setdefault("profiles", {})[mode] = results["modes"][mode].pop("profile")
             if "error" in results["modes"][mode]:
                 gens.close()  # a generator may still be busy with the failed command: start afresh
                 gens = Generators(args.generators, load_cpu)

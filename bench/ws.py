@@ -149,9 +149,10 @@ class UpstreamProtocol(asyncio.Protocol):
 class HandshakeFailed(Exception):
     """The server answered the upgrade with something other than 101 (or a wrong Sec-WebSocket-Accept)."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, body: bytes = b"") -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
+        self.body = body  # what of the answer's body arrived with its head (the JSON error code, usually)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -192,7 +193,7 @@ class ClientProtocol(asyncio.Protocol):
             del self.buf[: end + 4]
             status = int(head.split(b" ", 2)[1])
             if status != 101 or self.accept not in head.lower():
-                self.upgraded.set_exception(HandshakeFailed(status))
+                self.upgraded.set_exception(HandshakeFailed(status, bytes(self.buf)))
                 assert self.transport is not None
                 self.transport.close()
                 return

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench import report  # noqa: E402 - bench/ is a top-level directory of the repository, not a package
+from bench import report, spy  # noqa: E402 - bench/ is a top-level directory of the repository, not a package
 
 QUANTILES = ("p50", "p99", "p99.9")
 
@@ -21,7 +21,7 @@ QUANTILES = ("p50", "p99", "p99.9")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--modes", "direct,sttgate", "--out", str(out)],
+        [sys.executable, "-m", "bench.run", "--quick", "--modes", "direct,sttgate,sttgate-overload", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -66,6 +66,76 @@ def test_sttgate_is_measured_or_says_why(results: dict) -> None:
     summary = results["summary"]["modes"]["sttgate"]
     assert "capacity" in summary  # None in --quick: no step has the 1,000 round trips a p99 needs
     assert {t["verdict"] for t in results["summary"]["targets"]} <= {"met", "missed", "not measured", "not determined"}
+
+
+def test_overload_refuses_every_excess_session_with_503(results: dict) -> None:
+    """The overload mode: a gateway at its admission limit (the reference step) answers every one of as many more
+    sessions 503 gateway_overloaded, and the streams it admitted stay open and measured."""
+    mode = results["modes"]["sttgate-overload"]
+    assert "error" not in mode, mode["error"]
+    if mode.get("unavailable"):
+        return
+    limit = results["plan"]["reference_step"]
+    o = results["summary"]["overload"]
+    assert (o["limit"], o["admitted_open"], o["attempts"]) == (limit, limit, limit)
+    refused = (o["gateway_overloaded"], o["refused_503"], o["admitted_excess"], o["other_outcomes"])
+    assert refused == (limit, limit, 0, {})
+    assert o["time_to_503_ms"]["p50"] <= o["time_to_503_ms"]["p99"] <= o["time_to_503_ms"]["max"]
+    assert mode["overload"]["during"]["open"] == limit and not mode["overload"]["during"]["errors"]
+    rows = [t for t in results["summary"]["targets"] if "2× the admitted load" in t["target"]]
+    assert len(rows) == 2 and all(t["value"] is not None for t in rows)
+
+
+def test_capacity_ratio_to_nginx_is_met_missed_or_undetermined_by_its_bounds() -> None:
+    exact = {"streams": 900, "bound": "interpolated"}
+    nginx = {"streams": 1000, "bound": "interpolated"}
+    assert report.capacity_verdict(exact, nginx) == (0.9, "met")
+    assert report.capacity_verdict({"streams": 500, "bound": "interpolated"}, nginx) == (0.5, "missed")
+    # nginx never passed 5 ms: its capacity is a lower bound, so a ratio under 0.9 is a miss, over it unknown
+    assert report.capacity_verdict({"streams": 500, "bound": "interpolated"}, {**nginx, "bound": "at_least"})[1] == (
+        "missed"
+    )
+    assert report.capacity_verdict(exact, {**nginx, "bound": "machine"})[1] == "not determined"
+    # sttgate passed 5 ms below its first counted step: an upper bound
+    below = {"streams": 0, "bound": "below", "next_step_failed": 100}
+    assert report.capacity_verdict(below, nginx) == (0.1, "missed")
+    assert report.capacity_verdict({"streams": 1000, "bound": "at_least"}, nginx) == (1.0, "met")
+    assert report.capacity_verdict(None, nginx) == (None, "not measured")
+
+
+def test_profile_groups_own_time_and_drops_waiting_threads() -> None:
+    root = 'process 1:"sttgate serve";run (uvloop/__init__.py:92);Loop__run (loop.c:20313);uv__io_poll (linux.c:1546)'
+    relay = f"{root};FrameSocket.data_received (sttgate/gateway/framesocket.py:141)"
+    raw = "\n".join(
+        [
+            f"{root};epoll_pwait (libc.so.6) 500",  # waiting for sockets: idle
+            f"{relay};ClientToProvider._run (sttgate/gateway/passthrough.py:164);UVStream__try_write (loop.c:1);"
+            "write (libc.so.6) 40",
+            f"{relay};FrameScanner.feed (sttgate/core/frames.py:80);_PyEval_EvalFrameDefault (libpython3.11.so) 20",
+            f"{relay};Meter.binary (sttgate/providers/assemblyai.py:50) 10",
+            f"{relay};Billing.add (sttgate/core/billing.py:99);PyObject_Malloc (libpython3.11.so) 10",
+            "Thread.run (threading.py:982);_execute (aiosqlite/core.py:100);sqlite3VdbeExec (libsqlite3.so) 15",
+            "Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:81);"
+            "PyThread_acquire_lock_timed (libpython3.11.so);0x7f10 (libc.so.6) 300",  # a waiting thread
+            "<lambda> (<string>:1) 5",
+        ]
+    )
+    prof = spy.summarize(raw)
+    assert (prof["samples"], prof["idle_samples"]) == (100, 800)
+    assert prof["groups"] == {
+        "event loop and kernel": 40.0,
+        "frame scanner": 20.0,
+        "database": 15.0,
+        "metering": 10.0,
+        "billing and session control": 10.0,
+        "other": 5.0,
+    }
+    assert prof["in_system_calls_and_libc"] == 40.0
+    top = {t["function"]: (t["percent"], t["group"]) for t in prof["top"]}
+    assert top["write (libc.so.6)"] == (40.0, spy.LIBC)
+    assert top["FrameScanner.feed (sttgate/core/frames.py)"] == (20.0, "frame scanner")
+    assert top["Billing.add (sttgate/core/billing.py)"] == (10.0, "billing and session control")  # not the allocator
+    assert top["sqlite3VdbeExec (libsqlite3.so)"] == (15.0, "database")
 
 
 def test_capacity_interpolates_and_bounds() -> None:
