@@ -151,6 +151,17 @@ def _bound(cap: dict[str, Any] | None) -> tuple[float | None, int]:
     return cap.get("streams"), 0 if cap.get("bound") == "interpolated" else 1
 
 
+def capacity_text(cap: dict[str, Any] | None) -> str:
+    """A capacity as a reader takes it: ≈ interpolated, ≥ a lower bound, < an upper bound."""
+    if not cap:
+        return "–"
+    if cap.get("bound") == "below" or (cap.get("bound") == "machine" and not cap["streams"]):
+        text = f"< {cap['next_step_failed']}"
+    else:
+        text = ("≈ " if cap.get("bound") == "interpolated" else "≥ ") + str(cap.get("streams"))
+    return text + (" (machine-bound beyond)" if cap.get("bound") == "machine" else "")
+
+
 def capacity_verdict(gw: dict[str, Any] | None, nginx: dict[str, Any] | None) -> tuple[float | None, str]:
     """Streams before p99 added passes 5 ms, as a ratio to nginx's, and whether it is ≥ 0.9 given that either
     capacity may be only a bound (a run that never passed 5 ms, or a machine out of CPU)."""
@@ -238,7 +249,7 @@ def targets(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, 
             _bound(nsum.get("capacity"))[0],
             ratio,
             verdict,
-            note=f"sttgate {cap.get('bound')}, nginx {(nsum.get('capacity') or {}).get('bound')}" if cap else "",
+            note=f"sttgate {capacity_text(cap)}, nginx {capacity_text(nsum.get('capacity'))}" if cap else "",
         )
     )
     label = f"p99 added round trip at {ADDED_P99_STEP} streams ≤ {ADDED_P99_VS_NGINX} × nginx's"
@@ -445,15 +456,9 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summ["modes"].items():
-        cap = s["capacity"] or {}
-        cap_text = "–" if not cap else ("≈ " if cap.get("bound") == "interpolated" else "≥ ") + str(cap.get("streams"))
-        if cap.get("bound") == "below":
-            cap_text = f"< {cap['next_step_failed']}"
-        if cap.get("bound") == "machine":
-            cap_text = f"< {cap['next_step_failed']}" if not cap["streams"] else cap_text
-            cap_text += " (machine-bound beyond)"
         lines.append(
-            f"| {name} | {cap_text} | {_f(s['comparison_step'])} | {_f(s['cpu_us_per_frame'], 1)} | "
+            f"| {name} | {capacity_text(s['capacity'])} | {_f(s['comparison_step'])} | "
+            f"{_f(s['cpu_us_per_frame'], 1)} | "
             f"{_f(s['streams_per_cpu_from_cpu_per_frame'])} | {_f(s.get('cpu_per_frame_vs_nginx'))} | "
             f"{_f(s.get('added_p99_vs_nginx'))} | {_f(s['rss_kb_per_stream'], 1)} |"
         )

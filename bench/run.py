@@ -1,11 +1,13 @@
 """The benchmark, in one command: direct, nginx and sttgate side by side, under the same standard load.
 
-    .venv/bin/python -m bench.run --full --out bench/results/ --docs docs/benchmarks.md
+    .venv/bin/python -m bench.run --full --profile --out bench/results/ --docs docs/benchmarks.md
 
 Each mode starts its relay, then steps the number of standard streams (20 × 1,600-byte frames/s up, ~4 text
 frames/s down per stream), measuring round trips at the client and the relay's CPU and RSS from /proc; then
-it measures session opening (latency one at a time, then throughput under concurrency). Every figure is also
-written as a ratio to the direct connection (added latency) and to nginx (CPU per frame) where that applies.
+it measures session opening (latency one at a time, then throughput under concurrency). The overload mode measures
+a gateway at its admission limit while as many more sessions are tried; --profile samples the gateway with py-spy.
+Every figure is also written as a ratio to the direct connection (added latency) and to nginx (the targets of
+docs/benchmarks.md) where that applies.
 """
 
 from __future__ import annotations
@@ -517,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="seconds: steps 1 and 20 streams (the smoke test)")
-    size.add_argument("--full", action="store_true", help="about 10 minutes: steps up to 2,000 streams")
+    size.add_argument("--full", action="store_true", help="about 12 minutes: steps up to 2,000 streams")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="directory for results.json etc.")
     parser.add_argument("--modes", help=f"comma-separated subset of {','.join(ALL_MODES)}")
     parser.add_argument("--steps", help="comma-separated stream counts (overrides the plan)")
