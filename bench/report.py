@@ -549,7 +549,7 @@ def profile_markdown(name: str, prof: dict[str, Any]) -> list[str]:
         "",
         f"{prof['samples']} busy samples over {prof['seconds']} s ({prof['tool']}); own time, in per cent of them: "
         + "; ".join(f"{group} {pct:.1f}" for group, pct in prof["groups"].items())
-        + ".",
+        + f". Of all of it, {prof['in_system_calls_and_libc']:.1f} % is in the C library and system calls.",
         "",
         "| function | own time % | group |",
         "|---|---:|---|",

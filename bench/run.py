@@ -386,6 +386,15 @@ def run_overload_mode(target: Target, gens: Generators, upstream: Upstream, plan
         time.sleep(0.5)
         baseline = procstat.sample(target.pids)
         pinned = gens.cpu is not None
+        # The warm-up's sessions may still hold places for a moment after their clients saw the close: open the L
+        # streams first, topping up what was refused meanwhile, so that the limit is exactly full.
+        kwargs = {"url": target.url, "headers": target.headers, "rate": plan.ramp_rate / len(gens.conns)}
+        for _ in range(10):
+            per_worker = [{**kwargs, "n": k} for k in gens.split(limit)]
+            opened = gens.call("target", per_worker, 60 + limit / plan.ramp_rate * 2)
+            if sum(r["open"] for r in opened) >= limit:
+                break
+            time.sleep(0.2)
         before = measure_step(target, gens, upstream, plan, limit, baseline.rss, pinned)
         print(_step_line(f"{target.name} alone", before), flush=True)
         during = measure_step(target, gens, upstream, plan, limit, baseline.rss, pinned, excess=limit)

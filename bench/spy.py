@@ -30,7 +30,7 @@ LIBUV_FILES = ("core.c", "linux.c", "stream.c", "tcp.c", "timer.c", "heap-inl.h"
 GROUPS: list[tuple[str, tuple[str, ...]]] = [
     (
         "database",
-        ("sttgate/store/", "sqlalchemy/", "aiosqlite/", "asyncpg/", "sqlite3/", "_sqlite", "libsqlite", "greenlet"),
+        ("sttgate/store/", "sqlalchemy", "aiosqlite/", "asyncpg", "pgproto", "sqlite3", "_sqlite", "greenlet"),
     ),
     ("frame scanner", ("sttgate/core/frames.py",)),
     ("metering", ("sttgate/core/metering.py", "sttgate/providers/")),
