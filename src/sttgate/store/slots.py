@@ -505,6 +505,7 @@ class Slots:
                 await conn.execute(
                     select(sessions.c.id, sessions.c.account_id, sessions.c.held_nanos)
                     .where(sessions.c.ended_at.is_(None), sessions.c.lease_expires_at <= now)
+                    .order_by(sessions.c.id)  # the outbox's order: rows are locked in one order everywhere
                     .with_for_update()
                 )
             ).all()
