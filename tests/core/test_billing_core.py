@@ -39,7 +39,7 @@ def test_an_unmeterable_frame_is_refused_and_counts_nothing():
 def test_prepaid_charges_first_then_forwards_when_paid():
     b = billing(prepaid=True)
     assert b.opened(b.meter.binary(bytes(3200))) is Action.CHARGE
-    assert b.charging and b.pending == 1 and b.charge_nanos == PRICE and b.cycles == 0
+    assert b.charging and b.pending == 1 and b.charge == LedgerWrite(charged=1, hold=1) and b.cycles == 0
     assert b.settled(True) is Action.FORWARD
     assert (b.cycles, b.cost_nanos, b.charging, b.cut_off) == (1, PRICE, False, False)
 

@@ -46,16 +46,16 @@ def test_a_prepaid_clock_cycle_is_charged_ahead_and_cut_off_when_unpaid() -> Non
     billing, _ = session(prepaid=True)
     assert billing.clock_opened(billing.due_by_clock(0.0)) is Action.CHARGE
     assert billing.due_by_clock(0.0) == 0  # in flight: not asked twice
-    assert billing.clock_settled(paid=True) is Action.FORWARD and billing.cycles == 1
+    assert billing.settled(paid=True) is Action.FORWARD and billing.cycles == 1
     assert billing.clock_opened(billing.due_by_clock(5.2)) is Action.CHARGE
-    assert billing.clock_settled(paid=False) is Action.CUT_OFF
+    assert billing.settled(paid=False) is Action.CUT_OFF
     assert (billing.cycles, billing.cost_nanos, billing.cut_off) == (1, 100, True)
 
 
 def test_a_failing_ledger_books_nothing_and_cuts_off() -> None:
     billing, _ = session(prepaid=True)
     billing.clock_opened(1)
-    billing.clock_charge_failed()
+    billing.charge_failed()
     assert (billing.cycles, billing.pending, billing.cut_off) == (0, 0, True)
 
 

@@ -220,7 +220,8 @@ class Billing:
 
     def settled(self, paid: bool, held: bool = False) -> Action:
         """The ledger answered :attr:`charge`: paid → forward the frame (``held``: its hold was taken too); refused →
-        refund its audio, cut off. The unrecorded cycles it carried are written either way."""
+        refund its audio (a frame's; the clock's cycles have none), cut off. The unrecorded cycles it carried are
+        written either way."""
         charge, self.charge = self.charge or LedgerWrite(charged=self.pending), None
         cycles, self.pending = self.pending, 0
         self.unrecorded -= charge.recorded
@@ -252,21 +253,13 @@ class Billing:
 
     def clock_opened(self, cycles: int) -> Action:
         """The clock opened ``cycles`` (> 0): from a hold (RECORD: write :meth:`next_write`), charged ahead (CHARGE:
-        report with :meth:`clock_settled`) or, postpaid, booked (FORWARD); with the month's budget reached, cut off.
-        The clock awaits its own writes, so none is in flight here."""
+        report with :meth:`settled`; refused, the session is cut off with no frame to refund: a clock cycle is time,
+        and the session stops before it runs unpaid) or, postpaid, booked (FORWARD); with the month's budget
+        reached, cut off. The clock awaits its own writes, so none is in flight here."""
         if self.budget.reached(self.cost_nanos):
             return self._stop_for_budget()
         self._frame = False
         return self._open(cycles)
-
-    def clock_settled(self, paid: bool) -> Action:
-        """The ledger answered a clock charge: paid → booked; refused → the session is cut off (4002). There is no
-        frame to refund: a clock cycle is time, and the session stops before it runs unpaid."""
-        return self.settled(paid)
-
-    def clock_charge_failed(self) -> None:
-        """The ledger failed on a clock charge: nothing booked, the session is cut off (1011)."""
-        self.charge_failed()
 
     def _stop_for_budget(self) -> Action:
         self.cut_off = True
@@ -276,11 +269,6 @@ class Billing:
     def _book(self, cycles: int) -> None:
         self.cycles += cycles
         self.cost_nanos += cycles * self.price_nanos
-
-    @property
-    def charge_nanos(self) -> int:
-        """The amount the charge prepared debits from the balance."""
-        return 0 if self.charge is None else self.charge.charged * self.price_nanos
 
     # -- the ledger flush -----------------------------------------------------------------------------------------
 

@@ -116,10 +116,9 @@ class LiveSession:
         # The price fixed at the handshake (docs/billing.md#the-price-book); the default model's when none was given.
         self.price = price
         self.price_nanos = manager.price_nanos(provider.name) if price is None else price.cycle_price_nanos
-        prepaid = principal.balance_nanos is not None
         self.billing = Billing(
             meter,
-            prepaid=prepaid,
+            prepaid=principal.balance_nanos is not None,
             price_nanos=self.price_nanos,
             session_basis=price is not None and price.basis is Basis.SESSION,
             holds=holds,
