@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sttgate.core.billing import Action, Billing, Totals
+from sttgate.core.billing import Action, Billing, LedgerWrite, Settlement, Totals
 from sttgate.core.metering import UNMETERABLE, AudioFormat, BinaryMeter, ChunkMeter
 
 FMT = AudioFormat(2, 16000)  # 32,000 bytes per second: one cycle is 160,000 bytes
@@ -39,7 +39,7 @@ def test_an_unmeterable_frame_is_refused_and_counts_nothing():
 def test_prepaid_charges_first_then_forwards_when_paid():
     b = billing(prepaid=True)
     assert b.opened(b.meter.binary(bytes(3200))) is Action.CHARGE
-    assert b.charging and b.pending == 1 and b.charge_nanos == PRICE and b.cycles == 0
+    assert b.charging and b.pending == 1 and b.charge == LedgerWrite(charged=1, hold=1) and b.cycles == 0
     assert b.settled(True) is Action.FORWARD
     assert (b.cycles, b.cost_nanos, b.charging, b.cut_off) == (1, PRICE, False, False)
 
@@ -131,3 +131,158 @@ def test_postpaid_cycles_are_ceil_of_the_audio_whatever_the_split(frames):
         if opened:
             assert b.opened(opened) is Action.FORWARD
     assert b.cycles == math.ceil(sum(frames) / CYCLE)
+
+
+# -- holds (docs/billing.md#holds) ------------------------------------------------------------------------------------
+
+
+class Ledger:
+    """A model of one prepaid session's ledger, in cycles: the balance, the row's cycles and hold (Slots.settle_cycles,
+    end_session)."""
+
+    def __init__(self, balance: int) -> None:
+        self.start = balance
+        self.balance = balance - 1  # the handshake's hold
+        self.cycles = 0
+        self.held = 1
+
+    def apply(self, write: LedgerWrite) -> Settlement:
+        paid = self.balance >= write.charged
+        if paid:
+            self.balance -= write.charged
+        moved = write.recorded + (write.covered if paid else 0)
+        self.held -= min(self.held, moved)
+        self.cycles += moved + (write.charged if paid else 0)
+        held = paid and 0 < write.hold <= self.balance
+        if held:
+            self.balance -= write.hold
+            self.held += write.hold
+        return Settlement(paid, held)
+
+    def end(self, cycles: int) -> None:
+        self.balance += self.held - min(self.held, cycles - self.cycles)
+        self.cycles, self.held = max(self.cycles, cycles), 0
+
+
+def held_billing() -> Billing:
+    return Billing(BinaryMeter(FMT), prepaid=True, price_nanos=PRICE, holds=1)
+
+
+def test_a_held_cycle_is_forwarded_and_recorded_in_the_background():
+    b = held_billing()
+    assert b.opened(b.meter.binary(bytes(3200))) is Action.RECORD
+    assert (b.cycles, b.holds, b.unrecorded) == (1, 0, 1)
+    assert b.unflushed() == Totals(0.1, 0, 0)  # the ledger still counts that cycle as held
+    assert b.next_write() == LedgerWrite(recorded=1, hold=1)
+    assert b.next_write() is None  # one at a time
+    b.wrote(Settlement(True, True))
+    assert (b.holds, b.unrecorded, b.next_write()) == (1, 0, None)
+    assert b.unflushed() == Totals(0.1, 1, PRICE)
+
+
+def test_a_cycle_opened_while_the_write_is_in_flight_waits_for_it():
+    b = held_billing()
+    b.opened(b.meter.binary(bytes(CYCLE)))
+    b.next_write()
+    assert b.opened(b.meter.binary(bytes(3200))) is Action.WAIT
+    b.wrote(Settlement(True, True))
+    assert b.resume() is Action.RECORD and b.cycles == 2  # the new hold pays it
+
+
+def test_a_refused_hold_cuts_nothing_off_the_next_cycle_is_charged():
+    b = held_billing()
+    b.opened(b.meter.binary(bytes(CYCLE)))
+    b.next_write()
+    b.wrote(Settlement(True, False))
+    assert not b.cut_off
+    assert b.opened(b.meter.binary(bytes(3200))) is Action.CHARGE
+    assert b.charge == LedgerWrite(charged=1, hold=1)
+
+
+def test_a_failed_write_goes_with_the_next_charge():
+    b = held_billing()
+    b.opened(b.meter.binary(bytes(CYCLE)))
+    b.next_write()
+    b.write_failed()
+    assert b.next_write() is None and b.unrecorded == 1 and not b.cut_off
+    assert b.opened(b.meter.binary(bytes(CYCLE + 3200))) is Action.CHARGE  # a frame opening two cycles
+    assert b.charge == LedgerWrite(recorded=1, charged=2, hold=1)
+    assert b.settled(True, True) is Action.FORWARD
+    assert (b.cycles, b.unrecorded, b.holds) == (3, 0, 1)
+
+
+def test_a_frame_opening_more_cycles_than_held_uses_the_hold_and_charges_the_rest():
+    b = held_billing()
+    assert b.opened(b.meter.binary(bytes(CYCLE + 3200))) is Action.CHARGE
+    assert b.charge == LedgerWrite(covered=1, charged=1, hold=1)
+    assert b.settled(False) is Action.CUT_OFF
+    assert (b.cycles, b.holds, b.meter.audio_seconds) == (0, 1, 0.0)  # not sent: the hold is left, refunded at the end
+
+
+@given(
+    balance=st.integers(1, 8),
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("frame"), st.integers(1, 200_000)),
+            st.tuples(st.sampled_from(["write", "write_fails", "flush"]), st.just(0)),
+        ),
+        max_size=80,
+    ),
+    ledger_fails=st.sets(st.integers(0, 20)),
+)
+def test_holds_never_forward_unpaid_audio_nor_overdraw_nor_bill_twice(balance, steps, ledger_fails):
+    """Random frames, background writes that complete late or fail, flushes: the balance never goes below zero, every
+    opened cycle is paid (recorded or held), the ledger never counts a cycle twice, and after the end the customer has
+    paid exactly the cycles opened."""
+    b = Billing(BinaryMeter(FMT), prepaid=True, price_nanos=PRICE, holds=1)
+    ledger = Ledger(balance)
+    forwarded = 0
+    writes = 0
+
+    def fails() -> bool:
+        nonlocal writes
+        writes += 1
+        return writes - 1 in ledger_fails
+
+    def finish_write(fail: bool) -> None:
+        if b.write is None:
+            return
+        if fail:
+            b.write_failed()
+        else:
+            b.wrote(ledger.apply(b.write))
+        b.next_write()
+
+    for kind, size in steps:
+        if kind == "frame":
+            opened = b.meter.binary(bytes(size))
+            action = b.opened(opened) if opened else Action.FORWARD
+            if action is Action.WAIT:
+                finish_write(fails())
+                action = b.resume()
+            if action is Action.CHARGE:
+                assert b.charge is not None
+                if fails():
+                    b.charge_failed()
+                    break
+                action = b.settled(*ledger.apply(b.charge))
+            if action is Action.RECORD:
+                b.next_write()
+            elif action is Action.CUT_OFF:
+                break
+            forwarded += size
+        elif kind == "flush":
+            totals = b.unflushed()
+            if totals is not None:
+                assert totals.cycles <= ledger.cycles  # a flush never writes a cycle the ledger holds
+                b.written(totals)
+        else:
+            finish_write(kind == "write_fails")
+        assert ledger.balance >= 0
+        assert ledger.start - ledger.balance == ledger.cycles + ledger.held  # every debit is a cycle or a hold
+        assert ledger.cycles <= b.cycles <= ledger.cycles + ledger.held  # never twice; every opened cycle paid
+    finish_write(False)  # the end waits for the write in flight
+    assert b.meter.audio_seconds == forwarded / FMT.bytes_per_second
+    assert b.cycles == math.ceil(forwarded / CYCLE)
+    ledger.end(b.cycles)
+    assert ledger.cycles == b.cycles and ledger.start - ledger.balance == b.cycles

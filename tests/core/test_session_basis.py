@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sttgate.core.billing import Action, Billing
+from sttgate.core.billing import Action, Billing, LedgerWrite, Settlement
 from sttgate.core.metering import AudioFormat, BinaryMeter
 
 SECOND = bytes(32000)  # 1 s of 16 kHz s16le
@@ -46,14 +46,25 @@ def test_a_prepaid_clock_cycle_is_charged_ahead_and_cut_off_when_unpaid() -> Non
     billing, _ = session(prepaid=True)
     assert billing.clock_opened(billing.due_by_clock(0.0)) is Action.CHARGE
     assert billing.due_by_clock(0.0) == 0  # in flight: not asked twice
-    assert billing.clock_settled(paid=True) is Action.FORWARD and billing.cycles == 1
+    assert billing.settled(paid=True) is Action.FORWARD and billing.cycles == 1
     assert billing.clock_opened(billing.due_by_clock(5.2)) is Action.CHARGE
-    assert billing.clock_settled(paid=False) is Action.CUT_OFF
+    assert billing.settled(paid=False) is Action.CUT_OFF
     assert (billing.cycles, billing.cost_nanos, billing.cut_off) == (1, 100, True)
 
 
 def test_a_failing_ledger_books_nothing_and_cuts_off() -> None:
     billing, _ = session(prepaid=True)
     billing.clock_opened(1)
-    billing.clock_charge_failed()
+    billing.charge_failed()
     assert (billing.cycles, billing.pending, billing.cut_off) == (0, 0, True)
+
+
+def test_the_handshake_hold_pays_cycle_1_and_the_clock_takes_no_more() -> None:
+    """docs/billing.md#holds: the clock is not the frame path, so it charges ahead as before and holds nothing."""
+    meter = BinaryMeter(AudioFormat(2, 16000))
+    billing = Billing(meter, prepaid=True, price_nanos=100, session_basis=True, holds=1)
+    assert billing.clock_opened(billing.due_by_clock(0.0)) is Action.RECORD
+    assert billing.next_write() == LedgerWrite(recorded=1)
+    billing.wrote(Settlement(True))
+    assert billing.clock_opened(billing.due_by_clock(5.2)) is Action.CHARGE
+    assert billing.charge == LedgerWrite(charged=1)

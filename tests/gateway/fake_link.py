@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sttgate.config import Settings
+from sttgate.core.billing import LedgerWrite, Settlement
 from sttgate.gateway.live import LiveSession
 from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
@@ -83,23 +84,30 @@ class FakeStore:
 
     balance: int | None = None
     fail: bool = False
-    gate: asyncio.Event | None = None  # when set, a charge waits for it (a charge in flight)
-    charges: list[int] = field(default_factory=list)
+    gate: asyncio.Event | None = None  # when set, a ledger write waits for it (a write in flight)
+    charges: list[int] = field(default_factory=list)  # the cycles each synchronous charge asked for
+    writes: list[LedgerWrite] = field(default_factory=list)  # every write asked for, in flight or done
     flushed: list[SessionProgress] = field(default_factory=list)
     ended: dict[str, dict[str, Any]] = field(default_factory=dict)
     figures: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
-    async def charge_cycles(self, session_id: str, account_id: str, cycles: int, price_nanos: int) -> bool:
+    async def settle_cycles(self, session_id: str, account_id: str, price_nanos: int, write: LedgerWrite) -> Settlement:
+        """``Slots.settle_cycles`` in cycles: the charge all or nothing, then the hold if the balance has it."""
+        self.writes.append(write)
         if self.gate is not None:
             await self.gate.wait()
         if self.fail:
             raise OSError("database unavailable")
         assert self.balance is not None, "a postpaid session is never charged"
-        self.charges.append(cycles)
-        if self.balance < cycles:
-            return False
-        self.balance -= cycles
-        return True
+        if write.charged:
+            self.charges.append(write.charged)
+            if self.balance < write.charged:
+                return Settlement(False)
+            self.balance -= write.charged
+        held = 0 < write.hold <= self.balance
+        if held:
+            self.balance -= write.hold
+        return Settlement(True, held)
 
     async def flush_progress(self, updates: list[SessionProgress]) -> None:
         self.flushed.extend(updates)
@@ -118,8 +126,10 @@ def make_session(
     provider: str = "assemblyai",
     forwarded: str = "sample_rate=16000",
     token_cap: int | None = None,
+    holds: int = 0,
     **settings: Any,
 ) -> tuple[LiveSession, FakeLink, SessionManager]:
+    """A session on a fake link and store; ``holds``: the cycles its slot held ahead (docs/billing.md#holds)."""
     values: dict[str, Any] = {"database_url": "sqlite:///unused.db", "finish_timeout_seconds": 0.5, **settings}
     manager = SessionManager(Settings.model_validate(values), store, GatewayMetrics(), "test")  # type: ignore[arg-type]
     link = FakeLink()
@@ -133,6 +143,7 @@ def make_session(
         kind="websocket",
         forwarded=forwarded,
         upstream=link,
+        holds=holds,
     )
     manager.register(live)
     return live, link, manager

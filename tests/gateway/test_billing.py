@@ -226,6 +226,9 @@ async def test_withdrawn_streaming_permission_closes_live_sessions_1008(gateway,
 
 
 async def test_a_failing_charge_relays_no_unpaid_audio(gateway, account, store, monkeypatch):
+    """The database fails: the first cycle, paid by the handshake's hold (docs/billing.md#holds), is relayed (its
+    write fails in the background, losing nothing); the second, which nothing paid, is not, and the client gets 1011.
+    The end bills the first cycle from the hold."""
     gw = await gateway()
     acct = await account(balance_usd="1")
     recorder = gw.emulator.recorder
@@ -234,18 +237,20 @@ async def test_a_failing_charge_relays_no_unpaid_audio(gateway, account, store, 
     async def database_down(*args, **kwargs):
         raise ConnectionError("database unavailable")
 
-    monkeypatch.setattr(store, "charge_cycles", database_down)
-    async with gw.connect("assemblyai", acct.key, "sample_rate=16000") as ws:
-        await ws.send_bytes(tone(3200))  # opens the first cycle
+    monkeypatch.setattr(store, "settle_cycles", database_down)
+    async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_rate_check=off") as ws:
+        for _ in range(51):  # 5 s (cycle 1, held), then the frame that opens cycle 2
+            await ws.send_bytes(tone(3200))
         while (msg := await ws.receive(timeout=10)).type is WSMsgType.TEXT:
             pass
         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1011, "billing unavailable")
     rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
     await rec.wait_ended()
-    assert rec.audio_bytes == 0 and rec.binary_frames_in == 0
+    assert rec.audio_bytes == 50 * 3200 and rec.binary_frames_in == 50
     usage = await ended_session(gw, acct.id)
-    assert usage["balance_usd"] == "1.000000000"
-    assert (usage["sessions"][0]["close_code"], usage["sessions"][0]["closed_by"]) == (1011, "gateway")
+    assert usage["balance_usd"] == "0.999791667"  # one cycle (0.000208333), the hold's
+    session = usage["sessions"][0]
+    assert (session["close_code"], session["closed_by"], session["cost_usd"]) == (1011, "gateway", "0.000208333")
 
 
 @pytest.mark.parametrize("prepaid", [False, True])

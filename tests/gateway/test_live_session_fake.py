@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from sttgate.core.billing import LedgerWrite
 from sttgate.core.outcomes import ClosedBy
 from sttgate.gateway.live import ChargeFailed
 from sttgate.gateway.relay import relay
@@ -33,7 +34,8 @@ async def test_prepaid_charges_each_cycle_before_forwarding_and_cuts_off_unpaid_
     while await live.send_audio(PCM):
         sent += 1
     assert sent == 100 and live.cut_off
-    assert store.charges == [1, 1, 1] and store.balance == 0  # the third was refused
+    # Cycle 1 charged with the next hold, cycle 2 paid by that hold (docs/billing.md#holds), cycle 3 refused.
+    assert store.charges == [1, 1] and store.balance == 0
     assert len(link.audio) == 100  # the refused frame was not sent
     assert (live.cycles, live.audio_seconds) == (2, 10.0)
     await live.end()
@@ -57,11 +59,13 @@ async def test_postpaid_counts_cycles_without_the_ledger():
 
 
 async def test_a_flush_during_a_charge_leaves_that_frame_out():
-    store = FakeStore(balance=5, gate=asyncio.Event())
+    store = FakeStore(balance=1, gate=asyncio.Event())
     store.gate.set()
     live, _, manager = make_session(store)
     for _ in range(50):
         await live.send_audio(PCM)
+    assert store.balance == 0  # cycle 1 paid; no hold (the balance refused it)
+    store.balance = 5
     store.gate.clear()
     sending = asyncio.create_task(live.send_audio(PCM))  # opens cycle 2: its charge waits
     await asyncio.sleep(0)
@@ -71,6 +75,47 @@ async def test_a_flush_during_a_charge_leaves_that_frame_out():
     assert await sending
     await manager.flush()
     assert (store.flushed[-1].audio_seconds, store.flushed[-1].cycles) == (5.1, 2)
+
+
+async def test_a_held_cycle_is_forwarded_while_its_ledger_write_waits():
+    """docs/billing.md#holds: the frame that opens a cycle a hold paid goes at once; the write (the cycle recorded,
+    the next hold) runs in the background, and a flush meanwhile never writes that cycle (the ledger holds it)."""
+    store = FakeStore(balance=5, gate=asyncio.Event())
+    live, link, manager = make_session(store, holds=1)
+    for _ in range(50):  # cycle 1 opens at the first frame
+        assert live.admit(PCM, FrameKind.BINARY)  # the frame path: nothing to await, the frame may go
+        await live.upstream.send(PCM, FrameKind.BINARY)
+    assert len(link.audio) == 50 and live.cycles == 1
+    await asyncio.sleep(0)  # the background write starts, and waits for the database
+    assert store.writes == [LedgerWrite(recorded=1, hold=1)]
+    await manager.flush()
+    assert store.flushed[-1].cycles == 0 and store.flushed[-1].audio_seconds == 5.0
+    assert not live.admit(PCM, FrameKind.BINARY)  # cycle 2: no hold until the write in flight returns
+    paying = asyncio.create_task(live.pay())  # cycle 2: no hold yet, its frame waits for the write in flight
+    await asyncio.sleep(0)
+    assert not paying.done()
+    store.gate.set()
+    assert await paying  # the write's new hold paid cycle 2: forwarded, recorded in the background again
+    assert store.charges == [] and live.cycles == 2
+    await live.end()
+    assert store.writes == [LedgerWrite(recorded=1, hold=1), LedgerWrite(recorded=1, hold=1)]
+    assert store.ended["s1"]["cycles"] == 2 and store.balance == 3  # two holds taken; the end refunds one (store)
+
+
+async def test_a_failed_background_write_loses_nothing():
+    store = FakeStore(balance=5, fail=True)
+    live, link, manager = make_session(store, holds=1)
+    for _ in range(50):
+        assert await live.send_audio(PCM)  # cycle 1, paid by the hold: its write fails in the background
+    await asyncio.sleep(0)
+    assert live.billing.unrecorded == 1 and live.billing.holds == 0 and not live.cut_off
+    store.fail = False
+    assert await live.send_audio(PCM)  # cycle 2: charged at once, with cycle 1 recorded and the next hold
+    assert store.writes[-1] == LedgerWrite(recorded=1, charged=1, hold=1)
+    await manager.flush()
+    assert store.flushed[-1].cycles == 2
+    await live.end()
+    assert store.ended["s1"]["cycles"] == 2 and len(link.audio) == 51
 
 
 async def test_the_idle_sweep_asks_to_close_with_1008():

@@ -27,9 +27,9 @@ async def _open(store: Store, account_id: str, session_id: str) -> None:
 
 
 async def test_a_crossing_records_balance_low_once(store: Store) -> None:
-    acct = await store.create_account(name="a", balance_nanos=4 * PRICE)
+    acct = await store.create_account(name="a", balance_nanos=5 * PRICE)
     await store.update_account(acct.id, webhook_url=HOOK, low_balance_nanos=2 * PRICE)
-    await _open(store, acct.id, "s1")
+    await _open(store, acct.id, "s1")  # holds one cycle (docs/billing.md#holds): 4 left
     for _ in range(4):
         assert await store.charge_cycles("s1", acct.id, 1, PRICE)
     assert not await store.charge_cycles("s1", acct.id, 1, PRICE)
@@ -40,9 +40,9 @@ async def test_a_crossing_records_balance_low_once(store: Store) -> None:
 
 
 async def test_claim_deliver_and_retry(store: Store) -> None:
-    acct = await store.create_account(name="a", balance_nanos=PRICE)
+    acct = await store.create_account(name="a", balance_nanos=2 * PRICE)
     await store.update_account(acct.id, webhook_url=HOOK, low_balance_nanos=PRICE)
-    await _open(store, acct.id, "s1")
+    await _open(store, acct.id, "s1")  # holds one cycle: PRICE left
     assert await store.charge_cycles("s1", acct.id, 1, PRICE)  # balance.low
     claimed = await store.events.claim(10, 30)
     assert [(e.id, e.url, e.attempts) for e in claimed] == [(f"balance.low:{acct.id}:1", HOOK, 0)]

@@ -46,7 +46,7 @@ async def _end(store: Store, session_id: str, cycles: int) -> None:
 
 async def test_each_charged_cycle_is_one_event_and_a_refused_charge_none(store: Store) -> None:
     await store.outbox.register_sinks(["ce"])
-    prepaid = await store.create_account(name="prepaid", balance_nanos=3 * PRICE)
+    prepaid = await store.create_account(name="prepaid", balance_nanos=4 * PRICE)  # one is held while "pre" is open
     postpaid = await store.create_account(name="postpaid")
     await _open(store, prepaid.id, "pre")
     await _open(store, postpaid.id, "post")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from sttgate.core.billing import LedgerWrite
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.store import NotFoundError, SessionProgress, Store
 from sttgate.store.database import hash_secret
@@ -61,7 +62,7 @@ def _rows(store: Store, accounts: dict[str, str]) -> dict[str, list[tuple[Any, .
         session_rows = conn.execute(
             "SELECT id, account_id, kind, provider, gateway_id, audio_seconds, cycles, cost_nanos, close_code,"
             " close_reason, closed_by, started_at, lease_expires_at, ended_at, model, rate_usd_per_hour, basis,"
-            " api_key_id FROM sessions ORDER BY id"
+            " api_key_id, held_cycles, held_nanos FROM sessions ORDER BY id"
         ).fetchall()
         outbox_rows = conn.execute(
             "SELECT seq, id, session_id, cycle, account_id, api_key_id, provider, model, basis, seconds, price_nanos,"
@@ -99,7 +100,8 @@ async def _both(pair: tuple[Store, Store], scenario: Scenario) -> None:
     results = []
     for store in pair:
         accounts = {
-            "prepaid": (await store.create_account(name="prepaid", max_streams=2, balance_nanos=3 * PRICE)).id,
+            # Five cycles: each open session holds one of them (docs/billing.md#holds).
+            "prepaid": (await store.create_account(name="prepaid", max_streams=2, balance_nanos=5 * PRICE)).id,
             "postpaid": (await store.create_account(name="postpaid", max_streams=1)).id,
             "poor": (await store.create_account(name="poor", balance_nanos=PRICE - 1)).id,
         }
@@ -213,6 +215,7 @@ async def test_charge_cycles(pair: tuple[Store, Store]) -> None:
     async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
         await _open(store, a["prepaid"], "s1")
         await _open(store, a["postpaid"], "s2")
+        await store.update_account(a["prepaid"], set_balance_nanos=3 * PRICE)  # three cycles besides the hold
         return [
             await _outcome(store.charge_cycles("s1", a["prepaid"], 2, PRICE)),
             await _outcome(store.charge_cycles("s1", a["prepaid"], 2, PRICE)),  # cannot pay: nothing moves
@@ -224,6 +227,57 @@ async def test_charge_cycles(pair: tuple[Store, Store]) -> None:
         ]
 
     await _both(pair, scenario)
+
+
+async def test_holds(pair: tuple[Store, Store]) -> None:
+    """Holds (docs/billing.md#holds): taken at the open, recorded as cycles, taken again, refused, refunded at the end
+    and by the reaper, with the balance events they observe."""
+
+    async def settle(store: Store, session_id: str, account_id: str, *write: int) -> Any:
+        return await _outcome(store.settle_cycles(session_id, account_id, PRICE, LedgerWrite(*write)))
+
+    async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
+        await store.update_account(a["prepaid"], webhook_url="http://127.0.0.1:9/events", low_balance_nanos=2 * PRICE)
+        out = [
+            await _open(store, a["prepaid"], "s1"),  # 5 → 4, s1 holds 1
+            await _open(store, a["prepaid"], "s2", lease_ttl=-1.0),  # 4 → 3, s2 holds 1 (its gateway dies)
+            await _open(store, a["postpaid"], "s3"),  # postpaid: nothing held
+            await settle(store, "s1", a["prepaid"], 1, 0, 0, 1),  # cycle 1 from the hold, hold again: 3 → 2
+            await settle(store, "s1", a["prepaid"], 1, 0, 2, 1),  # burst: cycle 2 recorded, 2 more charged (2 → 0)
+            await settle(store, "s1", a["prepaid"], 0, 0, 1, 1),  # refused: balance.exhausted, no hold
+            await settle(store, "s3", a["postpaid"], 0, 0, 1, 1),  # postpaid: paid; nothing held, moved or debited
+            await settle(store, "nobody", a["prepaid"], 1, 0, 0, 0),
+            await settle(store, "s1", "no-such-account", 0, 0, 1, 0),
+            await settle(store, "s1", a["prepaid"], -1, 0, 0, 0),
+        ]
+        out.append(await store.reap_dead_sessions())  # s2: its hold goes back (0 → 1)
+        out.append(await settle(store, "s2", a["prepaid"], 1, 0, 0, 1))  # after the reaper: nothing moves
+        await store.update_account(a["prepaid"], top_up_nanos=3 * PRICE)
+        out.append(await settle(store, "s1", a["prepaid"], 0, 0, 1, 1))  # paid and held: 4 → 2
+        out.append(await settle(store, "s1", a["prepaid"], 0, 1, 1, 1))  # one from the hold, one paid, held: 2 → 0
+        for sid, cycles in (("s1", 7), ("s2", 0), ("s1", 7)):  # s1: its hold unused, refunded (0 → 1); once
+            out.append(
+                await _outcome(
+                    store.end_session(
+                        sid,
+                        audio_seconds=cycles * 5.0,
+                        cycles=cycles,
+                        cost_nanos=cycles * PRICE,
+                        close_code=1000,
+                        close_reason="",
+                        closed_by=ClosedBy.CLIENT,
+                    )
+                )
+            )
+        return out
+
+    await _both(pair, scenario)
+    fast, _ = pair
+    by_name = {a.name: a.id for a in await fast.list_accounts()}
+    account = await fast.get_account(by_name["prepaid"])
+    assert account is not None and account.balance_nanos == PRICE
+    listed = await fast.events.list_events(by_name["prepaid"])
+    assert [e["type"] for e in listed] == ["balance.low", "balance.exhausted", "balance.low"]
 
 
 async def test_flush_progress(pair: tuple[Store, Store]) -> None:

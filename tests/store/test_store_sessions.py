@@ -15,7 +15,8 @@ from sqlalchemy import insert, select, update
 
 from sttgate.admin import account_view, usage_document
 from sttgate.core import refusals
-from sttgate.core.money import cycle_price_nanos
+from sttgate.core.billing import LedgerWrite
+from sttgate.core.money import cycle_price_nanos, usd_to_nanos
 from sttgate.providers import names
 from sttgate.store import NotFoundError, SessionProgress, SlotOutcome, Store
 from sttgate.store.tables import sessions, tasks
@@ -310,6 +311,54 @@ async def test_concurrent_reapers_close_each_session_once(gateways: list[Store])
     results = await asyncio.gather(*(g.reap_dead_sessions() for g in gateways))
     flat = [sid for r in results for sid in r]
     assert sorted(flat) == sorted(dead)
+
+
+async def test_holds_race_never_below_zero_and_every_nano_is_a_cycle_a_hold_or_the_balance(
+    gateways: list[Store],
+) -> None:
+    """docs/billing.md#holds on four gateways at once: each session's writes record its held cycle and take the next
+    hold, charge when it has none; the balance never goes below zero, and start = balance + cost + held throughout;
+    the ends refund what is held."""
+    price = ASSEMBLYAI_CYCLE
+    start = 30 * price + 7
+    acct = await gateways[0].create_account(name="Holds", max_streams=10, balance_nanos=start)
+    sids = [await _open(gateways[i % 4], acct.id, min_balance_nanos=price) for i in range(6)]
+    assert usd_to_nanos(await _balance(gateways[0], acct.id)) == start - 6 * price  # one cycle held each
+
+    async def session(i: int) -> int:
+        held, opened = 1, 0
+        for _ in range(8):  # eight cycles wanted each: 48 in all, 30 affordable
+            write = LedgerWrite(recorded=1, hold=1) if held else LedgerWrite(charged=1, hold=1)
+            result = await gateways[i % 4].settle_cycles(sids[i], acct.id, price, write)
+            if not result.paid:
+                break
+            opened += 1
+            held = int(result.held)
+        return opened
+
+    opened = await asyncio.gather(*(session(i) for i in range(6)))
+    async with gateways[0].engine.connect() as conn:
+        rows = (await conn.execute(select(sessions).where(sessions.c.account_id == acct.id))).all()
+    balance = usd_to_nanos(await _balance(gateways[1], acct.id))
+    assert balance >= 0 and balance + sum(r.cost_nanos + r.held_nanos for r in rows) == start
+    assert sum(r.cycles for r in rows) == sum(opened) and all(r.held_nanos == r.held_cycles * price for r in rows)
+    for sid, n in zip(sids, opened, strict=True):
+        await _end(gateways[2], sid, cycles=n, cost_nanos=n * price)
+    assert usd_to_nanos(await _balance(gateways[3], acct.id)) == start - sum(opened) * price
+
+
+async def test_the_reaper_refunds_the_holds_it_finds_once_on_every_gateway(gateways: list[Store]) -> None:
+    """A crashed gateway's sessions keep the cycles written; their holds go back, once, however many reapers run."""
+    price = ASSEMBLYAI_CYCLE
+    acct = await gateways[0].create_account(name="Crash", max_streams=50, balance_nanos=100 * price)
+    dead = [await _open(gateways[0], acct.id, min_balance_nanos=price, lease_ttl=-1.0) for _ in range(10)]
+    assert await gateways[0].settle_cycles(dead[0], acct.id, price, LedgerWrite(recorded=1, hold=1)) == (True, True)
+    assert usd_to_nanos(await _balance(gateways[0], acct.id)) == 89 * price
+    results = await asyncio.gather(*(g.reap_dead_sessions() for g in gateways))
+    assert sorted(sid for r in results for sid in r) == sorted(dead)
+    assert usd_to_nanos(await _balance(gateways[0], acct.id)) == 99 * price  # the one cycle written stays paid
+    row = await _row(gateways[0], dead[0])
+    assert (row.cycles, row.held_cycles, row.held_nanos, row.closed_by) == (1, 0, 0, "gateway_crash")
 
 
 async def test_usage_document(store: Store) -> None:

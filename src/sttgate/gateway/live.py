@@ -90,7 +90,10 @@ class LiveSession:
         forwarded: str,
         upstream: UpstreamLink,
         price: Priced | None = None,
+        holds: int = 0,
     ) -> None:
+        """``holds``: the cycles the slot's transaction held ahead (docs/billing.md#holds: one for a prepaid
+        account)."""
         self.manager = manager
         self.id = session_id
         self.account_id = principal.account_id
@@ -118,7 +121,10 @@ class LiveSession:
             prepaid=principal.balance_nanos is not None,
             price_nanos=self.price_nanos,
             session_basis=price is not None and price.basis is Basis.SESSION,
+            holds=holds,
         )
+        # The background ledger write (cycles opened from holds, the next hold), at most one at a time.
+        self._ledger: asyncio.Task[None] | None = None
         # The session basis's clock (docs/billing.md#session-basis), started once the session is accepted.
         self._clock: asyncio.Task[None] | None = None
         self.session = Session()
@@ -162,8 +168,9 @@ class LiveSession:
             self._clock = asyncio.create_task(self._run_clock())
 
     async def _run_clock(self) -> None:
-        """Session basis: charge each cycle ahead, when the time since the provider's 101 first enters it; a cycle
-        the balance cannot pay closes the session (4002), a failing ledger too (1011). Audio opens no cycles."""
+        """Session basis: charge each cycle ahead, when the time since the provider's 101 first enters it (cycle 1
+        from the handshake's hold); a cycle the balance cannot pay closes the session (4002), a failing ledger too
+        (1011). Audio opens no cycles. The clock is not the frame path: it awaits its own ledger writes."""
         billing = self.billing
         loop = asyncio.get_running_loop()
         while not billing.cut_off:
@@ -172,17 +179,15 @@ class LiveSession:
             if action is Action.CUT_OFF:
                 self.request_close(*closecodes.BUDGET_EXCEEDED)
                 return
-            if action is Action.CHARGE:
+            if action is Action.RECORD:
+                await self._write_ahead()
+            elif action is Action.CHARGE:
                 try:
-                    paid = await self.manager.store.charge_cycles(self.id, self.account_id, opened, billing.price_nanos)
-                except Exception as exc:
-                    billing.clock_charge_failed()
-                    if unavailable(exc):
-                        self.manager.database_failed()
-                    log.exception("event=charge_failed session=%s account=%s", self.id, self.account_id)
+                    paid = await self._settle()
+                except ChargeFailed:
                     self.request_close(*closecodes.BILLING_UNAVAILABLE)
                     return
-                if billing.clock_settled(paid) is Action.CUT_OFF:
+                if not paid:
                     self.request_close(*closecodes.INSUFFICIENT_BALANCE)
                     return
             if opened:
@@ -281,9 +286,14 @@ class LiveSession:
         if action is Action.FORWARD:
             self._billed(opened, opened * billing.price_nanos)
             return True
+        if action is Action.RECORD:  # a hold paid it: sent now, written in the background
+            self._billed(opened, opened * billing.price_nanos)
+            if self._ledger is None:
+                self._ledger = asyncio.create_task(self._write_ahead())
+            return True
         if action is Action.REFUSE:
             raise UnmeterableFrame
-        return False  # CHARGE: pay() debits it; CUT_OFF (the budget): pay() says no
+        return False  # CHARGE/WAIT: pay() settles it; CUT_OFF (the budget): pay() says no
 
     def _billed(self, cycles: int, cost_nanos: int) -> None:
         """Cycles charged (or, postpaid, counted): metrics, and the trace's cycle event. Once per 5 s of audio."""
@@ -291,25 +301,63 @@ class LiveSession:
         if self.trace is not None:
             self.trace.event("cycle", opened=cycles, cycles=self.cycles, cost_usd=format_usd(cost_nanos))
 
-    async def pay(self) -> bool:
-        """Debit the cycles the admitted frame opened; False (cut off, the frame must not be sent) if the balance
-        cannot pay or the month's budget is reached (:attr:`cut_off_close` says which). Raises :class:`ChargeFailed`
-        when the ledger fails."""
+    async def _write_ahead(self) -> None:
+        """The background ledger writes (docs/billing.md#holds): the cycles opened from holds, and the next hold,
+        until none is due. A failing write loses nothing: its cycles stay unrecorded for the next write (the next
+        cycle's, then charged synchronously: no hold was taken) or the session's end."""
         billing = self.billing
-        if billing.cut_off:
-            return False
-        cycles, amount = billing.pending, billing.charge_nanos
         try:
-            paid = await self.manager.store.charge_cycles(self.id, self.account_id, cycles, billing.price_nanos)
+            while (write := billing.next_write()) is not None:
+                try:
+                    result = await self.manager.store.settle_cycles(
+                        self.id, self.account_id, billing.price_nanos, write
+                    )
+                except Exception as exc:
+                    billing.write_failed()
+                    if unavailable(exc):
+                        self.manager.database_failed()
+                    log.warning("event=hold_write_failed session=%s account=%s error=%s", self.id, self.account_id, exc)
+                    return
+                billing.wrote(result)
+        finally:
+            if self._ledger is asyncio.current_task():
+                self._ledger = None
+
+    async def _settle(self) -> bool:
+        """Perform the charge the core prepared (:attr:`Billing.charge`) and report it; False when refused. Raises
+        :class:`ChargeFailed` when the ledger fails."""
+        billing = self.billing
+        charge = billing.charge
+        assert charge is not None
+        try:
+            result = await self.manager.store.settle_cycles(self.id, self.account_id, billing.price_nanos, charge)
         except Exception as exc:
             billing.charge_failed()
             if unavailable(exc):
                 self.manager.database_failed()
             log.exception("event=charge_failed session=%s account=%s", self.id, self.account_id)
             raise ChargeFailed(str(exc)) from exc
-        if billing.settled(paid) is Action.CUT_OFF:
+        return billing.settled(result.paid, result.held) is not Action.CUT_OFF
+
+    async def pay(self) -> bool:
+        """Settle the cycles the admitted frame opened: False (cut off, the frame must not be sent) if the balance
+        cannot pay or the month's budget is reached (:attr:`cut_off_close` says which). Raises :class:`ChargeFailed`
+        when the ledger fails.
+
+        A background write in flight is waited for first (its hold may pay the frame); otherwise the frame's cycles
+        are charged in one transaction with the unrecorded cycles and the next hold."""
+        billing = self.billing
+        if billing.cut_off:
             return False
-        self._billed(cycles, amount)
+        if self._ledger is not None:
+            await asyncio.shield(self._ledger)
+        cycles = billing.pending
+        action = billing.resume()
+        if action is Action.RECORD:
+            self._ledger = asyncio.create_task(self._write_ahead())
+        elif action is Action.CHARGE and not await self._settle():
+            return False
+        self._billed(cycles, cycles * billing.price_nanos)
         return True
 
     async def forward(self, data: bytes, kind: int) -> bool:
@@ -486,6 +534,12 @@ class LiveSession:
             self._time_limit.cancel()
         if self._clock is not None:
             self._clock.cancel()
+        if self._ledger is not None:
+            # The end's totals include what the write records; the store keeps them right either way (a write that
+            # commits after the end records nothing on an ended row), so the wait is bounded.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.manager.settings.database_timeout_seconds):
+                    await asyncio.shield(self._ledger)
         if not self.upstream.closed:
             assert ABANDONED.to_upstream is not None and ABANDONED.graceful
             await self._end_provider(ABANDONED.to_upstream)

@@ -9,8 +9,8 @@ Every ``account_refresh_seconds`` it reads its sessions' accounts, their monthly
 (one read each), so that each session's :class:`~sttgate.core.budget.BudgetWatch` stays current without a database
 call on the frame path, and records the ``budget.threshold`` events that spending has reached.
 Every close it asks for ends the provider session gracefully (:mod:`sttgate.core.closing`). Prepaid cycles are
-debited by the session itself, one ``charge_cycles`` call per new 5-second cycle, before the audio that opens it is
-forwarded.
+paid by the session itself, one ``settle_cycles`` call per new 5-second cycle (in the background when the session's
+hold paid the cycle, docs/billing.md#holds); the flush never writes a cycle the ledger still counts as held.
 """
 
 from __future__ import annotations

@@ -172,6 +172,8 @@ async def open_stream(
         forwarded=forwarded,
         upstream=upstream,
         price=price,
+        # The slot's transaction held one cycle of a prepaid balance (Slots.open_session; docs/billing.md#holds).
+        holds=int(principal.balance_nanos is not None and price.cycle_price_nanos > 0),
     )
     manager.register(live)
     if live.trace is not None:

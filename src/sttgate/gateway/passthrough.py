@@ -5,8 +5,9 @@ server frames. So nothing is re-framed: each hop is a :class:`~sttgate.gateway.f
 validates every header before any byte of its frame moves, and the bytes go into the other hop's transport as they
 came. What the relay reads:
 
-- client binary frames: their length, from the header (the meter; a frame that opens a prepaid cycle waits, with the
-  client's reading paused, until :meth:`LiveSession.pay` debited it, and is not forwarded if it cannot be paid);
+- client binary frames: their length, from the header (the meter; a frame that opens a prepaid cycle no hold covers,
+  docs/billing.md#holds, waits with the client's reading paused until :meth:`LiveSession.pay` paid it, and is not
+  forwarded if it cannot be paid);
 - client text frames: whole and unmasked (a meter that reads text, e.g. ElevenLabs ``input_audio_chunk``, and whether
   the client's last message was the provider's end message), then forwarded as they came;
 - provider frames: binary by length, text whole (the first message's in-band auth error, the graceful end's

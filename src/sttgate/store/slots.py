@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Float, Integer, bindparam, case, func, insert, literal, or_, select, update
 
 from sttgate.core.account_events import EventType, crossed_low
+from sttgate.core.billing import LedgerWrite, Settlement
 from sttgate.core.budget import month_start
 from sttgate.core.budget import reached as budget_reached
 from sttgate.core.keys import within_key_limit
@@ -63,6 +64,54 @@ class SessionProgress:
     audio_seconds: float
     cycles: int
     cost_nanos: int
+
+
+@dataclass(frozen=True)
+class LedgerChange:
+    """What :meth:`Slots.settle_cycles` does to the session's row once the charge is decided (both implementations):
+    cycles and cost added, taken from the hold, and the hold to debit ahead."""
+
+    added: int
+    added_nanos: int
+    taken: int
+    taken_nanos: int
+    hold: int
+    hold_nanos: int
+
+    def increments(self, held: bool) -> dict[str, int]:
+        """The row's columns and what to add to each (only those that move); ``held``: the hold was debited."""
+        moves = {
+            "cycles": self.added,
+            "cost_nanos": self.added_nanos,
+            "held_cycles": (self.hold if held else 0) - self.taken,
+            "held_nanos": (self.hold_nanos if held else 0) - self.taken_nanos,
+        }
+        return {k: v for k, v in moves.items() if v}
+
+
+def ledger_change(
+    write: LedgerWrite, price_nanos: int, paid: bool, debited: bool, live: bool, held_cycles: int, held_nanos: int
+) -> LedgerChange:
+    """The row's change for ``write`` (see :meth:`Slots.settle_cycles`): ``paid`` the frame's cycles are paid,
+    ``debited`` the balance was (False for a postpaid account: its charged cycles are the flush's), ``live`` the
+    session has not ended, ``held_*`` what the row holds."""
+    moved = write.recorded + (write.covered if paid else 0) if live else 0
+    added = moved + (write.charged if paid and debited and write.charged else 0)
+    hold = write.hold if paid and live else 0
+    return LedgerChange(
+        added,
+        added * price_nanos,
+        min(held_cycles, moved),
+        min(held_nanos, moved * price_nanos),
+        hold,
+        hold * price_nanos,
+    )
+
+
+def hold_refund(cost_nanos: int, final_cost_nanos: int, held_nanos: int) -> int:
+    """At a session's end: the part of its hold not used. The cost the gateway reports beyond the row's was paid from
+    the hold (never more than held: beyond it, cycles a postpaid account accrued); the rest goes back."""
+    return held_nanos - min(held_nanos, max(0, final_cost_nanos - cost_nanos))
 
 
 def monotone(column: Any, param: str, type_: Any) -> Any:
@@ -112,6 +161,11 @@ class Slots:
     ) -> SlotOutcome:
         """Take a stream slot (OPENED), or say why not (:func:`decide_open`): too many streams for the account or for
         the key (``key_max_streams``, the key's own limit), too little balance, or a monthly budget reached.
+
+        ``min_balance_nanos`` is the price of one of the session's cycles: a prepaid account needs that much, and the
+        opening **holds** it (docs/billing.md#holds): debited from the balance in the same transaction, recorded on
+        the new row as ``held_cycles = 1``, ``held_nanos = min_balance_nanos`` (nothing held when it is 0 or the
+        account postpaid). A hold that takes the balance below ``low_balance_usd`` records ``balance.low``.
 
         One transaction that holds the account's lock from the count to the insert, so concurrent opens of one
         account (in any process) are serialized and both limits are exact. A refusal for the balance records the
@@ -184,6 +238,9 @@ class Slots:
                 data = exhausted_data(account.balance_nanos, "handshake_refused", session_id)
                 await record_balance_event(conn, account_id, EventType.BALANCE_EXHAUSTED, data, latch=True)
             if outcome is SlotOutcome.OPENED:
+                hold = min_balance_nanos if account.balance_nanos is not None and min_balance_nanos > 0 else 0
+                if hold:
+                    await self._debit(conn, account_id, session_id, hold)
                 await conn.execute(
                     insert(sessions).values(
                         id=session_id,
@@ -201,9 +258,32 @@ class Slots:
                         rate_usd_per_hour=rate_usd_per_hour,
                         basis=basis,
                         api_key_id=api_key_id,
+                        held_cycles=1 if hold else 0,
+                        held_nanos=hold,
                     )
                 )
         return outcome
+
+    @staticmethod
+    async def _debit(conn: Any, account_id: str, session_id: str, amount: int) -> bool:
+        """Debit ``amount`` if the balance has it (a paid cycle or a hold; it clears the ``balance.exhausted``
+        latch) and record ``balance.low`` when the debit crosses the account's threshold; False when refused."""
+        debited = (
+            await conn.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id, accounts.c.balance_nanos >= amount)
+                .values(balance_nanos=accounts.c.balance_nanos - amount, balance_exhausted=False)
+                .returning(accounts.c.balance_nanos, accounts.c.low_balance_nanos)
+            )
+        ).first()
+        if debited is None:
+            return False
+        after, low = debited.balance_nanos, debited.low_balance_nanos
+        if crossed_low(low, after + amount, after):
+            await record_balance_event(
+                conn, account_id, EventType.BALANCE_LOW, balance_low_data(after, low, session_id)
+            )
+        return True
 
     async def accept_sessions(self, accepted: Sequence[tuple[str, datetime]]) -> None:
         """These handshakes succeeded (the client got its 101, or the pull task is recorded): from now on each row is
@@ -224,53 +304,67 @@ class Slots:
             await conn.execute(stmt, [{"p_id": sid, "p_started": started} for sid, started in accepted])
 
     async def charge_cycles(self, session_id: str, account_id: str, cycles: int, price_nanos: int) -> bool:
-        """Debit ``cycles × price`` from a prepaid balance, all or nothing; False when the balance cannot pay.
+        """Debit ``cycles × price`` from a prepaid balance, all or nothing, with the session's cycles and cost; False
+        when the balance cannot pay (:meth:`settle_cycles` with only ``charged``; postpaid: nothing written, True)."""
+        return (await self.settle_cycles(session_id, account_id, price_nanos, LedgerWrite(charged=cycles))).paid
 
-        The debit is a conditional UPDATE (``balance >= amount``), so racing sessions of one account never take
-        the balance below zero, and the session's cycles and cost move in the same transaction. Postpaid
-        accounts are not written here (flush_progress records their cycles): True.
+    async def settle_cycles(self, session_id: str, account_id: str, price_nanos: int, write: LedgerWrite) -> Settlement:
+        """One ledger write of a prepaid session (:class:`~sttgate.core.billing.LedgerWrite`, in cycles at
+        ``price_nanos``), in one transaction, in this order:
 
-        The same transaction records the account events it observes (docs/contract.md#account-events): the debit that
-        takes the balance below ``low_balance_usd`` records ``balance.low``; a refusal records ``balance.exhausted``
-        (once, until a cycle is paid again). Only the transaction that made the change sees it, so each occurrence is
-        recorded once however many gateways charge the account.
+        1. ``charged``: debit ``charged × price`` from the balance, all or nothing, by a conditional UPDATE
+           (``balance >= amount``), so racing sessions of one account never take the balance below zero. Refused:
+           ``paid`` is False and ``balance.exhausted`` is recorded (once, until a cycle is paid again). A postpaid
+           account is not debited and its cycles not written here (flush_progress does): paid.
+        2. ``recorded`` and (when paid) ``covered`` cycles move from the session's hold to its cycles and cost (no
+           balance move; never more than is held), with the paid ``charged`` cycles. A session that has ended (its
+           end, or a reaper's ``gateway_crash`` that refunded its hold) records nothing here: its end writes the
+           gateway's totals.
+        3. ``hold`` (when paid, and the session has not ended): debit ``hold × price`` ahead if the balance has it;
+           ``held`` says whether it did. A refused hold records nothing: it cuts nothing off.
+
+        A debit that takes the balance below ``low_balance_usd`` records ``balance.low``. Only the transaction that
+        made a change sees it, so each occurrence is recorded once however many gateways charge the account. The
+        usage outbox gets one event per cycle added (docs/export.md).
         """
-        if cycles < 0 or price_nanos < 0:
+        if price_nanos < 0 or min(write) < 0:
             raise ValueError("cycles and price must not be negative")
-        amount = cycles * price_nanos
         if self._fast is not None:
             # Once per prepaid cycle of every live session: one trip instead of about 13.
-            return await self._fast.charge_cycles(session_id, account_id, cycles, amount)
+            return await self._fast.settle_cycles(session_id, account_id, price_nanos, write)
+        charged = write.charged
         async with self._db.write() as conn, self._outbox.recording(conn, [session_id]):
-            debited = (
+            paid = debited = True
+            if charged:
+                debited = await self._debit(conn, account_id, session_id, charged * price_nanos)
+                if not debited:
+                    balance = (
+                        await conn.execute(select(accounts.c.balance_nanos).where(accounts.c.id == account_id))
+                    ).first()
+                    if balance is None:
+                        raise NotFoundError(f"no account {account_id}")
+                    if balance.balance_nanos is not None:
+                        paid = False
+                        data = exhausted_data(balance.balance_nanos, "session_cut_off", session_id)
+                        await record_balance_event(conn, account_id, EventType.BALANCE_EXHAUSTED, data, latch=True)
+            row = (
                 await conn.execute(
-                    update(accounts)
-                    .where(accounts.c.id == account_id, accounts.c.balance_nanos >= amount)
-                    .values(balance_nanos=accounts.c.balance_nanos - amount, balance_exhausted=False)
-                    .returning(accounts.c.balance_nanos, accounts.c.low_balance_nanos)
+                    select(sessions.c.ended_at, sessions.c.held_cycles, sessions.c.held_nanos).where(
+                        sessions.c.id == session_id, sessions.c.account_id == account_id
+                    )
                 )
             ).first()
-            if debited is not None:
-                recorded = await conn.execute(
-                    update(sessions)
-                    .where(sessions.c.id == session_id, sessions.c.account_id == account_id)
-                    .values(cycles=sessions.c.cycles + cycles, cost_nanos=sessions.c.cost_nanos + amount, opening=False)
-                )
-                if recorded.rowcount != 1:
-                    raise NotFoundError(f"no session {session_id} of account {account_id}")
-                after, low = debited.balance_nanos, debited.low_balance_nanos
-                if crossed_low(low, after + amount, after):
-                    data = balance_low_data(after, low, session_id)
-                    await record_balance_event(conn, account_id, EventType.BALANCE_LOW, data)
-                return True
-            balance = (await conn.execute(select(accounts.c.balance_nanos).where(accounts.c.id == account_id))).first()
-            if balance is None:
-                raise NotFoundError(f"no account {account_id}")
-            if balance.balance_nanos is None:
-                return True
-            data = exhausted_data(balance.balance_nanos, "session_cut_off", session_id)
-            await record_balance_event(conn, account_id, EventType.BALANCE_EXHAUSTED, data, latch=True)
-            return False
+            if row is None:
+                raise NotFoundError(f"no session {session_id} of account {account_id}")
+            live = row.ended_at is None
+            change = ledger_change(write, price_nanos, paid, debited, live, row.held_cycles, row.held_nanos)
+            held = bool(change.hold_nanos) and await self._debit(conn, account_id, session_id, change.hold_nanos)
+            moves: dict[Any, Any] = {sessions.c[k]: sessions.c[k] + v for k, v in change.increments(held).items()}
+            if change.added:
+                moves[sessions.c.opening] = False  # a session with a cost is always listed
+            if moves:
+                await conn.execute(update(sessions).where(sessions.c.id == session_id).values(moves))
+            return Settlement(paid, held)
 
     async def flush_progress(self, updates: Sequence[SessionProgress]) -> None:
         """Write absolute session totals in one batched transaction; a total never goes backwards."""
@@ -324,6 +418,10 @@ class Slots:
         The final ``audio_seconds`` is the gateway's last word (a batch flushed while a refused chunk was still
         metered may have written more); ``cycles`` and ``cost_nanos`` never go below what was charged. A session a
         reaper closed as ``gateway_crash`` (its gateway stalled past the lease) gets the real ending.
+
+        The same transaction settles the session's hold (docs/billing.md#holds): the cost beyond the row's was paid
+        by the hold (never more than it holds), the rest of ``held_nanos`` is refunded to the balance, and the row
+        holds nothing any more. Written twice, the second end finds nothing held.
         """
         try:
             closed_by = ClosedBy(closed_by)
@@ -378,26 +476,55 @@ class Slots:
                 closed_by=case((still_open, closed_by.value), else_=sessions.c.closed_by),
             )
         )
+        stmt = stmt.values(held_cycles=0, held_nanos=0)
         async with self._db.write() as conn, self._outbox.recording(conn, [session_id]):
+            row = (
+                await conn.execute(
+                    select(sessions.c.account_id, sessions.c.cost_nanos, sessions.c.held_nanos).where(
+                        sessions.c.id == session_id
+                    )
+                )
+            ).first()
             result = await conn.execute(stmt, {"p_audio": audio_seconds, "p_cycles": cycles, "p_cost": cost_nanos})
+            if row is not None:
+                await _refund(conn, row.account_id, hold_refund(row.cost_nanos, cost_nanos, row.held_nanos))
         return bool(result.rowcount == 1)
 
     async def reap_dead_sessions(self) -> list[str]:
         """Close as ``gateway_crash`` the open sessions whose lease expired, and only those: a session whose lease
         is renewed belongs to a live gateway, whichever it is.
 
-        Cycles and cost already written are kept. Their pull tasks end as ``gateway_shutdown``. Safe to run on
-        every gateway at once: each session is closed by exactly one of them.
+        Cycles and cost already written are kept, and each session's hold is refunded (docs/billing.md#holds: a cycle
+        opened from it that its gateway had not written is not billed, like any cycle not written). Their pull tasks
+        end as ``gateway_shutdown``. Safe to run on every gateway at once: each session is closed by exactly one of
+        them (PostgreSQL: the rows are locked first, and a reaper that waited finds them ended).
         """
         now = utcnow()
         async with self._db.write() as conn:
-            result = await conn.execute(
-                update(sessions)
-                .where(sessions.c.ended_at.is_(None), sessions.c.lease_expires_at <= now)
-                .values(ended_at=now, closed_by=ClosedBy.GATEWAY_CRASH.value)
-                .returning(sessions.c.id)
-            )
-            reaped: list[str] = [r.id for r in result]
+            expired = (
+                await conn.execute(
+                    select(sessions.c.id, sessions.c.account_id, sessions.c.held_nanos)
+                    .where(sessions.c.ended_at.is_(None), sessions.c.lease_expires_at <= now)
+                    .order_by(sessions.c.id)  # the outbox's order: rows are locked in one order everywhere
+                    .with_for_update()
+                )
+            ).all()
+            reaped: list[str] = []
+            refunds: dict[str, int] = {}
+            for chunk in chunks([r.id for r in expired]):
+                result = await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.id.in_(chunk), sessions.c.ended_at.is_(None))
+                    .values(ended_at=now, closed_by=ClosedBy.GATEWAY_CRASH.value, held_cycles=0, held_nanos=0)
+                    .returning(sessions.c.id)
+                )
+                reaped.extend(r.id for r in result)
+            closed = set(reaped)
+            for r in expired:
+                if r.id in closed and r.held_nanos:
+                    refunds[r.account_id] = refunds.get(r.account_id, 0) + r.held_nanos
+            for account_id, amount in sorted(refunds.items()):
+                await _refund(conn, account_id, amount)
             for chunk in chunks(reaped):
                 await conn.execute(
                     update(tasks)
@@ -407,3 +534,13 @@ class Slots:
         if reaped:
             log.info("closed %d sessions left by a crashed or stalled gateway", len(reaped))
         return reaped
+
+
+async def _refund(conn: Any, account_id: str, amount: int) -> None:
+    """Give ``amount`` of a hold back to a prepaid balance (an account made postpaid since has none: nothing)."""
+    if amount:
+        await conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id, accounts.c.balance_nanos.is_not(None))
+            .values(balance_nanos=accounts.c.balance_nanos + amount)
+        )

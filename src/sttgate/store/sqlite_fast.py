@@ -20,13 +20,14 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Dialect
 
 from sttgate.core.account_events import EventType, balance_event_id, body, crossed_low
+from sttgate.core.billing import LedgerWrite, Settlement
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.store import db
 from sttgate.store.auth import AuthRow
 from sttgate.store.database import Database, NotFoundError, utcnow
 from sttgate.store.events import balance_low_data, exhausted_data
 from sttgate.store.outbox import Outbox, sqlite_before, sqlite_record
-from sttgate.store.slots import SessionProgress, SlotFigures, SlotOutcome, decide_open
+from sttgate.store.slots import SessionProgress, SlotFigures, SlotOutcome, decide_open, hold_refund, ledger_change
 from sttgate.store.tables import UTCDateTime
 
 T = TypeVar("T")
@@ -145,16 +146,17 @@ class SqliteFastPath:
             raise NotFoundError(f"no account {account_id}")
         return outcome
 
-    async def charge_cycles(self, session_id: str, account_id: str, cycles: int, amount: int) -> bool:
+    async def settle_cycles(self, session_id: str, account_id: str, price_nanos: int, write: LedgerWrite) -> Settlement:
         now = utcnow()
-        outcome: bool | str | None = await self._write_recording(
-            [session_id], _charge, session_id, account_id, cycles, amount, (self._time(now), now)
+        outcome: Settlement | str = await self._write_recording(
+            [session_id], _settle, session_id, account_id, price_nanos, write, (self._time(now), now)
         )
-        if outcome is None:
+        if outcome == "account":
             raise NotFoundError(f"no account {account_id}")
         if outcome == "session":
             raise NotFoundError(f"no session {session_id} of account {account_id}")
-        return outcome is True
+        assert isinstance(outcome, Settlement)
+        return outcome
 
     async def flush_progress(self, updates: Sequence[SessionProgress]) -> None:
         rows = [(float(u.audio_seconds), u.cycles, u.cost_nanos, u.session_id) for u in updates]
@@ -261,46 +263,71 @@ def _open(
         return recorded, outcome
     if outcome is not SlotOutcome.OPENED:
         return False, outcome
+    hold = min_balance_nanos if balance is not None and min_balance_nanos > 0 else 0
+    if hold:
+        _debit(conn, account_id, session_id, hold, (now, aware_now))
     conn.execute(
         "INSERT INTO sessions (id, account_id, kind, provider, gateway_id, started_at, lease_expires_at, audio_seconds,"
-        " cycles, cost_nanos, opening, model, rate_usd_per_hour, basis, api_key_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, 0.0, 0, 0, 1, ?, ?, ?, ?)",
-        (session_id, account_id, kind, provider, gateway_id, now, expires, *price, api_key_id),
+        " cycles, cost_nanos, opening, model, rate_usd_per_hour, basis, api_key_id, held_cycles, held_nanos)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 0.0, 0, 0, 1, ?, ?, ?, ?, ?, ?)",
+        (session_id, account_id, kind, provider, gateway_id, now, expires, *price, api_key_id, int(hold > 0), hold),
     )
     return True, outcome
 
 
-def _charge(
-    conn: sqlite3.Connection, session_id: str, account_id: str, cycles: int, amount: int, now: tuple[Any, datetime]
-) -> tuple[bool, bool | str | None]:
-    """The result; None for no account, "session" for no session (rolled back). Records the account events the
-    charge observes, as ``Slots.charge_cycles`` does."""
+def _debit(conn: sqlite3.Connection, account_id: str, session_id: str, amount: int, now: tuple[Any, datetime]) -> bool:
+    """``Slots._debit``: debit ``amount`` if the balance has it, recording ``balance.low`` on a crossing."""
     debited = conn.execute(
         "UPDATE accounts SET balance_nanos = balance_nanos - ?1, balance_exhausted = 0"
         " WHERE id = ?2 AND balance_nanos >= ?1 RETURNING balance_nanos, low_balance_nanos",
         (amount, account_id),
     ).fetchall()
-    if debited:
-        recorded = conn.execute(
-            "UPDATE sessions SET cycles = cycles + ?, cost_nanos = cost_nanos + ?, opening = 0"
-            " WHERE id = ? AND account_id = ?",
-            (cycles, amount, session_id, account_id),
-        ).rowcount
-        if recorded != 1:
-            return False, "session"
-        after, low = debited[0]
-        if crossed_low(low, after + amount, after):
-            data = balance_low_data(after, low, session_id)
-            _balance_event(conn, account_id, EventType.BALANCE_LOW, data, now[1], now[0])
-        return True, True
-    row = conn.execute("SELECT balance_nanos FROM accounts WHERE id = ?", (account_id,)).fetchone()
-    if row is None:
-        return True, None
-    if row[0] is None:
-        return True, True
-    data = exhausted_data(row[0], "session_cut_off", session_id)
-    _balance_event(conn, account_id, EventType.BALANCE_EXHAUSTED, data, now[1], now[0], latch=True)
-    return True, False
+    if not debited:
+        return False
+    after, low = debited[0]
+    if crossed_low(low, after + amount, after):
+        _balance_event(
+            conn, account_id, EventType.BALANCE_LOW, balance_low_data(after, low, session_id), now[1], now[0]
+        )
+    return True
+
+
+def _settle(
+    conn: sqlite3.Connection,
+    session_id: str,
+    account_id: str,
+    price_nanos: int,
+    write: LedgerWrite,
+    now: tuple[Any, datetime],
+) -> tuple[bool, Settlement | str]:
+    """``Slots.settle_cycles``; "account" for no account, "session" for no session (rolled back)."""
+    paid = debited = True
+    if write.charged:
+        debited = _debit(conn, account_id, session_id, write.charged * price_nanos, now)
+        if not debited:
+            row = conn.execute("SELECT balance_nanos FROM accounts WHERE id = ?", (account_id,)).fetchone()
+            if row is None:
+                return False, "account"
+            if row[0] is not None:
+                paid = False
+                data = exhausted_data(row[0], "session_cut_off", session_id)
+                _balance_event(conn, account_id, EventType.BALANCE_EXHAUSTED, data, now[1], now[0], latch=True)
+    session = conn.execute(
+        "SELECT ended_at IS NULL, held_cycles, held_nanos FROM sessions WHERE id = ? AND account_id = ?",
+        (session_id, account_id),
+    ).fetchone()
+    if session is None:
+        return False, "session"
+    live, held_cycles, held_nanos = session
+    change = ledger_change(write, price_nanos, paid, debited, bool(live), held_cycles, held_nanos)
+    held = bool(change.hold_nanos) and _debit(conn, account_id, session_id, change.hold_nanos, now)
+    moves = change.increments(held)
+    sets = [f"{column} = {column} + ?" for column in moves]
+    if change.added:
+        sets.append("opening = 0")
+    if sets:
+        conn.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE id = ?", (*moves.values(), session_id))
+    return True, Settlement(paid, held)
 
 
 def _balance_event(
@@ -361,10 +388,20 @@ _END_SQL = (
     f" ended_at = CASE WHEN {_STILL_OPEN} THEN ?4 ELSE ended_at END,"
     f" close_code = CASE WHEN {_STILL_OPEN} THEN ?5 ELSE close_code END,"
     f" close_reason = CASE WHEN {_STILL_OPEN} THEN ?6 ELSE close_reason END,"
-    f" closed_by = CASE WHEN {_STILL_OPEN} THEN ?7 ELSE closed_by END"
+    f" closed_by = CASE WHEN {_STILL_OPEN} THEN ?7 ELSE closed_by END,"
+    " held_cycles = 0, held_nanos = 0"
     " WHERE id = ?8"
 )
 
 
 def _end(conn: sqlite3.Connection, session_id: str, values: tuple[Any, ...]) -> tuple[bool, bool]:
-    return True, conn.execute(_END_SQL, (*values, session_id)).rowcount == 1
+    row = conn.execute("SELECT account_id, cost_nanos, held_nanos FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    found = conn.execute(_END_SQL, (*values, session_id)).rowcount == 1
+    if row is not None:
+        refund = hold_refund(row[1], values[2], row[2])
+        if refund:
+            conn.execute(
+                "UPDATE accounts SET balance_nanos = balance_nanos + ? WHERE id = ? AND balance_nanos IS NOT NULL",
+                (refund, row[0]),
+            )
+    return True, found
