@@ -15,7 +15,21 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Float, Integer, bindparam, case, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Integer,
+    Text,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from sttgate.core.account_events import EventType, crossed_low
 from sttgate.core.budget import month_start
@@ -65,6 +79,29 @@ class SessionProgress:
     cost_nanos: int
 
 
+class SlotDisagreement(RuntimeError):
+    """PostgreSQL's ``sttgate_open_session`` decided otherwise than :func:`decide_open` on the figures it read (a bug:
+    ``tests/store/test_pg_open.py`` compares both)."""
+
+
+# PostgreSQL: the slot and its first hold in one statement (migration 0011, docs/architecture.md#control-plane).
+_PG_OPEN = text(
+    "SELECT * FROM sttgate_open_session(:sid, :account, :kind, :provider, :gateway, :min_balance, :now, :expires,"
+    " :month, :model, :rate, :basis, :key_id, :key_max, :hold)"
+).bindparams(
+    bindparam("min_balance", type_=BigInteger()),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("expires", type_=UTCDateTime()),
+    bindparam("month", type_=UTCDateTime()),
+    bindparam("model", type_=Text()),
+    bindparam("rate", type_=Text()),
+    bindparam("basis", type_=Text()),
+    bindparam("key_id", type_=Text()),
+    bindparam("key_max", type_=Integer()),
+    bindparam("hold", type_=BigInteger()),
+)
+
+
 def monotone(column: Any, param: str, type_: Any) -> Any:
     """``max(column, :param)`` on every backend: totals written by batches never go backwards."""
     value = bindparam(param, type_=type_)
@@ -88,9 +125,11 @@ def decide_open(figures: SlotFigures, min_balance_nanos: int) -> SlotOutcome:
 class Slots:
     """Open, charge, flush, renew, end and reap sessions."""
 
-    def __init__(self, database: Database, fast: SqliteFastPath | None, outbox: Outbox) -> None:
+    def __init__(self, database: Database, fast: SqliteFastPath | None, outbox: Outbox, *, pg_fast: bool) -> None:
         self._db = database
         self._fast = fast
+        # PostgreSQL: open with one call of ``sttgate_open_session`` (``pg_fast=False``: the portable transaction).
+        self._pg_fast = pg_fast and not database.is_sqlite
         # Every statement that can raise a session's cycles runs in ``outbox.recording`` (docs/export.md).
         self._outbox = outbox
 
@@ -137,6 +176,74 @@ class Slots:
                 key_max_streams,
                 month_start(now),
             )
+        if self._pg_fast:
+            params = {
+                "sid": session_id,
+                "account": account_id,
+                "kind": kind.value,
+                "provider": provider,
+                "gateway": gateway_id,
+                "now": now,
+                "expires": expires,
+                "month": month_start(now),
+                "model": model,
+                "rate": rate_usd_per_hour,
+                "basis": basis,
+                "key_id": api_key_id,
+                "key_max": key_max_streams,
+                "hold": 0,
+            }
+            decided = await self._open_pg(params, min_balance_nanos)
+            if decided is not None:
+                return decided
+            # A refusal for the balance: the transaction below decides again and records the account event.
+        return await self._open_portable(
+            session_id=session_id,
+            account_id=account_id,
+            kind=kind,
+            provider=provider,
+            gateway_id=gateway_id,
+            min_balance_nanos=min_balance_nanos,
+            now=now,
+            expires=expires,
+            price=(model, rate_usd_per_hour, basis),
+            api_key_id=api_key_id,
+            key_max_streams=key_max_streams,
+        )
+
+    async def _open_pg(self, params: dict[str, Any], min_balance_nanos: int) -> SlotOutcome | None:
+        """One autocommit statement: ``sttgate_open_session`` (migration 0011) locks the account, counts, decides as
+        :func:`decide_open` does and inserts the slot (with ``params["hold"]`` debited as the first held cycle;
+        docs/billing.md#holds). It returns the figures it read: ``decide_open`` on them is the outcome, and a function
+        that decided otherwise raises :class:`SlotDisagreement`. None for a refusal for the balance (the caller
+        records its account event in the portable transaction)."""
+        async with self._db.reader.connect() as conn:
+            row = (await conn.execute(_PG_OPEN, {**params, "min_balance": min_balance_nanos})).first()
+        if row is None:
+            raise NotFoundError(f"no account {params['account']}")
+        opened, live, max_streams, key_live, balance, budget, month_cost = row
+        figures = SlotFigures(live, max_streams, key_live, params["key_max"], balance, budget, int(month_cost))
+        outcome = decide_open(figures, min_balance_nanos)
+        if bool(opened) != (outcome is SlotOutcome.OPENED):
+            raise SlotDisagreement(f"sttgate_open_session opened={opened}; decide_open: {outcome.value} on {figures}")
+        return None if outcome is SlotOutcome.INSUFFICIENT_BALANCE else outcome
+
+    async def _open_portable(
+        self,
+        *,
+        session_id: str,
+        account_id: str,
+        kind: SessionKind,
+        provider: str,
+        gateway_id: str,
+        min_balance_nanos: int,
+        now: datetime,
+        expires: datetime,
+        price: tuple[str | None, str | None, str | None],
+        api_key_id: str | None,
+        key_max_streams: int | None,
+    ) -> SlotOutcome:
+        model, rate_usd_per_hour, basis = price
 
         def live_count(*where: Any) -> Any:
             return (

@@ -25,7 +25,7 @@ class Store:
     ``admin_tokens``, ``operator_sessions``, ``outbox``); their
     operations are also exposed flat (``store.open_session(...)``, ``store.create_account(...)``) as the
     aggregates' own bound methods, so call sites stay short. ``fast_path=False`` turns the SQLite single-trip path
-    off (the equivalence tests compare both).
+    and PostgreSQL's one-statement open off (the equivalence tests compare both).
     """
 
     def __init__(self, engine: AsyncEngine, *, fast_path: bool = True) -> None:
@@ -34,7 +34,7 @@ class Store:
         self.outbox = Outbox(self.database)
         self._fast = SqliteFastPath.for_database(self.database, self.outbox) if fast_path else None
         self.auth = Auth(self.database, self._fast)
-        self.slots = Slots(self.database, self._fast, self.outbox)
+        self.slots = Slots(self.database, self._fast, self.outbox, pg_fast=fast_path)
         self.accounts = Accounts(self.database)
         self.usage_queries = UsageQueries(self.database)
         self.tasks = Tasks(self.database)
