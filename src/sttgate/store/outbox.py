@@ -98,8 +98,9 @@ class Outbox:
     # -- writing (inside the ledger's transactions) ---------------------------------------------------------------
 
     @asynccontextmanager
-    async def recording(self, conn: AsyncConnection, session_ids: Sequence[str]) -> AsyncIterator[None]:
-        """Record the cycles the statements run in this block add to ``session_ids``, in ``conn``'s transaction."""
+    async def recording(self, conn: AsyncConnection, session_ids: Sequence[str]) -> AsyncIterator[set[str]]:
+        """Record the cycles the statements run in this block add to ``session_ids``, in ``conn``'s transaction; the
+        block is given the ids of the sessions that exist (the others add nothing)."""
         ids = sorted(set(session_ids))
         locked = select(sessions.c.id, sessions.c.cycles, sessions.c.cost_nanos).order_by(sessions.c.id)
         before: dict[str, _Before] = {}
@@ -107,7 +108,7 @@ class Outbox:
             # FOR UPDATE (PostgreSQL): no other transaction moves these counts between the two reads.
             for row in await conn.execute(locked.where(sessions.c.id.in_(chunk)).with_for_update()):
                 before[row.id] = _Before(row.cycles, row.cost_nanos)
-        yield
+        yield set(before)
         fields = [sessions.c[name] for name in _SESSION_FIELDS]
         after: list[Sequence[Any]] = []
         for chunk in chunks(list(before)):

@@ -72,6 +72,19 @@ class SlotFigures:
 
 
 @dataclass(frozen=True)
+class SessionEnd:
+    """How one session ended: the arguments of :meth:`Slots.end_session`, as :meth:`Slots.end_sessions` takes them."""
+
+    session_id: str
+    audio_seconds: float
+    cycles: int
+    cost_nanos: int
+    close_code: int | None
+    close_reason: str | None
+    closed_by: ClosedBy
+
+
+@dataclass(frozen=True)
 class SessionProgress:
     session_id: str
     audio_seconds: float
@@ -426,27 +439,30 @@ class Slots:
         close_reason: str | None,
         closed_by: ClosedBy,
     ) -> None:
-        """Record the final totals and how the session closed, which frees its slot.
+        """Record the final totals and how the session closed, which frees its slot (:meth:`end_sessions` for one)."""
+        end = SessionEnd(session_id, audio_seconds, cycles, cost_nanos, close_code, close_reason, closed_by)
+        if await self.end_sessions([end]):
+            raise NotFoundError(f"no session {session_id}")
+
+    async def end_sessions(self, ends: Sequence[SessionEnd]) -> set[str]:
+        """Record the final totals and how each session closed, which frees their slots, in one transaction (one
+        statement for all on PostgreSQL, one trip on SQLite); the ids of the sessions that do not exist.
 
         The final ``audio_seconds`` is the gateway's last word (a batch flushed while a refused chunk was still
         metered may have written more); ``cycles`` and ``cost_nanos`` never go below what was charged. A session a
         reaper closed as ``gateway_crash`` (its gateway stalled past the lease) gets the real ending.
         """
-        try:
-            closed_by = ClosedBy(closed_by)
-        except ValueError:
-            raise ValueError(f"closed_by must be one of {', '.join(ClosedBy)}") from None
+        if not ends:
+            return set()
+        for end in ends:
+            try:
+                ClosedBy(end.closed_by)
+            except ValueError:
+                raise ValueError(f"closed_by must be one of {', '.join(ClosedBy)}") from None
         now = utcnow()
         if self._fast is not None:
-            found = await self._fast.end_session(
-                session_id, float(audio_seconds), cycles, cost_nanos, now, close_code, close_reason, closed_by
-            )
-        else:
-            found = await self._end_portable(
-                session_id, float(audio_seconds), cycles, cost_nanos, now, close_code, close_reason, closed_by
-            )
-        if not found:
-            raise NotFoundError(f"no session {session_id}")
+            return await self._fast.end_sessions(ends, now)
+        return await self._end_portable(ends, now)
 
     async def record_provider_figures(
         self, session_id: str, audio_seconds: float | None, session_seconds: float | None
@@ -460,34 +476,38 @@ class Slots:
                 .values(provider_audio_seconds=audio_seconds, provider_session_seconds=session_seconds)
             )
 
-    async def _end_portable(
-        self,
-        session_id: str,
-        audio_seconds: float,
-        cycles: int,
-        cost_nanos: int,
-        now: Any,
-        close_code: int | None,
-        close_reason: str | None,
-        closed_by: ClosedBy,
-    ) -> bool:
+    async def _end_portable(self, ends: Sequence[SessionEnd], now: datetime) -> set[str]:
         still_open = or_(sessions.c.ended_at.is_(None), sessions.c.closed_by == ClosedBy.GATEWAY_CRASH.value)
         stmt = (
             update(sessions)
-            .where(sessions.c.id == session_id)
+            .where(sessions.c.id == bindparam("p_id"))
             .values(
                 audio_seconds=case((still_open, bindparam("p_audio", type_=Float())), else_=sessions.c.audio_seconds),
                 cycles=monotone(sessions.c.cycles, "p_cycles", Integer()),
                 cost_nanos=monotone(sessions.c.cost_nanos, "p_cost", sessions.c.cost_nanos.type),
                 ended_at=case((still_open, literal(now, UTCDateTime())), else_=sessions.c.ended_at),
-                close_code=case((still_open, close_code), else_=sessions.c.close_code),
-                close_reason=case((still_open, close_reason), else_=sessions.c.close_reason),
-                closed_by=case((still_open, closed_by.value), else_=sessions.c.closed_by),
+                close_code=case((still_open, bindparam("p_code", type_=Integer())), else_=sessions.c.close_code),
+                close_reason=case((still_open, bindparam("p_reason", type_=Text())), else_=sessions.c.close_reason),
+                closed_by=case((still_open, bindparam("p_closed_by", type_=Text())), else_=sessions.c.closed_by),
             )
         )
-        async with self._db.write() as conn, self._outbox.recording(conn, [session_id]):
-            result = await conn.execute(stmt, {"p_audio": audio_seconds, "p_cycles": cycles, "p_cost": cost_nanos})
-        return bool(result.rowcount == 1)
+        params = [
+            {
+                "p_id": e.session_id,
+                "p_audio": float(e.audio_seconds),
+                "p_cycles": e.cycles,
+                "p_cost": e.cost_nanos,
+                "p_code": e.close_code,
+                "p_reason": e.close_reason,
+                "p_closed_by": ClosedBy(e.closed_by).value,
+            }
+            for e in ends
+        ]
+        ids = [e.session_id for e in ends]
+        async with self._db.write() as conn, self._outbox.recording(conn, ids) as found:
+            # One executemany: a single round trip on PostgreSQL (asyncpg pipelines the rows).
+            await conn.execute(stmt, params)
+        return set(ids) - found
 
     async def reap_dead_sessions(self) -> list[str]:
         """Close as ``gateway_crash`` the open sessions whose lease expired, and only those: a session whose lease

@@ -26,7 +26,7 @@ from sttgate.store.auth import AuthRow
 from sttgate.store.database import Database, NotFoundError, utcnow
 from sttgate.store.events import balance_low_data, exhausted_data
 from sttgate.store.outbox import Outbox, sqlite_before, sqlite_record
-from sttgate.store.slots import SessionProgress, SlotFigures, SlotOutcome, decide_open
+from sttgate.store.slots import SessionEnd, SessionProgress, SlotFigures, SlotOutcome, decide_open
 from sttgate.store.tables import UTCDateTime
 
 T = TypeVar("T")
@@ -160,20 +160,15 @@ class SqliteFastPath:
         rows = [(float(u.audio_seconds), u.cycles, u.cost_nanos, u.session_id) for u in updates]
         await self._write_recording([u.session_id for u in updates], _flush, rows)
 
-    async def end_session(
-        self,
-        session_id: str,
-        audio_seconds: float,
-        cycles: int,
-        cost_nanos: int,
-        now: datetime,
-        close_code: int | None,
-        close_reason: str | None,
-        closed_by: ClosedBy,
-    ) -> bool:
-        values = (audio_seconds, cycles, cost_nanos, self._time(now), close_code, close_reason, closed_by.value)
-        found: bool = await self._write_recording([session_id], _end, session_id, values)
-        return found
+    async def end_sessions(self, ends: Sequence[SessionEnd], now: datetime) -> set[str]:
+        at = self._time(now)
+        rows = [
+            (e.audio_seconds, e.cycles, e.cost_nanos, at, e.close_code, e.close_reason, ClosedBy(e.closed_by).value)
+            for e in ends
+        ]
+        ids = [e.session_id for e in ends]
+        missing: set[str] = await self._write_recording(ids, _end, ids, rows)
+        return missing
 
     async def close(self) -> None:
         async with self._write_lock:
@@ -366,5 +361,9 @@ _END_SQL = (
 )
 
 
-def _end(conn: sqlite3.Connection, session_id: str, values: tuple[Any, ...]) -> tuple[bool, bool]:
-    return True, conn.execute(_END_SQL, (*values, session_id)).rowcount == 1
+def _end(conn: sqlite3.Connection, ids: list[str], rows: list[tuple[Any, ...]]) -> tuple[bool, set[str]]:
+    """The ids of the sessions not found."""
+    missing = {
+        sid for sid, values in zip(ids, rows, strict=True) if conn.execute(_END_SQL, (*values, sid)).rowcount != 1
+    }
+    return True, missing

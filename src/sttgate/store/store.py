@@ -52,6 +52,7 @@ class Store:
         self.flush_progress = self.slots.flush_progress
         self.renew_leases = self.slots.renew_leases
         self.end_session = self.slots.end_session
+        self.end_sessions = self.slots.end_sessions
         self.record_provider_figures = self.slots.record_provider_figures
         self.reap_dead_sessions = self.slots.reap_dead_sessions
 
