@@ -469,12 +469,23 @@ class Slots:
     ) -> None:
         """Record what the provider reported at the end of a session, beside the gateway's own totals
         (docs/billing.md#reconciliation). Written once, after ``end_session``; never part of the bill."""
-        async with self._db.write() as conn:
-            await conn.execute(
-                update(sessions)
-                .where(sessions.c.id == session_id)
-                .values(provider_audio_seconds=audio_seconds, provider_session_seconds=session_seconds)
+        await self.record_provider_figures_batch([(session_id, audio_seconds, session_seconds)])
+
+    async def record_provider_figures_batch(self, rows: Sequence[tuple[str, float | None, float | None]]) -> None:
+        """:meth:`record_provider_figures` for several sessions (session id, audio seconds, session seconds): one
+        statement."""
+        if not rows:
+            return
+        stmt = (
+            update(sessions)
+            .where(sessions.c.id == bindparam("p_id"))
+            .values(
+                provider_audio_seconds=bindparam("p_audio", type_=Float()),
+                provider_session_seconds=bindparam("p_session", type_=Float()),
             )
+        )
+        async with self._db.write() as conn:
+            await conn.execute(stmt, [{"p_id": sid, "p_audio": a, "p_session": t} for sid, a, t in rows])
 
     async def _end_portable(self, ends: Sequence[SessionEnd], now: datetime) -> set[str]:
         still_open = or_(sessions.c.ended_at.is_(None), sessions.c.closed_by == ClosedBy.GATEWAY_CRASH.value)

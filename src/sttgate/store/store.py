@@ -54,6 +54,7 @@ class Store:
         self.end_session = self.slots.end_session
         self.end_sessions = self.slots.end_sessions
         self.record_provider_figures = self.slots.record_provider_figures
+        self.record_provider_figures_batch = self.slots.record_provider_figures_batch
         self.reap_dead_sessions = self.slots.reap_dead_sessions
 
         self.create_account = self.accounts.create_account
