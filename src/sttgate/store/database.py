@@ -77,6 +77,7 @@ class Database:
         # process's writers queue here instead keeps a write's latency near its own cost (other processes still
         # wait in the busy handler).
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -89,6 +90,17 @@ class Database:
                 yield conn
         else:
             async with self.write_lock, self.engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def one_statement(self) -> AsyncIterator[AsyncConnection]:
+        """A write of exactly one statement (an executemany is one). On PostgreSQL it runs in autocommit: a statement
+        is atomic on its own, and BEGIN and COMMIT would be two more round trips. On SQLite it is :meth:`write`."""
+        if self.write_lock is None:
+            async with self._autocommit.connect() as conn:
+                yield conn
+        else:
+            async with self.write() as conn:
                 yield conn
 
     async def ping(self, timeout: float) -> bool:

@@ -4,8 +4,9 @@ Writing: every ledger statement that can raise a session's ``cycles`` (a prepaid
 session's end) runs inside :meth:`Outbox.recording`, which reads the sessions' cycles before the statement (locking
 their rows on PostgreSQL) and after it, and inserts one event per added cycle
 (:func:`sttgate.core.usage_events.added_cycles`) with one ``export_pending`` row per configured sink, in the same
-transaction (on PostgreSQL the events and all their pending rows in one statement). A refused or rolled-back charge adds no cycle, so it leaves no event. The SQLite fast path does the same
-with :func:`record_sqlite` (``sqlite_fast.py``).
+transaction (on PostgreSQL the events and all their pending rows in one statement). A refused or rolled-back charge
+adds no cycle, so it leaves no event. The SQLite fast path does the same with :func:`record_sqlite`
+(``sqlite_fast.py``).
 
 Delivery: each sink has a row in ``export_sinks`` whose lease one exporter holds at a time, across every gateway on
 the database (claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one writer). The holder reads the

@@ -230,7 +230,7 @@ class Slots:
         docs/billing.md#holds). It returns the figures it read: ``decide_open`` on them is the outcome, and a function
         that decided otherwise raises :class:`SlotDisagreement`. None for a refusal for the balance (the caller
         records its account event in the portable transaction)."""
-        async with self._db.reader.connect() as conn:
+        async with self._db.one_statement() as conn:
             row = (await conn.execute(_PG_OPEN, {**params, "min_balance": min_balance_nanos})).first()
         if row is None:
             raise NotFoundError(f"no account {params['account']}")
@@ -340,7 +340,7 @@ class Slots:
             .where(sessions.c.id == bindparam("p_id"))
             .values(opening=False, started_at=bindparam("p_started", type_=UTCDateTime()))
         )
-        async with self._db.write() as conn:
+        async with self._db.one_statement() as conn:
             await conn.execute(stmt, [{"p_id": sid, "p_started": started} for sid, started in accepted])
 
     async def charge_cycles(self, session_id: str, account_id: str, cycles: int, price_nanos: int) -> bool:
@@ -484,7 +484,7 @@ class Slots:
                 provider_session_seconds=bindparam("p_session", type_=Float()),
             )
         )
-        async with self._db.write() as conn:
+        async with self._db.one_statement() as conn:
             await conn.execute(stmt, [{"p_id": sid, "p_audio": a, "p_session": t} for sid, a, t in rows])
 
     async def _end_portable(self, ends: Sequence[SessionEnd], now: datetime) -> set[str]:
