@@ -16,7 +16,6 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
-    BigInteger,
     Float,
     Integer,
     Text,
@@ -27,7 +26,6 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     update,
 )
 
@@ -42,6 +40,7 @@ from sttgate.store.tables import UTCDateTime, accounts, sessions, tasks
 
 if TYPE_CHECKING:
     from sttgate.store.outbox import Outbox
+    from sttgate.store.pg_fast import PgFastPath
     from sttgate.store.sqlite_fast import SqliteFastPath
 
 log = logging.getLogger(__name__)
@@ -97,24 +96,6 @@ class SlotDisagreement(RuntimeError):
     ``tests/store/test_pg_open.py`` compares both)."""
 
 
-# PostgreSQL: the slot and its first hold in one statement (migration 0011, docs/architecture.md#control-plane).
-_PG_OPEN = text(
-    "SELECT * FROM sttgate_open_session(:sid, :account, :kind, :provider, :gateway, :min_balance, :now, :expires,"
-    " :month, :model, :rate, :basis, :key_id, :key_max, :hold)"
-).bindparams(
-    bindparam("min_balance", type_=BigInteger()),
-    bindparam("now", type_=UTCDateTime()),
-    bindparam("expires", type_=UTCDateTime()),
-    bindparam("month", type_=UTCDateTime()),
-    bindparam("model", type_=Text()),
-    bindparam("rate", type_=Text()),
-    bindparam("basis", type_=Text()),
-    bindparam("key_id", type_=Text()),
-    bindparam("key_max", type_=Integer()),
-    bindparam("hold", type_=BigInteger()),
-)
-
-
 def monotone(column: Any, param: str, type_: Any) -> Any:
     """``max(column, :param)`` on every backend: totals written by batches never go backwards."""
     value = bindparam(param, type_=type_)
@@ -138,11 +119,13 @@ def decide_open(figures: SlotFigures, min_balance_nanos: int) -> SlotOutcome:
 class Slots:
     """Open, charge, flush, renew, end and reap sessions."""
 
-    def __init__(self, database: Database, fast: SqliteFastPath | None, outbox: Outbox, *, pg_fast: bool) -> None:
+    def __init__(
+        self, database: Database, fast: SqliteFastPath | None, outbox: Outbox, pg_fast: PgFastPath | None
+    ) -> None:
         self._db = database
         self._fast = fast
-        # PostgreSQL: open with one call of ``sttgate_open_session`` (``pg_fast=False``: the portable transaction).
-        self._pg_fast = pg_fast and not database.is_sqlite
+        # PostgreSQL: open with one call of ``sttgate_open_session``, accept on the driver (None: portable).
+        self._pg_fast = pg_fast
         # Every statement that can raise a session's cycles runs in ``outbox.recording`` (docs/export.md).
         self._outbox = outbox
 
@@ -189,24 +172,10 @@ class Slots:
                 key_max_streams,
                 month_start(now),
             )
-        if self._pg_fast:
-            params = {
-                "sid": session_id,
-                "account": account_id,
-                "kind": kind.value,
-                "provider": provider,
-                "gateway": gateway_id,
-                "now": now,
-                "expires": expires,
-                "month": month_start(now),
-                "model": model,
-                "rate": rate_usd_per_hour,
-                "basis": basis,
-                "key_id": api_key_id,
-                "key_max": key_max_streams,
-                "hold": 0,
-            }
-            decided = await self._open_pg(params, min_balance_nanos)
+        if self._pg_fast is not None:
+            args: tuple[Any, ...] = (session_id, account_id, kind.value, provider, gateway_id, min_balance_nanos)
+            args += (now, expires, month_start(now), model, rate_usd_per_hour, basis, api_key_id, key_max_streams, 0)
+            decided = await self._open_pg(self._pg_fast, args, min_balance_nanos, key_max_streams)
             if decided is not None:
                 return decided
             # A refusal for the balance: the transaction below decides again and records the account event.
@@ -224,18 +193,19 @@ class Slots:
             key_max_streams=key_max_streams,
         )
 
-    async def _open_pg(self, params: dict[str, Any], min_balance_nanos: int) -> SlotOutcome | None:
+    async def _open_pg(
+        self, pg: PgFastPath, args: tuple[Any, ...], min_balance_nanos: int, key_max_streams: int | None
+    ) -> SlotOutcome | None:
         """One autocommit statement: ``sttgate_open_session`` (migration 0011) locks the account, counts, decides as
-        :func:`decide_open` does and inserts the slot (with ``params["hold"]`` debited as the first held cycle;
-        docs/billing.md#holds). It returns the figures it read: ``decide_open`` on them is the outcome, and a function
-        that decided otherwise raises :class:`SlotDisagreement`. None for a refusal for the balance (the caller
-        records its account event in the portable transaction)."""
-        async with self._db.one_statement() as conn:
-            row = (await conn.execute(_PG_OPEN, {**params, "min_balance": min_balance_nanos})).first()
+        :func:`decide_open` does and inserts the slot (with the last argument, a hold, debited as the first held
+        cycle; docs/billing.md#holds). It returns the figures it read: ``decide_open`` on them is the outcome, and a
+        function that decided otherwise raises :class:`SlotDisagreement`. None for a refusal for the balance (the
+        caller records its account event in the portable transaction)."""
+        row = await pg.open_session(args)
         if row is None:
-            raise NotFoundError(f"no account {params['account']}")
+            raise NotFoundError(f"no account {args[1]}")
         opened, live, max_streams, key_live, balance, budget, month_cost = row
-        figures = SlotFigures(live, max_streams, key_live, params["key_max"], balance, budget, int(month_cost))
+        figures = SlotFigures(live, max_streams, key_live, key_max_streams, balance, budget, int(month_cost))
         outcome = decide_open(figures, min_balance_nanos)
         if bool(opened) != (outcome is SlotOutcome.OPENED):
             raise SlotDisagreement(f"sttgate_open_session opened={opened}; decide_open: {outcome.value} on {figures}")
@@ -334,6 +304,9 @@ class Slots:
         always listed).
         """
         if not accepted:
+            return
+        if self._pg_fast is not None:
+            await self._pg_fast.accept_sessions(accepted)
             return
         stmt = (
             update(sessions)
