@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
-from sttgate.store import Store
+from sttgate.store import Store, unavailable
 from tests.support.postgres import PG_URLS, fresh_schema
 
 
@@ -43,3 +43,20 @@ async def test_a_connection_closed_by_the_server_is_replaced_at_checkout(pg_stor
     assert (await pg_store.get_account(account.id)).name == "after restart"
     async with pg_store.database.reader.connect() as conn:
         assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid
+
+
+async def test_a_connection_lost_under_the_fast_path_is_the_database_unavailable(pg_store: Store) -> None:
+    """The handshake statements run on the driver itself (store/pg_fast.py): what asyncpg raises for a connection
+    lost under a statement is an unavailable database (the handshake answers 503), not a programming error."""
+    assert pg_store._pg_fast is not None
+    admin = await asyncpg.connect(PG_URLS[0])
+    try:
+        async with pg_store._pg_fast._driver() as driver:
+            pid = await driver.fetchval("SELECT pg_backend_pid()")
+            running = asyncio.ensure_future(driver.fetchval("SELECT pg_sleep(30)"))
+            await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            with pytest.raises(Exception) as raised:
+                await running
+    finally:
+        await admin.close()
+    assert unavailable(raised.value)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -37,12 +38,17 @@ class ConflictError(ValueError):
 
 
 # What a database that is down, full, locked or refusing connections raises, whichever driver and path (SQLAlchemy
-# wraps driver errors in DBAPIError; the SQLite fast path raises sqlite3's own; a refused connection may surface as
-# OSError; a bounded wait as TimeoutError).
+# wraps driver errors in DBAPIError; the fast paths raise their driver's own: sqlite3's, and asyncpg's for a lost
+# connection, a server out of resources or shutting down; a refused connection may surface as OSError; a bounded wait
+# as TimeoutError).
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     sa_exc.DBAPIError,
     sa_exc.TimeoutError,
     sqlite3.Error,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.OperatorInterventionError,
     OSError,
     TimeoutError,
 )
