@@ -9,13 +9,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
-from sttgate.core.outcomes import SessionKind
-from sttgate.store import NotFoundError, Store
+from sttgate.core.outcomes import ClosedBy, SessionKind
+from sttgate.store import NotFoundError, SessionEnd, SessionProgress, Store
 from sttgate.store.database import hash_secret
 from sttgate.store.pg_fast import PgFastPath
-from sttgate.store.tables import account_events, accounts, sessions
+from sttgate.store.tables import account_events, accounts, export_pending, sessions, usage_outbox
 from tests.support.postgres import fresh_schema
 
 PRICE = 208_333
@@ -79,6 +80,15 @@ async def _scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
         await open_("no-such-account", "s9"),
     ]
     await store.accept_sessions([("s1", datetime(2026, 11, 29, 12, tzinfo=UTC)), ("s8", datetime.now(UTC))])
+    store.outbox.sinks = ("sink-a", "sink-b")  # every cycle an end adds is pending for each (docs/export.md)
+    await store.flush_progress([SessionProgress("s8", 5.0, 1, PRICE)])
+    ends = [
+        SessionEnd("s8", 14.0, 3, 3 * PRICE + 1, 1000, "", ClosedBy.CLIENT),  # adds cycles 2 and 3
+        SessionEnd("gone", 1.0, 0, 0, None, None, ClosedBy.GATEWAY),
+        SessionEnd("s1", 0.5, 0, 0, 4002, "refused", "gateway"),  # type: ignore[arg-type]
+    ]
+    outcomes.append(sorted(await store.end_sessions(ends)))
+    outcomes.append(await _outcome(store.end_sessions([SessionEnd("s3", 0.0, 0, 0, None, None, "someone")])))  # type: ignore[arg-type]
     async with store.database.reader.connect() as conn:
         rows = [
             (r.id, names[r.account_id], *r[2:])
@@ -94,7 +104,12 @@ async def _scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
                     sessions.c.rate_usd_per_hour,
                     sessions.c.basis,
                     sessions.c.api_key_id,
-                    sessions.c.ended_at,
+                    sessions.c.ended_at.is_(None),
+                    sessions.c.audio_seconds,
+                    sessions.c.cost_nanos,
+                    sessions.c.close_code,
+                    sessions.c.close_reason,
+                    sessions.c.closed_by,
                     sessions.c.cycles,
                     sessions.c.held_cycles,
                     sessions.c.held_nanos,
@@ -107,13 +122,27 @@ async def _scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
             for r in await conn.execute(select(accounts).order_by(accounts.c.name))
         ]
         state += [(names[r.account_id], r.type) for r in await conn.execute(select(account_events))]
+        o = usage_outbox.c
+        state += [
+            (r.id, r.cycle, names[r.account_id], r.provider, r.model, r.basis, r.seconds, r.price_nanos, r.pending)
+            for r in await conn.execute(
+                select(o.id, o.cycle, o.account_id, o.provider, o.model, o.basis, o.seconds, o.price_nanos)
+                .add_columns(
+                    select(func.string_agg(export_pending.c.sink, aggregate_order_by(",", export_pending.c.sink)))
+                    .where(export_pending.c.seq == o.seq)
+                    .scalar_subquery()
+                    .label("pending")
+                )
+                .order_by(o.seq)
+            )
+        ]
     described = repr(outcomes)
     for account_id, name in names.items():
         described = described.replace(account_id, name)
     return [described], rows, state
 
 
-async def test_open_and_accept_agree_with_the_portable_transactions(pair: tuple[Store, Store]) -> None:
+async def test_open_accept_and_end_agree_with_the_portable_transactions(pair: tuple[Store, Store]) -> None:
     fast, portable = pair
     assert await _scenario(fast) == await _scenario(portable)
 
@@ -125,7 +154,7 @@ async def test_the_key_lookup_reads_the_same_row(pair: tuple[Store, Store]) -> N
     await fast.revoke_key(revoked.id)
     assert await fast.authenticate(live.key) is not None
     await fast.auth.close()  # the background last-used write
-    pg = PgFastPath(fast.database)
+    pg = PgFastPath(fast.database, fast.outbox)
     for key in (live.key, revoked.key, "sk-mai-" + "A" * 43):
         digest = hash_secret(key)
         assert await pg.authenticate(digest) == await fast.auth.lookup_key(digest)

@@ -124,7 +124,7 @@ class Slots:
     ) -> None:
         self._db = database
         self._fast = fast
-        # PostgreSQL: open with one call of ``sttgate_open_session``, accept on the driver (None: portable).
+        # PostgreSQL: open with one call of ``sttgate_open_session``, accept and end on the driver (None: portable).
         self._pg_fast = pg_fast
         # Every statement that can raise a session's cycles runs in ``outbox.recording`` (docs/export.md).
         self._outbox = outbox
@@ -435,6 +435,8 @@ class Slots:
         now = utcnow()
         if self._fast is not None:
             return await self._fast.end_sessions(ends, now)
+        if self._pg_fast is not None:
+            return await self._pg_fast.end_sessions(ends, now)
         return await self._end_portable(ends, now)
 
     async def record_provider_figures(

@@ -34,7 +34,7 @@ class Store:
         self.engine = engine
         self.outbox = Outbox(self.database)
         self._fast = SqliteFastPath.for_database(self.database, self.outbox) if fast_path else None
-        self._pg_fast = PgFastPath.for_database(self.database) if fast_path else None
+        self._pg_fast = PgFastPath.for_database(self.database, self.outbox) if fast_path else None
         self.auth = Auth(self.database, self._fast or self._pg_fast)
         self.slots = Slots(self.database, self._fast, self.outbox, self._pg_fast)
         self.accounts = Accounts(self.database)
