@@ -120,10 +120,10 @@ def _postgres_engine(url: URL) -> AsyncEngine:
     @event.listens_for(engine.sync_engine.pool, "checkout")
     def _closed_is_discarded(_dbapi: Any, record: Any, _proxy: Any) -> None:
         # Instead of ``pool_pre_ping``, which costs three round trips per checkout with asyncpg (BEGIN, a query,
-        # ROLLBACK; docs/architecture.md#the-control-plane-on-postgresql): a connection the server closed (a restart,
-        # an idle timeout) is seen closed by the driver, which reads every socket, so it is replaced here at no
-        # cost. A connection that dies mid-statement fails that statement; SQLAlchemy then invalidates the whole
-        # pool, so the next checkouts reconnect.
+        # ROLLBACK; docs/architecture.md#key-decisions, "The control plane on PostgreSQL"): a connection the server
+        # closed (a restart, an idle timeout) is seen closed by the driver, which reads every socket, so it is
+        # replaced here at no cost. A connection that dies mid-statement fails that statement; SQLAlchemy then
+        # invalidates the whole pool, so the next checkouts reconnect.
         if record.driver_connection is None or record.driver_connection.is_closed():
             raise DisconnectionError("the server closed this connection")
 

@@ -1,9 +1,9 @@
 """PostgreSQL only: ``sttgate_open_session``, a stream slot (and its first prepaid hold) in one round trip.
 
 ``Slots.open_session`` on PostgreSQL calls this function with one statement instead of running five in a
-transaction (docs/architecture.md#the-control-plane-on-postgresql). Inside a VOLATILE plpgsql function each statement
-takes a fresh snapshot under READ COMMITTED, so the live counts read after the account's row lock see every session
-committed before it was granted, as the portable transaction's separate statements do.
+transaction (docs/architecture.md#key-decisions, "The control plane on PostgreSQL"). Inside a VOLATILE plpgsql
+function each statement takes a fresh snapshot under READ COMMITTED, so the live counts read after the account's row
+lock see every session committed before it was granted, as the portable transaction's separate statements do.
 
 The function mirrors ``slots.decide_open`` (account limit, key limit, balance, budget) only to decide whether to
 insert; it returns the figures it read, and Python checks its decision against ``decide_open`` on them
