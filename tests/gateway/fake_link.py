@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.upstream import End, Frame, FrameKind
 from sttgate.providers import get_provider
-from sttgate.store import Principal, SessionProgress
+from sttgate.store import Principal, SessionEnd, SessionProgress
 
 
 class FakeLink:
@@ -112,13 +113,15 @@ class FakeStore:
     async def flush_progress(self, updates: list[SessionProgress]) -> None:
         self.flushed.extend(updates)
 
-    async def end_session(self, session_id: str, **row: Any) -> None:
-        self.ended[session_id] = row
+    async def end_sessions(self, ends: list[SessionEnd]) -> set[str]:
+        for end in ends:
+            row = dataclasses.asdict(end)
+            self.ended[row.pop("session_id")] = row
+        return set()
 
-    async def record_provider_figures(
-        self, session_id: str, audio_seconds: float | None, session_seconds: float | None
-    ) -> None:
-        self.figures[session_id] = (audio_seconds, session_seconds)
+    async def record_provider_figures_batch(self, rows: list[tuple[str, float | None, float | None]]) -> None:
+        for session_id, audio_seconds, session_seconds in rows:
+            self.figures[session_id] = (audio_seconds, session_seconds)
 
 
 def make_session(

@@ -247,12 +247,12 @@ async def test_a_pending_end_keeps_its_lease_and_slot_until_written(emulator, tm
     async with outage_gateway("sqlite-full", emulator, tmp_path) as (gw, store, _):
         acct = await create_account(store, name="outage", max_streams=1)
         manager = gw.app[SERVICES].sessions
-        end_session = store.end_session
+        end_sessions = store.end_sessions
 
-        async def end_fails(*args: Any, **kwargs: Any) -> None:
+        async def end_fails(*args: Any, **kwargs: Any) -> set[str]:
             raise sqlite3.OperationalError("database or disk is full")
 
-        store.end_session = end_fails  # type: ignore[method-assign]
+        store.end_sessions = end_fails  # type: ignore[method-assign]
         async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_rate_check=off") as ws:
             for _ in range(30):
                 await ws.send_bytes(tone(3200))
@@ -264,7 +264,7 @@ async def test_a_pending_end_keeps_its_lease_and_slot_until_written(emulator, tm
         status, body, _ = await refused_handshake(gw, acct.key)
         assert (status, body["error"]["code"]) == (429, "too_many_streams")  # its slot is still held
 
-        store.end_session = end_session  # type: ignore[method-assign]
+        store.end_sessions = end_sessions  # type: ignore[method-assign]
         await wait_for(lambda: not manager.pending, 20, what="the pending end written")
         session = (await Admin(store, names()).usage(acct.id))["sessions"][0]
         assert (session["audio_seconds"], session["closed_by"]) == (3.0, "client")

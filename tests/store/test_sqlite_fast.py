@@ -18,7 +18,7 @@ import pytest
 
 from sttgate.core.billing import LedgerWrite
 from sttgate.core.outcomes import ClosedBy, SessionKind
-from sttgate.store import NotFoundError, SessionProgress, Store
+from sttgate.store import NotFoundError, SessionEnd, SessionProgress, Store
 from sttgate.store.database import hash_secret
 
 PRICE = 208_333
@@ -320,6 +320,24 @@ async def test_end_session(pair: tuple[Store, Store]) -> None:
             await end(store, "no-such-session", ClosedBy.CLIENT, 1000),
             await end(store, "s1", "someone", 1000),
         ]
+
+    await _both(pair, scenario)
+
+
+async def test_end_sessions_in_one_batch(pair: tuple[Store, Store]) -> None:
+    """A batch of ends (the session manager's group commit): the unknown session is reported, the others end, and
+    the cycles the ends add are exported (docs/export.md)."""
+
+    async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
+        await _open(store, a["postpaid"], "s1")
+        await _open(store, a["postpaid"], "s2")
+        await store.flush_progress([SessionProgress("s1", 5.0, 1, PRICE)])
+        ends = [
+            SessionEnd("s1", 12.0, 3, 3 * PRICE, 1000, "", ClosedBy.CLIENT),
+            SessionEnd("gone", 1.0, 0, 0, None, None, ClosedBy.GATEWAY),
+            SessionEnd("s2", 2.0, 0, 0, 4002, "refused", ClosedBy.GATEWAY),
+        ]
+        return [sorted(await store.end_sessions(ends)), await store.end_sessions([])]
 
     await _both(pair, scenario)
 

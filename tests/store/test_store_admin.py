@@ -15,7 +15,7 @@ from sttgate.store.db import current_revision, head_revision, make_engine, upgra
 async def test_migrations_are_idempotent(db_url: str) -> None:
     await upgrade(db_url)
     await upgrade(db_url)
-    assert await current_revision(db_url) == head_revision() == "0010"
+    assert await current_revision(db_url) == head_revision() == "0011"
 
 
 async def test_ping(store: Store) -> None:

@@ -17,8 +17,9 @@ from sttgate.admin import account_view, usage_document
 from sttgate.core import refusals
 from sttgate.core.billing import LedgerWrite
 from sttgate.core.money import cycle_price_nanos, usd_to_nanos
+from sttgate.core.outcomes import ClosedBy
 from sttgate.providers import names
-from sttgate.store import NotFoundError, SessionProgress, SlotOutcome, Store
+from sttgate.store import NotFoundError, SessionEnd, SessionProgress, SlotOutcome, Store
 from sttgate.store.tables import sessions, tasks
 
 ASSEMBLYAI_CYCLE = cycle_price_nanos("0.15")  # 208_333
@@ -254,6 +255,25 @@ async def test_end_session_records_the_close(store: Store) -> None:
         await store.end_session(
             sid, audio_seconds=0, cycles=0, cost_nanos=0, close_code=None, close_reason=None, closed_by="someone"
         )
+
+
+async def test_end_sessions_ends_a_batch_in_one_call_and_names_the_unknown(store: Store) -> None:
+    acct = await store.create_account(name="Batch", max_streams=2)
+    first, second = await _open(store, acct.id), await _open(store, acct.id)
+    missing = await store.end_sessions(
+        [
+            SessionEnd(first, 3.2, 1, ASSEMBLYAI_CYCLE, 1000, "", ClosedBy.CLIENT),
+            SessionEnd("no-such-session", 0.0, 0, 0, None, None, ClosedBy.GATEWAY),
+            SessionEnd(second, 0.5, 0, 0, 4002, "refused", ClosedBy.GATEWAY),
+        ]
+    )
+    assert missing == {"no-such-session"}
+    rows = [await _row(store, sid) for sid in (first, second)]
+    assert [(r.close_code, r.closed_by, r.cycles, r.ended_at is not None) for r in rows] == [
+        (1000, "client", 1, True),
+        (4002, "gateway", 0, True),
+    ]
+    assert await _open(store, acct.id)  # both slots are free again
 
 
 async def test_reaper_closes_dead_sessions_and_keeps_their_cycles(store: Store) -> None:

@@ -31,9 +31,10 @@ from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.core.outage import Backoff, PendingEnd, PendingEnds, WriteHealth
 from sttgate.core.prices import ProviderPrices
 from sttgate.core.reconciliation import audio_mismatch
+from sttgate.gateway.groupcommit import GroupCommit
 from sttgate.gateway.logevents import log_event
 from sttgate.gateway.metrics import GatewayMetrics
-from sttgate.store import NotFoundError, SessionProgress, unavailable
+from sttgate.store import NotFoundError, SessionEnd, SessionProgress, unavailable
 from sttgate.store.database import utcnow
 from sttgate.store.events import MonthSpend
 
@@ -92,6 +93,7 @@ class SessionManager:
         self._retry_wake = asyncio.Event()
         self._retry_lock = asyncio.Lock()
         self._writing: dict[str, asyncio.Task[Any]] = {}
+        self._ends: GroupCommit[PendingEnd] = GroupCommit(self._write_ends)
         # The budgeted accounts of live sessions and their spending this month, as last read; accounts whose session
         # ended since (their final cost may pass a threshold); the thresholds this process has recorded.
         self._spend: dict[str, MonthSpend] = {}
@@ -241,24 +243,41 @@ class SessionManager:
         return self.writes.writable(time.monotonic())
 
     async def _write_end(self, end: PendingEnd) -> None:
-        await self.database_write(f"end {end.session_id}", lambda: self._end_statements(end))
+        """Write ``end`` in the next batch of ends (group commit: one transaction for every end queued while the
+        previous batch was written); returns once it is written, so the slot is free by then."""
+        await self._ends.submit(end)
 
-    async def _end_statements(self, end: PendingEnd) -> None:
-        if end.accepted_at is not None:  # accepted since the last tick: a session, written before its end
-            await self.store.accept_sessions([(end.session_id, end.accepted_at)])
-        await self.store.end_session(
-            end.session_id,
-            audio_seconds=end.audio_seconds,
-            cycles=end.cycles,
-            cost_nanos=end.cost_nanos,
-            close_code=end.close_code,
-            close_reason=end.close_reason,
-            closed_by=end.closed_by,
+    async def _write_ends(self, ends: list[PendingEnd]) -> list[BaseException | None]:
+        return await self.database_write("ends", lambda: self._end_statements(ends))
+
+    async def _end_statements(self, ends: list[PendingEnd]) -> list[BaseException | None]:
+        """A batch's writes: the sessions accepted since the last tick (written before their ends), the ends, the
+        provider's figures; one statement each for the whole batch. NotFoundError for an end without its row."""
+        accepted = [(e.session_id, e.accepted_at) for e in ends if e.accepted_at is not None]
+        if accepted:
+            await self.store.accept_sessions(accepted)
+        missing = await self.store.end_sessions(
+            [
+                SessionEnd(
+                    e.session_id,
+                    audio_seconds=e.audio_seconds,
+                    cycles=e.cycles,
+                    cost_nanos=e.cost_nanos,
+                    close_code=e.close_code,
+                    close_reason=e.close_reason,
+                    closed_by=e.closed_by,
+                )
+                for e in ends
+            ]
         )
-        if end.has_figures:
-            await self.store.record_provider_figures(
-                end.session_id, end.provider_audio_seconds, end.provider_session_seconds
-            )
+        figures = [
+            (e.session_id, e.provider_audio_seconds, e.provider_session_seconds)
+            for e in ends
+            if e.has_figures and e.session_id not in missing
+        ]
+        if figures:
+            await self.store.record_provider_figures_batch(figures)
+        return [NotFoundError(f"no session {e.session_id}") if e.session_id in missing else None for e in ends]
 
     def keep_end(self, end: PendingEnd, exc: BaseException | None = None) -> None:
         """Keep ``end`` until it is written (bounded by ``pending_ends_max``; the oldest beyond it is logged)."""

@@ -25,7 +25,7 @@ from sttgate.store.admin_tokens import AdminToken, AdminTokenCheck, NewAdminToke
 from sttgate.store.auth import MintedToken, Principal
 from sttgate.store.database import ConflictError, NotFoundError, unavailable
 from sttgate.store.operator_sessions import OperatorSession
-from sttgate.store.slots import SessionProgress, SlotOutcome
+from sttgate.store.slots import SessionEnd, SessionProgress, SlotOutcome
 from sttgate.store.store import Store
 from sttgate.store.usage import Usage, UsageRow
 
@@ -44,6 +44,7 @@ __all__ = [
     "NotFoundError",
     "OperatorSession",
     "Principal",
+    "SessionEnd",
     "SessionProgress",
     "SlotOutcome",
     "Store",

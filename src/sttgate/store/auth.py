@@ -27,6 +27,7 @@ from sttgate.store.tables import accounts, api_keys
 from sttgate.store.tables import tokens as tokens_table
 
 if TYPE_CHECKING:
+    from sttgate.store.pg_fast import PgFastPath
     from sttgate.store.sqlite_fast import SqliteFastPath
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,9 @@ AUTH_QUERY = (
 
 
 class Auth:
-    """Keys and tokens; one per store. Key lookups take the SQLite fast path when there is one."""
+    """Keys and tokens; one per store. Key lookups take the fast path (SQLite's or PostgreSQL's) when there is one."""
 
-    def __init__(self, database: Database, fast: SqliteFastPath | None) -> None:
+    def __init__(self, database: Database, fast: SqliteFastPath | PgFastPath | None) -> None:
         self._db = database
         self._fast = fast
         self._last_used_written: dict[str, float] = {}

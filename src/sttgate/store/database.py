@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -37,12 +38,17 @@ class ConflictError(ValueError):
 
 
 # What a database that is down, full, locked or refusing connections raises, whichever driver and path (SQLAlchemy
-# wraps driver errors in DBAPIError; the SQLite fast path raises sqlite3's own; a refused connection may surface as
-# OSError; a bounded wait as TimeoutError).
+# wraps driver errors in DBAPIError; the fast paths raise their driver's own: sqlite3's, and asyncpg's for a lost
+# connection, a server out of resources or shutting down; a refused connection may surface as OSError; a bounded wait
+# as TimeoutError).
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     sa_exc.DBAPIError,
     sa_exc.TimeoutError,
     sqlite3.Error,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.OperatorInterventionError,
     OSError,
     TimeoutError,
 )
@@ -77,6 +83,7 @@ class Database:
         # process's writers queue here instead keeps a write's latency near its own cost (other processes still
         # wait in the busy handler).
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -89,6 +96,17 @@ class Database:
                 yield conn
         else:
             async with self.write_lock, self.engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def one_statement(self) -> AsyncIterator[AsyncConnection]:
+        """A write of exactly one statement (an executemany is one). On PostgreSQL it runs in autocommit: a statement
+        is atomic on its own, and BEGIN and COMMIT would be two more round trips. On SQLite it is :meth:`write`."""
+        if self.write_lock is None:
+            async with self._autocommit.connect() as conn:
+                yield conn
+        else:
+            async with self.write() as conn:
                 yield conn
 
     async def ping(self, timeout: float) -> bool:

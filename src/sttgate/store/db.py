@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
@@ -107,15 +108,26 @@ def _postgres_engine(url: URL) -> AsyncEngine:
     if "sslmode" in query:
         query["ssl"] = query.pop("sslmode")
     url = url.set(query=query)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=10,
         max_overflow=20,
         pool_timeout=30,
         pool_recycle=1800,
-        pool_pre_ping=True,
         connect_args=connect_args,
     )
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _closed_is_discarded(_dbapi: Any, record: Any, _proxy: Any) -> None:
+        # Instead of ``pool_pre_ping``, which costs three round trips per checkout with asyncpg (BEGIN, a query,
+        # ROLLBACK; docs/architecture.md#key-decisions, "The control plane on PostgreSQL"): a connection the server
+        # closed (a restart, an idle timeout) is seen closed by the driver, which reads every socket, so it is
+        # replaced here at no cost. A connection that dies mid-statement fails that statement; SQLAlchemy then
+        # invalidates the whole pool, so the next checkouts reconnect.
+        if record.driver_connection is None or record.driver_connection.is_closed():
+            raise DisconnectionError("the server closed this connection")
+
+    return engine
 
 
 def _parse_pg_options(options: str) -> dict[str, str]:

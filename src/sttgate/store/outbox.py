@@ -4,8 +4,9 @@ Writing: every ledger statement that can raise a session's ``cycles`` (a prepaid
 session's end) runs inside :meth:`Outbox.recording`, which reads the sessions' cycles before the statement (locking
 their rows on PostgreSQL) and after it, and inserts one event per added cycle
 (:func:`sttgate.core.usage_events.added_cycles`) with one ``export_pending`` row per configured sink, in the same
-transaction. A refused or rolled-back charge adds no cycle, so it leaves no event. The SQLite fast path does the same
-with :func:`record_sqlite` (``sqlite_fast.py``).
+transaction (on PostgreSQL the events and all their pending rows in one statement). A refused or rolled-back charge
+adds no cycle, so it leaves no event. The SQLite fast path does the same with :func:`record_sqlite`
+(``sqlite_fast.py``).
 
 Delivery: each sink has a row in ``export_sinks`` whose lease one exporter holds at a time, across every gateway on
 the database (claimed with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one writer). The holder reads the
@@ -21,13 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy import String, column, delete, func, insert, literal, select, true, update, values
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sttgate.core.money import CYCLE_SECONDS
 from sttgate.core.usage_events import UsageEvent, added_cycles, event_id
-from sttgate.store.database import Database, chunks, utcnow
+from sttgate.store.database import ID_CHUNK, Database, chunks, utcnow
 from sttgate.store.tables import accounts, export_pending, export_sinks, sessions, usage_outbox
 
 # What the outbox copies from a session row, in this order.
@@ -98,8 +99,9 @@ class Outbox:
     # -- writing (inside the ledger's transactions) ---------------------------------------------------------------
 
     @asynccontextmanager
-    async def recording(self, conn: AsyncConnection, session_ids: Sequence[str]) -> AsyncIterator[None]:
-        """Record the cycles the statements run in this block add to ``session_ids``, in ``conn``'s transaction."""
+    async def recording(self, conn: AsyncConnection, session_ids: Sequence[str]) -> AsyncIterator[set[str]]:
+        """Record the cycles the statements run in this block add to ``session_ids``, in ``conn``'s transaction; the
+        block is given the ids of the sessions that exist (the others add nothing)."""
         ids = sorted(set(session_ids))
         locked = select(sessions.c.id, sessions.c.cycles, sessions.c.cost_nanos).order_by(sessions.c.id)
         before: dict[str, _Before] = {}
@@ -107,13 +109,21 @@ class Outbox:
             # FOR UPDATE (PostgreSQL): no other transaction moves these counts between the two reads.
             for row in await conn.execute(locked.where(sessions.c.id.in_(chunk)).with_for_update()):
                 before[row.id] = _Before(row.cycles, row.cost_nanos)
-        yield
+        yield set(before)
         fields = [sessions.c[name] for name in _SESSION_FIELDS]
         after: list[Sequence[Any]] = []
         for chunk in chunks(list(before)):
             after.extend(tuple(r) for r in await conn.execute(select(*fields).where(sessions.c.id.in_(chunk))))
         rows = event_rows(before, after, utcnow())
-        if rows:
+        if rows and self.sinks and conn.dialect.name == "postgresql":
+            # One statement writes the events and their pending rows for every sink (instead of one per sink).
+            sinks = values(column("sink", String()), name="sinks").data([(sink,) for sink in self.sinks])
+            for start in range(0, len(rows), ID_CHUNK):
+                added = insert(usage_outbox).values(rows[start : start + ID_CHUNK]).returning(usage_outbox.c.seq)
+                added_cte = added.cte("added")
+                pending_rows = select(sinks.c.sink, added_cte.c.seq).select_from(added_cte.join(sinks, true()))
+                await conn.execute(insert(export_pending).from_select(["sink", "seq"], pending_rows))
+        elif rows:
             await conn.execute(insert(usage_outbox), rows)
             for sink in self.sinks:
                 ids_added = [r["id"] for r in rows]

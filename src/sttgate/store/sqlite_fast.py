@@ -27,7 +27,15 @@ from sttgate.store.auth import AuthRow
 from sttgate.store.database import Database, NotFoundError, utcnow
 from sttgate.store.events import balance_low_data, exhausted_data
 from sttgate.store.outbox import Outbox, sqlite_before, sqlite_record
-from sttgate.store.slots import SessionProgress, SlotFigures, SlotOutcome, decide_open, hold_refund, ledger_change
+from sttgate.store.slots import (
+    SessionEnd,
+    SessionProgress,
+    SlotFigures,
+    SlotOutcome,
+    decide_open,
+    hold_refund,
+    ledger_change,
+)
 from sttgate.store.tables import UTCDateTime
 
 T = TypeVar("T")
@@ -162,20 +170,15 @@ class SqliteFastPath:
         rows = [(float(u.audio_seconds), u.cycles, u.cost_nanos, u.session_id) for u in updates]
         await self._write_recording([u.session_id for u in updates], _flush, rows)
 
-    async def end_session(
-        self,
-        session_id: str,
-        audio_seconds: float,
-        cycles: int,
-        cost_nanos: int,
-        now: datetime,
-        close_code: int | None,
-        close_reason: str | None,
-        closed_by: ClosedBy,
-    ) -> bool:
-        values = (audio_seconds, cycles, cost_nanos, self._time(now), close_code, close_reason, closed_by.value)
-        found: bool = await self._write_recording([session_id], _end, session_id, values)
-        return found
+    async def end_sessions(self, ends: Sequence[SessionEnd], now: datetime) -> set[str]:
+        at = self._time(now)
+        rows = [
+            (e.audio_seconds, e.cycles, e.cost_nanos, at, e.close_code, e.close_reason, ClosedBy(e.closed_by).value)
+            for e in ends
+        ]
+        ids = [e.session_id for e in ends]
+        missing: set[str] = await self._write_recording(ids, _end, ids, rows)
+        return missing
 
     async def close(self) -> None:
         async with self._write_lock:
@@ -394,14 +397,18 @@ _END_SQL = (
 )
 
 
-def _end(conn: sqlite3.Connection, session_id: str, values: tuple[Any, ...]) -> tuple[bool, bool]:
-    row = conn.execute("SELECT account_id, cost_nanos, held_nanos FROM sessions WHERE id = ?", (session_id,)).fetchone()
-    found = conn.execute(_END_SQL, (*values, session_id)).rowcount == 1
-    if row is not None:
-        refund = hold_refund(row[1], values[2], row[2])
-        if refund:
-            conn.execute(
-                "UPDATE accounts SET balance_nanos = balance_nanos + ? WHERE id = ? AND balance_nanos IS NOT NULL",
-                (refund, row[0]),
-            )
-    return True, found
+def _end(conn: sqlite3.Connection, ids: list[str], rows: list[tuple[Any, ...]]) -> tuple[bool, set[str]]:
+    """The ids of the sessions not found. Each session's hold is settled as ``Slots.end_sessions`` does."""
+    missing = set()
+    for sid, values in zip(ids, rows, strict=True):
+        held = conn.execute("SELECT account_id, cost_nanos, held_nanos FROM sessions WHERE id = ?", (sid,)).fetchone()
+        if conn.execute(_END_SQL, (*values, sid)).rowcount != 1:
+            missing.add(sid)
+        if held is not None:
+            refund = hold_refund(held[1], values[2], held[2])
+            if refund:
+                conn.execute(
+                    "UPDATE accounts SET balance_nanos = balance_nanos + ? WHERE id = ? AND balance_nanos IS NOT NULL",
+                    (refund, held[0]),
+                )
+    return True, missing

@@ -12,6 +12,7 @@ from sttgate.store.database import Database
 from sttgate.store.events import AccountEvents
 from sttgate.store.operator_sessions import OperatorSessions
 from sttgate.store.outbox import Outbox
+from sttgate.store.pg_fast import PgFastPath
 from sttgate.store.slots import Slots
 from sttgate.store.sqlite_fast import SqliteFastPath
 from sttgate.store.tasks import Tasks
@@ -25,7 +26,7 @@ class Store:
     ``admin_tokens``, ``operator_sessions``, ``outbox``); their
     operations are also exposed flat (``store.open_session(...)``, ``store.create_account(...)``) as the
     aggregates' own bound methods, so call sites stay short. ``fast_path=False`` turns the SQLite single-trip path
-    off (the equivalence tests compare both).
+    and PostgreSQL's driver-level handshake statements off (the equivalence tests compare both).
     """
 
     def __init__(self, engine: AsyncEngine, *, fast_path: bool = True) -> None:
@@ -33,8 +34,9 @@ class Store:
         self.engine = engine
         self.outbox = Outbox(self.database)
         self._fast = SqliteFastPath.for_database(self.database, self.outbox) if fast_path else None
-        self.auth = Auth(self.database, self._fast)
-        self.slots = Slots(self.database, self._fast, self.outbox)
+        self._pg_fast = PgFastPath.for_database(self.database, self.outbox) if fast_path else None
+        self.auth = Auth(self.database, self._fast or self._pg_fast)
+        self.slots = Slots(self.database, self._fast, self.outbox, self._pg_fast)
         self.accounts = Accounts(self.database)
         self.usage_queries = UsageQueries(self.database)
         self.tasks = Tasks(self.database)
@@ -53,7 +55,9 @@ class Store:
         self.flush_progress = self.slots.flush_progress
         self.renew_leases = self.slots.renew_leases
         self.end_session = self.slots.end_session
+        self.end_sessions = self.slots.end_sessions
         self.record_provider_figures = self.slots.record_provider_figures
+        self.record_provider_figures_batch = self.slots.record_provider_figures_batch
         self.reap_dead_sessions = self.slots.reap_dead_sessions
 
         self.create_account = self.accounts.create_account

@@ -1,0 +1,158 @@
+"""PostgreSQL only: the statements of every session (authenticate, open, accept, end) on the driver itself.
+
+Through SQLAlchemy each statement costs the event loop about a millisecond of CPU (compilation cache lookups, result
+processing, the greenlet hop into its synchronous core); a session runs several. Here each is one call on the
+asyncpg connection taken from the engine's own pool (same connections, same settings, same checkout check), with the
+text of the portable statement: ``auth.AUTH_QUERY``, ``sttgate_open_session`` (migration 0011),
+``Slots.accept_sessions``'s UPDATE, and ``Slots.end_sessions``'s transaction with its usage events
+(``outbox.recording``'s reads, ``outbox.event_rows``). ``tests/store/test_pg_fast.py`` runs both and compares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from sttgate.core.outcomes import ClosedBy
+from sttgate.store.auth import AuthRow
+from sttgate.store.database import Database, utcnow
+from sttgate.store.outbox import _SESSION_FIELDS, Outbox, _Before, event_rows
+from sttgate.store.slots import SessionEnd, hold_refund
+
+_AUTH_SQL = (
+    "SELECT api_keys.id, api_keys.key_hash, api_keys.revoked_at, api_keys.last_used_at, accounts.id,"
+    " accounts.streaming_enabled, accounts.max_streams, accounts.balance_nanos, api_keys.expires_at,"
+    " api_keys.max_streams, api_keys.providers"
+    " FROM api_keys JOIN accounts ON accounts.id = api_keys.account_id WHERE api_keys.key_hash = $1"
+)
+_OPEN_SQL = "SELECT * FROM sttgate_open_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+_ACCEPT_SQL = "UPDATE sessions SET opening = false, started_at = $2 WHERE id = $1"
+# Slots._end_portable's statement.
+_STILL_OPEN = "(ended_at IS NULL OR closed_by = 'gateway_crash')"
+_END_SQL = (
+    "UPDATE sessions SET"
+    f" audio_seconds = CASE WHEN {_STILL_OPEN} THEN $1::float8 ELSE audio_seconds END,"
+    " cycles = CASE WHEN cycles < $2::int THEN $2::int ELSE cycles END,"
+    " cost_nanos = CASE WHEN cost_nanos < $3::bigint THEN $3::bigint ELSE cost_nanos END,"
+    f" ended_at = CASE WHEN {_STILL_OPEN} THEN $4::timestamptz ELSE ended_at END,"
+    f" close_code = CASE WHEN {_STILL_OPEN} THEN $5::int ELSE close_code END,"
+    f" close_reason = CASE WHEN {_STILL_OPEN} THEN $6::text ELSE close_reason END,"
+    f" closed_by = CASE WHEN {_STILL_OPEN} THEN $7::text ELSE closed_by END,"
+    " held_cycles = 0, held_nanos = 0"
+    " WHERE id = $8"
+)
+# outbox.recording: the counts before (rows locked), the rows after, the events and their pending rows in one statement.
+_BEFORE_SQL = (
+    "SELECT id, cycles, cost_nanos, account_id, held_nanos FROM sessions WHERE id = ANY($1::text[]) ORDER BY id"
+    " FOR UPDATE"
+)
+_REFUND_SQL = "UPDATE accounts SET balance_nanos = balance_nanos + $1 WHERE id = $2 AND balance_nanos IS NOT NULL"
+_AFTER_SQL = f"SELECT {', '.join(_SESSION_FIELDS)} FROM sessions WHERE id = ANY($1::text[])"
+_EVENT_COLUMNS = (
+    "id",
+    "session_id",
+    "cycle",
+    "account_id",
+    "api_key_id",
+    "provider",
+    "model",
+    "basis",
+    "seconds",
+    "price_nanos",
+    "charged_at",
+)
+_EVENTS_SQL = (
+    f"WITH added AS (INSERT INTO usage_outbox ({', '.join(_EVENT_COLUMNS)})"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],"
+    " $8::text[], $9::int[], $10::bigint[], $11::timestamptz[]) RETURNING seq)"
+    " INSERT INTO export_pending (sink, seq) SELECT sink, added.seq FROM added CROSS JOIN unnest($12::text[]) AS sink"
+)
+
+
+class PgFastPath:
+    """The driver-level implementations; same arguments and results as their portable counterparts."""
+
+    def __init__(self, database: Database, outbox: Outbox) -> None:
+        self._engine = database.engine
+        self._outbox = outbox
+
+    @classmethod
+    def for_database(cls, database: Database, outbox: Outbox) -> PgFastPath | None:
+        """The fast path on PostgreSQL; None on SQLite (which has its own, ``sqlite_fast.py``)."""
+        return None if database.is_sqlite else cls(database, outbox)
+
+    @asynccontextmanager
+    async def _driver(self) -> AsyncIterator[Any]:
+        """An asyncpg connection of the engine's pool, outside any transaction (each statement commits alone)."""
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            yield raw.driver_connection
+
+    async def authenticate(self, digest: str) -> AuthRow | None:
+        async with self._driver() as driver:
+            row = await driver.fetchrow(_AUTH_SQL, digest)
+        if row is None:
+            return None
+        key_id, key_hash, revoked_at, last_used_at, account_id, streaming_enabled, max_streams, balance = row[:8]
+        expires_at, key_max_streams, key_providers = row[8:]
+        return AuthRow(
+            key_id=key_id,
+            key_hash=key_hash,
+            revoked=revoked_at is not None,
+            last_used_at=last_used_at,
+            account_id=account_id,
+            streaming_enabled=bool(streaming_enabled),
+            max_streams=max_streams,
+            balance_nanos=balance,
+            expires_at=expires_at,
+            key_max_streams=key_max_streams,
+            key_providers=key_providers,
+        )
+
+    async def open_session(self, args: Sequence[Any]) -> tuple[Any, ...] | None:
+        """The row ``sttgate_open_session`` returns for ``args`` (in its parameters' order); None: no account."""
+        async with self._driver() as driver:
+            row = await driver.fetchrow(_OPEN_SQL, *args)
+        return None if row is None else tuple(row)
+
+    async def accept_sessions(self, accepted: Sequence[tuple[str, datetime]]) -> None:
+        """One executemany: a single round trip, atomic (one implicit transaction up to its Sync)."""
+        async with self._driver() as driver:
+            await driver.executemany(_ACCEPT_SQL, list(accepted))
+
+    async def end_sessions(self, ends: Sequence[SessionEnd], now: datetime) -> set[str]:
+        """``Slots.end_sessions`` in one transaction: lock and read the counts, one executemany, read the rows, one
+        statement for the usage events; the ids of the sessions not found."""
+        ids = sorted({e.session_id for e in ends})
+        rows = [
+            (
+                float(e.audio_seconds),
+                e.cycles,
+                e.cost_nanos,
+                now,
+                e.close_code,
+                e.close_reason,
+                ClosedBy(e.closed_by).value,
+                e.session_id,
+            )
+            for e in ends
+        ]
+        async with self._driver() as driver, driver.transaction():
+            locked = await driver.fetch(_BEFORE_SQL, ids)
+            before = {r[0]: _Before(r[1], r[2]) for r in locked}
+            await driver.executemany(_END_SQL, rows)
+            # Each session's hold is settled in the same transaction (docs/billing.md#holds).
+            final_cost: dict[str, int] = {}
+            for e in ends:
+                final_cost[e.session_id] = max(final_cost.get(e.session_id, 0), e.cost_nanos)
+            refunds = [(hold_refund(r[2], final_cost[r[0]], r[4]), r[3]) for r in locked if r[4]]
+            if any(amount for amount, _ in refunds):
+                await driver.executemany(_REFUND_SQL, [(a, acct) for a, acct in refunds if a])
+            after = [tuple(r) for r in await driver.fetch(_AFTER_SQL, list(before))] if before else []
+            events = event_rows(before, after, utcnow())
+            if events:
+                columns = [[event[name] for event in events] for name in _EVENT_COLUMNS]
+                await driver.execute(_EVENTS_SQL, *columns, list(self._outbox.sinks))
+        return set(ids) - set(before)

@@ -1,0 +1,165 @@
+"""PostgreSQL's fast path (store/pg_fast.py) against the portable implementation: the same calls give the same
+outcomes and rows. Each scenario runs through a store with the fast path and one without it, each on its own fresh
+schema of the real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+from sttgate.core.outcomes import ClosedBy, SessionKind
+from sttgate.store import NotFoundError, SessionEnd, SessionProgress, Store
+from sttgate.store.database import hash_secret
+from sttgate.store.pg_fast import PgFastPath
+from sttgate.store.tables import account_events, accounts, export_pending, sessions, usage_outbox
+from tests.support.postgres import fresh_schema
+
+PRICE = 208_333
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Store, Store]]:
+    """(fast, portable): two stores on two fresh schemas."""
+    async with fresh_schema("sttgate_pgfast") as fast_url, fresh_schema("sttgate_pgportable") as portable_url:
+        fast = await Store.connect(fast_url)
+        portable = await Store.connect(portable_url, fast_path=False)
+        try:
+            assert fast._pg_fast is not None and portable._pg_fast is None
+            yield fast, portable
+        finally:
+            await fast.close()
+            await portable.close()
+
+
+async def _outcome(call: Any) -> Any:
+    try:
+        return await call
+    except (NotFoundError, ValueError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+async def _scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
+    names = {}
+    for name, kwargs in {
+        "prepaid": {"max_streams": 2, "balance_nanos": 3 * PRICE},
+        "postpaid": {"max_streams": 3, "monthly_budget_nanos": 10 * PRICE},
+        "poor": {"balance_nanos": PRICE - 1, "webhook_url": "http://127.0.0.1:9/events"},
+    }.items():
+        names[(await store.create_account(name=name, **kwargs)).id] = name
+
+    by_name = {v: k for k, v in names.items()}
+
+    async def open_(account: str, sid: str, **kwargs: Any) -> Any:
+        values: dict[str, Any] = {
+            "kind": SessionKind.WEBSOCKET,
+            "provider": "assemblyai",
+            "gateway_id": "gw-1",
+            "min_balance_nanos": PRICE,
+            "lease_ttl": 30.0,
+            "model": "universal",
+            "rate_usd_per_hour": "0.15",
+            "basis": "session",
+        }
+        values.update(kwargs)
+        return await _outcome(store.open_session(session_id=sid, account_id=by_name.get(account, account), **values))
+
+    outcomes = [
+        await open_("prepaid", "s1", api_key_id="k1", key_max_streams=1),
+        await open_("prepaid", "s2", api_key_id="k1", key_max_streams=1),  # the key's limit
+        await open_("prepaid", "s3", api_key_id="k2"),
+        await open_("prepaid", "s4"),  # the account's limit
+        await open_("poor", "s5"),  # 402: balance.exhausted recorded
+        await open_("poor", "s6"),  # 402 again: latched
+        await open_("postpaid", "s7", lease_ttl=-1.0),  # expired at once: does not count
+        await open_("postpaid", "s8", kind=SessionKind.PULL, provider="elevenlabs"),
+        await open_("no-such-account", "s9"),
+    ]
+    await store.accept_sessions([("s1", datetime(2026, 11, 29, 12, tzinfo=UTC)), ("s8", datetime.now(UTC))])
+    store.outbox.sinks = ("sink-a", "sink-b")  # every cycle an end adds is pending for each (docs/export.md)
+    await store.flush_progress([SessionProgress("s8", 5.0, 1, PRICE)])
+    ends = [
+        SessionEnd("s8", 14.0, 3, 3 * PRICE + 1, 1000, "", ClosedBy.CLIENT),  # adds cycles 2 and 3
+        SessionEnd("gone", 1.0, 0, 0, None, None, ClosedBy.GATEWAY),
+        SessionEnd("s1", 0.5, 0, 0, 4002, "refused", "gateway"),  # type: ignore[arg-type]
+    ]
+    outcomes.append(sorted(await store.end_sessions(ends)))
+    outcomes.append(await _outcome(store.end_sessions([SessionEnd("s3", 0.0, 0, 0, None, None, "someone")])))  # type: ignore[arg-type]
+    async with store.database.reader.connect() as conn:
+        rows = [
+            (r.id, names[r.account_id], *r[2:])
+            for r in await conn.execute(
+                select(
+                    sessions.c.id,
+                    sessions.c.account_id,
+                    sessions.c.kind,
+                    sessions.c.provider,
+                    sessions.c.gateway_id,
+                    sessions.c.opening,
+                    sessions.c.model,
+                    sessions.c.rate_usd_per_hour,
+                    sessions.c.basis,
+                    sessions.c.api_key_id,
+                    sessions.c.ended_at.is_(None),
+                    sessions.c.audio_seconds,
+                    sessions.c.cost_nanos,
+                    sessions.c.close_code,
+                    sessions.c.close_reason,
+                    sessions.c.closed_by,
+                    sessions.c.cycles,
+                    sessions.c.held_cycles,
+                    sessions.c.held_nanos,
+                    sessions.c.started_at == datetime(2026, 11, 29, 12, tzinfo=UTC),
+                ).order_by(sessions.c.id)
+            )
+        ]
+        state = [
+            (names[r.id], r.balance_nanos, r.balance_event_seq, r.balance_exhausted)
+            for r in await conn.execute(select(accounts).order_by(accounts.c.name))
+        ]
+        state += [(names[r.account_id], r.type) for r in await conn.execute(select(account_events))]
+        o = usage_outbox.c
+        state += [
+            (r.id, r.cycle, names[r.account_id], r.provider, r.model, r.basis, r.seconds, r.price_nanos, r.pending)
+            for r in await conn.execute(
+                select(o.id, o.cycle, o.account_id, o.provider, o.model, o.basis, o.seconds, o.price_nanos)
+                .add_columns(
+                    select(func.string_agg(export_pending.c.sink, aggregate_order_by(",", export_pending.c.sink)))
+                    .where(export_pending.c.seq == o.seq)
+                    .scalar_subquery()
+                    .label("pending")
+                )
+                .order_by(o.seq)
+            )
+        ]
+    described = repr(outcomes)
+    for account_id, name in names.items():
+        described = described.replace(account_id, name)
+    return [described], rows, state
+
+
+async def test_open_accept_and_end_agree_with_the_portable_transactions(pair: tuple[Store, Store]) -> None:
+    fast, portable = pair
+    assert await _scenario(fast) == await _scenario(portable)
+
+
+async def test_the_key_lookup_reads_the_same_row(pair: tuple[Store, Store]) -> None:
+    fast, _ = pair
+    acct = await fast.create_account(name="keys", max_streams=3, balance_nanos=42)
+    live, revoked = await fast.create_key(acct.id), await fast.create_key(acct.id)
+    await fast.revoke_key(revoked.id)
+    assert await fast.authenticate(live.key) is not None
+    await fast.auth.close()  # the background last-used write
+    pg = PgFastPath(fast.database, fast.outbox)
+    for key in (live.key, revoked.key, "sk-mai-" + "A" * 43):
+        digest = hash_secret(key)
+        assert await pg.authenticate(digest) == await fast.auth.lookup_key(digest)
+    row = await pg.authenticate(hash_secret(live.key))
+    assert row is not None and row.last_used_at is not None and row.last_used_at.tzinfo is not None
+    principals = [await fast.authenticate(k) for k in (live.key, revoked.key, "sk-mai-short", "")]
+    assert principals[0] is not None and principals[0].key_id == live.id
+    assert principals[1:] == [None, None, None]
