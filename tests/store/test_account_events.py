@@ -39,6 +39,19 @@ async def test_a_crossing_records_balance_low_once(store: Store) -> None:
     assert events[0]["data"]["balance_usd"] == "0.000208333"  # 2 → 1 cycle left: the crossing
 
 
+async def test_the_hold_an_opening_takes_records_balance_low_when_it_crosses(store: Store) -> None:
+    """The first hold is debited by the slot's own transaction (on PostgreSQL one that crosses the threshold leaves
+    the one-statement slot for the transaction that records the event): recorded once, with the balance after it."""
+    acct = await store.create_account(name="a", balance_nanos=3 * PRICE)
+    await store.update_account(acct.id, webhook_url=HOOK, low_balance_nanos=2 * PRICE + 1)
+    await _open(store, acct.id, "s1")  # 3 → 2 cycles: below the threshold
+    await _open(store, acct.id, "s2")  # 2 → 1: already below, nothing more
+    events = await store.events.list_events(acct.id)
+    assert [e["id"] for e in events] == [f"balance.low:{acct.id}:1"]
+    assert events[0]["data"]["balance_usd"] == "0.000416666"
+    assert (await store.get_account(acct.id)).balance_nanos == PRICE  # type: ignore[union-attr]
+
+
 async def test_claim_deliver_and_retry(store: Store) -> None:
     acct = await store.create_account(name="a", balance_nanos=2 * PRICE)
     await store.update_account(acct.id, webhook_url=HOOK, low_balance_nanos=PRICE)
