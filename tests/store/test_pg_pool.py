@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from sttgate.store import Store, unavailable
 from tests.support.postgres import PG_URLS, fresh_schema
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -54,9 +55,16 @@ async def test_a_connection_lost_under_the_fast_path_is_the_database_unavailable
         async with pg_store._pg_fast._driver() as driver:
             pid = await driver.fetchval("SELECT pg_backend_pid()")
             running = asyncio.ensure_future(driver.fetchval("SELECT pg_sleep(30)"))
+            # Terminated while the statement runs on the server (not before it is sent: another failure).
+            await wait_for(lambda: _sleeping(admin, pid), 10, 0.01, "the statement running on the server")
             await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
             with pytest.raises(Exception) as raised:
                 await running
     finally:
         await admin.close()
     assert unavailable(raised.value)
+
+
+async def _sleeping(admin: asyncpg.Connection, pid: int) -> bool:
+    query = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE '%pg_sleep%'"
+    return bool(await admin.fetchval(query, pid))
