@@ -104,15 +104,26 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
-def scan(chunks: list[bytes], *, masked: bool, surface_text: bool = False) -> tuple[list[tuple], bytes]:
+def scan(
+    chunks: list[bytes], *, masked: bool, surface_text: bool = False, take_whole: bool = False
+) -> tuple[list[tuple], bytes]:
     """Feed the scanner; the frames it reports as ``(opcode, payload, fin)`` (a surfaced text message as one frame),
-    the error as ``("error", code)``, and the bytes it says to forward."""
+    the error as ``("error", code)``, and the bytes it says to forward. With ``take_whole``, as the relay does: a read
+    that :meth:`FrameScanner.whole` says is one whole frame is taken as it is, without ``feed``."""
     scanner = FrameScanner(masked=masked, max_size=MAX_SIZE, surface_text=surface_text)
     out: list[tuple] = []
     forwarded = bytearray()
     frame = bytearray()
     header = None
     for chunk in chunks:
+        size = scanner.whole(chunk) if take_whole and not scanner.done else 0
+        if size:
+            payload = bytearray(chunk[size:])
+            if masked:
+                xor_unmask(chunk[size - 4 : size], payload)
+            out.append(("text", bytes(payload), True) if chunk[0] == 0x81 else (Opcode.BINARY, bytes(payload), True))
+            forwarded += chunk
+            continue
         for kind, a, b in scanner.feed(chunk):
             if kind is Event.HEADER:
                 assert header is None
@@ -171,7 +182,7 @@ def test_valid_streams_match_the_reference_cut_anywhere(masked, data):
     frames = data.draw(streams(masked))
     wire = b"".join(f.encode() for f in frames)
     cuts = data.draw(st.lists(st.integers(0, 10_000), max_size=20))
-    got, forwarded = scan(split(wire, cuts), masked=masked)
+    got, forwarded = scan(split(wire, cuts), masked=masked, take_whole=data.draw(st.booleans()))
     assert got == reference(wire, masked=masked)
     assert forwarded == data_bytes(frames)
 
@@ -182,7 +193,8 @@ def test_surfaced_text_messages_come_whole_and_unmasked(masked, data):
     frames = data.draw(streams(masked))
     wire = b"".join(f.encode() for f in frames)
     cuts = data.draw(st.lists(st.integers(0, 10_000), max_size=20))
-    got, forwarded = scan(split(wire, cuts), masked=masked, surface_text=True)
+    chunks = [f.encode() for f in frames] if data.draw(st.booleans()) else split(wire, cuts)
+    got, forwarded = scan(chunks, masked=masked, surface_text=True, take_whole=data.draw(st.booleans()))
     expected: list[tuple] = []
     text: bytes | None = None
     for opcode, payload, fin in reference(wire, masked=masked):
@@ -243,7 +255,8 @@ def test_each_broken_rule_ends_the_scan_with_the_reference_code(masked, surface_
     after = data.draw(messages(masked))
     wire = b"".join(f.encode() for f in [*before, *bad, *after])
     cuts = data.draw(st.lists(st.integers(0, 10_000), max_size=20))
-    got, forwarded = scan(split(wire, cuts), masked=masked, surface_text=surface_text)
+    chunks = [f.encode() for f in [*before, *bad, *after]] if data.draw(st.booleans()) else split(wire, cuts)
+    got, forwarded = scan(chunks, masked=masked, surface_text=surface_text, take_whole=data.draw(st.booleans()))
     assert got[-1] == ("error", code)
     ref = reference(wire, masked=masked)
     assert ref[-1] == ("error", code)
@@ -327,10 +340,32 @@ def test_frame_aligned_reads_match_the_reference(masked, broken, data):
     if broken:
         bad, code = data.draw(violations(masked))
         frames = [f for f in frames if f.opcode != Opcode.CLOSE] + bad
-    got, forwarded = scan([f.encode() for f in frames], masked=masked)
+    got, forwarded = scan([f.encode() for f in frames], masked=masked, take_whole=data.draw(st.booleans()))
     wire = b"".join(f.encode() for f in frames)
     assert got == reference(wire, masked=masked)
     if code is None:
         assert forwarded == data_bytes(frames)
     else:
         assert got[-1] == ("error", code)
+
+
+def test_whole_takes_only_one_whole_unfragmented_data_frame():
+    client = FrameScanner(masked=True, max_size=MAX_SIZE, surface_text=True)
+    audio = encode_frame(Opcode.BINARY, b"a" * 300, mask=b"abcd")
+    assert client.whole(audio) == 8
+    assert client.whole(encode_frame(Opcode.BINARY, b"", mask=b"abcd")) == 6
+    assert client.whole(encode_frame(Opcode.TEXT, b"t", mask=b"abcd")) == 0  # masked text must be unmasked: feed
+    assert client.whole(audio[:-1]) == client.whole(audio + audio[:2]) == 0  # not exactly one frame
+    assert client.whole(encode_frame(Opcode.BINARY, b"a")) == 0  # not masked
+    assert client.whole(encode_frame(Opcode.BINARY, b"a" * (MAX_SIZE + 1), mask=b"abcd")) == 0
+    assert client.whole(encode_frame(Opcode.PING, b"", mask=b"abcd")) == 0
+    client.feed(Wire(Opcode.BINARY, b"a", fin=False, mask=b"abcd").encode())  # a fragmented message in progress
+    assert client.whole(audio) == 0
+    server = FrameScanner(masked=False, max_size=MAX_SIZE, surface_text=True)
+    assert server.whole(encode_frame(Opcode.TEXT, b"{}")) == 2
+    assert FrameScanner(masked=False, max_size=MAX_SIZE).whole(encode_frame(Opcode.TEXT, b"{}")) == 0
+    server.feed(encode_frame(Opcode.BINARY, b"a" * 10)[:5])  # inside a frame: only feed knows where it ends
+    assert server.whole(encode_frame(Opcode.BINARY, b"x")) == 0
+    server = FrameScanner(masked=False, max_size=MAX_SIZE)
+    server.feed(b"\x88\x00")  # the close frame ends the scan
+    assert server.whole(encode_frame(Opcode.BINARY, b"x")) == 0

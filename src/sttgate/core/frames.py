@@ -149,6 +149,40 @@ class FrameScanner:
         """A close frame or an error ended the scan: further bytes are ignored."""
         return self._done
 
+    def whole(self, data: bytes) -> int:
+        """The header size of ``data`` when it is exactly one whole, valid, unfragmented frame the caller may take
+        without :meth:`feed` (a relay's usual read: one audio frame up, one transcript down); else 0.
+
+        Only binary frames qualify, and unmasked text frames when text is surfaced (a text frame's payload is then
+        ``data[header:]``); the payload's length is ``len(data) - header``. The scanner's state is not changed: a
+        whole frame read between frames leaves it between frames, and a caller that declines one passes it to
+        :meth:`feed` instead. Every rule :meth:`feed` checks on such a frame holds when this returns non-zero."""
+        if self._mode != _HEADER or self._head or self._message_size >= 0 or self._done:
+            return 0
+        end = len(data)
+        if end < 2:
+            return 0
+        b0 = data[0]
+        if b0 != 0x82 and (b0 != 0x81 or self._masked or not self._surface_text):
+            return 0
+        b1 = data[1]
+        length = b1 & 0x7F
+        if (b1 >= 0x80) != self._masked:
+            return 0
+        size = 6 if self._masked else 2
+        if length == 126:
+            if end < size + 2:
+                return 0
+            length = (data[2] << 8) | data[3]
+            if length < 126:
+                return 0
+            size += 2
+        elif length == 127:
+            return 0
+        if size + length != end or length > self._max_size:
+            return 0
+        return size
+
     def feed(self, data: bytes) -> list[ScanEvent]:
         """Scan the next bytes of the stream; the events they complete, in order."""
         events: list[ScanEvent] = []

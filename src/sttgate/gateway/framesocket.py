@@ -66,6 +66,12 @@ class Sink(Protocol):
 
     def events(self, events: list[ScanEvent]) -> None: ...
 
+    def whole(self, data: bytes, header: int) -> bool:
+        """``data`` is exactly one whole, validated, unfragmented binary (or unmasked text) frame with a ``header``
+        of that many bytes (:meth:`FrameScanner.whole`): take it, or return False (nothing done) to have it scanned
+        into :meth:`events` instead. The relay's usual read, without building events."""
+        ...
+
     def ended(self, end: End) -> None:
         """The hop ended (its close frame, a protocol error, a lost connection); called once."""
         ...
@@ -133,14 +139,16 @@ class FrameSocket(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._heard = True
-        if self.scanner.done:
+        scanner = self.scanner
+        if scanner.done:
             return  # after the peer's close or an error: the rest is not read (lingering until the peer closes)
-        events = self.scanner.feed(data)
         sink = self.sink
-        if sink is not None:
-            sink.events(events)
-        else:
-            self._link_events(events)
+        if sink is None:
+            self._link_events(scanner.feed(data))
+            return
+        header = scanner.whole(data)
+        if not header or not sink.whole(data, header):
+            sink.events(scanner.feed(data))
 
     def eof_received(self) -> bool:
         # A half-closed peer sends nothing more: without its close frame that is a lost connection. Keep the

@@ -82,6 +82,31 @@ class ClientToProvider(_Direction):
             return
         self._run(events, 0)
 
+    def whole(self, data: bytes, header: int) -> bool:
+        """One whole binary frame while the session is open and nothing waits: metered from its length and forwarded
+        as it came; anything else (a text frame, a charge in flight, an ending session) goes through :meth:`events`."""
+        if data[0] != 0x82 or self._held is not None or self._stopped or self.live.session.state is not _OPEN:
+            return False
+        live = self.live
+        size = len(data) - header
+        try:
+            admitted = live.admit_size(size)
+        except UnmeterableFrame:
+            self._stop(Outcome.UNMETERABLE, *closecodes.UNMETERABLE_AUDIO)
+            return True
+        if not admitted:
+            self._hold([(_DATA, data, True)], size, None)
+            return True
+        live.frames_up += 1
+        live.bytes_up += size
+        upstream = self.upstream
+        transport = upstream.transport
+        if transport is not None and not upstream.close_written and not transport.is_closing():
+            transport.write(data)
+        if upstream.has_own:
+            upstream.boundary()
+        return True
+
     def _stop(self, outcome: Outcome, code: int, reason: str) -> None:
         self._stopped = True
         self.decide(outcome, code, reason)
@@ -214,6 +239,21 @@ class ProviderToClient(_Direction):
         self.client = client
         self.upstream = upstream
         self.live = live
+
+    def whole(self, data: bytes, header: int) -> bool:
+        """One whole binary or text frame: accounted (a text frame read whole) and forwarded as it came."""
+        live = self.live
+        if data[0] == 0x82:
+            live.received_binary(len(data) - header)
+        else:
+            live.received((FrameKind.TEXT, data[header:], None))
+        client = self.client
+        transport = client.transport
+        if transport is not None and not client.close_written and not transport.is_closing():
+            transport.write(data)
+        if client.has_own:
+            client.boundary()
+        return True
 
     def events(self, events: list[ScanEvent]) -> None:
         live = self.live
