@@ -19,10 +19,9 @@ that fills it (the forwarder, or a sender waiting in :meth:`FrameSocket.send`).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
-from typing import Any, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 from sttgate.core import closecodes
 from sttgate.core.frames import (
@@ -77,6 +76,38 @@ class Sink(Protocol):
         ...
 
 
+class _Heartbeat:
+    """One timer per event loop and period for every hop with that heartbeat: one wake-up per period checks them all,
+    instead of a timer per hop (about 0.5 kB and a libuv handle each, re-armed every period). Registered only while
+    a hop has sockets; the timer stops when the last one leaves."""
+
+    _running: ClassVar[dict[tuple[int, float], _Heartbeat]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        self.loop = loop
+        self.period = period
+        self.sockets: set[FrameSocket] = set()
+        self.timer = loop.call_later(period, self.tick)
+
+    @classmethod
+    def join(cls, sock: FrameSocket, period: float) -> _Heartbeat:
+        loop = asyncio.get_running_loop()
+        key = (id(loop), period)
+        beat = cls._running.get(key)
+        if beat is None:
+            beat = cls._running[key] = cls(loop, period)
+        beat.sockets.add(sock)
+        return beat
+
+    def tick(self) -> None:
+        for sock in list(self.sockets):
+            sock._tick()
+        if self.sockets:
+            self.timer = self.loop.call_later(self.period, self.tick)
+        else:
+            del self._running[(id(self.loop), self.period)]
+
+
 class FrameSocket(asyncio.Protocol):
     """One hop. ``client_side``: this end is the WebSocket client (the provider hop: frames sent masked, received
     unmasked); else the server end (the client hop: frames received masked, sent unmasked)."""
@@ -104,8 +135,9 @@ class FrameSocket(asyncio.Protocol):
         self._own: list[tuple[bytes, bool, bool]] = []  # (frame, is a data frame, is a close frame)
         # Our close frame is on the wire: nothing more may follow it (the relay stops forwarding into this hop).
         self.close_written = False
-        # Link mode: whole messages for receive(), at most one read's worth (reading pauses while any wait).
-        self._queue: collections.deque[Frame] = collections.deque()
+        # Link mode: whole messages for receive(), at most one read's worth (reading pauses while any wait). A list: a
+        # deque costs 760 bytes per hop even empty, and relay mode never uses it.
+        self._queue: list[Frame] = []
         self._waiter: asyncio.Future[None] | None = None
         self._message = bytearray()
         self._message_kind = 0
@@ -126,7 +158,7 @@ class FrameSocket(asyncio.Protocol):
         self._read_pauses = 0
         self._heard = True
         self._ping_out = False
-        self._beat: asyncio.TimerHandle | None = None
+        self._beat: _Heartbeat | None = None
 
     # -- transport callbacks -----------------------------------------------------------------------------------
 
@@ -135,7 +167,7 @@ class FrameSocket(asyncio.Protocol):
         self.transport = stream = cast(asyncio.Transport, transport)
         stream.set_write_buffer_limits(high=HIGH_WATER)
         if self._heartbeat:
-            self._beat = asyncio.get_running_loop().call_later(self._heartbeat, self._tick)
+            self._beat = _Heartbeat.join(self, self._heartbeat)
 
     def data_received(self, data: bytes) -> None:
         self._heard = True
@@ -161,8 +193,7 @@ class FrameSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._lost = True
-        if self._beat is not None:
-            self._beat.cancel()
+        self._stop_heartbeat()
         if self.end is None:
             self._ended((FrameKind.LOST, closecodes.ABNORMAL, ""))
         if not self._peer_done.done():
@@ -267,7 +298,7 @@ class FrameSocket(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
-        frame = self._queue.popleft()
+        frame = self._queue.pop(0)
         if not self._queue and self._queue_paused:
             self._queue_paused = False
             self.resume_reading()
@@ -375,8 +406,7 @@ class FrameSocket(asyncio.Protocol):
         if self._close_sent:
             return
         self._close_sent = True
-        if self._beat is not None:
-            self._beat.cancel()
+        self._stop_heartbeat()
         self.write_own(self._frame(Opcode.CLOSE, close_payload(code, reason)), close=True)
 
     def _shut(self, *, eof: bool = False) -> None:
@@ -411,8 +441,7 @@ class FrameSocket(asyncio.Protocol):
 
     def release(self) -> None:
         """The relay is over: a connection still open (a peer that vanished half-closed) is closed."""
-        if self._beat is not None:
-            self._beat.cancel()
+        self._stop_heartbeat()
         transport = self.transport
         if transport is not None and not self._lost and not transport.is_closing():
             transport.close()
@@ -424,10 +453,16 @@ class FrameSocket(asyncio.Protocol):
 
     # -- heartbeat --------------------------------------------------------------------------------------------
 
+    def _stop_heartbeat(self) -> None:
+        if self._beat is not None:
+            self._beat.sockets.discard(self)
+            self._beat = None
+
     def _tick(self) -> None:
-        heartbeat = self._heartbeat
-        assert heartbeat is not None
+        """Once per heartbeat period (the shared :class:`_Heartbeat`): ping a peer silent since the last tick, drop
+        one silent since the ping."""
         if self._lost or self._close_sent:
+            self._stop_heartbeat()
             return
         if self._heard:
             self._heard = False
@@ -439,4 +474,3 @@ class FrameSocket(asyncio.Protocol):
         else:
             self._ping_out = True
             self.write_own(self._frame(Opcode.PING, b""))
-        self._beat = asyncio.get_running_loop().call_later(heartbeat, self._tick)
