@@ -109,19 +109,25 @@ def scan(
 ) -> tuple[list[tuple], bytes]:
     """Feed the scanner; the frames it reports as ``(opcode, payload, fin)`` (a surfaced text message as one frame),
     the error as ``("error", code)``, and the bytes it says to forward. With ``take_whole``, as the relay does: a read
-    that :meth:`FrameScanner.whole` says is one whole frame is taken as it is, without ``feed``."""
+    that :meth:`FrameScanner.whole` or :meth:`FrameScanner.run` says is whole frames is taken as it is, without
+    ``feed``."""
     scanner = FrameScanner(masked=masked, max_size=MAX_SIZE, surface_text=surface_text)
     out: list[tuple] = []
     forwarded = bytearray()
     frame = bytearray()
     header = None
     for chunk in chunks:
-        size = scanner.whole(chunk) if take_whole and not scanner.done else 0
-        if size:
-            payload = bytearray(chunk[size:])
-            if masked:
-                xor_unmask(chunk[size - 4 : size], payload)
-            out.append(("text", bytes(payload), True) if chunk[0] == 0x81 else (Opcode.BINARY, bytes(payload), True))
+        size = scanner.whole(chunk) if take_whole else 0
+        frames = [(size, len(chunk))] if size else scanner.run(chunk) if take_whole else []
+        if frames:
+            done = 0
+            for start, end in frames:
+                payload = bytearray(chunk[start:end])
+                if masked:
+                    xor_unmask(chunk[start - 4 : start], payload)
+                kind = "text" if chunk[done] == 0x81 else Opcode.BINARY
+                out.append((kind, bytes(payload), True))
+                done = end
             forwarded += chunk
             continue
         for kind, a, b in scanner.feed(chunk):
@@ -152,6 +158,19 @@ def scan(
             else:
                 out.append(("error", a))
     return out, bytes(forwarded)
+
+
+def grouped(draw: st.DataObject, frames: list[Wire]) -> list[bytes]:
+    """Reads at frame boundaries, of one to three whole frames each (a relay that fell behind reads a few at once)."""
+    encoded = [f.encode() for f in frames]
+    sizes = draw.draw(st.lists(st.integers(1, 3), min_size=len(encoded), max_size=len(encoded)))
+    chunks = []
+    i = 0
+    for n in sizes:
+        if i < len(encoded):
+            chunks.append(b"".join(encoded[i : i + n]))
+        i += n
+    return chunks
 
 
 def reference(data: bytes, *, masked: bool) -> list[tuple]:
@@ -193,7 +212,7 @@ def test_surfaced_text_messages_come_whole_and_unmasked(masked, data):
     frames = data.draw(streams(masked))
     wire = b"".join(f.encode() for f in frames)
     cuts = data.draw(st.lists(st.integers(0, 10_000), max_size=20))
-    chunks = [f.encode() for f in frames] if data.draw(st.booleans()) else split(wire, cuts)
+    chunks = grouped(data, frames) if data.draw(st.booleans()) else split(wire, cuts)
     got, forwarded = scan(chunks, masked=masked, surface_text=True, take_whole=data.draw(st.booleans()))
     expected: list[tuple] = []
     text: bytes | None = None
@@ -255,7 +274,7 @@ def test_each_broken_rule_ends_the_scan_with_the_reference_code(masked, surface_
     after = data.draw(messages(masked))
     wire = b"".join(f.encode() for f in [*before, *bad, *after])
     cuts = data.draw(st.lists(st.integers(0, 10_000), max_size=20))
-    chunks = [f.encode() for f in [*before, *bad, *after]] if data.draw(st.booleans()) else split(wire, cuts)
+    chunks = grouped(data, [*before, *bad, *after]) if data.draw(st.booleans()) else split(wire, cuts)
     got, forwarded = scan(chunks, masked=masked, surface_text=surface_text, take_whole=data.draw(st.booleans()))
     assert got[-1] == ("error", code)
     ref = reference(wire, masked=masked)
@@ -334,13 +353,15 @@ def test_the_fallback_unmask_is_its_own_inverse():
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), st.booleans(), st.data())
 def test_frame_aligned_reads_match_the_reference(masked, broken, data):
-    """One read per frame (the usual case on the audio path, which the scanner takes a shorter way)."""
+    """Reads at frame boundaries: one frame each (the usual case on the audio path, which the scanner takes a shorter
+    way) or a few."""
     frames = data.draw(streams(masked))
     code = None
     if broken:
         bad, code = data.draw(violations(masked))
         frames = [f for f in frames if f.opcode != Opcode.CLOSE] + bad
-    got, forwarded = scan([f.encode() for f in frames], masked=masked, take_whole=data.draw(st.booleans()))
+    chunks = grouped(data, frames) if data.draw(st.booleans()) else [f.encode() for f in frames]
+    got, forwarded = scan(chunks, masked=masked, take_whole=data.draw(st.booleans()))
     wire = b"".join(f.encode() for f in frames)
     assert got == reference(wire, masked=masked)
     if code is None:
@@ -369,3 +390,16 @@ def test_whole_takes_only_one_whole_unfragmented_data_frame():
     server = FrameScanner(masked=False, max_size=MAX_SIZE)
     server.feed(b"\x88\x00")  # the close frame ends the scan
     assert server.whole(encode_frame(Opcode.BINARY, b"x")) == 0
+
+
+def test_run_takes_only_reads_of_whole_unfragmented_data_frames():
+    client = FrameScanner(masked=True, max_size=MAX_SIZE, surface_text=True)
+    a = encode_frame(Opcode.BINARY, b"a" * 300, mask=b"abcd")
+    b = encode_frame(Opcode.BINARY, b"b" * 3, mask=b"abcd")
+    assert client.run(a + b) == [(8, 308), (314, 317)]
+    assert client.run(a + b[:-1]) == client.run(a + encode_frame(Opcode.TEXT, b"t", mask=b"abcd")) == []
+    assert client.run(a + Wire(Opcode.BINARY, b"a", fin=False, mask=b"abcd").encode()) == []
+    server = FrameScanner(masked=False, max_size=MAX_SIZE, surface_text=True)
+    text = encode_frame(Opcode.TEXT, b"{}")
+    assert server.run(text + encode_frame(Opcode.BINARY, b"xy")) == [(2, 4), (6, 8)]
+    assert server.run(text + encode_frame(Opcode.PONG, b"")) == []

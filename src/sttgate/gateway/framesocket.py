@@ -71,6 +71,11 @@ class Sink(Protocol):
         into :meth:`events` instead. The relay's usual read, without building events."""
         ...
 
+    def run(self, data: bytes, frames: list[tuple[int, int]]) -> bool:
+        """:meth:`whole` for a read of several such frames (:meth:`FrameScanner.run`: where each payload starts and
+        ends); False (nothing done) to have it scanned into :meth:`events` instead."""
+        ...
+
     def ended(self, end: End) -> None:
         """The hop ended (its close frame, a protocol error, a lost connection); called once."""
         ...
@@ -179,8 +184,14 @@ class FrameSocket(asyncio.Protocol):
             self._link_events(scanner.feed(data))
             return
         header = scanner.whole(data)
-        if not header or not sink.whole(data, header):
-            sink.events(scanner.feed(data))
+        if header:
+            if sink.whole(data, header):
+                return
+        else:
+            frames = scanner.run(data)
+            if frames and sink.run(data, frames):
+                return
+        sink.events(scanner.feed(data))
 
     def eof_received(self) -> bool:
         # A half-closed peer sends nothing more: without its close frame that is a lost connection. Keep the
