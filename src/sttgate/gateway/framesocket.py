@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, cast
 
 from sttgate.core import closecodes
@@ -153,10 +154,9 @@ class FrameSocket(asyncio.Protocol):
         self._close_sent = False  # our close frame is written (or waits for a frame boundary)
         self._closing = False  # close() was called
         self._lost = False
-        loop = asyncio.get_running_loop()
-        # The peer's close frame came, or the connection ended.
-        self._peer_done: asyncio.Future[None] = loop.create_future()
-        self._gone: asyncio.Future[None] = loop.create_future()  # the connection is closed
+        # close() waiting for the peer's close frame or the connection's end: made only then (two futures per hop
+        # for the whole session otherwise).
+        self._change: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._write_paused = False
         # Why reading is paused: backpressure from the other transport, a full receive queue, a charge in flight.
@@ -207,10 +207,7 @@ class FrameSocket(asyncio.Protocol):
         self._stop_heartbeat()
         if self.end is None:
             self._ended((FrameKind.LOST, closecodes.ABNORMAL, ""))
-        if not self._peer_done.done():
-            self._peer_done.set_result(None)
-        if not self._gone.done():
-            self._gone.set_result(None)
+        self._wake_closer()
         self._wake_writer()
         self._wake_reader()
 
@@ -259,8 +256,7 @@ class FrameSocket(asyncio.Protocol):
         if self.end is not None:
             return
         self.end = end
-        if end[0] is not FrameKind.ERROR and not self._peer_done.done():
-            self._peer_done.set_result(None)
+        self._wake_closer()
         if self.sink is not None:
             self.sink.ended(end)
         else:
@@ -403,15 +399,38 @@ class FrameSocket(asyncio.Protocol):
                     # The peer's stream is no longer read: end ours after the close frame and let the peer close,
                     # so that unread bytes of its do not turn our close into a reset that loses the close frame.
                     self._shut(eof=True)
-                    await asyncio.shield(self._gone)
+                    await self._until(self._gone)
                 else:
-                    await asyncio.shield(self._peer_done)
+                    await self._until(self._peer_done)
         self._shut()
         if not self._lost:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._close_timeout):
-                    await asyncio.shield(self._gone)
+                    await self._until(self._gone)
         self.abort()
+
+    def _peer_done(self) -> bool:
+        """The peer's close frame came, or the connection ended."""
+        return self._lost or (self.end is not None and self.end[0] is not FrameKind.ERROR)
+
+    def _gone(self) -> bool:
+        """The connection is closed."""
+        return self._lost
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        """Wait (the caller bounds the time) until ``ready()``, checked again whenever the hop ends or its connection
+        does."""
+        while not ready():
+            self._change = asyncio.get_running_loop().create_future()
+            try:
+                await self._change
+            finally:
+                self._change = None
+
+    def _wake_closer(self) -> None:
+        change = self._change
+        if change is not None and not change.done():
+            change.set_result(None)
 
     def _close_frame(self, code: int, reason: str) -> None:
         if self._close_sent:
