@@ -22,6 +22,7 @@ that is there (its final transcript during a graceful end).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from sttgate.core import closecodes
@@ -377,6 +378,25 @@ class Relay:
         client.sink = self.inbound
         self.outbound.replay(upstream.take_over(self.outbound))
         client.feed(early)
+
+    def when_ending(self, start: Callable[[], None]) -> None:
+        """Call ``start`` (once, from the loop) when a direction reaches its verdict or a close is requested: the
+        moment :meth:`run` has something to do. Until then nothing waits for the relay's end (a task waiting in
+        :func:`~sttgate.gateway.relay.conclude` costs about 2.5 kB per session: the task, its coroutines, asyncio.wait's
+        future and callbacks)."""
+        futures: tuple[asyncio.Future[Any], ...] = (
+            self.inbound.verdict,
+            self.outbound.verdict,
+            self.live.close_requested,
+        )
+
+        def wake(_: asyncio.Future[Any]) -> None:
+            for future in futures:
+                future.remove_done_callback(wake)
+            start()
+
+        for future in futures:
+            future.add_done_callback(wake)
 
     async def run(self) -> None:
         """Relay until both hops are closed; the outcome is recorded on the session."""
