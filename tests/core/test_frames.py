@@ -104,15 +104,32 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
-def scan(chunks: list[bytes], *, masked: bool, surface_text: bool = False) -> tuple[list[tuple], bytes]:
+def scan(
+    chunks: list[bytes], *, masked: bool, surface_text: bool = False, take_whole: bool = False
+) -> tuple[list[tuple], bytes]:
     """Feed the scanner; the frames it reports as ``(opcode, payload, fin)`` (a surfaced text message as one frame),
-    the error as ``("error", code)``, and the bytes it says to forward."""
+    the error as ``("error", code)``, and the bytes it says to forward. With ``take_whole``, as the relay does: a read
+    that :meth:`FrameScanner.whole` or :meth:`FrameScanner.run` says is whole frames is taken as it is, without
+    ``feed``."""
     scanner = FrameScanner(masked=masked, max_size=MAX_SIZE, surface_text=surface_text)
     out: list[tuple] = []
     forwarded = bytearray()
     frame = bytearray()
     header = None
     for chunk in chunks:
+        size = scanner.whole(chunk) if take_whole else 0
+        frames = [(size, len(chunk))] if size else scanner.run(chunk) if take_whole else []
+        if frames:
+            done = 0
+            for start, end in frames:
+                payload = bytearray(chunk[start:end])
+                if masked:
+                    xor_unmask(chunk[start - 4 : start], payload)
+                kind = "text" if chunk[done] == 0x81 else Opcode.BINARY
+                out.append((kind, bytes(payload), True))
+                done = end
+            forwarded += chunk
+            continue
         for kind, a, b in scanner.feed(chunk):
             if kind is Event.HEADER:
                 assert header is None
@@ -143,6 +160,19 @@ def scan(chunks: list[bytes], *, masked: bool, surface_text: bool = False) -> tu
     return out, bytes(forwarded)
 
 
+def grouped(draw: st.DataObject, frames: list[Wire]) -> list[bytes]:
+    """Reads at frame boundaries, of one to three whole frames each (a relay that fell behind reads a few at once)."""
+    encoded = [f.encode() for f in frames]
+    sizes = draw.draw(st.lists(st.integers(1, 3), min_size=len(encoded), max_size=len(encoded)))
+    chunks = []
+    i = 0
+    for n in sizes:
+        if i < len(encoded):
+            chunks.append(b"".join(encoded[i : i + n]))
+        i += n
+    return chunks
+
+
 def reference(data: bytes, *, masked: bool) -> list[tuple]:
     """websockets' reading of the same bytes, in the scanner's terms (1007 for a close reason that is not UTF-8 is
     reported as 1002: the gateway treats every malformed close frame as a protocol error)."""
@@ -171,7 +201,7 @@ def test_valid_streams_match_the_reference_cut_anywhere(masked, data):
     frames = data.draw(streams(masked))
     wire = b"".join(f.encode() for f in frames)
     cuts = data.draw(st.lists(st.integers(0, 10_000), max_size=20))
-    got, forwarded = scan(split(wire, cuts), masked=masked)
+    got, forwarded = scan(split(wire, cuts), masked=masked, take_whole=data.draw(st.booleans()))
     assert got == reference(wire, masked=masked)
     assert forwarded == data_bytes(frames)
 
@@ -182,7 +212,8 @@ def test_surfaced_text_messages_come_whole_and_unmasked(masked, data):
     frames = data.draw(streams(masked))
     wire = b"".join(f.encode() for f in frames)
     cuts = data.draw(st.lists(st.integers(0, 10_000), max_size=20))
-    got, forwarded = scan(split(wire, cuts), masked=masked, surface_text=True)
+    chunks = grouped(data, frames) if data.draw(st.booleans()) else split(wire, cuts)
+    got, forwarded = scan(chunks, masked=masked, surface_text=True, take_whole=data.draw(st.booleans()))
     expected: list[tuple] = []
     text: bytes | None = None
     for opcode, payload, fin in reference(wire, masked=masked):
@@ -243,7 +274,8 @@ def test_each_broken_rule_ends_the_scan_with_the_reference_code(masked, surface_
     after = data.draw(messages(masked))
     wire = b"".join(f.encode() for f in [*before, *bad, *after])
     cuts = data.draw(st.lists(st.integers(0, 10_000), max_size=20))
-    got, forwarded = scan(split(wire, cuts), masked=masked, surface_text=surface_text)
+    chunks = grouped(data, [*before, *bad, *after]) if data.draw(st.booleans()) else split(wire, cuts)
+    got, forwarded = scan(chunks, masked=masked, surface_text=surface_text, take_whole=data.draw(st.booleans()))
     assert got[-1] == ("error", code)
     ref = reference(wire, masked=masked)
     assert ref[-1] == ("error", code)
@@ -321,16 +353,53 @@ def test_the_fallback_unmask_is_its_own_inverse():
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.booleans(), st.booleans(), st.data())
 def test_frame_aligned_reads_match_the_reference(masked, broken, data):
-    """One read per frame (the usual case on the audio path, which the scanner takes a shorter way)."""
+    """Reads at frame boundaries: one frame each (the usual case on the audio path, which the scanner takes a shorter
+    way) or a few."""
     frames = data.draw(streams(masked))
     code = None
     if broken:
         bad, code = data.draw(violations(masked))
         frames = [f for f in frames if f.opcode != Opcode.CLOSE] + bad
-    got, forwarded = scan([f.encode() for f in frames], masked=masked)
+    chunks = grouped(data, frames) if data.draw(st.booleans()) else [f.encode() for f in frames]
+    got, forwarded = scan(chunks, masked=masked, take_whole=data.draw(st.booleans()))
     wire = b"".join(f.encode() for f in frames)
     assert got == reference(wire, masked=masked)
     if code is None:
         assert forwarded == data_bytes(frames)
     else:
         assert got[-1] == ("error", code)
+
+
+def test_whole_takes_only_one_whole_unfragmented_data_frame():
+    client = FrameScanner(masked=True, max_size=MAX_SIZE, surface_text=True)
+    audio = encode_frame(Opcode.BINARY, b"a" * 300, mask=b"abcd")
+    assert client.whole(audio) == 8
+    assert client.whole(encode_frame(Opcode.BINARY, b"", mask=b"abcd")) == 6
+    assert client.whole(encode_frame(Opcode.TEXT, b"t", mask=b"abcd")) == 0  # masked text must be unmasked: feed
+    assert client.whole(audio[:-1]) == client.whole(audio + audio[:2]) == 0  # not exactly one frame
+    assert client.whole(encode_frame(Opcode.BINARY, b"a")) == 0  # not masked
+    assert client.whole(encode_frame(Opcode.BINARY, b"a" * (MAX_SIZE + 1), mask=b"abcd")) == 0
+    assert client.whole(encode_frame(Opcode.PING, b"", mask=b"abcd")) == 0
+    client.feed(Wire(Opcode.BINARY, b"a", fin=False, mask=b"abcd").encode())  # a fragmented message in progress
+    assert client.whole(audio) == 0
+    server = FrameScanner(masked=False, max_size=MAX_SIZE, surface_text=True)
+    assert server.whole(encode_frame(Opcode.TEXT, b"{}")) == 2
+    assert FrameScanner(masked=False, max_size=MAX_SIZE).whole(encode_frame(Opcode.TEXT, b"{}")) == 0
+    server.feed(encode_frame(Opcode.BINARY, b"a" * 10)[:5])  # inside a frame: only feed knows where it ends
+    assert server.whole(encode_frame(Opcode.BINARY, b"x")) == 0
+    server = FrameScanner(masked=False, max_size=MAX_SIZE)
+    server.feed(b"\x88\x00")  # the close frame ends the scan
+    assert server.whole(encode_frame(Opcode.BINARY, b"x")) == 0
+
+
+def test_run_takes_only_reads_of_whole_unfragmented_data_frames():
+    client = FrameScanner(masked=True, max_size=MAX_SIZE, surface_text=True)
+    a = encode_frame(Opcode.BINARY, b"a" * 300, mask=b"abcd")
+    b = encode_frame(Opcode.BINARY, b"b" * 3, mask=b"abcd")
+    assert client.run(a + b) == [(8, 308), (314, 317)]
+    assert client.run(a + b[:-1]) == client.run(a + encode_frame(Opcode.TEXT, b"t", mask=b"abcd")) == []
+    assert client.run(a + Wire(Opcode.BINARY, b"a", fin=False, mask=b"abcd").encode()) == []
+    server = FrameScanner(masked=False, max_size=MAX_SIZE, surface_text=True)
+    text = encode_frame(Opcode.TEXT, b"{}")
+    assert server.run(text + encode_frame(Opcode.BINARY, b"xy")) == [(2, 4), (6, 8)]
+    assert server.run(text + encode_frame(Opcode.PONG, b"")) == []

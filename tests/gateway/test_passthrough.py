@@ -99,6 +99,31 @@ async def test_a_client_that_breaks_the_protocol_gets_1002(gateway, account, fra
     assert rec.client_close_code == 1001  # the provider ended gracefully, told the client is gone
 
 
+async def test_audio_frames_read_several_at_once_are_metered_and_paid_one_by_one(gateway, account):
+    """A client that sends its frames a few per write (the gateway reads them several at a time): exactly the frames
+    the balance paid for reach the provider, and the frame that opens the unpaid cycle is not forwarded."""
+    gw = await gateway()
+    acct = await account(balance_usd="0.000416666")  # exactly two AssemblyAI cycles: 10 s of audio
+    recorder = gw.emulator.recorder
+    mark = recorder.next_seq
+    sock = await raw_upgrade(gw.port, f"provider=assemblyai&api_key={acct.key}&sample_rate=16000&emu_rate_check=off")
+    assert sock.status == 101 and sock.reader is not None and sock.writer is not None
+    frames = [masked(Opcode.BINARY, bytes((i * 7 + j) & 0xFF for j in range(3200))) for i in range(120)]  # 100 ms
+    try:
+        for i in range(0, 120, 3):
+            sock.writer.write(b"".join(frames[i : i + 3]))
+            await sock.writer.drain()
+        code, reason, _ = await read_until_close(sock.reader)
+        assert (code, reason) == (4002, "insufficient balance")
+    finally:
+        sock.abort()
+    rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
+    await rec.wait_ended()
+    assert rec.binary_frames_in == 100  # 10 s: the 101st frame opened the third cycle
+    session = await last_session(gw, acct.id)
+    assert session["close_code"] == 4002
+
+
 async def test_the_1009_close_reaches_a_client_that_keeps_sending(gateway, account):
     """The client's stream is not read past the oversize header, and the client keeps sending: the close frame is
     followed by the end of the gateway's stream, not by a reset that could destroy it in flight."""

@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -91,8 +91,9 @@ class ServeProcess:
 
 @asynccontextmanager
 async def serve_processes() -> AsyncIterator[Callable[..., Awaitable[ServeProcess]]]:
-    """Yields ``await spawn(*cli_args, env=..., cwd=..., name="", admin=False, preexec_fn=None)``, which returns once
-    the process listens.
+    """Yields ``await spawn(*cli_args, env=..., cwd=..., name="", admin=False, preexec_fn=None, wrapper=(),
+    startup=30)``, which returns once the process listens (within ``startup`` seconds); ``wrapper`` is a command
+    that runs ``sttgate`` (a profiler).
 
     ``env`` is added to this process's environment; ``preexec_fn`` runs in the child before ``sttgate`` (resource
     limits). The admin listener is off unless ``admin`` (then on a free port: ``ServeProcess.admin_url``) or ``env``
@@ -108,9 +109,12 @@ async def serve_processes() -> AsyncIterator[Callable[..., Awaitable[ServeProces
         name: str = "",
         admin: bool = False,
         preexec_fn: Callable[[], None] | None = None,
+        wrapper: Sequence[str] = (),
+        startup: float = 30,
     ) -> ServeProcess:
         admin_port = str(free_port()) if admin else "0"
         proc = await asyncio.create_subprocess_exec(
+            *wrapper,
             *SERVE,
             *args,
             env={**os.environ, "STTGATE_ADMIN_PORT": admin_port, **env},
@@ -122,7 +126,7 @@ async def serve_processes() -> AsyncIterator[Callable[..., Awaitable[ServeProces
         )
         sp = ServeProcess(name, proc)
         procs.append(sp)
-        sp.port = await asyncio.wait_for(sp.port_found, 30)
+        sp.port = await asyncio.wait_for(sp.port_found, startup)
         return sp
 
     try:

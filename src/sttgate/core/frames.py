@@ -149,6 +149,75 @@ class FrameScanner:
         """A close frame or an error ended the scan: further bytes are ignored."""
         return self._done
 
+    def whole(self, data: bytes) -> int:
+        """The header size of ``data`` when it is exactly one whole, valid, unfragmented frame the caller may take
+        without :meth:`feed` (a relay's usual read: one audio frame up, one transcript down); else 0.
+
+        Only binary frames qualify, and unmasked text frames when text is surfaced (a text frame's payload is then
+        ``data[header:]``); the payload's length is ``len(data) - header``. The scanner's state is not changed: a
+        whole frame read between frames leaves it between frames, and a caller that declines one passes it to
+        :meth:`feed` instead. Every rule :meth:`feed` checks on such a frame holds when this returns non-zero."""
+        if self._mode != _HEADER or self._head or self._message_size >= 0 or self._done:
+            return 0
+        end = len(data)
+        if end < 2:
+            return 0
+        b0 = data[0]
+        if b0 != 0x82 and (b0 != 0x81 or self._masked or not self._surface_text):
+            return 0
+        b1 = data[1]
+        length = b1 & 0x7F
+        if (b1 >= 0x80) != self._masked:
+            return 0
+        size = 6 if self._masked else 2
+        if length == 126:
+            if end < size + 2:
+                return 0
+            length = (data[2] << 8) | data[3]
+            if length < 126:
+                return 0
+            size += 2
+        elif length == 127:
+            return 0
+        if size + length != end or length > self._max_size:
+            return 0
+        return size
+
+    def run(self, data: bytes) -> list[tuple[int, int]]:
+        """:meth:`whole` for a read of several whole frames (a relay that fell behind reads a few audio frames at
+        once): per frame, where its payload starts and where it ends, when ``data`` is exactly a run of frames each
+        of which :meth:`whole` would take; else ``[]``. The scanner's state is not changed either."""
+        frames: list[tuple[int, int]] = []
+        if self._mode != _HEADER or self._head or self._message_size >= 0 or self._done:
+            return frames
+        masked = self._masked
+        text = not masked and self._surface_text
+        end = len(data)
+        pos = 0
+        while pos < end:
+            if end - pos < 2:
+                return []
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            if (b0 != 0x82 and (b0 != 0x81 or not text)) or (b1 >= 0x80) != masked:
+                return []
+            length = b1 & 0x7F
+            start = pos + (6 if masked else 2)
+            if length == 126:
+                if end - pos < 4:
+                    return []
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                if length < 126:
+                    return []
+                start += 2
+            elif length == 127:
+                return []
+            pos = start + length
+            if pos > end or length > self._max_size:
+                return []
+            frames.append((start, pos))
+        return frames
+
     def feed(self, data: bytes) -> list[ScanEvent]:
         """Scan the next bytes of the stream; the events they complete, in order."""
         events: list[ScanEvent] = []

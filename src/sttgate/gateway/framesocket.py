@@ -19,10 +19,10 @@ that fills it (the forwarder, or a sender waiting in :meth:`FrameSocket.send`).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
-from typing import Any, Protocol, cast
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, cast
 
 from sttgate.core import closecodes
 from sttgate.core.frames import (
@@ -66,9 +66,52 @@ class Sink(Protocol):
 
     def events(self, events: list[ScanEvent]) -> None: ...
 
+    def whole(self, data: bytes, header: int) -> bool:
+        """``data`` is exactly one whole, validated, unfragmented binary (or unmasked text) frame with a ``header``
+        of that many bytes (:meth:`FrameScanner.whole`): take it, or return False (nothing done) to have it scanned
+        into :meth:`events` instead. The relay's usual read, without building events."""
+        ...
+
+    def run(self, data: bytes, frames: list[tuple[int, int]]) -> bool:
+        """:meth:`whole` for a read of several such frames (:meth:`FrameScanner.run`: where each payload starts and
+        ends); False (nothing done) to have it scanned into :meth:`events` instead."""
+        ...
+
     def ended(self, end: End) -> None:
         """The hop ended (its close frame, a protocol error, a lost connection); called once."""
         ...
+
+
+class _Heartbeat:
+    """One timer per event loop and period for every hop with that heartbeat: one wake-up per period checks them all,
+    instead of a timer per hop (about 0.5 kB and a libuv handle each, re-armed every period). Registered only while
+    a hop has sockets; the timer stops when the last one leaves."""
+
+    _running: ClassVar[dict[tuple[int, float], _Heartbeat]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        self.loop = loop
+        self.period = period
+        self.sockets: set[FrameSocket] = set()
+        self.timer = loop.call_later(period, self.tick)
+
+    @classmethod
+    def join(cls, sock: FrameSocket, period: float) -> _Heartbeat:
+        loop = asyncio.get_running_loop()
+        key = (id(loop), period)
+        beat = cls._running.get(key)
+        if beat is None:
+            beat = cls._running[key] = cls(loop, period)
+        beat.sockets.add(sock)
+        return beat
+
+    def tick(self) -> None:
+        for sock in list(self.sockets):
+            sock._tick()
+        if self.sockets:
+            self.timer = self.loop.call_later(self.period, self.tick)
+        else:
+            del self._running[(id(self.loop), self.period)]
 
 
 class FrameSocket(asyncio.Protocol):
@@ -98,8 +141,9 @@ class FrameSocket(asyncio.Protocol):
         self._own: list[tuple[bytes, bool, bool]] = []  # (frame, is a data frame, is a close frame)
         # Our close frame is on the wire: nothing more may follow it (the relay stops forwarding into this hop).
         self.close_written = False
-        # Link mode: whole messages for receive(), at most one read's worth (reading pauses while any wait).
-        self._queue: collections.deque[Frame] = collections.deque()
+        # Link mode: whole messages for receive(), at most one read's worth (reading pauses while any wait). A list: a
+        # deque costs 760 bytes per hop even empty, and relay mode never uses it.
+        self._queue: list[Frame] = []
         self._waiter: asyncio.Future[None] | None = None
         self._message = bytearray()
         self._message_kind = 0
@@ -110,17 +154,16 @@ class FrameSocket(asyncio.Protocol):
         self._close_sent = False  # our close frame is written (or waits for a frame boundary)
         self._closing = False  # close() was called
         self._lost = False
-        loop = asyncio.get_running_loop()
-        # The peer's close frame came, or the connection ended.
-        self._peer_done: asyncio.Future[None] = loop.create_future()
-        self._gone: asyncio.Future[None] = loop.create_future()  # the connection is closed
+        # close() waiting for the peer's close frame or the connection's end: made only then (two futures per hop
+        # for the whole session otherwise).
+        self._change: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._write_paused = False
         # Why reading is paused: backpressure from the other transport, a full receive queue, a charge in flight.
         self._read_pauses = 0
         self._heard = True
         self._ping_out = False
-        self._beat: asyncio.TimerHandle | None = None
+        self._beat: _Heartbeat | None = None
 
     # -- transport callbacks -----------------------------------------------------------------------------------
 
@@ -129,18 +172,26 @@ class FrameSocket(asyncio.Protocol):
         self.transport = stream = cast(asyncio.Transport, transport)
         stream.set_write_buffer_limits(high=HIGH_WATER)
         if self._heartbeat:
-            self._beat = asyncio.get_running_loop().call_later(self._heartbeat, self._tick)
+            self._beat = _Heartbeat.join(self, self._heartbeat)
 
     def data_received(self, data: bytes) -> None:
         self._heard = True
-        if self.scanner.done:
+        scanner = self.scanner
+        if scanner.done:
             return  # after the peer's close or an error: the rest is not read (lingering until the peer closes)
-        events = self.scanner.feed(data)
         sink = self.sink
-        if sink is not None:
-            sink.events(events)
+        if sink is None:
+            self._link_events(scanner.feed(data))
+            return
+        header = scanner.whole(data)
+        if header:
+            if sink.whole(data, header):
+                return
         else:
-            self._link_events(events)
+            frames = scanner.run(data)
+            if frames and sink.run(data, frames):
+                return
+        sink.events(scanner.feed(data))
 
     def eof_received(self) -> bool:
         # A half-closed peer sends nothing more: without its close frame that is a lost connection. Keep the
@@ -153,14 +204,10 @@ class FrameSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._lost = True
-        if self._beat is not None:
-            self._beat.cancel()
+        self._stop_heartbeat()
         if self.end is None:
             self._ended((FrameKind.LOST, closecodes.ABNORMAL, ""))
-        if not self._peer_done.done():
-            self._peer_done.set_result(None)
-        if not self._gone.done():
-            self._gone.set_result(None)
+        self._wake_closer()
         self._wake_writer()
         self._wake_reader()
 
@@ -209,8 +256,7 @@ class FrameSocket(asyncio.Protocol):
         if self.end is not None:
             return
         self.end = end
-        if end[0] is not FrameKind.ERROR and not self._peer_done.done():
-            self._peer_done.set_result(None)
+        self._wake_closer()
         if self.sink is not None:
             self.sink.ended(end)
         else:
@@ -259,7 +305,7 @@ class FrameSocket(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
-        frame = self._queue.popleft()
+        frame = self._queue.pop(0)
         if not self._queue and self._queue_paused:
             self._queue_paused = False
             self.resume_reading()
@@ -353,22 +399,44 @@ class FrameSocket(asyncio.Protocol):
                     # The peer's stream is no longer read: end ours after the close frame and let the peer close,
                     # so that unread bytes of its do not turn our close into a reset that loses the close frame.
                     self._shut(eof=True)
-                    await asyncio.shield(self._gone)
+                    await self._until(self._gone)
                 else:
-                    await asyncio.shield(self._peer_done)
+                    await self._until(self._peer_done)
         self._shut()
         if not self._lost:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._close_timeout):
-                    await asyncio.shield(self._gone)
+                    await self._until(self._gone)
         self.abort()
+
+    def _peer_done(self) -> bool:
+        """The peer's close frame came, or the connection ended."""
+        return self._lost or (self.end is not None and self.end[0] is not FrameKind.ERROR)
+
+    def _gone(self) -> bool:
+        """The connection is closed."""
+        return self._lost
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        """Wait (the caller bounds the time) until ``ready()``, checked again whenever the hop ends or its connection
+        does."""
+        while not ready():
+            self._change = asyncio.get_running_loop().create_future()
+            try:
+                await self._change
+            finally:
+                self._change = None
+
+    def _wake_closer(self) -> None:
+        change = self._change
+        if change is not None and not change.done():
+            change.set_result(None)
 
     def _close_frame(self, code: int, reason: str) -> None:
         if self._close_sent:
             return
         self._close_sent = True
-        if self._beat is not None:
-            self._beat.cancel()
+        self._stop_heartbeat()
         self.write_own(self._frame(Opcode.CLOSE, close_payload(code, reason)), close=True)
 
     def _shut(self, *, eof: bool = False) -> None:
@@ -403,8 +471,7 @@ class FrameSocket(asyncio.Protocol):
 
     def release(self) -> None:
         """The relay is over: a connection still open (a peer that vanished half-closed) is closed."""
-        if self._beat is not None:
-            self._beat.cancel()
+        self._stop_heartbeat()
         transport = self.transport
         if transport is not None and not self._lost and not transport.is_closing():
             transport.close()
@@ -416,10 +483,16 @@ class FrameSocket(asyncio.Protocol):
 
     # -- heartbeat --------------------------------------------------------------------------------------------
 
+    def _stop_heartbeat(self) -> None:
+        if self._beat is not None:
+            self._beat.sockets.discard(self)
+            self._beat = None
+
     def _tick(self) -> None:
-        heartbeat = self._heartbeat
-        assert heartbeat is not None
+        """Once per heartbeat period (the shared :class:`_Heartbeat`): ping a peer silent since the last tick, drop
+        one silent since the ping."""
         if self._lost or self._close_sent:
+            self._stop_heartbeat()
             return
         if self._heard:
             self._heard = False
@@ -431,4 +504,3 @@ class FrameSocket(asyncio.Protocol):
         else:
             self._ping_out = True
             self.write_own(self._frame(Opcode.PING, b""))
-        self._beat = asyncio.get_running_loop().call_later(heartbeat, self._tick)

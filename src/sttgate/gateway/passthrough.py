@@ -23,6 +23,7 @@ that is there (its final transcript during a graceful end).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from sttgate.core import closecodes
@@ -82,6 +83,65 @@ class ClientToProvider(_Direction):
             self._held.extend(events)
             return
         self._run(events, 0)
+
+    def whole(self, data: bytes, header: int) -> bool:
+        """One whole binary frame while the session is open and nothing waits: metered from its length and forwarded
+        as it came; anything else (a text frame, a charge in flight, an ending session) goes through :meth:`events`."""
+        if data[0] != 0x82 or self._held is not None or self._stopped or self.live.session.state is not _OPEN:
+            return False
+        live = self.live
+        size = len(data) - header
+        try:
+            admitted = live.admit_size(size)
+        except UnmeterableFrame:
+            self._stop(Outcome.UNMETERABLE, *closecodes.UNMETERABLE_AUDIO)
+            return True
+        if not admitted:
+            self._hold([(_DATA, data, True)], size, None)
+            return True
+        live.frames_up += 1
+        live.bytes_up += size
+        upstream = self.upstream
+        transport = upstream.transport
+        if transport is not None and not upstream.close_written and not transport.is_closing():
+            transport.write(data)
+        if upstream.has_own:
+            upstream.boundary()
+        return True
+
+    def run(self, data: bytes, frames: list[tuple[int, int]]) -> bool:
+        """Several whole binary frames in one read (a client's frames are masked, so none is text): each metered in
+        order; the read goes out with one write when all are admitted. A frame that opens a prepaid cycle waits with
+        the rest of the read (scanned into events) while what came before it is forwarded."""
+        if self._held is not None or self._stopped or self.live.session.state is not _OPEN:
+            return False
+        live = self.live
+        upstream = self.upstream
+        done = 0  # the bytes of the frames admitted so far
+        for start, end in frames:
+            size = end - start
+            try:
+                admitted = live.admit_size(size)
+            except UnmeterableFrame:
+                if done:
+                    _write(upstream, [data[:done]])
+                self._stop(Outcome.UNMETERABLE, *closecodes.UNMETERABLE_AUDIO)
+                return True
+            if not admitted:
+                if done:
+                    _write(upstream, [data[:done]])
+                held: list[ScanEvent] = [(_DATA, data[done:end], True)]
+                if end < len(data):
+                    held += self.client.scanner.feed(data[end:])
+                self._hold(held, size, None)
+                return True
+            live.frames_up += 1
+            live.bytes_up += size
+            done = end
+        _write(upstream, [data])
+        if upstream.has_own:
+            upstream.boundary()
+        return True
 
     def _stop(self, outcome: Outcome, code: int, reason: str) -> None:
         self._stopped = True
@@ -216,6 +276,36 @@ class ProviderToClient(_Direction):
         self.upstream = upstream
         self.live = live
 
+    def whole(self, data: bytes, header: int) -> bool:
+        """One whole binary or text frame: accounted (a text frame read whole) and forwarded as it came."""
+        live = self.live
+        if data[0] == 0x82:
+            live.received_binary(len(data) - header)
+        else:
+            live.received((FrameKind.TEXT, data[header:], None))
+        client = self.client
+        transport = client.transport
+        if transport is not None and not client.close_written and not transport.is_closing():
+            transport.write(data)
+        if client.has_own:
+            client.boundary()
+        return True
+
+    def run(self, data: bytes, frames: list[tuple[int, int]]) -> bool:
+        """Several whole frames in one read: each accounted in order, then the read forwarded with one write."""
+        live = self.live
+        done = 0
+        for start, end in frames:
+            if data[done] == 0x82:
+                live.received_binary(end - start)
+            else:
+                live.received((FrameKind.TEXT, data[start:end], None))
+            done = end
+        _write(self.client, [data])
+        if self.client.has_own:
+            self.client.boundary()
+        return True
+
     def events(self, events: list[ScanEvent]) -> None:
         live = self.live
         client = self.client
@@ -289,6 +379,25 @@ class Relay:
         client.sink = self.inbound
         self.outbound.replay(upstream.take_over(self.outbound))
         client.feed(early)
+
+    def when_ending(self, start: Callable[[], None]) -> None:
+        """Call ``start`` (once, from the loop) when a direction reaches its verdict or a close is requested: the
+        moment :meth:`run` has something to do. Until then nothing waits for the relay's end (a task waiting in
+        :func:`~sttgate.gateway.relay.conclude` costs about 2.5 kB per session: the task, its coroutines, asyncio.wait's
+        future and callbacks)."""
+        futures: tuple[asyncio.Future[Any], ...] = (
+            self.inbound.verdict,
+            self.outbound.verdict,
+            self.live.close_requested,
+        )
+
+        def wake(_: asyncio.Future[Any]) -> None:
+            for future in futures:
+                future.remove_done_callback(wake)
+            start()
+
+        for future in futures:
+            future.add_done_callback(wake)
 
     async def run(self) -> None:
         """Relay until both hops are closed; the outcome is recorded on the session."""

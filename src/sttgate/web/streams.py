@@ -185,7 +185,16 @@ def _hand_over(request: web.Request, live: LiveSession, protocols: tuple[str, ..
     live.accept()  # the client has its 101: a session in usage (docs/contract.md#usage)
     # Wired now, not in the task: the client may send the moment it has its 101.
     relay = passthrough.Relay(client, live, bytes(early.data))
-    _track(svc, asyncio.ensure_future(_relay(relay, live, release)))
+    # The relay's task starts when its end begins; until then shut-down waits for this future, done with the task.
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _track(svc, done)
+
+    def start() -> None:
+        task = asyncio.ensure_future(_relay(relay, live, release))
+        _track(svc, task)
+        task.add_done_callback(lambda _: done.set_result(None))
+
+    relay.when_ending(start)
     return HandedOver()
 
 
