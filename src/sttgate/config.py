@@ -44,9 +44,10 @@ DEFAULT_MAX_SESSIONS_PER_PROCESS = 1000
 """Admission control's default (``STTGATE_MAX_SESSIONS_PER_PROCESS``; docs/configuration.md#admission-control).
 
 A process over its capacity queues frames into seconds of latency instead of shedding load, so it refuses the session
-past this many with 503 ``gateway_overloaded``. The value is set from the measured capacity of one process under the
-standard load (docs/benchmarks.md: streams before p99 added latency passes 5 ms, and the overload row of its targets
-table), to be revised with each full benchmark run.
+past this many with 503 ``gateway_overloaded``. 1,000 is the largest step of the 2026-11-29 full benchmark run
+(docs/benchmarks.md) at which one process under the standard load kept its p99 added latency under 100 ms (50 ms;
+199 ms at 1,500, saturated at 2,000), and at which the overload rows of its targets table were met. Revise it with each
+full run.
 """
 
 
