@@ -435,6 +435,9 @@ class Slots:
         if self._fast is not None:
             # Once per prepaid cycle of every live session: one trip instead of about 13.
             return await self._fast.settle_cycles(session_id, account_id, price_nanos, write)
+        if self._pg_fast is not None:
+            # PostgreSQL: two statements on the driver instead of about seven through SQLAlchemy.
+            return await self._pg_fast.settle_cycles(session_id, account_id, price_nanos, write)
         charged = write.charged
         async with self._db.write() as conn, self._outbox.recording(conn, [session_id]):
             paid = debited = True
