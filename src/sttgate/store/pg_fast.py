@@ -1,4 +1,4 @@
-"""PostgreSQL only: the statements of every session (authenticate, open, accept, end) on the driver itself.
+"""PostgreSQL only: the statements of every session (authenticate, open, accept, settle, end) on the driver itself.
 
 Through SQLAlchemy each statement costs the event loop about a millisecond of CPU (compilation cache lookups, result
 processing, the greenlet hop into its synchronous core); a session runs several. Here each is one call on the
