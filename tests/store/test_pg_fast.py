@@ -4,6 +4,7 @@ schema of the real PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
+from sttgate.core.billing import LedgerWrite
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.store import NotFoundError, SessionEnd, SessionProgress, Store
 from sttgate.store.database import hash_secret
@@ -89,6 +91,15 @@ async def _scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
     ]
     outcomes.append(sorted(await store.end_sessions(ends)))
     outcomes.append(await _outcome(store.end_sessions([SessionEnd("s3", 0.0, 0, 0, None, None, "someone")])))  # type: ignore[arg-type]
+    rows, state = await _state(store, names)
+    described = repr(outcomes)
+    for account_id, name in names.items():
+        described = described.replace(account_id, name)
+    return [described], rows, state
+
+
+async def _state(store: Store, names: dict[str, str]) -> tuple[list[Any], list[Any]]:
+    """The sessions' rows, the accounts' balances and latches, their events, the usage outbox and pending rows."""
     async with store.database.reader.connect() as conn:
         rows = [
             (r.id, names[r.account_id], *r[2:])
@@ -121,7 +132,11 @@ async def _scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
             (names[r.id], r.balance_nanos, r.balance_event_seq, r.balance_exhausted)
             for r in await conn.execute(select(accounts).order_by(accounts.c.name))
         ]
-        state += [(names[r.account_id], r.type) for r in await conn.execute(select(account_events))]
+        for r in await conn.execute(select(account_events).order_by(account_events.c.id)):
+            name, posted = names[r.account_id], json.loads(r.payload)
+            data = {k: name if k == "account_id" else v for k, v in posted["data"].items()}
+            same = (posted["id"], posted["type"], r.created_at, r.attempts) == (r.id, r.type, r.next_attempt_at, 0)
+            state.append(("event", name, r.type, r.id.replace(r.account_id, name), data, same))
         o = usage_outbox.c
         state += [
             (r.id, r.cycle, names[r.account_id], r.provider, r.model, r.basis, r.seconds, r.price_nanos, r.pending)
@@ -136,10 +151,7 @@ async def _scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
                 .order_by(o.seq)
             )
         ]
-    described = repr(outcomes)
-    for account_id, name in names.items():
-        described = described.replace(account_id, name)
-    return [described], rows, state
+    return rows, state
 
 
 async def test_open_accept_and_end_agree_with_the_portable_transactions(pair: tuple[Store, Store]) -> None:
@@ -163,3 +175,77 @@ async def test_the_key_lookup_reads_the_same_row(pair: tuple[Store, Store]) -> N
     principals = [await fast.authenticate(k) for k in (live.key, revoked.key, "sk-mai-short", "")]
     assert principals[0] is not None and principals[0].key_id == live.id
     assert principals[1:] == [None, None, None]
+
+
+async def _settle_scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
+    """Every path of a prepaid ledger write: paid, crossing low, a hold taken and one refused, recorded-only, a
+    refusal (latched), an ended session, postpaid, and the errors."""
+    hook = {"webhook_url": "http://127.0.0.1:9/events"}
+    names = {}
+    for name, kwargs in {
+        "rich": {"balance_nanos": 10 * PRICE, "low_balance_nanos": 6 * PRICE, **hook},
+        "poor": {"balance_nanos": 2 * PRICE, **hook},
+        "quiet": {"balance_nanos": PRICE},  # no webhook URL: no events, no latch
+        "postpaid": {},
+    }.items():
+        names[(await store.create_account(name=name, max_streams=5, **kwargs)).id] = name
+    by_name = {v: k for k, v in names.items()}
+    store.outbox.sinks = ("sink-a", "sink-b")
+    for sid, account in [("r1", "rich"), ("r2", "rich"), ("p1", "poor"), ("q1", "quiet"), ("x1", "postpaid")]:
+        await store.open_session(
+            session_id=sid,
+            account_id=by_name[account],
+            kind=SessionKind.WEBSOCKET,
+            provider="assemblyai",
+            gateway_id="gw-1",
+            min_balance_nanos=0,
+            lease_ttl=30.0,
+            model="universal",
+            rate_usd_per_hour="0.15",
+            basis="session",
+            api_key_id="k1",
+        )
+
+    async def settle(sid: str, account: str, write: LedgerWrite, price: int = PRICE) -> Any:
+        return await _outcome(store.slots.settle_cycles(sid, by_name.get(account, account), price, write))
+
+    outcomes = [
+        await settle("r1", "rich", LedgerWrite(charged=1)),  # paid: cycle 1
+        await settle("r1", "rich", LedgerWrite(charged=3, hold=1)),  # the hold taken crosses low: balance.low
+        await settle("r1", "rich", LedgerWrite(recorded=1)),  # from the hold, no balance move
+        await settle("r2", "rich", LedgerWrite(covered=0, charged=1, hold=9)),  # paid, hold refused
+        await settle("p1", "poor", LedgerWrite(charged=3)),  # refused: balance.exhausted
+        await settle("p1", "poor", LedgerWrite(charged=3)),  # refused again: latched
+        await settle("p1", "poor", LedgerWrite(charged=1, hold=1)),  # paid (clears the latch) and held
+        await settle("p1", "poor", LedgerWrite(recorded=1, covered=0, charged=5)),  # refused, recorded still
+        await settle("q1", "quiet", LedgerWrite(charged=2)),  # refused without a webhook URL
+        await settle("x1", "postpaid", LedgerWrite(charged=2, hold=1)),  # postpaid: paid, nothing written
+        await settle("r1", "rich", LedgerWrite(charged=1), price=0),
+        await settle("gone", "rich", LedgerWrite(charged=1)),
+        await settle("r1", "poor", LedgerWrite(charged=1)),  # another account's session
+        await settle("r1", "no-such-account", LedgerWrite(charged=1)),
+        await settle("r1", "no-such-account", LedgerWrite(recorded=1)),
+        await settle("r1", "rich", LedgerWrite(charged=-1)),
+    ]
+    await store.end_sessions([SessionEnd("r2", 10.0, 1, PRICE, 1000, "", ClosedBy.CLIENT)])
+    outcomes.append(await settle("r2", "rich", LedgerWrite(recorded=1, covered=1, charged=1, hold=1)))  # ended
+    outcomes.append(await store.slots.charge_cycles("r1", by_name["rich"], 1, PRICE))
+    rows, state = await _state(store, names)
+    described = repr(outcomes)
+    for account_id, name in names.items():
+        described = described.replace(account_id, name)
+    return [described], rows, state
+
+
+async def test_settling_cycles_agrees_with_the_portable_transaction(pair: tuple[Store, Store]) -> None:
+    fast, portable = pair
+    got = await _settle_scenario(fast)
+    assert got == await _settle_scenario(portable)
+    described = got[0][0]
+    assert "Settlement(paid=False" in described and "no account" in described and "no session" in described
+    events = [(e[1], e[2], e[3], e[5]) for e in got[2] if e[0] == "event"]
+    assert events == [
+        ("poor", "balance.exhausted", "balance.exhausted:poor:1", True),
+        ("poor", "balance.exhausted", "balance.exhausted:poor:2", True),
+        ("rich", "balance.low", "balance.low:rich:1", True),
+    ]

@@ -1,11 +1,13 @@
-"""PostgreSQL only: the statements of every session (authenticate, open, accept, end) on the driver itself.
+"""PostgreSQL only: the statements of every session (authenticate, open, accept, settle, end) on the driver itself.
 
 Through SQLAlchemy each statement costs the event loop about a millisecond of CPU (compilation cache lookups, result
 processing, the greenlet hop into its synchronous core); a session runs several. Here each is one call on the
 asyncpg connection taken from the engine's own pool (same connections, same settings, same checkout check), with the
 text of the portable statement: ``auth.AUTH_QUERY``, ``sttgate_open_session`` (migration 0011),
 ``Slots.accept_sessions``'s UPDATE, and ``Slots.end_sessions``'s transaction with its usage events
-(``outbox.recording``'s reads, ``outbox.event_rows``). ``tests/store/test_pg_fast.py`` runs both and compares.
+(``outbox.recording``'s reads, ``outbox.event_rows``). A prepaid cycle's ledger write (``Slots.settle_cycles``) reads
+and locks its session and account in one statement, decides in Python with the portable rules, and writes every
+change in one more. ``tests/store/test_pg_fast.py`` runs both and compares.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+from sttgate.core.account_events import EventType, balance_event_id, body, crossed_low
+from sttgate.core.billing import LedgerWrite, Settlement
 from sttgate.core.outcomes import ClosedBy
 from sttgate.store.auth import AuthRow
-from sttgate.store.database import Database, utcnow
+from sttgate.store.database import Database, NotFoundError, utcnow
+from sttgate.store.events import balance_low_data, exhausted_data
 from sttgate.store.outbox import _SESSION_FIELDS, Outbox, _Before, event_rows
-from sttgate.store.slots import SessionEnd, hold_refund
+from sttgate.store.slots import SessionEnd, hold_refund, ledger_change
 
 _AUTH_SQL = (
     "SELECT api_keys.id, api_keys.key_hash, api_keys.revoked_at, api_keys.last_used_at, accounts.id,"
@@ -68,6 +73,31 @@ _EVENTS_SQL = (
     " SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::text[],"
     " $8::text[], $9::int[], $10::bigint[], $11::timestamptz[]) RETURNING seq)"
     " INSERT INTO export_pending (sink, seq) SELECT sink, added.seq FROM added CROSS JOIN unnest($12::text[]) AS sink"
+)
+
+# Slots.settle_cycles: the session (outbox.recording's lock and read) and its account, both locked, in one statement.
+_SETTLE_READ_SQL = (
+    "SELECT s.cycles, s.cost_nanos, s.ended_at IS NULL, s.held_cycles, s.held_nanos, s.api_key_id, s.provider,"
+    " s.model, s.basis, a.balance_nanos, a.low_balance_nanos, a.webhook_url IS NOT NULL, a.balance_exhausted,"
+    " a.balance_event_seq FROM sessions s JOIN accounts a ON a.id = s.account_id WHERE s.id = $1 AND s.account_id = $2"
+    " FOR UPDATE OF s, a"
+)
+_ACCOUNT_EXISTS_SQL = "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)"
+# Every change the settlement decided, in one statement: the account's row (its locked values were read, so the new
+# ones are written as such), its balance events, the session's increments, the usage events and their pending rows.
+_SETTLE_WRITE_SQL = (
+    "WITH acct AS (UPDATE accounts SET balance_nanos = $3::bigint, balance_exhausted = $4::bool,"
+    " balance_event_seq = $5::int WHERE id = $2 AND $1::bool),"
+    " account_event AS (INSERT INTO account_events (id, account_id, type, payload, created_at, next_attempt_at,"
+    " attempts) SELECT id, $2, type, payload, $8::timestamptz, $8::timestamptz, 0"
+    " FROM unnest($6::text[], $7::text[], $9::text[]) AS e (id, type, payload) ON CONFLICT (id) DO NOTHING),"
+    " sess AS (UPDATE sessions SET cycles = cycles + $11::int, cost_nanos = cost_nanos + $12::bigint,"
+    " held_cycles = held_cycles + $13::int, held_nanos = held_nanos + $14::bigint,"
+    " opening = CASE WHEN $11::int > 0 THEN false ELSE opening END WHERE id = $15 AND $10::bool),"
+    f" added AS (INSERT INTO usage_outbox ({', '.join(_EVENT_COLUMNS)})"
+    " SELECT * FROM unnest($16::text[], $17::text[], $18::int[], $19::text[], $20::text[], $21::text[], $22::text[],"
+    " $23::text[], $24::int[], $25::bigint[], $26::timestamptz[]) RETURNING seq)"
+    " INSERT INTO export_pending (sink, seq) SELECT sink, added.seq FROM added CROSS JOIN unnest($27::text[]) AS sink"
 )
 
 
@@ -156,3 +186,85 @@ class PgFastPath:
                 columns = [[event[name] for event in events] for name in _EVENT_COLUMNS]
                 await driver.execute(_EVENTS_SQL, *columns, list(self._outbox.sinks))
         return set(ids) - set(before)
+
+    async def settle_cycles(self, session_id: str, account_id: str, price_nanos: int, write: LedgerWrite) -> Settlement:
+        """``Slots.settle_cycles`` in one transaction of two statements: lock and read the session and its account,
+        decide as the portable code does (its debits, ``balance.low`` / ``balance.exhausted`` with the account's event
+        sequence and latch as ``events.record_balance_event`` moves them, ``ledger_change``), write it all."""
+        async with self._driver() as driver, driver.transaction():
+            row = await driver.fetchrow(_SETTLE_READ_SQL, session_id, account_id)
+            if row is None:
+                # The portable code's first failure: a refused charge finds no account, else no session (of it).
+                if write.charged and not await driver.fetchval(_ACCOUNT_EXISTS_SQL, account_id):
+                    raise NotFoundError(f"no account {account_id}")
+                raise NotFoundError(f"no session {session_id} of account {account_id}")
+            cycles, cost, live, held_cycles, held_nanos, api_key_id, provider, model, basis = row[:9]
+            balance, low, hooked, exhausted, seq = row[9:]
+            now = utcnow()
+            events: list[tuple[str, str, str]] = []  # (id, type, payload) of the account's balance events
+            account_moved = False
+
+            def record(kind: EventType, data: dict[str, Any]) -> None:
+                nonlocal seq
+                seq += 1
+                event_id = balance_event_id(kind, account_id, seq)
+                events.append((event_id, str(kind), body(event_id, kind, now, {"account_id": account_id, **data})))
+
+            def debit(amount: int) -> bool:
+                nonlocal balance, exhausted, account_moved
+                if balance is None or balance < amount:
+                    return False
+                before, balance = balance, balance - amount
+                exhausted, account_moved = False, True
+                if crossed_low(low, before, balance) and hooked:
+                    record(EventType.BALANCE_LOW, balance_low_data(balance, low, session_id))
+                return True
+
+            paid = debited = True
+            if write.charged:
+                debited = debit(write.charged * price_nanos)
+                if not debited and balance is not None:
+                    paid = False
+                    if hooked and not exhausted:
+                        exhausted, account_moved = True, True
+                        record(EventType.BALANCE_EXHAUSTED, exhausted_data(balance, "session_cut_off", session_id))
+            change = ledger_change(write, price_nanos, paid, debited, live, held_cycles, held_nanos)
+            held = bool(change.hold_nanos) and debit(change.hold_nanos)
+            moves = change.increments(held)
+            added = event_rows(
+                {session_id: _Before(cycles, cost)},
+                [
+                    (
+                        session_id,
+                        cycles + change.added,
+                        cost + change.added_nanos,
+                        account_id,
+                        api_key_id,
+                        provider,
+                        model,
+                        basis,
+                    )
+                ],
+                now,
+            )
+            await driver.execute(
+                _SETTLE_WRITE_SQL,
+                account_moved or bool(events),
+                account_id,
+                balance,
+                exhausted,
+                seq,
+                [e[0] for e in events],
+                [e[1] for e in events],
+                now,
+                [e[2] for e in events],
+                bool(moves),
+                moves.get("cycles", 0),
+                moves.get("cost_nanos", 0),
+                moves.get("held_cycles", 0),
+                moves.get("held_nanos", 0),
+                session_id,
+                *[[event[name] for event in added] for name in _EVENT_COLUMNS],
+                list(self._outbox.sinks),
+            )
+        return Settlement(paid, held)
