@@ -7,6 +7,7 @@ export default function adapter(sampleRate) {
     encode: (pcm) => pcm.buffer, // binary frames, exactly the PCM bytes
     minFrameMs: 50, // the provider closes the session (3007) on a frame under 50 ms
     endMessage: () => JSON.stringify({ type: "Terminate" }),
+    closesAfterEnd: true, // it closes the session after `Termination`: the page waits for that
     // Each decoder returns {kind: "partial"|"final"|"ended"|"error"|"ignore", key?, text?}.
     decoder() {
       return (msg) => {

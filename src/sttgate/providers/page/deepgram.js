@@ -13,6 +13,7 @@ export default function adapter(sampleRate) {
     encode: (pcm) => pcm.buffer, // binary frames, exactly the PCM bytes
     minFrameMs: 0,
     endMessage: () => JSON.stringify({ type: "CloseStream" }),
+    closesAfterEnd: true, // it closes the session after `Metadata`: the page waits for that
     // Each decoder returns {kind: "partial"|"final"|"ended"|"error"|"ignore", key?, text?}.
     decoder() {
       let segment = 0; // interim results revise the current segment until its final arrives

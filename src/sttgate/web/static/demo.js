@@ -45,6 +45,7 @@ class Session {
     this.cyclePriceNanos = 0n;
     this.stopping = false;
     this.ended = new Promise((resolve) => (this.markEnded = resolve));
+    this.closed = new Promise((resolve) => (this.markClosed = resolve));
   }
 
   async start() {
@@ -120,6 +121,7 @@ class Session {
   onClose(event) {
     if (event.code !== 1000 && !this.stopping) showError(closeMessage(event, this.limitSeconds), closeReason(event));
     this.markEnded();
+    this.markClosed();
     this.release();
     setStatus(event.code === 1000 || this.stopping ? "ended" : "error", event.code === 1000 ? "ended" : "closed");
   }
@@ -135,7 +137,10 @@ class Session {
     this.stream.getTracks().forEach((track) => track.stop());
     if (this.ws && this.ws.readyState === WebSocket.OPEN) {
       this.ws.send(this.provider.endMessage());
-      await Promise.race([this.ended, new Promise((resolve) => setTimeout(resolve, END_TIMEOUT_MS))]);
+      const deadline = new Promise((resolve) => setTimeout(resolve, END_TIMEOUT_MS));
+      await Promise.race([this.ended, deadline]);
+      // A provider that closes the session itself after its last message (closesAfterEnd) is left to do so.
+      if (this.provider.closesAfterEnd) await Promise.race([this.closed, deadline]);
       if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000, "User ended session");
     }
     this.release();
