@@ -396,6 +396,7 @@ class Slots:
         """
         if not accepted:
             return
+        accepted = sorted(accepted)  # rows locked in id order, as every multi-row ledger write does (no deadlock)
         if self._pg_fast is not None:
             await self._pg_fast.accept_sessions(accepted)
             return
@@ -497,16 +498,23 @@ class Slots:
             await conn.execute(stmt, params)
 
     async def renew_leases(self, session_ids: Sequence[str], lease_ttl: float) -> None:
-        """Extend the slots a live gateway still holds (one statement for up to 1000 sessions)."""
+        """Extend the slots a live gateway still holds (one statement for up to 1000 sessions).
+
+        PostgreSQL: the rows are locked in id order first (``ORDER BY id FOR UPDATE`` in the subquery), the order every
+        multi-row ledger write locks sessions in, so a renewal and a flush or a batch of ends never deadlock."""
         if not session_ids:
             return
         expires = utcnow() + timedelta(seconds=lease_ttl)
         async with self._db.write() as conn:
-            for chunk in chunks(session_ids):
-                await conn.execute(
-                    update(sessions)
+            for chunk in chunks(sorted(session_ids)):
+                locked = (
+                    select(sessions.c.id)
                     .where(sessions.c.id.in_(chunk), sessions.c.ended_at.is_(None))
-                    .values(lease_expires_at=expires)
+                    .order_by(sessions.c.id)
+                    .with_for_update()
+                )
+                await conn.execute(
+                    update(sessions).where(sessions.c.id.in_(locked.scalar_subquery())).values(lease_expires_at=expires)
                 )
 
     async def end_session(
