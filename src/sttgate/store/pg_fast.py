@@ -24,7 +24,7 @@ from sttgate.store.auth import AuthRow
 from sttgate.store.database import Database, NotFoundError, utcnow
 from sttgate.store.events import balance_low_data, exhausted_data
 from sttgate.store.outbox import _SESSION_FIELDS, Outbox, _Before, event_rows
-from sttgate.store.slots import SessionEnd, hold_refund, ledger_change
+from sttgate.store.slots import SessionEnd, final_costs, hold_refund, ledger_change
 
 _AUTH_SQL = (
     "SELECT api_keys.id, api_keys.key_hash, api_keys.revoked_at, api_keys.last_used_at, accounts.id,"
@@ -174,9 +174,7 @@ class PgFastPath:
             before = {r[0]: _Before(r[1], r[2]) for r in locked}
             await driver.executemany(_END_SQL, rows)
             # Each session's hold is settled in the same transaction (docs/billing.md#holds).
-            final_cost: dict[str, int] = {}
-            for e in ends:
-                final_cost[e.session_id] = max(final_cost.get(e.session_id, 0), e.cost_nanos)
+            final_cost = final_costs(ends)
             refunds = [(hold_refund(r[2], final_cost[r[0]], r[4]), r[3]) for r in locked if r[4]]
             if any(amount for amount, _ in refunds):
                 await driver.executemany(_REFUND_SQL, [(a, acct) for a, acct in refunds if a])

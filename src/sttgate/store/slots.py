@@ -135,6 +135,15 @@ def ledger_change(
     )
 
 
+def final_costs(ends: Sequence[SessionEnd]) -> dict[str, int]:
+    """Each ended session's final cost in a batch of ends (the largest, should one session be in it twice): what its
+    hold is settled against (:func:`hold_refund`)."""
+    costs: dict[str, int] = {}
+    for end in ends:
+        costs[end.session_id] = max(costs.get(end.session_id, 0), end.cost_nanos)
+    return costs
+
+
 def hold_refund(cost_nanos: int, final_cost_nanos: int, held_nanos: int) -> int:
     """At a session's end: the part of its hold not used. The cost the gateway reports beyond the row's was paid from
     the hold (never more than held: beyond it, cycles a postpaid account accrued); the rest goes back."""
@@ -612,9 +621,7 @@ class Slots:
         ids = [e.session_id for e in ends]
         # Each session's hold is settled in the same transaction (docs/billing.md#holds): the cost beyond the row's was
         # paid by it, the rest goes back to the balance, and the row holds nothing any more.
-        final_cost: dict[str, int] = {}
-        for e in ends:
-            final_cost[e.session_id] = max(final_cost.get(e.session_id, 0), e.cost_nanos)
+        final_cost = final_costs(ends)
         held = select(sessions.c.id, sessions.c.account_id, sessions.c.cost_nanos, sessions.c.held_nanos)
         async with self._db.write() as conn, self._outbox.recording(conn, ids) as found:
             rows = (await conn.execute(held.where(sessions.c.id.in_(final_cost), sessions.c.held_nanos > 0))).all()
