@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sttgate.core.billing import Action, Billing, LedgerWrite, Settlement, Totals
+from sttgate.core.billing import Action, Billing, LedgerWrite, Settlement, Totals, hold_refund, ledger_change
 from sttgate.core.metering import UNMETERABLE, AudioFormat, BinaryMeter, ChunkMeter
 
 FMT = AudioFormat(2, 16000)  # 32,000 bytes per second: one cycle is 160,000 bytes
@@ -286,3 +286,40 @@ def test_holds_never_forward_unpaid_audio_nor_overdraw_nor_bill_twice(balance, s
     assert b.cycles == math.ceil(forwarded / CYCLE)
     ledger.end(b.cycles)
     assert ledger.cycles == b.cycles and ledger.start - ledger.balance == b.cycles
+
+
+# -- what the ledger does with a write, and with a hold at the end ------------------------------------------------
+
+
+@given(
+    recorded=st.integers(0, 3),
+    covered=st.integers(0, 3),
+    charged=st.integers(0, 3),
+    hold=st.integers(0, 1),
+    paid=st.booleans(),
+    debited=st.booleans(),
+    live=st.booleans(),
+    held=st.integers(0, 3),
+)
+def test_a_ledger_write_moves_only_what_it_may(
+    recorded: int, covered: int, charged: int, hold: int, paid: bool, debited: bool, live: bool, held: int
+) -> None:
+    write = LedgerWrite(recorded=recorded, covered=covered, charged=charged, hold=hold)
+    change = ledger_change(write, PRICE, paid, debited, live, held, held * PRICE)
+    # Live: recorded cycles always, the frame's covered cycles only when paid. An ended session records nothing from
+    # its holds (its end settled them) and takes no new hold; cycles the balance was debited for are always its cost.
+    opened_from_holds = recorded + (covered if paid else 0) if live else 0
+    assert change.taken == min(held, opened_from_holds) and change.taken_nanos == change.taken * PRICE
+    assert change.added == opened_from_holds + (charged if paid and debited else 0)
+    assert change.added_nanos == change.added * PRICE
+    assert change.hold == (hold if paid and live else 0)
+    moves = change.increments(held=False)  # a hold the balance refused adds nothing held
+    assert moves.get("held_cycles", 0) == -change.taken
+
+
+@given(cost=st.integers(0, 10), extra=st.integers(-2, 5), held=st.integers(0, 2))
+def test_a_hold_is_refunded_less_what_the_session_opened_from_it(cost: int, extra: int, held: int) -> None:
+    refund = hold_refund(cost * PRICE, (cost + extra) * PRICE, held * PRICE)
+    assert 0 <= refund <= held * PRICE
+    # The cost beyond the row's was paid by the hold, up to what it holds; the rest goes back.
+    assert refund == max(0, held - max(0, extra)) * PRICE

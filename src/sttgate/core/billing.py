@@ -45,6 +45,7 @@ counts them as held), so the totals written never go down and no cycle is counte
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum, auto
 from typing import NamedTuple
 
@@ -291,3 +292,54 @@ class Billing:
     def written(self, totals: Totals) -> None:
         """The ledger holds ``totals`` now."""
         self._written = (totals.audio_seconds, totals.cycles)
+
+
+# -- what the ledger does with a write and at the end (docs/billing.md#holds) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerChange:
+    """What a ledger write (the store's ``settle_cycles``, in every implementation) does to the session's row once the
+    charge is decided: cycles and cost added, taken from the hold, and the hold to debit ahead."""
+
+    added: int
+    added_nanos: int
+    taken: int
+    taken_nanos: int
+    hold: int
+    hold_nanos: int
+
+    def increments(self, held: bool) -> dict[str, int]:
+        """The row's columns and what to add to each (only those that move); ``held``: the hold was debited."""
+        moves = {
+            "cycles": self.added,
+            "cost_nanos": self.added_nanos,
+            "held_cycles": (self.hold if held else 0) - self.taken,
+            "held_nanos": (self.hold_nanos if held else 0) - self.taken_nanos,
+        }
+        return {k: v for k, v in moves.items() if v}
+
+
+def ledger_change(
+    write: LedgerWrite, price_nanos: int, paid: bool, debited: bool, live: bool, held_cycles: int, held_nanos: int
+) -> LedgerChange:
+    """The row's change for ``write`` (the store's ``settle_cycles``): ``paid`` the frame's cycles are paid,
+    ``debited`` the balance was (False for a postpaid account: its charged cycles are the flush's), ``live`` the
+    session has not ended, ``held_*`` what the row holds."""
+    moved = write.recorded + (write.covered if paid else 0) if live else 0
+    added = moved + (write.charged if paid and debited and write.charged else 0)
+    hold = write.hold if paid and live else 0
+    return LedgerChange(
+        added,
+        added * price_nanos,
+        min(held_cycles, moved),
+        min(held_nanos, moved * price_nanos),
+        hold,
+        hold * price_nanos,
+    )
+
+
+def hold_refund(cost_nanos: int, final_cost_nanos: int, held_nanos: int) -> int:
+    """At a session's end: the part of its hold not used. The cost the gateway reports beyond the row's was paid from
+    the hold (never more than held: beyond it, cycles a postpaid account accrued); the rest goes back."""
+    return held_nanos - min(held_nanos, max(0, final_cost_nanos - cost_nanos))

@@ -18,13 +18,13 @@ from datetime import datetime
 from typing import Any
 
 from sttgate.core.account_events import EventType, balance_event_id, body, crossed_low
-from sttgate.core.billing import LedgerWrite, Settlement
+from sttgate.core.billing import LedgerWrite, Settlement, hold_refund, ledger_change
 from sttgate.core.outcomes import ClosedBy
 from sttgate.store.auth import AuthRow
 from sttgate.store.database import Database, NotFoundError, utcnow
 from sttgate.store.events import balance_low_data, exhausted_data
 from sttgate.store.outbox import _SESSION_FIELDS, Outbox, _Before, event_rows
-from sttgate.store.slots import SessionEnd, final_costs, hold_refund, ledger_change
+from sttgate.store.slots import SessionEnd, final_costs
 
 _AUTH_SQL = (
     "SELECT api_keys.id, api_keys.key_hash, api_keys.revoked_at, api_keys.last_used_at, accounts.id,"

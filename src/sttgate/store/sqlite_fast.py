@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Dialect
 
 from sttgate.core.account_events import EventType, balance_event_id, body, crossed_low
-from sttgate.core.billing import LedgerWrite, Settlement
+from sttgate.core.billing import LedgerWrite, Settlement, hold_refund, ledger_change
 from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.store import db
 from sttgate.store.auth import AuthRow
@@ -33,8 +33,6 @@ from sttgate.store.slots import (
     SlotFigures,
     SlotOutcome,
     decide_open,
-    hold_refund,
-    ledger_change,
 )
 from sttgate.store.tables import UTCDateTime
 
