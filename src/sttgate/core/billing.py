@@ -20,8 +20,8 @@ opens none is forwarded at once. One that opens ``n``:
   by itself: only a cycle that neither a hold nor the balance pays does.
 
 Holds are consumed whatever the account's mode (a hold is already paid): an account switched to postpaid uses its
-session's hold first. What a session's end does with a hold it did not use (refunded) is the ledger's
-(``store/slots.py``: ``end_session``).
+session's hold first. What the ledger does with a write (:func:`ledger_change`) and what a session's end gives back of
+a hold it did not use (:func:`hold_refund`) are decided here too; the store performs them in one transaction.
 
 With a monthly budget (docs/billing.md#budgets) a cycle is opened only while the account's spending this month has
 not reached it (:class:`~sttgate.core.budget.BudgetWatch`, kept current by the shell): a cycle that would open past it
