@@ -403,3 +403,15 @@ def test_run_takes_only_reads_of_whole_unfragmented_data_frames():
     text = encode_frame(Opcode.TEXT, b"{}")
     assert server.run(text + encode_frame(Opcode.BINARY, b"xy")) == [(2, 4), (6, 8)]
     assert server.run(text + encode_frame(Opcode.PONG, b"")) == []
+
+
+def test_whole_refuses_a_read_while_a_header_is_split():
+    """A read that looks like a whole frame is not one when a header began in the previous read: the scanner is not
+    between frames, so whole() and run() leave it to feed()."""
+    client = FrameScanner(masked=True, max_size=MAX_SIZE)
+    audio = encode_frame(Opcode.BINARY, b"a" * 200, mask=b"abcd")
+    assert client.feed(audio[:1]) == []
+    assert not client.between
+    assert client.whole(audio) == 0 and client.run(audio + audio) == []
+    client.feed(audio[1:])
+    assert client.between and client.whole(audio) == 8

@@ -113,6 +113,8 @@ class FrameScanner:
         "_remaining",
         "_surface_text",
         "_unmask",
+        "between",
+        "whole",
     )
 
     def __init__(self, *, masked: bool, max_size: int, surface_text: bool = False, unmask: Unmask = xor_unmask):
@@ -132,6 +134,18 @@ class FrameScanner:
         self._message_size = -1  # payload bytes of the fragmented message in progress; -1: none in progress
         self._message_text = False
         self._done = False
+        # Between frames, with no header begun, no fragmented message in progress and the scan not done: the state
+        # in which :attr:`whole` and :meth:`run` may take a read as it is. Kept by :meth:`feed` (the only mutator), a
+        # plain attribute because the relay reads it for every frame.
+        self.between = True
+        # The header size of ``data`` when it is exactly one whole, valid, unfragmented frame the caller may take
+        # without :meth:`feed` (a relay's usual read: one audio frame up, one transcript down); else 0. Only binary
+        # frames qualify, and unmasked text frames when text is surfaced (a text frame's payload is then
+        # ``data[header:]``); the payload's length is ``len(data) - header``. The scanner's state is not changed: a
+        # whole frame read between frames leaves it between frames, and a caller that declines one passes it to
+        # :meth:`feed` instead. Every rule :meth:`feed` checks on such a frame holds when this returns non-zero.
+        # One specialised function per direction, chosen here: it runs for every relayed frame.
+        self.whole: Callable[[bytes], int] = self._whole_client if masked else self._whole_server
 
     @property
     def at_boundary(self) -> bool:
@@ -149,35 +163,47 @@ class FrameScanner:
         """A close frame or an error ended the scan: further bytes are ignored."""
         return self._done
 
-    def whole(self, data: bytes) -> int:
-        """The header size of ``data`` when it is exactly one whole, valid, unfragmented frame the caller may take
-        without :meth:`feed` (a relay's usual read: one audio frame up, one transcript down); else 0.
+    def _whole_client(self, data: bytes) -> int:
+        """:attr:`whole` of a client-to-server scanner: a masked binary frame (a masked text frame is not taken: a
+        text meter must read it unmasked, through :meth:`feed`)."""
+        if not self.between:
+            return 0
+        end = len(data)
+        if end < 6 or data[0] != 0x82:
+            return 0
+        length = data[1] ^ 0x80  # the mask bit must be set: a frame without it comes out >= 128 and is not taken
+        if length < 126:
+            size = 6
+        elif length == 126 and end >= 8:
+            length = (data[2] << 8) | data[3]
+            if length < 126:
+                return 0
+            size = 8
+        else:
+            return 0
+        if size + length != end or length > self._max_size:
+            return 0
+        return size
 
-        Only binary frames qualify, and unmasked text frames when text is surfaced (a text frame's payload is then
-        ``data[header:]``); the payload's length is ``len(data) - header``. The scanner's state is not changed: a
-        whole frame read between frames leaves it between frames, and a caller that declines one passes it to
-        :meth:`feed` instead. Every rule :meth:`feed` checks on such a frame holds when this returns non-zero."""
-        if self._mode != _HEADER or self._head or self._message_size >= 0 or self._done:
+    def _whole_server(self, data: bytes) -> int:
+        """:attr:`whole` of a server-to-client scanner: an unmasked binary frame, or text when text is surfaced."""
+        if not self.between:
             return 0
         end = len(data)
         if end < 2:
             return 0
         b0 = data[0]
-        if b0 != 0x82 and (b0 != 0x81 or self._masked or not self._surface_text):
+        if b0 != 0x82 and (b0 != 0x81 or not self._surface_text):
             return 0
-        b1 = data[1]
-        length = b1 & 0x7F
-        if (b1 >= 0x80) != self._masked:
-            return 0
-        size = 6 if self._masked else 2
-        if length == 126:
-            if end < size + 2:
-                return 0
+        length = data[1]  # the mask bit must be clear: a masked frame comes out >= 128 and is not taken
+        if length < 126:
+            size = 2
+        elif length == 126 and end >= 4:
             length = (data[2] << 8) | data[3]
             if length < 126:
                 return 0
-            size += 2
-        elif length == 127:
+            size = 4
+        else:
             return 0
         if size + length != end or length > self._max_size:
             return 0
@@ -188,7 +214,7 @@ class FrameScanner:
         once): per frame, where its payload starts and where it ends, when ``data`` is exactly a run of frames each
         of which :meth:`whole` would take; else ``[]``. The scanner's state is not changed either."""
         frames: list[tuple[int, int]] = []
-        if self._mode != _HEADER or self._head or self._message_size >= 0 or self._done:
+        if not self.between:
             return frames
         masked = self._masked
         text = not masked and self._surface_text
@@ -220,6 +246,11 @@ class FrameScanner:
 
     def feed(self, data: bytes) -> list[ScanEvent]:
         """Scan the next bytes of the stream; the events they complete, in order."""
+        events = self._feed(data)
+        self.between = self._mode == _HEADER and not self._head and self._message_size < 0 and not self._done
+        return events
+
+    def _feed(self, data: bytes) -> list[ScanEvent]:
         events: list[ScanEvent] = []
         if self._done:
             return events

@@ -66,14 +66,14 @@ class Sink(Protocol):
 
     def events(self, events: list[ScanEvent]) -> None: ...
 
-    def whole(self, data: bytes, header: int) -> bool:
-        """``data`` is exactly one whole, validated, unfragmented binary (or unmasked text) frame with a ``header``
-        of that many bytes (:meth:`FrameScanner.whole`): take it, or return False (nothing done) to have it scanned
-        into :meth:`events` instead. The relay's usual read, without building events."""
+    def whole(self, data: bytes) -> bool:
+        """Take ``data`` if it is exactly one whole, valid, unfragmented frame the relay may forward as it is (the
+        hop's :attr:`FrameScanner.whole` says so) and nothing waits; else return False (nothing done) to have it
+        scanned. The relay's usual read, without building events: called first for every read of a relayed hop."""
         ...
 
     def run(self, data: bytes, frames: list[tuple[int, int]]) -> bool:
-        """:meth:`whole` for a read of several such frames (:meth:`FrameScanner.run`: where each payload starts and
+        """:meth:`whole` for a read of several whole frames (:meth:`FrameScanner.run`: where each payload starts and
         ends); False (nothing done) to have it scanned into :meth:`events` instead."""
         ...
 
@@ -138,7 +138,7 @@ class FrameSocket(asyncio.Protocol):
         self.forwarder: FrameSocket | None = None
         # Frames of the gateway's own waiting for a frame boundary of the forwarded stream (at most a pong, a close and
         # a few end frames).
-        self._own: list[tuple[bytes, bool, bool]] = []  # (frame, is a data frame, is a close frame)
+        self.own: list[tuple[bytes, bool, bool]] = []  # (frame, is a data frame, is a close frame)
         # Our close frame is on the wire: nothing more may follow it (the relay stops forwarding into this hop).
         self.close_written = False
         # Link mode: whole messages for receive(), at most one read's worth (reading pauses while any wait). A list: a
@@ -176,21 +176,18 @@ class FrameSocket(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._heard = True
+        sink = self.sink
+        if sink is not None and sink.whole(data):
+            return  # the relay's usual read: one whole frame, taken as it came
         scanner = self.scanner
         if scanner.done:
             return  # after the peer's close or an error: the rest is not read (lingering until the peer closes)
-        sink = self.sink
         if sink is None:
             self._link_events(scanner.feed(data))
             return
-        header = scanner.whole(data)
-        if header:
-            if sink.whole(data, header):
-                return
-        else:
-            frames = scanner.run(data)
-            if frames and sink.run(data, frames):
-                return
+        frames = scanner.run(data)
+        if frames and sink.run(data, frames):
+            return
         sink.events(scanner.feed(data))
 
     def eof_received(self) -> bool:
@@ -330,12 +327,12 @@ class FrameSocket(asyncio.Protocol):
         """Write a frame of the gateway's own, in order with the others, where the forwarded stream is at a frame
         boundary (a data frame also outside a fragmented message): now if it is, else as soon as it is. Nothing is
         written after a close frame."""
-        self._own.append((frame, data, close))
+        self.own.append((frame, data, close))
         self.boundary()
 
     def boundary(self) -> None:
         """Write the gateway's own frames that waited for a frame boundary of the forwarded stream, if it is at one."""
-        own = self._own
+        own = self.own
         if not own:
             return
         transport = self.transport
@@ -446,17 +443,12 @@ class FrameSocket(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         self.boundary()  # what is owed, if the forwarded stream allows (never inside a forwarded frame)
-        self._own.clear()
+        self.own.clear()
         if eof and transport.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
                 transport.write_eof()
                 return
         transport.close()
-
-    @property
-    def has_own(self) -> bool:
-        """Frames of the gateway's own wait for a frame boundary of the forwarded stream."""
-        return bool(self._own)
 
     def take_over(self, sink: Sink) -> list[Frame]:
         """Enter relay mode: ``sink`` gets this hop's frames from now on; returns the messages (and the end) that were

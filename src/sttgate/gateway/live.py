@@ -110,7 +110,7 @@ class LiveSession:
         # Bound methods looked up once; None = this frame kind is never metered (no call on the frame path).
         self._meter_binary = meter.binary if type(meter).binary is not Meter.binary else None
         # The passthrough relay meters binary frames from their headers (the payload is never assembled).
-        self._meter_size = meter.binary_size if type(meter).binary_size is not Meter.binary_size else None
+        self.meter_size = meter.binary_size if type(meter).binary_size is not Meter.binary_size else None
         # Only meters that read text frames get them decoded; text of binary-audio providers is never decoded.
         self._meter_text = meter.text if type(meter).text is not Meter.text else None
         # The price fixed at the handshake (docs/billing.md#the-price-book); the default model's when none was given.
@@ -268,19 +268,22 @@ class LiveSession:
             return True
         if not opened:
             return True
-        return self._opened(opened)
+        return self.opened(opened)
 
     def admit_size(self, size: int) -> bool:
         """:meth:`admit` for a binary frame known by its payload size only (the passthrough relay's header)."""
-        meter = self._meter_size
+        meter = self.meter_size
         if meter is None:
             return True
         opened = meter(size)
         if not opened:
             return True
-        return self._opened(opened)
+        return self.opened(opened)
 
-    def _opened(self, opened: int) -> bool:
+    def opened(self, opened: int) -> bool:
+        """A metered frame opened ``opened`` cycles: True if it may be sent now, False if :meth:`pay` must debit them
+        first; raises :class:`UnmeterableFrame` when they cannot be billed. (The passthrough relay calls the binary
+        meter itself and this only when a cycle opens: once per 5 s of audio.)"""
         billing = self.billing
         action = billing.opened(opened)
         if action is Action.FORWARD:

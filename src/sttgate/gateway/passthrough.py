@@ -77,6 +77,10 @@ class ClientToProvider(_Direction):
         self._pending: tuple[int, tuple[bytes, bytes] | None] = (0, None)  # the frame being paid for: size, text
         self._paying: asyncio.Future[None] | None = None
         self._stopped = False  # a verdict was reached: nothing more of the client goes out
+        # Looked up once, read for every frame: the client hop's whole-frame test and the binary meter (None when
+        # binary frames are not metered).
+        self._whole = client.scanner.whole
+        self._meter = live.meter_size
 
     def events(self, events: list[ScanEvent]) -> None:
         if self._held is not None:
@@ -84,28 +88,38 @@ class ClientToProvider(_Direction):
             return
         self._run(events, 0)
 
-    def whole(self, data: bytes, header: int) -> bool:
+    def whole(self, data: bytes) -> bool:
         """One whole binary frame while the session is open and nothing waits: metered from its length and forwarded
-        as it came; anything else (a text frame, a charge in flight, an ending session) goes through :meth:`events`."""
-        if data[0] != 0x82 or self._held is not None or self._stopped or self.live.session.state is not _OPEN:
+        as it came; anything else (a text frame, a charge in flight, an ending session) goes through :meth:`events`.
+        Every read of the client's comes here first: the session's state is read from attributes, and the meter and
+        the write are the only calls unless a cycle opens."""
+        if self._held is not None or self._stopped:
+            return False
+        header = self._whole(data)
+        if not header:
             return False
         live = self.live
+        if live.session.state is not _OPEN:
+            return False
         size = len(data) - header
-        try:
-            admitted = live.admit_size(size)
-        except UnmeterableFrame:
-            self._stop(Outcome.UNMETERABLE, *closecodes.UNMETERABLE_AUDIO)
-            return True
-        if not admitted:
-            self._hold([(_DATA, data, True)], size, None)
-            return True
+        meter = self._meter
+        if meter is not None:
+            try:
+                opened = meter(size)
+                admitted = not opened or live.opened(opened)
+            except UnmeterableFrame:
+                self._stop(Outcome.UNMETERABLE, *closecodes.UNMETERABLE_AUDIO)
+                return True
+            if not admitted:
+                self._hold([(_DATA, data, True)], size, None)
+                return True
         live.frames_up += 1
         live.bytes_up += size
         upstream = self.upstream
         transport = upstream.transport
         if transport is not None and not upstream.close_written and not transport.is_closing():
             transport.write(data)
-        if upstream.has_own:
+        if upstream.own:
             upstream.boundary()
         return True
 
@@ -139,7 +153,7 @@ class ClientToProvider(_Direction):
             live.bytes_up += size
             done = end
         _write(upstream, [data])
-        if upstream.has_own:
+        if upstream.own:
             upstream.boundary()
         return True
 
@@ -161,7 +175,7 @@ class ClientToProvider(_Direction):
                     out.append(a)
                 if b:  # a frame boundary: the gateway's own frames waiting for one go now
                     self._dropping = False
-                    if upstream.has_own:
+                    if upstream.own:
                         _write(upstream, out)
                         out = []
                         upstream.boundary()
@@ -192,7 +206,7 @@ class ClientToProvider(_Direction):
                 continue
             if kind is _TEXT:
                 if self._stopped or session.state is not _OPEN:
-                    if upstream.has_own:
+                    if upstream.own:
                         _write(upstream, out)
                         out = []
                         upstream.boundary()
@@ -211,7 +225,7 @@ class ClientToProvider(_Direction):
                 live.frames_up += 1
                 live.bytes_up += len(a)
                 out.append(b)
-                if upstream.has_own:
+                if upstream.own:
                     _write(upstream, out)
                     out = []
                     upstream.boundary()
@@ -223,7 +237,7 @@ class ClientToProvider(_Direction):
             self.client.control(kind, a, b)
         if out:
             _write(upstream, out)
-        if upstream.has_own and self.client.scanner.at_boundary:
+        if upstream.own and self.client.scanner.at_boundary:
             upstream.boundary()
 
     def _hold(self, rest: list[ScanEvent], size: int, text: tuple[bytes, bytes] | None) -> None:
@@ -275,9 +289,13 @@ class ProviderToClient(_Direction):
         self.client = client
         self.upstream = upstream
         self.live = live
+        self._whole = upstream.scanner.whole
 
-    def whole(self, data: bytes, header: int) -> bool:
+    def whole(self, data: bytes) -> bool:
         """One whole binary or text frame: accounted (a text frame read whole) and forwarded as it came."""
+        header = self._whole(data)
+        if not header:
+            return False
         live = self.live
         if data[0] == 0x82:
             live.received_binary(len(data) - header)
@@ -287,7 +305,7 @@ class ProviderToClient(_Direction):
         transport = client.transport
         if transport is not None and not client.close_written and not transport.is_closing():
             transport.write(data)
-        if client.has_own:
+        if client.own:
             client.boundary()
         return True
 
@@ -302,7 +320,7 @@ class ProviderToClient(_Direction):
                 live.received((FrameKind.TEXT, data[start:end], None))
             done = end
         _write(self.client, [data])
-        if self.client.has_own:
+        if self.client.own:
             self.client.boundary()
         return True
 
@@ -313,7 +331,7 @@ class ProviderToClient(_Direction):
         for kind, a, b in events:
             if kind is _DATA:
                 out.append(a)
-                if b and client.has_own:
+                if b and client.own:
                     _write(client, out)
                     out = []
                     client.boundary()
@@ -322,7 +340,7 @@ class ProviderToClient(_Direction):
             elif kind is _TEXT:
                 live.received((FrameKind.TEXT, a, None))
                 out.append(b)
-                if client.has_own:
+                if client.own:
                     _write(client, out)
                     out = []
                     client.boundary()
@@ -333,7 +351,7 @@ class ProviderToClient(_Direction):
                 self.upstream.control(kind, a, b)
         if out:
             _write(client, out)
-        if client.has_own and self.upstream.scanner.at_boundary:
+        if client.own and self.upstream.scanner.at_boundary:
             client.boundary()
 
     def replay(self, frames: list[tuple[int, Any, Any]]) -> None:
