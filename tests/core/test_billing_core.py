@@ -82,6 +82,17 @@ def test_postpaid_flush_writes_everything_metered():
     assert b.unflushed() == Totals(0.2, 1, PRICE)
 
 
+def test_a_tick_without_progress_writes_only_changed_cycles():
+    """The periodic flush writes money at once and audio progress alone only on its progress ticks."""
+    b = billing(prepaid=False)
+    b.opened(b.meter.binary(bytes(3200)))
+    assert b.unflushed(progress=False) == Totals(0.1, 1, PRICE)  # a new cycle: written on any tick
+    b.written(Totals(0.1, 1, PRICE))
+    assert b.meter.binary(bytes(3200)) == 0
+    assert b.unflushed(progress=False) is None  # audio alone: waits for a progress tick
+    assert b.unflushed(progress=True) == Totals(0.2, 1, PRICE)
+
+
 @given(
     frames=st.lists(st.integers(1, 40_000), max_size=60),
     balance=st.integers(0, 12),

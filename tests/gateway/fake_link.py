@@ -15,7 +15,7 @@ from sttgate.gateway.manager import SessionManager
 from sttgate.gateway.metrics import GatewayMetrics
 from sttgate.gateway.upstream import End, Frame, FrameKind
 from sttgate.providers import get_provider
-from sttgate.store import Principal, SessionEnd, SessionProgress
+from sttgate.store import Principal, SessionEnd, SessionProgress, SettleRequest
 
 
 class FakeLink:
@@ -109,6 +109,15 @@ class FakeStore:
         if held:
             self.balance -= write.hold
         return Settlement(True, held)
+
+    async def settle_cycles_batch(self, requests: list[SettleRequest]) -> list[Settlement | BaseException]:
+        outcomes = []
+        for r in requests:
+            try:
+                outcomes.append(await self.settle_cycles(r.session_id, r.account_id, r.price_nanos, r.write))
+            except OSError as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def flush_progress(self, updates: list[SessionProgress]) -> None:
         self.flushed.extend(updates)

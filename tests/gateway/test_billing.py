@@ -237,7 +237,8 @@ async def test_a_failing_charge_relays_no_unpaid_audio(gateway, account, store, 
     async def database_down(*args, **kwargs):
         raise ConnectionError("database unavailable")
 
-    monkeypatch.setattr(store, "settle_cycles", database_down)
+    monkeypatch.setattr(store, "settle_cycles", database_down)  # a frame's charge
+    monkeypatch.setattr(store, "settle_cycles_batch", database_down)  # the background writes
     async with gw.connect("assemblyai", acct.key, "sample_rate=16000&emu_rate_check=off") as ws:
         for _ in range(51):  # 5 s (cycle 1, held), then the frame that opens cycle 2
             await ws.send_bytes(tone(3200))

@@ -70,3 +70,22 @@ async def test_a_cancelled_submitter_leaves_its_item_in_the_batch() -> None:
     writer.release.set()
     await commit.submit("b")
     assert writer.batches == [["a"], ["b"]]
+
+
+async def test_each_submitter_gets_its_own_result() -> None:
+    async def write(items: list[str]) -> list[str | BaseException]:
+        return [item.upper() for item in items]
+
+    commit: GroupCommit[str, str] = GroupCommit(write)
+    assert await asyncio.gather(*(commit.submit(x) for x in "abc")) == ["A", "B", "C"]
+
+
+async def test_a_gathering_writer_waits_for_company_before_its_first_write() -> None:
+    writer = Writer()
+    writer.release.set()
+    commit: GroupCommit[str, None] = GroupCommit(writer.write, gather_seconds=0.05)
+    first = asyncio.ensure_future(commit.submit("a"))
+    await asyncio.sleep(0)
+    assert writer.batches == [] and not first.done()  # gathering: nothing written yet
+    await asyncio.gather(first, commit.submit("b"), commit.submit("c"))
+    assert writer.batches == [["a", "b", "c"]]  # one write for the three

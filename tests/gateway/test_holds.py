@@ -11,6 +11,7 @@ from sttgate.admin import Admin
 from sttgate.providers import names
 from sttgate.web.services import SERVICES
 from tests.gateway.test_billing import ended_session, tone
+from tests.support.waiting import wait_for
 
 
 @pytest.mark.parametrize("data_plane", ["passthrough", "aiohttp"])
@@ -22,14 +23,14 @@ async def test_a_prepaid_session_relays_while_its_ledger_write_waits(gateway, ac
     acct = await account(balance_usd="1")
     release = asyncio.Event()
     asked = []
-    settle = store.settle_cycles
+    settle = store.settle_cycles_batch
 
-    async def blocked_settle(*args, **kwargs):
-        asked.append(args[3])
+    async def blocked_settle(requests):
+        asked.extend(r.write for r in requests)
         await release.wait()
-        return await settle(*args, **kwargs)
+        return await settle(requests)
 
-    monkeypatch.setattr(store, "settle_cycles", blocked_settle)
+    monkeypatch.setattr(store, "settle_cycles_batch", blocked_settle)
     recorder = gw.emulator.recorder
     mark = recorder.next_seq
     admin = Admin(gw.app[SERVICES].store, names())
@@ -38,6 +39,7 @@ async def test_a_prepaid_session_relays_while_its_ledger_write_waits(gateway, ac
             await ws.send_bytes(tone(3200))
         rec = await recorder.wait_for_session(provider="assemblyai", since=mark)
         await rec.wait_for_frames_in(50)  # all relayed while cycle 1's ledger write waits
+        await wait_for(lambda: asked, what="cycle 1's ledger write")
         assert [(w.recorded, w.charged, w.hold) for w in asked] == [(1, 0, 1)]
         assert (await admin.usage(acct.id))["balance_usd"] == "0.999791667"  # one cycle held
         release.set()

@@ -14,6 +14,7 @@ from sttgate.gateway.relay import relay
 from sttgate.gateway.upstream import FrameKind
 from sttgate.providers import get_provider
 from tests.gateway.fake_link import FakeLink, FakeStore, make_session
+from tests.support.waiting import wait_for
 
 PCM = bytes(3200)  # 100 ms of 16 kHz s16le: 50 frames are one 5-second cycle
 TERMINATE = get_provider("assemblyai").end_frames()[0].encode()
@@ -86,7 +87,7 @@ async def test_a_held_cycle_is_forwarded_while_its_ledger_write_waits():
         assert live.admit(PCM, FrameKind.BINARY)  # the frame path: nothing to await, the frame may go
         await live.upstream.send(PCM, FrameKind.BINARY)
     assert len(link.audio) == 50 and live.cycles == 1
-    await asyncio.sleep(0)  # the background write starts, and waits for the database
+    await wait_for(lambda: store.writes, what="the background write")  # it starts, and waits for the database
     assert store.writes == [LedgerWrite(recorded=1, hold=1)]
     await manager.flush()
     assert store.flushed[-1].cycles == 0 and store.flushed[-1].audio_seconds == 5.0
@@ -107,7 +108,7 @@ async def test_a_failed_background_write_loses_nothing():
     live, link, manager = make_session(store, holds=1)
     for _ in range(50):
         assert await live.send_audio(PCM)  # cycle 1, paid by the hold: its write fails in the background
-    await asyncio.sleep(0)
+    await wait_for(lambda: store.writes and live.billing.write is None, what="the failed background write")
     assert live.billing.unrecorded == 1 and live.billing.holds == 0 and not live.cut_off
     store.fail = False
     assert await live.send_audio(PCM)  # cycle 2: charged at once, with cycle 1 recorded and the next hold

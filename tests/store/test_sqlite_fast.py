@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from sttgate.core.billing import LedgerWrite
+from sttgate.core.billing import LedgerWrite, Settlement
 from sttgate.core.outcomes import ClosedBy, SessionKind
-from sttgate.store import NotFoundError, SessionEnd, SessionProgress, Store
+from sttgate.store import NotFoundError, SessionEnd, SessionProgress, SettleRequest, Store
 from sttgate.store.database import hash_secret
 
 PRICE = 208_333
@@ -278,6 +278,35 @@ async def test_holds(pair: tuple[Store, Store]) -> None:
     assert account is not None and account.balance_nanos == PRICE
     listed = await fast.events.list_events(by_name["prepaid"])
     assert [e["type"] for e in listed] == ["balance.low", "balance.exhausted", "balance.low"]
+
+
+async def test_settle_cycles_batch(pair: tuple[Store, Store]) -> None:
+    """Several sessions' ledger writes in one batch (group-committed by the gateway): each has its own outcome, a
+    request without its session or account fails alone, and what is written is what the writes one by one write."""
+
+    async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
+        await _open(store, a["prepaid"], "s1")  # 5 → 4
+        await _open(store, a["prepaid"], "s2")  # 4 → 3
+        await _open(store, a["postpaid"], "s3")
+        batch = [
+            SettleRequest("s1", a["prepaid"], PRICE, LedgerWrite(1, 0, 0, 1)),  # from the hold, held again: 3 → 2
+            SettleRequest("nobody", a["prepaid"], PRICE, LedgerWrite(1, 0, 0, 0)),
+            SettleRequest("s3", a["postpaid"], PRICE, LedgerWrite(0, 0, 1, 1)),
+            SettleRequest("s2", "no-such-account", PRICE, LedgerWrite(0, 0, 1, 0)),
+            SettleRequest("s2", a["prepaid"], PRICE, LedgerWrite(1, 0, 2, 1)),  # 2 charged (2 → 0), no hold left
+        ]
+        outcomes = await store.settle_cycles_batch(batch)
+        out: list[Any] = [o if isinstance(o, Settlement) else (type(o).__name__, str(o)) for o in outcomes]
+        out.append(
+            await _outcome(store.settle_cycles_batch([SettleRequest("s1", a["prepaid"], PRICE, LedgerWrite(-1))]))
+        )
+        return out
+
+    await _both(pair, scenario)
+    fast, _ = pair
+    by_name = {a.name: a.id for a in await fast.list_accounts()}
+    account = await fast.get_account(by_name["prepaid"])
+    assert account is not None and account.balance_nanos == 0
 
 
 async def test_flush_progress(pair: tuple[Store, Store]) -> None:

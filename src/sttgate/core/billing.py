@@ -282,10 +282,15 @@ class Billing:
         recorded = self.cycles - self.unrecorded
         return Totals(audio, recorded, recorded * self.price_nanos)
 
-    def unflushed(self) -> Totals | None:
-        """:meth:`settled_totals` if they changed since the last :meth:`written`, else ``None``."""
+    def unflushed(self, progress: bool = True) -> Totals | None:
+        """:meth:`settled_totals` if they changed since the last :meth:`written`, else ``None``. Without
+        ``progress``, only if their cycles changed: a tick writes money at once, and a session's audio alone (it
+        changes with every frame of every live session) only on the ticks that write progress."""
         totals = self.settled_totals()
-        if (totals.audio_seconds, totals.cycles) == self._written:
+        if progress:
+            if (totals.audio_seconds, totals.cycles) == self._written:
+                return None
+        elif totals.cycles == self._written[1]:
             return None
         return totals
 

@@ -1,48 +1,56 @@
 """Group commit: one writer takes every item queued while its previous write ran, and writes them as one batch.
 
-An idle process adds no delay (the first item is written at once, alone); a busy one writes one batch per write's
-duration instead of one write per item, so the database cost per item falls as the load rises. Each submitter waits
-for its own item's outcome, so "written" still means written when ``submit`` returns.
+An idle process adds no delay (the first item is written at once, alone) unless asked to gather items for a moment
+first; a busy one writes one batch per write's duration instead of one write per item, so the database cost per item
+falls as the load rises. Each submitter waits
+for its own item's outcome, so "written" still means written when ``submit`` returns, with the item's result.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
-# The batch writer: one outcome per item, in order (None: written; an exception: that item's failure).
-BatchWrite = Callable[[list[T]], Awaitable[Sequence[BaseException | None]]]
+# The batch writer: one outcome per item, in order (the item's result, or an exception: that item's failure).
+BatchWrite = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 
 
-def _retrieved(future: asyncio.Future[None]) -> None:
+def _retrieved(future: asyncio.Future[Any]) -> None:
     """A submitter cancelled while its batch was written never reads the outcome: do not let asyncio log it."""
     if not future.cancelled():
         future.exception()
 
 
-class GroupCommit(Generic[T]):
+class GroupCommit(Generic[T, R]):
     """Batches the items submitted concurrently into calls of ``write``, one call at a time."""
 
-    def __init__(self, write: BatchWrite[T]) -> None:
+    def __init__(self, write: BatchWrite[T, R], gather_seconds: float = 0.0) -> None:
+        """``gather_seconds``: how long an idle writer waits for company before its first write (0: none). For
+        writes nobody waits on soon (a prepaid session's next hold is due in 5 s), fewer, larger transactions."""
         self._write = write
-        self._queue: list[tuple[T, asyncio.Future[None]]] = []
+        self._gather = gather_seconds
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def submit(self, item: T) -> None:
-        """Write ``item`` with whatever else is queued by the time the writer is free; raises the item's failure (a
-        failure of the whole batch is every item's). Cancelling the caller does not take the item out of its batch."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def submit(self, item: T) -> R:
+        """Write ``item`` with whatever else is queued by the time the writer is free; returns its result, or raises
+        its failure (a failure of the whole batch is every item's). Cancelling the caller does not take the item out
+        of its batch."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)
         self._queue.append((item, future))
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
-        await asyncio.shield(future)
+        return await asyncio.shield(future)
 
     async def _drain(self) -> None:
         try:
+            if self._gather:
+                await asyncio.sleep(self._gather)
             while self._queue:
                 batch, self._queue = self._queue, []
                 try:
@@ -57,9 +65,9 @@ class GroupCommit(Generic[T]):
                     self._queue = []
                     raise
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if outcome is None:
-                        future.set_result(None)
-                    else:
+                    if isinstance(outcome, BaseException):
                         future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
         finally:
             self._writer = None

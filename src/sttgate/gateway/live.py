@@ -52,6 +52,7 @@ from sttgate.core.session import Reader, Session, State
 from sttgate.gateway import tracing
 from sttgate.gateway.manager import first_of
 from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
+from sttgate.store import SettleRequest
 from sttgate.store.database import unavailable, utcnow
 
 if TYPE_CHECKING:
@@ -312,8 +313,8 @@ class LiveSession:
         try:
             while (write := billing.next_write()) is not None:
                 try:
-                    result = await self.manager.store.settle_cycles(
-                        self.id, self.account_id, billing.price_nanos, write
+                    result = await self.manager.settles.submit(
+                        SettleRequest(self.id, self.account_id, billing.price_nanos, write)
                     )
                 except Exception as exc:
                     billing.write_failed()

@@ -25,7 +25,7 @@ from sttgate.store.admin_tokens import AdminToken, AdminTokenCheck, NewAdminToke
 from sttgate.store.auth import MintedToken, Principal
 from sttgate.store.database import ConflictError, NotFoundError, unavailable
 from sttgate.store.operator_sessions import OperatorSession
-from sttgate.store.slots import SessionEnd, SessionProgress, SlotOutcome
+from sttgate.store.slots import SessionEnd, SessionProgress, SettleRequest, SlotOutcome
 from sttgate.store.store import Store
 from sttgate.store.usage import Usage, UsageRow
 
@@ -46,6 +46,7 @@ __all__ = [
     "Principal",
     "SessionEnd",
     "SessionProgress",
+    "SettleRequest",
     "SlotOutcome",
     "Store",
     "Usage",

@@ -9,6 +9,7 @@ PostgreSQL (key, open, accept, settle, end) through :mod:`sttgate.store.pg_fast`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,6 +92,16 @@ class SessionProgress:
     audio_seconds: float
     cycles: int
     cost_nanos: int
+
+
+@dataclass(frozen=True)
+class SettleRequest:
+    """One session's ledger write, as :meth:`Slots.settle_cycles` takes it, for a batch of them."""
+
+    session_id: str
+    account_id: str
+    price_nanos: int
+    write: LedgerWrite
 
 
 def final_costs(ends: Sequence[SessionEnd]) -> dict[str, int]:
@@ -434,6 +445,21 @@ class Slots:
             if moves:
                 await conn.execute(update(sessions).where(sessions.c.id == session_id).values(moves))
             return Settlement(paid, held)
+
+    async def settle_cycles_batch(self, requests: Sequence[SettleRequest]) -> list[Settlement | BaseException]:
+        """:meth:`settle_cycles` for several sessions, one outcome each, in order (a request's failure is its
+        outcome: the others are not affected). On a SQLite file they share one transaction, each in a savepoint (one
+        trip to the writer thread and one commit for all); otherwise they run concurrently, one transaction each."""
+        for request in requests:
+            if request.price_nanos < 0 or min(request.write) < 0:
+                raise ValueError("cycles and price must not be negative")
+        if self._fast is not None:
+            return await self._fast.settle_cycles_batch(requests)
+        outcomes = await asyncio.gather(
+            *(self.settle_cycles(r.session_id, r.account_id, r.price_nanos, r.write) for r in requests),
+            return_exceptions=True,
+        )
+        return list(outcomes)
 
     async def flush_progress(self, updates: Sequence[SessionProgress]) -> None:
         """Write absolute session totals in one batched transaction; a total never goes backwards."""

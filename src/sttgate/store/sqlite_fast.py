@@ -30,6 +30,7 @@ from sttgate.store.outbox import Outbox, sqlite_before, sqlite_record
 from sttgate.store.slots import (
     SessionEnd,
     SessionProgress,
+    SettleRequest,
     SlotFigures,
     SlotOutcome,
     decide_open,
@@ -164,6 +165,23 @@ class SqliteFastPath:
         assert isinstance(outcome, Settlement)
         return outcome
 
+    async def settle_cycles_batch(self, requests: Sequence[SettleRequest]) -> list[Settlement | BaseException]:
+        now = utcnow()
+        ids = [r.session_id for r in requests]
+        outcomes: list[Settlement | str] = await self._write_recording(
+            ids, _settle_each, requests, (self._time(now), now)
+        )
+        results: list[Settlement | BaseException] = []
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if outcome == "account":
+                results.append(NotFoundError(f"no account {request.account_id}"))
+            elif outcome == "session":
+                results.append(NotFoundError(f"no session {request.session_id} of account {request.account_id}"))
+            else:
+                assert isinstance(outcome, Settlement)
+                results.append(outcome)
+        return results
+
     async def flush_progress(self, updates: Sequence[SessionProgress]) -> None:
         rows = [(float(u.audio_seconds), u.cycles, u.cost_nanos, u.session_id) for u in updates]
         await self._write_recording([u.session_id for u in updates], _flush, rows)
@@ -291,6 +309,24 @@ def _debit(conn: sqlite3.Connection, account_id: str, session_id: str, amount: i
             conn, account_id, EventType.BALANCE_LOW, balance_low_data(after, low, session_id), now[1], now[0]
         )
     return True
+
+
+def _settle_each(
+    conn: sqlite3.Connection, requests: Sequence[SettleRequest], now: tuple[Any, datetime]
+) -> tuple[bool, list[Settlement | str]]:
+    """:func:`_settle` for each request in one transaction, each in a savepoint: a request that finds no account or
+    session is rolled back alone."""
+    results: list[Settlement | str] = []
+    for r in requests:
+        conn.execute("SAVEPOINT settle")
+        try:
+            commit, result = _settle(conn, r.session_id, r.account_id, r.price_nanos, r.write, now)
+            if not commit:
+                conn.execute("ROLLBACK TO settle")
+        finally:
+            conn.execute("RELEASE settle")
+        results.append(result)
+    return True, results
 
 
 def _settle(

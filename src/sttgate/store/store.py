@@ -52,6 +52,7 @@ class Store:
         self.accept_sessions = self.slots.accept_sessions
         self.charge_cycles = self.slots.charge_cycles
         self.settle_cycles = self.slots.settle_cycles
+        self.settle_cycles_batch = self.slots.settle_cycles_batch
         self.flush_progress = self.slots.flush_progress
         self.renew_leases = self.slots.renew_leases
         self.end_session = self.slots.end_session
