@@ -1,5 +1,6 @@
-"""The ledger's hot statements on SQLite, with the usage outbox: a prepaid charge, and a postpaid flush of 200 sessions;
-and how long a frame that opens a prepaid cycle waits (docs/billing.md#holds).
+"""The ledger's hot statements on SQLite, with the usage outbox: a prepaid charge, a postpaid flush of 200 sessions,
+the background write of a hold-paid cycle alone and in group-committed batches (``Store.settle_cycles_batch``, the
+gateway's CPU per write included); and how long a frame that opens a prepaid cycle waits (docs/billing.md#holds).
 
 Run: ``PYTHONPATH=src .venv/bin/python bench/bench_ledger.py [SINK ...]`` (each SINK name is an ``[[export]]`` sink
 the events are queued for). Prints microseconds per charge and milliseconds per flush; asserts nothing. Compare with
@@ -19,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sttgate.core.billing import Action, Billing
+from sttgate.core.billing import Action, Billing, LedgerWrite
 from sttgate.core.metering import Meter
 from sttgate.core.outcomes import SessionKind
-from sttgate.store import SessionProgress, Store
+from sttgate.store import SessionProgress, SettleRequest, Store
 
 SESSIONS = 200
 CHARGES = 2000
@@ -60,6 +61,16 @@ async def main(sinks: list[str]) -> None:
                     [SessionProgress(f"post{i}", 5.0 * k, k, k * PRICE) for i in range(SESSIONS)]
                 )
             flush_ms = (time.perf_counter() - start) / FLUSHES * 1e3
+            settles = {}
+            for size in (1, 10, 50):
+                requests = [
+                    SettleRequest(f"pre{i}", prepaid.id, PRICE, LedgerWrite(recorded=1, hold=1))
+                    for i in range(SESSIONS)
+                ]
+                cpu = time.process_time()
+                for k in range(0, SESSIONS, size):
+                    await store.settle_cycles_batch(requests[k : k + size])
+                settles[size] = (time.process_time() - cpu) / SESSIONS * 1e6
             waits = {}
             waiting = await store.create_account(name="waits", balance_nanos=10**15, max_streams=2)
             for name, holds in (("charged while the frame waits", 0), ("paid by a hold", 1)):
@@ -77,6 +88,8 @@ async def main(sinks: list[str]) -> None:
         finally:
             await store.close()
     print(f"prepaid charge: {charge_us:.0f} us; flush of {SESSIONS} sessions, one new cycle each: {flush_ms:.1f} ms")
+    for size, cpu_us in settles.items():
+        print(f"background write of a hold-paid cycle, in batches of {size}: {cpu_us:.0f} us of CPU each")
     for name, (wait_us, awaited) in waits.items():
         print(f"frame opening a prepaid cycle, {name}: waits {wait_us:.1f} us, {awaited} database calls awaited")
 

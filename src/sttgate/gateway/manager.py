@@ -106,7 +106,7 @@ class SessionManager:
         # Prepaid sessions' background ledger writes (docs/billing.md#holds), group-committed like the ends, after
         # gathering for LEDGER_GATHER_SECONDS: one transaction for every session whose cycle opened meanwhile. The
         # next hold is due only when the next cycle opens, 5 s later; on SQLite a batch of 10 costs a quarter of
-        # what 10 single writes cost (docs/benchmarks.md).
+        # what 10 single writes cost (bench/bench_ledger.py).
         self.settles: GroupCommit[SettleRequest, Settlement] = GroupCommit(self._settle_batch, LEDGER_GATHER_SECONDS)
         # The budgeted accounts of live sessions and their spending this month, as last read; accounts whose session
         # ended since (their final cost may pass a threshold); the thresholds this process has recorded.
@@ -437,8 +437,8 @@ class SessionManager:
                 batch.append((live, totals))
         if not batch:
             return
-        progress = [SessionProgress(live.id, *totals) for live, totals in batch]
-        await self.database_write("flush", lambda: self.store.flush_progress(progress))
+        rows = [SessionProgress(live.id, *totals) for live, totals in batch]
+        await self.database_write("flush", lambda: self.store.flush_progress(rows))
         for live, totals in batch:
             live.billing.written(totals)
 
