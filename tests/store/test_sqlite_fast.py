@@ -11,6 +11,7 @@ import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,34 @@ async def test_settle_cycles_batch(pair: tuple[Store, Store]) -> None:
     by_name = {a.name: a.id for a in await fast.list_accounts()}
     account = await fast.get_account(by_name["prepaid"])
     assert account is not None and account.balance_nanos == 0
+
+
+async def test_accept_sessions_and_provider_figures(pair: tuple[Store, Store]) -> None:
+    """The end batch's other two writes: handshakes accepted (a row becomes a session, started at the provider's 101)
+    and the provider's own figures; a session that does not exist is skipped, as by the portable statements."""
+    started = datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=UTC)
+
+    async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
+        await _open(store, a["postpaid"], "s1")
+        await _open(store, a["prepaid"], "s2")
+        await store.accept_sessions([("s2", started), ("gone", started)])
+        await store.record_provider_figures_batch([("s1", 4.5, None), ("s2", None, 6.25), ("gone", 1.0, 1.0)])
+        path = store.engine.url.database
+        assert path is not None
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            return conn.execute(
+                "SELECT id, opening, started_at = ?, provider_audio_seconds, provider_session_seconds FROM sessions"
+                " ORDER BY id",
+                ("2026-11-29 12:00:00.123456",),
+            ).fetchall()
+
+    await _both(pair, scenario)
+    fast, _ = pair
+    path = fast.engine.url.database
+    assert path is not None
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT id, opening, provider_audio_seconds, provider_session_seconds FROM sessions")
+        assert sorted(rows) == [("s1", 1, 4.5, None), ("s2", 0, None, 6.25)]
 
 
 async def test_flush_progress(pair: tuple[Store, Store]) -> None:

@@ -369,6 +369,9 @@ class Slots:
         if not accepted:
             return
         accepted = sorted(accepted)  # rows locked in id order, as every multi-row ledger write does (no deadlock)
+        if self._fast is not None:
+            await self._fast.accept_sessions(accepted)
+            return
         if self._pg_fast is not None:
             await self._pg_fast.accept_sessions(accepted)
             return
@@ -557,6 +560,9 @@ class Slots:
         """:meth:`record_provider_figures` for several sessions (session id, audio seconds, session seconds): one
         statement."""
         if not rows:
+            return
+        if self._fast is not None:
+            await self._fast.record_provider_figures_batch(rows)
             return
         stmt = (
             update(sessions)

@@ -186,6 +186,14 @@ class SqliteFastPath:
         rows = [(float(u.audio_seconds), u.cycles, u.cost_nanos, u.session_id) for u in updates]
         await self._write_recording([u.session_id for u in updates], _flush, rows)
 
+    async def accept_sessions(self, accepted: Sequence[tuple[str, datetime]]) -> None:
+        rows = [(self._time(started), session_id) for session_id, started in accepted]
+        await self._write(_transaction, _executemany, _ACCEPT_SQL, rows)
+
+    async def record_provider_figures_batch(self, rows: Sequence[tuple[str, float | None, float | None]]) -> None:
+        values = [(audio, seconds, session_id) for session_id, audio, seconds in rows]
+        await self._write(_transaction, _executemany, _FIGURES_SQL, values)
+
     async def end_sessions(self, ends: Sequence[SessionEnd], now: datetime) -> set[str]:
         at = self._time(now)
         rows = [
@@ -429,6 +437,16 @@ _END_SQL = (
     " held_cycles = 0, held_nanos = 0"
     " WHERE id = ?8"
 )
+
+
+_ACCEPT_SQL = "UPDATE sessions SET opening = 0, started_at = ? WHERE id = ?"
+_FIGURES_SQL = "UPDATE sessions SET provider_audio_seconds = ?, provider_session_seconds = ? WHERE id = ?"
+
+
+def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> tuple[bool, None]:
+    """One statement for every row (``Slots.accept_sessions``, ``Slots.record_provider_figures_batch``)."""
+    conn.executemany(sql, rows)
+    return True, None
 
 
 def _end(conn: sqlite3.Connection, ids: list[str], rows: list[tuple[Any, ...]]) -> tuple[bool, set[str]]:
