@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -155,6 +156,11 @@ async def _serve_async(settings: Settings, host: str, port: int, identity: _Iden
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
     orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if identity.index is not None else None
+    # What exists now (modules, the app, the store's engine) lives as long as the process: the cyclic garbage collector
+    # stops traversing it, so a full collection walks the live sessions' objects only, not some hundred thousand
+    # others (docs/benchmarks.md: such collections were most of the p99.9 added latency under load).
+    gc.collect()
+    gc.freeze()
     log_event(
         "gateway_listening",
         gateway=gateway_id,
