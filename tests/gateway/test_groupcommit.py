@@ -89,3 +89,16 @@ async def test_a_gathering_writer_waits_for_company_before_its_first_write() -> 
     assert writer.batches == [] and not first.done()  # gathering: nothing written yet
     await asyncio.gather(first, commit.submit("b"), commit.submit("c"))
     assert writer.batches == [["a", "b", "c"]]  # one write for the three
+
+
+async def test_idle_returns_once_what_was_queued_is_written() -> None:
+    writer = Writer()
+    commit: GroupCommit[str, None] = GroupCommit(writer.write, gather_seconds=0.05)
+    submitted = asyncio.ensure_future(commit.submit("a"))
+    await asyncio.sleep(0)
+    idle = asyncio.ensure_future(commit.idle())
+    writer.release.set()
+    await idle
+    assert writer.batches == [["a"]]  # the gathering batch was written before idle() returned
+    await submitted
+    await commit.idle()  # nothing queued: at once

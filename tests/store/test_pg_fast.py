@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
-from sttgate.core.billing import LedgerWrite
+from sttgate.core.billing import LedgerWrite, Settlement
 from sttgate.core.outcomes import ClosedBy, SessionKind
-from sttgate.store import NotFoundError, SessionEnd, SessionProgress, Store
+from sttgate.store import NotFoundError, SessionEnd, SessionProgress, SettleRequest, Store
 from sttgate.store.database import hash_secret
 from sttgate.store.pg_fast import PgFastPath
 from sttgate.store.tables import account_events, accounts, export_pending, sessions, usage_outbox
@@ -235,6 +235,60 @@ async def _settle_scenario(store: Store) -> tuple[list[Any], list[Any], list[Any
     for account_id, name in names.items():
         described = described.replace(account_id, name)
     return [described], rows, state
+
+
+async def _batch_scenario(store: Store, batched: bool) -> tuple[list[Any], list[Any], list[Any]]:
+    """Background ledger writes of several sessions, as one batch or one by one in the order the batch takes them
+    (by account, then session: the usage events' sequence numbers follow it)."""
+    hook = {"webhook_url": "http://127.0.0.1:9/events"}
+    names = {}
+    for name, kwargs in {
+        "rich": {"balance_nanos": 10 * PRICE, "low_balance_nanos": 9 * PRICE, **hook},
+        "poor": {"balance_nanos": 2 * PRICE, **hook},
+        "postpaid": {},
+    }.items():
+        names[(await store.create_account(name=name, max_streams=5, **kwargs)).id] = name
+    by_name = {v: k for k, v in names.items()}
+    for sid, account in [("r1", "rich"), ("p1", "poor"), ("x1", "postpaid")]:
+        await store.open_session(
+            session_id=sid,
+            account_id=by_name[account],
+            kind=SessionKind.WEBSOCKET,
+            provider="assemblyai",
+            gateway_id="gw-1",
+            min_balance_nanos=PRICE,
+            lease_ttl=30.0,
+        )
+    requests = [
+        SettleRequest("r1", by_name["rich"], PRICE, LedgerWrite(recorded=1, hold=1)),  # the new hold crosses low
+        SettleRequest("gone", by_name["rich"], PRICE, LedgerWrite(recorded=1)),
+        SettleRequest("p1", by_name["poor"], PRICE, LedgerWrite(recorded=1, charged=3, hold=1)),  # refused
+        SettleRequest("x1", by_name["postpaid"], PRICE, LedgerWrite(recorded=1, hold=1)),
+    ]
+    if batched:
+        outcomes: list[Any] = list(await store.settle_cycles_batch(requests))
+    else:
+        outcomes = [None] * len(requests)
+        for i in sorted(range(len(requests)), key=lambda i: (requests[i].account_id, requests[i].session_id)):
+            r = requests[i]
+            try:
+                outcomes[i] = await store.slots.settle_cycles(r.session_id, r.account_id, r.price_nanos, r.write)
+            except NotFoundError as exc:
+                outcomes[i] = exc
+    described = repr([o if isinstance(o, Settlement) else (type(o).__name__, str(o)) for o in outcomes])
+    rows, state = await _state(store, names)
+    for account_id, name in names.items():
+        described = described.replace(account_id, name)
+    return [described], rows, state
+
+
+async def test_a_batch_of_ledger_writes_agrees_with_the_writes_one_by_one(pair: tuple[Store, Store]) -> None:
+    fast, portable = pair
+    got = await _batch_scenario(fast, batched=True)
+    expected = await _batch_scenario(portable, batched=False)
+    # The usage events follow the order of the accounts' ids, which differ between the two stores.
+    assert (got[0], got[1], sorted(map(repr, got[2]))) == (expected[0], expected[1], sorted(map(repr, expected[2])))
+    assert "Settlement(paid=False" in got[0][0] and "no session gone" in got[0][0]
 
 
 async def test_settling_cycles_agrees_with_the_portable_transaction(pair: tuple[Store, Store]) -> None:

@@ -47,6 +47,12 @@ class GroupCommit(Generic[T, R]):
             self._writer = asyncio.get_running_loop().create_task(self._drain())
         return await asyncio.shield(future)
 
+    async def idle(self) -> None:
+        """Return once nothing is queued or being written (a batch still gathering is written first): at shutdown,
+        before what depends on those writes."""
+        while self._writer is not None:
+            await asyncio.wait({self._writer})
+
     async def _drain(self) -> None:
         try:
             if self._gather:

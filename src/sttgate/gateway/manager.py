@@ -391,12 +391,13 @@ class SessionManager:
         ]
 
     async def stop(self) -> None:
-        """Stop the periodic work and write what is left: totals of sessions still live, then pending ends (bounded
-        by ``shutdown_write_seconds``; what cannot be written is logged)."""
+        """Stop the periodic work and write what is left: background ledger writes, totals of sessions still live,
+        then pending ends (bounded by ``shutdown_write_seconds``; what cannot be written is logged)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.settles.idle()
         try:
             await self.flush()
         except Exception:

@@ -24,7 +24,7 @@ from sttgate.store.auth import AuthRow
 from sttgate.store.database import Database, NotFoundError, utcnow
 from sttgate.store.events import balance_low_data, exhausted_data
 from sttgate.store.outbox import _SESSION_FIELDS, Outbox, _Before, event_rows
-from sttgate.store.slots import SessionEnd, final_costs
+from sttgate.store.slots import SessionEnd, SettleRequest, final_costs
 
 _AUTH_SQL = (
     "SELECT api_keys.id, api_keys.key_hash, api_keys.revoked_at, api_keys.last_used_at, accounts.id,"
@@ -190,79 +190,101 @@ class PgFastPath:
         decide as the portable code does (its debits, ``balance.low`` / ``balance.exhausted`` with the account's event
         sequence and latch as ``events.record_balance_event`` moves them, ``ledger_change``), write it all."""
         async with self._driver() as driver, driver.transaction():
-            row = await driver.fetchrow(_SETTLE_READ_SQL, session_id, account_id)
-            if row is None:
-                # The portable code's first failure: a refused charge finds no account, else no session (of it).
-                if write.charged and not await driver.fetchval(_ACCOUNT_EXISTS_SQL, account_id):
-                    raise NotFoundError(f"no account {account_id}")
-                raise NotFoundError(f"no session {session_id} of account {account_id}")
-            cycles, cost, live, held_cycles, held_nanos, api_key_id, provider, model, basis = row[:9]
-            balance, low, hooked, exhausted, seq = row[9:]
-            now = utcnow()
-            events: list[tuple[str, str, str]] = []  # (id, type, payload) of the account's balance events
-            account_moved = False
+            return await self._settle(driver, session_id, account_id, price_nanos, write)
 
-            def record(kind: EventType, data: dict[str, Any]) -> None:
-                nonlocal seq
-                seq += 1
-                event_id = balance_event_id(kind, account_id, seq)
-                events.append((event_id, str(kind), body(event_id, kind, now, {"account_id": account_id, **data})))
+    async def settle_cycles_batch(self, requests: Sequence[SettleRequest]) -> list[Settlement | BaseException]:
+        """``Slots.settle_cycles_batch``: every request in one transaction (one commit, one WAL flush), in account
+        then session order, so that two gateways' batches lock the accounts they share in the same order. A request
+        without its session or account fails before it writes anything, alone; any other failure (a deadlock
+        PostgreSQL broke with another kind of write, say) fails the batch, and each session's write is then what a
+        failed write is (docs/billing.md#holds: nothing lost, the next cycle charged as it opens)."""
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].account_id, requests[i].session_id))
+        outcomes: list[Settlement | BaseException | None] = [None] * len(requests)
+        async with self._driver() as driver, driver.transaction():
+            for i in order:
+                r = requests[i]
+                try:
+                    outcomes[i] = await self._settle(driver, r.session_id, r.account_id, r.price_nanos, r.write)
+                except NotFoundError as exc:
+                    outcomes[i] = exc
+        return [outcome for outcome in outcomes if outcome is not None]
 
-            def debit(amount: int) -> bool:
-                nonlocal balance, exhausted, account_moved
-                if balance is None or balance < amount:
-                    return False
-                before, balance = balance, balance - amount
-                exhausted, account_moved = False, True
-                if crossed_low(low, before, balance) and hooked:
-                    record(EventType.BALANCE_LOW, balance_low_data(balance, low, session_id))
-                return True
+    async def _settle(
+        self, driver: Any, session_id: str, account_id: str, price_nanos: int, write: LedgerWrite
+    ) -> Settlement:
+        row = await driver.fetchrow(_SETTLE_READ_SQL, session_id, account_id)
+        if row is None:
+            # The portable code's first failure: a refused charge finds no account, else no session (of it).
+            if write.charged and not await driver.fetchval(_ACCOUNT_EXISTS_SQL, account_id):
+                raise NotFoundError(f"no account {account_id}")
+            raise NotFoundError(f"no session {session_id} of account {account_id}")
+        cycles, cost, live, held_cycles, held_nanos, api_key_id, provider, model, basis = row[:9]
+        balance, low, hooked, exhausted, seq = row[9:]
+        now = utcnow()
+        events: list[tuple[str, str, str]] = []  # (id, type, payload) of the account's balance events
+        account_moved = False
 
-            paid = debited = True
-            if write.charged:
-                debited = debit(write.charged * price_nanos)
-                if not debited and balance is not None:
-                    paid = False
-                    if hooked and not exhausted:
-                        exhausted, account_moved = True, True
-                        record(EventType.BALANCE_EXHAUSTED, exhausted_data(balance, "session_cut_off", session_id))
-            change = ledger_change(write, price_nanos, paid, debited, live, held_cycles, held_nanos)
-            held = bool(change.hold_nanos) and debit(change.hold_nanos)
-            moves = change.increments(held)
-            added = event_rows(
-                {session_id: _Before(cycles, cost)},
-                [
-                    (
-                        session_id,
-                        cycles + change.added,
-                        cost + change.added_nanos,
-                        account_id,
-                        api_key_id,
-                        provider,
-                        model,
-                        basis,
-                    )
-                ],
-                now,
-            )
-            await driver.execute(
-                _SETTLE_WRITE_SQL,
-                account_moved or bool(events),
-                account_id,
-                balance,
-                exhausted,
-                seq,
-                [e[0] for e in events],
-                [e[1] for e in events],
-                now,
-                [e[2] for e in events],
-                bool(moves),
-                moves.get("cycles", 0),
-                moves.get("cost_nanos", 0),
-                moves.get("held_cycles", 0),
-                moves.get("held_nanos", 0),
-                session_id,
-                *[[event[name] for event in added] for name in _EVENT_COLUMNS],
-                list(self._outbox.sinks),
-            )
+        def record(kind: EventType, data: dict[str, Any]) -> None:
+            nonlocal seq
+            seq += 1
+            event_id = balance_event_id(kind, account_id, seq)
+            events.append((event_id, str(kind), body(event_id, kind, now, {"account_id": account_id, **data})))
+
+        def debit(amount: int) -> bool:
+            nonlocal balance, exhausted, account_moved
+            if balance is None or balance < amount:
+                return False
+            before, balance = balance, balance - amount
+            exhausted, account_moved = False, True
+            if crossed_low(low, before, balance) and hooked:
+                record(EventType.BALANCE_LOW, balance_low_data(balance, low, session_id))
+            return True
+
+        paid = debited = True
+        if write.charged:
+            debited = debit(write.charged * price_nanos)
+            if not debited and balance is not None:
+                paid = False
+                if hooked and not exhausted:
+                    exhausted, account_moved = True, True
+                    record(EventType.BALANCE_EXHAUSTED, exhausted_data(balance, "session_cut_off", session_id))
+        change = ledger_change(write, price_nanos, paid, debited, live, held_cycles, held_nanos)
+        held = bool(change.hold_nanos) and debit(change.hold_nanos)
+        moves = change.increments(held)
+        added = event_rows(
+            {session_id: _Before(cycles, cost)},
+            [
+                (
+                    session_id,
+                    cycles + change.added,
+                    cost + change.added_nanos,
+                    account_id,
+                    api_key_id,
+                    provider,
+                    model,
+                    basis,
+                )
+            ],
+            now,
+        )
+        await driver.execute(
+            _SETTLE_WRITE_SQL,
+            account_moved or bool(events),
+            account_id,
+            balance,
+            exhausted,
+            seq,
+            [e[0] for e in events],
+            [e[1] for e in events],
+            now,
+            [e[2] for e in events],
+            bool(moves),
+            moves.get("cycles", 0),
+            moves.get("cost_nanos", 0),
+            moves.get("held_cycles", 0),
+            moves.get("held_nanos", 0),
+            session_id,
+            *[[event[name] for event in added] for name in _EVENT_COLUMNS],
+            list(self._outbox.sinks),
+        )
         return Settlement(paid, held)

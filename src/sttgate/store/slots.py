@@ -452,12 +452,15 @@ class Slots:
     async def settle_cycles_batch(self, requests: Sequence[SettleRequest]) -> list[Settlement | BaseException]:
         """:meth:`settle_cycles` for several sessions, one outcome each, in order (a request's failure is its
         outcome: the others are not affected). On a SQLite file they share one transaction, each in a savepoint (one
-        trip to the writer thread and one commit for all); otherwise they run concurrently, one transaction each."""
+        trip to the writer thread and one commit for all), on PostgreSQL one transaction (one commit); the portable
+        code runs them concurrently, one transaction each."""
         for request in requests:
             if request.price_nanos < 0 or min(request.write) < 0:
                 raise ValueError("cycles and price must not be negative")
         if self._fast is not None:
             return await self._fast.settle_cycles_batch(requests)
+        if self._pg_fast is not None:
+            return await self._pg_fast.settle_cycles_batch(requests)
         outcomes = await asyncio.gather(
             *(self.settle_cycles(r.session_id, r.account_id, r.price_nanos, r.write) for r in requests),
             return_exceptions=True,
