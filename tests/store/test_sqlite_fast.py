@@ -338,6 +338,29 @@ async def test_accept_sessions_and_provider_figures(pair: tuple[Store, Store]) -
         assert sorted(rows) == [("s1", 1, 4.5, None), ("s2", 0, None, 6.25)]
 
 
+async def test_renew_leases(pair: tuple[Store, Store]) -> None:
+    """Live sessions' leases are extended; an ended session's and an unknown id are left alone."""
+
+    async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
+        await _open(store, a["postpaid"], "s1", lease_ttl=-1.0)
+        await _open(store, a["prepaid"], "s2", lease_ttl=-1.0)
+        await store.end_sessions([SessionEnd("s2", 0.0, 0, 0, 1000, "", ClosedBy.CLIENT)])
+        await store.renew_leases(["s1", "s2", "gone"], lease_ttl=60.0)
+        return _renewed(store)
+
+    await _both(pair, scenario)
+    fast, _ = pair
+    assert _renewed(fast) == [("s1", 1), ("s2", 0)]
+
+
+def _renewed(store: Store) -> list[Any]:
+    """Per session: is its lease now later than its start (those opened with an expired lease: renewed)?"""
+    path = store.engine.url.database
+    assert path is not None
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT id, lease_expires_at > started_at FROM sessions ORDER BY id").fetchall()
+
+
 async def test_flush_progress(pair: tuple[Store, Store]) -> None:
     async def scenario(store: Store, a: dict[str, str]) -> list[Any]:
         await _open(store, a["postpaid"], "s1")

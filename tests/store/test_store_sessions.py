@@ -134,6 +134,10 @@ async def test_expired_lease_frees_a_slot_and_renewal_keeps_it(store: Store) -> 
     assert exc.value.status == 429
     assert (await _row(store, stale)).lease_expires_at < (await _row(store, live)).lease_expires_at
     await store.renew_leases([], lease_ttl=60.0)
+    ended = (await _row(store, stale)).lease_expires_at
+    await store.end_sessions([SessionEnd(stale, 0.0, 0, 0, 1000, "", ClosedBy.CLIENT)])
+    await store.renew_leases([stale, "no-such-session"], lease_ttl=60.0)  # an ended session is not renewed
+    assert (await _row(store, stale)).lease_expires_at == ended
 
 
 async def test_zero_max_streams_refuses_everything(store: Store) -> None:

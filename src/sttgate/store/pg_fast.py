@@ -34,6 +34,11 @@ _AUTH_SQL = (
 )
 _OPEN_SQL = "SELECT * FROM sttgate_open_session($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
 _ACCEPT_SQL = "UPDATE sessions SET opening = false, started_at = $2 WHERE id = $1"
+# Slots.renew_leases: the live rows locked in id order first, as every multi-row ledger write locks sessions.
+_RENEW_SQL = (
+    "UPDATE sessions SET lease_expires_at = $1 WHERE id IN (SELECT id FROM sessions WHERE id = ANY($2::text[])"
+    " AND ended_at IS NULL ORDER BY id FOR UPDATE)"
+)
 # Slots._end_portable's statement.
 _STILL_OPEN = "(ended_at IS NULL OR closed_by = 'gateway_crash')"
 _END_SQL = (
@@ -151,6 +156,11 @@ class PgFastPath:
         """One executemany: a single round trip, atomic (one implicit transaction up to its Sync)."""
         async with self._driver() as driver:
             await driver.executemany(_ACCEPT_SQL, list(accepted))
+
+    async def renew_leases(self, session_ids: Sequence[str], expires: datetime) -> None:
+        """One statement for every session, in one implicit transaction."""
+        async with self._driver() as driver:
+            await driver.execute(_RENEW_SQL, expires, list(session_ids))
 
     async def end_sessions(self, ends: Sequence[SessionEnd], now: datetime) -> set[str]:
         """``Slots.end_sessions`` in one transaction: lock and read the counts, one executemany, read the rows, one

@@ -491,13 +491,21 @@ class Slots:
             await conn.execute(stmt, params)
 
     async def renew_leases(self, session_ids: Sequence[str], lease_ttl: float) -> None:
-        """Extend the slots a live gateway still holds (one statement for up to 1000 sessions).
+        """Extend the slots a live gateway still holds (one statement for up to 1000 sessions; on a SQLite file one
+        trip to the writer thread, on PostgreSQL one statement on the driver).
 
         PostgreSQL: the rows are locked in id order first (``ORDER BY id FOR UPDATE`` in the subquery), the order every
         multi-row ledger write locks sessions in, so a renewal and a flush or a batch of ends never deadlock."""
         if not session_ids:
             return
         expires = utcnow() + timedelta(seconds=lease_ttl)
+        ordered = sorted(session_ids)
+        if self._fast is not None:
+            await self._fast.renew_leases(ordered, expires)
+            return
+        if self._pg_fast is not None:
+            await self._pg_fast.renew_leases(ordered, expires)
+            return
         async with self._db.write() as conn:
             for chunk in chunks(sorted(session_ids)):
                 locked = (

@@ -190,6 +190,10 @@ class SqliteFastPath:
         rows = [(self._time(started), session_id) for session_id, started in accepted]
         await self._write(_transaction, _executemany, _ACCEPT_SQL, rows)
 
+    async def renew_leases(self, session_ids: Sequence[str], expires: datetime) -> None:
+        rows = [(self._time(expires), session_id) for session_id in session_ids]
+        await self._write(_transaction, _executemany, _RENEW_SQL, rows)
+
     async def record_provider_figures_batch(self, rows: Sequence[tuple[str, float | None, float | None]]) -> None:
         values = [(audio, seconds, session_id) for session_id, audio, seconds in rows]
         await self._write(_transaction, _executemany, _FIGURES_SQL, values)
@@ -440,11 +444,12 @@ _END_SQL = (
 
 
 _ACCEPT_SQL = "UPDATE sessions SET opening = 0, started_at = ? WHERE id = ?"
+_RENEW_SQL = "UPDATE sessions SET lease_expires_at = ? WHERE id = ? AND ended_at IS NULL"
 _FIGURES_SQL = "UPDATE sessions SET provider_audio_seconds = ?, provider_session_seconds = ? WHERE id = ?"
 
 
 def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> tuple[bool, None]:
-    """One statement for every row (``Slots.accept_sessions``, ``Slots.record_provider_figures_batch``)."""
+    """One statement for every row (``Slots.accept_sessions``, ``renew_leases``, ``record_provider_figures_batch``)."""
     conn.executemany(sql, rows)
     return True, None
 
