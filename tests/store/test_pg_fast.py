@@ -83,7 +83,10 @@ async def _scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
     ]
     await store.accept_sessions([("s1", datetime(2026, 11, 29, 12, tzinfo=UTC)), ("s8", datetime.now(UTC))])
     store.outbox.sinks = ("sink-a", "sink-b")  # every cycle an end adds is pending for each (docs/export.md)
-    await store.flush_progress([SessionProgress("s8", 5.0, 1, PRICE)])
+    await store.flush_progress(
+        [SessionProgress("s8", 5.0, 1, PRICE), SessionProgress("s3", 2.5, 0, 0), SessionProgress("gone", 1.0, 1, 1)]
+    )
+    await store.flush_progress([SessionProgress("s8", 4.0, 1, PRICE)])  # a late, lower total: nothing goes back
     ends = [
         SessionEnd("s8", 14.0, 3, 3 * PRICE + 1, 1000, "", ClosedBy.CLIENT),  # adds cycles 2 and 3
         SessionEnd("gone", 1.0, 0, 0, None, None, ClosedBy.GATEWAY),

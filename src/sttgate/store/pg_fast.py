@@ -24,7 +24,7 @@ from sttgate.store.auth import AuthRow
 from sttgate.store.database import Database, NotFoundError, utcnow
 from sttgate.store.events import balance_low_data, exhausted_data
 from sttgate.store.outbox import _SESSION_FIELDS, Outbox, _Before, event_rows
-from sttgate.store.slots import SessionEnd, SettleRequest, final_costs
+from sttgate.store.slots import SessionEnd, SessionProgress, SettleRequest, final_costs
 
 _AUTH_SQL = (
     "SELECT api_keys.id, api_keys.key_hash, api_keys.revoked_at, api_keys.last_used_at, accounts.id,"
@@ -52,6 +52,14 @@ _END_SQL = (
     f" closed_by = CASE WHEN {_STILL_OPEN} THEN $7::text ELSE closed_by END,"
     " held_cycles = 0, held_nanos = 0"
     " WHERE id = $8"
+)
+# Slots.flush_progress's statement: totals never go backwards.
+_FLUSH_SQL = (
+    "UPDATE sessions SET"
+    " audio_seconds = CASE WHEN audio_seconds < $1::float8 THEN $1::float8 ELSE audio_seconds END,"
+    " cycles = CASE WHEN cycles < $2::int THEN $2::int ELSE cycles END,"
+    " cost_nanos = CASE WHEN cost_nanos < $3::bigint THEN $3::bigint ELSE cost_nanos END"
+    " WHERE id = $4"
 )
 # outbox.recording: the counts before (rows locked), the rows after, the events and their pending rows in one statement.
 _BEFORE_SQL = (
@@ -194,6 +202,20 @@ class PgFastPath:
                 columns = [[event[name] for event in events] for name in _EVENT_COLUMNS]
                 await driver.execute(_EVENTS_SQL, *columns, list(self._outbox.sinks))
         return set(ids) - set(before)
+
+    async def flush_progress(self, updates: Sequence[SessionProgress]) -> None:
+        """``Slots.flush_progress`` in one transaction: lock and read the counts, one executemany, read the rows, one
+        statement for the usage events of the cycles it added (as ``end_sessions``)."""
+        ids = sorted({u.session_id for u in updates})
+        rows = [(float(u.audio_seconds), u.cycles, u.cost_nanos, u.session_id) for u in updates]
+        async with self._driver() as driver, driver.transaction():
+            before = {r[0]: _Before(r[1], r[2]) for r in await driver.fetch(_BEFORE_SQL, ids)}
+            await driver.executemany(_FLUSH_SQL, rows)
+            after = [tuple(r) for r in await driver.fetch(_AFTER_SQL, list(before))] if before else []
+            events = event_rows(before, after, utcnow())
+            if events:
+                columns = [[event[name] for event in events] for name in _EVENT_COLUMNS]
+                await driver.execute(_EVENTS_SQL, *columns, list(self._outbox.sinks))
 
     async def settle_cycles(self, session_id: str, account_id: str, price_nanos: int, write: LedgerWrite) -> Settlement:
         """``Slots.settle_cycles`` in one transaction of two statements: lock and read the session and its account,

@@ -474,6 +474,9 @@ class Slots:
         if self._fast is not None:
             await self._fast.flush_progress(updates)
             return
+        if self._pg_fast is not None:
+            await self._pg_fast.flush_progress(updates)
+            return
         stmt = (
             update(sessions)
             .where(sessions.c.id == bindparam("p_id"))
