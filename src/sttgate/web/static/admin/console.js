@@ -33,7 +33,9 @@ function describe(exc) {
 function showError(exc) {
   if (exc instanceof ApiError && (exc.status === 401 || exc.code === "admin_token_revoked")) {
     // The token stopped working (revoked, or another database): back to the sign-in form, with the API's reason.
-    signOut(describe(exc));
+    // Only the first refusal says why: the other calls in flight, or made since without a token, would overwrite
+    // "admin_token_revoked" with "missing_admin_token".
+    if (document.body.dataset.view !== "sign-in") signOut(describe(exc));
     return;
   }
   const box = $("error");
