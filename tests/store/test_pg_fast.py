@@ -180,34 +180,49 @@ async def test_the_key_lookup_reads_the_same_row(pair: tuple[Store, Store]) -> N
     assert principals[1:] == [None, None, None]
 
 
-async def _settle_scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
-    """Every path of a prepaid ledger write: paid, crossing low, a hold taken and one refused, recorded-only, a
-    refusal (latched), an ended session, postpaid, and the errors."""
-    hook = {"webhook_url": "http://127.0.0.1:9/events"}
+HOOK = {"webhook_url": "http://127.0.0.1:9/events"}
+
+
+async def _accounts_with_sessions(
+    store: Store, accounts: dict[str, dict[str, Any]], sessions: list[tuple[str, str]], **session: Any
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Create the named accounts and open the (session id, account name) sessions; (id -> name, name -> id)."""
     names = {}
-    for name, kwargs in {
-        "rich": {"balance_nanos": 10 * PRICE, "low_balance_nanos": 6 * PRICE, **hook},
-        "poor": {"balance_nanos": 2 * PRICE, **hook},
-        "quiet": {"balance_nanos": PRICE},  # no webhook URL: no events, no latch
-        "postpaid": {},
-    }.items():
+    for name, kwargs in accounts.items():
         names[(await store.create_account(name=name, max_streams=5, **kwargs)).id] = name
     by_name = {v: k for k, v in names.items()}
-    store.outbox.sinks = ("sink-a", "sink-b")
-    for sid, account in [("r1", "rich"), ("r2", "rich"), ("p1", "poor"), ("q1", "quiet"), ("x1", "postpaid")]:
+    for sid, account in sessions:
         await store.open_session(
             session_id=sid,
             account_id=by_name[account],
             kind=SessionKind.WEBSOCKET,
             provider="assemblyai",
             gateway_id="gw-1",
-            min_balance_nanos=0,
             lease_ttl=30.0,
-            model="universal",
-            rate_usd_per_hour="0.15",
-            basis="session",
-            api_key_id="k1",
+            **session,
         )
+    return names, by_name
+
+
+async def _settle_scenario(store: Store) -> tuple[list[Any], list[Any], list[Any]]:
+    """Every path of a prepaid ledger write: paid, crossing low, a hold taken and one refused, recorded-only, a
+    refusal (latched), an ended session, postpaid, and the errors."""
+    store.outbox.sinks = ("sink-a", "sink-b")
+    names, by_name = await _accounts_with_sessions(
+        store,
+        {
+            "rich": {"balance_nanos": 10 * PRICE, "low_balance_nanos": 6 * PRICE, **HOOK},
+            "poor": {"balance_nanos": 2 * PRICE, **HOOK},
+            "quiet": {"balance_nanos": PRICE},  # no webhook URL: no events, no latch
+            "postpaid": {},
+        },
+        [("r1", "rich"), ("r2", "rich"), ("p1", "poor"), ("q1", "quiet"), ("x1", "postpaid")],
+        min_balance_nanos=0,
+        model="universal",
+        rate_usd_per_hour="0.15",
+        basis="session",
+        api_key_id="k1",
+    )
 
     async def settle(sid: str, account: str, write: LedgerWrite, price: int = PRICE) -> Any:
         return await _outcome(store.slots.settle_cycles(sid, by_name.get(account, account), price, write))
@@ -243,25 +258,16 @@ async def _settle_scenario(store: Store) -> tuple[list[Any], list[Any], list[Any
 async def _batch_scenario(store: Store, batched: bool) -> tuple[list[Any], list[Any], list[Any]]:
     """Background ledger writes of several sessions, as one batch or one by one in the order the batch takes them
     (by account, then session: the usage events' sequence numbers follow it)."""
-    hook = {"webhook_url": "http://127.0.0.1:9/events"}
-    names = {}
-    for name, kwargs in {
-        "rich": {"balance_nanos": 10 * PRICE, "low_balance_nanos": 9 * PRICE, **hook},
-        "poor": {"balance_nanos": 2 * PRICE, **hook},
-        "postpaid": {},
-    }.items():
-        names[(await store.create_account(name=name, max_streams=5, **kwargs)).id] = name
-    by_name = {v: k for k, v in names.items()}
-    for sid, account in [("r1", "rich"), ("p1", "poor"), ("x1", "postpaid")]:
-        await store.open_session(
-            session_id=sid,
-            account_id=by_name[account],
-            kind=SessionKind.WEBSOCKET,
-            provider="assemblyai",
-            gateway_id="gw-1",
-            min_balance_nanos=PRICE,
-            lease_ttl=30.0,
-        )
+    names, by_name = await _accounts_with_sessions(
+        store,
+        {
+            "rich": {"balance_nanos": 10 * PRICE, "low_balance_nanos": 9 * PRICE, **HOOK},
+            "poor": {"balance_nanos": 2 * PRICE, **HOOK},
+            "postpaid": {},
+        },
+        [("r1", "rich"), ("p1", "poor"), ("x1", "postpaid")],
+        min_balance_nanos=PRICE,
+    )
     requests = [
         SettleRequest("r1", by_name["rich"], PRICE, LedgerWrite(recorded=1, hold=1)),  # the new hold crosses low
         SettleRequest("gone", by_name["rich"], PRICE, LedgerWrite(recorded=1)),

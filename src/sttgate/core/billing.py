@@ -287,10 +287,8 @@ class Billing:
         ``progress``, only if their cycles changed: a tick writes money at once, and a session's audio alone (it
         changes with every frame of every live session) only on the ticks that write progress."""
         totals = self.settled_totals()
-        if progress:
-            if (totals.audio_seconds, totals.cycles) == self._written:
-                return None
-        elif totals.cycles == self._written[1]:
+        audio, cycles = self._written
+        if totals.cycles == cycles and (not progress or totals.audio_seconds == audio):
             return None
         return totals
 

@@ -2,8 +2,8 @@
 
 An idle process adds no delay (the first item is written at once, alone) unless asked to gather items for a moment
 first; a busy one writes one batch per write's duration instead of one write per item, so the database cost per item
-falls as the load rises. Each submitter waits
-for its own item's outcome, so "written" still means written when ``submit`` returns, with the item's result.
+falls as the load rises. Each submitter waits for its own item's outcome, so "written" still means written when
+``submit`` returns, with the item's result.
 """
 
 from __future__ import annotations

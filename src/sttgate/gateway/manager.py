@@ -2,10 +2,9 @@
 
 It writes the totals whose cycles changed every ``ledger_flush_seconds``, and every session's audio progress every
 ``PROGRESS_SECONDS`` (the rule of what may be written is :meth:`sttgate.core.billing.Billing.unflushed`), renews
-slot leases, reaps sessions of dead gateways, closes idle
-sessions (:class:`sttgate.core.idle.IdleWatch`: no metered client audio for the idle limit), closes the sessions an
-operator asked to close through the admin API on any gateway (polled every ``CLOSE_POLL_SECONDS``), and drains at
-shutdown.
+slot leases, reaps sessions of dead gateways, closes idle sessions (:class:`sttgate.core.idle.IdleWatch`: no metered
+client audio for the idle limit), closes the sessions an operator asked to close through the admin API on any gateway
+(polled every ``CLOSE_POLL_SECONDS``), and drains at shutdown.
 Every ``account_refresh_seconds`` it reads its sessions' accounts, their monthly budgets and this month's spending
 (one read each), so that each session's :class:`~sttgate.core.budget.BudgetWatch` stays current without a database
 call on the frame path, and records the ``budget.threshold`` events that spending has reached.

@@ -196,11 +196,7 @@ class PgFastPath:
             refunds = [(hold_refund(r[2], final_cost[r[0]], r[4]), r[3]) for r in locked if r[4]]
             if any(amount for amount, _ in refunds):
                 await driver.executemany(_REFUND_SQL, [(a, acct) for a, acct in refunds if a])
-            after = [tuple(r) for r in await driver.fetch(_AFTER_SQL, list(before))] if before else []
-            events = event_rows(before, after, utcnow())
-            if events:
-                columns = [[event[name] for event in events] for name in _EVENT_COLUMNS]
-                await driver.execute(_EVENTS_SQL, *columns, list(self._outbox.sinks))
+            await self._record_usage(driver, before)
         return set(ids) - set(before)
 
     async def flush_progress(self, updates: Sequence[SessionProgress]) -> None:
@@ -211,11 +207,16 @@ class PgFastPath:
         async with self._driver() as driver, driver.transaction():
             before = {r[0]: _Before(r[1], r[2]) for r in await driver.fetch(_BEFORE_SQL, ids)}
             await driver.executemany(_FLUSH_SQL, rows)
-            after = [tuple(r) for r in await driver.fetch(_AFTER_SQL, list(before))] if before else []
-            events = event_rows(before, after, utcnow())
-            if events:
-                columns = [[event[name] for event in events] for name in _EVENT_COLUMNS]
-                await driver.execute(_EVENTS_SQL, *columns, list(self._outbox.sinks))
+            await self._record_usage(driver, before)
+
+    async def _record_usage(self, driver: Any, before: dict[str, _Before]) -> None:
+        """The usage events of the cycles this transaction added to the sessions counted in ``before`` (locked and
+        read by ``_BEFORE_SQL``), with their pending rows: ``outbox.Outbox.recording`` on this path."""
+        after = [tuple(r) for r in await driver.fetch(_AFTER_SQL, list(before))] if before else []
+        events = event_rows(before, after, utcnow())
+        if events:
+            columns = [[event[name] for event in events] for name in _EVENT_COLUMNS]
+            await driver.execute(_EVENTS_SQL, *columns, list(self._outbox.sinks))
 
     async def settle_cycles(self, session_id: str, account_id: str, price_nanos: int, write: LedgerWrite) -> Settlement:
         """``Slots.settle_cycles`` in one transaction of two statements: lock and read the session and its account,
@@ -230,16 +231,14 @@ class PgFastPath:
         without its session or account fails before it writes anything, alone; any other failure (a deadlock
         PostgreSQL broke with another kind of write, say) fails the batch, and each session's write is then what a
         failed write is (docs/billing.md#holds: nothing lost, the next cycle charged as it opens)."""
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].account_id, requests[i].session_id))
-        outcomes: list[Settlement | BaseException | None] = [None] * len(requests)
+        outcomes: dict[int, Settlement | BaseException] = {}
         async with self._driver() as driver, driver.transaction():
-            for i in order:
-                r = requests[i]
+            for i, r in sorted(enumerate(requests), key=lambda item: (item[1].account_id, item[1].session_id)):
                 try:
                     outcomes[i] = await self._settle(driver, r.session_id, r.account_id, r.price_nanos, r.write)
                 except NotFoundError as exc:
                     outcomes[i] = exc
-        return [outcome for outcome in outcomes if outcome is not None]
+        return [outcomes[i] for i in range(len(requests))]
 
     async def _settle(
         self, driver: Any, session_id: str, account_id: str, price_nanos: int, write: LedgerWrite

@@ -104,6 +104,11 @@ class SettleRequest:
     write: LedgerWrite
 
 
+def _check_write(price_nanos: int, write: LedgerWrite) -> None:
+    if price_nanos < 0 or min(write) < 0:
+        raise ValueError("cycles and price must not be negative")
+
+
 def final_costs(ends: Sequence[SessionEnd]) -> dict[str, int]:
     """Each ended session's final cost in a batch of ends (the largest, should one session be in it twice): what its
     hold is settled against (:func:`hold_refund`)."""
@@ -407,8 +412,7 @@ class Slots:
         made a change sees it, so each occurrence is recorded once however many gateways charge the account. The
         usage outbox gets one event per cycle added (docs/export.md).
         """
-        if price_nanos < 0 or min(write) < 0:
-            raise ValueError("cycles and price must not be negative")
+        _check_write(price_nanos, write)
         if self._fast is not None:
             # Once per prepaid cycle of every live session: one trip instead of about 13.
             return await self._fast.settle_cycles(session_id, account_id, price_nanos, write)
@@ -455,8 +459,7 @@ class Slots:
         trip to the writer thread and one commit for all), on PostgreSQL one transaction (one commit); the portable
         code runs them concurrently, one transaction each."""
         for request in requests:
-            if request.price_nanos < 0 or min(request.write) < 0:
-                raise ValueError("cycles and price must not be negative")
+            _check_write(request.price_nanos, request.write)
         if self._fast is not None:
             return await self._fast.settle_cycles_batch(requests)
         if self._pg_fast is not None:
