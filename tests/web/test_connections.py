@@ -185,7 +185,9 @@ async def test_requests_with_megabyte_headers_do_not_grow_memory(serve):
     for n in range(10):  # 500 requests, 50 at a time
         await wave(one_header if n % 2 == 0 else many_headers)
     grown = rss_bytes(sp.proc.pid) - before
-    assert grown < 50 * MB, f"RSS grew by {grown / MB:.0f} MB"
+    # A leak of these requests keeps at least their headers: 500 MB. The allocator's own fragmentation between the
+    # two shapes of request has been seen at 54 MB once; 100 MB (a fifth of a leak) tells the two apart.
+    assert grown < 100 * MB, f"RSS grew by {grown / MB:.0f} MB"
     await healthz(sp.port)
 
 
