@@ -207,6 +207,9 @@ class Settings(BaseSettings):
     upstream_ca_file: Path | None = None
     # Postpaid usage and session totals are written at least this often.
     ledger_flush_seconds: float = Field(0.5, gt=0, le=_HOUR)
+    # A live session's audio seconds alone (no new cycle) are written this often: one cycle's length by default
+    # (docs/admin-api.md#sessions): every flush rewriting every live session's row cost more than all else it wrote.
+    ledger_progress_seconds: float = Field(5.0, gt=0, le=_HOUR)
     # Live sessions re-read their accounts this often: a switch to prepaid or a withdrawn streaming permission binds
     # them from their next cycle on (docs/billing.md#account-changes).
     account_refresh_seconds: float = Field(1.0, gt=0, le=_HOUR)

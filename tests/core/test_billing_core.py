@@ -191,6 +191,23 @@ def test_a_held_cycle_is_forwarded_and_recorded_in_the_background():
     assert b.unflushed() == Totals(0.1, 1, PRICE)
 
 
+def test_a_prepaid_write_leaves_no_cycle_for_the_flush_to_write_again():
+    """The charge or background write that records a cycle also writes it to the session's row: a tick without
+    progress has nothing to write for it, and a progress tick writes the audio (the same cycles, no new money)."""
+    b = held_billing()
+    b.opened(b.meter.binary(bytes(3200)))
+    b.next_write()
+    b.wrote(Settlement(True, True))
+    assert b.unflushed(progress=False) is None
+    assert b.unflushed() == Totals(0.1, 1, PRICE)
+    c = billing(prepaid=True)
+    c.opened(c.meter.binary(bytes(CYCLE)))
+    c.settled(True)
+    assert c.unflushed(progress=False) is None
+    c.written(Totals(0.0, 0, 0))  # a flush that began before the charge committed ends after it
+    assert c.unflushed(progress=False) is None
+
+
 def test_a_cycle_opened_while_the_write_is_in_flight_waits_for_it():
     b = held_billing()
     b.opened(b.meter.binary(bytes(CYCLE)))

@@ -169,7 +169,7 @@ async def test_elevenlabs_cut_off_commits_and_closes_the_provider(gateway, accou
 
 
 async def test_charged_cycles_are_on_disk_while_the_session_runs(gateway, account, store):
-    gw = await gateway(ledger_flush_seconds=0.1)
+    gw = await gateway(ledger_flush_seconds=0.1, ledger_progress_seconds=0.2)
     prepaid = await account(balance_usd="1")
     postpaid = await account()
     for acct in (prepaid, postpaid):

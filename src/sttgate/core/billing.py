@@ -206,6 +206,7 @@ class Billing:
         self.unrecorded -= write.recorded
         if result.held:
             self.holds += write.hold
+        self._recorded_written()
 
     def write_failed(self) -> None:
         """The background write failed (the database): its cycles stay unrecorded, for the next write or the end; no
@@ -231,7 +232,9 @@ class Billing:
             if held:
                 self.holds += charge.hold
             self._book(cycles)
+            self._recorded_written()
             return Action.FORWARD
+        self._recorded_written()
         if self._frame:
             self.meter.refund_last(cycles)
         self.cut_off = True
@@ -293,8 +296,14 @@ class Billing:
         return totals
 
     def written(self, totals: Totals) -> None:
-        """The ledger holds ``totals`` now."""
-        self._written = (totals.audio_seconds, totals.cycles)
+        """The ledger holds ``totals`` now (a flush wrote them; its cycles may lag a charge committed meanwhile)."""
+        self._written = (totals.audio_seconds, max(totals.cycles, self._written[1]))
+
+    def _recorded_written(self) -> None:
+        """A prepaid write committed: the session's row holds every recorded cycle now (the write added them, with
+        their cost), so a flush has no cycle to write for them; only audio progress, on its progress ticks."""
+        audio, cycles = self._written
+        self._written = (audio, max(cycles, self.cycles - self.unrecorded))
 
 
 # -- what the ledger does with a write and at the end (docs/billing.md#holds) ---------------------------------------

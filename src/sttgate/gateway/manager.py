@@ -1,7 +1,7 @@
 """The session manager: this process's registry of live sessions and the periodic work on them.
 
 It writes the totals whose cycles changed every ``ledger_flush_seconds``, and every session's audio progress every
-``PROGRESS_SECONDS`` (the rule of what may be written is :meth:`sttgate.core.billing.Billing.unflushed`), renews
+``ledger_progress_seconds`` (the rule of what may be written is :meth:`sttgate.core.billing.Billing.unflushed`), renews
 slot leases, reaps sessions of dead gateways, closes idle sessions (:class:`sttgate.core.idle.IdleWatch`: no metered
 client audio for the idle limit), closes the sessions an operator asked to close through the admin API on any gateway
 (polled every ``CLOSE_POLL_SECONDS``), and drains at shutdown.
@@ -28,7 +28,7 @@ from sttgate.config import Settings
 from sttgate.core import budget, closecodes
 from sttgate.core.accounts import bind
 from sttgate.core.billing import Settlement, Totals
-from sttgate.core.money import CYCLE_SECONDS, cycle_price_nanos, format_usd
+from sttgate.core.money import cycle_price_nanos, format_usd
 from sttgate.core.outage import Backoff, PendingEnd, PendingEnds, WriteHealth
 from sttgate.core.prices import ProviderPrices
 from sttgate.core.reconciliation import audio_mismatch
@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from sttgate.gateway.live import LiveSession
     from sttgate.store import Store
 
-# How often a live session's audio progress alone is written (its cycles are written within ledger_flush_seconds):
-# one cycle's length. Every tick rewrote every live session's row before (its audio changes with every frame).
-PROGRESS_SECONDS = float(CYCLE_SECONDS)
 # How long a background ledger write waits for others to share its transaction (well under a cycle's 5 s).
 LEDGER_GATHER_SECONDS = 0.25
 
@@ -156,7 +153,7 @@ class SessionManager:
         closed = live.session.closed
         assert closed is not None
         self.metrics.sessions_open.labels(live.provider_name).dec()
-        self.metrics.absorb(live)
+        self.metrics.absorb((live,))
         self.metrics.sessions_ended.labels(closed.closed_by, str(closed.code or "")).inc()
         audio = live.audio_seconds
         figures = live.provider_figures()
@@ -416,9 +413,9 @@ class SessionManager:
                     log.exception("event=background_error task=%s", name)
 
     async def flush_tick(self) -> None:
-        """The periodic flush: totals whose cycles changed; every changed total once per ``PROGRESS_SECONDS``."""
+        """The periodic flush: totals whose cycles changed; every changed total once per ``ledger_progress_seconds``."""
         now = time.monotonic()
-        progress = now - self._progress_at >= PROGRESS_SECONDS
+        progress = now - self._progress_at >= self.settings.ledger_progress_seconds
         if progress:
             self._progress_at = now
         await self.flush(progress)
@@ -463,8 +460,9 @@ class SessionManager:
     async def sweep(self) -> None:
         """Metrics catch-up and idle timeouts; compares the metered audio, so the frame path stores no timestamps."""
         now = time.monotonic()
-        for live in list(self.live.values()):
-            self.metrics.absorb(live)
+        sessions = list(self.live.values())
+        self.metrics.absorb(sessions)
+        for live in sessions:
             if live.idle.idle(live.audio_activity, now):
                 live.request_close(*closecodes.IDLE_TIMEOUT)
 

@@ -196,26 +196,37 @@ class GatewayMetrics:
         self.cycles.labels(provider).inc(cycles)
         self.billed_usd.labels(provider).inc(cost_nanos / NANOS_PER_USD)
 
-    def absorb(self, s: FrameCounts) -> None:
-        """Add a session's frame and byte counts since its last report."""
-        now = [s.frames_up, s.bytes_up, s.frames_down, s.bytes_down]
-        prev = s.reported
-        if now == prev:
-            return
-        children = self._frame_children.get(s.provider_name)
+    def absorb(self, sessions: Iterable[FrameCounts]) -> None:
+        """Add the sessions' frame and byte counts since their last report: summed per provider first, so a sweep of
+        many sessions is one increment per counter and provider (each takes a lock), not four per session."""
+        added: dict[str, list[int]] = {}
+        for s in sessions:
+            now = [s.frames_up, s.bytes_up, s.frames_down, s.bytes_down]
+            prev = s.reported
+            if now == prev:
+                continue
+            total = added.get(s.provider_name)
+            if total is None:
+                total = added[s.provider_name] = [0, 0, 0, 0]
+            for i in range(4):
+                total[i] += now[i] - prev[i]
+            s.reported = now
+        for provider, total in added.items():
+            for child, amount in zip(self._frame_counters(provider), total, strict=True):
+                if amount:
+                    child.inc(amount)
+
+    def _frame_counters(self, provider: str) -> tuple[Counter, Counter, Counter, Counter]:
+        children = self._frame_children.get(provider)
         if children is None:
-            p = s.provider_name
             children = (
-                self.frames.labels(p, TO_PROVIDER),
-                self.bytes.labels(p, TO_PROVIDER),
-                self.frames.labels(p, TO_CLIENT),
-                self.bytes.labels(p, TO_CLIENT),
+                self.frames.labels(provider, TO_PROVIDER),
+                self.bytes.labels(provider, TO_PROVIDER),
+                self.frames.labels(provider, TO_CLIENT),
+                self.bytes.labels(provider, TO_CLIENT),
             )
-            self._frame_children[p] = children
-        for child, current, before in zip(children, now, prev, strict=True):
-            if current != before:
-                child.inc(current - before)
-        s.reported = now
+            self._frame_children[provider] = children
+        return children
 
 
 def _multiprocess_exposition() -> CollectorRegistry | None:

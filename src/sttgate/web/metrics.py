@@ -18,8 +18,7 @@ async def metrics(request: web.Request) -> web.Response:
     this process's live sessions' frame counters are caught up first (the other workers' sweeps do theirs)."""
     svc = request.app[SERVICES]
     registry = svc.metrics
-    for live in list(svc.sessions.live.values()):
-        registry.absorb(live)
+    registry.absorb(list(svc.sessions.live.values()))
     # Per process, outside the app: parser refusals and early departures.
     body, content_type = registry.render(also=[logfilter.REGISTRY])
     return web.Response(body=body, headers={"Content-Type": content_type})
