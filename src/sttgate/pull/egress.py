@@ -19,6 +19,7 @@ import contextlib
 import logging
 from urllib.parse import urlsplit
 
+from sttgate.pull.loopback import LoopbackServer, close_writer, pipe
 from sttgate.pull.urlsafety import AddressPolicy, Resolver, address_allowed, system_resolver
 
 log = logging.getLogger("sttgate.pull")
@@ -26,7 +27,6 @@ log = logging.getLogger("sttgate.pull")
 HEAD_LIMIT = 16 * 1024
 HEAD_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 10.0
-PIPE_CHUNK = 64 * 1024
 _HOP_HEADERS = frozenset({"connection", "proxy-connection", "proxy-authorization", "keep-alive"})
 
 
@@ -68,20 +68,19 @@ def rewrite_head(head: bytes, path: str) -> bytes:
     return b"\r\n".join(out) + b"\r\n\r\n"
 
 
-class EgressGuard:
+class EgressGuard(LoopbackServer):
     """The proxy server; ``proxy_url`` goes into FFmpeg's ``http_proxy``."""
 
     def __init__(
         self, *, allow_private: bool = False, policy: AddressPolicy | None = None, resolver: Resolver | None = None
     ) -> None:
+        super().__init__()
         self.policy: AddressPolicy = policy or (
             lambda address, _port: address_allowed(address, allow_private=allow_private)
         )
         self.resolver: Resolver = resolver or system_resolver
         self.refused: list[str] = []
         self.allowed: list[str] = []
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
         self.port = 0
 
     @property
@@ -89,32 +88,12 @@ class EgressGuard:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = await self.start_serving()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._connections):
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
-            await self._server.wait_closed()
+        await self.stop_serving()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async with asyncio.timeout(HEAD_TIMEOUT_SECONDS):
             head = await reader.readuntil(b"\r\n\r\n")
         if len(head) > HEAD_LIMIT:
@@ -142,11 +121,9 @@ class EgressGuard:
                 await writer.drain()
             else:
                 up_writer.write(rewrite_head(head, path))
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
-            up_writer.close()
-            with contextlib.suppress(Exception):
-                await up_writer.wait_closed()
+            await close_writer(up_writer)
 
     async def _checked_address(self, host: str, port: int) -> str:
         try:
@@ -171,14 +148,3 @@ class EgressGuard:
         )
         with contextlib.suppress(ConnectionError):
             await writer.drain()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(PIPE_CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.close()

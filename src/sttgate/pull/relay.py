@@ -23,12 +23,12 @@ FFmpeg ``-rtmp_tcurl`` with the URL's own host. The URL handling is pure; :class
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
 from dataclasses import dataclass
 
+from sttgate.pull.loopback import PIPE_CHUNK, LoopbackServer, close_writer, pipe
 from sttgate.pull.rtspwatch import RtspRefused, RtspServerStream
 from sttgate.pull.urlsafety import AddressPolicy, CheckedUrl
 
@@ -36,7 +36,6 @@ log = logging.getLogger("sttgate.pull")
 
 RELAYED_SCHEMES = ("rtsp", "rtmp", "rtmps")
 CONNECT_TIMEOUT_SECONDS = 10.0
-PIPE_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,13 +100,14 @@ def relayed_input(target: CheckedUrl, relay_port: int) -> RelayedInput:
     return RelayedInput(f"rtmp://{relay}{rest}", "rtmp", ("-rtmp_tcurl", tcurl))
 
 
-class SourceRelay:
+class SourceRelay(LoopbackServer):
     """One task's relay. The listening socket exists from construction (FFmpeg's arguments need its port);
     :meth:`start` serves it, :meth:`close` ends it and every connection through it."""
 
     def __init__(self, target: CheckedUrl, policy: AddressPolicy) -> None:
         if target.scheme not in RELAYED_SCHEMES:
             raise ValueError(f"no relay for {target.scheme}")
+        super().__init__()
         self.target = target
         self.policy = policy
         # RTMPS: the system's trust store, with host name checks (SSL_CERT_FILE / SSL_CERT_DIR honoured).
@@ -125,45 +125,27 @@ class SourceRelay:
             self._sock.close()
             raise
         self.port: int = self._sock.getsockname()[1]
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._started = False
         self._closed = False
 
     def ffmpeg_input(self) -> RelayedInput:
         return relayed_input(self.target, self.port)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, sock=self._sock)
+        await self.start_serving(self._sock)
+        self._started = True
 
     async def close(self) -> None:
         """Stop listening and cut every relayed connection; safe to call at any time, repeatedly."""
         if self._closed:
             return
         self._closed = True
-        if self._server is None:
+        if not self._started:
             self._sock.close()
             return
-        self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await self._server.wait_closed()
+        await self.stop_serving()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        except (ConnectionError, OSError, TimeoutError):
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         target = self.target
         for address in target.addresses:
             if not self.policy(address, target.port):
@@ -175,11 +157,9 @@ class SourceRelay:
         up_reader, up_writer = upstream
         try:
             watch = RtspServerStream() if target.scheme == "rtsp" else None
-            await asyncio.gather(_pipe(reader, up_writer), self._pipe_down(up_reader, writer, up_writer, watch))
+            await asyncio.gather(pipe(reader, up_writer), self._pipe_down(up_reader, writer, up_writer, watch))
         finally:
-            up_writer.close()
-            with contextlib.suppress(Exception):
-                await up_writer.wait_closed()
+            await close_writer(up_writer)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """A connection to the first checked address that answers (never a new resolution of the host)."""
@@ -230,14 +210,3 @@ class SourceRelay:
         self.refused.append(why)
         self.problems.append(f"refused: {why}")
         log.warning("event=pull_relay_refused reason=%r", why)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(PIPE_CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.close()
