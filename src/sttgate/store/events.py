@@ -194,7 +194,8 @@ class AccountEvents:
 
     async def claim(self, limit: int, hold_seconds: float) -> list[PendingEvent]:
         """Up to ``limit`` due, undelivered events, claimed for ``hold_seconds`` (no other gateway takes them
-        meanwhile), oldest first."""
+        meanwhile), oldest first. Every gateway asks every second: when nothing is due (nearly always) that is one
+        read, not a write transaction (which on SQLite would hold the one writer's lock, delaying charges and ends)."""
         now = utcnow()
         e = account_events
         due = (
@@ -207,8 +208,11 @@ class AccountEvents:
                 accounts.c.webhook_url.is_not(None),  # a URL removed since: kept, posted if one is set again
             )
             .order_by(e.c.created_at, e.c.id)
-            .limit(limit)
         )
+        async with self._db.reader.connect() as conn:
+            if (await conn.execute(due.limit(1))).first() is None:
+                return []
+        due = due.limit(limit)
         if not self._db.is_sqlite:
             due = due.with_for_update(skip_locked=True, of=e)
         async with self._db.write() as conn:
