@@ -265,12 +265,15 @@ async def _batch_scenario(store: Store, batched: bool) -> tuple[list[Any], list[
             "poor": {"balance_nanos": 2 * PRICE, **HOOK},
             "postpaid": {},
         },
-        [("r1", "rich"), ("p1", "poor"), ("x1", "postpaid")],
+        [("r1", "rich"), ("r2", "rich"), ("p1", "poor"), ("p2", "poor"), ("x1", "postpaid")],
         min_balance_nanos=PRICE,
     )
+    # Two sessions of one account in a batch: the second is decided against the balance the first left.
     requests = [
-        SettleRequest("r1", by_name["rich"], PRICE, LedgerWrite(recorded=1, hold=1)),  # the new hold crosses low
+        SettleRequest("r2", by_name["rich"], PRICE, LedgerWrite(recorded=1, hold=1)),  # after r1's: crosses low
+        SettleRequest("r1", by_name["rich"], PRICE, LedgerWrite(recorded=1, hold=1)),
         SettleRequest("gone", by_name["rich"], PRICE, LedgerWrite(recorded=1)),
+        SettleRequest("p2", by_name["poor"], PRICE, LedgerWrite(charged=2)),  # after p1's refusal: paid, unlatched
         SettleRequest("p1", by_name["poor"], PRICE, LedgerWrite(recorded=1, charged=3, hold=1)),  # refused
         SettleRequest("x1", by_name["postpaid"], PRICE, LedgerWrite(recorded=1, hold=1)),
     ]
@@ -298,6 +301,8 @@ async def test_a_batch_of_ledger_writes_agrees_with_the_writes_one_by_one(pair: 
     # The usage events follow the order of the accounts' ids, which differ between the two stores.
     assert (got[0], got[1], sorted(map(repr, got[2]))) == (expected[0], expected[1], sorted(map(repr, expected[2])))
     assert "Settlement(paid=False" in got[0][0] and "no session gone" in got[0][0]
+    types = [row[2] for row in got[2] if row[0] == "event"]
+    assert (types.count("balance.low"), types.count("balance.exhausted")) == (1, 1)
 
 
 async def test_settling_cycles_agrees_with_the_portable_transaction(pair: tuple[Store, Store]) -> None:

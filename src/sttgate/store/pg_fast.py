@@ -7,13 +7,15 @@ text of the portable statement: ``auth.AUTH_QUERY``, ``sttgate_open_session`` (m
 ``Slots.accept_sessions``'s UPDATE, and ``Slots.end_sessions``'s transaction with its usage events
 (``outbox.recording``'s reads, ``outbox.event_rows``). A prepaid cycle's ledger write (``Slots.settle_cycles``) reads
 and locks its session and account in one statement, decides in Python with the portable rules, and writes every
-change in one more. ``tests/store/test_pg_fast.py`` runs both and compares.
+change in one more; a batch of them is one read for all and one pipelined write (``executemany``).
+``tests/store/test_pg_fast.py`` runs both and compares.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -95,6 +97,15 @@ _SETTLE_READ_SQL = (
     " a.balance_event_seq FROM sessions s JOIN accounts a ON a.id = s.account_id WHERE s.id = $1 AND s.account_id = $2"
     " FOR UPDATE OF s, a"
 )
+# The same for a batch: every (session, account) pair at once, locked in account then session order (the rows are
+# locked as the sort returns them), each row led by its session's id.
+_SETTLE_READ_MANY_SQL = (
+    "SELECT s.id, s.cycles, s.cost_nanos, s.ended_at IS NULL, s.held_cycles, s.held_nanos, s.api_key_id, s.provider,"
+    " s.model, s.basis, a.balance_nanos, a.low_balance_nanos, a.webhook_url IS NOT NULL, a.balance_exhausted,"
+    " a.balance_event_seq FROM sessions s JOIN accounts a ON a.id = s.account_id"
+    " WHERE (s.id, s.account_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+    " ORDER BY s.account_id, s.id FOR UPDATE OF s, a"
+)
 _ACCOUNT_EXISTS_SQL = "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)"
 # Every change the settlement decided, in one statement: the account's row (its locked values were read, so the new
 # ones are written as such), its balance events, the session's increments, the usage events and their pending rows.
@@ -112,6 +123,18 @@ _SETTLE_WRITE_SQL = (
     " $23::text[], $24::int[], $25::bigint[], $26::timestamptz[]) RETURNING seq)"
     " INSERT INTO export_pending (sink, seq) SELECT sink, added.seq FROM added CROSS JOIN unnest($27::text[]) AS sink"
 )
+
+
+@dataclass
+class _AccountState:
+    """An account's row as a settlement reads and moves it: balance, low-balance threshold, whether it has a webhook,
+    the exhausted latch, the balance events' sequence."""
+
+    balance: int | None
+    low: int | None
+    hooked: bool
+    exhausted: bool
+    seq: int
 
 
 class PgFastPath:
@@ -222,63 +245,102 @@ class PgFastPath:
         """``Slots.settle_cycles`` in one transaction of two statements: lock and read the session and its account,
         decide as the portable code does (its debits, ``balance.low`` / ``balance.exhausted`` with the account's event
         sequence and latch as ``events.record_balance_event`` moves them, ``ledger_change``), write it all."""
+        request = SettleRequest(session_id, account_id, price_nanos, write)
         async with self._driver() as driver, driver.transaction():
-            return await self._settle(driver, session_id, account_id, price_nanos, write)
+            row = await driver.fetchrow(_SETTLE_READ_SQL, session_id, account_id)
+            if row is None:
+                raise await self._missing(driver, request)
+            settlement, args = self._decide(request, tuple(row[:9]), _AccountState(*row[9:]))
+            await driver.execute(_SETTLE_WRITE_SQL, *args)
+            return settlement
 
     async def settle_cycles_batch(self, requests: Sequence[SettleRequest]) -> list[Settlement | BaseException]:
-        """``Slots.settle_cycles_batch``: every request in one transaction (one commit, one WAL flush), in account
-        then session order, so that two gateways' batches lock the accounts they share in the same order. A request
-        without its session or account fails before it writes anything, alone; any other failure (a deadlock
-        PostgreSQL broke with another kind of write, say) fails the batch, and each session's write is then what a
-        failed write is (docs/billing.md#holds: nothing lost, the next cycle charged as it opens)."""
+        """``Slots.settle_cycles_batch``: every request in one transaction (one commit, one WAL flush) of two
+        statements whatever its size: one read that locks every session and account in account then session order
+        (so two gateways' batches lock the accounts they share in the same order), one pipelined write of each
+        request's changes. The requests of one account are decided in that order against its balance as the earlier
+        ones left it. A request without its session or account fails before it writes anything, alone; any other
+        failure (a deadlock PostgreSQL broke with another kind of write, say) fails the batch, and each session's write
+        is then what a failed write is (docs/billing.md#holds: nothing lost, the next cycle charged as it opens)."""
+        by_session = {r.session_id: i for i, r in enumerate(requests)}
+        if len(by_session) < len(requests):  # one write per session at a time: never, but not at any price
+            return [await self._settle_alone(r) for r in requests]
         outcomes: dict[int, Settlement | BaseException] = {}
         async with self._driver() as driver, driver.transaction():
-            for i, r in sorted(enumerate(requests), key=lambda item: (item[1].account_id, item[1].session_id)):
-                try:
-                    outcomes[i] = await self._settle(driver, r.session_id, r.account_id, r.price_nanos, r.write)
-                except NotFoundError as exc:
-                    outcomes[i] = exc
+            rows = await driver.fetch(
+                _SETTLE_READ_MANY_SQL, [r.session_id for r in requests], [r.account_id for r in requests]
+            )
+            accounts: dict[str, _AccountState] = {}
+            writes = []
+            for row in rows:
+                i = by_session[row[0]]
+                request = requests[i]
+                state = accounts.get(request.account_id) or _AccountState(*row[10:])
+                settlement, args = self._decide(request, tuple(row[1:10]), state)
+                accounts[request.account_id] = state
+                outcomes[i] = settlement
+                writes.append(args)
+            for i, request in enumerate(requests):
+                if i not in outcomes:
+                    outcomes[i] = await self._missing(driver, request)
+            if writes:
+                await driver.executemany(_SETTLE_WRITE_SQL, writes)
         return [outcomes[i] for i in range(len(requests))]
 
-    async def _settle(
-        self, driver: Any, session_id: str, account_id: str, price_nanos: int, write: LedgerWrite
-    ) -> Settlement:
-        row = await driver.fetchrow(_SETTLE_READ_SQL, session_id, account_id)
-        if row is None:
-            # The portable code's first failure: a refused charge finds no account, else no session (of it).
-            if write.charged and not await driver.fetchval(_ACCOUNT_EXISTS_SQL, account_id):
-                raise NotFoundError(f"no account {account_id}")
-            raise NotFoundError(f"no session {session_id} of account {account_id}")
-        cycles, cost, live, held_cycles, held_nanos, api_key_id, provider, model, basis = row[:9]
-        balance, low, hooked, exhausted, seq = row[9:]
+    async def _settle_alone(self, request: SettleRequest) -> Settlement | BaseException:
+        try:
+            return await self.settle_cycles(request.session_id, request.account_id, request.price_nanos, request.write)
+        except NotFoundError as exc:
+            return exc
+
+    @staticmethod
+    async def _missing(driver: Any, request: SettleRequest) -> NotFoundError:
+        """The portable code's first failure: a refused charge finds no account, else no session (of it)."""
+        if request.write.charged and not await driver.fetchval(_ACCOUNT_EXISTS_SQL, request.account_id):
+            return NotFoundError(f"no account {request.account_id}")
+        return NotFoundError(f"no session {request.session_id} of account {request.account_id}")
+
+    def _decide(
+        self, request: SettleRequest, session: tuple[Any, ...], account: _AccountState
+    ) -> tuple[Settlement, tuple[Any, ...]]:
+        """One settlement decided against the locked session row and ``account`` (updated in place: the next request
+        of the same account in a batch starts from it); the arguments of ``_SETTLE_WRITE_SQL`` that write it."""
+        session_id, account_id, price_nanos, write = (
+            request.session_id,
+            request.account_id,
+            request.price_nanos,
+            request.write,
+        )
+        cycles, cost, live, held_cycles, held_nanos, api_key_id, provider, model, basis = session
         now = utcnow()
         events: list[tuple[str, str, str]] = []  # (id, type, payload) of the account's balance events
         account_moved = False
 
         def record(kind: EventType, data: dict[str, Any]) -> None:
-            nonlocal seq
-            seq += 1
-            event_id = balance_event_id(kind, account_id, seq)
+            account.seq += 1
+            event_id = balance_event_id(kind, account_id, account.seq)
             events.append((event_id, str(kind), body(event_id, kind, now, {"account_id": account_id, **data})))
 
         def debit(amount: int) -> bool:
-            nonlocal balance, exhausted, account_moved
+            nonlocal account_moved
+            balance = account.balance
             if balance is None or balance < amount:
                 return False
-            before, balance = balance, balance - amount
-            exhausted, account_moved = False, True
-            if crossed_low(low, before, balance) and hooked:
-                record(EventType.BALANCE_LOW, balance_low_data(balance, low, session_id))
+            account.balance = balance - amount
+            account.exhausted, account_moved = False, True
+            low = account.low
+            if low is not None and crossed_low(low, balance, account.balance) and account.hooked:
+                record(EventType.BALANCE_LOW, balance_low_data(account.balance, low, session_id))
             return True
 
         paid = debited = True
         if write.charged:
             debited = debit(write.charged * price_nanos)
-            if not debited and balance is not None:
+            if not debited and account.balance is not None:
                 paid = False
-                if hooked and not exhausted:
-                    exhausted, account_moved = True, True
-                    record(EventType.BALANCE_EXHAUSTED, exhausted_data(balance, "session_cut_off", session_id))
+                if account.hooked and not account.exhausted:
+                    account.exhausted, account_moved = True, True
+                    record(EventType.BALANCE_EXHAUSTED, exhausted_data(account.balance, "session_cut_off", session_id))
         change = ledger_change(write, price_nanos, paid, debited, live, held_cycles, held_nanos)
         held = bool(change.hold_nanos) and debit(change.hold_nanos)
         moves = change.increments(held)
@@ -298,13 +360,12 @@ class PgFastPath:
             ],
             now,
         )
-        await driver.execute(
-            _SETTLE_WRITE_SQL,
+        args = (
             account_moved or bool(events),
             account_id,
-            balance,
-            exhausted,
-            seq,
+            account.balance,
+            account.exhausted,
+            account.seq,
             [e[0] for e in events],
             [e[1] for e in events],
             now,
@@ -318,4 +379,4 @@ class PgFastPath:
             *[[event[name] for event in added] for name in _EVENT_COLUMNS],
             list(self._outbox.sinks),
         )
-        return Settlement(paid, held)
+        return Settlement(paid, held), args
