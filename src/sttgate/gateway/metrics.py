@@ -177,6 +177,7 @@ class GatewayMetrics:
             "sttgate_export_events", "Usage events the sink accepted (re-sends counted again).", ["sink"], registry=r
         )
         self._frame_children: dict[str, tuple[Counter, Counter, Counter, Counter]] = {}
+        self._billed_children: dict[str, tuple[Counter, Counter]] = {}
 
     @property
     def multiprocess(self) -> bool:
@@ -192,9 +193,14 @@ class GatewayMetrics:
         return body, CONTENT_TYPE_LATEST
 
     def billed(self, provider: str, cycles: int, cost_nanos: int) -> None:
-        """Called once per charged cycle batch (every 5 s of audio), never per frame."""
-        self.cycles.labels(provider).inc(cycles)
-        self.billed_usd.labels(provider).inc(cost_nanos / NANOS_PER_USD)
+        """Called once per charged cycle batch (every 5 s of audio per session), never per frame; the labelled
+        counters are looked up once per provider (``labels()`` takes a lock and builds a key every time)."""
+        children = self._billed_children.get(provider)
+        if children is None:
+            children = (self.cycles.labels(provider), self.billed_usd.labels(provider))
+            self._billed_children[provider] = children
+        children[0].inc(cycles)
+        children[1].inc(cost_nanos / NANOS_PER_USD)
 
     def absorb(self, sessions: Iterable[FrameCounts]) -> None:
         """Add the sessions' frame and byte counts since their last report: summed per provider first, so a sweep of
