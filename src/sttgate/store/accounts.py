@@ -258,17 +258,11 @@ class Accounts:
         values |= _optional_fields(external_id, webhook_url, low_balance_nanos, monthly_budget_nanos)
         try:
             async with self._db.write() as conn:
-                current = (
-                    await conn.execute(
-                        select(accounts.c.balance_nanos).where(accounts.c.id == account_id).with_for_update()
-                    )
-                ).first()
-                if current is None:
-                    raise NotFoundError(f"no account {account_id}")
+                balance_nanos = await _locked_balance(conn, account_id)
                 if top_up_nanos is not None:
-                    if current.balance_nanos is None:
+                    if balance_nanos is None:
                         raise ValueError("the account is postpaid and has no balance to top up; set one with --balance")
-                    if current.balance_nanos + top_up_nanos > MAX_BALANCE_NANOS:
+                    if balance_nanos + top_up_nanos > MAX_BALANCE_NANOS:
                         raise ValueError("the balance would exceed the largest supported amount")
                 if values:
                     values["updated_at"] = utcnow()
@@ -293,19 +287,13 @@ class Accounts:
             raise ValueError(f"the idempotency key must be 1..{MAX_IDEMPOTENCY_KEY_CHARS} characters")
         try:
             async with self._db.write() as conn:
-                current = (
-                    await conn.execute(
-                        select(accounts.c.balance_nanos).where(accounts.c.id == account_id).with_for_update()
-                    )
-                ).first()
-                if current is None:
-                    raise NotFoundError(f"no account {account_id}")
+                balance_nanos = await _locked_balance(conn, account_id)
                 earlier = await _find_credit(conn, account_id, idempotency_key)
                 if earlier is not None:
                     return _replay(earlier, amount_nanos)
-                if current.balance_nanos is None:
+                if balance_nanos is None:
                     raise ConflictError("the account is postpaid: it has no balance to credit")
-                balance = current.balance_nanos + amount_nanos
+                balance = balance_nanos + amount_nanos
                 if balance > MAX_BALANCE_NANOS:
                     raise ConflictError("the balance would exceed the largest supported amount")
                 made = Credit(
@@ -422,6 +410,18 @@ class Accounts:
         if row is None:
             raise NotFoundError(f"no key {key_id}")
         return _key(row)
+
+
+async def _locked_balance(conn: AsyncConnection, account_id: str) -> int | None:
+    """The account's balance (None: postpaid), its row locked for the rest of the transaction (PostgreSQL
+    ``FOR UPDATE``; SQLite's write transaction holds the database); :class:`NotFoundError` without the account."""
+    row = (
+        await conn.execute(select(accounts.c.balance_nanos).where(accounts.c.id == account_id).with_for_update())
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no account {account_id}")
+    balance: int | None = row.balance_nanos
+    return balance
 
 
 async def _find_credit(conn: AsyncConnection, account_id: str, idempotency_key: str) -> Credit | None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import (
     Float,
@@ -143,6 +143,25 @@ def decide_open(figures: SlotFigures, min_balance_nanos: int) -> SlotOutcome:
     return SlotOutcome.OPENED
 
 
+class LedgerDriver(Protocol):
+    """The ledger writes both driver-level paths (``sqlite_fast.SqliteFastPath``, ``pg_fast.PgFastPath``) implement
+    with the portable methods' meaning, called once those have checked their arguments."""
+
+    async def accept_sessions(self, accepted: Sequence[tuple[str, datetime]]) -> None: ...
+
+    async def settle_cycles(
+        self, session_id: str, account_id: str, price_nanos: int, write: LedgerWrite
+    ) -> Settlement: ...
+
+    async def settle_cycles_batch(self, requests: Sequence[SettleRequest]) -> list[Settlement | BaseException]: ...
+
+    async def flush_progress(self, updates: Sequence[SessionProgress]) -> None: ...
+
+    async def renew_leases(self, session_ids: Sequence[str], expires: datetime) -> None: ...
+
+    async def end_sessions(self, ends: Sequence[SessionEnd], now: datetime) -> set[str]: ...
+
+
 class Slots:
     """Open, charge, flush, renew, end and reap sessions."""
 
@@ -153,6 +172,8 @@ class Slots:
         self._fast = fast
         # PostgreSQL: open by one call of ``sttgate_open_session``; accept, settle, end on the driver (None: portable).
         self._pg_fast = pg_fast
+        # The batched ledger writes, on whichever driver-level path this database has (None: the portable code).
+        self._driver: LedgerDriver | None = fast or pg_fast
         # Every statement that can raise a session's cycles runs in ``outbox.recording`` (docs/export.md).
         self._outbox = outbox
 
@@ -374,11 +395,8 @@ class Slots:
         if not accepted:
             return
         accepted = sorted(accepted)  # rows locked in id order, as every multi-row ledger write does (no deadlock)
-        if self._fast is not None:
-            await self._fast.accept_sessions(accepted)
-            return
-        if self._pg_fast is not None:
-            await self._pg_fast.accept_sessions(accepted)
+        if self._driver is not None:
+            await self._driver.accept_sessions(accepted)
             return
         stmt = (
             update(sessions)
@@ -413,12 +431,10 @@ class Slots:
         usage outbox gets one event per cycle added (docs/export.md).
         """
         _check_write(price_nanos, write)
-        if self._fast is not None:
-            # Once per prepaid cycle of every live session: one trip instead of about 13.
-            return await self._fast.settle_cycles(session_id, account_id, price_nanos, write)
-        if self._pg_fast is not None:
-            # PostgreSQL: two statements on the driver instead of about seven through SQLAlchemy.
-            return await self._pg_fast.settle_cycles(session_id, account_id, price_nanos, write)
+        if self._driver is not None:
+            # SQLite: one trip to the writer thread instead of about 13; PostgreSQL: two statements on the driver
+            # instead of about seven through SQLAlchemy.
+            return await self._driver.settle_cycles(session_id, account_id, price_nanos, write)
         charged = write.charged
         async with self._db.write() as conn, self._outbox.recording(conn, [session_id]):
             paid = debited = True
@@ -460,10 +476,8 @@ class Slots:
         code runs them concurrently, one transaction each."""
         for request in requests:
             _check_write(request.price_nanos, request.write)
-        if self._fast is not None:
-            return await self._fast.settle_cycles_batch(requests)
-        if self._pg_fast is not None:
-            return await self._pg_fast.settle_cycles_batch(requests)
+        if self._driver is not None:
+            return await self._driver.settle_cycles_batch(requests)
         outcomes = await asyncio.gather(
             *(self.settle_cycles(r.session_id, r.account_id, r.price_nanos, r.write) for r in requests),
             return_exceptions=True,
@@ -474,11 +488,8 @@ class Slots:
         """Write absolute session totals in one batched transaction; a total never goes backwards."""
         if not updates:
             return
-        if self._fast is not None:
-            await self._fast.flush_progress(updates)
-            return
-        if self._pg_fast is not None:
-            await self._pg_fast.flush_progress(updates)
+        if self._driver is not None:
+            await self._driver.flush_progress(updates)
             return
         stmt = (
             update(sessions)
@@ -506,11 +517,8 @@ class Slots:
             return
         expires = utcnow() + timedelta(seconds=lease_ttl)
         ordered = sorted(session_ids)
-        if self._fast is not None:
-            await self._fast.renew_leases(ordered, expires)
-            return
-        if self._pg_fast is not None:
-            await self._pg_fast.renew_leases(ordered, expires)
+        if self._driver is not None:
+            await self._driver.renew_leases(ordered, expires)
             return
         async with self._db.write() as conn:
             for chunk in chunks(sorted(session_ids)):
@@ -560,10 +568,8 @@ class Slots:
             except ValueError:
                 raise ValueError(f"closed_by must be one of {', '.join(ClosedBy)}") from None
         now = utcnow()
-        if self._fast is not None:
-            return await self._fast.end_sessions(ends, now)
-        if self._pg_fast is not None:
-            return await self._pg_fast.end_sessions(ends, now)
+        if self._driver is not None:
+            return await self._driver.end_sessions(ends, now)
         return await self._end_portable(ends, now)
 
     async def record_provider_figures(
