@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import insert
 
@@ -124,6 +125,13 @@ def test_the_admin_api_keeps_to_its_openapi_document(case: schemathesis.Case, li
     excluded = (
         [positive_data_acceptance] if case.operation.definition.raw.get("operationId") in CROSS_PARAMETER_RULES else []
     )
-    case.call_and_validate(
-        base_url=live.base_url, headers={"Authorization": f"Bearer {live.token}"}, excluded_checks=excluded
+    # The operator's token goes with every call, except one whose headers schemathesis generated invalid (a missing
+    # Authorization): adding it would send a valid request and fail the check that invalid input is refused (seen
+    # once, a listSessions case whose only other mutation did not survive serialization); without it the 401 is the
+    # refusal checked.
+    headers = (
+        {}
+        if case.meta and case.meta.is_negative_at(ParameterLocation.HEADER)
+        else {"Authorization": f"Bearer {live.token}"}
     )
+    case.call_and_validate(base_url=live.base_url, headers=headers, excluded_checks=excluded)
