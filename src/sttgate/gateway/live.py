@@ -50,7 +50,6 @@ from sttgate.core.outcomes import ClosedBy, SessionKind
 from sttgate.core.prices import Basis, Priced
 from sttgate.core.session import Reader, Session, State
 from sttgate.gateway import tracing
-from sttgate.gateway.manager import first_of
 from sttgate.gateway.upstream import BINARY, DATA, TEXT, Frame, FrameKind, UpstreamLink
 from sttgate.store import SettleRequest
 from sttgate.store.database import unavailable, utcnow
@@ -147,8 +146,9 @@ class LiveSession:
         self.close_requested: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
         # Wake-ups for whoever waits; the state itself is in ``self.session``.
         self._upstream_done = asyncio.Event()
-        self._end_reached = asyncio.Event()
-        self._reader_gone = asyncio.Event()
+        # A graceful end waiting for the provider's last message or for the relay to stop reading: made only then (two
+        # events and two tasks per session before), resolved by whichever comes first.
+        self._end_wake: asyncio.Future[None] | None = None
         self._ended = False
         self._time_limit: asyncio.TimerHandle | None = None
         if kind == SessionKind.WEBSOCKET:
@@ -418,7 +418,12 @@ class LiveSession:
 
     def _check_end(self) -> None:
         if self.session.ending and self.session.end_reached(self.provider.closes_after_end):
-            self._end_reached.set()
+            self._wake_end()
+
+    def _wake_end(self) -> None:
+        wake = self._end_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     async def receive(self) -> Frame:
         """The next provider frame, accounted for (see :meth:`received`)."""
@@ -442,7 +447,7 @@ class LiveSession:
     def detach_reader(self) -> None:
         """The attached reader stopped (the relay's client is gone): a graceful end under way reads for itself."""
         self.session.detach_reader()
-        self._reader_gone.set()
+        self._wake_end()
 
     def messages(self) -> AsyncIterator[str | bytes]:
         """Provider messages (str for text, bytes for binary) until the provider session ends; records a
@@ -512,7 +517,9 @@ class LiveSession:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.manager.settings.finish_timeout_seconds):
                 if session.reader is Reader.ATTACHED and not session.end_reached(closes_after_end):
-                    await first_of(self._end_reached, self._reader_gone)
+                    # Checked and made with no await between: neither can have happened unseen.
+                    self._end_wake = asyncio.get_running_loop().create_future()
+                    await self._end_wake
                 if session.reader is not Reader.ATTACHED:
                     # Nobody reads (any more): drain and drop the provider's last messages here.
                     session.reader = Reader.SELF_DRAINING
