@@ -20,11 +20,17 @@ _QUIET = (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverr
 
 
 class LoopbackServer:
-    """Serves :meth:`serve` for every connection to ``sock`` (or a new port on 127.0.0.1) once :meth:`start` ran."""
+    """Serves :meth:`serve` for every connection to ``sock`` (or a new port on 127.0.0.1) once :meth:`start_serving`
+    ran."""
 
     def __init__(self) -> None:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def serving(self) -> bool:
+        """:meth:`start_serving` succeeded."""
+        return self._server is not None
 
     async def start_serving(self, sock: socket.socket | None = None) -> int:
         """Listen on ``sock`` (already bound) or on a free port of 127.0.0.1; the port."""
@@ -58,9 +64,7 @@ class LoopbackServer:
             pass
         finally:
             self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await close_writer(writer)
 
 
 async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -125,7 +125,6 @@ class SourceRelay(LoopbackServer):
             self._sock.close()
             raise
         self.port: int = self._sock.getsockname()[1]
-        self._started = False
         self._closed = False
 
     def ffmpeg_input(self) -> RelayedInput:
@@ -133,14 +132,13 @@ class SourceRelay(LoopbackServer):
 
     async def start(self) -> None:
         await self.start_serving(self._sock)
-        self._started = True
 
     async def close(self) -> None:
         """Stop listening and cut every relayed connection; safe to call at any time, repeatedly."""
         if self._closed:
             return
         self._closed = True
-        if not self._started:
+        if not self.serving:
             self._sock.close()
             return
         await self.stop_serving()
