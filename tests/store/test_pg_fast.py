@@ -317,3 +317,31 @@ async def test_settling_cycles_agrees_with_the_portable_transaction(pair: tuple[
         ("poor", "balance.exhausted", "balance.exhausted:poor:2", True),
         ("rich", "balance.low", "balance.low:rich:1", True),
     ]
+
+
+async def _same_session_twice(store: Store, batched: bool) -> tuple[list[Any], list[Any], list[Any]]:
+    """Two writes of one session in one batch (the gateway never makes such a batch: one write per session at a
+    time), or one after the other."""
+    names, by_name = await _accounts_with_sessions(
+        store, {"rich": {"balance_nanos": 10 * PRICE, **HOOK}}, [("r1", "rich")], min_balance_nanos=PRICE
+    )
+    requests = [
+        SettleRequest("r1", by_name["rich"], PRICE, LedgerWrite(recorded=1, hold=1)),
+        SettleRequest("r1", by_name["rich"], PRICE, LedgerWrite(recorded=1, charged=1)),
+    ]
+    if batched:
+        outcomes: list[Any] = list(await store.settle_cycles_batch(requests))
+    else:
+        outcomes = [
+            await store.slots.settle_cycles(r.session_id, r.account_id, r.price_nanos, r.write) for r in requests
+        ]
+    rows, state = await _state(store, names)
+    return [repr(outcomes)], rows, state
+
+
+async def test_a_batch_with_one_session_twice_is_written_in_order(pair: tuple[Store, Store]) -> None:
+    fast, portable = pair
+    got = await _same_session_twice(fast, batched=True)
+    expected = await _same_session_twice(portable, batched=False)
+    assert (got[0], got[1], sorted(map(repr, got[2]))) == (expected[0], expected[1], sorted(map(repr, expected[2])))
+    assert got[0] == ["[Settlement(paid=True, held=True), Settlement(paid=True, held=False)]"]
