@@ -15,6 +15,7 @@ from yarl import URL
 
 from sttgate.core.redaction import Redactor
 from sttgate.gateway.logevents import EVENT, FIELDS, JsonFormatter
+from sttgate.web.access_log import RedactingAccessLogger
 from sttgate.web.logfilter import LogHygiene
 from tests.support.serve import serve_env, serve_processes
 from tests.support.waiting import wait_for
@@ -59,6 +60,18 @@ def test_any_other_record_is_its_message_and_redacted_traceback() -> None:
     doc = _format(record)
     assert doc["message"] == "failed x" and "ValueError" in doc["exc"]
     assert KEY[7:] not in json.dumps(doc)
+
+
+def test_the_access_log_builds_lines_only_when_its_level_writes_them() -> None:
+    """aiohttp asks the access logger once per connection whether it is on: below INFO no line is built."""
+    logger = logging.getLogger("sttgate.test.access")
+    try:
+        logger.setLevel(logging.WARNING)
+        assert not RedactingAccessLogger(logger, "").enabled
+        logger.setLevel(logging.INFO)
+        assert RedactingAccessLogger(logger, "").enabled
+    finally:
+        logger.setLevel(logging.NOTSET)
 
 
 async def test_serve_writes_json_lines_only_and_no_secret(emulator, account, tmp_path: Path) -> None:

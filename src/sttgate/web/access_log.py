@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -12,6 +14,12 @@ from sttgate.providers import secret_prefixes
 
 class RedactingAccessLogger(AbstractAccessLogger):
     """Access log lines with the query string redacted (credential values and provider secrets)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether lines are written at all: aiohttp asks once per connection and, when not, neither times the
+        request nor calls :meth:`log` (a handshake then builds no line that the log level would drop)."""
+        return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
         path, _, query = request.raw_path.partition("?")
