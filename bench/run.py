@@ -33,6 +33,7 @@ from bench import procstat, report, spy
 from bench.loadgen import worker_main
 from bench.pull import run_pull
 from bench.targets import (
+    AiohttpFloor,
     Direct,
     Nginx,
     Sttgate,
@@ -94,6 +95,7 @@ FULL = Plan(
         "sttgate-overload",
         "sttgate-2w",
         "sttgate-pull",
+        "aiohttp",
     ],
 )
 ALL_MODES = FULL.modes
@@ -466,6 +468,8 @@ def build_target(
         return Direct(upstream)
     if mode == "nginx":
         return Nginx(upstream, cpus=relay_cpus)
+    if mode == "aiohttp":
+        return AiohttpFloor(upstream, cpus=relay_cpus)
     if mode == "sttgate":
         return Sttgate(upstream, mode, cpus=relay_cpus, prepaid=prepaid)
     if mode == "sttgate-nometer":

@@ -212,6 +212,31 @@ class Nginx(Target):
             self.tmp.cleanup()
 
 
+class AiohttpFloor(Target):
+    """``bench.floor``: a relay of aiohttp alone (server upgrade, client connect, forwarding), no gateway logic."""
+
+    def __init__(self, upstream: Upstream, cpus: set[int] | None = None) -> None:
+        self.name = "aiohttp"
+        self.upstream = upstream
+        self.cpus = cpus
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.headers = {"Authorization": OPERATOR_KEY}
+        self.info = {"relay": "aiohttp.web + ClientSession.ws_connect on uvloop"}
+
+    def start(self) -> None:
+        port = free_port()
+        cmd = [sys.executable, "-m", "bench.floor", "--port", str(port)]
+        cmd += ["--upstream", f"ws://127.0.0.1:{self.upstream.port}"]
+        self.proc = subprocess.Popen(cmd, preexec_fn=pinned(self.cpus))
+        wait_listening(port, self.proc)
+        self.url = f"ws://127.0.0.1:{port}{ASSEMBLYAI_PATH}?{PROVIDER_QUERY}"
+        self.pids = [self.proc.pid]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
 def postgres_reachable(url: str) -> str | None:
     """None when ``url`` accepts a connection, else the reason (reported in place of the figures)."""
     import asyncio

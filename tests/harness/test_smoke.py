@@ -21,7 +21,16 @@ QUANTILES = ("p50", "p99", "p99.9")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--modes", "direct,sttgate,sttgate-overload", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--modes",
+            "direct,sttgate,sttgate-overload,aiohttp",
+            "--out",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -66,6 +75,18 @@ def test_sttgate_is_measured_or_says_why(results: dict) -> None:
     summary = results["summary"]["modes"]["sttgate"]
     assert "capacity" in summary  # None in --quick: no step has the 1,000 round trips a p99 needs
     assert {t["verdict"] for t in results["summary"]["targets"]} <= {"met", "missed", "not measured", "not determined"}
+
+
+def test_the_floor_relays_both_ways(results: dict) -> None:
+    """The floor of the stack (``bench/floor.py``: aiohttp alone, no gateway logic) carries the standard streams both
+    ways and opens sessions, so its figures stand beside sttgate's."""
+    mode = results["modes"]["aiohttp"]
+    assert "error" not in mode, mode.get("error")
+    _well_formed_steps(mode)
+    for step in mode["steps"]:
+        assert step["relay_cpu_percent"] is not None and step["relay_rss_mb"] > 0
+    throughput = mode["handshake"]["throughput"]
+    assert throughput["sessions"] > 0 and not throughput["errors"], throughput
 
 
 def test_overload_refuses_every_excess_session_with_503(results: dict) -> None:
