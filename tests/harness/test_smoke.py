@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -18,25 +19,34 @@ QUANTILES = ("p50", "p99", "p99.9")
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--quick",
-            "--modes",
-            "direct,sttgate,sttgate-overload,aiohttp",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def results(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict:
+    """One quick run of the benchmark for every test here. pytest-xdist may give this module's tests to several
+    workers, each with its own module fixture: they share the run through the session's common temporary directory,
+    the first one under the lock making it (two runs at once also measured each other)."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    out = shared / "bench-smoke"
+    with open(shared / "bench-smoke.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "results.json").exists():
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.run",
+                    "--quick",
+                    "--modes",
+                    "direct,sttgate,sttgate-overload,aiohttp",
+                    "--out",
+                    str(out),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "report.md").read_text().startswith(report.BEGIN_MARK)
     return json.loads((out / "results.json").read_text())
 
