@@ -13,7 +13,9 @@ source trees (each the gateway's ``PYTHONPATH``, passthrough data plane; e.g. a 
 CPU time on a machine shared with other work is noisy; ``--callgrind`` runs each gateway under valgrind's callgrind,
 counting only while the frames are relayed, and prints user-space instructions per relayed frame instead: the same
 every run within a few per cent, whatever else the machine does (system calls are not counted; use fewer frames, it
-is ~50x slower). The full benchmark (``bench/``, with nginx side by side) remains the reference.
+is ~50x slower); ``--keep DIR`` keeps each run's dump for ``callgrind_annotate --inclusive=yes``, which shows what
+the instructions were spent under (the read callbacks into the relay, the loop's other callbacks). The full
+benchmark (``bench/``, with nginx side by side) remains the reference.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -60,7 +63,11 @@ def instructions(out: Path) -> int:
     return total
 
 
-async def measure(env_extra: dict[str, str], streams: int, frames: int, callgrind: bool) -> float:
+async def measure(
+    env_extra: dict[str, str], streams: int, frames: int, callgrind: bool, keep: Path | None = None
+) -> float:
+    """The gateway's figure per relayed frame; with ``keep``, callgrind's dump is copied there (for
+    ``callgrind_annotate``)."""
     with tempfile.TemporaryDirectory() as tmp:
         database = f"sqlite:///{tmp}/sttgate.db"
         out = Path(tmp) / "callgrind.out"
@@ -96,6 +103,10 @@ async def measure(env_extra: dict[str, str], streams: int, frames: int, callgrin
                 await asyncio.gather(*(ws.close() for ws in sockets))
             relayed = 2 * streams * frames
         if callgrind:
+            if keep is not None:
+                for dump in out.parent.glob(out.name + "*"):
+                    if dump.stat().st_size:
+                        shutil.copyfile(dump, keep)
             return instructions(out) / relayed
         return used / relayed * 1e6
 
@@ -112,8 +123,12 @@ async def main(args: argparse.Namespace) -> None:
     unit = "instructions (user space)" if args.callgrind else "µs CPU"
     print(f"load average at start: {os.getloadavg()}")
     for round_ in range(args.rounds):
-        for name, env in variants(args).items():
-            figure = await measure(env, args.streams, args.frames, args.callgrind)
+        for index, (name, env) in enumerate(variants(args).items()):
+            keep = None
+            if args.keep is not None and args.callgrind:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                keep = args.keep / f"round{round_ + 1}-variant{index + 1}.callgrind.out"
+            figure = await measure(env, args.streams, args.frames, args.callgrind, keep)
             print(f"round {round_ + 1}  {name:24}  {figure:9,.1f} {unit} per relayed frame", flush=True)
 
 
@@ -124,4 +139,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--src", action="append", default=[], metavar="DIR", help="a source tree to compare")
     parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind instead")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="with --callgrind: keep each run's dump in DIR (roundR-variantV)"
+    )
     asyncio.run(main(parser.parse_args()))
