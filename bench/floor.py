@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
 import aiohttp
 import uvloop
 from aiohttp import web
 
-from bench.upstream import raise_nofile
+from bench.upstream import raise_nofile, serve_app_until_stopped
 
 _Socket = aiohttp.ClientWebSocketResponse | web.WebSocketResponse
 
@@ -69,28 +68,14 @@ def app(upstream: str) -> web.Application:
     return application
 
 
-async def _main(port: int, upstream: str) -> None:
-    runner = web.AppRunner(app(upstream), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=4096)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
 def main() -> None:
+    """Serve until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
     args = parser.parse_args()
     raise_nofile()
-    uvloop.run(_main(args.port, args.upstream))
+    uvloop.run(serve_app_until_stopped(app(args.upstream), args.port, backlog=4096))
 
 
 if __name__ == "__main__":

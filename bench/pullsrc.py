@@ -9,14 +9,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
-from bench.upstream import raise_nofile
+from bench.upstream import raise_nofile, serve_app_until_stopped
 
 COUNTS = web.AppKey("counts", dict)
 
@@ -49,20 +47,6 @@ def make_app(file: Path) -> web.Application:
     return app
 
 
-async def _main(port: int, file: Path) -> None:
-    runner = web.AppRunner(make_app(file), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
 def main() -> None:
     """Serve until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,7 +54,7 @@ def main() -> None:
     parser.add_argument("--file", type=Path, required=True)
     args = parser.parse_args()
     raise_nofile()
-    uvloop.run(_main(args.port, args.file))
+    uvloop.run(serve_app_until_stopped(make_app(args.file), args.port, backlog=1024))
 
 
 if __name__ == "__main__":

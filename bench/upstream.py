@@ -13,8 +13,24 @@ import resource
 import signal
 
 import uvloop
+from aiohttp import web
 
 from bench.ws import UpstreamProtocol
+
+
+async def serve_app_until_stopped(app: web.Application, port: int, backlog: int) -> None:
+    """Serve an aiohttp ``app`` on 127.0.0.1:``port`` until SIGTERM or SIGINT (the harness's helper servers)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=backlog).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def raise_nofile() -> None:
