@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.util import greenlet_spawn
+
 from sttgate.core.account_events import EventType, balance_event_id, body, crossed_low
 from sttgate.core.billing import LedgerWrite, Settlement, hold_refund, ledger_change
 from sttgate.core.outcomes import ClosedBy
@@ -151,10 +153,16 @@ class PgFastPath:
 
     @asynccontextmanager
     async def _driver(self) -> AsyncIterator[Any]:
-        """An asyncpg connection of the engine's pool, outside any transaction (each statement commits alone)."""
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            yield raw.driver_connection
+        """An asyncpg connection of the engine's pool, outside any transaction (each statement commits alone).
+
+        Checked out as the pool's raw connection, without the engine's connection objects around it (their making and
+        closing cost about 80 µs of CPU per checkout, more than the statement's round trip); the pool's own checks at
+        checkout and its reset on return (run where it may wait on the driver) are the same."""
+        proxied = await self._engine.raw_connection()
+        try:
+            yield proxied.driver_connection
+        finally:
+            await greenlet_spawn(proxied.close)
 
     async def authenticate(self, digest: str) -> AuthRow | None:
         async with self._driver() as driver:
