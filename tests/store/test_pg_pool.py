@@ -68,3 +68,20 @@ async def test_a_connection_lost_under_the_fast_path_is_the_database_unavailable
 async def _sleeping(admin: asyncpg.Connection, pid: int) -> bool:
     query = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE '%pg_sleep%'"
     return bool(await admin.fetchval(query, pid))
+
+
+async def test_a_burst_reuses_the_connections_an_earlier_burst_opened(pg_store: Store) -> None:
+    """Statements that run at once each hold a connection; once returned, the connections stay open for the next
+    burst (no pool overflow that is closed on return and opened again: docs/operations.md#several-gateways)."""
+    assert pg_store._pg_fast is not None
+    fast = pg_store._pg_fast
+
+    async def backend() -> int:
+        async with fast._driver() as driver:
+            pid: int = await driver.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.2)")
+            return pid
+
+    first = set(await asyncio.gather(*(backend() for _ in range(25))))
+    second = set(await asyncio.gather(*(backend() for _ in range(25))))
+    assert len(first) == 25  # they ran at once, each on a connection of its own
+    assert second <= first

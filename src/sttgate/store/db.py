@@ -98,6 +98,10 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
     return engine
 
 
+# The most PostgreSQL connections one gateway process holds (its statements wait for a free one beyond that).
+PG_POOL_SIZE = 30
+
+
 def _postgres_engine(url: URL) -> AsyncEngine:
     # An unreachable server fails in seconds, not asyncpg's default minute.
     connect_args: dict[str, Any] = {"timeout": PG_CONNECT_TIMEOUT_SECONDS}
@@ -110,8 +114,12 @@ def _postgres_engine(url: URL) -> AsyncEngine:
     url = url.set(query=query)
     engine = create_async_engine(
         url,
-        pool_size=10,
-        max_overflow=20,
+        # Up to PG_POOL_SIZE connections per process, each kept once opened (docs/operations.md#several-gateways): an
+        # overflow above a smaller steady pool was closed on return, so a burst of handshakes opened and closed
+        # PostgreSQL connections all the time (docs/benchmarks.md: about one per eight sessions, and 15 % more CPU per
+        # session).
+        pool_size=PG_POOL_SIZE,
+        max_overflow=0,
         pool_timeout=30,
         pool_recycle=1800,
         connect_args=connect_args,
