@@ -112,11 +112,26 @@ class Target:
     pids: list[int] = []
     info: dict[str, str] = {}
 
+    # The relay's process and its temporary directory, for the targets that start one (``stop`` ends both).
+    proc: subprocess.Popen[bytes] | None = None
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+
     def start(self) -> None:
         """Start the relay's processes."""
 
     def stop(self) -> None:
         """Stop what ``start`` started."""
+        if self.proc is not None:
+            stop_process(self.proc)
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+    def _launch(self, cmd: list[str], port: int, cpus: set[int] | None) -> None:
+        """Start a proxy on ``port`` that forwards any path to the upstream; wait until it listens."""
+        self.proc = subprocess.Popen(cmd, preexec_fn=pinned(cpus))
+        wait_listening(port, self.proc)
+        self.url = f"ws://127.0.0.1:{port}{ASSEMBLYAI_PATH}?{PROVIDER_QUERY}"
+        self.pids = [self.proc.pid]
 
 
 class Direct(Target):
@@ -181,8 +196,6 @@ class Nginx(Target):
             raise TargetUnavailable("nginx is not installed (apt-get install -y nginx-light)")
         version = subprocess.run([self.binary, "-v"], capture_output=True, text=True).stderr.strip()
         self.info = {"version": version.split("/", 1)[-1], "binary": self.binary}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.tmp: tempfile.TemporaryDirectory[str] | None = None
         self.headers = {"Authorization": OPERATOR_KEY}
 
     def start(self) -> None:
@@ -198,18 +211,7 @@ class Nginx(Target):
                 port=port,
             )
         )
-        self.proc = subprocess.Popen(
-            [self.binary or "nginx", "-p", self.tmp.name, "-c", str(conf)], preexec_fn=pinned(self.cpus)
-        )
-        wait_listening(port, self.proc)
-        self.url = f"ws://127.0.0.1:{port}{ASSEMBLYAI_PATH}?{PROVIDER_QUERY}"
-        self.pids = [self.proc.pid]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-        if self.tmp is not None:
-            self.tmp.cleanup()
+        self._launch([self.binary or "nginx", "-p", self.tmp.name, "-c", str(conf)], port, self.cpus)
 
 
 class AiohttpFloor(Target):
@@ -219,7 +221,6 @@ class AiohttpFloor(Target):
         self.name = "aiohttp"
         self.upstream = upstream
         self.cpus = cpus
-        self.proc: subprocess.Popen[bytes] | None = None
         self.headers = {"Authorization": OPERATOR_KEY}
         self.info = {"relay": "aiohttp.web + ClientSession.ws_connect on uvloop"}
 
@@ -227,14 +228,7 @@ class AiohttpFloor(Target):
         port = free_port()
         cmd = [sys.executable, "-m", "bench.floor", "--port", str(port)]
         cmd += ["--upstream", f"ws://127.0.0.1:{self.upstream.port}"]
-        self.proc = subprocess.Popen(cmd, preexec_fn=pinned(self.cpus))
-        wait_listening(port, self.proc)
-        self.url = f"ws://127.0.0.1:{port}{ASSEMBLYAI_PATH}?{PROVIDER_QUERY}"
-        self.pids = [self.proc.pid]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
+        self._launch(cmd, port, self.cpus)
 
 
 def postgres_reachable(url: str) -> str | None:
@@ -284,8 +278,6 @@ class Sttgate(Target):
         self.workers = workers
         self.metering = metering
         self.cpus = cpus
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.tmp: tempfile.TemporaryDirectory[str] | None = None
         self.info = {}
 
     def _env(self) -> dict[str, str]:
@@ -362,9 +354,3 @@ class Sttgate(Target):
                 pass
             time.sleep(0.1)
         raise RuntimeError("sttgate /readyz did not answer 200")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-        if self.tmp is not None:
-            self.tmp.cleanup()
