@@ -521,7 +521,7 @@ class Slots:
             await self._driver.renew_leases(ordered, expires)
             return
         async with self._db.write() as conn:
-            for chunk in chunks(sorted(session_ids)):
+            for chunk in chunks(ordered):
                 locked = (
                     select(sessions.c.id)
                     .where(sessions.c.id.in_(chunk), sessions.c.ended_at.is_(None))
